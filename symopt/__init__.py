@@ -1,0 +1,50 @@
+"""symopt: optimizer update rules written in SymPy, emitted as checked Numba kernels.
+
+Public API::
+
+    symopt.optimizer(name_or_rule, params, **hyper)   # runtime; no SymPy import for built-ins
+    symopt.rules()                                     # names of the built-in rules
+    symopt.rule(name, **options)                       # the SymPy Rule (LaTeX via .latex())
+    symopt.Rule, symopt.Hyper, symopt.State, symopt.Family, symopt.t
+
+The pipeline, one package per stage: ``rulebook`` (math) -> ``codegen`` (plan,
+printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime`` ->
+``verify``.
+"""
+
+from ._version import __version__
+from .runtime.optimizer import NonFiniteGradientError, Optimizer, optimizer
+
+__all__ = [
+    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family",
+    "Rule", "Hyper", "State", "Family", "RuleError", "t",
+]
+
+_LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
+
+
+def rules() -> list:
+    """Names of every built-in rule, in catalog order (does not import SymPy)."""
+    from .runtime.kernels import builtin_names
+
+    return builtin_names()
+
+
+def family(name: str):
+    """The :class:`Family` (public name, keyword arguments, variants) of a built-in rule."""
+    from .rulebook.catalog import family as _family
+
+    return _family(name)
+
+
+def rule(name: str, **options):
+    """The SymPy :class:`Rule` of a built-in rule; ``options`` pick a variant (``amsgrad=True``)."""
+    return family(name).rule_for(**options)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import rulebook
+
+        return getattr(rulebook, name)
+    raise AttributeError(f"module 'symopt' has no attribute {name!r}")

@@ -1,0 +1,127 @@
+"""The plan stage: a :class:`~symopt.rulebook.rule.Rule` becomes a :class:`KernelPlan`.
+
+Everything here is still SymPy -- no strings -- so the plan can be inspected and
+tested.  Steps:
+
+1. *Substitute* the ordered updates into one expression per output (the new
+   param and each new state value); temporaries disappear.
+2. *Hoist* every maximal sub-expression that depends only on hyperparameters and
+   ``t`` into a per-step scalar ``s_k`` (computed once per step in float64).  The
+   per-element code then reads only arrays, scalars and numeric constants.
+3. *CSE* the per-step scalars and the per-element outputs separately
+   (``sympy.cse`` in canonical order, so output is identical across machines).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import sympy as sp
+
+from ..rulebook.rule import Rule, t
+
+
+class KernelPlan(NamedTuple):
+    rule: Rule
+    hyper: tuple            # hyperparameter symbols, in the scalar function's argument order
+    state: tuple            # state symbols, in kernel argument order
+    scalars: tuple          # per-step scalar symbols s_0..s_k, columns of the scalar table
+    scalar_temps: tuple     # ((sym, expr), ...) CSE temporaries of the scalar function
+    scalar_exprs: tuple     # expressions for scalars, in terms of hyper, t and scalar_temps
+    element_temps: tuple    # ((sym, expr), ...) CSE temporaries of the element loop
+    outputs: tuple          # ((target, expr), ...): new param first, then updated state
+    reads: tuple            # array symbols the element loop reads
+    op_count: int           # operations per element (sympy.count_ops, after CSE)
+    scalar_op_count: int
+
+
+def substitute_updates(rule: Rule) -> list[tuple[sp.Symbol, sp.Expr]]:
+    """Apply the updates in order; return ``(target, expr)`` for param and each updated state."""
+    env: dict = {}
+    for lhs, rhs in rule.updates:
+        env[lhs] = rhs.xreplace(env) if env else rhs
+    outs = [(rule.param, env[rule.param])]
+    outs += [(s, env[s]) for s in rule.state if s in env]
+    return outs
+
+
+class _Hoister:
+    def __init__(self, arrays: set, scalar_syms: set):
+        self.arrays = arrays
+        self.scalar_syms = scalar_syms
+        self.found: dict = {}
+
+    def scalar(self, e: sp.Basic) -> sp.Symbol:
+        if e.is_Boolean:
+            e = sp.Piecewise((sp.Integer(1), e), (sp.Integer(0), True))
+            sym = self.scalar(e)
+            return sp.Ne(sym, 0)
+        if e not in self.found:
+            self.found[e] = sp.Dummy(f"s{len(self.found)}")
+        return self.found[e]
+
+    def __call__(self, e: sp.Basic):
+        if e.is_Number or e in (sp.true, sp.false):
+            return e
+        if not (e.free_symbols & self.arrays):
+            return self.scalar(e)
+        if e.is_Add or e.is_Mul:
+            nums = [a for a in e.args if a.is_Number]
+            free = [a for a in e.args if not a.is_Number and not (a.free_symbols & self.arrays)]
+            rest = [self(a) for a in e.args if a.free_symbols & self.arrays]
+            if free:
+                rest.append(self.scalar(e.func(*nums, *free)))
+            else:
+                rest.extend(nums)
+            return e.func(*rest)
+        if isinstance(e, sp.Piecewise):
+            return sp.Piecewise(*[(self(x), self(c)) for x, c in e.args])
+        if e.args:
+            return e.func(*[self(a) for a in e.args])
+        return e
+
+
+def _rename_scalars(found: dict, exprs: list):
+    """Give scalars canonical names s0, s1... ordered by their expressions."""
+    items = sorted(found.items(), key=lambda kv: sp.default_sort_key(kv[0]))
+    mapping = {}
+    scalars = []
+    scalar_exprs = []
+    for i, (expr, dummy) in enumerate(items):
+        sym = sp.Symbol(f"s{i}", real=True)
+        mapping[dummy] = sym
+        scalars.append(sym)
+        scalar_exprs.append(expr)
+    return scalars, scalar_exprs, [e.xreplace(mapping) for e in exprs]
+
+
+def make_plan(rule: Rule) -> KernelPlan:
+    """Build the kernel plan of ``rule`` (see the module docstring)."""
+    outputs = substitute_updates(rule)
+    arrays = {rule.param, rule.grad, *rule.state}
+    hoist = _Hoister(arrays, set(rule.hyper) | {t})
+    hoisted = [hoist(e) for _, e in outputs]
+    scalars, scalar_exprs, hoisted = _rename_scalars(hoist.found, hoisted)
+
+    s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
+    e_temps, e_reduced = sp.cse(hoisted, symbols=sp.numbered_symbols("_e"), order="canonical")
+
+    used = set()
+    for e in [*e_reduced, *(x for _, x in e_temps)]:
+        used |= e.free_symbols
+    reads = tuple(s for s in (rule.param, rule.grad, *rule.state) if s in used)
+    op_count = int(sum(sp.count_ops(x) for _, x in e_temps) + sum(sp.count_ops(x) for x in e_reduced))
+    s_ops = int(sum(sp.count_ops(x) for _, x in s_temps) + sum(sp.count_ops(x) for x in s_reduced))
+    return KernelPlan(
+        rule=rule,
+        hyper=tuple(rule.hyper),
+        state=tuple(rule.state),
+        scalars=tuple(scalars),
+        scalar_temps=tuple(s_temps),
+        scalar_exprs=tuple(s_reduced),
+        element_temps=tuple(e_temps),
+        outputs=tuple((tgt, e) for (tgt, _), e in zip(outputs, e_reduced)),
+        reads=reads,
+        op_count=op_count,
+        scalar_op_count=s_ops,
+    )

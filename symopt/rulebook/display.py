@@ -1,0 +1,48 @@
+"""LaTeX for rules: the update equations with time subscripts, as in the notes.
+
+``m_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g_t``: a state or parameter symbol on a
+right-hand side reads ``X_{t-1}`` until it is assigned, ``X_t`` after; the gradient
+is ``g_t``; temporaries keep their plain names.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+def _base(rule, sym) -> str:
+    return rule.latex_names.get(sym.name) or sp.latex(sym)
+
+
+def _sub(base: str, sub: str) -> str:
+    if base.endswith("}") and "_{" in base:
+        head, _, tail = base.rpartition("_{")
+        return f"{head}_{{{tail[:-1]}, {sub}}}"
+    return f"{base}_{{{sub}}}"
+
+
+def rule_latex(rule) -> str:
+    """All update equations of ``rule`` as one LaTeX ``aligned`` block."""
+    names = {s: _base(rule, s) for s in [*rule.hyper, *rule.temporaries]}
+    timed = [rule.param, *rule.state]
+    current = {s: _sub(_base(rule, s), "t-1") for s in timed}
+    current[rule.grad] = _sub(_base(rule, rule.grad), "t")
+    assigned: set = set()
+    lines = []
+    for lhs, rhs in rule.updates:
+        body = sp.latex(rhs, symbol_names={**names, **current})
+        if lhs in current:
+            arrow = r"\leftarrow" if lhs in assigned or lhs == rule.grad else "="
+            current[lhs] = _sub(_base(rule, lhs), "t")
+            left = current[lhs]
+        else:
+            arrow = r"\leftarrow" if lhs in assigned else "="
+            left = names[lhs]
+        assigned.add(lhs)
+        lines.append(f"{left} &{arrow} {body}")
+    return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
+
+
+def expr_latex(rule, expr) -> str:
+    names = {s: _base(rule, s) for s in [*rule.hyper, *rule.temporaries, rule.param, rule.grad, *rule.state]}
+    return sp.latex(expr, symbol_names=names)

@@ -1,0 +1,511 @@
+"""The runtime stage: ``symopt.optimizer(rule, params, **hyper)``.
+
+The optimizer validates everything once, allocates the state in one flat buffer
+per state variable, and at every ``step(grads)``:
+
+1. checks the gradients (count, type, shape, dtype, contiguity),
+2. computes each group's per-step scalars in float64 (bias corrections, ``lr``...)
+   with the generated ``<rule>_scalars(t, *hyper)`` function,
+3. makes ONE compiled call for all tensors: the kernel first scans every gradient
+   for NaN/inf (unless ``on_nonfinite="ignore"``) and writes nothing if it finds
+   one, then updates params and state in place.
+
+Hyperparameters are kernel arguments: changing ``param_groups[i]["lr"]`` takes
+effect at the next step without code generation or compilation.  Importing this
+module and stepping a built-in rule never imports SymPy.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._version import __version__
+from . import kernels
+
+__all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
+
+_DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+#: Elements per chunk of the kernel's work table (the unit of parallel work).
+CHUNK = 1 << 16
+#: Total elements from which the threaded kernel is used (when numba has >1 thread).
+PARALLEL_THRESHOLD = 1 << 20
+ON_NONFINITE = ("raise", "skip", "ignore")
+
+
+class NonFiniteGradientError(FloatingPointError, ValueError):
+    """A gradient held NaN or inf; nothing was modified."""
+
+
+def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper) -> "Optimizer":
+    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule`.
+
+    ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
+    dtype per optimizer), or a list of torch-style groups
+    ``{"params": [...], "lr": ...}``.  Keyword arguments set the defaults of every
+    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).
+    """
+    return Optimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+class _Spec:
+    """The plain-data interface of a generated module (no SymPy)."""
+
+    def __init__(self, module):
+        self.module = module
+        fam = module.FAMILY
+        self.name = fam["name"]
+        self.hyper = fam["hyper"]
+        self.variants = fam["variants"]
+        self.defaults: dict = {}
+        tuples: dict = {}
+        for h in self.hyper:
+            if h["index"] is None:
+                self.defaults[h["key"]] = h["default"]
+            else:
+                tuples.setdefault(h["key"], {})[h["index"]] = h["default"]
+        for key, d in tuples.items():
+            self.defaults[key] = tuple(d[i] for i in sorted(d))
+        self.tuple_len = {k: len(v) for k, v in tuples.items()}
+        self.keys = tuple(self.defaults)
+
+    def values(self, group: dict, where: str) -> dict:
+        """Validated hyperparameter values keyed by generated identifier."""
+        out = {}
+        for h in self.hyper:
+            key = h["key"]
+            raw = group[key]
+            label = key
+            if h["index"] is not None:
+                n = self.tuple_len[key]
+                if not isinstance(raw, (tuple, list)) or len(raw) != n:
+                    raise ValueError(f"{where}: {key!r} must be a tuple of {n} numbers, got {raw!r}")
+                raw = raw[h["index"]]
+                label = f"{key}[{h['index']}]"
+            if h["kind"] == "bool":
+                if not isinstance(raw, (bool, np.bool_)):
+                    raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")
+                out[h["name"]] = bool(raw)
+                continue
+            if not _is_number(raw):
+                raise TypeError(f"{where}: {label!r} must be a real number, got {type(raw).__name__} {raw!r}")
+            x = float(raw)
+            if not math.isfinite(x):
+                raise ValueError(f"{where}: {label!r} must be finite, got {raw!r}")
+            lo, hi = h["low"], h["high"]
+            if lo is not None and (x < lo or (h["low_open"] and x == lo)):
+                raise ValueError(f"{where}: invalid {label!r} = {raw!r}: must be {'>' if h['low_open'] else '>='} {lo}")
+            if hi is not None and (x > hi or (h["high_open"] and x == hi)):
+                raise ValueError(f"{where}: invalid {label!r} = {raw!r}: must be {'<' if h['high_open'] else '<='} {hi}")
+            out[h["name"]] = x
+        errors = self.module.constraints(out)
+        if errors:
+            raise ValueError(f"{where}: " + "; ".join(errors))
+        return out
+
+    def variant_index(self, values: dict, where: str) -> int:
+        k = self.module.select_variant(values)
+        if k < 0:
+            raise ValueError(f"{where}: no variant of {self.name!r} matches {values}")
+        return k
+
+
+class Optimizer:
+    """An optimizer over NumPy arrays, stepping a generated Numba kernel.
+
+    Attributes follow torch.optim: ``param_groups`` (list of dicts with
+    ``"params"`` and hyperparameters), ``defaults``, ``state_dict()``,
+    ``load_state_dict()``.  ``skipped_steps`` counts steps skipped for non-finite
+    gradients under ``on_nonfinite="skip"``.
+    """
+
+    def __init__(self, rule, params, *, on_nonfinite: str = "raise", **hyper):
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        module = kernels.load(rule)
+        spec = _Spec(module)
+        self.rule_name = spec.name
+        self._spec = spec
+        self.on_nonfinite = on_nonfinite
+        self.parallel_threshold = PARALLEL_THRESHOLD
+
+        for key in hyper:
+            if key not in spec.defaults:
+                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; "
+                                f"known: {', '.join(spec.keys) or '(none)'}")
+        self.defaults = {**spec.defaults, **hyper}
+        spec.values(self.defaults, f"{spec.name}")  # validate the defaults themselves
+
+        groups = self._normalize_groups(params)
+        tensors, group_of = [], []
+        self.param_groups = []
+        variant = None
+        for gi, group in enumerate(groups):
+            where = f"{spec.name}: param group {gi}"
+            for key in group:
+                if key != "params" and key not in spec.defaults:
+                    raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys)}")
+            full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            vals = spec.values(full, where)
+            k = spec.variant_index(vals, where)
+            if variant is None:
+                variant = k
+            elif k != variant:
+                raise ValueError(f"{where}: selects variant {spec.variants[k]['name']!r} but group 0 selects "
+                                 f"{spec.variants[variant]['name']!r}; all groups must share structural options")
+            plist = self._check_params(group["params"], where)
+            tensors += plist
+            group_of += [gi] * len(plist)
+            self.param_groups.append({"params": plist, **full})
+        if not tensors:
+            raise ValueError(f"{spec.name}: optimizer got an empty parameter list")
+        self._check_distinct(tensors)
+        dtypes = {p.dtype for p in tensors}
+        if len(dtypes) != 1:
+            raise TypeError(f"{spec.name}: all params must share one dtype, got {sorted(map(str, dtypes))}")
+        self.dtype = tensors[0].dtype
+        self._variant = variant
+        self._vinfo = spec.variants[variant]
+        self._tensors = tensors
+        self._group_of = np.asarray(group_of, dtype=np.int64)
+        self._setup_layout()
+        self._init_state()
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _normalize_groups(params):
+        if isinstance(params, np.ndarray):
+            raise TypeError("params must be a list of arrays (or of param-group dicts), not a single array")
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(f"params must be a list of arrays or of dicts, got {type(params).__name__}") from None
+        if not items:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(x, dict) for x in items):
+            groups = []
+            for i, g in enumerate(items):
+                if "params" not in g:
+                    raise ValueError(f"param group {i} has no 'params' key")
+                ps = g["params"]
+                ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+                groups.append({**g, "params": ps})
+            return groups
+        if any(isinstance(x, dict) for x in items):
+            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+        return [{"params": items}]
+
+    @staticmethod
+    def _check_params(plist, where):
+        out = []
+        for i, p in enumerate(plist):
+            name = f"{where}: params[{i}]"
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{name} must be a numpy.ndarray, got {type(p).__name__}")
+            if p.dtype not in _DTYPE_SUFFIX:
+                raise TypeError(f"{name} has dtype {p.dtype}; params must be float32 or float64")
+            if not p.flags.c_contiguous:
+                raise ValueError(f"{name} is not C-contiguous; pass np.ascontiguousarray(p) and keep that array")
+            if not p.flags.writeable:
+                raise ValueError(f"{name} is read-only; the optimizer updates params in place")
+            out.append(p)
+        return out
+
+    @staticmethod
+    def _check_distinct(tensors):
+        spans = []
+        for i, p in enumerate(tensors):
+            if p.size:
+                a = p.__array_interface__["data"][0]
+                spans.append((a, a + p.nbytes, i))
+        spans.sort()
+        for (a0, b0, i0), (a1, b1, i1) in zip(spans, spans[1:]):
+            if a1 < b0:
+                raise ValueError(f"params[{i0}] and params[{i1}] share memory; each param must appear once")
+
+    def _setup_layout(self):
+        sizes = np.array([p.size for p in self._tensors], dtype=np.int64)
+        self._sizes = sizes
+        self._offs = np.zeros(len(sizes), dtype=np.int64)
+        if len(sizes) > 1:
+            np.cumsum(sizes[:-1], out=self._offs[1:])
+        self._total = int(sizes.sum())
+        self._pptr = np.array([p.__array_interface__["data"][0] for p in self._tensors], dtype=np.int64)
+        self._gptr = np.zeros(len(sizes), dtype=np.int64)
+        rows = []
+        for j, n in enumerate(sizes):
+            for lo in range(0, int(n), CHUNK):
+                rows.append((j, lo, min(int(n), lo + CHUNK), int(self._group_of[j])))
+        self._chunks = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        self._scal = np.zeros((len(self.param_groups), max(1, self._vinfo["nscalars"])), dtype=np.float64)
+        self._steps = np.zeros(len(sizes), dtype=np.int64)
+        suffix = _DTYPE_SUFFIX[self.dtype]
+        prefix = self._vinfo["prefix"]
+        mod = self._spec.module
+        self._scalar_fn = getattr(mod, f"{prefix}_scalars")
+        self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
+        self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        self._hyper_names = self._vinfo["hyper"]
+        self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values)
+
+    def _init_state(self):
+        mod = self._spec.module
+        init_fn = getattr(mod, f"{self._vinfo['prefix']}_state_init")
+        self._state = [np.empty(self._total, dtype=self.dtype) for _ in self._vinfo["state"]]
+        for gi, group in enumerate(self.param_groups):
+            vals = self._spec.values(group, f"param group {gi}")
+            inits = init_fn(*[vals[n] for n in self._vinfo["init_hyper"]])
+            for j in np.nonzero(self._group_of == gi)[0]:
+                self._reset_tensor_state(int(j), inits)
+
+    def _reset_tensor_state(self, j, inits):
+        o, n = int(self._offs[j]), int(self._sizes[j])
+        for buf, init in zip(self._state, inits):
+            if isinstance(init, str):
+                buf[o:o + n] = self._tensors[j].reshape(-1)
+            else:
+                buf[o:o + n] = init
+
+    # -------------------------------------------------------------- stepping
+    @property
+    def params(self) -> list:
+        return list(self._tensors)
+
+    @property
+    def variant(self) -> str:
+        return self._vinfo["name"]
+
+    @property
+    def state(self) -> dict:
+        """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
+        out = {}
+        for j, p in enumerate(self._tensors):
+            o, n = int(self._offs[j]), int(self._sizes[j])
+            entry = {"step": int(self._steps[j])}
+            for s, buf in zip(self._vinfo["state"], self._state):
+                entry[s["key"]] = buf[o:o + n].reshape(p.shape)
+            out[j] = entry
+        return out
+
+    def _group_values(self, gi: int) -> dict:
+        group = self.param_groups[gi]
+        raw = tuple(group[k] for k in self._spec.keys)
+        cached = self._cache[gi]
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        where = f"{self.rule_name}: param group {gi}"
+        for key in group:
+            if key != "params" and key not in self._spec.defaults:
+                raise TypeError(f"{where}: unknown hyperparameter {key!r}")
+        vals = self._spec.values(group, where)
+        k = self._spec.variant_index(vals, where)
+        if k != self._variant:
+            raise ValueError(f"{where}: these values select variant {self._spec.variants[k]['name']!r}, but this "
+                             f"optimizer runs {self.variant!r}; structural options cannot change after construction "
+                             f"(build a new optimizer)")
+        self._cache[gi] = (raw, vals)
+        return vals
+
+    def _check_grads(self, grads):
+        tensors = self._tensors
+        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list of arrays, one per param, got {type(grads).__name__}")
+        if len(grads) != len(tensors):
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
+        gptr = self._gptr
+        active = None
+        for j, (g, p) in enumerate(zip(grads, tensors)):
+            if g is None:
+                if active is None:
+                    active = np.ones(len(tensors), dtype=bool)
+                active[j] = False
+                continue
+            if type(g) is not np.ndarray:
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"grads[{j}] must be a numpy.ndarray (or None to skip), got {type(g).__name__}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grads[{j}] has dtype {g.dtype}, param has {p.dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{j}] has shape {g.shape}, param has {p.shape}")
+            if not g.flags.c_contiguous:
+                raise ValueError(f"grads[{j}] is not C-contiguous")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
+            gptr[j] = g.__array_interface__["data"][0]
+        return active
+
+    def step(self, grads) -> None:
+        """Apply one update to every param, in place, from ``grads`` (one array per param).
+
+        An entry may be ``None``: that param is left as is and its step count does
+        not advance (torch skips params whose ``.grad`` is None the same way).
+        """
+        active = self._check_grads(grads)
+        scal = self._scal
+        names = self._hyper_names
+        if active is None:
+            chunks = self._chunks
+            steps = self._steps
+            t0 = steps[0]
+            uniform = bool((steps == t0).all()) if len(steps) > 1 else True
+            if uniform:
+                t = int(t0) + 1
+                for gi in range(len(self.param_groups)):
+                    vals = self._group_values(gi)
+                    scal[gi, : self._vinfo["nscalars"]] = self._scalar_fn(t, *[vals[n] for n in names])
+            else:
+                chunks, scal = self._rows_by_step(np.ones(len(steps), dtype=bool))
+        else:
+            if not active.any():
+                return None
+            chunks, scal = self._rows_by_step(active)
+        total = self._total if active is None else int(self._sizes[active].sum())
+        kernel = self._kernel_parallel if total >= self.parallel_threshold and _threads() > 1 else self._kernel_serial
+        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, scal,
+                      self.on_nonfinite != "ignore")
+        if nbad:
+            if self.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                return None
+            raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
+                                         f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
+        if active is None:
+            self._steps += 1
+        else:
+            self._steps[active] += 1
+        return None
+
+    def _rows_by_step(self, active):
+        """Chunk table and scalar rows when tensors' step counts differ or some are skipped."""
+        keys = {}
+        row_of = np.full(len(self._tensors), -1, dtype=np.int64)
+        for j in np.nonzero(active)[0]:
+            key = (int(self._group_of[j]), int(self._steps[j]) + 1)
+            if key not in keys:
+                keys[key] = len(keys)
+            row_of[j] = keys[key]
+        scal = np.zeros((len(keys), self._scal.shape[1]), dtype=np.float64)
+        for (gi, t), r in keys.items():
+            vals = self._group_values(gi)
+            scal[r, : self._vinfo["nscalars"]] = self._scalar_fn(t, *[vals[n] for n in self._hyper_names])
+        sel = active[self._chunks[:, 0]]
+        chunks = self._chunks[sel].copy()
+        chunks[:, 3] = row_of[chunks[:, 0]]
+        return chunks, scal
+
+    # -------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """A torch-style state dict (deep copies): ``{"state": {i: {...}}, "param_groups": [...]}``."""
+        state = {}
+        for j, entry in self.state.items():
+            state[j] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in entry.items()}
+        groups = []
+        start = 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            g = {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.items() if k != "params"}
+            g["params"] = list(range(start, start + n))
+            start += n
+            groups.append(g)
+        return {
+            "state": state,
+            "param_groups": groups,
+            "symopt": {
+                "rule": self.rule_name, "variant": self.variant, "formula_hash": self._vinfo["formula_hash"],
+                "version": __version__, "dtype": str(self.dtype), "skipped_steps": int(self.skipped_steps),
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a dict from :meth:`state_dict`; everything is checked before anything changes."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        meta = state_dict.get("symopt")
+        if meta is not None:
+            if meta.get("rule") != self.rule_name:
+                raise ValueError(f"state_dict is from rule {meta.get('rule')!r}, this optimizer runs {self.rule_name!r}")
+            if meta.get("formula_hash") not in (None, self._vinfo["formula_hash"]):
+                raise ValueError(f"state_dict was saved from a different formula of {self.rule_name!r} "
+                                 f"(variant {meta.get('variant')!r}); refusing to load")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, (list, tuple)) else '?'} param groups, "
+                             f"the optimizer has {len(self.param_groups)}")
+        new_groups = []
+        index_map = {}
+        for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            ids = list(saved.get("params", []))
+            if len(ids) != len(mine["params"]):
+                raise ValueError(f"param group {gi} of the state_dict has {len(ids)} params, the optimizer's has "
+                                 f"{len(mine['params'])}")
+            merged = {**mine, **{k: v for k, v in saved.items() if k != "params"}}
+            for key in merged:
+                if key != "params" and key not in self._spec.defaults:
+                    raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
+            vals = self._spec.values(merged, f"state_dict param group {gi}")
+            if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
+                raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
+            new_groups.append(merged)
+            for k, pid in enumerate(ids):
+                index_map[pid] = sum(len(g["params"]) for g in self.param_groups[:gi]) + k
+        new_state = {}
+        saved_state = state_dict["state"]
+        keys = [s["key"] for s in self._vinfo["state"]]
+        for pid, entry in saved_state.items():
+            if pid not in index_map:
+                raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
+            j = index_map[pid]
+            p = self._tensors[j]
+            if not isinstance(entry, dict):
+                raise ValueError(f"state of param {pid} must be a dict")
+            for key in keys:
+                if key not in entry:
+                    raise ValueError(f"state of param {pid} is missing key {key!r} (rule {self.variant!r} needs "
+                                     f"{keys})")
+                arr = np.asarray(entry[key])
+                if arr.shape != p.shape:
+                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
+                if arr.dtype.kind not in "fiu":
+                    raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
+            step = entry.get("step", 0)
+            step = float(np.asarray(step).reshape(()))
+            if step < 0 or step != int(step):
+                raise ValueError(f"state of param {pid} has invalid step {step!r}")
+            new_state[j] = (int(step), [np.asarray(entry[k], dtype=self.dtype) for k in keys])
+        # -- everything checked: now modify
+        for gi, merged in enumerate(new_groups):
+            self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
+            self._cache[gi] = None
+        init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
+        for j in range(len(self._tensors)):
+            if j in new_state:
+                step, arrays = new_state[j]
+                o, n = int(self._offs[j]), int(self._sizes[j])
+                for buf, arr in zip(self._state, arrays):
+                    buf[o:o + n] = arr.reshape(-1)
+                self._steps[j] = step
+            else:
+                gi = int(self._group_of[j])
+                vals = self._group_values(gi)
+                self._reset_tensor_state(j, init_fn(*[vals[n] for n in self._vinfo["init_hyper"]]))
+                self._steps[j] = 0
+        if meta is not None:
+            self.skipped_steps = int(meta.get("skipped_steps", 0))
+
+    def __repr__(self) -> str:
+        n = len(self._tensors)
+        return (f"<symopt.Optimizer {self.rule_name!r} (variant {self.variant!r}): {n} param{'s' * (n != 1)}, "
+                f"{self._total} elements, {self.dtype}, {len(self.param_groups)} group(s)>")
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
