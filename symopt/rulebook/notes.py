@@ -34,8 +34,8 @@ def _lr(default: float) -> Hyper:
 
 
 EPS = Hyper(1e-9, 0.0, key="eps", doc="ε, added inside the square root")
-BETA1 = Hyper(0.9, 0.0, 1.0, high_open=True, key="beta1", doc="β1, decay of the first moment")
-BETA2 = Hyper(0.999, 0.0, 1.0, high_open=True, key="beta2", doc="β2, decay of the second moment")
+BETA1 = Hyper(0.9, 0.0, 1.0, high_open=True, key="betas", index=0, doc="β1, decay of the first moment")
+BETA2 = Hyper(0.999, 0.0, 1.0, high_open=True, key="betas", index=1, doc="β2, decay of the second moment")
 
 
 def _rule(name, **kw):

@@ -1,0 +1,132 @@
+"""The ``symopt`` command line: ``list``, ``show``, ``generate``, ``verify`` and more.
+
+Each sub-command lives in a function here or in a module named in
+:data:`EXTRA_COMMANDS`; such modules keep heavy imports (SymPy, matplotlib,
+torch) inside their functions, so ``symopt list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+#: Sub-commands defined in other modules: name -> (module, "add_parser" function, help).
+EXTRA_COMMANDS: dict = {}
+
+
+def _cmd_list(args) -> int:
+    import symopt
+
+    from .runtime.kernels import load_builtin
+
+    rows = []
+    for name in symopt.rules():
+        fam = load_builtin(name).FAMILY
+        variants = ", ".join(v["name"] for v in fam["variants"])
+        rows.append((fam.get("group", ""), name, fam.get("source", ""), variants))
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(row[0], []).append(row)
+    for group, items in groups.items():
+        print(f"[{group}]")
+        for _, name, source, variants in items:
+            extra = f"  variants: {variants}" if "," in variants else ""
+            print(f"  {name:<22} {source}{extra}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    import sympy as sp
+
+    from .codegen.plan import make_plan
+    from .rulebook.catalog import family
+    from .runtime.kernels import load_builtin
+
+    fam = family(args.name)
+    mod = load_builtin(args.name)
+    print(f"{fam.name} -- {fam.source}")
+    if fam.doc:
+        print(f"  {fam.doc}")
+    if fam.references:
+        print("  references: " + "; ".join(fam.references))
+    print(f"  generated module: {mod.__file__}")
+    print("  keyword arguments:")
+    for sym, h in fam.hyper.items():
+        key = (h.key or sym.name) + ("" if h.index is None else f"[{h.index}]")
+        print(f"    {key:<20} default {h.default!r:<10} range {h.range_text():<16} {h.doc}")
+    for when, rule in fam.variants:
+        cond = "" if when == sp.true else f" (when {sp.sstr(when)})"
+        plan = make_plan(rule)
+        print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element, {len(plan.scalars)} per-step scalars")
+        if rule.state:
+            print("    state: " + ", ".join(f"{rule.state_key(s)} (init {sp.sstr(sp.sympify(v.init))})"
+                                          for s, v in rule.state.items()))
+        if args.latex:
+            print("    " + rule.latex())
+        else:
+            for lhs, rhs in rule.updates:
+                print(f"    {lhs} <- {sp.sstr(rhs)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .codegen.generate import generate_builtins
+
+    if args.out:
+        out = Path(args.out)
+    else:
+        from . import generated
+
+        out = Path(generated.__path__[0])
+    paths = generate_builtins(out, names=args.names or None)
+    print(f"wrote {len(paths)} files to {out}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify.check import main as verify_main
+
+    return verify_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    p = argparse.ArgumentParser(prog="symopt", description="Optimizer rules in SymPy -> checked Numba kernels.")
+    p.add_argument("--version", action="version", version=f"symopt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("list", help="list the built-in rules by family")
+    s.set_defaults(func=_cmd_list)
+    s = sub.add_parser("show", help="show a rule: equations, state, hyperparameters, generated file")
+    s.add_argument("name")
+    s.add_argument("--latex", action="store_true", help="print the equations in LaTeX")
+    s.set_defaults(func=_cmd_show)
+    s = sub.add_parser("generate", help="regenerate the built-in kernel modules")
+    s.add_argument("names", nargs="*", help="only these rules (default: all, plus the index)")
+    s.add_argument("--out", help="output folder (default: the package's generated/)")
+    s.set_defaults(func=_cmd_generate)
+    s = sub.add_parser("verify", help="check kernels against high-precision evaluation of the rules")
+    s.add_argument("names", nargs="*", help="rules to verify (default: all)")
+    s.add_argument("--samples", type=int, default=200, help="random elements per magnitude band")
+    s.add_argument("--steps", type=int, default=3, help="consecutive steps checked")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_verify)
+    for name, (module, fn, help_text) in EXTRA_COMMANDS.items():
+        s = sub.add_parser(name, help=help_text)
+        getattr(importlib.import_module(module), fn)(s)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError) as exc:
+        print(f"symopt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
