@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 #: Sub-commands defined in other modules: name -> (module, "add_parser" function, help).
-EXTRA_COMMANDS: dict = {}
+EXTRA_COMMANDS: dict = {
+    "demo": ("symopt.demo", "add_parser", "run the whole pipeline on a few rules and a small problem"),
+}
 
 
 def _cmd_list(args) -> int:

@@ -1,0 +1,211 @@
+"""Verification: generated kernels against a high-precision evaluation of the Rule itself.
+
+For each rule variant and dtype, ``verify_variant``:
+
+1. builds an optimizer on random params and runs a few warm-up steps with the
+   kernel, so the state is a valid state of the rule (e.g. second moments ≥ 0);
+2. copies params, grads and state exactly (every float32/float64 value is exactly
+   representable in mpmath) and evaluates the rule's SymPy updates, in order, with
+   mpmath at 50 significant digits;
+3. runs one kernel step and compares every output (param and each state) with the
+   mpmath value: ``err = |kernel − exact| / max(|exact|, |old value|, tiny)``.
+
+Inputs span magnitude bands (tiny, unit, huge — chosen inside each dtype's range
+so that squares stay normal numbers).  The default tolerances are 2e-5 for
+float32 and 1e-12 for float64: per-step scalars are float64 cast to the kernel
+dtype, so a float32 step carries a few float32 roundings of every factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+BANDS = {"float32": (1e-12, 1.0, 1e12), "float64": (1e-60, 1.0, 1e60)}
+_DPS = 50
+
+
+@dataclass
+class Result:
+    rule: str
+    variant: str
+    dtype: str
+    max_error: float
+    tolerance: float
+    worst: str
+    samples: int
+
+    @property
+    def ok(self) -> bool:
+        return self.max_error <= self.tolerance
+
+
+def _mp_functions(rule):
+    """Each update of ``rule`` as an mpmath function of every symbol it may read."""
+    import sympy as sp
+
+    from ..rulebook.rule import t as t_sym
+
+    symbols = [rule.param, rule.grad, *rule.state, *rule.hyper, t_sym, *rule.temporaries]
+    fns = []
+    for lhs, rhs in rule.updates:
+        # lambdify prints SymPy's own expression tree (dummified names: no user text is executed).
+        fns.append((lhs, sp.lambdify(symbols, rhs, modules="mpmath", dummify=True)))
+    return symbols, fns
+
+
+def _exact_step(rule, symbols, fns, values: dict):
+    """Apply the updates in order at high precision; returns the new values by symbol."""
+    env = dict(values)
+    for lhs, fn in fns:
+        env[lhs] = fn(*[env.get(s, 0) for s in symbols])
+    return env
+
+
+def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int = 3, seed: int = 0,
+                   hyper: dict | None = None) -> Result:
+    """Compare the generated kernel of ``rule`` (a variant of ``family``) with mpmath."""
+    import mpmath
+
+    from ..codegen.render import hyper_identifiers
+    from ..rulebook.rule import t as t_sym
+    from ..runtime.optimizer import Optimizer
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    n = samples * len(BANDS[dtype])
+    scale = np.repeat(np.array(BANDS[dtype]), samples)
+    params = (rng.standard_normal(n) * scale).astype(dt)
+    kwargs = {**_options_for(family, rule), **(hyper or {})}
+    opt = Optimizer(_name_or_family(family), [params], **kwargs)
+    if opt.variant != rule.name:
+        raise RuntimeError(f"could not select variant {rule.name!r} of {family.name!r}")
+    group = opt.param_groups[0]
+    hvals = opt._spec.values(group, "verify")
+    idents = hyper_identifiers(family)
+    hyper_by_sym = {}
+    for sym in rule.hyper:
+        v = hvals[idents[sym]]
+        hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, bool) else mpmath.mpf(v)
+
+    warm = int(rng.integers(0, 4))
+    for _ in range(warm):
+        opt.step([(rng.standard_normal(n) * scale).astype(dt)])
+    worst, worst_where = 0.0, ""
+    mpmath.mp.dps = _DPS
+    symbols, fns = _mp_functions(rule)
+    keys = [s["key"] for s in opt._vinfo["state"]]
+    state_syms = {rule.state_key(s): s for s in rule.state}
+    for k in range(steps):
+        grad = (rng.standard_normal(n) * scale).astype(dt)
+        old_p = params.copy()
+        old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
+        t_val = int(opt._steps[0]) + 1
+        opt.step([grad])
+        for i in range(n):
+            vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(grad[i])), t_sym: t_val,
+                    **hyper_by_sym}
+            for key in keys:
+                vals[state_syms[key]] = mpmath.mpf(float(old_state[key][i]))
+            env = _exact_step(rule, symbols, fns, vals)
+            outs = [("param", rule.param, float(params[i]), float(old_p[i]))]
+            outs += [(key, state_syms[key], float(opt.state[0][key].reshape(-1)[i]), float(old_state[key][i]))
+                     for key in keys]
+            for label, sym, got, old in outs:
+                exact = env[sym]
+                if not mpmath.isfinite(exact):
+                    continue
+                ex = float(exact)
+                if not math.isfinite(ex):
+                    continue
+                tiny = np.finfo(dt).tiny
+                denom = max(abs(ex), abs(old), tiny)
+                err = float(abs(mpmath.mpf(got) - exact)) / denom if math.isfinite(got) else math.inf
+                if err > worst:
+                    worst = err
+                    worst_where = f"step {k + 1}, {label}[{i}] (|x|~{scale[i]:.0e}): got {got!r}, exact {ex!r}"
+    return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, n * steps)
+
+
+def _name_or_family(family):
+    from ..runtime.kernels import builtin_names
+
+    return family.name if family.name in builtin_names() else family
+
+
+def _options_for(family, rule) -> dict:
+    """Keyword arguments that select ``rule`` among the family's variants."""
+    import itertools
+
+    # Candidate values for the variant conditions: defaults, then flipped bools, then nonzero/zero floats.
+    cond_syms = set()
+    for when, _ in family.variants:
+        cond_syms |= when.free_symbols
+    choices = []
+    for s in sorted(cond_syms, key=lambda x: x.name):
+        h = family.hyper[s]
+        if h.kind == "bool":
+            choices.append([(s, h.default), (s, not h.default)])
+        else:
+            alt = 0.9 if h.default == 0 else 0.0
+            choices.append([(s, h.default), (s, alt)])
+    for combo in itertools.product(*choices) if choices else [()]:
+        values = family.defaults_by_symbol()
+        values.update(dict(combo))
+        if family.select(values) is rule:
+            kwargs: dict = {}
+            tuples: dict = {}
+            for s, v in dict(combo).items():
+                h = family.hyper[s]
+                key = h.key or s.name
+                if h.index is None:
+                    kwargs[key] = v
+                else:
+                    tuples.setdefault(key, {})[h.index] = v
+            for key, d in tuples.items():
+                base = list(family.rule_for().defaults().get(key) or ())
+                for i, v in d.items():
+                    base[i] = v
+                kwargs[key] = tuple(base)
+            return kwargs
+    raise RuntimeError(f"{family.name}: no option combination selects variant {rule.name!r}")
+
+
+def verify(names=None, *, samples: int = 200, steps: int = 3, seed: int = 0, dtypes=("float32", "float64")):
+    """Verify every variant of the named built-in rules (default: all); returns Results."""
+    from ..rulebook.catalog import builtin_families
+
+    fams = builtin_families()
+    names = list(fams) if not names else list(names)
+    results = []
+    for name in names:
+        if name not in fams:
+            raise ValueError(f"unknown rule {name!r}")
+        fam = fams[name]
+        for _, rule in fam.variants:
+            for dtype in dtypes:
+                results.append(verify_variant(fam, rule, dtype, samples=samples, steps=steps, seed=seed))
+    return results
+
+
+def format_table(results) -> str:
+    lines = [f"{'rule':<22} {'variant':<28} {'dtype':<8} {'max rel err':>12} {'tolerance':>10}  result",
+             "-" * 92]
+    for r in results:
+        lines.append(f"{r.rule:<22} {r.variant:<28} {r.dtype:<8} {r.max_error:>12.3e} {r.tolerance:>10.0e}  "
+                     f"{'ok' if r.ok else 'FAIL'}")
+    bad = [r for r in results if not r.ok]
+    lines.append("-" * 92)
+    lines.append(f"{len(results) - len(bad)} passed, {len(bad)} failed")
+    for r in bad:
+        lines.append(f"  {r.variant} {r.dtype}: worst at {r.worst}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    results = verify(args.names or None, samples=args.samples, steps=args.steps, seed=args.seed)
+    print(format_table(results))
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,40 @@
+"""generated/ is exactly what `symopt generate` produces now, and every file is intact."""
+import difflib
+from pathlib import Path
+
+import symopt.generated
+from symopt.codegen.generate import generate_builtins, is_intact, read_header_hash
+
+GENERATED = Path(symopt.generated.__path__[0])
+
+
+def test_generated_matches_fresh_generation(tmp_path):
+    generate_builtins(tmp_path)
+    fresh = {p.name for p in tmp_path.glob("*.py")}
+    checked_in = {p.name for p in GENERATED.glob("*.py")}
+    assert fresh == checked_in, (
+        f"files differ: only fresh {sorted(fresh - checked_in)}, only checked in {sorted(checked_in - fresh)}; "
+        f"run `python -m symopt generate`")
+    for name in sorted(fresh):
+        new = (tmp_path / name).read_text()
+        old = (GENERATED / name).read_text()
+        if new != old:
+            diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                f"generated/{name}", f"fresh/{name}", n=2))
+            raise AssertionError(f"generated/{name} is stale; run `python -m symopt generate`:\n{diff[:4000]}")
+
+
+def test_every_generated_module_is_sealed_and_names_its_source():
+    for path in GENERATED.glob("*.py"):
+        assert is_intact(path), f"{path.name}: content hash does not match (edited by hand?)"
+        text = path.read_text()
+        assert "DO NOT EDIT" in text.splitlines()[1]
+        assert "# source rule:" in text and "# input hash:" in text and "# template:" in text
+        if path.name != "__init__.py" and not path.name.startswith("nn_"):
+            assert read_header_hash(path) is not None
+
+
+def test_index_lists_every_builtin_rule():
+    from symopt.rulebook.catalog import builtin_families
+
+    assert list(symopt.generated.RULES) == list(builtin_families())
