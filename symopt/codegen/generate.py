@@ -126,10 +126,7 @@ def read_header_hash(path: Path) -> str | None:
     """The ``INPUT_HASH`` recorded in a generated module, or None if unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
-            for _ in range(40):
-                line = fh.readline()
-                if not line:
-                    break
+            for line in fh:  # after the docstring, whose length depends on the rule's doc
                 if line.startswith("INPUT_HASH = "):
                     return line.split("=", 1)[1].strip().strip("'\"")
     except (OSError, UnicodeDecodeError):
