@@ -7,8 +7,10 @@ computed from that run's own parameters:
     g_t = h ⊙ (θ_{t-1} − θ*) + n_t      (h > 0 fixed curvatures, n_t fixed noise)
 
 so any difference would feed back into later steps.  After every step the params
-are compared elementwise (relative error, params stay away from 0) and the state
-(Optax's ``mu``/``nu``) by max-norm relative error.  Tolerance: 1e-9 in float64.
+are compared elementwise (relative error, params stay away from 0); the state
+(Optax's ``mu``/``nu``) and the displacement θ_t − θ_0 (which shows differences the
+params' own rounding hides) by max-norm relative error.  Tolerance: 1e-9 in float64
+for all of them.
 """
 import numpy as np
 import pytest
@@ -97,7 +99,7 @@ def test_trajectory_equals_optax_f64(case):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    worst = {"params": 0.0, "mu": 0.0, "nu": 0.0}
+    worst = {"params": 0.0, "displacement": 0.0, "mu": 0.0, "nu": 0.0}
     for step in range(STEPS):
         opt.step(_grads(ours, target, curv, noise[step], np))
         theirs, tx_state = optax_step(theirs, tx_state, noise[step])
@@ -105,6 +107,8 @@ def test_trajectory_equals_optax_f64(case):
         for j in range(len(SHAPES)):
             assert theirs[j].dtype == jnp.float64
             worst["params"] = max(worst["params"], _rel(ours[j], theirs[j]))
+            worst["displacement"] = max(worst["displacement"],
+                                        _rel_norm(ours[j] - theta0[j], np.asarray(theirs[j]) - theta0[j]))
             worst["mu"] = max(worst["mu"], _rel_norm(opt.state[j]["mu"], mu[j]))
             if nu is not None:
                 worst["nu"] = max(worst["nu"], _rel_norm(opt.state[j]["nu"], nu[j]))
