@@ -35,6 +35,12 @@ def pytest_runtest_logreport(report):
         _missing_refs.append(report.nodeid)
 
 
+def pytest_collectreport(report):
+    # A module-level pytest.importorskip skips at collection time.
+    if _REQUIRE and report.skipped and "could not import" in str(report.longrepr):
+        _missing_refs.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _missing_refs:
         print(f"\nSYMOPT_REQUIRE_REFERENCES=1 but {len(_missing_refs)} tests skipped for a missing reference "
