@@ -273,7 +273,8 @@ class Family:
 
     def select(self, values: Mapping) -> Rule:
         """The variant rule for hyperparameter values keyed by symbol."""
-        subs = {s: (sp.true if v is True else sp.false if v is False else sp.Float(v)) for s, v in values.items()}
+        # Bools become 1/0, as in the generated select_variant (``sp.Eq(flag, 1)`` holds for True).
+        subs = {s: (sp.Integer(int(v)) if isinstance(v, bool) else sp.Float(v)) for s, v in values.items()}
         for when, rule in self.variants:
             if bool(when.xreplace(subs)):
                 return rule
