@@ -12,6 +12,7 @@ import importlib
 #: Modules that contribute families, in listing order.  Each has ``families()``.
 CATALOG_MODULES = (
     "symopt.rulebook.notes",
+    "symopt.rulebook.torch_compat",
     "symopt.rulebook.optax_compat",
 )
 
