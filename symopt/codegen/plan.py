@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import sympy as sp
 
+from ..rulebook.reduction import has_reductions
 from ..rulebook.rule import Rule, t
 
 
@@ -33,6 +34,7 @@ class KernelPlan(NamedTuple):
     reads: tuple            # array symbols the element loop reads
     op_count: int           # operations per element (sympy.count_ops, after CSE)
     scalar_op_count: int
+    reduction: object = None  # reduce_plan.ReductionInfo for rules with TensorSum/GlobalSum..., else None
 
 
 def substitute_updates(rule: Rule) -> list[tuple[sp.Symbol, sp.Expr]]:
@@ -97,6 +99,10 @@ def _rename_scalars(found: dict, exprs: list):
 
 def make_plan(rule: Rule) -> KernelPlan:
     """Build the kernel plan of ``rule`` (see the module docstring)."""
+    if has_reductions(rule):  # reduction passes + per-tensor scalars: see reduce_plan.py
+        from .reduce_plan import make_reduction_plan
+
+        return make_reduction_plan(rule)
     outputs = substitute_updates(rule)
     arrays = {rule.param, rule.grad, *rule.state}
     hoist = _Hoister(arrays, set(rule.hyper) | {t})

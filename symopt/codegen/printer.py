@@ -147,6 +147,12 @@ class ScalarPrinter(_Base):
     _print_erf = _fn("erf")
     del _fn
 
+    def _print_floor(self, expr):
+        return f"float(math.floor({self._print(expr.args[0])}))"
+
+    def _print_ceiling(self, expr):
+        return f"float(math.ceil({self._print(expr.args[0])}))"
+
 
 class KernelPrinter(_Base):
     """Per-element code for a Numba kernel whose arrays have dtype ``dtype``."""
@@ -221,4 +227,6 @@ class KernelPrinter(_Base):
     _print_sin = _fn("sin")
     _print_cos = _fn("cos")
     _print_atan = _fn("arctan")
+    _print_floor = _fn("floor")
+    _print_ceiling = _fn("ceil")
     del _fn

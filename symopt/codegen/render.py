@@ -20,6 +20,7 @@ from .._version import __version__
 from ..rulebook.display import expr_latex
 from ..rulebook.rule import Family, Rule, t
 from .names import comment_text, docstring_text, identifier, string_literal
+from . import reduce_render
 from .plan import KernelPlan, make_plan
 from .printer import KernelPrinter, ScalarPrinter
 
@@ -57,6 +58,8 @@ def input_hash(family: Family, template: str = OPTIMIZER_TEMPLATE) -> str:
     h.update(family.fingerprint().encode())
     for name in (template, "_util.jinja"):
         h.update(template_text(name).encode())
+    if reduce_render.family_has_reductions(family):  # only such modules contain the reduction kernels
+        h.update(template_text(reduce_render.REDUCE_TEMPLATE).encode())
     h.update(__version__.encode())
     return h.hexdigest()
 
@@ -101,6 +104,8 @@ def family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) ->
             "op_count": plan.op_count,
             "formula_hash": rule.fingerprint(),
         })
+        if plan.reduction is not None:  # reduction passes + per-tensor scalars (reduce_render.py)
+            variants[-1]["reduce"] = reduce_render.runtime_info(plan, prefix)
     return {
         "name": family.name,
         "group": family.group,
@@ -151,6 +156,9 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         elem_names[s] = f"{state_ids[s]}_i"
     for i, s in enumerate(plan.scalars):
         elem_names[s] = f"s{i}"
+    nloads = len(plan.scalars)
+    if plan.reduction is not None:  # per-tensor scalars: extra columns of the scalar table
+        nloads += reduce_render.name_tensor_scalars(plan, elem_names)
     for s, _ in plan.element_temps:
         elem_names[s] = s.name  # _e0, _e1 ... (numbered_symbols, never user text)
     src = {rule.param: "param_c", rule.grad: "grad_c", **{s: f"{state_ids[s]}_c" for s in plan.state}}
@@ -166,7 +174,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "name": name, "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "parallel": parallel,
                 "range": "numba.prange" if parallel else "range",
                 "ctor": pr.ctor, "zero": pr.const(0),
-                "scalar_loads": [(f"s{i}", i) for i in range(len(plan.scalars))],
+                "scalar_loads": [(f"s{i}", i) for i in range(nloads)],
                 "temps": temps, "stores": stores,
                 "doc": docstring_text(f"One {rule.name} step over every tensor, {dtype}"
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
@@ -241,4 +249,6 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
         "variants": [_variant_context(family, r, p, pre, hyper_ids)
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
-    return environment().get_template(OPTIMIZER_TEMPLATE).render(**ctx)
+    env = environment()
+    text = env.get_template(OPTIMIZER_TEMPLATE).render(**ctx)
+    return text + reduce_render.render_reductions(env, family, plans, prefixes, _state_identifiers)

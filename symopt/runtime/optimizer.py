@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 
 from .._version import __version__
-from . import kernels
+from . import kernels, reduction
 
 __all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
 
@@ -252,6 +252,7 @@ class Optimizer:
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
         self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        self._reduce = reduction.setup(self, suffix)  # None unless the rule has TensorSum/GlobalSum...
         self._hyper_names = self._vinfo["hyper"]
         self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values)
 
@@ -368,6 +369,8 @@ class Optimizer:
             chunks, scal = self._rows_by_step(active)
         total = self._total if active is None else int(self._sizes[active].sum())
         kernel = self._kernel_parallel if total >= self.parallel_threshold and _threads() > 1 else self._kernel_serial
+        if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
+            chunks, scal = self._reduce(self, chunks, scal, kernel is self._kernel_parallel)
         nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, scal,
                       self.on_nonfinite != "ignore")
         if nbad:
