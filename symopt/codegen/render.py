@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pprint
 from importlib import resources
 
 import jinja2
@@ -19,7 +18,7 @@ import sympy as sp
 from .._version import __version__
 from ..rulebook.display import expr_latex
 from ..rulebook.rule import Family, Rule, t
-from .names import comment_text, docstring_text, identifier, string_literal
+from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from . import reduce_render
 from .plan import KernelPlan, make_plan
 from .printer import KernelPrinter, ScalarPrinter
@@ -79,7 +78,8 @@ def hyper_identifiers(family: Family) -> dict:
 
 def _state_identifiers(rule: Rule) -> dict:
     taken: set = {"param", "grad"}
-    return {sym: identifier(rule.state_key(sym), taken, prefix="state") for sym in rule.state}
+    # The kernel also uses ``<id>_i`` (element value) and ``<id>_c`` (chunk view): keep those free too.
+    return {sym: identifier(rule.state_key(sym), taken, prefix="state", suffixes=("_i", "_c")) for sym in rule.state}
 
 
 def family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -> dict:
@@ -243,7 +243,7 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
             "template_literal": string_literal(OPTIMIZER_TEMPLATE),
         },
         "docstring": _docstring(family),
-        "family_literal": pprint.pformat(data, width=100, sort_dicts=False),
+        "family_literal": python_literal(data, width=100),
         "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
         "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
         "variants": [_variant_context(family, r, p, pre, hyper_ids)

@@ -91,6 +91,17 @@ class State:
     doc: str = ""
 
 
+def _condition(when, family_name) -> sp.Basic:
+    """A variant condition: a SymPy boolean, or True/False.  Strings are refused, never parsed
+    (``sympify`` would ``eval`` them)."""
+    if isinstance(when, sp.Basic):
+        return when
+    if isinstance(when, bool):
+        return sp.true if when else sp.false
+    raise RuleError(f"family {family_name!r}: a variant condition must be a SymPy boolean or True/False, "
+                    f"got {type(when).__name__} {when!r}")
+
+
 def _as_symbol(x, what: str) -> sp.Symbol:
     if not isinstance(x, sp.Symbol):
         raise RuleError(f"{what} must be a sympy Symbol, got {type(x).__name__}: {x!r}")
@@ -238,7 +249,7 @@ class Family:
     def __post_init__(self):
         if not self.variants:
             raise RuleError(f"family {self.name!r} has no variant")
-        self.variants = [(sp.sympify(w) if not isinstance(w, sp.Basic) else w, r) for w, r in self.variants]
+        self.variants = [(_condition(w, self.name), r) for w, r in self.variants]
         self.options = {_as_symbol(k, "option"): (v if isinstance(v, Hyper) else Hyper(v, kind="bool"))
                         for k, v in self.options.items()}
         keys = {}

@@ -1,19 +1,43 @@
-"""Checks that a :class:`~symopt.rulebook.rule.Rule` is well formed, at construction.
+"""Checks that a :class:`~symopt.rulebook.rule.Rule` (and a ``Family``) is well formed.
 
-Every message names the offending part.  A rule is rejected when it never updates
-the parameter, uses a symbol that is neither param, grad, state, hyperparameter,
-an earlier temporary nor the step ``t``, assigns to a hyperparameter or to ``t``,
-has a state initial value that depends on per-element values other than the
-parameter, uses a function the printer cannot print, or is not elementwise
-(matrices, indexed objects, sums over indices).
+``check_rule`` runs at construction; ``check_family`` runs again on a user family
+right before its module is generated.  Every message names the offending part.  A
+rule is rejected when it
+
+* never updates the parameter;
+* uses a symbol that is neither param, grad, state, hyperparameter, an earlier
+  temporary nor the step ``t`` (e.g. a state variable before it is declared, or a
+  typo);
+* assigns to a hyperparameter or to ``t``;
+* has a state variable without an initial value, or whose initial value depends on
+  per-element values other than the parameter itself (initial values are computed
+  once per tensor from hyperparameters);
+* holds a node the printers cannot print, compared by *exact* type: only plain
+  ``Symbol``/``Dummy``, finite numbers (``Integer``, ``Rational``, ``Float``
+  representable as a finite float64), ``pi``, ``E``, ``Add``, ``Mul``, ``Pow``,
+  relations, ``And``/``Or``/``Not``, ``Piecewise`` with a final ``True`` branch and
+  the functions in :data:`PRINTABLE_FUNCTIONS`.  A subclass of an allowed class is
+  rejected too: SymPy printers let an object print itself (``_pythoncode``), which
+  would paste arbitrary text into the kernel;
+* is not elementwise (matrices, indexed objects, sums/products over indices);
+* has malformed hyperparameter or state metadata (NaN or reversed bounds, a default
+  outside its range, keys that collide in ``param_groups`` or ``state_dict``).
+
+A family's variant conditions and constraints may use only its hyperparameters and
+options (they are per-step scalars: nothing per element), with the same node rules.
 """
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
+from sympy.core import numbers as _numbers
+from sympy.core import relational as _rel
+from sympy.logic import boolalg as _boolalg
 
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
-from .rule import RuleError, t
+from .rule import Hyper, RuleError, State, t
 
 #: Functions the kernel printer knows how to print; anything else is rejected.
 PRINTABLE_FUNCTIONS = (
@@ -21,38 +45,154 @@ PRINTABLE_FUNCTIONS = (
     sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, sp.erf, sp.Heaviside,
     sp.floor, sp.ceiling, sp.Mod,  # step arithmetic in t (schedules, "every k steps")
 )
-_ATOMS_OK = (sp.Symbol, sp.Number, sp.NumberSymbol, sp.logic.boolalg.BooleanAtom)
-_NODES_OK = (sp.Add, sp.Mul, sp.Pow, sp.core.relational.Relational, sp.And, sp.Or, sp.Not,
-             sp.functions.elementary.piecewise.ExprCondPair)
+#: Sums/means over a tensor or over all tensors: the plan turns them into reduction passes
+#: (reduction.py, codegen/reduce_plan.py); they never reach a printer.
+_REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean})
+_NUMBER_TYPES = frozenset({
+    _numbers.Integer, _numbers.Rational, _numbers.Float, _numbers.Zero, _numbers.One,
+    _numbers.NegativeOne, _numbers.Half, _numbers.Pi, _numbers.Exp1,
+})
+_NODE_TYPES = frozenset({
+    sp.Add, sp.Mul, sp.Pow, _rel.Equality, _rel.Unequality, _rel.StrictLessThan, _rel.LessThan,
+    _rel.StrictGreaterThan, _rel.GreaterThan, _boolalg.And, _boolalg.Or, _boolalg.Not,
+    _boolalg.BooleanTrue, _boolalg.BooleanFalse, sp.functions.elementary.piecewise.ExprCondPair,
+    *PRINTABLE_FUNCTIONS,
+})
+_SYMBOL_TYPES = frozenset({sp.Symbol, sp.Dummy})
+_NON_ELEMENTWISE = (sp.MatrixBase, sp.MatrixExpr, sp.Indexed, sp.IndexedBase, sp.Idx, sp.Sum, sp.Product,
+                    sp.Integral, sp.Derivative)
+#: Deepest expression tree accepted (the printer and Python's parser both recurse).
+MAX_DEPTH = 60
+_RESERVED_STATE_KEYS = frozenset({"step"})
+_RESERVED_HYPER_KEYS = frozenset({"params"})
 
 
-def check_expression(expr: sp.Basic, where: str) -> None:
-    """Reject nodes the pipeline cannot print as elementwise scalar code."""
+def _depth(expr: sp.Basic) -> int:
+    best, stack = 0, [(expr, 1)]
+    while stack:
+        node, d = stack.pop()
+        best = max(best, d)
+        if best > MAX_DEPTH:
+            return best
+        stack.extend((a, d + 1) for a in node.args)
+    return best
+
+
+def check_expression(expr, where: str) -> None:
+    """Reject anything the pipeline cannot print as elementwise scalar code (see module doc)."""
+    if not isinstance(expr, sp.Basic):
+        raise RuleError(f"{where}: expected a SymPy expression, got {type(expr).__name__}")
+    if _depth(expr) > MAX_DEPTH:
+        raise RuleError(f"{where}: the expression is nested more than {MAX_DEPTH} levels deep; "
+                        f"split it into temporaries")
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, _ATOMS_OK):
-            if isinstance(node, sp.Symbol) and type(node) is not sp.Symbol and not isinstance(node, sp.Dummy):
-                raise RuleError(f"{where}: {node} is a {type(node).__name__}; only plain Symbols are elementwise")
-            if node in (sp.zoo, sp.nan) or node is sp.oo or node is sp.S.NegativeInfinity:
-                raise RuleError(f"{where}: contains the non-finite constant {node}")
+        kind = type(node)
+        if kind in _SYMBOL_TYPES:
             continue
-        if isinstance(node, _NODES_OK):
+        if kind in _NUMBER_TYPES:
+            try:
+                value = float(node)
+            except (OverflowError, TypeError, ValueError):
+                value = math.inf
+            if not math.isfinite(value):
+                raise RuleError(f"{where}: the constant {sp.sstr(node)[:60]} is not a finite float64")
             continue
-        if isinstance(node, PRINTABLE_FUNCTIONS):
+        if kind in _REDUCTION_TYPES:
             continue
-        if type(node) in (TensorSum, TensorMean, GlobalSum, GlobalMean):  # reduction passes (reduce_plan.py)
+        if kind in _NODE_TYPES:
+            if kind is sp.Piecewise and node.args[-1].cond != sp.true:
+                raise RuleError(f"{where}: every Piecewise needs a final (expr, True) branch")
             continue
-        kind = type(node).__name__
-        if isinstance(node, (sp.MatrixBase, sp.MatrixExpr, sp.Indexed, sp.IndexedBase, sp.Sum, sp.Product)):
-            raise RuleError(f"{where}: {kind} is not elementwise; updates must be scalar expressions per element")
-        raise RuleError(f"{where}: the function {kind} cannot be printed into a kernel "
-                        f"(supported: {', '.join(f.__name__ for f in PRINTABLE_FUNCTIONS)})")
+        name = kind.__name__
+        if isinstance(node, sp.Symbol):
+            raise RuleError(f"{where}: {node.name!r} is a {name}; only plain sympy Symbols are allowed "
+                            f"(Symbol subclasses such as Wild or custom classes are not elementwise data)")
+        if node in (sp.zoo, sp.nan) or node is sp.oo or node is sp.S.NegativeInfinity:
+            raise RuleError(f"{where}: contains the non-finite constant {node}")
+        if isinstance(node, _NON_ELEMENTWISE):
+            raise RuleError(f"{where}: {name} is not elementwise; updates must be scalar expressions per element")
+        if any(isinstance(node, allowed) for allowed in (*_NODE_TYPES, *_NUMBER_TYPES)):
+            raise RuleError(f"{where}: {name} subclasses a SymPy class the printer supports, but only the "
+                            f"SymPy classes themselves are accepted (a subclass may print arbitrary code)")
+        raise RuleError(f"{where}: the function {name} cannot be printed into a kernel "
+                        f"(supported: {', '.join(f.__name__ for f in PRINTABLE_FUNCTIONS)}, +, *, **, "
+                        f"relations, And/Or/Not)")
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_name(value, what: str, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not value:
+        raise RuleError(f"{what} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise RuleError(f"{what} {value!r} holds a NUL character")
+
+
+def check_hyper(sym, h, where: str = "") -> None:
+    """Hyperparameter metadata: bounds are numbers (not NaN), low <= high, default inside."""
+    label = f"{where}hyperparameter {sym}"
+    if not isinstance(h, Hyper):
+        raise RuleError(f"{label}: expected a symopt.Hyper, got {type(h).__name__}")
+    _check_name(h.key, f"{label}: key", allow_none=True)
+    if h.key in _RESERVED_HYPER_KEYS:
+        raise RuleError(f"{label}: key {h.key!r} is reserved (param groups hold the params under it)")
+    if h.index is not None and (not isinstance(h.index, int) or isinstance(h.index, bool) or h.index < 0):
+        raise RuleError(f"{label}: index must be None or an int >= 0, got {h.index!r}")
+    if not isinstance(h.doc, str):
+        raise RuleError(f"{label}: doc must be a string, got {type(h.doc).__name__}")
+    for side in ("low", "high"):
+        v = getattr(h, side)
+        if not _is_real(v) or math.isnan(v):
+            raise RuleError(f"{label}: {side} bound must be a number (inf allowed), got {v!r}")
+        if not isinstance(getattr(h, f"{side}_open"), bool):
+            raise RuleError(f"{label}: {side}_open must be True or False")
+    if h.kind == "bool":
+        return
+    if h.low > h.high:
+        raise RuleError(f"{label}: low bound {h.low!r} is above high bound {h.high!r}")
+    d = h.default
+    if d < h.low or d > h.high or (h.low_open and d == h.low) or (h.high_open and d == h.high):
+        raise RuleError(f"{label}: default {d!r} is outside its range {h.range_text()}")
+
+
+def _check_hyper_keys(hyper: dict, where: str) -> None:
+    plain: dict = {}
+    indexed: dict = {}
+    for sym, h in hyper.items():
+        key = h.key or sym.name
+        if h.index is None:
+            if key in plain or key in indexed:
+                raise RuleError(f"{where}hyperparameters {plain.get(key) or sorted(indexed[key].values())[0]} and "
+                                f"{sym} share the keyword {key!r}")
+            plain[key] = sym
+        else:
+            if key in plain:
+                raise RuleError(f"{where}hyperparameter {sym} uses keyword {key!r} with an index, but "
+                                f"{plain[key]} uses it alone")
+            slots = indexed.setdefault(key, {})
+            if h.index in slots:
+                raise RuleError(f"{where}hyperparameters {slots[h.index]} and {sym} are both {key}[{h.index}]")
+            slots[h.index] = sym
+    for key, slots in indexed.items():
+        if sorted(slots) != list(range(len(slots))):
+            raise RuleError(f"{where}keyword {key!r} has indices {sorted(slots)}; a tuple keyword needs 0..n-1")
 
 
 def check_rule(rule) -> None:
+    """Raise :class:`RuleError` naming the first problem of ``rule`` (see the module doc)."""
+    _check_name(rule.name, "rule name", allow_none=False)
     arrays = {rule.param, rule.grad, *rule.state}
     hypers = set(rule.hyper)
     names: dict[str, sp.Symbol] = {}
     for sym in [rule.param, rule.grad, *rule.state, *rule.hyper, *(lhs for lhs, _ in rule.updates)]:
+        if type(sym) not in _SYMBOL_TYPES:
+            raise RuleError(f"{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
+        if not sym.name or "\x00" in sym.name:
+            raise RuleError(f"symbol name {sym.name!r} is empty or holds a NUL character")
         prev = names.get(sym.name)
         if prev is not None and prev != sym:
             raise RuleError(f"two different symbols share the name {sym.name!r} (different assumptions?)")
@@ -64,12 +204,30 @@ def check_rule(rule) -> None:
         raise RuleError(f"{sorted(map(str, overlap))} declared both as state/param/grad and hyperparameter")
     if t in arrays or t in hypers:
         raise RuleError("symopt.t is the step counter; it cannot be a state variable or hyperparameter")
+    for sym, h in rule.hyper.items():
+        check_hyper(sym, h)
+    _check_hyper_keys(rule.hyper, "")
+    state_keys: dict = {}
     for sym, spec in rule.state.items():
+        if not isinstance(spec, State):
+            raise RuleError(f"state variable {sym}: expected a symopt.State or an initial value")
+        _check_name(spec.key, f"state variable {sym}: key", allow_none=True)
+        key = spec.key or sym.name
+        if key in _RESERVED_STATE_KEYS:
+            raise RuleError(f"state variable {sym}: key {key!r} is reserved (state_dict keeps the step count there)")
+        if key in state_keys:
+            raise RuleError(f"state variables {state_keys[key]} and {sym} share the state_dict key {key!r}")
+        state_keys[key] = sym
         init = spec.init
+        if init is None:
+            raise RuleError(f"state variable {sym} has no initial value")
         if isinstance(init, bool) or not isinstance(init, (int, float, sp.Basic)):
             raise RuleError(f"state variable {sym}: initial value must be a number, an expression in "
                             f"hyperparameters or the param symbol, got {init!r}")
-        init = sp.sympify(init)
+        if not isinstance(init, sp.Basic):
+            if not math.isfinite(float(init)):
+                raise RuleError(f"state variable {sym}: initial value {init!r} is not finite")
+            init = sp.Float(float(init)) if isinstance(init, float) else sp.Integer(int(init))
         if init != rule.param:
             check_expression(init, f"initial value of state {sym}")
             bad = init.free_symbols - hypers
@@ -89,18 +247,59 @@ def check_rule(rule) -> None:
         if unknown:
             raise RuleError(f"{where}: unknown symbols {sorted(map(str, unknown))}; every symbol must be the "
                             f"param, grad, a state variable, a hyperparameter, an earlier temporary or symopt.t")
-        if rhs.has(sp.Piecewise):
-            for pw in rhs.atoms(sp.Piecewise):
-                if not pw.args[-1].cond == sp.true:
-                    raise RuleError(f"{where}: every Piecewise needs a final (expr, True) branch")
         known.add(lhs)
         if lhs == rule.param:
             updated_param = True
     if not updated_param:
         raise RuleError(f"rule {rule.name!r} never updates the param {rule.param}")
-    for sym, spec in rule.state.items():
+    for sym in rule.state:
         if not any(lhs == sym for lhs, _ in rule.updates):
             raise RuleError(f"state variable {sym} is never updated; make it a hyperparameter or drop it")
-    for sym in names.values():
-        if not sym.name or "\x00" in sym.name:
-            raise RuleError(f"symbol name {sym.name!r} is empty or holds a NUL character")
+
+
+def check_family(family) -> None:
+    """Check a whole family before generating its module: every variant rule again (rules are
+    mutable objects), variant conditions and constraints over hyperparameters only, metadata."""
+    from .rule import Family, Rule
+
+    if not isinstance(family, Family):
+        raise RuleError(f"expected a symopt.Family, got {type(family).__name__}")
+    _check_name(family.name, "family name", allow_none=False)
+    for attr in ("doc", "source", "group"):
+        if not isinstance(getattr(family, attr), str):
+            raise RuleError(f"family {family.name!r}: {attr} must be a string")
+    if not all(isinstance(r, str) for r in family.references):
+        raise RuleError(f"family {family.name!r}: references must be strings")
+    if not family.variants:
+        raise RuleError(f"family {family.name!r} has no variant")
+    allowed = set(family.hyper)
+    where = f"family {family.name!r}: "
+    for sym, h in family.hyper.items():
+        if type(sym) not in _SYMBOL_TYPES:
+            raise RuleError(f"{where}{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
+        check_hyper(sym, h, where)
+    _check_hyper_keys(family.hyper, where)
+    for sym, h in family.options.items():
+        if h.kind != "bool":
+            raise RuleError(f"{where}option {sym} must be a bool Hyper")
+    for k, (when, rule) in enumerate(family.variants):
+        if not isinstance(rule, Rule):
+            raise RuleError(f"{where}variant {k} is a {type(rule).__name__}, not a symopt.Rule")
+        check_rule(rule)
+        check_expression(when, f"{where}condition of variant {rule.name!r}")
+        extra = when.free_symbols - allowed
+        if extra:
+            raise RuleError(f"{where}condition of variant {rule.name!r} uses {sorted(map(str, extra))}, which are "
+                            f"not hyperparameters or options")
+    for k, item in enumerate(family.constraints):
+        try:
+            cond, message = item
+        except (TypeError, ValueError):
+            raise RuleError(f"{where}constraint {k} must be a (condition, message) pair") from None
+        check_expression(cond, f"{where}constraint {k}")
+        if not isinstance(message, str):
+            raise RuleError(f"{where}constraint {k}: message must be a string")
+        extra = cond.free_symbols - allowed
+        if extra:
+            raise RuleError(f"{where}constraint {k} ({message!r}) uses {sorted(map(str, extra))}, which are "
+                            f"not hyperparameters or options (constraints are checked once per value set)")
