@@ -1,11 +1,24 @@
 """Writing generated modules: built-ins into ``generated/``, user rules into a cache.
 
 Every file is written atomically (temporary file in the same folder, fsync,
-``os.replace``), so a reader never sees half a module.  User rules go to
-``$SYMOPT_CACHE_DIR`` (default ``~/.cache/symopt``, or ``$XDG_CACHE_HOME/symopt``)
-as real ``.py`` files so numba's ``cache=True`` works for them too; a lock file
-serializes writers, and a cached module whose header hash does not match its
-inputs is regenerated, never imported.
+``os.replace``), so a reader never sees half a module, and ends with a seal line
+holding the sha256 of its content.
+
+User rules (:func:`user_module`) go to ``$SYMOPT_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/symopt`` or ``~/.cache/symopt``) as real ``.py`` files, so
+numba's ``cache=True`` works for them too.  A family is checked
+(:func:`~symopt.rulebook.validate.check_family`) before it is rendered, and the
+rendered text is audited (:func:`~symopt.codegen.audit.audit_module`: it compiles
+and has only a generated module's shape) before it is written.  An ``fcntl`` lock
+on ``kernels/.lock`` serializes writers; each reader reads the file once and uses
+that text only if its seal and its ``INPUT_HASH`` line match the family (an edited,
+truncated or older file is regenerated, never imported).  The runtime executes
+exactly the text that was checked, never re-reading the file.
+
+If the cache folder cannot be written (read-only, not a folder), the module goes to
+a private per-user folder under the system temporary folder; if that fails too it
+is kept in memory only (numba then compiles it in every process).  Either way one
+:class:`CacheWarning` is issued per process.
 """
 
 from __future__ import annotations
@@ -13,7 +26,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._version import __version__
@@ -35,16 +52,20 @@ def seal(text: str) -> str:
     return f"{text}{SEAL_PREFIX}{hashlib.sha256(text.encode('utf-8')).hexdigest()}\n"
 
 
+def _seal_ok(text: str) -> bool:
+    body, sep, last = text.rstrip("\n").rpartition("\n")
+    if not sep or not last.startswith(SEAL_PREFIX):
+        return False
+    return hashlib.sha256((body + "\n").encode("utf-8")).hexdigest() == last[len(SEAL_PREFIX):].strip()
+
+
 def is_intact(path: Path) -> bool:
     """True when the file's last line is a seal that matches its content."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
-    body, sep, last = text.rstrip("\n").rpartition("\n")
-    if not sep or not last.startswith(SEAL_PREFIX):
-        return False
-    return hashlib.sha256((body + "\n").encode("utf-8")).hexdigest() == last[len(SEAL_PREFIX):].strip()
+    return _seal_ok(text)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -103,30 +124,61 @@ def cache_dir() -> Path:
     return Path(base) / "symopt"
 
 
+class CacheWarning(UserWarning):
+    """The configured kernel cache folder could not be used; a fallback was taken."""
+
+
+def fallback_cache_dir() -> Path | None:
+    """A private per-user folder under the system temporary folder, or None if unsafe/unusable.
+
+    The folder must be a real directory (not a symlink) owned by this user and not
+    writable by group or others: a shared ``/tmp`` must not let another user plant
+    modules that this process would import.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = Path(tempfile.gettempdir()) / f"symopt-cache-{uid if uid is not None else 'user'}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    if uid is not None and (st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        return None
+    return path
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
             import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - non-POSIX: rely on atomic rename alone
-            pass
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):
-                import fcntl
+            if fcntl is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+def _header_hash(text: str) -> str | None:
+    for line in text.splitlines():  # after the docstring, whose length depends on the rule's doc
+        if line.startswith("INPUT_HASH = "):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return None
 
 
 def read_header_hash(path: Path) -> str | None:
     """The ``INPUT_HASH`` recorded in a generated module, or None if unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
-            for line in fh:  # after the docstring, whose length depends on the rule's doc
+            for line in fh:
                 if line.startswith("INPUT_HASH = "):
                     return line.split("=", 1)[1].strip().strip("'\"")
     except (OSError, UnicodeDecodeError):
@@ -134,20 +186,123 @@ def read_header_hash(path: Path) -> str | None:
     return None
 
 
+def _verified_text(path: Path, digest: str) -> str | None:
+    """The file's text if it is sealed, intact, generated from inputs with hash ``digest`` and
+    passes the audit; None otherwise (the caller then regenerates it)."""
+    from .audit import AuditError, audit_module
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not _seal_ok(text) or _header_hash(text) != digest:
+        return None
+    try:
+        audit_module(text, str(path))
+    except AuditError:
+        return None
+    return text
+
+
+@dataclass(frozen=True)
+class UserModule:
+    """A user rule's generated module: its checked text, input hash and file (None: in memory)."""
+
+    path: Path | None
+    digest: str
+    text: str
+    name: str
+
+
 def user_module_path(family: Family, directory: Path | None = None) -> tuple[Path, str]:
-    """Path and expected input hash of the cached module for a user rule."""
+    """Path (in the configured cache) and expected input hash of the module for a user rule."""
     digest = input_hash(family)
     directory = cache_dir() if directory is None else Path(directory)
     return directory / "kernels" / f"{module_name(family.name)}_{digest[:16]}.py", digest
 
 
-def ensure_user_module(family: Family, directory: Path | None = None) -> tuple[Path, str]:
-    """Generate the user rule's module into the cache unless an intact copy is there."""
-    path, digest = user_module_path(family, directory)
-    if read_header_hash(path) == digest and is_intact(path):
-        return path, digest
-    with _locked(path.parent / ".lock"):
-        if read_header_hash(path) != digest or not is_intact(path):
-            text = render_family(family, source_label=f"user rule {comment_text(family.name)}")
-            atomic_write(path, seal(text))
-    return path, digest
+def render_user_module(family: Family) -> str:
+    """Checked, sealed and audited source text of a user family's module."""
+    from ..rulebook.validate import check_family
+    from .audit import audit_module
+
+    check_family(family)
+    text = seal(render_family(family, source_label=f"user rule {comment_text(family.name)}"))
+    audit_module(text, f"<user rule {module_name(family.name)}>")
+    return text
+
+
+_warned: set = set()
+_warn_lock = threading.Lock()
+
+
+def _warn_once(failures: list, used: Path | None) -> None:
+    if not failures:
+        return
+    key = (tuple(str(b) for b, _ in failures), str(used))
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    tried = "; ".join(f"{b} ({type(e).__name__}: {e.strerror or e})" for b, e in failures)
+    if used is not None:
+        msg = f"symopt: cannot write the kernel cache folder {tried}; user rule modules go to {used} instead"
+    else:
+        msg = (f"symopt: no writable kernel cache folder ({tried}); user rule modules are kept in memory and "
+               f"compiled in every process (set SYMOPT_CACHE_DIR to a writable folder)")
+    warnings.warn(msg, CacheWarning, stacklevel=4)
+
+
+def user_module(family: Family, directory: Path | None = None) -> UserModule:
+    """The checked module text of a user family, from the cache or freshly generated into it.
+
+    ``directory`` overrides :func:`cache_dir`.  Tries that folder, then
+    :func:`fallback_cache_dir`, then keeps the module in memory (see the module doc).
+    Raises :class:`~symopt.rulebook.rule.RuleError` for a malformed family.
+    """
+    from ..rulebook.validate import check_family
+
+    check_family(family)
+    digest = input_hash(family)
+    stem = f"{module_name(family.name)}_{digest[:16]}"
+    primary = cache_dir() if directory is None else Path(directory)
+    failures: list = []
+    text = None
+    for base in _candidate_dirs(primary):
+        path = base / "kernels" / f"{stem}.py"
+        found = _verified_text(path, digest)
+        if found is None:
+            if text is None:
+                text = render_user_module(family)
+            try:
+                with _locked(path.parent / ".lock"):
+                    found = _verified_text(path, digest)  # another process may have just written it
+                    if found is None:
+                        atomic_write(path, text)
+                        found = text
+            except OSError as exc:
+                failures.append((base, exc))
+                continue
+        _warn_once(failures, path.parent)
+        return UserModule(path, digest, found, stem)
+    if text is None:
+        text = render_user_module(family)
+    _warn_once(failures, None)
+    return UserModule(None, digest, text, stem)
+
+
+def _candidate_dirs(primary: Path):
+    """The configured cache folder, then (only if asked for) the per-user fallback folder."""
+    yield primary
+    fallback = fallback_cache_dir()
+    if fallback is not None and fallback != primary:
+        yield fallback
+
+
+def ensure_user_module(family: Family, directory: Path | None = None) -> tuple[Path | None, str]:
+    """Generate the user rule's module into the cache unless an intact copy is there.
+
+    Returns ``(path, input hash)``; ``path`` is None when no cache folder was writable.
+    """
+    um = user_module(family, directory)
+    return um.path, um.digest

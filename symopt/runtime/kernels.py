@@ -2,17 +2,20 @@
 
 Built-in rules live in the checked-in package ``symopt.generated`` (the
 ``generated/`` folder), indexed by ``symopt.generated.RULES``.  A user
-:class:`~symopt.rulebook.rule.Rule` (or ``Family``) is generated on first use into
-the user cache (see :mod:`symopt.codegen.generate`) and imported from that file,
-so numba's on-disk cache works for it as well.
+:class:`~symopt.rulebook.rule.Rule` (or ``Family``) is checked, generated on first
+use into the user cache (see :mod:`symopt.codegen.generate`) and executed from the
+exact text that was verified (seal, input hash, audit) -- compiled with the cache
+file's path as its file name, so numba's on-disk cache works for it as well; the
+file is never imported by path after the check.  When no cache folder is writable
+the module runs from memory with numba's disk cache turned off.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import threading
+import types
 
 _lock = threading.Lock()
 _user_modules: dict = {}
@@ -39,36 +42,63 @@ def load_builtin(name: str):
     return importlib.import_module(f"symopt.generated.{mod}")
 
 
-def load_user(rule_or_family):
-    """Generate (if needed) and import the module of a user Rule or Family."""
-    from ..codegen.generate import ensure_user_module
+def _family_of(rule_or_family):
     from ..rulebook.rule import Family, Rule
 
     if isinstance(rule_or_family, Rule):
-        family = Family.of(rule_or_family)
-    elif isinstance(rule_or_family, Family):
-        family = rule_or_family
+        return Family.of(rule_or_family)
+    if isinstance(rule_or_family, Family):
+        return rule_or_family
+    raise TypeError(f"expected a rule name (str), a symopt.Rule or a Family, got {type(rule_or_family).__name__}")
+
+
+#: The numba decorator as the template writes it; in-memory modules turn its disk cache off.
+_CACHED_NJIT = "@numba.njit(cache=True"
+
+
+def _execute(um):
+    """A module object from a checked :class:`~symopt.codegen.generate.UserModule`."""
+    mod_name = f"symopt_user_kernels.{um.name}"
+    text = um.text
+    if um.path is None:
+        # numba can only cache functions that live in a file; keep everything else identical.
+        text = text.replace(_CACHED_NJIT, "@numba.njit(cache=False")
+        filename = f"<symopt user rule {um.name}>"
     else:
-        raise TypeError(f"expected a symopt.Rule or Family, got {type(rule_or_family).__name__}")
-    path, digest = ensure_user_module(family)
+        filename = str(um.path)
+    code = compile(text, filename, "exec", dont_inherit=True)
+    mod = types.ModuleType(mod_name)
+    if um.path is not None:
+        mod.__file__ = filename
+    sys.modules[mod_name] = mod
+    try:
+        exec(code, mod.__dict__)  # the generated module's own text, sealed and audited above
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
+    if getattr(mod, "INPUT_HASH", None) != um.digest:
+        sys.modules.pop(mod_name, None)
+        raise ImportError(f"generated module {filename} does not match its rule (hash mismatch)")
+    return mod
+
+
+def load_user(rule_or_family):
+    """Check, generate (if needed) and load the module of a user Rule or Family."""
+    from ..codegen.generate import user_module
+    from ..codegen.render import input_hash
+
+    family = _family_of(rule_or_family)
+    digest = input_hash(family)
     with _lock:
         mod = _user_modules.get(digest)
-        if mod is not None:
-            return mod
-        mod_name = f"symopt_user_kernels.{path.stem}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:  # pragma: no cover
-            raise ImportError(f"cannot import generated module {path}")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            sys.modules.pop(mod_name, None)
-            raise
-        if getattr(mod, "INPUT_HASH", None) != digest:  # pragma: no cover - guarded by ensure_user_module
-            raise ImportError(f"generated module {path} does not match its rule (hash mismatch)")
-        _user_modules[digest] = mod
+    if mod is not None:
+        return mod
+    um = user_module(family)
+    with _lock:
+        mod = _user_modules.get(um.digest)
+        if mod is None:
+            mod = _execute(um)
+            _user_modules[um.digest] = mod
         return mod
 
 

@@ -1,0 +1,172 @@
+"""A last check of generated source before it is written or imported: the shape of a module.
+
+The sanitizer (:mod:`.names`) and rule validation keep user text out of code; this
+audit proves it on the result, without running anything (``compile`` and
+:mod:`ast` only).  A generated module may hold, at module level, only
+
+* its docstring;
+* ``import math``, ``import numba``, ``import numpy as np``, ``from numba import
+  types``, ``from numba.extending import intrinsic``;
+* assignments of a *literal* (``ast.literal_eval`` reads it) to a plain name;
+* function definitions decorated with ``intrinsic`` or ``numba.njit(<constants>)``.
+
+Inside functions, every name read is a local (an argument or an assignment of
+that function or an enclosing one), a module-level definition, an import above
+or one of :data:`SAFE_BUILTINS`; no local rebinds a module-level or imported name;
+no name or attribute starts with an underscore other than the generator's own
+``_ptr_f32``/``_ptr_f64``/``_e<k>``/``_c<k>``; no ``global``, ``import``, ``lambda``,
+``with``, ``try``, class, comprehension, ``del``, ``yield``, ``await``, star-args or
+decorator other than the above.  So even a sanitizer bug could not reach
+``__import__``, ``eval``, ``open`` or an attribute chain like ``x.__class__``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from ..rulebook.rule import RuleError
+
+#: Builtins generated code may call.
+SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})
+_IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np"}
+_FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic"}
+_PRIVATE_OK = re.compile(r"_ptr_f(32|64)|_e\d+|_c\d+"
+                         # locals of the reduction kernels (templates/reduce_kernels.py.jinja)
+                         r"|_[adfgr]\d+|_(ext|nt|nc|row|count|total|red|part|q)")
+_ALLOWED_NODES = (
+    ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
+    ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
+    ast.IfExp, ast.Subscript, ast.Slice, ast.Tuple, ast.List, ast.Dict, ast.Constant, ast.Load, ast.Store,
+    ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context, ast.Pass,
+)
+
+
+class AuditError(RuleError):
+    """Generated source does not have the shape of a generated module."""
+
+
+def _fail(node, message: str):
+    line = getattr(node, "lineno", "?")
+    raise AuditError(f"generated code, line {line}: {message}")
+
+
+def _check_private(name: str, node) -> None:
+    if name.startswith("_") and not _PRIVATE_OK.fullmatch(name):
+        _fail(node, f"the name {name!r} starts with an underscore")
+
+
+def _decorator_ok(dec) -> bool:
+    if isinstance(dec, ast.Name):
+        return dec.id == "intrinsic"
+    if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "njit"
+            and isinstance(dec.func.value, ast.Name) and dec.func.value.id == "numba" and not dec.args):
+        return all(k.arg is not None and isinstance(k.value, ast.Constant) for k in dec.keywords)
+    return False
+
+
+def _own_nodes(fn: ast.FunctionDef):
+    """Nodes of ``fn``'s body (docstring excluded), not descending into nested functions."""
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    stack = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _locals(fn: ast.FunctionDef) -> set:
+    """Names bound in ``fn`` itself: arguments, assignment and loop targets, nested defs."""
+    out = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
+    for node in _own_nodes(fn):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, ast.FunctionDef):
+            out.add(node.name)
+    return out
+
+
+def _check_function(fn: ast.FunctionDef, module_names: set, protected: set, enclosing: set) -> None:
+    if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.posonlyargs or fn.args.defaults:
+        _fail(fn, f"function {fn.name!r} has a signature generated code never uses")
+    for a in fn.args.args:
+        _check_private(a.arg, a)
+    local = _locals(fn)
+    clash = local & protected
+    if clash:
+        _fail(fn, f"function {fn.name!r} rebinds names the module imports or calls: {sorted(clash)}")
+    visible = local | enclosing
+    for node in _own_nodes(fn):
+        if not isinstance(node, _ALLOWED_NODES):
+            _fail(node, f"{type(node).__name__} is not something generated code contains")
+        if isinstance(node, ast.FunctionDef):
+            if node.decorator_list:
+                _fail(node, "a nested function is decorated")
+            _check_function(node, module_names, protected, visible)
+        elif isinstance(node, ast.Expr) and not isinstance(node.value, ast.Call):
+            _fail(node, "a bare expression statement")
+        elif isinstance(node, ast.Name):
+            _check_private(node.id, node)
+            if isinstance(node.ctx, ast.Load) and not (node.id in visible or node.id in module_names
+                                                       or node.id in SAFE_BUILTINS):
+                _fail(node, f"the name {node.id!r} is neither local, module-level nor a safe builtin")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            _fail(node, f"the attribute {node.attr!r} starts with an underscore")
+
+
+def audit_module(text: str, filename: str = "<generated>") -> None:
+    """Raise :class:`AuditError` unless ``text`` compiles and has a generated module's shape."""
+    try:
+        compile(text, filename, "exec", dont_inherit=True)
+        tree = ast.parse(text, filename)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise AuditError(f"generated code does not compile: {type(exc).__name__}: {exc}") from None
+    module_names: set = set()
+    functions = []
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    for stmt in body:
+        if isinstance(stmt, ast.Import):
+            for alias in stmt.names:
+                bound = _IMPORTS.get((alias.name, alias.asname))
+                if bound is None:
+                    _fail(stmt, f"import of {alias.name!r}")
+                module_names.add(bound)
+        elif isinstance(stmt, ast.ImportFrom):
+            for alias in stmt.names:
+                bound = _FROM_IMPORTS.get((stmt.module, alias.name, alias.asname))
+                if bound is None or stmt.level:
+                    _fail(stmt, f"import of {alias.name!r} from {stmt.module!r}")
+                module_names.add(bound)
+        elif isinstance(stmt, ast.Assign):
+            if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+                _fail(stmt, "a module-level assignment to something other than one name")
+            _check_private(stmt.targets[0].id, stmt)
+            try:
+                ast.literal_eval(stmt.value)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                _fail(stmt, f"{stmt.targets[0].id} is not assigned a literal")
+            module_names.add(stmt.targets[0].id)
+        elif isinstance(stmt, ast.FunctionDef):
+            if not all(_decorator_ok(d) for d in stmt.decorator_list):
+                _fail(stmt, f"function {stmt.name!r} has a decorator generated code never uses")
+            _check_private(stmt.name, stmt)
+            module_names.add(stmt.name)
+            functions.append(stmt)
+        else:
+            _fail(stmt, f"a module-level {type(stmt).__name__} statement")
+    # Names no function may rebind: the imports, and module-level names some function reads.
+    protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic"}}
+    for fn in functions:
+        for node in _own_nodes(fn):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in module_names:
+                protected.add(node.id)
+    for fn in functions:
+        _check_function(fn, module_names, protected, set())
