@@ -5,6 +5,7 @@ Public API::
     symopt.optimizer(name_or_rule, params, **hyper)   # runtime; no SymPy import for built-ins
     symopt.rules()                                     # names of the built-in rules
     symopt.rule(name, **options)                       # the SymPy Rule (LaTeX via .latex())
+    symopt.save(path, opt); symopt.load(path, params)  # .npz checkpoints, exact resume, no pickle
     symopt.Rule, symopt.Hyper, symopt.State, symopt.Family, symopt.t
 
 The pipeline, one package per stage: ``rulebook`` (math) -> ``codegen`` (plan,
@@ -13,11 +14,14 @@ printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime`` ->
 """
 
 from ._version import __version__
+from .runtime.checkpoint import load, save
+from .runtime.flat import FlatBuffer
 from .runtime.optimizer import NonFiniteGradientError, Optimizer, optimizer
+from .runtime.threads import get_num_threads, set_num_threads
 
 __all__ = [
-    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family",
-    "Rule", "Hyper", "State", "Family", "RuleError", "t",
+    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
+    "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
 ]
 
 _LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
