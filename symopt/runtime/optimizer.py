@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
+import struct
 
 import numpy as np
 
 from .._version import __version__
-from . import kernels, reduction
+from . import kernels, layout, reduction
 
 __all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
 
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-#: Elements per chunk of the kernel's work table (the unit of parallel work).
-CHUNK = 1 << 16
-#: Total elements from which the threaded kernel is used (when numba has >1 thread).
-PARALLEL_THRESHOLD = 1 << 20
+#: Elements updated by one step from which the threaded kernel is used (when numba has >1 thread);
+#: each optimizer copies it into ``opt.parallel_threshold``.  Measured by ``symopt bench``
+#: (benchmarks/results.md): below it, waking the threads costs more than they save.
+PARALLEL_THRESHOLD = 1 << 16
 ON_NONFINITE = ("raise", "skip", "ignore")
 
 
@@ -239,12 +241,29 @@ class Optimizer:
         self._total = int(sizes.sum())
         self._pptr = np.array([p.__array_interface__["data"][0] for p in self._tensors], dtype=np.int64)
         self._gptr = np.zeros(len(sizes), dtype=np.int64)
-        rows = []
-        for j, n in enumerate(sizes):
-            for lo in range(0, int(n), CHUNK):
-                rows.append((j, lo, min(int(n), lo + CHUNK), int(self._group_of[j])))
-        self._chunks = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
+        # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
+        self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
+        self._chunks, self._work = layout.plan_rows(self._segments, 1)
+        self._tables: dict = {}
+        self._all_active = np.ones(len(sizes), dtype=np.bool_)
+        self._shapes = [p.shape for p in self._tensors]
+        # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
+        # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
+        itemsize = self.dtype.itemsize
+        self._boffs = np.where(sizes > 0, self._offs * itemsize, -1).astype(np.int64)
+        pbase = int(layout.flat_base(self._pptr, self._boffs)) if len(sizes) > 1 else -1
+        self._flat = None
+        if pbase >= 0:
+            bounds = np.concatenate([[0], np.cumsum(sizes)])            # element offset of tensor j
+            first = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])  # first tensor of group gi
+            segs = [(0, int(bounds[first[gi]]), int(bounds[first[gi + 1]]), gi) for gi in range(len(self.param_groups))]
+            self._flat = {"segments": segs, "pptr": np.array([pbase], dtype=np.int64),
+                          "gptr": np.zeros(1, dtype=np.int64), "offs": np.zeros(1, dtype=np.int64)}
         self._scal = np.zeros((len(self.param_groups), max(1, self._vinfo["nscalars"])), dtype=np.float64)
+        # Writes one row of per-step scalars (struct.pack_into: ~0.2 µs, numpy's setitem ~0.4 µs).
+        self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
+                             self._scal.shape[1] * 8)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
         suffix = _DTYPE_SUFFIX[self.dtype]
         prefix = self._vinfo["prefix"]
@@ -253,8 +272,14 @@ class Optimizer:
         self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
         self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
         self._reduce = reduction.setup(self, suffix)  # None unless the rule has TensorSum/GlobalSum...
+        if self._reduce is not None:
+            self._flat = None  # reduction passes need the per-tensor table
         self._hyper_names = self._vinfo["hyper"]
-        self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values)
+        self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values, scalar args)
+        keys = self._spec.keys
+        self._raw_values = (operator.itemgetter(*keys) if len(keys) > 1
+                            else (lambda g, k=keys[0]: (g[k],)) if keys else (lambda g: ()))
+        self._tables[(1, False, None)] = (self._chunks, self._work)
 
     def _init_state(self):
         mod = self._spec.module
@@ -297,7 +322,7 @@ class Optimizer:
 
     def _group_values(self, gi: int) -> dict:
         group = self.param_groups[gi]
-        raw = tuple(group[k] for k in self._spec.keys)
+        raw = self._raw_values(group)
         cached = self._cache[gi]
         if cached is not None and cached[0] == raw:
             return cached[1]
@@ -311,16 +336,46 @@ class Optimizer:
             raise ValueError(f"{where}: these values select variant {self._spec.variants[k]['name']!r}, but this "
                              f"optimizer runs {self.variant!r}; structural options cannot change after construction "
                              f"(build a new optimizer)")
-        self._cache[gi] = (raw, vals)
+        # Lists (betas=[...]) are copied, so that changing one in place is seen at the next step.
+        snapshot = tuple(list(x) if type(x) is list else x for x in raw)
+        self._cache[gi] = (snapshot, vals, tuple(vals[n] for n in self._hyper_names))
         return vals
 
+    def _group_args(self, gi: int) -> tuple:
+        """The scalar function's hyperparameter arguments of group ``gi`` (validated, cached)."""
+        cached = self._cache[gi]
+        if cached is None or cached[0] != self._raw_values(self.param_groups[gi]):
+            self._group_values(gi)
+            cached = self._cache[gi]
+        return cached[2]
+
     def _check_grads(self, grads):
+        """Validate ``grads``, write their addresses into ``_gptr``; None or a mask of the given ones.
+
+        The common case (an ndarray of the param's dtype object, shape, C order) is
+        accepted with a few attribute reads and a direct read of the data pointer
+        (:func:`symopt.runtime.layout.data_address`); anything else takes the
+        thorough path below, which names the offending entry.
+        """
         tensors = self._tensors
-        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
-            raise TypeError(f"grads must be a list of arrays, one per param, got {type(grads).__name__}")
+        if type(grads) is not list and type(grads) is not tuple:
+            if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+                raise TypeError(f"grads must be a list of arrays, one per param, got {type(grads).__name__}")
         if len(grads) != len(tensors):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
         gptr = self._gptr
+        off = layout.DATA_OFFSET
+        if off is not None:
+            ndarray, dt, shapes, read = np.ndarray, self.dtype, self._shapes, layout._read_pointer
+            j = 0
+            for g in grads:
+                if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
+                        or not tensors[j].flags.writeable):
+                    break
+                gptr[j] = read(id(g) + off).value or 0
+                j += 1
+            else:
+                return None
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
             if g is None:
@@ -339,7 +394,7 @@ class Optimizer:
                 raise ValueError(f"grads[{j}] is not C-contiguous")
             if not p.flags.writeable:
                 raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
-            gptr[j] = g.__array_interface__["data"][0]
+            gptr[j] = layout.data_address(g)
         return active
 
     def step(self, grads) -> None:
@@ -349,59 +404,74 @@ class Optimizer:
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
         active = self._check_grads(grads)
-        scal = self._scal
-        names = self._hyper_names
         if active is None:
-            chunks = self._chunks
-            steps = self._steps
-            t0 = steps[0]
-            uniform = bool((steps == t0).all()) if len(steps) > 1 else True
-            if uniform:
-                t = int(t0) + 1
-                for gi in range(len(self.param_groups)):
-                    vals = self._group_values(gi)
-                    scal[gi, : self._vinfo["nscalars"]] = self._scalar_fn(t, *[vals[n] for n in names])
-            else:
-                chunks, scal = self._rows_by_step(np.ones(len(steps), dtype=bool))
+            mask = self._all_active
+            total = self._total
         else:
             if not active.any():
                 return None
-            chunks, scal = self._rows_by_step(active)
-        total = self._total if active is None else int(self._sizes[active].sum())
-        kernel = self._kernel_parallel if total >= self.parallel_threshold and _threads() > 1 else self._kernel_serial
+            mask = active
+            total = int(self._sizes[active].sum())
+        nworkers = _threads() if total >= self.parallel_threshold else 1
+        parallel = nworkers > 1
+        ptrs = (self._pptr, self._gptr, self._offs)
+        t0 = layout.uniform_step(self._steps, mask)
+        if t0 >= 0:
+            # Every stepped tensor is at step t0: one scalar row per group, cached tables.
+            t = t0 + 1
+            scal, fn, (pack, buf, rowbytes) = self._scal, self._scalar_fn, self._scal_packer
+            for gi in range(len(self._cache)):
+                pack(buf, gi * rowbytes, *fn(t, *self._group_args(gi)))
+            flat = self._flat
+            if flat is not None and active is None:
+                gbase = layout.flat_base(self._gptr, self._boffs)
+                if gbase >= 0:
+                    flat["gptr"][0] = gbase
+                    ptrs = (flat["pptr"], flat["gptr"], flat["offs"])
+                else:
+                    flat = None
+            else:
+                flat = None
+            key = (nworkers, flat is not None, None if active is None else active.tobytes())
+            table = self._tables.get(key)
+            if table is None:
+                if len(self._tables) > 64:
+                    self._tables.clear()
+                if flat is not None:
+                    segments = flat["segments"]
+                else:
+                    segments = [s for s, a in zip(self._segments, mask) if a]
+                table = self._tables[key] = layout.plan_rows(segments, nworkers)
+            chunks, work = table
+        else:
+            chunks, work, scal = self._rows_by_step(mask, nworkers)
+        kernel = self._kernel_parallel if parallel else self._kernel_serial
         if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
-            chunks, scal = self._reduce(self, chunks, scal, kernel is self._kernel_parallel)
-        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, scal,
-                      self.on_nonfinite != "ignore")
+            chunks, scal = self._reduce(self, chunks, scal, parallel)
+        nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
             if self.on_nonfinite == "skip":
                 self.skipped_steps += 1
                 return None
             raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
                                          f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
-        if active is None:
-            self._steps += 1
-        else:
-            self._steps[active] += 1
+        layout.advance(self._steps, mask)
         return None
 
-    def _rows_by_step(self, active):
-        """Chunk table and scalar rows when tensors' step counts differ or some are skipped."""
+    def _rows_by_step(self, active, nworkers):
+        """Work table and scalar rows when the stepped tensors' step counts differ."""
         keys = {}
-        row_of = np.full(len(self._tensors), -1, dtype=np.int64)
+        segments = []
         for j in np.nonzero(active)[0]:
             key = (int(self._group_of[j]), int(self._steps[j]) + 1)
             if key not in keys:
                 keys[key] = len(keys)
-            row_of[j] = keys[key]
+            segments.append((int(j), 0, int(self._sizes[j]), keys[key]))
         scal = np.zeros((len(keys), self._scal.shape[1]), dtype=np.float64)
         for (gi, t), r in keys.items():
-            vals = self._group_values(gi)
-            scal[r, : self._vinfo["nscalars"]] = self._scalar_fn(t, *[vals[n] for n in self._hyper_names])
-        sel = active[self._chunks[:, 0]]
-        chunks = self._chunks[sel].copy()
-        chunks[:, 3] = row_of[chunks[:, 0]]
-        return chunks, scal
+            scal[r, : self._vinfo["nscalars"]] = self._scalar_fn(t, *self._group_args(gi))
+        chunks, work = layout.plan_rows(segments, nworkers)
+        return chunks, work, scal
 
     # -------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
@@ -508,7 +578,13 @@ class Optimizer:
                 f"{self._total} elements, {self.dtype}, {len(self.param_groups)} group(s)>")
 
 
-def _threads() -> int:
-    import numba
+_get_num_threads = None
 
-    return numba.get_num_threads()
+
+def _threads() -> int:
+    global _get_num_threads
+    if _get_num_threads is None:
+        import numba
+
+        _get_num_threads = numba.get_num_threads
+    return _get_num_threads()
