@@ -22,14 +22,16 @@ every step.  ``state_dict()``/``load_state_dict()`` use torch.optim's format
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from copy import deepcopy
 
 import numpy as np
 import torch
+from torch.optim import optimizer as _torch_optimizer
 
 from .._version import __version__
-from ..runtime.optimizer import optimizer as _runtime_optimizer
+from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
 )
@@ -37,6 +39,43 @@ from .interop import (
 __all__ = ["Optimizer"]
 
 _DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
+_IMMUTABLE = (float, int, bool)
+_UNSEEN = object()
+
+
+class _TensorRuntime(_RuntimeOptimizer):
+    """The runtime optimizer, given the gradients as torch tensors.
+
+    The adapter has already checked every gradient (dense, contiguous, on the CPU,
+    the param's dtype; torch checks shapes when ``.grad`` is set), so this only
+    reads their addresses -- ``Tensor.data_ptr()`` instead of a NumPy view per
+    gradient -- and marks the params whose gradient is None.
+    """
+
+    def _check_grads(self, grads):
+        gptr = self._gptr
+        active = None
+        for j, g in enumerate(grads):
+            if g is None:
+                if active is None:
+                    active = np.ones(len(grads), dtype=bool)
+                active[j] = False
+            else:
+                gptr[j] = g.data_ptr()
+        return active
+
+
+def _runtime_optimizer(rule, params, *, on_nonfinite, **hyper) -> _TensorRuntime:
+    return _TensorRuntime(rule, params, on_nonfinite=on_nonfinite, **hyper)
+
+
+def _cacheable(value) -> bool:
+    """Whether a hyperparameter value cannot change without being replaced (so identity means equality)."""
+    t = type(value)
+    if t in _IMMUTABLE:
+        return True
+    return t is tuple and all(type(x) in _IMMUTABLE for x in value)
 
 
 def _plain(value, key):
@@ -76,16 +115,18 @@ def _check_implementation_options(options: dict) -> None:
                              f"and CUDA graphs ({key}=False, foreach and fused are accepted and ignored)")
 
 
-def _grad_array(g, where: str) -> np.ndarray:
-    """A NumPy view of a gradient that ``g.numpy()`` refused, or a clear error."""
-    if g.layout != torch.strided:
+def _checked_grad(g, p, where: str):
+    """A gradient the fast checks did not pass: a contiguous copy, or a clear error."""
+    if g.layout != _STRIDED:
         raise TypeError(f"{where} is sparse ({g.layout}); symopt steps dense gradients "
                         f"(torch.optim.SparseAdam handles sparse ones)")
     if g.device.type != "cpu":
         raise TypeError(f"{where} is on {g.device}; symopt.torch steps CPU tensors only")
-    if g.requires_grad:                     # a gradient from backward(create_graph=True)
-        return g.detach().numpy()
-    return g.numpy()
+    if g.dtype != p.dtype:
+        raise TypeError(f"{where} has dtype {g.dtype}, the param has {p.dtype}")
+    if tuple(g.shape) != tuple(p.shape):
+        raise ValueError(f"{where} has shape {tuple(g.shape)}, the param has {tuple(p.shape)}")
+    return g.detach().contiguous()          # read only: a copy is as good as the original
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -183,6 +224,8 @@ class Optimizer(torch.optim.Optimizer):
         core.skipped_steps = max(core.skipped_steps, skipped)
         self._params = params
         self._ptrs = [p.data_ptr() for p in params]
+        self._dtype = params[0].dtype if params else None
+        self._seen = [[_UNSEEN] * len(self._keys) for _ in core.param_groups]
         steps = torch.zeros(len(params), dtype=scalar_dtype())
         self._steps_t = steps
         self._steps_np = steps.numpy()
@@ -199,25 +242,21 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- stepping
     def _collect_grads(self):
-        """NumPy views of the gradients in the runtime's order; None if the params changed."""
-        params, ptrs = self._params, self._ptrs
+        """The gradients (checked tensors or None) in the runtime's order; None if the params changed."""
+        params, ptrs, dtype = self._params, self._ptrs, self._dtype
         grads = [None] * len(params)
         k = 0
         active = 0
         try:
-            for gi, group in enumerate(self.param_groups):
+            for group in self.param_groups:
                 for p in group["params"]:
                     if p is not params[k] or p.data_ptr() != ptrs[k]:
                         return None, 0
                     g = p.grad
                     if g is not None:
-                        try:
-                            a = g.numpy()
-                        except (RuntimeError, TypeError):
-                            a = _grad_array(g, f"the gradient of param {k}")
-                        if not a.flags.c_contiguous:
-                            a = np.ascontiguousarray(a)
-                        grads[k] = a
+                        if g.layout is not _STRIDED or g.dtype is not dtype or not g.is_contiguous():
+                            g = _checked_grad(g, p, f"the gradient of param {k}")
+                        grads[k] = g
                         active += 1
                     k += 1
         except IndexError:
@@ -225,6 +264,28 @@ class Optimizer(torch.optim.Optimizer):
         if k != len(params):
             return None, 0
         return grads, active
+
+    @staticmethod
+    def profile_hook_step(func):
+        """torch's step wrapper (step pre/post hooks, profiler label), skipped when it has nothing to do.
+
+        torch.optim wraps every ``step`` in ``record_function`` and the hook loops;
+        that costs several microseconds, as much as a small model's whole symopt
+        step.  The full wrapper runs whenever a hook is registered (on this
+        optimizer or globally) or the autograd profiler is on.
+        """
+        full = torch.optim.Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            self = args[0]
+            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _torch_optimizer._global_optimizer_pre_hooks or _torch_optimizer._global_optimizer_post_hooks
+                    or torch._C._autograd._profiler_enabled()):
+                return full(*args, **kwargs)
+            return func(*args, **kwargs)
+
+        return wrapper
 
     def step(self, closure=None):
         """One update of every param that has a gradient; returns ``closure()``'s loss if given.
@@ -244,10 +305,13 @@ class Optimizer(torch.optim.Optimizer):
         core = self._core
         keys = self._keys
         try:
-            for cg, tg in zip(core.param_groups, self.param_groups):
-                for k in keys:
+            # torch's groups are the source of truth; copy what changed (by identity) into the runtime's
+            for cg, tg, seen in zip(core.param_groups, self.param_groups, self._seen):
+                for i, k in enumerate(keys):
                     v = tg[k]
-                    cg[k] = v if type(v) is float else _plain(v, k)
+                    if v is not seen[i]:
+                        cg[k] = _plain(v, k)
+                        seen[i] = v if _cacheable(v) else _UNSEEN
         except KeyError as exc:
             raise ValueError(f"{self.rule_name}: a param group lost its value for {exc.args[0]!r}") from None
         core.step(grads)
@@ -393,7 +457,8 @@ class Optimizer(torch.optim.Optimizer):
         state = {p: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in live[j].items()}
                  for j, p in enumerate(self._params)}
         return {"defaults": self.defaults, "state": state, "param_groups": self.param_groups,
-                "_symopt": {"rule": self._rule, "on_nonfinite": self._on_nonfinite, "version": __version__,
+                "_symopt": {"rule": self._rule, "on_nonfinite": self._on_nonfinite, "keys": self._keys,
+                            "version": __version__,
                             "skipped_steps": self._core.skipped_steps}}
 
     def __setstate__(self, state: dict) -> None:
@@ -407,7 +472,7 @@ class Optimizer(torch.optim.Optimizer):
         self._rule = sym["rule"]
         self._on_nonfinite = sym["on_nonfinite"]
         self._fmt = torch_format(self._rule)
-        self._keys = tuple(self.defaults)
+        self._keys = tuple(sym["keys"])
         params = [p for g in self.param_groups for p in g["params"]]
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
         probe = _runtime_optimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
