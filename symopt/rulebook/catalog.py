@@ -14,6 +14,7 @@ CATALOG_MODULES = (
     "symopt.rulebook.notes",
     "symopt.rulebook.torch_compat",
     "symopt.rulebook.optax_compat",
+    "symopt.rulebook.research",
 )
 
 
