@@ -112,6 +112,9 @@ def generate_builtins(out_dir: Path, names: list | None = None) -> list:
         path = out_dir / "__init__.py"
         atomic_write(path, seal(render_index(index)))
         written.append(path)
+        from .generate_nn import generate_nn  # losses and activations: nn_*.py, not in the RULES index
+
+        written += generate_nn(out_dir)
     return written
 
 

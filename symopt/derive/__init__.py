@@ -1,0 +1,13 @@
+"""The derivation stage: derivatives from SymPy, checked and made cheap.
+
+* :mod:`.elementwise` -- ``sympy.diff`` of elementwise losses and activations,
+  then the cheapest accurate form (:mod:`.simplify`: op-count check plus a
+  high-precision accuracy check, :mod:`.mpeval`).
+* :mod:`.rowwise` -- softmax-style functions over indexed sums: derivation
+  helpers (log-sum-exp rewriting) and per-row kernel plans.
+* :mod:`.reverse` -- reverse-mode accumulation over a SymPy expression DAG.
+* :mod:`.terms` -- large sums split into term shapes, one reverse sweep per shape.
+* :mod:`.api` -- :func:`symopt.gradient`, the user-facing compiled value-and-gradient.
+
+Importing this package imports SymPy.
+"""
