@@ -7,6 +7,8 @@ Public API::
     symopt.rule(name, **options)                       # the SymPy Rule (LaTeX via .latex())
     symopt.save(path, opt); symopt.load(path, params)  # .npz checkpoints, exact resume, no pickle
     symopt.Rule, symopt.Hyper, symopt.State, symopt.Family, symopt.t
+    symopt.gradient(expr, wrt)                         # compiled value and gradient of a SymPy expression
+    symopt.nn.MLP / loss / activation                  # networks with SymPy-derived, generated kernels
 
 The pipeline, one package per stage: ``rulebook`` (math) -> ``codegen`` (plan,
 printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime`` ->
@@ -22,6 +24,7 @@ from .runtime.threads import get_num_threads, set_num_threads
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
+    "gradient", "nn",
 ]
 
 _LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
@@ -46,7 +49,21 @@ def rule(name: str, **options):
     return family(name).rule_for(**options)
 
 
+def gradient(expr, wrt):
+    """Compiled ``f(x) -> (value, grad)`` of a scalar SymPy expression, by reverse-mode accumulation.
+
+    See :func:`symopt.derive.api.gradient` (imports SymPy when called, not before).
+    """
+    from .derive.api import gradient as _gradient
+
+    return _gradient(expr, wrt)
+
+
 def __getattr__(name):
+    if name == "nn":  # the subpackage, imported on first use (its runtime needs no SymPy)
+        import importlib
+
+        return importlib.import_module(".nn", __name__)
     if name in _LAZY:
         from . import rulebook
 

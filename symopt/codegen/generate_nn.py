@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .generate import (UserModule, _locked, _verified_text, _warn_once, atomic_write, cache_dir,
                        fallback_cache_dir, seal)
-from .render_nn import nn_module_name, render_elementwise, render_gradient, render_rowwise
+from .render_nn import gradient_hash, nn_module_name, render_elementwise, render_gradient, render_rowwise
 
 __all__ = ["nn_modules", "generate_nn", "gradient_module"]
 
@@ -58,41 +58,38 @@ def gradient_module(program, directory: Path | None = None) -> UserModule:
     """The checked module of a :class:`~symopt.derive.terms.TermProgram`, cached on disk when possible."""
     from .audit import audit_module
 
-    text = None
-    digest = None
-
-    def render():
-        nonlocal text, digest
-        if text is None:
-            body, digest = render_gradient(program)
-            text = seal(body)
-            audit_module(text, "<symopt.gradient module>")
-        return text
-
-    from .render_nn import gradient_hash
-
     digest = gradient_hash(program)
+    rendered: list = []
+
+    def text() -> str:
+        if not rendered:
+            body, _ = render_gradient(program)
+            sealed = seal(body)
+            audit_module(sealed, "<symopt.gradient module>")
+            rendered.append(sealed)
+        return rendered[0]
+
     stem = f"grad_{digest[:16]}"
     primary = cache_dir() if directory is None else Path(directory)
-    failures: list = []
-    candidates = [primary]
+    bases = [primary]
     fallback = fallback_cache_dir()
     if fallback is not None and fallback != primary:
-        candidates.append(fallback)
-    for base in candidates:
+        bases.append(fallback)
+    failures: list = []
+    for base in bases:
         path = base / "gradients" / f"{stem}.py"
         found = _verified_text(path, digest)
         if found is None:
             try:
                 with _locked(path.parent / ".lock"):
-                    found = _verified_text(path, digest)
+                    found = _verified_text(path, digest)  # another process may have just written it
                     if found is None:
-                        atomic_write(path, render())
-                        found = text
+                        found = text()
+                        atomic_write(path, found)
             except OSError as exc:
                 failures.append((base, exc))
                 continue
         _warn_once(failures, path.parent)
         return UserModule(path, digest, found, stem)
     _warn_once(failures, None)
-    return UserModule(None, digest, render(), stem)
+    return UserModule(None, digest, text(), stem)
