@@ -150,22 +150,27 @@ class Loss:
         check_finite(z, "z (the prediction)")
         if z.size == 0:
             raise ValueError("z (the prediction) is empty")
+        if self.rowwise and z.ndim != 2:
+            raise ValueError(f"{self.name}: z must have shape (batch, classes), got {z.shape}")
+        return z, self.check_target(y, z.shape, z.dtype)
+
+    def check_target(self, y, shape: tuple, dtype, what: str = "y (the target)") -> np.ndarray:
+        """The target for predictions of ``shape``: labels (int64) or an array of ``dtype``."""
         if self.rowwise:
-            if z.ndim != 2:
-                raise ValueError(f"{self.name}: z must have shape (batch, classes), got {z.shape}")
-            return z, check_labels(y, z.shape[0], z.shape[1])
-        y = _as_float_array(y, "y (the target)", z.dtype)
-        if y.shape != z.shape:
-            raise ValueError(f"{self.name}: y (the target) must have the shape of z {z.shape}, got {y.shape}")
-        check_finite(y, "y (the target)")
+            return check_labels(y, shape[0], shape[1], what)
+        y = _as_float_array(y, what, dtype)
+        if y.shape != tuple(shape):
+            raise ValueError(f"{self.name}: {what} must have the shape of the prediction {tuple(shape)}, "
+                             f"got {y.shape}")
+        check_finite(y, what)
         kind = self.spec["target_kind"]
-        if kind == "probability" and (y.min() < 0 or y.max() > 1):
-            raise ValueError(f"{self.name}: targets must be probabilities in [0, 1], got values in "
+        if kind == "probability" and y.size and (y.min() < 0 or y.max() > 1):
+            raise ValueError(f"{self.name}: {what} must hold probabilities in [0, 1], got values in "
                              f"[{y.min()}, {y.max()}]")
         if kind == "sign" and not np.all(np.abs(y) == 1):
             bad = y[np.abs(y) != 1][0]
-            raise ValueError(f"{self.name}: targets must be -1 or +1, got {bad}")
-        return z, y
+            raise ValueError(f"{self.name}: {what} must be -1 or +1, got {bad}")
+        return y
 
     def _count(self, z) -> int:
         return z.shape[0] if self.rowwise else z.size
