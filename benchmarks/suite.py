@@ -1,0 +1,837 @@
+"""symopt's benchmark suite (``make bench`` / ``python -m symopt bench``).
+
+Measures, in one run and side by side, the targets of the performance issue:
+
+1. at the limit -- every elementwise built-in rule (default variant), float32 and
+   float64, at 1e7 elements, against a *same-traffic kernel*: one ``prange`` loop
+   that reads and writes exactly the arrays the step reads and writes (param,
+   grad, each state buffer) with trivial arithmetic; with ``on_nonfinite="ignore"``
+   and with the default finiteness check;
+2. against NumPy -- an in-place NumPy Adam (torch's formula, one scratch buffer);
+3. many tensors -- 240 arrays (~13.9 M params, transformer-like mix), separate and
+   in one :class:`symopt.FlatBuffer`, against torch ``fused=True`` and foreach;
+4. small models -- 3 tensors / 11.5 k float32 params, and the fixed cost of
+   ``step()`` on 650 elements;
+5. large -- 1e8 float32 against torch fused;
+6. threads -- serial against threaded kernel over sizes: the measured crossover;
+7. start-up -- a fresh process with a warm cache, and the cold compile time (and
+   the vector width of the generated assembly) of every built-in kernel;
+8. memory -- bytes a step allocates (tracemalloc), at two sizes.
+
+Timing: every candidate of a comparison is timed round-robin in the same
+process (so that a drift of the shared machine hits all alike); each timing is a
+batch of calls lasting >= 0.2 ms; a candidate's time is its minimum over rounds.
+Every peer runs with the same number of threads (torch.set_num_threads,
+numba.set_num_threads); NumPy's elementwise loops are single-threaded; JAX/XLA
+uses its own thread pool (not settable per call).  Writes ``results.md`` and
+``time_per_element.png`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import symopt
+from symopt.runtime import kernels as _kernels
+from symopt.runtime import optimizer as _optmod
+
+HERE = Path(__file__).resolve().parent
+RULE = "adam" if "adam" in symopt.rules() else "notes.adam_warmup"
+LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
+DTYPES = (np.float32, np.float64)
+
+
+# ----------------------------------------------------------------------------- timing
+def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float = 6.0, pause: float = 0.005) -> dict:
+    """Per-call seconds of each callable: {name: {"min": s, "median": s}} (round-robin, batched).
+
+    ``pause`` seconds pass between two batches: OpenMP (numba, torch) and XLA worker threads
+    spin for a while after a parallel region, and on a 2-core machine a peer's spinning
+    threads would otherwise slow down whichever candidate runs next.
+    """
+    names = list(fns)
+    batch = {}
+    for name in names:
+        fns[name]()                        # warm up (compile, first touch)
+        t0 = time.perf_counter()
+        fns[name]()
+        one = max(time.perf_counter() - t0, 1e-7)
+        batch[name] = max(1, int(min_batch / one))
+    samples = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            f, k = fns[name], batch[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                f()
+            samples[name].append((time.perf_counter() - t0) / k)
+            time.sleep(pause)
+        if r >= 4 and time.perf_counter() - start > budget:
+            break
+    return {n: {"min": min(s), "median": float(np.median(s))} for n, s in samples.items()}
+
+
+# ------------------------------------------------------------------------ same traffic
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _traffic0(p, g, c):
+    for i in numba.prange(p.shape[0]):
+        p[i] = p[i] + c * g[i]
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _traffic1(p, g, s0, c):
+    for i in numba.prange(p.shape[0]):
+        gi = g[i]
+        p[i] = p[i] + c * gi
+        s0[i] = s0[i] * c + gi
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _traffic2(p, g, s0, s1, c):
+    for i in numba.prange(p.shape[0]):
+        gi = g[i]
+        p[i] = p[i] + c * gi
+        s0[i] = s0[i] * c + gi
+        s1[i] = s1[i] * c + gi
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True)
+def _traffic3(p, g, s0, s1, s2, c):
+    for i in numba.prange(p.shape[0]):
+        gi = g[i]
+        p[i] = p[i] + c * gi
+        s0[i] = s0[i] * c + gi
+        s1[i] = s1[i] * c + gi
+        s2[i] = s2[i] * c + gi
+
+
+_TRAFFIC = (_traffic0, _traffic1, _traffic2, _traffic3)
+
+
+def same_traffic(p, g, states):
+    """The same-traffic kernel for a param, its grad and ``states`` (flat arrays of one dtype)."""
+    fn = _TRAFFIC[len(states)]
+    c = p.dtype.type(0.5)
+    return lambda: fn(p, g, *states, c)
+
+
+# ----------------------------------------------------------------------------- peers
+def numpy_adam(params, grads, lr=LR, betas=BETAS, eps=EPS):
+    """In-place NumPy Adam (torch's formula), one scratch buffer per tensor."""
+    b1, b2 = betas
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    tmp = [np.empty_like(p) for p in params]
+    t = [0]
+
+    def step():
+        t[0] += 1
+        bc1, bc2 = 1 - b1 ** t[0], 1 - b2 ** t[0]
+        for p, g, m, v, s in zip(params, grads, ms, vs, tmp):
+            m *= b1
+            np.multiply(g, 1 - b1, out=s)
+            m += s
+            v *= b2
+            np.multiply(g, g, out=s)
+            s *= 1 - b2
+            v += s
+            np.sqrt(v, out=s)
+            s /= math.sqrt(bc2)
+            s += eps
+            np.divide(m, s, out=s)
+            s *= -lr / bc1
+            p += s
+
+    return step
+
+
+def torch_adam(params, grads, kind):
+    """torch.optim.Adam with ``foreach=True`` or ``fused=True`` over copies of ``params``."""
+    import torch
+
+    ts = [torch.from_numpy(p.copy()) for p in params]
+    for t_, g in zip(ts, grads):
+        t_.grad = torch.from_numpy(g)
+    opt = torch.optim.Adam(ts, lr=LR, betas=BETAS, eps=EPS, **{kind: True})
+
+    def step():
+        opt.step()
+
+    return step
+
+
+def optax_adam(params, grads):
+    """optax.adam, jitted with donated params and state (XLA's in-place update)."""
+    import jax
+    import optax
+
+    if params[0].dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)
+    ps = [jax.device_put(p.copy()) for p in params]
+    gs = [jax.device_put(g) for g in grads]
+    box = [ps, tx.init(ps)]
+
+    @jax.jit
+    def _step(ps, st, gs):
+        upd, st = tx.update(gs, st, ps)
+        return optax.apply_updates(ps, upd), st
+
+    jstep = jax.jit(_step, donate_argnums=(0, 1))
+
+    def step():
+        box[0], box[1] = jstep(box[0], box[1], gs)
+        jax.block_until_ready(box[0])
+
+    return step
+
+
+def symopt_step(params, grads, rule=RULE, **kw):
+    opt = symopt.optimizer(rule, params, lr=LR, **kw)
+    return (lambda: opt.step(grads)), opt
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False
+
+
+def _arrays(sizes, dtype, rng, scale=1.0):
+    return [(rng.standard_normal(n) * scale).astype(dtype) for n in sizes]
+
+
+# ---------------------------------------------------------------------------- phases
+def phase_limit(size: int, rounds: int, log, names=None) -> list:
+    """Target 1: every elementwise built-in rule (or ``names``), both dtypes, at ``size`` elements."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in names or symopt.rules():
+        mod = _kernels.load_builtin(name)
+        for dtype in DTYPES:
+            p0 = _arrays([size], dtype, rng)[0]
+            g = (rng.standard_normal(size) * 1e-3).astype(dtype)
+            opt_i = symopt.optimizer(name, [p0.copy()], on_nonfinite="ignore")
+            if opt_i._vinfo.get("reduce") is not None:
+                break                                  # not elementwise: reduction passes first
+            opt_c = symopt.optimizer(name, [p0.copy()])
+            tp, tg = p0.copy(), g.copy()
+            tstates = [np.zeros(size, dtype) for _ in opt_i._state]
+            try:
+                res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt_i.step([g]),
+                               "check": lambda: opt_c.step([g])}, rounds=rounds)
+            except Exception as exc:   # a rule whose default step misbehaves on this data
+                rows.append({"rule": name, "dtype": np.dtype(dtype).name, "error": repr(exc)})
+                continue
+            same = res["same"]["min"]
+            rows.append({"rule": name, "variant": opt_i.variant, "dtype": np.dtype(dtype).name,
+                         "nstate": len(opt_i._state), "same_ms": same * 1e3,
+                         "ignore": res["ignore"]["min"] / same, "check": res["check"]["min"] / same,
+                         "gbps": (2 + 2 * len(opt_i._state) + 1) * size * np.dtype(dtype).itemsize / same / 1e9})
+            log(f"  {name:18s} {np.dtype(dtype).name}: ignore {rows[-1]['ignore']:.3f}x  "
+                f"check {rows[-1]['check']:.3f}x  (same-traffic {same * 1e3:.2f} ms)")
+            del opt_i, opt_c, tp, tg, tstates
+        del mod
+    return rows
+
+
+def phase_sizes(sizes, rounds, log) -> dict:
+    """Targets 2 and the PNG: Adam over sizes, every peer, both dtypes (one tensor)."""
+    rng = np.random.default_rng(1)
+    out = {}
+    have_torch, have_optax = _have("torch"), _have("optax")
+    for dtype in DTYPES:
+        dname = np.dtype(dtype).name
+        for n in sizes:
+            p = _arrays([n], dtype, rng)
+            g = _arrays([n], dtype, rng, 1e-3)
+            fns = {}
+            fns["symopt"], _ = symopt_step([x.copy() for x in p], g)
+            fns["symopt (ignore)"], _ = symopt_step([x.copy() for x in p], g, on_nonfinite="ignore")
+            f, o = symopt_step([x.copy() for x in p], g)
+            o.parallel_threshold = 1 << 62
+            fns["symopt serial"] = f
+            f, o = symopt_step([x.copy() for x in p], g)
+            o.parallel_threshold = 0
+            fns["symopt threaded"] = f
+            nstate = len(o._state)
+            fns["same-traffic kernel"] = same_traffic(p[0].copy(), g[0], [np.zeros(n, dtype) for _ in range(nstate)])
+            fns["numpy"] = numpy_adam([x.copy() for x in p], g)
+            if have_torch:
+                fns["torch foreach"] = torch_adam(p, g, "foreach")
+                fns["torch fused"] = torch_adam(p, g, "fused")
+            if have_optax:
+                fns["optax (jit)"] = optax_adam(p, g)
+            res = measure(fns, rounds=rounds, budget=4.0)
+            out[(dname, n)] = {k: v["min"] for k, v in res.items()}
+            base = out[(dname, n)]["symopt"]
+            log(f"  adam {dname} n={n:>9}: " + "  ".join(f"{k} {v / base:.2f}x" for k, v in out[(dname, n)].items()))
+            del fns
+    return out
+
+
+def transformer_shapes(layers: int = 20, d: int = 240) -> list:
+    """240 tensors (20 layers x 12) of a transformer-like mix: ~13.9 M params."""
+    shapes = []
+    for _ in range(layers):
+        shapes += [(d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,),
+                   (d, 4 * d), (4 * d,), (4 * d, d), (d,), (d,), (d,)]
+    return shapes
+
+
+def phase_many(rounds, log) -> dict:
+    """Target 3: 240 separate arrays, and the same in one FlatBuffer, against torch."""
+    rng = np.random.default_rng(2)
+    shapes = transformer_shapes()
+    sizes = [math.prod(s) for s in shapes]
+    p = [x.reshape(s) for x, s in zip(_arrays(sizes, np.float32, rng), shapes)]
+    g = [x.reshape(s) for x, s in zip(_arrays(sizes, np.float32, rng, 1e-3), shapes)]
+    fns = {}
+    fns["symopt"], _ = symopt_step([x.copy() for x in p], g)
+    fns["symopt (ignore)"], _ = symopt_step([x.copy() for x in p], g, on_nonfinite="ignore")
+    pb = symopt.FlatBuffer.from_arrays(p)
+    gb = symopt.FlatBuffer.from_arrays(g)
+    fns["symopt flat"], fo = symopt_step(pb.arrays, gb.arrays)
+    fns["symopt flat (ignore)"], _ = symopt_step(symopt.FlatBuffer.from_arrays(p).arrays, gb.arrays,
+                                                 on_nonfinite="ignore")
+    if _have("torch"):
+        fns["torch fused"] = torch_adam(p, g, "fused")
+        fns["torch foreach"] = torch_adam(p, g, "foreach")
+        fns["torch fused, one flat tensor"] = torch_adam([pb.flat], [gb.flat], "fused")
+    res = measure(fns, rounds=rounds, budget=8.0)
+    fns["symopt flat"]()
+    assert fo._flat is not None and any(k[1] for k in fo._tables), "the flat path was not taken"
+    out = {k: v["min"] for k, v in res.items()}
+    log("  240 tensors: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out.items()))
+    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out}
+
+
+def phase_small(rounds, log) -> dict:
+    """Target 4: 3 tensors / 11.5 k float32 params; the fixed cost of step() on 650 elements."""
+    rng = np.random.default_rng(3)
+    shapes = [(100, 110), (110,), (390,)]
+    p = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [(rng.standard_normal(s) * 1e-3).astype(np.float32) for s in shapes]
+    fns = {}
+    fns["symopt"], opt = symopt_step([x.copy() for x in p], g)
+    fns["symopt (ignore)"], _ = symopt_step([x.copy() for x in p], g, on_nonfinite="ignore")
+    fb, gb = symopt.FlatBuffer.from_arrays(p), symopt.FlatBuffer.from_arrays(g)
+    fns["symopt flat"], _ = symopt_step(fb.arrays, gb.arrays)
+    opt.step(g)
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, True)
+    kern = opt._kernel_serial
+    fns["kernel call alone"] = lambda: kern(*args)
+    fns["numpy"] = numpy_adam([x.copy() for x in p], g)
+    if _have("torch"):
+        fns["torch fused"] = torch_adam(p, g, "fused")
+        fns["torch foreach"] = torch_adam(p, g, "foreach")
+    if _have("optax"):
+        fns["optax (jit)"] = optax_adam(p, g)
+    res = measure(fns, rounds=rounds * 2, budget=6.0)
+    tiny = [rng.standard_normal((25, 25)).astype(np.float32), rng.standard_normal(25).astype(np.float32)]
+    tg = [np.full_like(x, 1e-3) for x in tiny]
+    f650, o650 = symopt_step(tiny, tg)
+    o650.step(tg)
+    a650 = (o650._pptr, o650._gptr, *o650._state, o650._offs, o650._chunks, o650._work, o650._scal, True)
+    k650 = o650._kernel_serial
+    r650 = measure({"step": f650, "kernel": lambda: k650(*a650)}, rounds=rounds * 2)
+    out = {k: v["min"] for k, v in res.items()}
+    log("  3 tensors 11.5k f32: " + "  ".join(f"{k} {v * 1e6:.2f} us" for k, v in out.items()))
+    fixed = {"step": r650["step"]["min"], "kernel": r650["kernel"]["min"]}
+    log(f"  650 elements: step {fixed['step'] * 1e6:.2f} us, kernel call alone {fixed['kernel'] * 1e6:.2f} us")
+    return {"times": out, "fixed": fixed}
+
+
+def phase_large(n, rounds, log) -> dict:
+    """Target 5: one float32 tensor of ``n`` elements against torch fused."""
+    rng = np.random.default_rng(4)
+    p = np.empty(n, np.float32)
+    g = np.empty(n, np.float32)
+    for lo in range(0, n, 1 << 24):                 # fill in pieces: no float64 temporaries of size n
+        hi = min(n, lo + (1 << 24))
+        p[lo:hi] = rng.standard_normal(hi - lo, dtype=np.float32)
+        g[lo:hi] = rng.standard_normal(hi - lo, dtype=np.float32) * np.float32(1e-3)
+    fns = {}
+    fns["symopt"], _ = symopt_step([p], [g])
+    fns["symopt (ignore)"], _ = symopt_step([p.copy()], [g], on_nonfinite="ignore")
+    if _have("torch"):
+        fns["torch fused"] = torch_adam([p], [g], "fused")
+    res = measure(fns, rounds=rounds, budget=20.0)
+    out = {k: v["min"] for k, v in res.items()}
+    log(f"  n={n:.0e} f32: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in out.items()))
+    return {"n": n, "times": out}
+
+
+def phase_threshold(rounds, log, exps=range(10, 23)) -> dict:
+    """Target 6: serial against threaded kernel, Adam, one tensor of 2^k elements."""
+    rng = np.random.default_rng(5)
+    out = {}
+    for dtype in DTYPES:
+        dname = np.dtype(dtype).name
+        for k in exps:
+            n = 1 << k
+            p, g = _arrays([n], dtype, rng), _arrays([n], dtype, rng, 1e-3)
+            fs, os_ = symopt_step([p[0].copy()], g)
+            os_.parallel_threshold = 1 << 62
+            fp, op = symopt_step([p[0].copy()], g)
+            op.parallel_threshold = 0
+            res = measure({"serial": fs, "threaded": fp}, rounds=rounds, budget=1.5)
+            out[(dname, n)] = (res["serial"]["min"], res["threaded"]["min"])
+        # crossover: the smallest size from which the threaded kernel wins at every larger size
+        mine = [(n, v) for (d, n), v in out.items() if d == dname and n != "crossover"]
+        wins = [n for n, (s, t) in mine if t < s]
+        loses = [n for n, (s, t) in mine if t >= s]
+        cross = min([n for n in wins if all(m < n for m in loses)], default=None)
+        out[(dname, "crossover")] = cross
+        log(f"  {dname}: threaded kernel faster from {cross} elements on "
+            f"(PARALLEL_THRESHOLD = {_optmod.PARALLEL_THRESHOLD})")
+    return out
+
+
+_COMPILE_SCRIPT = textwrap.dedent(r"""
+    import json, re, sys, time
+    import numba, numpy as np
+
+    @numba.njit
+    def _warm(x):
+        return x + 1
+    _warm(1)                                           # numba's own first-compile start-up, not timed
+    from symopt.runtime import kernels
+    PACKED = re.compile(r"\bv(?:sqrt|div|mul|add|sub|fn?m(?:add|sub)\d*|max|min)p[sd]\b[^\n]*%([xyz])mm")
+    SCALAR = re.compile(r"\bv(?:sqrt|div|mul|add|sub|fn?m(?:add|sub)\d*|max|min)s[sd]\b")
+    for name in sys.argv[1:]:
+        mod = kernels.load_builtin(name)
+        for v in mod.FAMILY["variants"]:
+            for suffix, dt in (("f32", np.float32), ("f64", np.float64)):
+                z = np.zeros(0, np.int64)
+                head = (z, z, *[np.zeros(0, dt) for _ in v["state"]], z, np.zeros((0, 4), np.int64))
+                scal = np.zeros((1, max(1, v["nscalars"])))
+                kinds = [(v["prefix"] + "_" + suffix + par, head + (np.zeros(2, np.int64), scal, True))
+                         for par in ("", "_parallel")]
+                red = v.get("reduce")
+                if red is not None:          # reduction passes: (..., chunks, scal, ext), no work table
+                    ext = np.zeros((0, v["nscalars"] + red["ntensor"]))
+                    kinds += [(red["kernel"] + "_" + suffix + par, head + (scal, ext)) for par in ("", "_parallel")]
+                for kname, args in kinds:
+                    k = getattr(mod, kname)
+                    t0 = time.perf_counter()
+                    try:
+                        k(*args)
+                    except Exception as exc:
+                        print(json.dumps({"rule": name, "variant": v["name"], "kernel": kname, "error": repr(exc)}),
+                              flush=True)
+                        continue
+                    dt_s = time.perf_counter() - t0
+                    asm = k.overloads[k.signatures[0]].library.get_asm_str()
+                    widths = {"x": 0, "y": 0, "z": 0}
+                    for m in PACKED.finditer(asm):
+                        widths[m.group(1)] += 1
+                    print(json.dumps({"rule": name, "variant": v["name"], "kernel": kname, "seconds": dt_s,
+                                      "sigs": len(k.signatures), "packed_zmm": widths["z"],
+                                      "packed_ymm": widths["y"], "packed_xmm": widths["x"],
+                                      "scalar": len(SCALAR.findall(asm))}), flush=True)
+""")
+
+
+def phase_compile(log, cache_dir: str, workers: int = 2) -> list:
+    """Target 7: cold compile of every built-in kernel into the empty ``cache_dir``, in ``workers`` processes.
+
+    The measuring process then runs with the same NUMBA_CACHE_DIR, so no kernel is compiled twice.
+    """
+    names = symopt.rules()
+    parts = [names[i::workers] for i in range(workers)]
+    procs = []
+    for part in parts:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        procs.append(subprocess.Popen([sys.executable, "-c", _COMPILE_SCRIPT, *part], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rows = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        if proc.returncode:
+            raise RuntimeError(f"cold-compile run failed:\n{err[-2000:]}")
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    order = {n: i for i, n in enumerate(names)}
+    rows.sort(key=lambda r: (order[r["rule"]], r["kernel"]))
+    for r in rows:
+        if "error" in r:
+            log(f"  {r['kernel']}: {r['error']}")
+    rows = [r for r in rows if "error" not in r]
+    total = sum(r["seconds"] for r in rows)
+    log(f"  {len(rows)} kernels, {total:.1f} s of compilation in all (max {max(r['seconds'] for r in rows):.2f} s)")
+    return rows
+
+
+def phase_startup(log) -> dict:
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, symopt
+        opt = symopt.optimizer({RULE!r}, [np.zeros((10, 10), np.float32), np.zeros(10, np.float32)], lr=1e-3)
+        opt.step([np.ones((10, 10), np.float32), np.ones(10, np.float32)])
+        print("sympy" in sys.modules)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)   # warm the cache
+    walls, sympy = [], None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        sympy = out.stdout.strip() == "True"
+    log(f"  fresh process, warm cache: {min(walls):.2f} s (best of 3), sympy imported: {sympy}")
+    return {"seconds": min(walls), "sympy": sympy}
+
+
+def phase_memory(log) -> dict:
+    out = {}
+    for n in (10 ** 5, 10 ** 7):
+        p = [np.ones(n, np.float32)]
+        g = [np.full(n, 1e-3, np.float32)]
+        for label, thr in (("serial", 1 << 62), ("threaded", 0)):
+            opt = symopt.optimizer(RULE, p)
+            opt.parallel_threshold = thr
+            opt.step(g)
+            tracemalloc.start()
+            opt.step(g)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            out[(label, n)] = peak
+    log("  peak bytes traced during a step: " + ", ".join(f"{k[0]} n={k[1]:.0e}: {v}" for k, v in out.items()))
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+def machine_info(threads: int) -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
+            "threads": threads, "numba threading layer": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+        info["avx512f"] = " avx512f" in flags
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory"] = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    versions = {"symopt": symopt.__version__, "numpy": np.__version__, "numba": numba.__version__}
+    import llvmlite
+
+    versions["llvmlite"] = llvmlite.__version__
+    for mod in ("torch", "jax", "optax"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            versions[mod] = "not installed"
+    info["versions"] = versions
+    try:
+        info["numba threading layer"] = numba.threading_layer()
+    except Exception:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = "; ".join(f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
+                                 f"{d.get('num_threads')} threads)" for d in threadpool_info())
+    except Exception:
+        info["blas"] = "?"
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                        text=True).stdout.strip() or "?"
+    except OSError:
+        info["commit"] = "?"
+    return info
+
+
+def _fmt_t(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def plot(sizes_res: dict, thr: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    styles = {"same-traffic kernel": dict(color="k", ls="--", lw=2), "symopt": dict(color="C0", lw=2.5, marker="o"),
+              "symopt (ignore)": dict(color="C0", ls=":", marker="."), "symopt serial": dict(color="C9", lw=1, marker="v"),
+              "symopt threaded": dict(color="C4", lw=1, marker="^"), "numpy": dict(color="C2", marker="s"),
+              "torch foreach": dict(color="C1", marker="D"), "torch fused": dict(color="C3", lw=2, marker="D"),
+              "optax (jit)": dict(color="C5", marker="x")}
+    for ax, dname in zip(axes, ("float32", "float64")):
+        ns = sorted(n for d, n in sizes_res if d == dname)
+        peers = list(sizes_res[(dname, ns[0])])
+        for peer in peers:
+            ys = [sizes_res[(dname, n)][peer] / n * 1e9 for n in ns]
+            ax.plot(ns, ys, label=peer, **styles.get(peer, {}))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("elements (one tensor)")
+        ax.set_ylabel("time per element (ns)")
+        ax.set_title(f"Adam step, {dname}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    ax = axes[2]
+    for dname, color in (("float32", "C0"), ("float64", "C3")):
+        ns = sorted(n for d, n in thr if d == dname and n != "crossover")
+        ax.plot(ns, [thr[(dname, n)][0] / n * 1e9 for n in ns], color=color, marker="v", label=f"serial {dname}")
+        ax.plot(ns, [thr[(dname, n)][1] / n * 1e9 for n in ns], color=color, ls="--", marker="^",
+                label=f"threaded {dname}")
+    ax.axvline(_optmod.PARALLEL_THRESHOLD, color="gray", ls=":", label="PARALLEL_THRESHOLD")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("elements")
+    ax.set_ylabel("time per element (ns)")
+    ax.set_title("serial vs threaded kernel (Adam)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    """Parent: cold-compile phase into a fresh cache folder, then the measuring child process
+    (NUMBA_CACHE_DIR = that folder; OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed, as they slow NumPy)."""
+    if os.environ.get("SYMOPT_BENCH_CHILD"):
+        return measure_all(args)
+    quick = bool(getattr(args, "quick", False))
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="symopt-bench-") as tmp:
+        compile_json = Path(tmp) / "compile.json"
+        rows = []
+        if not (quick or getattr(args, "no_compile_times", False)):
+            print("[7] cold compile of every built-in kernel (empty numba cache)", flush=True)
+            t0 = time.perf_counter()
+            rows = phase_compile(lambda m: (print(m, flush=True), lines.append(m)), tmp)
+            print(f"  ({time.perf_counter() - t0:.0f} s wall)", flush=True)
+        compile_json.write_text(json.dumps({"rows": rows, "log": lines}))
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env.update(SYMOPT_BENCH_CHILD="1", NUMBA_CACHE_DIR=tmp, SYMOPT_BENCH_COMPILE=str(compile_json),
+                   SYMOPT_BENCH_OPENBLAS=os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
+        argv = (["--quick"] if quick else []) + (["--out", str(args.out)] if getattr(args, "out", None) else []) \
+            + (["--threads", str(args.threads)] if getattr(args, "threads", None) else [])
+        return subprocess.run([sys.executable, "-m", "symopt", "bench", *argv], env=env).returncode
+
+
+def measure_all(args) -> int:
+    quick = bool(getattr(args, "quick", False))
+    out_dir = Path(args.out) if getattr(args, "out", None) else HERE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    symopt.set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except Exception:
+        pass
+    lines = []
+
+    def log(msg):
+        print(msg, flush=True)
+        lines.append(msg)
+
+    t_start = time.perf_counter()
+    info = machine_info(threads)
+    info["load"] = [os.getloadavg()[0]]
+    compiled = json.loads(Path(os.environ["SYMOPT_BENCH_COMPILE"]).read_text()) \
+        if os.environ.get("SYMOPT_BENCH_COMPILE") else {"rows": []}
+    compile_rows = compiled["rows"]
+    log(f"symopt bench: {info['cpu']}, {info['cores']} cores, {threads} threads for every peer; rule {RULE!r}")
+    rounds = 5 if quick else 12
+    log("[1] at the limit (1e7 elements)")
+    limit = phase_limit(10 ** 6 if quick else 10 ** 7, rounds, log,
+                        names=[RULE, "sgd", "lion"] if quick else None)
+    log("[2] Adam over sizes, every peer")
+    sizes = [10 ** 2, 10 ** 4, 10 ** 6] if quick else [10 ** k for k in range(2, 8)]
+    sizes_res = phase_sizes(sizes, rounds, log)
+    log("[3] many tensors")
+    many = phase_many(rounds, log)
+    log("[4] small model")
+    small = phase_small(rounds, log)
+    log("[5] large")
+    large = phase_large(10 ** 7 if quick else 10 ** 8, max(5, rounds // 2), log)
+    log("[6] threads")
+    thr = phase_threshold(rounds, log, range(10, 21, 2) if quick else range(10, 23))
+    log("[7] start-up")
+    startup = phase_startup(log)
+    log("[8] memory")
+    mem = phase_memory(log)
+    info["load"].append(os.getloadavg()[0])
+    info["OPENBLAS_CORETYPE"] = os.environ.get("SYMOPT_BENCH_OPENBLAS", info["OPENBLAS_CORETYPE"])
+    png = out_dir / "time_per_element.png"
+    plot(sizes_res, thr, png)
+    elapsed = time.perf_counter() - t_start
+    text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick)
+    (out_dir / "results.md").write_text(text, encoding="utf-8")
+    log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
+    return 0
+
+
+def _verdict(ok) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick) -> str:
+    L = []
+    big = max(n for _, n in sizes_res)
+    ok_limit = [r for r in limit if "error" not in r]
+    worst_i = max(ok_limit, key=lambda r: r["ignore"]) if ok_limit else None
+    worst_c = max(ok_limit, key=lambda r: r["check"]) if ok_limit else None
+    small_n = min(n for _, n in sizes_res if n >= 10 ** 4)
+    cache_check = {d: sizes_res[(d, small_n)]["symopt"] / sizes_res[(d, small_n)]["symopt (ignore)"]
+                   for d in ("float32", "float64")}
+    vs_np = {d: sizes_res[(d, big)]["numpy"] / sizes_res[(d, big)]["symopt"] for d in ("float32", "float64")}
+    mt, st_, lt = many["times"], small["times"], large["times"]
+    torch_ok = "torch fused" in mt
+    r_many = mt["torch fused"] / mt["symopt"] if torch_ok else None
+    r_flat = mt["torch fused"] / mt["symopt flat"] if torch_ok else None
+    r_small = st_["torch fused"] / st_["symopt"] if "torch fused" in st_ else None
+    r_large = lt["torch fused"] / lt["symopt"] if "torch fused" in lt else None
+    cross = {d: thr.get((d, "crossover")) for d in ("float32", "float64")}
+    L.append("# symopt benchmark results\n")
+    L.append(f"Written by `make bench` (`python -m symopt bench{' --quick' if quick else ''}`) in {elapsed:.0f} s. "
+             f"Rule: `{RULE}` (torch.optim.Adam's update) unless a row says otherwise. Times are minimums over "
+             "round-robin repeats within this one run; ratios compare candidates of the same run. "
+             "Ratios > 1 mean symopt is faster (peer time / symopt time), except in the *limit* rows, which are "
+             "symopt time / same-traffic-kernel time (≤ target is good).\n")
+    L.append("## Machine\n")
+    L.append(f"- CPU: {info.get('cpu')} ({info.get('cores')} cores, AVX-512F: {info.get('avx512f')}), "
+             f"memory {info.get('memory', '?')}; {info.get('platform')}")
+    L.append(f"- Threads for every peer: {info['threads']} (numba.set_num_threads, torch.set_num_threads); numba "
+             f"threading layer: {info.get('numba threading layer')}; NumPy elementwise loops are single-threaded; "
+             "JAX uses XLA's own pool")
+    L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+             + f"; Python {info['python']}; commit {info.get('commit')}")
+    L.append(f"- BLAS (threadpoolctl): {info.get('blas')}; OPENBLAS_CORETYPE in the calling shell: "
+             f"{info.get('OPENBLAS_CORETYPE')} (removed for the measuring process)")
+    L.append(f"- 1-minute load average at start / end: {info['load'][0]:.2f} / {info['load'][-1]:.2f} "
+             f"(other processes on the machine disturb timings; compare ratios, not absolute times)\n")
+    L.append("## Targets\n")
+    L.append("| # | target | measured | goal | verdict |")
+    L.append("|---|---|---|---|---|")
+    if worst_i:
+        L.append(f"| 1 | at the limit, `on_nonfinite=\"ignore\"`, every elementwise rule × dtype at {limit_n(limit, quick)} "
+                 f"(worst) | {worst_i['ignore']:.3f}× same-traffic ({worst_i['rule']} {worst_i['dtype']}) | ≤ 1.10× | "
+                 f"{_verdict(worst_i['ignore'] <= 1.10)} |")
+        L.append(f"| 1 | at the limit with the finiteness check (worst) | {worst_c['check']:.3f}× "
+                 f"({worst_c['rule']} {worst_c['dtype']}) | ≤ 1.25× | {_verdict(worst_c['check'] <= 1.25)} |")
+    L.append(f"| 1 | cost of the check when arrays fit in cache (n = {small_n:.0e}, check / ignore) | "
+             + ", ".join(f"{d} {v:.2f}×" for d, v in cache_check.items()) + " | nearly nothing | — |")
+    L.append(f"| 2 | NumPy in-place Adam / symopt at {big:.0e} | "
+             + ", ".join(f"{d} {v:.1f}×" for d, v in vs_np.items())
+             + f" | ≥ 10× | {_verdict(min(vs_np.values()) >= 10)} |")
+    if torch_ok:
+        L.append(f"| 3 | 240 separate arrays ({many['nparams'] / 1e6:.1f} M params, f32): torch fused / symopt | "
+                 f"{r_many:.2f}× | ≥ 1.0× | {_verdict(r_many >= 1.0)} |")
+        L.append(f"| 3 | same params in one FlatBuffer: torch fused (240 tensors) / symopt flat | {r_flat:.2f}× | "
+                 f"≥ 1.2× | {_verdict(r_flat >= 1.2)} |")
+    if r_small is not None:
+        L.append(f"| 4 | 3 tensors, 11.5 k f32: torch fused / symopt | {r_small:.2f}× "
+                 f"({_fmt_t(st_['torch fused'])} vs {_fmt_t(st_['symopt'])}) | ≥ 4× | {_verdict(r_small >= 4)} |")
+    L.append(f"| 4 | fixed cost of `step()` (2 tensors, 650 f32; kernel call alone) | {_fmt_t(small['fixed']['step'])} "
+             f"({_fmt_t(small['fixed']['kernel'])}) | a few µs | — |")
+    if r_large is not None:
+        L.append(f"| 5 | {large['n']:.0e} f32: torch fused / symopt | {r_large:.2f}× "
+                 f"(ignore: {lt['torch fused'] / lt['symopt (ignore)']:.2f}×) | ≥ 0.95× | {_verdict(r_large >= 0.95)} |")
+    L.append(f"| 6 | threaded kernel faster from (measured) | f32 {cross['float32']}, f64 {cross['float64']} elements | "
+             f"threshold `PARALLEL_THRESHOLD` = {_optmod.PARALLEL_THRESHOLD}, settable (`opt.parallel_threshold`, "
+             "`symopt.set_num_threads`) | — |")
+    L.append(f"| 7 | fresh process, warm cache: import + Adam + one step | {startup['seconds']:.2f} s, SymPy imported: "
+             f"{startup['sympy']} | ≤ 1 s, no SymPy | {_verdict(startup['seconds'] <= 1 and not startup['sympy'])} |")
+    if compile_rows:
+        tot = sum(r["seconds"] for r in compile_rows)
+        L.append(f"| 7 | cold compile, every built-in kernel ({len(compile_rows)} kernels, one signature each) | "
+                 f"{tot:.0f} s in all, max {max(r['seconds'] for r in compile_rows):.2f} s | report | — |")
+    mem_big = max(v for (lab, n), v in mem.items())
+    L.append(f"| 8 | bytes allocated by one step (tracemalloc peak, n up to 1e7) | {mem_big} B "
+             f"({', '.join(f'{lab} {n:.0e}: {v}' for (lab, n), v in mem.items())}) | nothing ∝ n | "
+             f"{_verdict(mem_big < 65536)} |")
+    L.append("")
+    L.append("![time per element](time_per_element.png)\n")
+    L.append(f"## 1. At the limit ({limit_n(limit, quick)} elements, one tensor)\n")
+    L.append("Same-traffic kernel: one `prange` loop reading param, grad and each state buffer and writing param and "
+             "each state buffer (`x = x*c + g`). GB/s = bytes the step must move / same-traffic time.\n")
+    L.append("| rule | variant | dtype | state buffers | same-traffic | GB/s | ignore / same | check / same |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in limit:
+        if "error" in r:
+            L.append(f"| {r['rule']} | | {r['dtype']} | | error: {r['error']} | | | |")
+        else:
+            L.append(f"| {r['rule']} | {r['variant']} | {r['dtype']} | {r['nstate']} | {r['same_ms']:.2f} ms | "
+                     f"{r['gbps']:.0f} | {r['ignore']:.3f} | {r['check']:.3f} |")
+    L.append("\n## 2. Adam over sizes (one tensor): time per step\n")
+    peers = list(next(iter(sizes_res.values())))
+    L.append("| dtype | n | " + " | ".join(peers) + " |")
+    L.append("|---|---|" + "---|" * len(peers))
+    for (d, n), row in sorted(sizes_res.items()):
+        L.append(f"| {d} | {n:.0e} | " + " | ".join(_fmt_t(row[p]) for p in peers) + " |")
+    L.append("\nRatio peer / symopt:\n")
+    L.append("| dtype | n | " + " | ".join(peers) + " |")
+    L.append("|---|---|" + "---|" * len(peers))
+    for (d, n), row in sorted(sizes_res.items()):
+        L.append(f"| {d} | {n:.0e} | " + " | ".join(f"{row[p] / row['symopt']:.2f}" for p in peers) + " |")
+    L.append(f"\n## 3. Many tensors: {many['ntensors']} arrays, {many['nparams']:,} float32 params\n")
+    L.append("| candidate | time | torch fused / candidate |")
+    L.append("|---|---|---|")
+    for k, v in mt.items():
+        L.append(f"| {k} | {_fmt_t(v)} | {mt['torch fused'] / v:.2f} |" if torch_ok else f"| {k} | {_fmt_t(v)} | |")
+    L.append("\n## 4. Small model: 3 tensors (100×110, 110, 390), float32\n")
+    L.append("| candidate | time per step | peer / symopt |")
+    L.append("|---|---|---|")
+    for k, v in st_.items():
+        L.append(f"| {k} | {_fmt_t(v)} | {v / st_['symopt']:.2f} |")
+    L.append(f"\n## 5. Large: {large['n']:.0e} float32\n")
+    L.append("| candidate | time per step | torch fused / candidate |")
+    L.append("|---|---|---|")
+    for k, v in lt.items():
+        L.append(f"| {k} | {_fmt_t(v)} | {lt['torch fused'] / v:.2f} |" if "torch fused" in lt else f"| {k} | {_fmt_t(v)} | |")
+    L.append("\n## 6. Serial against threaded kernel (Adam, one tensor)\n")
+    L.append("| dtype | n | serial | threaded | serial / threaded |")
+    L.append("|---|---|---|---|---|")
+    for (d, n), v in thr.items():
+        if n != "crossover":
+            L.append(f"| {d} | {n} | {_fmt_t(v[0])} | {_fmt_t(v[1])} | {v[0] / v[1]:.2f} |")
+    if compile_rows:
+        L.append("\n## 7. Cold compile time and vector width of every built-in kernel\n")
+        L.append("Each kernel compiled once (one signature) in a process with an empty `NUMBA_CACHE_DIR`; two such "
+                 "processes ran side by side. Packed arithmetic instructions (sqrt/div/mul/add/fma/min/max on "
+                 "`ps`/`pd`) counted by register width in the generated assembly; `scalar` counts `ss`/`sd` forms "
+                 "(remainder loops, per-chunk set-up).\n")
+        L.append("| rule | kernel | compile | signatures | packed zmm | packed ymm | packed xmm | scalar |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for r in compile_rows:
+            L.append(f"| {r['rule']} | `{r['kernel']}` | {r['seconds']:.2f} s | {r['sigs']} | {r['packed_zmm']} | "
+                     f"{r['packed_ymm']} | {r['packed_xmm']} | {r['scalar']} |")
+    L.append("\n## Reproduce\n")
+    L.append("```\nmake bench                      # or: .venv/bin/python -m symopt bench [--quick] [--threads N]\n```\n")
+    return "\n".join(L) + "\n"
+
+
+def limit_n(limit, quick) -> str:
+    return "1e6" if quick else "1e7"
