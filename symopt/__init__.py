@@ -7,6 +7,8 @@ Public API::
     symopt.rule(name, **options)                       # the SymPy Rule (LaTeX via .latex())
     symopt.save(path, opt); symopt.load(path, params)  # .npz checkpoints, exact resume, no pickle
     symopt.Rule, symopt.Hyper, symopt.State, symopt.Family, symopt.t
+    symopt.compose(base, *symopt.transforms.X(...))   # one Rule (and one kernel) from a rule and transforms
+    symopt.schedule.cosine(...)                        # lr=schedule: a per-step float64 scalar of t
     symopt.gradient(expr, wrt)                         # compiled value and gradient of a SymPy expression
     symopt.nn.MLP / loss / activation                  # networks with SymPy-derived, generated kernels
 
@@ -24,10 +26,13 @@ from .runtime.threads import get_num_threads, set_num_threads
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
-    "gradient", "nn",
+    "gradient", "nn", "compose", "transforms", "schedule",
 ]
 
 _LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
+#: Imported on first use (they import SymPy): name -> (module, attribute or None for the module).
+_LAZY_MODULES = {"compose": ("symopt.rulebook.compose", "compose"), "transforms": ("symopt.rulebook.transforms", None),
+                 "schedule": ("symopt.schedule", None)}
 
 
 def rules() -> list:
@@ -68,4 +73,10 @@ def __getattr__(name):
         from . import rulebook
 
         return getattr(rulebook, name)
+    if name in _LAZY_MODULES:
+        import importlib
+
+        mod_name, attr = _LAZY_MODULES[name]
+        mod = importlib.import_module(mod_name)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'symopt' has no attribute {name!r}")

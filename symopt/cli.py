@@ -33,11 +33,14 @@ def _cmd_list(args) -> int:
     groups: dict = {}
     for row in rows:
         groups.setdefault(row[0], []).append(row)
+    from .provenance import verified_by
+
     for group, items in groups.items():
-        print(f"[{group}]")
+        print(f"[{group}]  {len(items)} rule(s): name, where it is defined, what verifies it")
         for _, name, source, variants in items:
             extra = f"  variants: {variants}" if "," in variants else ""
             print(f"  {name:<22} {source}{extra}")
+            print(f"  {'':<22}   verified by: {', '.join(verified_by(name, group))}")
     return 0
 
 
@@ -48,6 +51,10 @@ def _cmd_show(args) -> int:
     from .rulebook.catalog import family
     from .runtime.kernels import load_builtin
 
+    if args.name.startswith("schedule."):  # a schedule: LaTeX, values, --plot (symopt/schedule.py)
+        from .schedule import show_cli
+
+        return show_cli(args)
     fam = family(args.name)
     mod = load_builtin(args.name)
     print(f"{fam.name} -- {fam.source}")
@@ -106,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="show a rule: equations, state, hyperparameters, generated file")
     s.add_argument("name")
     s.add_argument("--latex", action="store_true", help="print the equations in LaTeX")
+    s.add_argument("params", nargs="*", help="for schedule.NAME: its parameters as key=value")
+    s.add_argument("--plot", metavar="FILE.png", help="for schedule.NAME: draw it into an image")
+    s.add_argument("--steps", type=int, help="for schedule.NAME: steps shown/plotted (default: its horizon)")
     s.set_defaults(func=_cmd_show)
     s = sub.add_parser("generate", help="regenerate the built-in kernel modules")
     s.add_argument("names", nargs="*", help="only these rules (default: all, plus the index)")

@@ -90,6 +90,11 @@ class _Base(PythonCodePrinter):
     def _print_Abs(self, expr):
         return f"abs({self._print(expr.args[0])})"
 
+    def _print_Mod(self, expr):
+        # Always parenthesised: ``%`` binds like ``*``, so ``a*b % c`` would read as ``(a*b) % c``.
+        a, b = expr.args
+        return f"({self._paren(a)} % {self._paren(b)})"
+
 
 class ScalarPrinter(_Base):
     """Per-step scalar code: Python floats (IEEE double) and ``math``."""

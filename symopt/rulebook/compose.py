@@ -127,7 +127,7 @@ def compose(base, *transforms, name: str | None = None, doc: str | None = None, 
             ctx.updates.append((lhs, rhs))
         elif i == last and not reads_after:
             # θ_new is assigned after the base's later updates: snapshot what they overwrite.
-            later = {l for l, _ in base_updates[i + 1:]}
+            later = {lhs2 for lhs2, _ in base_updates[i + 1:]}
             snap = {x: ctx.assign(f"{x.name}_prev", x) for x in sorted(rhs.free_symbols & later, key=str)}
             ctx.new_param = rhs.xreplace(snap) if snap else rhs
         else:

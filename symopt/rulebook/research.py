@@ -91,8 +91,8 @@ def adan() -> Rule:
              gp: State(0, "previous_grad", "the previous gradient (pytorch-optimizer stores −g)")}
     return _rule("adan", [(d, nf * (g - gp)), (m, _lerp(m, g, 1 - b1)), (v, _lerp(v, d, 1 - b2)),
                           (n, b3 * n + (1 - b3) * (g + b2 * d) ** 2),
-                          (theta, (theta - lr * (m / _bc(b1) + b2 * v / _bc(b2)) / (sp.sqrt(n) / sp.sqrt(_bc(b3)) + eps))
-                           / (1 + lr * wd)),
+                          (theta, (theta - lr * (m / _bc(b1) + b2 * v / _bc(b2))
+                                   / (sp.sqrt(n) / sp.sqrt(_bc(b3)) + eps)) / (1 + lr * wd)),
                           (gp, g)], state, hyper, ADAN_DOC, ADAN_REFS)
 
 
@@ -482,7 +482,8 @@ def adabelief_rectified() -> Rule:
     hyper = {lr: _lr(1e-3), b1: _beta(0.9, 0, "β1"), b2: _beta(0.999, 1, "β2"),
              eps: _eps(1e-16, "ε, added to s_t every step and to √s_t"), wd: _wd(),
              thr: Hyper(5.0, 0.0, key="n_sma_threshold", doc="ρ_min: rectify once ρ_t ≥ ρ_min"),
-             deg: Hyper(True, kind="bool", key="degenerated_to_sgd", doc="before that, SGD with momentum (else no step)")}
+             deg: Hyper(True, kind="bool", key="degenerated_to_sgd",
+                        doc="before that, SGD with momentum (else no step)")}
     rinf = 2 / (1 - b2) - 1
     rho = rinf - 2 * t * b2**t / _bc(b2)
     # A per-step scalar; Max(0, ·) keeps the hoisted root real before ρ_t reaches ρ_min (branch not taken).
@@ -534,17 +535,17 @@ def madgrad() -> Rule:
                  {G: State(0, "grad_sum_sq"), s: State(0, "s"), x0: State(theta, "x0", "the initial param")},
                  hyper, MADGRAD_DOC,
                  ("Defazio & Jelassi, Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged "
-                  "Gradient Method for Stochastic Optimization, JMLR 2022, arXiv:2101.11075",
-                  f"{OX}: contrib.madgrad", f"{PT}: MADGRAD"))
+                  "Gradient Method for Stochastic Optimization, JMLR 2022, arXiv:2101.11075", f"{PT}: MADGRAD"))
 
 
-MADGRAD_DOC = """MADGRAD (Defazio & Jelassi 2021), as optax.contrib.madgrad (and the authors' code).
+MADGRAD_DOC = """MADGRAD (Defazio & Jelassi 2021), as the authors' code and pytorch-optimizer's MADGRAD.
 
     λ_t = (α + ε) √t;   G_t = G + λ_t g²;   s_t = s + λ_t g
     z_t = x0 − s_t / (G_t^{1/3} + ε);   θ_t = c θ + (1 − c) z_t
 
-lr 1e-2 (the paper's; Optax has none), momentum c 0.9, weight_decay 0 (coupled), eps 1e-6
-(also added to α, as the authors' code)."""
+lr 1e-2 (the paper's), momentum c 0.9, weight_decay 0 (coupled), eps 1e-6 (also added to α,
+as the authors' code).  optax.contrib.madgrad computes λ_t in float32 (√ of its int32 count):
+~1e-8 relative from the float64 trajectory."""
 
 
 def diffgrad() -> Rule:

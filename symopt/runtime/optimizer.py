@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import kernels, layout, reduction
+from . import kernels, layout, reduction, scheduled
 
 __all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
 
@@ -95,6 +95,9 @@ class _Spec:
                     raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")
                 out[h["name"]] = bool(raw)
                 continue
+            if scheduled.is_schedule(raw):  # symopt.schedule: checked at t=1 here, every step when used
+                out[h["name"]] = scheduled.validated(raw, h, f"{where}: {label!r}")
+                continue
             if not _is_number(raw):
                 raise TypeError(f"{where}: {label!r} must be a real number, got {type(raw).__name__} {raw!r}")
             x = float(raw)
@@ -106,13 +109,13 @@ class _Spec:
             if hi is not None and (x > hi or (h["high_open"] and x == hi)):
                 raise ValueError(f"{where}: invalid {label!r} = {raw!r}: must be {'<' if h['high_open'] else '<='} {hi}")
             out[h["name"]] = x
-        errors = self.module.constraints(out)
+        errors = self.module.constraints(scheduled.first_step(out))
         if errors:
             raise ValueError(f"{where}: " + "; ".join(errors))
         return out
 
     def variant_index(self, values: dict, where: str) -> int:
-        k = self.module.select_variant(values)
+        k = self.module.select_variant(scheduled.first_step(values))
         if k < 0:
             raise ValueError(f"{where}: no variant of {self.name!r} matches {values}")
         return k
@@ -287,7 +290,7 @@ class Optimizer:
         self._state = [np.empty(self._total, dtype=self.dtype) for _ in self._vinfo["state"]]
         for gi, group in enumerate(self.param_groups):
             vals = self._spec.values(group, f"param group {gi}")
-            inits = init_fn(*[vals[n] for n in self._vinfo["init_hyper"]])
+            inits = init_fn(*[scheduled.first_step(vals)[n] for n in self._vinfo["init_hyper"]])
             for j in np.nonzero(self._group_of == gi)[0]:
                 self._reset_tensor_state(int(j), inits)
 
@@ -339,6 +342,8 @@ class Optimizer:
         # Lists (betas=[...]) are copied, so that changing one in place is seen at the next step.
         snapshot = tuple(list(x) if type(x) is list else x for x in raw)
         self._cache[gi] = (snapshot, vals, tuple(vals[n] for n in self._hyper_names))
+        if scheduled.any_schedule(vals):  # schedules are evaluated once per step (runtime/scheduled.py)
+            self._scalar_fn = scheduled.wrap(self._scalar_fn, self._spec, self._hyper_names)
         return vals
 
     def _group_args(self, gi: int) -> tuple:
@@ -419,9 +424,10 @@ class Optimizer:
         if t0 >= 0:
             # Every stepped tensor is at step t0: one scalar row per group, cached tables.
             t = t0 + 1
-            scal, fn, (pack, buf, rowbytes) = self._scal, self._scalar_fn, self._scal_packer
+            scal, (pack, buf, rowbytes) = self._scal, self._scal_packer
             for gi in range(len(self._cache)):
-                pack(buf, gi * rowbytes, *fn(t, *self._group_args(gi)))
+                args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
             flat = self._flat
             if flat is not None and active is None:
                 gbase = layout.flat_base(self._gptr, self._boffs)
@@ -469,7 +475,8 @@ class Optimizer:
             segments.append((int(j), 0, int(self._sizes[j]), keys[key]))
         scal = np.zeros((len(keys), self._scal.shape[1]), dtype=np.float64)
         for (gi, t), r in keys.items():
-            scal[r, : self._vinfo["nscalars"]] = self._scalar_fn(t, *self._group_args(gi))
+            args = self._group_args(gi)
+            scal[r, : self._vinfo["nscalars"]] = self._scalar_fn(t, *args)
         chunks, work = layout.plan_rows(segments, nworkers)
         return chunks, work, scal
 
@@ -567,7 +574,8 @@ class Optimizer:
             else:
                 gi = int(self._group_of[j])
                 vals = self._group_values(gi)
-                self._reset_tensor_state(j, init_fn(*[vals[n] for n in self._vinfo["init_hyper"]]))
+                first = scheduled.first_step(vals)
+                self._reset_tensor_state(j, init_fn(*[first[n] for n in self._vinfo["init_hyper"]]))
                 self._steps[j] = 0
         if meta is not None:
             self.skipped_steps = int(meta.get("skipped_steps", 0))

@@ -35,7 +35,8 @@ def _rms(x):
 # -- Adan: Xie et al. 2022, Algorithm 1 (paper's β are 1 − ours); pytorch-optimizer Adan --------------
 def adan(params, grads, state, t, *, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0):
     b1, b2, b3 = betas
-    ms, vs, ns = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_diff", params), _zeros(state, "exp_avg_sq", params)
+    ms, vs = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_diff", params)
+    ns = _zeros(state, "exp_avg_sq", params)
     prev = _zeros(state, "previous_grad", params)
     for j, (p, g) in enumerate(zip(params, grads)):
         diff = np.zeros_like(g) if t == 1 else g - prev[j]          # g_0 := g_1
@@ -105,7 +106,8 @@ def amsbound(params, grads, state, t, *, lr=1e-3, final_lr=0.1, betas=(0.9, 0.99
 # -- AdaMod: Ding et al. 2019, Algorithm 1 ----------------------------------------------------------
 def adamod(params, grads, state, t, *, lr=1e-3, betas=(0.9, 0.99, 0.9999), eps=1e-8, weight_decay=0.0):
     b1, b2, b3 = betas
-    ms, vs, ss = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params), _zeros(state, "exp_avg_lr", params)
+    ms, vs = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params)
+    ss = _zeros(state, "exp_avg_lr", params)
     for j, (p, g) in enumerate(zip(params, grads)):
         p *= 1 - lr * weight_decay
         ms[j] = b1 * ms[j] + (1 - b1) * g
@@ -164,7 +166,8 @@ def adamw_schedulefree(params, grads, state, t, *, lr=0.0025, betas=(0.9, 0.999)
 # -- MARS-AdamW: Yuan et al. 2024, Algorithm 2 (as pytorch-optimizer, √(v + 1e-15)) --------------------
 def mars_adamw(params, grads, state, t, *, lr=3e-3, betas=(0.95, 0.99), gamma=0.025, eps=1e-8, weight_decay=0.0):
     b1, b2 = betas
-    ms, vs, last = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params), _zeros(state, "last_grad", params)
+    ms, vs = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params)
+    last = _zeros(state, "last_grad", params)
     for j, (p, g) in enumerate(zip(params, grads)):
         c = g + gamma * b1 / (1 - b1) * (g - last[j])
         norm = np.linalg.norm(c)
@@ -294,7 +297,8 @@ def madgrad(params, grads, state, t, *, lr=1e-2, momentum=0.9, weight_decay=0.0,
 # -- diffGrad: Dubey et al. 2019, Algorithm 1 (friction ξ = sigmoid(|g_{t−1} − g_t|)) -------------------
 def diffgrad(params, grads, state, t, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
     b1, b2 = betas
-    ms, vs, prev = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params), _zeros(state, "previous_grad", params)
+    ms, vs = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params)
+    prev = _zeros(state, "previous_grad", params)
     for j, (p, g) in enumerate(zip(params, grads)):
         p *= 1 - lr * weight_decay
         ms[j] = b1 * ms[j] + (1 - b1) * g
@@ -314,7 +318,8 @@ def ademamix(params, grads, state, t, *, lr=1e-3, betas=(0.9, 0.999, 0.9999), al
         b3_t = min(math.exp(math.log(b1) * math.log(b3) / ((1 - f) * math.log(b3) + f * math.log(b1))), b3)
     else:
         a_t, b3_t = alpha, b3
-    ms, vs, slow = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params), _zeros(state, "exp_avg_slow", params)
+    ms, vs = _zeros(state, "exp_avg", params), _zeros(state, "exp_avg_sq", params)
+    slow = _zeros(state, "exp_avg_slow", params)
     for j, (p, g) in enumerate(zip(params, grads)):
         g = g + weight_decay * p
         ms[j] = b1 * ms[j] + (1 - b1) * g
