@@ -78,7 +78,7 @@ def check_gradient_input(expr, wrt) -> tuple:
         shape = getattr(expr, "shape", None) or (len(expr),)
         raise TypeError(f"symopt.gradient needs a scalar expression, got a non-scalar {type(expr).__name__} "
                         f"of shape {tuple(shape)}")
-    if isinstance(expr, (sp.logic.boolalg.Boolean, sp.Rel)):
+    if isinstance(expr, sp.Rel) or (isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Expr)):
         raise TypeError(f"symopt.gradient needs a scalar expression, got the relation/boolean {describe(expr)}")
     if not isinstance(expr, sp.Expr):
         raise TypeError(f"symopt.gradient needs a SymPy expression, got {type(expr).__name__}: {expr!r}")

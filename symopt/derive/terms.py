@@ -6,7 +6,8 @@ a least-squares model or a log-likelihood is one shape per data point.  Written
 as straight-line code, N = 1000 would be ~17 000 statements, which numba takes
 minutes to compile.  Instead:
 
-* the top-level sum is split into terms; each term gets a *shape key*: its tree
+* the top-level sum is split into terms (terms sharing a sub-expression stay
+  together, so the DAG's sharing is kept); each term gets a *shape key*: its tree
   with every input symbol replaced by a slot (``p0, p1, …`` in order of first
   appearance) and every number in a sum or product (other than ±1) by a constant
   slot (``c0, c1, …``); exponents and function arguments stay literal;
@@ -28,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from .reverse import SweepPlan, check_gradient_input, constant, reverse_sweep
+from .reverse import SweepPlan, _postorder, check_gradient_input, constant, reverse_sweep
 
 __all__ = ["TermGroup", "TermProgram", "term_program"]
 
@@ -64,9 +65,36 @@ class TermProgram(NamedTuple):
 
 
 def _split(expr) -> tuple:
-    if expr.is_Add:
-        return tuple(a for a in expr.args if not a.is_number), sum((a for a in expr.args if a.is_number), sp.S.Zero)
-    return (expr,), sp.S.Zero
+    """``(terms, numeric offset)``; terms that share a sub-expression are merged into one.
+
+    A node used by two terms (``s`` in ``exp(−s) sin(s) + log(1 + s)²``) must be
+    computed once, so such terms form one term whose DAG keeps the sharing.
+    Shared nodes of a single operation (a negation) are cheaper to repeat and
+    do not merge terms.
+    """
+    if not expr.is_Add:
+        return (expr,), sp.S.Zero
+    offset = sum((a for a in expr.args if a.is_number), sp.S.Zero)
+    terms = [a for a in expr.args if not a.is_number]
+    parent = list(range(len(terms)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict = {}
+    for i, term in enumerate(terms):
+        for node in _postorder(term):
+            j = owner.setdefault(node, i)
+            if j != i and find(j) != find(i) and sp.count_ops(node) >= 2:
+                parent[find(i)] = find(j)
+    groups: dict = {}
+    for i, term in enumerate(terms):
+        groups.setdefault(find(i), []).append(term)
+    merged = tuple(members[0] if len(members) == 1 else sp.Add(*members) for members in groups.values())
+    return merged, offset
 
 
 def _is_slot_number(e, in_sum_or_product: bool) -> bool:
