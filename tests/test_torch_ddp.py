@@ -36,6 +36,15 @@ def _per_step_rel(a, b):
 
 def test_ddp_two_processes_equal_one_process(ddp_train, tmp_path):
     assert torch.distributed.is_available() and torch.distributed.is_gloo_available()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                              # as the children do (ddp_train._spawned)
+    try:
+        _check(ddp_train, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check(ddp_train, tmp_path):
     result = ddp_train.spawn(2, CFG, tmp_path)
     traj = result["trajectory"]
     assert traj.shape[0] == CFG["steps"] and traj.dtype == torch.float64

@@ -32,6 +32,15 @@ RULES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small gains nothing from intra-op threads, and they stall on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y = datasets.load_digits(return_X_y=True)
