@@ -71,6 +71,8 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     import mpmath
 
     from ..codegen.render import hyper_identifiers
+    from ..rulebook.reduction import has_reductions
+    from .reductions import exact_tensor_step
     from ..rulebook.rule import t as t_sym
     from ..runtime.optimizer import Optimizer
 
@@ -105,12 +107,17 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
         old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
         t_val = int(opt._steps[0]) + 1
         opt.step([grad])
+        all_vals = []
         for i in range(n):
             vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(grad[i])), t_sym: t_val,
                     **hyper_by_sym}
             for key in keys:
                 vals[state_syms[key]] = mpmath.mpf(float(old_state[key][i]))
-            env = _exact_step(rule, symbols, fns, vals)
+            all_vals.append(vals)
+        # Sums over the tensor need every element at once (verify/reductions.py).
+        envs = exact_tensor_step(rule, all_vals) if has_reductions(rule) else None
+        for i in range(n):
+            env = envs[i] if envs is not None else _exact_step(rule, symbols, fns, all_vals[i])
             outs = [("param", rule.param, float(params[i]), float(old_p[i]))]
             outs += [(key, state_syms[key], float(opt.state[0][key].reshape(-1)[i]), float(old_state[key][i]))
                      for key in keys]

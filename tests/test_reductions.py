@@ -1,0 +1,109 @@
+"""Rules with reductions: the read-only passes and per-tensor scalars, on every runtime path.
+
+LAMB (two per-tensor norms, bias corrections per step) and a global-norm clip are checked
+against NumPy in float64 (relative error ≤ 1e-12) with the threaded kernels, tensors split
+into several chunks, a tensor without gradient, tensors at different step counts and two
+param groups; a NaN gradient leaves everything untouched; ``symopt verify`` handles a
+composed rule's reductions; rules without reductions have no reduction kernel.
+"""
+import numpy as np
+import pytest
+
+import symopt
+from symopt import NonFiniteGradientError
+from symopt.rulebook import transforms as T
+
+from conftest import rel_err
+
+
+def _lamb_ref(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.0):
+    m[...] = b1 * m + (1 - b1) * g
+    v[...] = b2 * v + (1 - b2) * g * g
+    u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * p
+    pn, un = np.linalg.norm(p), np.linalg.norm(u)
+    p -= lr * (pn / un if pn > 0 and un > 0 else 1.0) * u
+
+
+def test_lamb_threaded_chunked_groups_skipped_and_lagging_tensors(rng):
+    shapes = [(7, 500), (3000,), (4,)]
+    params = [rng.uniform(1, 2, s) for s in shapes]
+    ref = [p.copy() for p in params]
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    lrs = [1e-2, 1e-2, 3e-2]
+    opt = symopt.optimizer("lamb", [{"params": params[:2], "lr": 1e-2}, {"params": params[2:], "lr": 3e-2}],
+                           weight_decay=0.01)
+    opt.parallel_threshold = 0           # the threaded kernels (when numba has 2+ threads)
+    steps = [0, 0, 0]
+    for k in range(12):
+        grads = [rng.standard_normal(s) for s in shapes]
+        if k in (3, 4):
+            grads[1] = None              # tensor 1 skips two steps: then the tensors' t differ
+        opt.step(grads)
+        for j, g in enumerate(grads):
+            if g is not None:
+                steps[j] += 1
+                _lamb_ref(ref[j], g, ms[j], vs[j], steps[j], lrs[j], wd=0.01)
+    for p, r in zip(params, ref):
+        assert rel_err(p, r) <= 1e-12
+    assert [opt.state[j]["step"] for j in range(3)] == [12, 10, 12]
+    if symopt.get_num_threads() > 1:
+        assert opt._reduce.parallel.signatures  # the threaded reduction pass ran
+
+
+def test_global_norm_clip_counts_only_tensors_with_gradients(rng):
+    rule = symopt.compose("notes.gd", T.clip_global_norm(0.5))
+    params = [rng.standard_normal(6), rng.standard_normal(4)]
+    ref = [p.copy() for p in params]
+    opt = symopt.optimizer(rule, params, lr=0.1)
+    for k in range(4):
+        grads = [rng.standard_normal(6), None if k % 2 else rng.standard_normal(4)]
+        opt.step(grads)
+        live = [g for g in grads if g is not None]
+        norm = np.sqrt(sum(float(np.sum(g * g)) for g in live))
+        for r, g in zip(ref, grads):
+            if g is not None:
+                r -= 0.1 * g * min(1.0, 0.5 / (norm + 1e-6))
+    for p, r in zip(params, ref):
+        assert rel_err(p, r) <= 1e-12
+
+
+def test_nonfinite_gradient_changes_nothing_with_reductions(rng):
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    opt = symopt.optimizer("lamb", params)
+    opt.step([rng.standard_normal((3, 4)), rng.standard_normal(5)])
+    before = [p.copy() for p in params] + [opt.state[0]["mu"].copy()]
+    bad = rng.standard_normal(5)
+    bad[2] = np.nan
+    with pytest.raises(NonFiniteGradientError):
+        opt.step([rng.standard_normal((3, 4)), bad])
+    assert all(np.array_equal(a, b) for a, b in zip(before, [*params, opt.state[0]["mu"]]))
+    assert opt.state[0]["step"] == 1
+
+
+def test_verify_handles_a_composed_rule_with_reductions():
+    from symopt.rulebook.rule import Family
+    from symopt.verify.check import verify_variant
+
+    rule = symopt.compose("notes.adam_warmup", T.cautious(), T.clip_global_norm(1.0))
+    fam = Family.of(rule)
+    res = verify_variant(fam, rule, "float64", samples=40, steps=2)
+    assert res.ok, res
+
+
+def test_only_rules_with_reductions_get_reduction_kernels():
+    from symopt.codegen.plan import make_plan
+
+    assert make_plan(symopt.rule("adam")).reduction is None
+    plan = make_plan(symopt.rule("lamb"))
+    assert plan.reduction is not None and len(plan.reduction.reductions) == 2
+    assert len(plan.reduction.stages) == 1                      # ‖θ‖ and ‖u‖ in one pass
+    assert not hasattr(symopt.optimizer("adam", [np.zeros(2)]), "_reduce") or \
+        symopt.optimizer("adam", [np.zeros(2)])._reduce is None
+    import symopt.generated.adam as adam_mod
+    import symopt.generated.lamb as lamb_mod
+
+    assert not any("_reduce_" in n for n in dir(adam_mod))
+    assert {"lamb_reduce_f32", "lamb_reduce_f64_parallel"} <= set(dir(lamb_mod))
+    nested = make_plan(symopt.compose("lamb", T.clip_global_norm(1.0)))
+    assert len(nested.reduction.stages) == 2                    # ‖u‖ reads the clipped gradient: 2 passes
