@@ -11,7 +11,7 @@ Gaussian error linear unit, the exact erf form (torch gelu, approximate='none').
 
 Definition:  f(x) = \\frac{x \\left(\\operatorname{erf}{\\left(\\frac{\\sqrt{2} x}{2} \\right)} + 1\\right)}{2}
 Derivative (sympy.diff, then the cheapest accurate form: diff):
-    f'(x) = 0.398942280401432677939946059934 x e^{- \\frac{x^{2}}{2}} + \\frac{\\operatorname{erf}{\\left(0.707106781186547524400844362105 x \\right)}}{2} + \\frac{1}{2}
+    f'(x) = \\frac{\\sqrt{2} x e^{- \\frac{x^{2}}{2}}}{2 \\sqrt{\\pi}} + \\frac{\\operatorname{erf}{\\left(\\frac{\\sqrt{2} x}{2} \\right)}}{2} + \\frac{1}{2}
 
 Operations per element: forward 5, derivative 11 (sympy.diff as given: 11).
 Candidates for the derivative (ops, max error vs the textbook derivative at the check points):
@@ -37,10 +37,11 @@ SPEC = {'name': 'gelu',
  'convention': '',
  'latex': {'definition': '\\frac{x \\left(\\operatorname{erf}{\\left(\\frac{\\sqrt{2} x}{2} '
                          '\\right)} + 1\\right)}{2}',
-           'derivative': '0.398942280401432677939946059934 x e^{- \\frac{x^{2}}{2}} + '
-                         '\\frac{\\operatorname{erf}{\\left(0.707106781186547524400844362105 x '
-                         '\\right)}}{2} + \\frac{1}{2}'},
+           'derivative': '\\frac{\\sqrt{2} x e^{- \\frac{x^{2}}{2}}}{2 \\sqrt{\\pi}} + '
+                         '\\frac{\\operatorname{erf}{\\left(\\frac{\\sqrt{2} x}{2} \\right)}}{2} + '
+                         '\\frac{1}{2}'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 5, 'derivative': 11, 'raw_derivative': 11}}
 
 
@@ -76,4 +77,4 @@ def backward_f64(x, y, g, out):
         x_i = x[i]
         g_i = g[i]
         out[i] = g_i*(np.float64(0.3989422804014327)*x_i*np.exp(-np.float64(0.5)*(x_i * x_i)) + (np.float64(0.5))*np.float64(math.erf(np.float64(0.7071067811865476)*x_i)) + np.float64(0.5))
-# content sha256: 2cf0c551be7f19d9b7f62bd5dca3022d595eccb2369e0ea036d4d424944c9891
+# content sha256: 8c7b599a91d651d85571d8db93d5c4f8a7d8d5c02db64107d70d5c7f9d8a4c68

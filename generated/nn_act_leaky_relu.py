@@ -47,6 +47,7 @@ SPEC = {'name': 'leaky_relu',
            'derivative': '\\begin{cases} 1 & \\text{for}\\: x > 0 \\\\\\alpha & \\text{otherwise} '
                          '\\end{cases}'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 2, 'derivative': 1, 'raw_derivative': 1}}
 
 
@@ -86,4 +87,4 @@ def backward_f64(x, y, g, out, negative_slope):
         x_i = x[i]
         g_i = g[i]
         out[i] = g_i*(np.float64(1.0) if (x_i > np.float64(0.0)) else negative_slope_t)
-# content sha256: f3604f431bb91af4a4da9c623044b3f17793db3c41135d47141b6d39297d64e5
+# content sha256: 98202a27a7acebd0572e0e5b5fb4703176f4579170f47906f6f058b74507de0d

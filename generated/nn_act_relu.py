@@ -38,6 +38,7 @@ SPEC = {'name': 'relu',
  'convention': 'f′(x) = H(x) with H(0) = 0: the derivative at 0 is 0 (as torch)',
  'latex': {'definition': '\\max\\left(0, x\\right)', 'derivative': '\\theta\\left(x, 0\\right)'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 1, 'derivative': 1, 'raw_derivative': 1}}
 
 
@@ -73,4 +74,4 @@ def backward_f64(x, y, g, out):
         x_i = x[i]
         g_i = g[i]
         out[i] = g_i*(np.float64(1.0) if x_i > np.float64(0.0) else (np.float64(0.0) if x_i == np.float64(0.0) else np.float64(0.0)))
-# content sha256: f8e27bec5f13f8322778c0d85d4ac3db91813e11a88e3fe5ef7cb7f0dae522e6
+# content sha256: 97380af26d96252a19a1943a4ac4161dd586c5d2d3e5ac049a361a367292a5ac

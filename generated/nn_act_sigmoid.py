@@ -40,6 +40,7 @@ SPEC = {'name': 'sigmoid',
  'convention': '',
  'latex': {'definition': '\\frac{1}{1 + e^{- x}}', 'derivative': 'y \\left(1 - y\\right)'},
  'derivative_form': 'x -> f^-1(y)',
+ 'derivative_uses_output': True,
  'op_count': {'forward': 8, 'derivative': 2, 'raw_derivative': 14}}
 
 
@@ -77,4 +78,4 @@ def backward_f64(x, y, g, out):
         y_i = y[i]
         g_i = g[i]
         out[i] = g_i*y_i*(np.float64(1.0) - y_i)
-# content sha256: 0d1d2ef23c086936ebbd111345ce18f73e7f71d09bc1eeaf661bdf5d6e8aad1d
+# content sha256: 5564f9e1c3b60aed4e3a814c003d214c1a837d20fb71dd9125cbe97d7fd3aec5

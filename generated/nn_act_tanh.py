@@ -39,6 +39,7 @@ SPEC = {'name': 'tanh',
  'convention': '',
  'latex': {'definition': '\\tanh{\\left(x \\right)}', 'derivative': '1 - y^{2}'},
  'derivative_form': 'diff with f(x) -> y',
+ 'derivative_uses_output': True,
  'op_count': {'forward': 1, 'derivative': 2, 'raw_derivative': 3}}
 
 
@@ -74,4 +75,4 @@ def backward_f64(x, y, g, out):
         y_i = y[i]
         g_i = g[i]
         out[i] = g_i*(np.float64(1.0) - (y_i * y_i))
-# content sha256: 770ba5d1759dcc9f6cb84a913d3a239e647866e6790d26ee2092c9f17099948c
+# content sha256: 0e0b210457c1d0305424f720ef8a65779682eed58783a62243f31bddfeb1811c

@@ -43,6 +43,7 @@ SPEC = {'name': 'binary_cross_entropy',
            'derivative': '\\begin{cases} - y + 1 - \\frac{1}{e^{z} + 1} & \\text{for}\\: z > 0 '
                          '\\\\- y + \\frac{e^{z}}{e^{z} + 1} & \\text{otherwise} \\end{cases}'},
  'derivative_form': 'factor',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 11, 'derivative': 8, 'raw_derivative': 11}}
 
 
@@ -100,4 +101,4 @@ def value_and_grad_f64(z, target, scale_in, out):
         out[i] = scale*(-_e0 - _e3 if _e1 else _e2*_e3 - y_i)
         total += (-_e0*z_i + np.log1p(np.exp(-z_i)) if _e1 else -y_i*z_i + np.log1p(_e2))
     return total
-# content sha256: 9c377fa562c925941d8bbefb2b1f64bae0df6bc6d1a8f48a1f11871c2ccf3a7e
+# content sha256: dfc9d27fb74c294f12adf9866a7f8bfb84437e390d68e62f50fc9a27d9b2d9b2

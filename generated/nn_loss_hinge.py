@@ -38,6 +38,7 @@ SPEC = {'name': 'hinge',
  'latex': {'definition': '\\max\\left(0, - y z + 1\\right)',
            'derivative': '- y \\theta\\left(- y z + 1, 0\\right)'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 3, 'derivative': 5, 'raw_derivative': 5}}
 
 
@@ -89,4 +90,4 @@ def value_and_grad_f64(z, target, scale_in, out):
         out[i] = -scale*y_i*(np.float64(1.0) if _e0 > np.float64(0.0) else (np.float64(0.0) if _e0 == np.float64(0.0) else np.float64(0.0)))
         total += max(np.float64(0.0), _e0)
     return total
-# content sha256: b0144362fafd3a4d60e5fce17fe9190243ce505d28602d04ff651c1ba270396c
+# content sha256: 86785369bc01b4bf0eb02f065a394f678d713b51bbc0d8640f79edae2edfbc94

@@ -51,6 +51,7 @@ SPEC = {'name': 'huber',
                          'z}\\right| \\\\- \\delta \\operatorname{sign}{\\left(y - z \\right)} & '
                          '\\text{otherwise} \\end{cases}'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 8, 'derivative': 7, 'raw_derivative': 7}}
 
 
@@ -116,4 +117,4 @@ def value_and_grad_f64(z, target, scale_in, out, delta):
         out[i] = scale*(_e1 if _e3 else -delta_t*np.sign(_e0))
         total += ((np.float64(0.5))*(_e1 * _e1) if _e3 else delta_t*(_e2 - np.float64(0.5)*delta_t))
     return total
-# content sha256: b052bc29f789451c6546b0cbbf2eb35ec466b1cc3ebbaf0283aa691fc0cedff8
+# content sha256: 11c3e3091c399697d1c6a80e94ea4e18240338e394b29e99a5fb90cc8304c075

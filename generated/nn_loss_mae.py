@@ -40,6 +40,7 @@ SPEC = {'name': 'mae',
  'latex': {'definition': '\\left|{y - z}\\right|',
            'derivative': '- \\operatorname{sign}{\\left(y - z \\right)}'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 2, 'derivative': 3, 'raw_derivative': 3}}
 
 
@@ -91,4 +92,4 @@ def value_and_grad_f64(z, target, scale_in, out):
         out[i] = -scale*np.sign(_e0)
         total += abs(_e0)
     return total
-# content sha256: e3c618cd6220178bf1c3dd93acff0db39cda3b19520c47cec14dd34b197a1283
+# content sha256: e423e6ff58358c5e7956d57e54b1476262da7e1a928dd16668265ecb48c1da62

@@ -37,6 +37,7 @@ SPEC = {'name': 'mse',
  'convention': '',
  'latex': {'definition': '\\left(- y + z\\right)^{2}', 'derivative': '- 2 y + 2 z'},
  'derivative_form': 'diff',
+ 'derivative_uses_output': False,
  'op_count': {'forward': 2, 'derivative': 3, 'raw_derivative': 3}}
 
 
@@ -86,4 +87,4 @@ def value_and_grad_f64(z, target, scale_in, out):
         out[i] = scale*(-np.float64(2.0)*y_i + np.float64(2.0)*z_i)
         total += ((-y_i + z_i) * (-y_i + z_i))
     return total
-# content sha256: eee02139088fa59bf4bcf2dd564231bd6a0c8da5790b8235e11d81bc9401c42f
+# content sha256: d15f77a01590bb7aa20a57a343bc771e9d2d44b58fc73e0db2d6d4c7f659fd08

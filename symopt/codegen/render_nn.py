@@ -148,7 +148,7 @@ def _elementwise_docstring(plan) -> str:
     if spec.kernel_expr != spec.expr:
         lines.append(f"Kernel form: {lhs} = {spec.latex(spec.kernel_expr)}")
     lines.append(f"Derivative (sympy.diff, then the cheapest accurate form: {plan.chosen}):")
-    lines.append(f"    {dlhs} = {spec.latex(plan.derivative)}")
+    lines.append(f"    {dlhs} = {spec.latex(plan.display)}")
     if spec.convention:
         lines.append(f"Convention at kinks: {spec.convention}")
     lines.append("")
@@ -169,8 +169,9 @@ def render_elementwise(plan) -> tuple:
     data = {
         "name": spec.name, "kind": spec.kind, "shape": "elementwise", "doc": spec.doc,
         "hyper": _hyper_data(spec, ids), "target_kind": spec.target_kind, "convention": spec.convention,
-        "latex": {"definition": spec.latex(), "derivative": spec.latex(plan.derivative)},
+        "latex": {"definition": spec.latex(), "derivative": spec.latex(plan.display)},
         "derivative_form": plan.chosen,
+        "derivative_uses_output": bool(spec.output is not None and spec.output in plan.derivative.free_symbols),
         "op_count": {"forward": plan.forward_ops, "derivative": plan.derivative_ops, "raw_derivative": plan.raw_ops},
     }
     ctx = {

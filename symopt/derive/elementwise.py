@@ -40,7 +40,8 @@ _TARGETS = {
 class ElementPlan(NamedTuple):
     spec: object
     forward: sp.Expr          # the kernel form of ℓ or f
-    derivative: sp.Expr       # the chosen form of ∂ℓ/∂z or f′ (may use the output y)
+    derivative: sp.Expr       # the chosen form of ∂ℓ/∂z or f′ (may use the output y), as the kernel runs it
+    display: sp.Expr          # the same form with exact constants (for LaTeX)
     raw: sp.Expr              # sympy.diff of the kernel form, before simplification
     reference: sp.Expr        # sympy.diff of the textbook form
     candidates: tuple         # every Candidate considered (label, expr, ops, max_err, accepted)
@@ -128,6 +129,7 @@ def derive_elementwise(spec) -> ElementPlan:
     if spec.kind == "activation":
         cands += _output_forms(spec, [("diff", raw), ("textbook diff", reference)])
     symbols, points = check_points(spec)
+    display = dict(reversed(cands))  # label -> the form as SymPy wrote it (exact constants), first wins
     cands = [(label, use_expm1_log1p(fold_constants(e))) for label, e in cands]
     best, considered = cheapest(cands, reference, symbols, points)
     d = best.expr
@@ -136,6 +138,6 @@ def derive_elementwise(spec) -> ElementPlan:
         bodies = {"value": _cse([f]), "value_and_grad": _cse([f, SCALE * d])}
     else:
         bodies = {"forward": _cse([f]), "backward": _cse([UPSTREAM * d])}
-    return ElementPlan(spec=spec, forward=f, derivative=d, raw=raw, reference=reference,
+    return ElementPlan(spec=spec, forward=f, derivative=d, display=display[best.label], raw=raw, reference=reference,
                        candidates=tuple(considered), chosen=best.label, forward_ops=cse_ops([f]),
                        derivative_ops=best.ops, raw_ops=cse_ops([fold_constants(raw)]), bodies=bodies)

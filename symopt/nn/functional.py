@@ -230,9 +230,12 @@ class Activation:
         return f"<symopt.nn.Activation {self.name!r}>"
 
     def latex(self) -> str:
+        """LaTeX of f and f′ (in the output ``y = f(x)`` where that form was chosen)."""
         lat = self.spec["latex"]
-        return lat["definition"] if "derivative" not in lat else \
-            f"f(x) = {lat['definition']}, \\qquad f'(x) = {lat['derivative']}"
+        if "derivative" not in lat:
+            return lat["definition"]
+        where = r" \quad (y = f(x))" if self.spec.get("derivative_uses_output") else ""
+        return f"f(x) = {lat['definition']}, \\qquad f'(x) = {lat['derivative']}{where}"
 
     def _shape2(self, a):
         if not self.rowwise:
