@@ -12,18 +12,18 @@ audit proves it on the result, without running anything (``compile`` and
 
 Inside functions, every name read is a local (an argument or an assignment of
 that function or an enclosing one), a module-level definition, an import above
-or one of :data:`SAFE_BUILTINS`; no local rebinds a module-level or imported name;
-no name or attribute starts with an underscore other than the generator's own
-``_ptr_f32``/``_ptr_f64``/``_e<k>``/``_c<k>``; no ``global``, ``import``, ``lambda``,
-``with``, ``try``, class, comprehension, ``del``, ``yield``, ``await``, star-args or
-decorator other than the above.  So even a sanitizer bug could not reach
+or one of :data:`SAFE_BUILTINS`; no local rebinds an import or a module-level name
+that functions call; no function assigns to one of its own arguments (so a state
+buffer can never be overwritten by a kernel local of the same name); no name is a dunder and no attribute starts with ``_`` (user
+identifiers never start with ``_``: such names are the generator's own); no
+``global``, ``import``, ``lambda``, ``with``, ``try``, class, comprehension, ``del``,
+``yield``, ``await``, star-args or decorator other than the above.  So even a sanitizer bug could not reach
 ``__import__``, ``eval``, ``open`` or an attribute chain like ``x.__class__``.
 """
 
 from __future__ import annotations
 
 import ast
-import re
 
 from ..rulebook.rule import RuleError
 
@@ -31,9 +31,6 @@ from ..rulebook.rule import RuleError
 SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})
 _IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic"}
-_PRIVATE_OK = re.compile(r"_ptr_f(32|64)|_e\d+|_c\d+"
-                         # locals of the reduction kernels (templates/reduce_kernels.py.jinja)
-                         r"|_[adfgr]\d+|_(ext|nt|nc|row|count|total|red|part|q)")
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
     ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
@@ -52,8 +49,10 @@ def _fail(node, message: str):
 
 
 def _check_private(name: str, node) -> None:
-    if name.startswith("_") and not _PRIVATE_OK.fullmatch(name):
-        _fail(node, f"the name {name!r} starts with an underscore")
+    # User identifiers never start with "_" (names.identifier); the generator's own helpers do
+    # (_ptr_f64, _e0, reduction scratch like _ext): a dunder name is never generated.
+    if name.startswith("__"):
+        _fail(node, f"the name {name!r} is a dunder name")
 
 
 def _decorator_ok(dec) -> bool:
@@ -61,8 +60,16 @@ def _decorator_ok(dec) -> bool:
         return dec.id == "intrinsic"
     if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "njit"
             and isinstance(dec.func.value, ast.Name) and dec.func.value.id == "numba" and not dec.args):
-        return all(k.arg is not None and isinstance(k.value, ast.Constant) for k in dec.keywords)
+        return all(k.arg is not None and _constant_option(k.value) for k in dec.keywords)
     return False
+
+
+def _constant_option(node) -> bool:
+    """A literal option: a constant, or a set of string constants (``fastmath={"reassoc"}``)."""
+    if isinstance(node, ast.Constant):
+        return True
+    return isinstance(node, ast.Set) and all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                                             for e in node.elts)
 
 
 def _own_nodes(fn: ast.FunctionDef):
@@ -94,8 +101,10 @@ def _locals(fn: ast.FunctionDef) -> set:
 def _check_function(fn: ast.FunctionDef, module_names: set, protected: set, enclosing: set) -> None:
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.posonlyargs or fn.args.defaults:
         _fail(fn, f"function {fn.name!r} has a signature generated code never uses")
+    arguments = set()
     for a in fn.args.args:
         _check_private(a.arg, a)
+        arguments.add(a.arg)
     local = _locals(fn)
     clash = local & protected
     if clash:
@@ -112,6 +121,9 @@ def _check_function(fn: ast.FunctionDef, module_names: set, protected: set, encl
             _fail(node, "a bare expression statement")
         elif isinstance(node, ast.Name):
             _check_private(node.id, node)
+            if isinstance(node.ctx, ast.Store) and node.id in arguments:
+                _fail(node, f"function {fn.name!r} assigns to its own argument {node.id!r} (a generated "
+                            f"local collides with a name derived from the rule)")
             if isinstance(node.ctx, ast.Load) and not (node.id in visible or node.id in module_names
                                                        or node.id in SAFE_BUILTINS):
                 _fail(node, f"the name {node.id!r} is neither local, module-level nor a safe builtin")

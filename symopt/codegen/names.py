@@ -6,13 +6,14 @@ one of these functions before a template sees it:
 * ``identifier(text, taken)`` -- a valid ASCII Python identifier, unique in
   ``taken``, that is not a keyword (soft keywords included), not a builtin, not a
   name the generated module defines or reads itself (:data:`RESERVED`: ``np``,
-  ``numba``, ``scal``, ``chunks``, ...), not one of the generator's numbered names
+  ``numba``, ``scal``, ``chunks``, ..., and every identifier in the templates' code,
+  :func:`template_names`), not one of the generator's numbered names
   (``s0``, ``_e3``) and at most :data:`MAX_IDENTIFIER` characters long.  With
   ``suffixes=("_i", "_c")`` the name *and* every suffixed form are kept free, so a
   state variable ``x`` and another called ``x_c`` cannot collide through the
   kernel's ``x_c = x[...]`` locals.
 * ``module_name(text)`` -- a lower-case file/module name.
-* ``comment_text(text)`` -- one line, ASCII only, safe inside ``#``.
+* ``comment_text(text)`` -- one line, ASCII only, safe inside ``#`` and inside a docstring.
 * ``docstring_text(text)`` -- safe inside a non-raw ``\"\"\"...\"\"\"``: backslashes and
   quotes escaped, control and format characters (newlines excepted; bidi overrides,
   NUL, CR, line/paragraph separators included) written as ``\\x..``/``\\u....`` escapes.
@@ -51,6 +52,33 @@ RESERVED = frozenset({
     # per-step scalar function
     "t",
 })
+#: Every identifier the templates' code uses (``templates/*.jinja``, Jinja tags, strings and
+#: comments removed), read once: a name a template adds (``work``, ``w``) is reserved at once.
+_TEMPLATE_NAMES: frozenset | None = None
+
+
+def template_names() -> frozenset:
+    """Identifiers in the code of every template (not in their strings, comments or Jinja tags)."""
+    global _TEMPLATE_NAMES
+    if _TEMPLATE_NAMES is None:
+        from importlib import resources
+
+        found: set = set()
+        for entry in sorted(resources.files("symopt.templates").iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".jinja"):
+                found |= _code_identifiers(entry.read_text(encoding="utf-8"))
+        _TEMPLATE_NAMES = frozenset(found)
+    return _TEMPLATE_NAMES
+
+
+def _code_identifiers(template: str) -> set:
+    text = re.sub(r"\{#.*?#\}|\{%.*?%\}|\{\{.*?\}\}", " ", template, flags=re.S)
+    text = re.sub(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'', " ", text)
+    text = re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', " ", text)
+    text = re.sub(r"#[^\n]*", " ", text)
+    return set(re.findall(r"(?<![0-9A-Za-z_])[A-Za-z_][0-9A-Za-z_]*", text))
+
+
 #: Numbered names the generator itself uses (``s0`` per-step scalars, ``_e0``/``_c0`` CSE temporaries).
 _NUMBERED = re.compile(r"(s|_e|_c)\d+")
 #: Longest identifier derived from user text (a 10 000-character name is cut, then made unique).
@@ -76,7 +104,8 @@ def is_reserved(name: str) -> bool:
     """True when ``name`` may not be used as a generated identifier."""
     return (not name.isidentifier() or not name.isascii() or name.startswith("_")
             or keyword.iskeyword(name) or keyword.issoftkeyword(name)
-            or name in _BUILTINS or name in RESERVED or _NUMBERED.fullmatch(name) is not None)
+            or name in _BUILTINS or name in RESERVED or _NUMBERED.fullmatch(name) is not None
+            or name in template_names())
 
 
 def identifier(text, taken: set | None = None, *, prefix: str = "v", suffixes: tuple = ()) -> str:
@@ -114,11 +143,12 @@ def module_name(text) -> str:
 
 
 def comment_text(text, limit: int = 200) -> str:
-    """One line of ASCII text that is safe inside a ``#`` comment (newlines, non-ASCII escaped)."""
+    """One line of ASCII text, safe inside a ``#`` comment *and* inside a non-raw docstring:
+    newlines, backslashes and non-ASCII characters as ``unicode_escape`` escapes, ``"`` as ``\\"``."""
     s = _plain_str(text)
     if len(s) > limit:
         s = s[:limit] + "..."
-    return s.encode("unicode_escape").decode("ascii")
+    return s.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 _DOC_ESCAPE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})

@@ -35,6 +35,7 @@ import sympy as sp
 from sympy.core import numbers as _numbers
 from sympy.core import relational as _rel
 from sympy.logic import boolalg as _boolalg
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .rule import Hyper, RuleError, State, t
@@ -59,8 +60,8 @@ _NODE_TYPES = frozenset({
     *PRINTABLE_FUNCTIONS,
 })
 _SYMBOL_TYPES = frozenset({sp.Symbol, sp.Dummy})
-_NON_ELEMENTWISE = (sp.MatrixBase, sp.MatrixExpr, sp.Indexed, sp.IndexedBase, sp.Idx, sp.Sum, sp.Product,
-                    sp.Integral, sp.Derivative)
+_NON_ELEMENTWISE = (sp.MatrixBase, sp.MatrixExpr, MatrixElement, sp.Indexed, sp.IndexedBase, sp.Idx, sp.Sum,
+                    sp.Product, sp.Integral, sp.Derivative)
 #: Deepest expression tree accepted (the printer and Python's parser both recurse).
 MAX_DEPTH = 60
 _RESERVED_STATE_KEYS = frozenset({"step"})
@@ -123,6 +124,16 @@ def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _check_text(value, what: str) -> None:
+    """Any text that reaches generated files must be a str that UTF-8 can encode (no lone surrogates)."""
+    if not isinstance(value, str):
+        raise RuleError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RuleError(f"{what} {value[:60]!r} is not valid Unicode text ({exc.reason})") from None
+
+
 def _check_name(value, what: str, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
@@ -130,6 +141,7 @@ def _check_name(value, what: str, *, allow_none: bool) -> None:
         raise RuleError(f"{what} must be a non-empty string, got {value!r}")
     if "\x00" in value:
         raise RuleError(f"{what} {value!r} holds a NUL character")
+    _check_text(value, what)
 
 
 def check_hyper(sym, h, where: str = "") -> None:
@@ -142,8 +154,7 @@ def check_hyper(sym, h, where: str = "") -> None:
         raise RuleError(f"{label}: key {h.key!r} is reserved (param groups hold the params under it)")
     if h.index is not None and (not isinstance(h.index, int) or isinstance(h.index, bool) or h.index < 0):
         raise RuleError(f"{label}: index must be None or an int >= 0, got {h.index!r}")
-    if not isinstance(h.doc, str):
-        raise RuleError(f"{label}: doc must be a string, got {type(h.doc).__name__}")
+    _check_text(h.doc, f"{label}: doc")
     for side in ("low", "high"):
         v = getattr(h, side)
         if not _is_real(v) or math.isnan(v):
@@ -193,6 +204,7 @@ def check_rule(rule) -> None:
             raise RuleError(f"{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
         if not sym.name or "\x00" in sym.name:
             raise RuleError(f"symbol name {sym.name!r} is empty or holds a NUL character")
+        _check_text(sym.name, "symbol name")
         prev = names.get(sym.name)
         if prev is not None and prev != sym:
             raise RuleError(f"two different symbols share the name {sym.name!r} (different assumptions?)")
@@ -204,6 +216,13 @@ def check_rule(rule) -> None:
         raise RuleError(f"{sorted(map(str, overlap))} declared both as state/param/grad and hyperparameter")
     if t in arrays or t in hypers:
         raise RuleError("symopt.t is the step counter; it cannot be a state variable or hyperparameter")
+    for attr in ("doc", "source"):
+        _check_text(getattr(rule, attr), f"rule {rule.name!r}: {attr}")
+    for k, ref in enumerate(rule.references):
+        _check_text(ref, f"rule {rule.name!r}: reference {k}")
+    for key, val in rule.latex_names.items():
+        _check_text(key, f"rule {rule.name!r}: latex_names key")
+        _check_text(val, f"rule {rule.name!r}: latex_names[{key!r}]")
     for sym, h in rule.hyper.items():
         check_hyper(sym, h)
     _check_hyper_keys(rule.hyper, "")
@@ -212,6 +231,7 @@ def check_rule(rule) -> None:
         if not isinstance(spec, State):
             raise RuleError(f"state variable {sym}: expected a symopt.State or an initial value")
         _check_name(spec.key, f"state variable {sym}: key", allow_none=True)
+        _check_text(spec.doc, f"state variable {sym}: doc")
         key = spec.key or sym.name
         if key in _RESERVED_STATE_KEYS:
             raise RuleError(f"state variable {sym}: key {key!r} is reserved (state_dict keeps the step count there)")
@@ -266,10 +286,9 @@ def check_family(family) -> None:
         raise RuleError(f"expected a symopt.Family, got {type(family).__name__}")
     _check_name(family.name, "family name", allow_none=False)
     for attr in ("doc", "source", "group"):
-        if not isinstance(getattr(family, attr), str):
-            raise RuleError(f"family {family.name!r}: {attr} must be a string")
-    if not all(isinstance(r, str) for r in family.references):
-        raise RuleError(f"family {family.name!r}: references must be strings")
+        _check_text(getattr(family, attr), f"family {family.name!r}: {attr}")
+    for k, ref in enumerate(family.references):
+        _check_text(ref, f"family {family.name!r}: reference {k}")
     if not family.variants:
         raise RuleError(f"family {family.name!r} has no variant")
     allowed = set(family.hyper)
@@ -297,8 +316,7 @@ def check_family(family) -> None:
         except (TypeError, ValueError):
             raise RuleError(f"{where}constraint {k} must be a (condition, message) pair") from None
         check_expression(cond, f"{where}constraint {k}")
-        if not isinstance(message, str):
-            raise RuleError(f"{where}constraint {k}: message must be a string")
+        _check_text(message, f"{where}constraint {k}: message")
         extra = cond.free_symbols - allowed
         if extra:
             raise RuleError(f"{where}constraint {k} ({message!r}) uses {sorted(map(str, extra))}, which are "
