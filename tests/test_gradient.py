@@ -4,6 +4,8 @@ Checks: against sympy.diff (N = 10), a hand-written NumPy Rosenbrock gradient (N
 torch autograd and 4th-order central differences (≤ 1e-10 relative, float64), mpmath for the
 value; gradient op count ≤ 4× the forward op count for N = 10, 100, 1000; bad input by name.
 """
+import functools
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -14,6 +16,7 @@ from symopt.derive.mpeval import mp_eval
 from symopt.derive.terms import term_program
 
 
+@functools.lru_cache(maxsize=None)
 def rosenbrock(n):
     x = sp.symbols(f"x0:{n}")
     return sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(n - 1)]), x
