@@ -260,7 +260,7 @@ def plot_histories(histories, path: str, title: str, n_train: int | None = None)
     ax_acc.set_ylim(max(0.0, min(lows) - 0.05) if lows else 0.0, 1.0)
     for ax in (ax_loss, ax_acc):
         ax.grid(True, which="major", alpha=0.35)
-        ax.legend(loc="upper right" if ax is ax_loss else "lower right", fontsize=9)
+        ax.legend(loc="best" if ax is ax_loss else "lower right", fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
