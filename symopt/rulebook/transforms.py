@@ -168,7 +168,9 @@ class _Cautious(Transform):
 
     def apply(self, ctx):
         d = ctx.assign("delta_c", ctx.delta(), r"\Delta")
-        phi = ctx.assign("phi_c", sp.Piecewise((1, d * ctx.grad < 0), (0, True)), r"\phi")
+        # [Δ·g < 0] as Heaviside(−Δ g, 0): a Piecewise of a relation would be folded by SymPy into
+        # one branch per Piecewise inside Δ (the base's options), each evaluated per element.
+        phi = ctx.assign("phi_c", sp.Heaviside(-d * ctx.grad, 0), r"\phi")
         ctx.set_new_param(ctx.param + d * phi * TensorSum(1) / (TensorSum(phi) + 1))
 
 
