@@ -25,6 +25,7 @@ from .runtime.threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
+    "parse_expression",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
     "gradient", "nn", "compose", "transforms", "schedule",
 ]
@@ -33,6 +34,14 @@ _LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
 #: Imported on first use (they import SymPy): name -> (module, attribute or None for the module).
 _LAZY_MODULES = {"compose": ("symopt.rulebook.compose", "compose"), "transforms": ("symopt.rulebook.transforms", None),
                  "schedule": ("symopt.schedule", None)}
+
+
+def parse_expression(text: str, symbols=None):
+    """A SymPy expression from formula text such as ``"beta*m + (1 - beta)*g**2"``, read by a
+    restricted parser (known functions and plain symbols only; never ``eval``/``sympify``)."""
+    from .rulebook.parse import parse_expression as _parse
+
+    return _parse(text, symbols)
 
 
 def rules() -> list:

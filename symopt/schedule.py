@@ -81,7 +81,17 @@ class Schedule:
     __symopt_schedule__ = True
 
     def __init__(self, expression, *, name: str = "schedule", params: dict | None = None, horizon: int | None = None):
-        e = sp.sympify(expression) if not isinstance(expression, sp.Basic) else expression
+        if isinstance(expression, sp.Basic):
+            e = expression
+        elif isinstance(expression, str):  # restricted parser: sympify would eval the text
+            from .rulebook.parse import parse_expression
+
+            e = parse_expression(expression)
+        elif isinstance(expression, (int, float)) and not isinstance(expression, bool):
+            e = sp.Integer(expression) if isinstance(expression, int) else sp.Float(float(expression))
+        else:
+            raise TypeError(f"schedule: expected a SymPy expression, formula text or a number, "
+                            f"got {type(expression).__name__}")
         free = e.free_symbols
         if free - {T_STEP}:
             names = {s.name for s in free}

@@ -399,6 +399,47 @@ def test_every_checked_in_module_passes_the_audit_and_module_names_are_unique():
     assert len(set(mods)) == len(mods)
 
 
+FORMULA_ATTACKS = [
+    f"__import__('os').system('touch {CANARY}')", f"open({str(CANARY)!r}, 'w')", "g.__class__.__mro__",
+    "().__class__", "[c for c in ()]", "lambda: 0", "g[0]", "eval('1')", "exec(g)", "getattr(g, 'x')",
+    "exp(g, base=2)", "exp(*g)", "'text'", "b'bytes'", "1j * g", "g ^ 2", "g @ g", "9**9**9**9", "(" * 500 + "g" + ")" * 500,
+    "g; import os", "import os", "f(g)", "__builtins__", "g if t else", "",
+]
+
+
+@pytest.mark.parametrize("text", FORMULA_ATTACKS, ids=[f"attack{k}" for k in range(len(FORMULA_ATTACKS))])
+def test_formula_text_is_parsed_without_eval(text):
+    import symopt.schedule
+
+    with pytest.raises((RuleError, TypeError)):
+        symopt.parse_expression(text)
+    with pytest.raises((RuleError, TypeError)):
+        symopt.schedule.expr(text)
+    _no_canary()
+
+
+def test_formula_text_builds_a_working_rule(rng):
+    p, g, m = sp.symbols("p g m")
+    lr, beta = sp.symbols("lr beta")
+    syms = [p, g, m, lr, beta]
+    rule = symopt.Rule(f"parsed heavy ball {time.time_ns()}", param=p, grad=g, state={m: 0},
+                       hyper={lr: 0.1, beta: 0.9},
+                       updates=[(m, symopt.parse_expression("beta*m + (1 - beta)*g", syms)),
+                                (p, symopt.parse_expression("p - lr*m/(1 + abs(m)) if t > 1 else p - lr*g", syms))])
+    x = rng.standard_normal(6)
+    ref, mom = x.copy(), np.zeros(6)
+    opt = symopt.optimizer(rule, [x])
+    for t in (1, 2, 3):
+        grad = rng.standard_normal(6)
+        opt.step([grad])
+        mom = 0.9 * mom + 0.1 * grad
+        ref = ref - 0.1 * mom / (1 + np.abs(mom)) if t > 1 else ref - 0.1 * grad
+    np.testing.assert_allclose(x, ref, rtol=1e-13)
+    with pytest.raises(RuleError, match="unknown name 'q'"):
+        symopt.parse_expression("q + g", syms)
+    assert symopt.schedule.expr("1e-3*cos(pi*t/100)")(50) == pytest.approx(1e-3 * np.cos(np.pi / 2), abs=1e-18)
+
+
 def test_no_canary_at_the_end():
     _no_canary()
     assert not any(CANARY_DIR.iterdir())
