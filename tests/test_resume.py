@@ -5,7 +5,9 @@ covered automatically) and both dtypes.
 Each run uses two param groups (the second with half the learning rate, when the rule has
 ``lr``), ``on_nonfinite="skip"`` and one NaN gradient at step 20, so the checkpoint must
 carry per-group hyperparameters and the skipped-step count as well as state and step
-counts.  The second halves of all rules × dtypes run in ONE subprocess (numba loads the
+counts; one more run (adam, float32) has a cosine-plus-expression learning-rate schedule and
+a linear weight-decay schedule, which the checkpoint stores as exact expressions.  The
+second halves of all runs execute in ONE subprocess (numba loads the
 kernels the parent compiled from its on-disk cache).  Comparison is on raw bytes
 (``tobytes``), so even a -0.0 or a NaN payload that differs would fail.
 
@@ -80,6 +82,25 @@ def test_resume_in_a_new_process_is_bit_exact(tmp_path):
         jobs.append({"checkpoint": str(ckpt), "grads": str(gfile), "dtype": dtype, "shapes": SHAPES,
                      "steps": STEPS - HALF, "out": str(tmp_path / f"{k}-out.npz")})
         expected[k] = (full, [opt_full.state[j]["step"] for j in range(len(SHAPES))])
+    # scheduled hyperparameters travel as exact expressions and are rebuilt in the new process
+    k = len(CASES)
+    params, grads, groups = _setup("adam", np.float32, seed=k)
+    sched = {"lr": symopt.schedule.cosine(1e-2, STEPS, 10) + symopt.schedule.expr("1e-4*exp(-t/30)"),
+             "weight_decay": symopt.schedule.linear(0.0, 0.05, HALF + 10)}
+    clean = [[np.nan_to_num(x) for x in g] for g in grads]
+    full = [p.copy() for p in params]
+    opt_full = symopt.optimizer("adam", full, **sched)
+    for g in clean:
+        opt_full.step(g)
+    opt = symopt.optimizer("adam", params, **sched)
+    for g in clean[:HALF]:
+        opt.step(g)
+    symopt.save(tmp_path / "sched.npz", opt)
+    np.savez(tmp_path / "sched-grads.npz", **{f"g{s}_{j}": g for s, gs in enumerate(clean[HALF:])
+                                                for j, g in enumerate(gs)})
+    jobs.append({"checkpoint": str(tmp_path / "sched.npz"), "grads": str(tmp_path / "sched-grads.npz"),
+                 "dtype": "float32", "shapes": SHAPES, "steps": STEPS - HALF, "out": str(tmp_path / "sched-out.npz")})
+    expected["sched"] = (full, [opt_full.state[j]["step"] for j in range(len(SHAPES))])
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     (tmp_path / "child.py").write_text(CHILD)
     proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "jobs.json")],
@@ -95,6 +116,10 @@ def test_resume_in_a_new_process_is_bit_exact(tmp_path):
         if not all(a.dtype == b.dtype and a.tobytes() == b.tobytes() for a, b in zip(resumed, full)):
             mismatched.append(f"{name}/{dtype}")
         assert all(np.all(np.isfinite(p)) for p in full)
+    with np.load(jobs[-1]["out"], allow_pickle=False) as out:
+        resumed = [out[f"arr_{j}"] for j in range(len(SHAPES))]
+    if not all(a.tobytes() == b.tobytes() for a, b in zip(resumed, expected["sched"][0])):
+        mismatched.append("adam/float32 with scheduled lr and weight_decay")
     print(f"resume checked bit for bit: {len(CASES)} rule×dtype cases ({len(symopt.rules())} rules × 2 dtypes)")
     assert not mismatched, f"resumed runs differ from uninterrupted ones: {mismatched}"
 
@@ -117,9 +142,12 @@ def test_method_forms_and_in_place_load(tmp_path):
     symopt.runtime.checkpoint.load_into(opt2, path)
     assert opt2.param_groups[0]["lr"] == 0.01 and all(np.array_equal(a, b) for a, b in zip(params, other))
     assert opt2.state[0]["step"] == 3
-    if hasattr(opt, "save"):
-        opt.save(tmp_path / "m.npz")
-        assert (tmp_path / "m.npz").exists()
+    opt.save(tmp_path / "m.npz")
+    third = [np.zeros_like(p) for p in params]
+    opt3 = symopt.optimizer("adam", third)
+    opt3.load(tmp_path / "m.npz")
+    assert opt3.state[1]["step"] == 3 and all(np.array_equal(a, b) for a, b in zip(params, third))
+    assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir()), "temporary checkpoint file left behind"
 
 
 def _unchanged(params, before):

@@ -47,13 +47,53 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the optimizer/params it is loaded into."""
 
 
-def _plain(value):
-    """A JSON-ready copy of a hyperparameter value (tuples become lists)."""
+def _plain(value, key: str = "value"):
+    """A JSON-ready copy of a hyperparameter value (tuples become lists; a
+    :class:`symopt.schedule.Schedule` becomes ``{"schedule": ...}`` with its exact expression)."""
+    from . import scheduled
+
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [_plain(v, key) for v in value]
+    if scheduled.is_schedule(value):
+        from ..rulebook.parse import expr_to_data
+        from ..schedule import Schedule
+
+        if not isinstance(value, Schedule):
+            raise TypeError(f"save: {key!r} is a {type(value).__name__} schedule; only symopt.schedule schedules "
+                            f"can be stored in a checkpoint")
+        spec = {"expr": expr_to_data(value.expr), "name": value.name, "params": value.params,
+                "horizon": value.horizon}
+        try:
+            json.dumps(spec)
+        except (TypeError, ValueError):
+            raise TypeError(f"save: the schedule of {key!r} has parameters that are not plain data") from None
+        return {"schedule": spec}
     return float(value)
+
+
+def _restore(value, path, key):
+    """A hyperparameter value read back from JSON (a schedule is rebuilt from its expression)."""
+    if isinstance(value, list):
+        return [_restore(v, path, key) for v in value]
+    if isinstance(value, dict):
+        spec = value.get("schedule")
+        if set(value) != {"schedule"} or not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            _fail(path, f"hyperparameter {key!r} holds a malformed value")
+        from ..rulebook.parse import expr_from_data
+        from ..rulebook.rule import RuleError
+        from ..schedule import Schedule
+
+        horizon = spec.get("horizon")
+        if horizon is not None and (type(horizon) is not int or horizon < 1):
+            _fail(path, f"the schedule of {key!r} has a malformed horizon")
+        try:
+            expr = expr_from_data(spec.get("expr"))
+            return Schedule(expr, name=spec["name"], params=dict(spec.get("params") or {}), horizon=horizon)
+        except (RuleError, TypeError, ValueError) as exc:
+            _fail(path, f"the schedule of {key!r} cannot be rebuilt: {exc}")
+    return value
 
 
 def save(path, opt, *, params: bool = True) -> None:
@@ -73,7 +113,7 @@ def save(path, opt, *, params: bool = True) -> None:
     for group in opt.param_groups:
         n = len(group["params"])
         groups.append({"params": list(range(start, start + n)),
-                       "hyper": {k: _plain(v) for k, v in group.items() if k != "params"}})
+                       "hyper": {k: _plain(v, k) for k, v in group.items() if k != "params"}})
         start += n
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "symopt_version": __version__,
@@ -176,10 +216,16 @@ def read(path) -> dict:
     return {"meta": meta, "step": step, "state": state, "params": params}
 
 
-def _groups_hyper(meta, tuple_keys: set) -> list:
-    """Each saved group's hyperparameters, with JSON lists back as tuples (``betas``)."""
-    return [{k: tuple(v) if isinstance(v, list) and k in tuple_keys else v for k, v in g["hyper"].items()}
-            for g in meta["groups"]]
+def _groups_hyper(meta, tuple_keys: set, path) -> list:
+    """Each saved group's hyperparameters: JSON lists back as tuples (``betas``), schedules rebuilt."""
+    out = []
+    for g in meta["groups"]:
+        hyper = {}
+        for k, v in g["hyper"].items():
+            v = _restore(v, path, k)
+            hyper[k] = tuple(v) if isinstance(v, list) and k in tuple_keys else v
+        out.append(hyper)
+    return out
 
 
 def _tuple_keys(family_data: dict) -> set:
@@ -211,9 +257,9 @@ def _check_fits(path, ck: dict, opt, tensors) -> None:
         _fail(path, f"state keys {meta['state_keys']} differ from the rule's")
 
 
-def _state_dict(ck: dict, opt) -> dict:
+def _state_dict(ck: dict, opt, path) -> dict:
     meta = ck["meta"]
-    hyper = _groups_hyper(meta, _tuple_keys(opt._spec.module.FAMILY))
+    hyper = _groups_hyper(meta, _tuple_keys(opt._spec.module.FAMILY), path)
     return {
         "state": {j: {"step": int(ck["step"][j]), **ck["state"][j]} for j in ck["state"]},
         "param_groups": [{**h, "params": g["params"]} for h, g in zip(hyper, meta["groups"])],
@@ -232,7 +278,7 @@ def load_into(opt, path, *, restore_params: bool = True, _checkpoint: dict | Non
     ck = read(path) if _checkpoint is None else _checkpoint
     tensors = opt.params
     _check_fits(path, ck, opt, tensors)
-    opt.load_state_dict(_state_dict(ck, opt))  # validates hyperparameters before modifying anything
+    opt.load_state_dict(_state_dict(ck, opt, path))  # validates hyperparameters before modifying anything
     if restore_params and ck["params"] is not None:
         for j, p in enumerate(tensors):
             np.copyto(p, ck["params"][j])
@@ -273,7 +319,7 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
             start += size
     mode = meta.get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
     module = load_module(rule)
-    hyper = _groups_hyper(meta, _tuple_keys(module.FAMILY))
+    hyper = _groups_hyper(meta, _tuple_keys(module.FAMILY), path)
     if len(groups) != len(hyper):
         _fail(path, f"holds {len(hyper)} param groups, got {len(groups)}")
     opt = Optimizer(rule, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)

@@ -580,6 +580,18 @@ class Optimizer:
         if meta is not None:
             self.skipped_steps = int(meta.get("skipped_steps", 0))
 
+    def save(self, path, *, params: bool = True) -> None:
+        """Write a checkpoint (``.npz``, no pickle): see :func:`symopt.save`."""
+        from .checkpoint import save
+
+        save(path, self, params=params)
+
+    def load(self, path, *, restore_params: bool = True) -> None:
+        """Resume from a checkpoint written by :meth:`save` (same rule, formula, dtype, shapes)."""
+        from .checkpoint import load_into
+
+        load_into(self, path, restore_params=restore_params)
+
     def __repr__(self) -> str:
         n = len(self._tensors)
         return (f"<symopt.Optimizer {self.rule_name!r} (variant {self.variant!r}): {n} param{'s' * (n != 1)}, "
