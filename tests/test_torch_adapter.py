@@ -341,3 +341,14 @@ def test_tensors_it_cannot_step_are_refused_clearly():
     ok.grad = torch.ones(3)
     with pytest.raises(ValueError, match="variant"):
         opt.step()
+
+
+def test_a_param_resized_in_place_is_caught_before_the_kernel_reads_it():
+    p = torch.nn.Parameter(torch.ones(6))
+    opt = Optimizer("adam", [p], lr=0.1)
+    p.grad = torch.ones(6)
+    opt.step()
+    p.data = p.data[:3]                                 # same address, fewer elements
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()

@@ -224,6 +224,7 @@ class Optimizer(torch.optim.Optimizer):
         core.skipped_steps = max(core.skipped_steps, skipped)
         self._params = params
         self._ptrs = [p.data_ptr() for p in params]
+        self._sizes = [p.numel() for p in params]
         self._dtype = params[0].dtype if params else None
         self._seen = [[_UNSEEN] * len(self._keys) for _ in core.param_groups]
         steps = torch.zeros(len(params), dtype=scalar_dtype())
@@ -242,19 +243,25 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- stepping
     def _collect_grads(self):
-        """The gradients (checked tensors or None) in the runtime's order; None if the params changed."""
-        params, ptrs, dtype = self._params, self._ptrs, self._dtype
+        """The gradients (checked tensors or None) in the runtime's order; None if the params changed.
+
+        The kernels read ``numel`` elements of the param's dtype at each gradient's
+        address, so layout, dtype, size and contiguity are checked for every
+        gradient, every step; each param's identity, address and size too.
+        """
+        params, ptrs, sizes, dtype = self._params, self._ptrs, self._sizes, self._dtype
         grads = [None] * len(params)
         k = 0
         active = 0
         try:
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p is not params[k] or p.data_ptr() != ptrs[k]:
+                    if p is not params[k] or p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
                         return None, 0
                     g = p.grad
                     if g is not None:
-                        if g.layout is not _STRIDED or g.dtype is not dtype or not g.is_contiguous():
+                        if (g.layout is not _STRIDED or g.dtype is not dtype or g.numel() != sizes[k]
+                                or not g.is_contiguous()):
                             g = _checked_grad(g, p, f"the gradient of param {k}")
                         grads[k] = g
                         active += 1
@@ -302,6 +309,8 @@ class Optimizer(torch.optim.Optimizer):
             # a param was replaced (p.data = ...) or param_groups were edited: rebuild, keeping state
             self._install(*self._make_core(self.param_groups, state=self._carried_state()))
             grads, active = self._collect_grads()
+            if grads is None:  # pragma: no cover - the rebuild just read these params
+                raise RuntimeError("symopt.torch: param_groups changed during step()")
         core = self._core
         keys = self._keys
         try:
