@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import symopt
 from symopt.torch import Optimizer
 
 DEFAULTS = dict(rule="adam", lr=1e-2, steps=50, batch=64, dtype="float64", seed=0, hyper={})
@@ -152,8 +153,14 @@ def _init_loopback(rank, world_size, port, timeout=datetime.timedelta(seconds=60
     return listener
 
 
+def _threads_per_process(nproc: int) -> int:
+    """Cores per local process: torch's and symopt's thread pools would otherwise oversubscribe the CPU."""
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
 def _spawned(rank, world_size, port, cfg, data, out_dir, verbose):
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads_per_process(world_size))
+    symopt.set_num_threads(_threads_per_process(world_size))
     listener = _init_loopback(rank, world_size, port)
     try:
         result = train_rank(rank, world_size, cfg, data, verbose)
@@ -189,6 +196,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = dict(rule=args.rule, lr=args.lr, steps=args.steps, batch=args.batch, dtype=args.dtype)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:      # launched by torchrun
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(_threads_per_process(local))
+        symopt.set_num_threads(_threads_per_process(local))
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
         if args.batch % world:

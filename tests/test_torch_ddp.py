@@ -37,7 +37,7 @@ def _per_step_rel(a, b):
 def test_ddp_two_processes_equal_one_process(ddp_train, tmp_path):
     assert torch.distributed.is_available() and torch.distributed.is_gloo_available()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)                              # as the children do (ddp_train._spawned)
+    torch.set_num_threads(1)                              # small model: one thread is fastest, and steady
     try:
         _check(ddp_train, tmp_path)
     finally:
