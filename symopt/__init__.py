@@ -74,10 +74,10 @@ def gradient(expr, wrt):
 
 
 def __getattr__(name):
-    if name == "nn":  # the subpackage, imported on first use (its runtime needs no SymPy)
+    if name in ("nn", "torch"):  # subpackages imported on first use (symopt.torch imports PyTorch)
         import importlib
 
-        return importlib.import_module(".nn", __name__)
+        return importlib.import_module("." + name, __name__)
     if name in _LAZY:
         from . import rulebook
 
