@@ -368,3 +368,24 @@ def test_state_dict_hooks_run():
     assert sd["note"] == 1
     opt.load_state_dict(sd)
     assert calls == ["pre", "post", "load-pre", "load-post"]
+
+
+def test_distributed_checkpoint_state_dict_api():
+    """torch.distributed.checkpoint's get/set_optimizer_state_dict (keys by parameter name) work."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+
+    ma, mb = model(), model()
+    oa, ob = Optimizer("adam", ma.parameters(), lr=0.1), Optimizer("adam", mb.parameters())
+    ma(torch.ones(2, 3)).sum().backward()
+    oa.step()
+    sd = get_optimizer_state_dict(ma, oa)
+    assert "0.weight" in sd["state"]
+    set_optimizer_state_dict(mb, ob, sd)
+    assert ob.param_groups[0]["lr"] == 0.1
+    for pa, pb in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(oa.state[pa]["exp_avg"], ob.state[pb]["exp_avg"])
+        assert int(ob.state[pb]["step"]) == 1
