@@ -25,7 +25,7 @@ def fd_grad(f, x, h: float = 1e-3) -> np.ndarray:
     for i in range(flat.size):
         old = flat[i]
 
-        def at(d):
+        def at(d, i=i, old=old):
             flat[i] = old + d
             v = f(x)
             flat[i] = old

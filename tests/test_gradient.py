@@ -9,14 +9,14 @@ import functools
 import numpy as np
 import pytest
 import sympy as sp
+from nn_checks import GRAD_RTOL, fd_grad, rel
 
 import symopt
-from nn_checks import GRAD_RTOL, fd_grad, rel
 from symopt.derive.mpeval import mp_eval
 from symopt.derive.terms import term_program
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rosenbrock(n):
     x = sp.symbols(f"x0:{n}")
     return sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(n - 1)]), x

@@ -7,9 +7,9 @@ of the textbook SymPy form, including x = ±30 and ±700.
 import numpy as np
 import pytest
 import sympy as sp
-
-import symopt.nn as nn
 from nn_checks import GRAD_RTOL, fd_grad, rel
+
+from symopt import nn
 from symopt.derive.mpeval import mp_eval
 from symopt.nn import activations
 

@@ -8,9 +8,9 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-
-import symopt.nn as nn
 from nn_checks import GRAD_RTOL, fd_grad, rel
+
+from symopt import nn
 from symopt.derive.mpeval import mp_eval
 from symopt.nn import losses
 

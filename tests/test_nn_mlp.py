@@ -2,9 +2,9 @@
 (float64, ≤ 1e-10 relative), trains on the digits, and refuses bad input by name."""
 import numpy as np
 import pytest
+from nn_checks import GRAD_RTOL, fd_grad, rel
 
 import symopt
-from nn_checks import GRAD_RTOL, fd_grad, rel
 from symopt.nn import MLP
 
 
@@ -75,7 +75,7 @@ def test_contract_of_the_issue(rng):
     loss0, grads = net.loss_and_grads(X, y)
     opt = symopt.optimizer("notes.adam_warmup", net.params, lr=1e-2)
     for _ in range(20):
-        loss, grads = net.loss_and_grads(X, y)
+        _, grads = net.loss_and_grads(X, y)
         opt.step(grads)
     assert net.loss(X, y) < 0.5 * loss0
     assert net.forward(X).shape == (16, 10)

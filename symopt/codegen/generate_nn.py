@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .generate import (UserModule, _locked, _verified_text, _warn_once, atomic_write, cache_dir,
-                       fallback_cache_dir, seal)
+from .generate import UserModule, _locked, _verified_text, _warn_once, atomic_write, cache_dir, fallback_cache_dir, seal
 from .render_nn import gradient_hash, nn_module_name, render_elementwise, render_gradient, render_rowwise
 
-__all__ = ["nn_modules", "generate_nn", "gradient_module"]
+__all__ = ["generate_nn", "gradient_module", "nn_modules"]
 
 
 def nn_modules(names=None) -> dict:

@@ -213,7 +213,7 @@ def _rowwise_kernels(spec) -> tuple:
             src = {spec.element: f"{arr}[r, j]", spec.upstream: "g[r, j]", spec.output: "y[r, j]",
                    spec.onehot: f"{one} if j == lab else {zero}"}
 
-            def loads(exprs):
+            def loads(exprs, nm=nm, src=src):
                 used: set = set()
                 for e in exprs:
                     used |= e.free_symbols
@@ -264,8 +264,9 @@ def render_rowwise(spec) -> tuple:
     """``(module text, input hash)`` for a :class:`~symopt.nn.spec.Rowwise` spec."""
     digest = _hash([spec.fingerprint()], ROWWISE_TEMPLATE)
     kernels, ops = _rowwise_kernels(spec)
-    lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, "", "Definition and derivative "
-             "(SymPy, over indexed sums):", f"    {spec.textbook}", "", "As SymPy derived it:"]
+    lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, "",
+             "Definition and derivative (SymPy, over indexed sums):", f"    {spec.textbook}", "",
+             "As SymPy derived it:"]
     for label, e in spec.derived.items():
         lines.append(f"    {label}: {sp.sstr(e)}")
     lines += ["", "Kernel steps per row (log-sum-exp with the row maximum m):"]

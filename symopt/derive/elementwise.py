@@ -23,7 +23,7 @@ import sympy as sp
 from .ops import cse_ops
 from .simplify import cheapest, fold_constants, pin_heaviside, use_expm1_log1p
 
-__all__ = ["ElementPlan", "derive_elementwise", "check_points", "SCALE", "UPSTREAM"]
+__all__ = ["SCALE", "UPSTREAM", "ElementPlan", "check_points", "derive_elementwise"]
 
 #: The per-call scale of a loss gradient (1/n for a mean) and the upstream gradient of a backward pass.
 SCALE = sp.Symbol("scale", real=True)

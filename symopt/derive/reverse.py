@@ -33,7 +33,7 @@ import sympy as sp
 
 from .ops import expr_ops, statement_ops
 
-__all__ = ["SweepPlan", "reverse_sweep", "check_gradient_input", "SUPPORTED_FUNCTIONS", "constant"]
+__all__ = ["SUPPORTED_FUNCTIONS", "SweepPlan", "check_gradient_input", "constant", "postorder", "reverse_sweep"]
 
 #: Function classes the reverse sweep knows the local derivative of.
 SUPPORTED_FUNCTIONS = {
@@ -74,7 +74,7 @@ def check_gradient_input(expr, wrt) -> tuple:
     sequence of distinct Symbols, each occurring in ``expr``; every free symbol of
     ``expr`` must be in ``wrt``.
     """
-    if isinstance(expr, (sp.MatrixBase, sp.MatrixExpr, sp.NDimArray)) or isinstance(expr, (list, tuple)):
+    if isinstance(expr, (sp.MatrixBase, sp.MatrixExpr, sp.NDimArray, list, tuple)):
         shape = getattr(expr, "shape", None) or (len(expr),)
         raise TypeError(f"symopt.gradient needs a scalar expression, got a non-scalar {type(expr).__name__} "
                         f"of shape {tuple(shape)}")
@@ -154,7 +154,7 @@ class _Builder:
         return s
 
 
-def _postorder(root) -> list:
+def postorder(root) -> list:
     """Distinct non-constant, non-symbol nodes below ``root``, children first (iterative)."""
     order, seen = [], set()
     stack = [(root, False)]
@@ -248,7 +248,7 @@ def reverse_sweep(expr, inputs, params=()) -> SweepPlan:
     params = tuple(params)
     b = _Builder()
     sym: dict = {s: s for s in (*inputs, *params)}
-    nodes = _postorder(expr)
+    nodes = postorder(expr)
     active: set = set(inputs)
 
     def ref(e):

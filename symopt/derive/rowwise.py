@@ -22,7 +22,7 @@ import sympy as sp
 
 from .ops import statement_ops
 
-__all__ = ["in_range", "softmax_form", "stabilize", "sums_to_reductions", "RowPlan", "plan_rowwise"]
+__all__ = ["RowPlan", "in_range", "plan_rowwise", "softmax_form", "stabilize", "sums_to_reductions"]
 
 
 def in_range(expr):

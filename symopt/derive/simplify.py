@@ -26,7 +26,7 @@ import sympy as sp
 
 from .ops import cse_ops
 
-__all__ = ["Candidate", "cheapest", "pin_heaviside", "fold_constants", "use_expm1_log1p", "TOL"]
+__all__ = ["TOL", "Candidate", "cheapest", "fold_constants", "pin_heaviside", "use_expm1_log1p"]
 
 TOL = 1e-12
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from .reverse import SweepPlan, _postorder, check_gradient_input, constant, reverse_sweep
+from .reverse import SweepPlan, check_gradient_input, constant, postorder, reverse_sweep
 
 __all__ = ["TermGroup", "TermProgram", "term_program"]
 
@@ -86,7 +86,7 @@ def _split(expr) -> tuple:
 
     owner: dict = {}
     for i, term in enumerate(terms):
-        for node in _postorder(term):
+        for node in postorder(term):
             j = owner.setdefault(node, i)
             if j != i and find(j) != find(i) and sp.count_ops(node) >= 2:
                 parent[find(i)] = find(j)

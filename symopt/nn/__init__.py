@@ -24,7 +24,11 @@ _LAZY = {
 }
 _SUBMODULES = {"functional", "layers", "mlp", "data", "train", "losses", "activations", "spec"}
 
-__all__ = sorted(_LAZY) + sorted(_SUBMODULES)
+__all__ = [  # noqa: RUF022 - names, then submodules
+    "Activation", "Dense", "History", "Loss", "MLP", "activation", "activation_names", "load_digits", "loss",
+    "loss_names", "train_model",
+    "activations", "data", "functional", "layers", "losses", "mlp", "spec", "train",
+]
 
 
 def __getattr__(name):

@@ -27,8 +27,18 @@ from sympy.codegen.cfunctions import log1p
 from ..derive.rowwise import in_range, softmax_form, sums_to_reductions
 from .spec import Elementwise, Hyper, Rowwise
 
-__all__ = ["ACTIVATIONS", "definitions", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "gelu",
-           "softmax", "softmax_derivation"]
+__all__ = [
+    "ACTIVATIONS",
+    "definitions",
+    "gelu",
+    "leaky_relu",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softmax_derivation",
+    "softplus",
+    "tanh",
+]
 
 x = sp.Symbol("x", real=True)
 y = sp.Symbol("y", real=True)

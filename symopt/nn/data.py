@@ -33,7 +33,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0, dtype=np.float64, st
     test = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        take = int(round(test_fraction * len(idx)))
+        take = round(test_fraction * len(idx))
         test[rng.permutation(idx)[:take]] = True
     train_idx = rng.permutation(np.flatnonzero(~test))
     test_idx = np.flatnonzero(test)

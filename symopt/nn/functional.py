@@ -23,7 +23,7 @@ import pkgutil
 
 import numpy as np
 
-__all__ = ["Loss", "Activation", "loss", "activation", "loss_names", "activation_names"]
+__all__ = ["Activation", "Loss", "activation", "activation_names", "loss", "loss_names"]
 
 _PREFIX = {"loss": "nn_loss_", "activation": "nn_act_"}
 _DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -81,7 +81,7 @@ def _as_float_array(a, what: str, dtype=None) -> np.ndarray:
     else:
         try:
             arr = np.asarray(a)
-        except Exception as exc:  # pragma: no cover - numpy's own message is kept
+        except (TypeError, ValueError) as exc:  # pragma: no cover - numpy's own message is kept
             raise TypeError(f"{what} must be an array of numbers: {exc}") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")

@@ -32,8 +32,17 @@ from sympy.codegen.cfunctions import log1p
 from ..derive.rowwise import in_range, softmax_form, stabilize
 from .spec import Elementwise, Hyper, Rowwise
 
-__all__ = ["LOSSES", "definitions", "mse", "mae", "huber", "binary_cross_entropy", "hinge",
-           "softmax_cross_entropy", "softmax_cross_entropy_derivation"]
+__all__ = [
+    "LOSSES",
+    "binary_cross_entropy",
+    "definitions",
+    "hinge",
+    "huber",
+    "mae",
+    "mse",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_derivation",
+]
 
 z = sp.Symbol("z", real=True)
 y = sp.Symbol("y", real=True)

@@ -30,7 +30,7 @@ import sympy as sp
 
 from ..rulebook.rule import Hyper
 
-__all__ = ["Elementwise", "Rowwise", "Hyper", "TARGET_KINDS"]
+__all__ = ["TARGET_KINDS", "Elementwise", "Hyper", "Rowwise"]
 
 #: Loss target domains checked at run time.
 TARGET_KINDS = {

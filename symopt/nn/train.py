@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["History", "train_model", "resolve_optimizer", "add_parser", "main"]
+__all__ = ["History", "add_parser", "main", "resolve_optimizer", "train_model"]
 
 
 @dataclass
@@ -126,7 +126,7 @@ def train_model(net, rule, X, y, X_test=None, y_test=None, *, epochs: int, batch
         raise ValueError(f"batch_size must be a positive integer or 'all', got {batch_size!r}")
     else:
         batch = min(int(batch_size), n)
-    kwargs = dict(hyper)
+    kwargs = {**hyper}
     if lr is not None:
         kwargs["lr"] = lr
     opt = symopt.optimizer(rule, net.params, **kwargs)
@@ -245,8 +245,8 @@ def plot_histories(histories, path: str, title: str, n_train: int | None = None)
     for k, h in enumerate(histories):
         lr = "" if h.lr is None else f", lr {h.lr:g}"
         batch = "full batch" if n_train is not None and h.batch_size >= n_train else f"batch {h.batch_size}"
-        style = dict(linestyle=styles[k % len(styles)], marker=markers[k % len(markers)], markersize=4,
-                     linewidth=1.8, markevery=max(1, len(h.loss) // 15))
+        style = {"linestyle": styles[k % len(styles)], "marker": markers[k % len(markers)], "markersize": 4,
+                 "linewidth": 1.8, "markevery": max(1, len(h.loss) // 15)}
         ax_loss.plot(h.epochs, h.loss, label=f"{h.label} ({batch}{lr})", **style)
         ax_acc.plot(h.epochs, h.test_accuracy, label=f"{h.label}: {h.test_accuracy[-1]:.4f}", **style)
     ax_loss.set_yscale("log")
