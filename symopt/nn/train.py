@@ -15,7 +15,7 @@ its learning rate (``sgd@0.1``), or a user rule from a Python file
 (``my_rules.py:heavy_ball``: the file defines a ``symopt.Rule`` of that name).
 Without ``--lr`` each rule uses its own default learning rate; without
 ``--batch-size`` the batch is 32, or all samples for ``notes.gd`` (batch GD by
-definition).
+definition).  ``--threads`` (default 1) caps NumPy's BLAS threads during training.
 """
 
 from __future__ import annotations
@@ -283,11 +283,32 @@ def add_parser(p) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="write loss and accuracy curves to this PNG")
     p.add_argument("--compare", metavar="A,B,C",
                    help="train once per optimizer (NAME or NAME@LR) and plot them together")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads for the matrix products (default 1: digits-sized matrices gain nothing "
+                        "from threads, and on a busy machine threads wait)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
 
+def _blas_threads(n: int):
+    """A context limiting NumPy's BLAS threads to ``n`` (no-op without threadpoolctl)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - comes with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 def main(args) -> int:
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    with _blas_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> int:
     from .data import load_digits
     from .mlp import MLP
 
