@@ -68,6 +68,12 @@ def is_intact(path: Path) -> bool:
     return _seal_ok(text)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never a mix."""
     path = Path(path)
@@ -78,11 +84,24 @@ def atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; modules are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """``atomic_write`` unless the file already holds exactly ``text`` (keeps its timestamp,
+    so numba's on-disk cache of an unchanged kernel module stays valid)."""
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write(path, text)
+    return True
 
 
 def render_index(names_to_modules: list) -> str:
@@ -106,11 +125,11 @@ def generate_builtins(out_dir: Path, names: list | None = None) -> list:
         if name not in selected:
             continue
         path = out_dir / f"{mod}.py"
-        atomic_write(path, seal(render_family(fams[name], source_label=f"{fams[name].source}")))
+        write_if_changed(path, seal(render_family(fams[name], source_label=f"{fams[name].source}")))
         written.append(path)
     if names is None:
         path = out_dir / "__init__.py"
-        atomic_write(path, seal(render_index(index)))
+        write_if_changed(path, seal(render_index(index)))
         written.append(path)
         from .generate_nn import generate_nn  # losses and activations: nn_*.py, not in the RULES index
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .generate import UserModule, _locked, _verified_text, _warn_once, atomic_write, cache_dir, fallback_cache_dir, seal
+from .generate import (UserModule, _locked, _verified_text, _warn_once, atomic_write, cache_dir, fallback_cache_dir,
+                       seal, write_if_changed)
 from .render_nn import gradient_hash, nn_module_name, render_elementwise, render_gradient, render_rowwise
 
 __all__ = ["generate_nn", "gradient_module", "nn_modules"]
@@ -48,7 +49,7 @@ def generate_nn(out_dir: Path, names=None) -> list:
     written = []
     for mod, text in nn_modules(names).items():
         path = out_dir / f"{mod}.py"
-        atomic_write(path, text)
+        write_if_changed(path, text)
         written.append(path)
     return written
 
