@@ -341,3 +341,34 @@ def test_ema_transform_tracks_the_params():
         ema = [0.9 * e + 0.1 * p for e, p in zip(ema, step)]
     for j in range(len(SHAPES)):
         assert _rel(opt.state[j]["ema"], ema[j]) <= 1e-12
+
+
+def test_sign_transforms_on_the_gradient_and_on_the_update():
+    """sign(on="grad"): m ← βm + sign(g); sign(on="update"): θ ← θ + α sign(Δ) = θ − α sign(m)."""
+    theta0, target, curv, noise = _problem(13)
+    for on in ("grad", "update"):
+        rule = symopt.compose(_heavy_ball(), T.sign(on))
+        ours, _ = _run_symopt(rule, {"lr": 1e-2, "beta": 0.8}, theta0, target, curv, noise)
+        ps = [p.copy() for p in theta0]
+        ms = [np.zeros_like(p) for p in ps]
+        theirs = []
+        for t in range(STEPS):
+            gs = _grads(ps, target, curv, noise[t])
+            for j, g in enumerate(gs):
+                ms[j] = 0.8 * ms[j] + (np.sign(g) if on == "grad" else g)
+                ps[j] = ps[j] - 1e-2 * (ms[j] if on == "grad" else np.sign(ms[j]))
+            theirs.append([p.copy() for p in ps])
+        worst = _compare(ours, theirs, theta0)
+        assert max(worst.values()) <= RTOL_F64, (on, worst)
+
+
+def test_symopt_list_names_the_libraries_these_tests_compare_with():
+    from symopt.provenance import BY_RULE
+
+    for name, *_rest in TORCH_CASES:
+        lib = "schedulefree 1.4.1" if "schedulefree" in name else "pytorch-optimizer 4.1.0"
+        assert lib in BY_RULE[name], name
+    for name, *_rest in OPTAX_CASES:
+        assert "optax 0.2.8" in BY_RULE[name], name
+    research = [n for n in symopt.rules() if symopt.family(n).group == "research"]
+    assert sorted(BY_RULE) == sorted(research)
