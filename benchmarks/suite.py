@@ -401,7 +401,7 @@ def phase_threshold(rounds, log, exps=range(10, 23)) -> dict:
         cross = min([n for n in wins if all(m < n for m in loses)], default=None)
         out[(dname, "crossover")] = cross
         log(f"  {dname}: threaded kernel faster from {cross} elements on "
-            f"(PARALLEL_THRESHOLD = {_optmod.PARALLEL_THRESHOLD})")
+            f"(default threshold {_optmod.PARALLEL_THRESHOLD_BYTES // np.dtype(dtype).itemsize})")
     return out
 
 
@@ -601,7 +601,9 @@ def plot(sizes_res: dict, thr: dict, path: Path) -> None:
         ax.plot(ns, [thr[(dname, n)][0] / n * 1e9 for n in ns], color=color, marker="v", label=f"serial {dname}")
         ax.plot(ns, [thr[(dname, n)][1] / n * 1e9 for n in ns], color=color, ls="--", marker="^",
                 label=f"threaded {dname}")
-    ax.axvline(_optmod.PARALLEL_THRESHOLD, color="gray", ls=":", label="PARALLEL_THRESHOLD")
+    for dname, color in (("float32", "C0"), ("float64", "C3")):
+        ax.axvline(_optmod.PARALLEL_THRESHOLD_BYTES // np.dtype(dname).itemsize, color=color, ls=":",
+                   label=f"default threshold {dname}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("elements")
@@ -760,7 +762,9 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
         L.append(f"| 5 | {large['n']:.0e} f32: torch fused / symopt | {r_large:.2f}× "
                  f"(ignore: {lt['torch fused'] / lt['symopt (ignore)']:.2f}×) | ≥ 0.95× | {_verdict(r_large >= 0.95)} |")
     L.append(f"| 6 | threaded kernel faster from (measured) | f32 {cross['float32']}, f64 {cross['float64']} elements | "
-             f"threshold `PARALLEL_THRESHOLD` = {_optmod.PARALLEL_THRESHOLD}, settable (`opt.parallel_threshold`, "
+             f"default `opt.parallel_threshold` = {_optmod.PARALLEL_THRESHOLD_BYTES} B / itemsize "
+             f"(f32 {_optmod.PARALLEL_THRESHOLD_BYTES // 4}, f64 {_optmod.PARALLEL_THRESHOLD_BYTES // 8}), settable "
+             "(`opt.parallel_threshold`, "
              "`symopt.set_num_threads`) | — |")
     L.append(f"| 7 | fresh process, warm cache: import + Adam + one step | {startup['seconds']:.2f} s, SymPy imported: "
              f"{startup['sympy']} | ≤ 1 s, no SymPy | {_verdict(startup['seconds'] <= 1 and not startup['sympy'])} |")

@@ -190,7 +190,7 @@ def test_flat_params_with_separate_grads_and_nan_checks(rng):
 def test_one_thread_and_threshold_are_settable(rng):
     params = _arrays([(5000,)], np.float32, rng)
     opt = _spied(symopt.optimizer(RULE, params))
-    assert opt.parallel_threshold == symopt.runtime.optimizer.PARALLEL_THRESHOLD
+    assert opt.parallel_threshold == symopt.runtime.optimizer.PARALLEL_THRESHOLD_BYTES // 4
     opt.parallel_threshold = 100
     symopt.set_num_threads(1)
     try:

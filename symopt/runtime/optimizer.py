@@ -30,10 +30,11 @@ from . import kernels, layout, reduction, scheduled
 __all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
 
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-#: Elements updated by one step from which the threaded kernel is used (when numba has >1 thread);
-#: each optimizer copies it into ``opt.parallel_threshold``.  Measured by ``symopt bench``
-#: (benchmarks/results.md): below it, waking the threads costs more than they save.
-PARALLEL_THRESHOLD = 1 << 16
+#: Bytes of params updated by one step from which the threaded kernel is used (when numba has
+#: >1 thread); an optimizer's ``opt.parallel_threshold`` (elements) starts at this over its itemsize
+#: (65536 float32, 32768 float64).  From the serial/threaded crossover that ``symopt bench``
+#: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
+PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
 
 
@@ -138,7 +139,6 @@ class Optimizer:
         self.rule_name = spec.name
         self._spec = spec
         self.on_nonfinite = on_nonfinite
-        self.parallel_threshold = PARALLEL_THRESHOLD
 
         for key in hyper:
             if key not in spec.defaults:
@@ -251,6 +251,7 @@ class Optimizer:
         self._tables: dict = {}
         self._all_active = np.ones(len(sizes), dtype=np.bool_)
         self._shapes = [p.shape for p in self._tensors]
+        self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
         itemsize = self.dtype.itemsize

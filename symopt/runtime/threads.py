@@ -2,7 +2,8 @@
 
 An optimizer step runs the serial kernel when the elements it updates number
 fewer than ``Optimizer.parallel_threshold`` (default
-:data:`symopt.runtime.optimizer.PARALLEL_THRESHOLD`, measured by ``symopt bench``),
+:data:`symopt.runtime.optimizer.PARALLEL_THRESHOLD_BYTES` over the itemsize, measured by
+``symopt bench``),
 and the threaded kernel -- one contiguous stretch of memory per thread -- from
 there on, when more than one thread is allowed.
 
