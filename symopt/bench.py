@@ -21,7 +21,9 @@ def add_parser(p) -> None:
                    help="fewer sizes and repeats, no 1e8 row, no cold-compile phase (a smoke run)")
     p.add_argument("--out", help="output folder (default: the checkout's benchmarks/)")
     p.add_argument("--threads", type=int, default=None, help="threads for every peer (default: all cores)")
-    p.add_argument("--no-compile-times", action="store_true", help="skip the cold-compile phase")
+    p.add_argument("--no-compile-times", action="store_true",
+                   help="skip the cold-compile phase (~4 min); the report reuses the stored compile_times.json")
+    p.add_argument("--compile-only", action="store_true", help="only the cold-compile phase (writes compile_times.json)")
     p.set_defaults(func=run)
 
 
