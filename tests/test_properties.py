@@ -34,7 +34,9 @@ step's conditioning ``sens``).  For the param and every state buffer the referen
     |kernel - ref| <= 8 sens + 64 |w - ref| + 128 eps max(|ref|, |before|) + 4 tiny
 
 (``eps``, ``tiny``: the dtype's machine epsilon and smallest normal; ``before``: the value
-before the step), widened by ``1e-2 max(|ref|, |before|) + 1e-26`` (float32) /
+before the step; ``eps`` is raised to ``2**-52 / (1 - β)`` for the β-like keyword closest to 1,
+since per-step scalars like ``(1 - β)/(1 - β**t)`` are float64 formulas whose rounding grows
+that way), widened by ``1e-2 max(|ref|, |before|) + 1e-26`` (float32) /
 ``1e-280`` (float64) for elements with a nonzero input below ``1e4 sqrt(tiny)``, whose
 intermediates can be subnormal.  An element is not compared where ``ref`` is not finite or
 not representable in the dtype, or where the dtype itself cannot evaluate the formula
@@ -252,6 +254,17 @@ def _mpmath_reference(name):
 
 
 # -------------------------------------------------------------------------------- the check
+def _scalar_condition(kw, fam) -> float:
+    """1 / (1 - β) for the β-like hyperparameter closest to 1 (open upper bound 1), else 1: per-step
+    scalars such as (1 - β)/(1 - β^t) are float64 formulas whose relative error grows like ε64/(1 - β)."""
+    kappa = 1.0
+    for h in fam["hyper"]:
+        if h["kind"] == "float" and h["high"] == 1 and h["high_open"] and h["key"] in kw:
+            value = kw[h["key"]] if h["index"] is None else kw[h["key"]][h["index"]]
+            kappa = max(kappa, 1.0 / max(1.0 - float(value), 1e-300))
+    return kappa
+
+
 def _compare(label, got, ref, sens, before, dtype, failures, witness, small, rel_floor=0.0):
     """Count of compared elements; appends descriptions of violations to ``failures``.
 
@@ -352,7 +365,7 @@ def _exclude_known(name, kw, dtype, grads, fam):
 
 
 def _check_example(name, fn, kw, dtype, steps, seed, counter, normal_only=False):
-    rel_floor = MPMATH_REL if normal_only else 0.0
+    rel_floor_base = MPMATH_REL if normal_only else 0.0
     rng = np.random.default_rng(seed)
     params = [_values(rng, s, dtype, "param", normal_only) for s in SHAPES]
     grads = [[_values(rng, s, dtype, "grad", normal_only) for s in SHAPES] for _ in range(steps)]
@@ -363,6 +376,7 @@ def _check_example(name, fn, kw, dtype, steps, seed, counter, normal_only=False)
         assume(False)  # a value set the rule refuses (e.g. nesterov without momentum)
     hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
     eps = float(np.finfo(dtype).eps)
+    rel_floor = max(rel_floor_base, C_REL * 2.0**-52 * _scalar_condition(kw, load_builtin(name).FAMILY))
     failures = []
     compared = 0
     for k in range(steps):
