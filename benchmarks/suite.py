@@ -90,13 +90,13 @@ def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float 
 
 
 # ------------------------------------------------------------------------ same traffic
-@numba.njit(parallel=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, error_model="numpy")
 def _traffic0(p, g, c):
     for i in numba.prange(p.shape[0]):
         p[i] = p[i] + c * g[i]
 
 
-@numba.njit(parallel=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, error_model="numpy")
 def _traffic1(p, g, s0, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
@@ -104,7 +104,7 @@ def _traffic1(p, g, s0, c):
         s0[i] = s0[i] * c + gi
 
 
-@numba.njit(parallel=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, error_model="numpy")
 def _traffic2(p, g, s0, s1, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
@@ -113,7 +113,7 @@ def _traffic2(p, g, s0, s1, c):
         s1[i] = s1[i] * c + gi
 
 
-@numba.njit(parallel=True, error_model="numpy", cache=True)
+@numba.njit(parallel=True, error_model="numpy")
 def _traffic3(p, g, s0, s1, s2, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
@@ -723,7 +723,7 @@ def measure_all(args) -> int:
     log(f"symopt bench: {info['cpu']}, {info['cores']} cores, {threads} threads for every peer; rule {RULE!r}")
     rounds = 5 if quick else 12
     log("[1] at the limit (1e7 elements)")
-    limit = phase_limit(10 ** 6 if quick else 10 ** 7, rounds, log,
+    limit = phase_limit(10 ** 6 if quick else 10 ** 7, rounds if quick else 20, log,
                         names=[RULE, "sgd", "lion"] if quick else None)
     log("[2] Adam over sizes, every peer")
     sizes = [10 ** 2, 10 ** 4, 10 ** 6] if quick else [10 ** k for k in range(2, 8)]
