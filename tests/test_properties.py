@@ -312,6 +312,11 @@ KNOWN_ISSUES = {
                 "underflows for gradients near the bottom of the dtype's range, so such an element counts "
                 "as disagreeing and rescales the whole tensor's step (a count: one flip moves every "
                 "element by ~1/n).  Excluded: |g| < 1e4·sqrt(tiny) is drawn as 0 for cautious_* rules.",
+    "reductions, eps = 0": "With eps = 0, g / sqrt(v) for a float32 g whose square falls below the normal "
+                           "range is huge or inf, and a reduction (RMS clipping, norms) carries it to every "
+                           "element of the tensor -- in a different way than the float32 NumPy reference, "
+                           "whose products underflow in another order.  Excluded: for rules with reduction "
+                           "passes, an eps keyword of exactly 0 is drawn as its default.",
     "rmsprop centered, eps = 0": "The centered variance v - m² can round to 0 or below in float32 "
                                  "(torch's square_avg.addcmul(grad_avg, grad_avg, value=-1) as well); with "
                                  "eps = 0 the step is then inf or NaN where the float64 reference is finite.  "
@@ -354,6 +359,10 @@ def _exclude_known(name, kw, dtype, grads, fam):
                 value = 0.5 + value / 2
                 kw = {**kw, key: value if index is None else
                       tuple(value if i == index else v for i, v in enumerate(kw[key]))}
+    if any("reduce" in v for v in fam["variants"]):
+        for h in fam["hyper"]:
+            if h["kind"] == "float" and h["index"] is None and "eps" in h["key"] and kw.get(h["key"]) == 0:
+                kw = {**kw, h["key"]: h["default"]}
     if name == "rmsprop" and kw.get("centered") and kw.get("eps") == 0:
         kw = {**kw, "eps": 1e-8}
     if name == "mars_adamw" and dtype == np.float32:
