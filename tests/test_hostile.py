@@ -188,6 +188,25 @@ def test_every_name_in_every_text_role(start):
     _no_canary()
 
 
+def test_hostile_family_metadata_and_constraint_messages_round_trip():
+    p, g, lr, flag = sp.symbols("p g lr flag")
+    for k, text in enumerate(CORPUS[:42:3]):  # injections, quotes, newlines, bidi, non-ASCII
+        rule = symopt.Rule(f"variant {k}", param=p, grad=g, hyper={lr: 0.1}, updates=[(p, p - lr * g)])
+        other = symopt.Rule(f"variant {k} other", param=p, grad=g, hyper={lr: 0.1}, updates=[(p, p + lr * g)])
+        fam = Family(_role_name(text) + f" family {time.time_ns()}", [(sp.Eq(flag, 1), other), (sp.true, rule)],
+                     options={flag: False}, constraints=[(lr < 5, text)], doc=text, source=text,
+                     references=(text,), group=text)
+        mod = load_user(fam)
+        assert mod.constraints({"lr": 9.0, "flag": False}) == [text]
+        assert mod.FAMILY["doc"] == text and mod.FAMILY["group"] == text
+        x = np.ones(2)
+        with pytest.raises(ValueError) as info:
+            symopt.optimizer(fam, [x], lr=9.0)
+        assert text[:50] in str(info.value) or text.strip() == ""
+        assert np.all(x == 1)
+    _no_canary()
+
+
 # ------------------------------------------------------------------- kernels with hostile names
 #: State names for the numba run (each state costs compile time): the kernel's own locals and
 #: arguments, a module, a builtin, names that collapse to one identifier, an injection, 10 000 chars.
