@@ -164,8 +164,8 @@ def _text_role_rule(chunk, state_chunk, tag):
 
 @pytest.mark.parametrize("start", range(0, len(CORPUS), 24))
 def test_every_name_in_every_text_role(start):
-    batch = (CORPUS + CORPUS[:4])[start:start + 24]
-    for i, chunk in enumerate(_chunks(batch, 4)):
+    batch = (CORPUS + CORPUS[:8])[start:start + 24]
+    for i, chunk in enumerate(_chunks(batch, 8)):
         if len(chunk) < 2:
             continue
         state_chunk = chunk[1:] + chunk[:1]
