@@ -47,7 +47,7 @@ this test found and how their triggers are kept out of the draws.
 
 Examples per rule: ``SYMOPT_PROPERTY_EXAMPLES`` hypothesis examples (default 40), each a
 batch of 48 elements over 1-3 steps; each rule asserts that at least 1000 element-steps of
-the param were compared (2200-3800 at the default).  ``derandomize=True``: CI is reproducible.
+the param were compared (2200-4100 at the default).  ``derandomize=True``: CI is reproducible.
 """
 import functools
 import importlib
