@@ -189,11 +189,11 @@ def _reference_step(fn, params, state, grads, t, hyper, dtype, perturb=None):
     ps = [arr(p) for p in params]
     st = {key: [arr(x) for x in bufs] for key, bufs in state.items()}
     gs = [arr(g) for g in grads]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # long double -> float64 may overflow: compared as not representable
         fn(ps, gs, st, t, **{k: hyp(v) for k, v in hyper.items()})
-    return ([np.array(p, dtype=np.float64) for p in ps],
-            {k: [np.array(x, dtype=np.float64) for x in v] for k, v in st.items()
-             if isinstance(v, list) and len(v) == len(ps) and all(np.shape(x) == p.shape for x, p in zip(v, ps))})
+        return ([np.array(p, dtype=np.float64) for p in ps],
+                {k: [np.array(x, dtype=np.float64) for x in v] for k, v in st.items()
+                 if isinstance(v, list) and len(v) == len(ps) and all(np.shape(x) == p.shape for x, p in zip(v, ps))})
 
 
 class _Perturb:
