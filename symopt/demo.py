@@ -78,8 +78,11 @@ def run(args=None) -> int:
 
     _heading("2. generate: Jinja2 templates -> Numba modules")
     path, digest = ensure_user_module(Family.of(mine))
-    print(f"user rule module: {path}")
-    print(f"  input hash {digest[:16]}..., {len(path.read_text().splitlines())} lines")
+    if path is None:
+        print(f"user rule module: kept in memory (no writable cache folder), input hash {digest[:16]}...")
+    else:
+        print(f"user rule module: {path}")
+        print(f"  input hash {digest[:16]}..., {len(path.read_text().splitlines())} lines")
     with tempfile.TemporaryDirectory() as tmp:
         written = generate_builtins(Path(tmp))
         from . import generated
