@@ -261,25 +261,22 @@ def test_step_allocates_nothing_proportional_to_size():
         assert large[label] <= small[label] + 4096, (label, small[label], large[label])
 
 
-def test_fresh_process_starts_fast_without_sympy(tmp_path):
-    """Warm kernel cache: import, build Adam, one step within 1 s of wall time, SymPy never imported."""
+def test_fresh_process_loads_cached_kernels_without_sympy(tmp_path):
+    """Warm kernel cache: import, build Adam, one step; the kernel comes from numba's disk cache
+    (no compilation) and SymPy is never imported.  The wall time of this start-up is a
+    benchmark figure (`symopt bench`, row "start-up"), not asserted here."""
     script = textwrap.dedent(f"""
         import sys, numpy as np, symopt
         opt = symopt.optimizer({RULE!r}, [np.zeros((10, 10), np.float32), np.zeros(10, np.float32)], lr=1e-3)
         opt.step([np.ones((10, 10), np.float32), np.ones(10, np.float32)])
         assert opt.state[0]["step"] == 1
-        print("sympy" in sys.modules)
+        kernel = opt._kernel_serial
+        print("sympy" in sys.modules, sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
     """)
     env = dict(os.environ)
     run = [sys.executable, "-c", script]
     subprocess.run(run, env=env, check=True, capture_output=True, timeout=300)   # warms the cache
-    import time
-    walls = []
-    for _ in range(3):       # the best of three: a shared machine may stall one run
-        t0 = time.perf_counter()
-        out = subprocess.run(run, env=env, check=True, capture_output=True, text=True, timeout=60)
-        walls.append(time.perf_counter() - t0)
-        assert out.stdout.strip() == "False", out.stdout + out.stderr
-        if walls[-1] <= 1.0:
-            break
-    assert min(walls) <= 1.0, walls
+    out = subprocess.run(run, env=env, check=True, capture_output=True, text=True, timeout=120)
+    sympy_imported, hits, misses = out.stdout.split()
+    assert sympy_imported == "False", out.stdout + out.stderr
+    assert int(hits) == 1 and int(misses) == 0, out.stdout
