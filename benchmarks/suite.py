@@ -123,7 +123,30 @@ def _traffic3(p, g, s0, s1, s2, c):
         s2[i] = s2[i] * c + gi
 
 
-_TRAFFIC = (_traffic0, _traffic1, _traffic2, _traffic3)
+@numba.njit(parallel=True, error_model="numpy")
+def _traffic4(p, g, s0, s1, s2, s3, c):
+    for i in numba.prange(p.shape[0]):
+        gi = g[i]
+        p[i] = p[i] + c * gi
+        s0[i] = s0[i] * c + gi
+        s1[i] = s1[i] * c + gi
+        s2[i] = s2[i] * c + gi
+        s3[i] = s3[i] * c + gi
+
+
+@numba.njit(parallel=True, error_model="numpy")
+def _traffic5(p, g, s0, s1, s2, s3, s4, c):
+    for i in numba.prange(p.shape[0]):
+        gi = g[i]
+        p[i] = p[i] + c * gi
+        s0[i] = s0[i] * c + gi
+        s1[i] = s1[i] * c + gi
+        s2[i] = s2[i] * c + gi
+        s3[i] = s3[i] * c + gi
+        s4[i] = s4[i] * c + gi
+
+
+_TRAFFIC = (_traffic0, _traffic1, _traffic2, _traffic3, _traffic4, _traffic5)
 
 
 def same_traffic(p, g, states):
