@@ -112,12 +112,20 @@ def make_plan(rule: Rule) -> KernelPlan:
     s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
     e_temps, e_reduced = sp.cse(hoisted, symbols=sp.numbered_symbols("_e"), order="canonical")
 
+    return assemble_plan(rule, scalars, s_temps, s_reduced, e_temps, e_reduced, outputs)
+
+
+def count_ops(exprs) -> int:
+    return int(sum(sp.count_ops(x) for x in exprs))
+
+
+def assemble_plan(rule: Rule, scalars, s_temps, s_reduced, e_temps, e_reduced, outputs,
+                  reduction=None) -> KernelPlan:
+    """The :class:`KernelPlan` from CSE'd scalars and element outputs (shared by every planner)."""
     used = set()
     for e in [*e_reduced, *(x for _, x in e_temps)]:
         used |= e.free_symbols
     reads = tuple(s for s in (rule.param, rule.grad, *rule.state) if s in used)
-    op_count = int(sum(sp.count_ops(x) for _, x in e_temps) + sum(sp.count_ops(x) for x in e_reduced))
-    s_ops = int(sum(sp.count_ops(x) for _, x in s_temps) + sum(sp.count_ops(x) for x in s_reduced))
     return KernelPlan(
         rule=rule,
         hyper=tuple(rule.hyper),
@@ -128,6 +136,7 @@ def make_plan(rule: Rule) -> KernelPlan:
         element_temps=tuple(e_temps),
         outputs=tuple((tgt, e) for (tgt, _), e in zip(outputs, e_reduced)),
         reads=reads,
-        op_count=op_count,
-        scalar_op_count=s_ops,
+        op_count=count_ops([x for _, x in e_temps]) + count_ops(e_reduced),
+        scalar_op_count=count_ops([x for _, x in s_temps]) + count_ops(s_reduced),
+        reduction=reduction,
     )

@@ -27,7 +27,7 @@ import sympy as sp
 
 from ..rulebook.reduction import Reduction
 from ..rulebook.rule import Rule
-from .plan import KernelPlan, _Hoister, _rename_scalars, substitute_updates
+from .plan import KernelPlan, _Hoister, _rename_scalars, assemble_plan, substitute_updates
 
 
 class PlanSymbol(sp.Symbol):
@@ -104,10 +104,6 @@ class _TwoLevelHoister(_Hoister):
         return self.tensor_found[inner]
 
 
-def _count(exprs) -> int:
-    return int(sum(sp.count_ops(x) for x in exprs))
-
-
 def make_reduction_plan(rule: Rule) -> KernelPlan:
     """The :class:`KernelPlan` of a rule with reductions (``plan.reduction`` holds the passes)."""
     outputs, specs = _extract(substitute_updates(rule), rule)
@@ -158,21 +154,5 @@ def make_reduction_plan(rule: Rule) -> KernelPlan:
         stages.append(ReduceStage(st, idx, tuple(a_temps), tuple(a_reduced), reads, tuple(f_temps),
                                   tuple((sym, e) for (sym, _), e in zip(outs, f_reduced))))
 
-    used = set()
-    for e in [*e_reduced, *(x for _, x in e_temps)]:
-        used |= e.free_symbols
-    reads = tuple(s for s in (rule.param, rule.grad, *rule.state) if s in used)
-    return KernelPlan(
-        rule=rule,
-        hyper=tuple(rule.hyper),
-        state=tuple(rule.state),
-        scalars=tuple(scalars),
-        scalar_temps=tuple(s_temps),
-        scalar_exprs=tuple(s_reduced),
-        element_temps=tuple(e_temps),
-        outputs=tuple((tgt, e) for (tgt, _), e in zip(outputs, e_reduced)),
-        reads=reads,
-        op_count=_count([x for _, x in e_temps]) + _count(e_reduced),
-        scalar_op_count=_count([x for _, x in s_temps]) + _count(s_reduced),
-        reduction=ReductionInfo(reductions, tuple(tensor_syms), tuple(stages)),
-    )
+    return assemble_plan(rule, scalars, s_temps, s_reduced, e_temps, e_reduced, outputs,
+                         reduction=ReductionInfo(reductions, tuple(tensor_syms), tuple(stages)))
