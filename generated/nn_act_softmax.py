@@ -52,15 +52,15 @@ SPEC = {'name': 'softmax',
 def forward_f32(x, out):
     """softmax forward, float32 arrays (2-D, C-contiguous). out[r, :] = softmax(x[r, :])."""
     for r in range(x.shape[0]):
-        m = np.float32(-np.inf)
+        v_m = np.float32(-np.inf)
         for j in range(x.shape[1]):
             x_j = x[r, j]
-            m = max(m, x_j)
+            v_m = max(v_m, x_j)
         S = np.float32(0.0)
         for j in range(x.shape[1]):
             x_j = x[r, j]
-            S = S + np.exp(-m + x_j)
-        r0 = -m
+            S = S + np.exp(-v_m + x_j)
+        r0 = -v_m
         r1 = (np.float32(1.0) / (S))
         for j in range(x.shape[1]):
             x_j = x[r, j]
@@ -71,15 +71,15 @@ def forward_f32(x, out):
 def forward_f64(x, out):
     """softmax forward, float64 arrays (2-D, C-contiguous). out[r, :] = softmax(x[r, :])."""
     for r in range(x.shape[0]):
-        m = np.float64(-np.inf)
+        v_m = np.float64(-np.inf)
         for j in range(x.shape[1]):
             x_j = x[r, j]
-            m = max(m, x_j)
+            v_m = max(v_m, x_j)
         S = np.float64(0.0)
         for j in range(x.shape[1]):
             x_j = x[r, j]
-            S = S + np.exp(-m + x_j)
-        r0 = -m
+            S = S + np.exp(-v_m + x_j)
+        r0 = -v_m
         r1 = (np.float64(1.0) / (S))
         for j in range(x.shape[1]):
             x_j = x[r, j]
@@ -116,4 +116,4 @@ def backward_f64(x, y, g, out):
             g_j = g[r, j]
             p_j = y[r, j]
             out[r, j] = p_j*(g_j + r0)
-# content sha256: 29b25f78c51271cb5054f5be67bf9530f3f95f532c57ddc5b49e2f103f7406c9
+# content sha256: 076841a63e11da56a1d8dabbf8ebad133abf02fba21f9e9fb04679b5cdd6ac89

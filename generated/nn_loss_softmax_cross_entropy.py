@@ -56,15 +56,15 @@ def value_f32(z, labels):
     for r in range(z.shape[0]):
         lab = labels[r]
         z_label = z[r, lab]
-        m = np.float32(-np.inf)
+        v_m = np.float32(-np.inf)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            m = max(m, z_j)
+            v_m = max(v_m, z_j)
         S = np.float32(0.0)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            S = S + np.exp(-m + z_j)
-        total += m - z_label + np.log(S)
+            S = S + np.exp(-v_m + z_j)
+        total += v_m - z_label + np.log(S)
     return total
 
 
@@ -75,15 +75,15 @@ def value_f64(z, labels):
     for r in range(z.shape[0]):
         lab = labels[r]
         z_label = z[r, lab]
-        m = np.float64(-np.inf)
+        v_m = np.float64(-np.inf)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            m = max(m, z_j)
+            v_m = max(v_m, z_j)
         S = np.float64(0.0)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            S = S + np.exp(-m + z_j)
-        total += m - z_label + np.log(S)
+            S = S + np.exp(-v_m + z_j)
+        total += v_m - z_label + np.log(S)
     return total
 
 
@@ -95,21 +95,21 @@ def value_and_grad_f32(z, labels, scale_in, out):
     for r in range(z.shape[0]):
         lab = labels[r]
         z_label = z[r, lab]
-        m = np.float32(-np.inf)
+        v_m = np.float32(-np.inf)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            m = max(m, z_j)
+            v_m = max(v_m, z_j)
         S = np.float32(0.0)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            S = S + np.exp(-m + z_j)
-        r0 = -m
+            S = S + np.exp(-v_m + z_j)
+        r0 = -v_m
         r1 = (np.float32(1.0) / (S))
         for j in range(z.shape[1]):
             z_j = z[r, j]
             y_j = np.float32(1.0) if j == lab else np.float32(0.0)
             out[r, j] = scale*(r1*np.exp(r0 + z_j) - y_j)
-        total += m - z_label + np.log(S)
+        total += v_m - z_label + np.log(S)
     return total
 
 
@@ -121,20 +121,20 @@ def value_and_grad_f64(z, labels, scale_in, out):
     for r in range(z.shape[0]):
         lab = labels[r]
         z_label = z[r, lab]
-        m = np.float64(-np.inf)
+        v_m = np.float64(-np.inf)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            m = max(m, z_j)
+            v_m = max(v_m, z_j)
         S = np.float64(0.0)
         for j in range(z.shape[1]):
             z_j = z[r, j]
-            S = S + np.exp(-m + z_j)
-        r0 = -m
+            S = S + np.exp(-v_m + z_j)
+        r0 = -v_m
         r1 = (np.float64(1.0) / (S))
         for j in range(z.shape[1]):
             z_j = z[r, j]
             y_j = np.float64(1.0) if j == lab else np.float64(0.0)
             out[r, j] = scale*(r1*np.exp(r0 + z_j) - y_j)
-        total += m - z_label + np.log(S)
+        total += v_m - z_label + np.log(S)
     return total
-# content sha256: 28f39e5c3e4550cec383e6c29f4efd780431698ed05991f42930487ec1243417
+# content sha256: 57bd965e47a13f1752f5c9a04d3f0dec89b88982dc769af4fec9b36c11f2fdad

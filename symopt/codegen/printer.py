@@ -160,14 +160,25 @@ class ScalarPrinter(_Base):
 
 
 class KernelPrinter(_Base):
-    """Per-element code for a Numba kernel whose arrays have dtype ``dtype``."""
+    """Per-element code for a Numba kernel whose arrays have dtype ``dtype``.
 
-    def __init__(self, names: dict, dtype: str):
+    With ``vector_math``, ``exp(x)`` and ``x**(1/3)`` print as calls to the vectorizable
+    helpers of ``templates/_vecmath.jinja`` (``_vexp_f32``, ``_vcbrt_f64`` ...), and
+    :attr:`helpers` collects the ones used, so the module template emits only those.
+    """
+
+    def __init__(self, names: dict, dtype: str, vector_math: bool = False):
         super().__init__(names)
         if dtype not in _FLOAT_TYPES:
             raise ValueError(f"unsupported kernel dtype {dtype!r}")
         self.dtype = dtype
         self.ctor = _FLOAT_TYPES[dtype]
+        self.vector_math = vector_math
+        self.helpers: set = set()
+
+    def _helper(self, fn: str, arg) -> str:
+        self.helpers.add(fn)
+        return f"_v{fn}_{self.dtype.replace('float', 'f')}({self._print(arg)})"
 
     def const(self, value: float) -> str:
         return f"{self.ctor}({float(value)!r})"
@@ -192,6 +203,8 @@ class KernelPrinter(_Base):
 
     def _print_Pow(self, expr, rational=False):
         b, e = expr.args
+        if self.vector_math and e == sp.Rational(1, 3):
+            return self._helper("cbrt", b)
         base = self._paren(b)
         one = self.const(1)
         if e.is_Integer and 1 <= abs(int(e)) <= 4:
@@ -224,7 +237,6 @@ class KernelPrinter(_Base):
             return f"np.{name}({', '.join(self._print(a) for a in expr.args)})"
         return printer
 
-    _print_exp = _fn("exp")
     _print_log = _fn("log")
     _print_tanh = _fn("tanh")
     _print_sinh = _fn("sinh")
@@ -232,6 +244,12 @@ class KernelPrinter(_Base):
     _print_sin = _fn("sin")
     _print_cos = _fn("cos")
     _print_atan = _fn("arctan")
+
+    def _print_exp(self, expr):
+        if self.vector_math:
+            return self._helper("exp", expr.args[0])
+        return f"np.exp({self._print(expr.args[0])})"
+
     _print_floor = _fn("floor")
     _print_ceiling = _fn("ceil")
     del _fn

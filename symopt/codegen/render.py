@@ -55,7 +55,7 @@ def input_hash(family: Family, template: str = OPTIMIZER_TEMPLATE) -> str:
     """sha256 over the family's formulas, the templates used and the symopt version."""
     h = hashlib.sha256()
     h.update(family.fingerprint().encode())
-    for name in (template, "_util.jinja"):
+    for name in (template, "_util.jinja", "_vecmath.jinja"):
         h.update(template_text(name).encode())
     if reduce_render.family_has_reductions(family):  # only such modules contain the reduction kernels
         h.update(template_text(reduce_render.REDUCE_TEMPLATE).encode())
@@ -164,10 +164,12 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     src = {rule.param: "param_c", rule.grad: "grad_c", **{s: f"{state_ids[s]}_c" for s in plan.state}}
     loads = [(elem_names[s], src[s]) for s in plan.reads]
     kernels = []
+    helpers: set = set()  # vectorizable math helpers the kernels call (templates/_vecmath.jinja)
     for suffix, dtype, ptr, itemsize in _DTYPES:
-        pr = KernelPrinter(elem_names, dtype)
+        pr = KernelPrinter(elem_names, dtype, vector_math=True)
         temps = [(elem_names[s], pr.doprint(e)) for s, e in plan.element_temps]
         stores = [(src[tgt], pr.doprint(e)) for tgt, e in plan.outputs]
+        helpers |= pr.helpers
         for parallel in (False, True):
             name = f"{prefix}_{suffix}" + ("_parallel" if parallel else "")
             kernels.append({
@@ -193,6 +195,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         "state_args": [state_ids[s] for s in plan.state],
         "loads": loads,
         "kernels": kernels,
+        "helpers": helpers,
     }
 
 
@@ -249,6 +252,7 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
         "variants": [_variant_context(family, r, p, pre, hyper_ids)
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
+    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
     env = environment()
     text = env.get_template(OPTIMIZER_TEMPLATE).render(**ctx)
     return text + reduce_render.render_reductions(env, family, plans, prefixes, _state_identifiers)
