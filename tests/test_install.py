@@ -19,8 +19,9 @@ The package is installed once (``pip install --target``).  Then:
     disk cache at all, user rule module in memory, exactly one ``CacheWarning``.
 
 If the machine does not let a process build a mount namespace with read-only bind
-mounts, the read-only tests are skipped saying so (no other mechanism makes writes fail
-for root).
+mounts, the read-only tests are skipped saying so: permission bits do not stop root, and
+the test does not switch to another user (who might not be able to read the interpreter,
+the venv or the install).
 """
 import json
 import os
