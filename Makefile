@@ -24,9 +24,10 @@ $(VENV)/.test-installed: pyproject.toml | $(PYTHON)
 demo: $(VENV)/.demo-installed
 	$(PYTHON) -m symopt demo
 
-## test: the whole suite, torch and Optax parity included (never skipped here)
+## test: the whole suite, torch and Optax parity included (never skipped here), and 1000
+## hypothesis examples per rule in the property tests (derandomized: the same examples every run)
 test: $(VENV)/.test-installed
-	SYMOPT_REQUIRE_REFERENCES=1 $(PYTHON) -m pytest -q -p no:cacheprovider
+	SYMOPT_REQUIRE_REFERENCES=1 SYMOPT_PROPERTY_EXAMPLES=1000 $(PYTHON) -m pytest -q -p no:cacheprovider
 
 ## test-core: the suite with only the core dependencies' tests that need no extras
 test-core: $(VENV)/.demo-installed

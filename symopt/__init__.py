@@ -18,10 +18,13 @@ printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime`` ->
 """
 
 from ._version import __version__
-from .runtime.checkpoint import load, save
-from .runtime.flat import FlatBuffer
-from .runtime.optimizer import NonFiniteGradientError, Optimizer, optimizer
-from .runtime.threads import get_num_threads, set_num_threads
+from .cachedirs import configure_numba_cache as _configure_numba_cache
+
+_configure_numba_cache()  # before any module whose functions use numba's cache=True is imported
+from .runtime.checkpoint import load, save  # noqa: E402
+from .runtime.flat import FlatBuffer  # noqa: E402
+from .runtime.optimizer import NonFiniteGradientError, Optimizer, optimizer  # noqa: E402
+from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",

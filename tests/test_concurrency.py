@@ -28,6 +28,7 @@ import pytest
 import sympy as sp
 
 import symopt
+from symopt import cachedirs
 from symopt.codegen import generate
 from symopt.codegen.generate import CacheWarning, is_intact, read_header_hash, seal, user_module
 from symopt.rulebook.rule import Family
@@ -151,7 +152,7 @@ def _load_two_rules(tag):
 
 @pytest.fixture
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(generate, "_warned", set())
+    monkeypatch.setattr(cachedirs, "_warned", set())
 
 
 def test_unwritable_cache_falls_back_to_private_temp_folder_with_one_warning(tmp_path, monkeypatch,

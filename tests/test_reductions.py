@@ -107,3 +107,44 @@ def test_only_rules_with_reductions_get_reduction_kernels():
     assert {"lamb_reduce_f32", "lamb_reduce_f64_parallel"} <= set(dir(lamb_mod))
     nested = make_plan(symopt.compose("lamb", T.clip_global_norm(1.0)))
     assert len(nested.reduction.stages) == 2                    # ‖u‖ reads the clipped gradient: 2 passes
+
+
+def _clipped_adam_step(p, g, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, max_norm=1.0):
+    """One step (t = 1) of Adam on a gradient clipped to global norm ``max_norm`` (torch's ε = 1e-6),
+    NumPy float64; returns (param, m, v)."""
+    g = np.asarray(g, np.float64)
+    f = min(1.0, max_norm / (np.sqrt(np.sum(g * g)) + 1e-6))
+    m, v = (1 - b1) * (f * g), (1 - b2) * (f * g) ** 2
+    return np.asarray(p, np.float64) - lr * (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + eps), m, v
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipped_gradient_is_scaled_before_it_is_squared(rng, dtype, decoupled):
+    """compose("adam", clip_global_norm(1.0)): Adam's v gets (f g)², f = min(1, c/(‖g‖ + ε)), computed as
+    written -- never g² f² (SymPy's expansion, which the decoupled-decay branch used to get), whose g²
+    overflows (0 · inf = NaN once ‖g‖ is inf) or whose f² leaves float32's normal range.  float64: gradients of 1e155, ‖g‖² beyond the range, so f = 0
+    in NumPy too: the step leaves everything finite and the param as it was.  float32: |g| ~ 1e19 over
+    1000 elements (g² in range, f² ~ 1e-41 subnormal): v within 1e-6 (relative, a few float32
+    roundings) and the param within 1e-6 of NumPy in float64."""
+    rule = symopt.compose("adam", T.clip_global_norm(1.0))
+    if dtype == np.float64:
+        p = rng.standard_normal(8)
+        g = rng.standard_normal(8)
+        g[[1, 5]] = [1e155, -3e154]
+    else:
+        p = rng.standard_normal(1000).astype(np.float32)
+        g = (rng.uniform(0.5, 1.0, 1000) * rng.choice([-1.0, 1.0], 1000) * 1e19).astype(np.float32)
+    start = p.copy()
+    opt = symopt.optimizer(rule, [p], decoupled_weight_decay=decoupled)
+    opt.step([g])
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref_p, ref_m, ref_v = _clipped_adam_step(start, g)
+    state = opt.state[0]
+    if dtype == np.float64:
+        assert np.array_equal(p, start) and np.array_equal(ref_p, start)
+        assert np.array_equal(state["exp_avg"], ref_m) and np.array_equal(state["exp_avg_sq"], ref_v)
+    else:
+        assert rel_err(state["exp_avg_sq"], ref_v) <= 1e-6
+        assert rel_err(state["exp_avg"], ref_m) <= 1e-6
+        assert rel_err(p, ref_p) <= 1e-6

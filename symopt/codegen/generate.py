@@ -18,7 +18,8 @@ exactly the text that was checked, never re-reading the file.
 If the cache folder cannot be written (read-only, not a folder), the module goes to
 a private per-user folder under the system temporary folder; if that fails too it
 is kept in memory only (numba then compiles it in every process).  Either way one
-:class:`CacheWarning` is issued per process.
+:class:`CacheWarning` is issued per process and destination (none more if numba's
+cache already fell back to the same folder: :mod:`symopt.cachedirs`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import tempfile
-import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._version import __version__
+from ..cachedirs import CacheWarning, fallback_cache_dir, warn_fallback  # noqa: F401 (CacheWarning: public here too)
 from ..rulebook.catalog import builtin_families
 from ..rulebook.rule import Family
 from .names import comment_text, module_name, string_literal
@@ -146,31 +145,6 @@ def cache_dir() -> Path:
     return Path(base) / "symopt"
 
 
-class CacheWarning(UserWarning):
-    """The configured kernel cache folder could not be used; a fallback was taken."""
-
-
-def fallback_cache_dir() -> Path | None:
-    """A private per-user folder under the system temporary folder, or None if unsafe/unusable.
-
-    The folder must be a real directory (not a symlink) owned by this user and not
-    writable by group or others: a shared ``/tmp`` must not let another user plant
-    modules that this process would import.
-    """
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    path = Path(tempfile.gettempdir()) / f"symopt-cache-{uid if uid is not None else 'user'}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode):
-        return None
-    if uid is not None and (st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-        return None
-    return path
-
-
 @contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,25 +228,10 @@ def render_user_module(family: Family) -> str:
     return text
 
 
-_warned: set = set()
-_warn_lock = threading.Lock()
-
-
-def _warn_once(failures: list, used: Path | None) -> None:
-    if not failures:
-        return
-    key = (tuple(str(b) for b, _ in failures), str(used))
-    with _warn_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    tried = "; ".join(f"{b} ({type(e).__name__}: {e.strerror or e})" for b, e in failures)
-    if used is not None:
-        msg = f"symopt: cannot write the kernel cache folder {tried}; user rule modules go to {used} instead"
-    else:
-        msg = (f"symopt: no writable kernel cache folder ({tried}); user rule modules are kept in memory and "
-               f"compiled in every process (set SYMOPT_CACHE_DIR to a writable folder)")
-    warnings.warn(msg, CacheWarning, stacklevel=4)
+def _warn_once(failures: list, used: Path | None, root: Path | None = None, what: str = "user rule modules") -> None:
+    """One :class:`CacheWarning` per destination (see :func:`symopt.cachedirs.warn_fallback`)."""
+    failures = [(f"the kernel cache folder {b}", e) for b, e in failures]
+    warn_fallback(what, failures, used, root=root, stacklevel=5)
 
 
 def user_module(family: Family, directory: Path | None = None) -> UserModule:
@@ -305,7 +264,7 @@ def user_module(family: Family, directory: Path | None = None) -> UserModule:
             except OSError as exc:
                 failures.append((base, exc))
                 continue
-        _warn_once(failures, path.parent)
+        _warn_once(failures, path.parent, root=base)
         return UserModule(path, digest, found, stem)
     if text is None:
         text = render_user_module(family)

@@ -89,7 +89,7 @@ def gradient_module(program, directory: Path | None = None) -> UserModule:
             except OSError as exc:
                 failures.append((base, exc))
                 continue
-        _warn_once(failures, path.parent)
+        _warn_once(failures, path.parent, root=base, what="gradient modules")
         return UserModule(path, digest, found, stem)
-    _warn_once(failures, None)
+    _warn_once(failures, None, what="gradient modules")
     return UserModule(None, digest, text(), stem)

@@ -52,13 +52,17 @@ def template_text(name: str) -> str:
 
 
 def input_hash(family: Family, template: str = OPTIMIZER_TEMPLATE) -> str:
-    """sha256 over the family's formulas, the templates used and the symopt version."""
+    """sha256 over the family's formulas, the templates used and the symopt version (and, for rules with
+    reductions, the reduction planner's revision)."""
     h = hashlib.sha256()
     h.update(family.fingerprint().encode())
     for name in (template, "_util.jinja", "_vecmath.jinja"):
         h.update(template_text(name).encode())
     if reduce_render.family_has_reductions(family):  # only such modules contain the reduction kernels
+        from .reduce_plan import PLAN_REVISION
+
         h.update(template_text(reduce_render.REDUCE_TEMPLATE).encode())
+        h.update(f"reduction plan revision {PLAN_REVISION}".encode())
     h.update(__version__.encode())
     return h.hexdigest()
 

@@ -23,6 +23,11 @@ import ctypes
 import numba
 import numpy as np
 
+from ..cachedirs import numba_disk_cache
+
+#: numba's disk cache for the helpers below (off only when no folder at all is writable: symopt.cachedirs).
+_CACHE = numba_disk_cache()
+
 #: Cut points between workers are multiples of this many elements (64 bytes and more).
 ALIGN = 64
 
@@ -90,7 +95,7 @@ def data_address(a) -> int:
     return _read_pointer(id(a) + DATA_OFFSET).value or 0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def uniform_step(steps, active):
     """The common step count of the tensors with ``active[j]``; -1 if they differ (or none is active)."""
     t = -1
@@ -103,7 +108,7 @@ def uniform_step(steps, active):
     return t
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def advance(steps, active):
     """``steps[j] += 1`` for every ``active[j]``."""
     for j in range(steps.shape[0]):
@@ -111,7 +116,7 @@ def advance(steps, active):
             steps[j] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def flat_base(ptrs, byte_offsets):
     """Base address ``b`` with ``ptrs[j] == b + byte_offsets[j]`` for every ``byte_offsets[j] >= 0``; -1 if none.
 
