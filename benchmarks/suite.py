@@ -867,6 +867,11 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
                  f"{len(ok_limit)} rows (worst row) | {med_r:.2f} reads ({worst_r['reads']:.2f}, {worst_r['rule']} "
                  f"{worst_r['dtype']}); {n_r} of {len(ok_limit)} rows within 1.10 | ≤ one extra read | "
                  f"{_verdict(med_r <= 1.10)} |")
+        many_s = [r for r in ok_limit if r["nstate"] >= 2]
+        few_s = [r for r in ok_limit if r["nstate"] < 2]
+        L.append(f"| 1 | check ≤ 1.25×, by state buffers (the check's one read of the grads is ≤ 25% of the step only "
+                 f"when the step reads ≥ 4 arrays) | ≥ 2 buffers: {sum(r['check'] <= 1.25 for r in many_s)} of "
+                 f"{len(many_s)}; 0–1 buffers: {sum(r['check'] <= 1.25 for r in few_s)} of {len(few_s)} | ≤ 1.25× | — |")
         L.append(f"| 1 | rule × dtype pairs within target: ignore ≤ 1.10× / check ≤ 1.25× / check ≤ one extra grad "
                  f"read at the step's bandwidth + 0.10 | {n_i} / {n_c} / {n_b} of {len(ok_limit)} | all | — |")
         if worst_mi:
