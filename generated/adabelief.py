@@ -136,16 +136,16 @@ FAMILY = {'name': 'adabelief',
                'hyper': ['alpha', 'beta1', 'beta2', 'epsilon', 'epsilon_root'],
                'init_hyper': [],
                'state': [{'key': 'mu', 'arg': 'mu'}, {'key': 'nu', 'arg': 'nu'}],
-               'nscalars': 10,
-               'op_count': 19,
+               'nscalars': 8,
+               'op_count': 16,
                'formula_hash': 'd0b61737ac4cd89e084b2ce356cf68a8f9d8294540098e22e426557e461f11f6'},
               {'name': 'adabelief_nesterov',
                'prefix': 'adabelief_nesterov',
                'hyper': ['alpha', 'beta1', 'beta2', 'epsilon', 'epsilon_root'],
                'init_hyper': [],
                'state': [{'key': 'mu', 'arg': 'mu'}, {'key': 'nu', 'arg': 'nu'}],
-               'nscalars': 12,
-               'op_count': 22,
+               'nscalars': 10,
+               'op_count': 19,
                'formula_hash': 'fbbd012615ae3174ef763e057939bef2c9e61d67472f64f2003c0ad1e7efeada'}],
  'formula_hash': '6fc31e2565e0cfc272706baf5f3742bc9565000eecd5a1b763aa212a1f2a8674'}
 
@@ -188,24 +188,21 @@ def _ptr_f64(typingctx, addr):
 
 
 # -----------------------------------------------------------------------------
-# Variant adabelief: 19 operations per element, 10 per-step scalars.
+# Variant adabelief: 16 operations per element, 8 per-step scalars.
 # -----------------------------------------------------------------------------
 def adabelief_scalars(t, alpha, beta1, beta2, epsilon, epsilon_root):
     """Per-step scalars of adabelief, in float64, once per step.
 
-    s0 = -beta1
-    s1 = beta1
-    s2 = beta2
-    s3 = epsilon
-    s4 = epsilon_root
-    s5 = -alpha/(1 - beta1**t)
-    s6 = 1 - beta1
-    s7 = 1 - beta2
-    s8 = 1/(1 - beta2**t)
-    s9 = beta1 - 1
+    s0 = beta1
+    s1 = beta2
+    s2 = epsilon
+    s3 = epsilon_root
+    s4 = -alpha/(1 - beta1**t)
+    s5 = 1 - beta1
+    s6 = 1 - beta2
+    s7 = 1/(1 - beta2**t)
     """
-    c0 = beta1 - 1.0
-    return (-beta1, beta1, beta2, epsilon, epsilon_root, -alpha/(1.0 - (beta1 ** t)), -c0, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), c0, )
+    return (beta1, beta2, epsilon, epsilon_root, -alpha/(1.0 - (beta1 ** t)), 1.0 - beta1, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), )
 
 
 def adabelief_state_init():
@@ -253,8 +250,6 @@ def adabelief_f32(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s5 = np.float32(scal[row, 5])
             s6 = np.float32(scal[row, 6])
             s7 = np.float32(scal[row, 7])
-            s8 = np.float32(scal[row, 8])
-            s9 = np.float32(scal[row, 9])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -265,11 +260,11 @@ def adabelief_f32(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s6 + mu_i*s1
-                _e1 = nu_i*s2 + s4 + s7*((grad_i*s9 + grad_i + mu_i*s0) * (grad_i*s9 + grad_i + mu_i*s0))
-                param_c[i] = _e0*s5/(s3 + np.sqrt(_e1*s8)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s5 + mu_i*s0
+                _e0 = nu_i*s1 + s3 + s6*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s4*_u0/(s2 + np.sqrt(_e0*s7)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -313,8 +308,6 @@ def adabelief_f32_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s5 = np.float32(scal[row, 5])
             s6 = np.float32(scal[row, 6])
             s7 = np.float32(scal[row, 7])
-            s8 = np.float32(scal[row, 8])
-            s9 = np.float32(scal[row, 9])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -325,11 +318,11 @@ def adabelief_f32_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s6 + mu_i*s1
-                _e1 = nu_i*s2 + s4 + s7*((grad_i*s9 + grad_i + mu_i*s0) * (grad_i*s9 + grad_i + mu_i*s0))
-                param_c[i] = _e0*s5/(s3 + np.sqrt(_e1*s8)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s5 + mu_i*s0
+                _e0 = nu_i*s1 + s3 + s6*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s4*_u0/(s2 + np.sqrt(_e0*s7)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -373,8 +366,6 @@ def adabelief_f64(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s5 = np.float64(scal[row, 5])
             s6 = np.float64(scal[row, 6])
             s7 = np.float64(scal[row, 7])
-            s8 = np.float64(scal[row, 8])
-            s9 = np.float64(scal[row, 9])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -385,11 +376,11 @@ def adabelief_f64(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s6 + mu_i*s1
-                _e1 = nu_i*s2 + s4 + s7*((grad_i*s9 + grad_i + mu_i*s0) * (grad_i*s9 + grad_i + mu_i*s0))
-                param_c[i] = _e0*s5/(s3 + np.sqrt(_e1*s8)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s5 + mu_i*s0
+                _e0 = nu_i*s1 + s3 + s6*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s4*_u0/(s2 + np.sqrt(_e0*s7)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -433,8 +424,6 @@ def adabelief_f64_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s5 = np.float64(scal[row, 5])
             s6 = np.float64(scal[row, 6])
             s7 = np.float64(scal[row, 7])
-            s8 = np.float64(scal[row, 8])
-            s9 = np.float64(scal[row, 9])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -445,36 +434,33 @@ def adabelief_f64_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s6 + mu_i*s1
-                _e1 = nu_i*s2 + s4 + s7*((grad_i*s9 + grad_i + mu_i*s0) * (grad_i*s9 + grad_i + mu_i*s0))
-                param_c[i] = _e0*s5/(s3 + np.sqrt(_e1*s8)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s5 + mu_i*s0
+                _e0 = nu_i*s1 + s3 + s6*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s4*_u0/(s2 + np.sqrt(_e0*s7)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
 # -----------------------------------------------------------------------------
-# Variant adabelief_nesterov: 22 operations per element, 12 per-step scalars.
+# Variant adabelief_nesterov: 19 operations per element, 10 per-step scalars.
 # -----------------------------------------------------------------------------
 def adabelief_nesterov_scalars(t, alpha, beta1, beta2, epsilon, epsilon_root):
     """Per-step scalars of adabelief_nesterov, in float64, once per step.
 
     s0 = -alpha
-    s1 = -beta1
-    s2 = beta1
-    s3 = beta2
-    s4 = epsilon
-    s5 = epsilon_root
-    s6 = beta1/(1 - beta1**(t + 1))
-    s7 = (1 - beta1)/(1 - beta1**t)
-    s8 = 1 - beta1
-    s9 = 1 - beta2
-    s10 = 1/(1 - beta2**t)
-    s11 = beta1 - 1
+    s1 = beta1
+    s2 = beta2
+    s3 = epsilon
+    s4 = epsilon_root
+    s5 = beta1/(1 - beta1**(t + 1))
+    s6 = (1 - beta1)/(1 - beta1**t)
+    s7 = 1 - beta1
+    s8 = 1 - beta2
+    s9 = 1/(1 - beta2**t)
     """
-    c0 = beta1 - 1.0
-    c1 = -c0
-    return (-alpha, -beta1, beta1, beta2, epsilon, epsilon_root, beta1/(1.0 - (beta1 ** (t + 1.0))), c1/(1.0 - (beta1 ** t)), c1, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), c0, )
+    c0 = 1.0 - beta1
+    return (-alpha, beta1, beta2, epsilon, epsilon_root, beta1/(1.0 - (beta1 ** (t + 1.0))), c0/(1.0 - (beta1 ** t)), c0, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), )
 
 
 def adabelief_nesterov_state_init():
@@ -524,8 +510,6 @@ def adabelief_nesterov_f32(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s7 = np.float32(scal[row, 7])
             s8 = np.float32(scal[row, 8])
             s9 = np.float32(scal[row, 9])
-            s10 = np.float32(scal[row, 10])
-            s11 = np.float32(scal[row, 11])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -536,11 +520,11 @@ def adabelief_nesterov_f32(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s8 + mu_i*s2
-                _e1 = nu_i*s3 + s5 + s9*((grad_i*s11 + grad_i + mu_i*s1) * (grad_i*s11 + grad_i + mu_i*s1))
-                param_c[i] = s0*(_e0*s6 + grad_i*s7)/(s4 + np.sqrt(_e1*s10)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s7 + mu_i*s1
+                _e0 = nu_i*s2 + s4 + s8*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s0*(grad_i*s6 + s5*_u0)/(s3 + np.sqrt(_e0*s9)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -586,8 +570,6 @@ def adabelief_nesterov_f32_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal
             s7 = np.float32(scal[row, 7])
             s8 = np.float32(scal[row, 8])
             s9 = np.float32(scal[row, 9])
-            s10 = np.float32(scal[row, 10])
-            s11 = np.float32(scal[row, 11])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -598,11 +580,11 @@ def adabelief_nesterov_f32_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s8 + mu_i*s2
-                _e1 = nu_i*s3 + s5 + s9*((grad_i*s11 + grad_i + mu_i*s1) * (grad_i*s11 + grad_i + mu_i*s1))
-                param_c[i] = s0*(_e0*s6 + grad_i*s7)/(s4 + np.sqrt(_e1*s10)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s7 + mu_i*s1
+                _e0 = nu_i*s2 + s4 + s8*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s0*(grad_i*s6 + s5*_u0)/(s3 + np.sqrt(_e0*s9)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -648,8 +630,6 @@ def adabelief_nesterov_f64(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
             s7 = np.float64(scal[row, 7])
             s8 = np.float64(scal[row, 8])
             s9 = np.float64(scal[row, 9])
-            s10 = np.float64(scal[row, 10])
-            s11 = np.float64(scal[row, 11])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -660,11 +640,11 @@ def adabelief_nesterov_f64(pptr, gptr, mu, nu, offs, chunks, work, scal, check):
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s8 + mu_i*s2
-                _e1 = nu_i*s3 + s5 + s9*((grad_i*s11 + grad_i + mu_i*s1) * (grad_i*s11 + grad_i + mu_i*s1))
-                param_c[i] = s0*(_e0*s6 + grad_i*s7)/(s4 + np.sqrt(_e1*s10)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s7 + mu_i*s1
+                _e0 = nu_i*s2 + s4 + s8*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s0*(grad_i*s6 + s5*_u0)/(s3 + np.sqrt(_e0*s9)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
 
 
@@ -710,8 +690,6 @@ def adabelief_nesterov_f64_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal
             s7 = np.float64(scal[row, 7])
             s8 = np.float64(scal[row, 8])
             s9 = np.float64(scal[row, 9])
-            s10 = np.float64(scal[row, 10])
-            s11 = np.float64(scal[row, 11])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -722,10 +700,10 @@ def adabelief_nesterov_f64_parallel(pptr, gptr, mu, nu, offs, chunks, work, scal
                 grad_i = grad_c[i]
                 mu_i = mu_c[i]
                 nu_i = nu_c[i]
-                _e0 = grad_i*s8 + mu_i*s2
-                _e1 = nu_i*s3 + s5 + s9*((grad_i*s11 + grad_i + mu_i*s1) * (grad_i*s11 + grad_i + mu_i*s1))
-                param_c[i] = s0*(_e0*s6 + grad_i*s7)/(s4 + np.sqrt(_e1*s10)) + param_i
-                mu_c[i] = _e0
-                nu_c[i] = _e1
+                _u0 = grad_i*s7 + mu_i*s1
+                _e0 = nu_i*s2 + s4 + s8*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s0*(grad_i*s6 + s5*_u0)/(s3 + np.sqrt(_e0*s9)) + param_i
+                mu_c[i] = _u0
+                nu_c[i] = _e0
     return nbad
-# content sha256: 1b5883b7a23124492a4df5753b29353b9f1c46c9e2508ce7219a58990e62011b
+# content sha256: 2b5cf81011e606ef7f10dfdbfc5fb1bc0ca9df7463f808bfdea121e320c34e78

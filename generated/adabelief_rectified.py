@@ -140,8 +140,8 @@ FAMILY = {'name': 'adabelief_rectified',
                'init_hyper': [],
                'state': [{'key': 'exp_avg', 'arg': 'exp_avg'},
                          {'key': 'exp_avg_var', 'arg': 'exp_avg_var'}],
-               'nscalars': 10,
-               'op_count': 19,
+               'nscalars': 9,
+               'op_count': 18,
                'formula_hash': 'c3a0c9b53ba1286971a3843ad93b41bca85233733d9ccb17e9e3eec1c2b9e1c7'}],
  'formula_hash': 'baefb8ae76a2d0e7693da214f31e04d342f32ce1451e57612e0110282d9bef1c'}
 
@@ -182,7 +182,7 @@ def _ptr_f64(typingctx, addr):
 
 
 # -----------------------------------------------------------------------------
-# Variant adabelief_rectified: 19 operations per element, 10 per-step scalars.
+# Variant adabelief_rectified: 18 operations per element, 9 per-step scalars.
 # -----------------------------------------------------------------------------
 def adabelief_rectified_scalars(t, alpha, beta1, beta2, epsilon, h_lambda, delta_thr, degenerated):
     """Per-step scalars of adabelief_rectified, in float64, once per step.
@@ -193,10 +193,9 @@ def adabelief_rectified_scalars(t, alpha, beta1, beta2, epsilon, h_lambda, delta
     s3 = alpha*sqrt(Max(0, -(1 - beta2**t)*(1 - 2/(1 - beta2))*(-2*beta2**t*t/(1 - beta2**t) - 5 + 2/(1 - beta2))*(-2*beta2**t*t/(1 - beta2**t) - 3 + 2/(1 - beta2))/((3 - 2/(1 - beta2))*(5 - 2/(1 - beta2))*(-2*beta2**t*t/(1 - beta2**t) - 1 + 2/(1 - beta2)))))/(1 - beta1**t)
     s4 = 1 - beta1
     s5 = 1 - beta2
-    s6 = beta1 - 1
-    s7 = -alpha*lambda + 1
-    s8 = Eq(degenerated, 1)
-    s9 = delta_thr <= -2*beta2**t*t/(1 - beta2**t) - 1 + 2/(1 - beta2)
+    s6 = -alpha*lambda + 1
+    s7 = Eq(degenerated, 1)
+    s8 = delta_thr <= -2*beta2**t*t/(1 - beta2**t) - 1 + 2/(1 - beta2)
     """
     c0 = alpha/(1.0 - (beta1 ** t))
     c1 = (beta2 ** t)
@@ -208,8 +207,7 @@ def adabelief_rectified_scalars(t, alpha, beta1, beta2, epsilon, h_lambda, delta
     c7 = c4 + 3.0
     c8 = 2.0*c1*t/c2
     c9 = -c5 - c8
-    c10 = beta1 - 1.0
-    return (beta2, epsilon, c0, c0*math.sqrt(max(0.0, -c2*c5*(-c6 - c8)*(-c7 - c8)/(c6*c7*c9))), -c10, c3, c10, -alpha*h_lambda + 1.0, (degenerated == 1.0), (delta_thr <= c9), )
+    return (beta2, epsilon, c0, c0*math.sqrt(max(0.0, -c2*c5*(-c6 - c8)*(-c7 - c8)/(c6*c7*c9))), 1.0 - beta1, c3, -alpha*h_lambda + 1.0, (degenerated == 1.0), (delta_thr <= c9), )
 
 
 def adabelief_rectified_state_init():
@@ -258,7 +256,6 @@ def adabelief_rectified_f32(pptr, gptr, exp_avg, exp_avg_var, offs, chunks, work
             s6 = np.float32(scal[row, 6])
             s7 = np.float32(scal[row, 7])
             s8 = np.float32(scal[row, 8])
-            s9 = np.float32(scal[row, 9])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -269,12 +266,11 @@ def adabelief_rectified_f32(pptr, gptr, exp_avg, exp_avg_var, offs, chunks, work
                 grad_i = grad_c[i]
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_var_i = exp_avg_var_c[i]
-                _e0 = grad_i - exp_avg_i
-                _e1 = _e0*s4 + exp_avg_i
-                _e2 = exp_avg_var_i*s0 + s1 + s5*((_e0*s6 + _e0) * (_e0*s6 + _e0))
-                param_c[i] = s7*param_i - (_e1*s3/(np.sqrt(_e2) + s1) if s9 else (_e1*s2 if s8 else np.float32(0.0)))
-                exp_avg_c[i] = _e1
-                exp_avg_var_c[i] = _e2
+                _u0 = exp_avg_i + s4*(grad_i - exp_avg_i)
+                _e0 = exp_avg_var_i*s0 + s1 + s5*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s6*param_i - (s3*_u0/(np.sqrt(_e0) + s1) if s8 else (s2*_u0 if s7 else np.float32(0.0)))
+                exp_avg_c[i] = _u0
+                exp_avg_var_c[i] = _e0
     return nbad
 
 
@@ -319,7 +315,6 @@ def adabelief_rectified_f32_parallel(pptr, gptr, exp_avg, exp_avg_var, offs, chu
             s6 = np.float32(scal[row, 6])
             s7 = np.float32(scal[row, 7])
             s8 = np.float32(scal[row, 8])
-            s9 = np.float32(scal[row, 9])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -330,12 +325,11 @@ def adabelief_rectified_f32_parallel(pptr, gptr, exp_avg, exp_avg_var, offs, chu
                 grad_i = grad_c[i]
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_var_i = exp_avg_var_c[i]
-                _e0 = grad_i - exp_avg_i
-                _e1 = _e0*s4 + exp_avg_i
-                _e2 = exp_avg_var_i*s0 + s1 + s5*((_e0*s6 + _e0) * (_e0*s6 + _e0))
-                param_c[i] = s7*param_i - (_e1*s3/(np.sqrt(_e2) + s1) if s9 else (_e1*s2 if s8 else np.float32(0.0)))
-                exp_avg_c[i] = _e1
-                exp_avg_var_c[i] = _e2
+                _u0 = exp_avg_i + s4*(grad_i - exp_avg_i)
+                _e0 = exp_avg_var_i*s0 + s1 + s5*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s6*param_i - (s3*_u0/(np.sqrt(_e0) + s1) if s8 else (s2*_u0 if s7 else np.float32(0.0)))
+                exp_avg_c[i] = _u0
+                exp_avg_var_c[i] = _e0
     return nbad
 
 
@@ -380,7 +374,6 @@ def adabelief_rectified_f64(pptr, gptr, exp_avg, exp_avg_var, offs, chunks, work
             s6 = np.float64(scal[row, 6])
             s7 = np.float64(scal[row, 7])
             s8 = np.float64(scal[row, 8])
-            s9 = np.float64(scal[row, 9])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -391,12 +384,11 @@ def adabelief_rectified_f64(pptr, gptr, exp_avg, exp_avg_var, offs, chunks, work
                 grad_i = grad_c[i]
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_var_i = exp_avg_var_c[i]
-                _e0 = grad_i - exp_avg_i
-                _e1 = _e0*s4 + exp_avg_i
-                _e2 = exp_avg_var_i*s0 + s1 + s5*((_e0*s6 + _e0) * (_e0*s6 + _e0))
-                param_c[i] = s7*param_i - (_e1*s3/(np.sqrt(_e2) + s1) if s9 else (_e1*s2 if s8 else np.float64(0.0)))
-                exp_avg_c[i] = _e1
-                exp_avg_var_c[i] = _e2
+                _u0 = exp_avg_i + s4*(grad_i - exp_avg_i)
+                _e0 = exp_avg_var_i*s0 + s1 + s5*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s6*param_i - (s3*_u0/(np.sqrt(_e0) + s1) if s8 else (s2*_u0 if s7 else np.float64(0.0)))
+                exp_avg_c[i] = _u0
+                exp_avg_var_c[i] = _e0
     return nbad
 
 
@@ -441,7 +433,6 @@ def adabelief_rectified_f64_parallel(pptr, gptr, exp_avg, exp_avg_var, offs, chu
             s6 = np.float64(scal[row, 6])
             s7 = np.float64(scal[row, 7])
             s8 = np.float64(scal[row, 8])
-            s9 = np.float64(scal[row, 9])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -452,11 +443,10 @@ def adabelief_rectified_f64_parallel(pptr, gptr, exp_avg, exp_avg_var, offs, chu
                 grad_i = grad_c[i]
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_var_i = exp_avg_var_c[i]
-                _e0 = grad_i - exp_avg_i
-                _e1 = _e0*s4 + exp_avg_i
-                _e2 = exp_avg_var_i*s0 + s1 + s5*((_e0*s6 + _e0) * (_e0*s6 + _e0))
-                param_c[i] = s7*param_i - (_e1*s3/(np.sqrt(_e2) + s1) if s9 else (_e1*s2 if s8 else np.float64(0.0)))
-                exp_avg_c[i] = _e1
-                exp_avg_var_c[i] = _e2
+                _u0 = exp_avg_i + s4*(grad_i - exp_avg_i)
+                _e0 = exp_avg_var_i*s0 + s1 + s5*((grad_i - _u0) * (grad_i - _u0))
+                param_c[i] = s6*param_i - (s3*_u0/(np.sqrt(_e0) + s1) if s8 else (s2*_u0 if s7 else np.float64(0.0)))
+                exp_avg_c[i] = _u0
+                exp_avg_var_c[i] = _e0
     return nbad
-# content sha256: 3dfbd486173bc9e3ca9142701d92a70d04e0f6be6c791a0a9a2419d3ab0d82fe
+# content sha256: 6793ccbb160d97e949d4546f163c93264c11d76d0e4d171fa2175a096a623273

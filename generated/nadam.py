@@ -168,8 +168,8 @@ FAMILY = {'name': 'nadam',
                'state': [{'key': 'exp_avg', 'arg': 'exp_avg'},
                          {'key': 'exp_avg_sq', 'arg': 'exp_avg_sq'},
                          {'key': 'mu_product', 'arg': 'mu_product'}],
-               'nscalars': 14,
-               'op_count': 34,
+               'nscalars': 13,
+               'op_count': 33,
                'formula_hash': '4b3c3b3d6271656b536fd4c9d9bb1fa9fde9004e07379c0a744592a6370ad6e1'}],
  'formula_hash': '272baae3dd72f8630dc6753d84b67e23376c640fc90ccc688cde4c1743b1d6b5'}
 
@@ -210,7 +210,7 @@ def _ptr_f64(typingctx, addr):
 
 
 # -----------------------------------------------------------------------------
-# Variant nadam: 34 operations per element, 14 per-step scalars.
+# Variant nadam: 33 operations per element, 13 per-step scalars.
 # -----------------------------------------------------------------------------
 def nadam_scalars(t, lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
     """Per-step scalars of nadam, in float64, once per step.
@@ -218,22 +218,20 @@ def nadam_scalars(t, lr, beta1, beta2, eps, weight_decay, momentum_decay, decoup
     s0 = beta2
     s1 = eps
     s2 = weight_decay
-    s3 = -beta1*(1 - 0.96**(momentum_decay*t)/2)
-    s4 = beta1*(1 - 0.96**(momentum_decay*t)/2)
+    s3 = beta1*(1 - 0.96**(momentum_decay*t)/2)
+    s4 = -beta1*(1 - 0.96**(momentum_decay*(t + 1))/2)
     s5 = -lr*(-beta1*(1 - 0.96**(momentum_decay*t)/2) + 1)
     s6 = -beta1*lr*(1 - 0.96**(momentum_decay*(t + 1))/2)
-    s7 = -beta1**2*(1 - 0.96**(momentum_decay*t)/2)*(1 - 0.96**(momentum_decay*(t + 1))/2)
-    s8 = 1 - beta1
-    s9 = 1 - beta2
-    s10 = 1/(1 - beta2**t)
-    s11 = -lr*weight_decay + 1
-    s12 = Eq(decoupled_weight_decay, 1)
-    s13 = Eq(maximize, 1)
+    s7 = 1 - beta1
+    s8 = 1 - beta2
+    s9 = 1/(1 - beta2**t)
+    s10 = -lr*weight_decay + 1
+    s11 = Eq(decoupled_weight_decay, 1)
+    s12 = Eq(maximize, 1)
     """
-    c0 = 1.0 - 0.5*(0.96 ** (momentum_decay*t))
-    c1 = c0*beta1
-    c2 = 1.0 - 0.5*(0.96 ** (momentum_decay*(t + 1.0)))
-    return (beta2, eps, weight_decay, -c1, c1, -lr*(1.0 - c1), -c2*beta1*lr, -c0*c2*(beta1 ** 2.0), 1.0 - beta1, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), -lr*weight_decay + 1.0, (decoupled_weight_decay == 1.0), (maximize == 1.0), )
+    c0 = beta1*(1.0 - 0.5*(0.96 ** (momentum_decay*t)))
+    c1 = beta1*(1.0 - 0.5*(0.96 ** (momentum_decay*(t + 1.0))))
+    return (beta2, eps, weight_decay, c0, -c1, -lr*(1.0 - c0), -c1*lr, 1.0 - beta1, 1.0 - beta2, (1.0 / (1.0 - (beta2 ** t))), -lr*weight_decay + 1.0, (decoupled_weight_decay == 1.0), (maximize == 1.0), )
 
 
 def nadam_state_init():
@@ -286,7 +284,6 @@ def nadam_f32(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks, work, s
             s10 = np.float32(scal[row, 10])
             s11 = np.float32(scal[row, 11])
             s12 = np.float32(scal[row, 12])
-            s13 = np.float32(scal[row, 13])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -299,16 +296,17 @@ def nadam_f32(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks, work, s
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_sq_i = exp_avg_sq_c[i]
                 mu_product_i = mu_product_c[i]
-                _e0 = (-grad_i if s13 else grad_i)
+                _e0 = (-grad_i if s12 else grad_i)
                 _e1 = _e0 + s2*param_i
-                _e2 = (_e0 if s12 else _e1)
-                _e3 = s0*exp_avg_sq_i + s9*((grad_i * grad_i) if s12 else (_e1 * _e1))
-                _e4 = (np.float32(1.0) / ((s1 + np.sqrt(_e3*s10))))
-                _e5 = exp_avg_i + s8*(_e2 - exp_avg_i)
-                param_c[i] = _e2*_e4*s5/(mu_product_i*s3 + np.float32(1.0)) + _e4*_e5*s6/(mu_product_i*s7 + np.float32(1.0)) + (s11*param_i if s12 else param_i)
+                _e2 = (_e0 if s11 else _e1)
+                _e3 = s0*exp_avg_sq_i + s8*((grad_i * grad_i) if s11 else (_e1 * _e1))
+                _e4 = (np.float32(1.0) / ((s1 + np.sqrt(_e3*s9))))
+                _e5 = exp_avg_i + s7*(_e2 - exp_avg_i)
+                _u0 = mu_product_i*s3
+                param_c[i] = _e2*_e4*s5/(np.float32(1.0) - _u0) + _e4*_e5*s6/(s4*_u0 + np.float32(1.0)) + (s10*param_i if s11 else param_i)
                 exp_avg_c[i] = _e5
                 exp_avg_sq_c[i] = _e3
-                mu_product_c[i] = mu_product_i*s4
+                mu_product_c[i] = _u0
     return nbad
 
 
@@ -357,7 +355,6 @@ def nadam_f32_parallel(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks
             s10 = np.float32(scal[row, 10])
             s11 = np.float32(scal[row, 11])
             s12 = np.float32(scal[row, 12])
-            s13 = np.float32(scal[row, 13])
             param_c = numba.carray(_ptr_f32(pptr[j] + 4 * lo), (n,))
             grad_c = numba.carray(_ptr_f32(gptr[j] + 4 * lo), (n,))
             o = offs[j] + lo
@@ -370,16 +367,17 @@ def nadam_f32_parallel(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_sq_i = exp_avg_sq_c[i]
                 mu_product_i = mu_product_c[i]
-                _e0 = (-grad_i if s13 else grad_i)
+                _e0 = (-grad_i if s12 else grad_i)
                 _e1 = _e0 + s2*param_i
-                _e2 = (_e0 if s12 else _e1)
-                _e3 = s0*exp_avg_sq_i + s9*((grad_i * grad_i) if s12 else (_e1 * _e1))
-                _e4 = (np.float32(1.0) / ((s1 + np.sqrt(_e3*s10))))
-                _e5 = exp_avg_i + s8*(_e2 - exp_avg_i)
-                param_c[i] = _e2*_e4*s5/(mu_product_i*s3 + np.float32(1.0)) + _e4*_e5*s6/(mu_product_i*s7 + np.float32(1.0)) + (s11*param_i if s12 else param_i)
+                _e2 = (_e0 if s11 else _e1)
+                _e3 = s0*exp_avg_sq_i + s8*((grad_i * grad_i) if s11 else (_e1 * _e1))
+                _e4 = (np.float32(1.0) / ((s1 + np.sqrt(_e3*s9))))
+                _e5 = exp_avg_i + s7*(_e2 - exp_avg_i)
+                _u0 = mu_product_i*s3
+                param_c[i] = _e2*_e4*s5/(np.float32(1.0) - _u0) + _e4*_e5*s6/(s4*_u0 + np.float32(1.0)) + (s10*param_i if s11 else param_i)
                 exp_avg_c[i] = _e5
                 exp_avg_sq_c[i] = _e3
-                mu_product_c[i] = mu_product_i*s4
+                mu_product_c[i] = _u0
     return nbad
 
 
@@ -428,7 +426,6 @@ def nadam_f64(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks, work, s
             s10 = np.float64(scal[row, 10])
             s11 = np.float64(scal[row, 11])
             s12 = np.float64(scal[row, 12])
-            s13 = np.float64(scal[row, 13])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -441,16 +438,17 @@ def nadam_f64(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks, work, s
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_sq_i = exp_avg_sq_c[i]
                 mu_product_i = mu_product_c[i]
-                _e0 = (-grad_i if s13 else grad_i)
+                _e0 = (-grad_i if s12 else grad_i)
                 _e1 = _e0 + s2*param_i
-                _e2 = (_e0 if s12 else _e1)
-                _e3 = s0*exp_avg_sq_i + s9*((grad_i * grad_i) if s12 else (_e1 * _e1))
-                _e4 = (np.float64(1.0) / ((s1 + np.sqrt(_e3*s10))))
-                _e5 = exp_avg_i + s8*(_e2 - exp_avg_i)
-                param_c[i] = _e2*_e4*s5/(mu_product_i*s3 + np.float64(1.0)) + _e4*_e5*s6/(mu_product_i*s7 + np.float64(1.0)) + (s11*param_i if s12 else param_i)
+                _e2 = (_e0 if s11 else _e1)
+                _e3 = s0*exp_avg_sq_i + s8*((grad_i * grad_i) if s11 else (_e1 * _e1))
+                _e4 = (np.float64(1.0) / ((s1 + np.sqrt(_e3*s9))))
+                _e5 = exp_avg_i + s7*(_e2 - exp_avg_i)
+                _u0 = mu_product_i*s3
+                param_c[i] = _e2*_e4*s5/(np.float64(1.0) - _u0) + _e4*_e5*s6/(s4*_u0 + np.float64(1.0)) + (s10*param_i if s11 else param_i)
                 exp_avg_c[i] = _e5
                 exp_avg_sq_c[i] = _e3
-                mu_product_c[i] = mu_product_i*s4
+                mu_product_c[i] = _u0
     return nbad
 
 
@@ -499,7 +497,6 @@ def nadam_f64_parallel(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks
             s10 = np.float64(scal[row, 10])
             s11 = np.float64(scal[row, 11])
             s12 = np.float64(scal[row, 12])
-            s13 = np.float64(scal[row, 13])
             param_c = numba.carray(_ptr_f64(pptr[j] + 8 * lo), (n,))
             grad_c = numba.carray(_ptr_f64(gptr[j] + 8 * lo), (n,))
             o = offs[j] + lo
@@ -512,15 +509,16 @@ def nadam_f64_parallel(pptr, gptr, exp_avg, exp_avg_sq, mu_product, offs, chunks
                 exp_avg_i = exp_avg_c[i]
                 exp_avg_sq_i = exp_avg_sq_c[i]
                 mu_product_i = mu_product_c[i]
-                _e0 = (-grad_i if s13 else grad_i)
+                _e0 = (-grad_i if s12 else grad_i)
                 _e1 = _e0 + s2*param_i
-                _e2 = (_e0 if s12 else _e1)
-                _e3 = s0*exp_avg_sq_i + s9*((grad_i * grad_i) if s12 else (_e1 * _e1))
-                _e4 = (np.float64(1.0) / ((s1 + np.sqrt(_e3*s10))))
-                _e5 = exp_avg_i + s8*(_e2 - exp_avg_i)
-                param_c[i] = _e2*_e4*s5/(mu_product_i*s3 + np.float64(1.0)) + _e4*_e5*s6/(mu_product_i*s7 + np.float64(1.0)) + (s11*param_i if s12 else param_i)
+                _e2 = (_e0 if s11 else _e1)
+                _e3 = s0*exp_avg_sq_i + s8*((grad_i * grad_i) if s11 else (_e1 * _e1))
+                _e4 = (np.float64(1.0) / ((s1 + np.sqrt(_e3*s9))))
+                _e5 = exp_avg_i + s7*(_e2 - exp_avg_i)
+                _u0 = mu_product_i*s3
+                param_c[i] = _e2*_e4*s5/(np.float64(1.0) - _u0) + _e4*_e5*s6/(s4*_u0 + np.float64(1.0)) + (s10*param_i if s11 else param_i)
                 exp_avg_c[i] = _e5
                 exp_avg_sq_c[i] = _e3
-                mu_product_c[i] = mu_product_i*s4
+                mu_product_c[i] = _u0
     return nbad
-# content sha256: 5767b394bbf1bab650026dded9e8347d4b809aea54b077b7520214ab78e38f7f
+# content sha256: fb26635c23ee387d7768051824dc8efffb66af73ad1b0f7e8f4d0fb5ec1fc9dc

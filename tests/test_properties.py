@@ -322,18 +322,14 @@ KNOWN_ISSUES = {
                                  "(torch's square_avg.addcmul(grad_avg, grad_avg, value=-1) as well); with "
                                  "eps = 0 the step is then inf or NaN where the float64 reference is finite.  "
                                  "Excluded: eps = 0 with centered=True is drawn as 1e-8.",
-    "expanded difference": "A later update that subtracts an already updated state, like AdaBelief's "
-                           "(g - m_t)² with m_t = β1 m + (1 - β1) g, reaches the kernel expanded by SymPy's "
-                           "substitution: g (β1 - 1) + g - β1 m.  For 0 < β1 < 2**-53, 1 - β1 rounds to 1 and "
-                           "the reference's g - m_t is exactly 0 (m_t rounds to g), while the kernel keeps "
-                           "-β1 m: about 1e-87 in the state where the reference has 0 (g ~ 1e140, float64), "
-                           "far below any effect on the param but outside the state's bound.  Excluded: the "
-                           "hyperparameters of such an earlier update are drawn as 0 below 2**-50.",
 }
 # Fixed (kept out of KNOWN_ISSUES, checked by the regression tests below): mars_adamw's normalized c
 # entered v as c² · (1 - β2)/‖c‖² -- SymPy distributes the square over c/‖c‖ and the planner hoisted
 # the per-tensor factor -- so float32 lost precision once (1 - β2)/‖c‖² was subnormal, and c² overflowed
 # to inf (0 · inf = NaN in v and the param) once ‖c‖ did.  The planner now scales, then squares.
+# Also fixed: AdaBelief's (g - m_t)² reached the kernel expanded as g (β1 - 1) + g - β1 m, which for
+# 0 < β1 < 2**-53 kept -β1 m where g - m_t is 0 (a state off by ~1e-87 with g ~ 1e140).  The planner now
+# computes an updated state that a later update subtracts first (plan.UpdatedValue).
 
 
 @functools.lru_cache(maxsize=None)
@@ -359,34 +355,8 @@ def _lerp_weights(name) -> frozenset:
     return frozenset((fam.hyper[s].key or s.name, fam.hyper[s].index) for s in found)
 
 
-@functools.lru_cache(maxsize=None)
-def _expanded_difference_weights(name) -> frozenset:
-    """(key, index) of every hyperparameter in the update of a state that a later update subtracts."""
-    import sympy as sp
-
-    fam = symopt.family(name)
-    found = set()
-    for _, rule in fam.variants:
-        earlier: dict = {}
-        for lhs, rhs in rule.updates:
-            for node in sp.preorder_traversal(rhs):
-                if isinstance(node, sp.Add):
-                    for sym, upd in earlier.items():
-                        if -sym in node.args:
-                            found |= {h for h in upd.free_symbols if h in fam.hyper}
-            if lhs in rule.state:
-                earlier[lhs] = rhs
-    return frozenset((fam.hyper[s].key or s.name, fam.hyper[s].index) for s in found)
-
-
 def _exclude_known(name, kw, dtype, grads, fam):
     """The example with the known issues' triggers replaced (see :data:`KNOWN_ISSUES`)."""
-    for key, index in _expanded_difference_weights(name):
-        if key in kw:
-            value = kw[key] if index is None else kw[key][index]
-            if isinstance(value, float) and 0 < value < 2.0**-50:
-                kw = {**kw, key: 0.0 if index is None else
-                      tuple(0.0 if i == index else v for i, v in enumerate(kw[key]))}
     for key, index in _lerp_weights(name):
         if key in kw:
             value = kw[key] if index is None else kw[key][index]
@@ -548,6 +518,26 @@ def test_mars_adamw_scaled_square_regression(dtype, lr, big, compared):
     assert all(np.isfinite(p).all() for p in params)
     if lr == 0.0:  # p (1 - 0 λ) - 0 · m̂ / d: the reference keeps the param (a zero's sign aside)
         assert all(np.array_equal(p, s) for p, s in zip(params, start))
+
+
+#: (rule, keywords) of the property tests' AdaBelief failure (float64, b1 = 6.7e-182: 1 - b1 rounds to 1,
+#: gradients ~1e140) and its relatives: the rectified variant and an ordinary b1.
+EXPANDED_DIFFERENCE_CASES = [("adabelief", {"lr": 1e-3, "b1": 6.686586398254087e-182, "b2": 0.999, "eps": 1e-16,
+                                            "eps_root": 0.0}),
+                             ("adabelief", {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 0.0}),
+                             ("adabelief_rectified", {"lr": 1e-3, "betas": (0.5, 0.999), "eps": 1e-16})]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name,kw", EXPANDED_DIFFERENCE_CASES, ids=["adabelief-tiny-b1", "adabelief", "rectified"])
+def test_updated_state_is_computed_before_it_is_subtracted(name, kw, dtype):
+    """Regression: the state of a rule that subtracts an updated state (AdaBelief's g - m_t) against the
+    NumPy reference with this file's bounds, with gradients near the dtype's range."""
+    big = 1e140 if dtype == np.float64 else 1e15
+    params, grads = _regression_arrays(dtype, big)
+    counter: Counter = Counter()
+    _check_steps(name, REFS[name], kw, dtype, params, grads, 11, counter)
+    assert counter["elements"] >= 20
 
 
 def test_mpmath_fallback_agrees():

@@ -47,6 +47,61 @@ def substitute_updates(rule: Rule) -> list[tuple[sp.Symbol, sp.Expr]]:
     return outs
 
 
+class UpdatedValue(sp.Symbol):
+    """The new value of a state that a later update subtracts: an element temporary ``_u<k>``.
+
+    Substituting the expression itself lets SymPy expand the difference -- AdaBelief's
+    ``g − m_t`` with ``m_t = β1 m + (1 − β1) g`` became ``g (β1 − 1) + g − β1 m``, which for
+    β1 below 2**-53 (1 − β1 rounds to 1) keeps ``−β1 m`` where ``g − m_t`` is exactly 0.  As a
+    symbol, the value is computed first and the difference taken as the rule writes it.
+    """
+
+
+def _subtracted_states(rule: Rule) -> set:
+    """States whose new value a later update subtracts (``x − m`` with ``m`` updated before)."""
+    found, updated = set(), set()
+    for lhs, rhs in rule.updates:
+        for node in sp.preorder_traversal(rhs):
+            if isinstance(node, sp.Add):
+                found |= {s for s in updated if -s in node.args}
+        if lhs in rule.state:
+            updated.add(lhs)
+    return found
+
+
+def substitute_in_order(rule: Rule):
+    """:func:`substitute_updates`, except that a state in :func:`_subtracted_states` enters the
+    later updates as an :class:`UpdatedValue`.  Returns ``(outputs, values)`` with ``values`` the
+    ``(UpdatedValue, expr)`` definitions in update order."""
+    keep = _subtracted_states(rule)
+    env: dict = {}
+    values = []
+    for lhs, rhs in rule.updates:
+        env[lhs] = rhs.xreplace(env) if env else rhs
+        if lhs in keep:
+            sym = UpdatedValue(f"_u{len(values)}", real=True)
+            values.append((sym, env[lhs]))
+            env[lhs] = sym
+    outs = [(rule.param, env[rule.param])]
+    outs += [(s, env[s]) for s in rule.state if s in env]
+    return outs, values
+
+
+def _in_dependency_order(items: list) -> list:
+    """``(sym, expr)`` pairs reordered (stably) so that each comes after those it uses."""
+    pending, done, out = list(items), set(), []
+    defined = {sym for sym, _ in items}
+    while pending:
+        for k, (sym, expr) in enumerate(pending):
+            if not ((expr.free_symbols & defined) - done):
+                out.append(pending.pop(k))
+                done.add(sym)
+                break
+        else:
+            raise ValueError("element temporaries depend on each other in a cycle")
+    return out
+
+
 class _Hoister:
     def __init__(self, arrays: set, scalar_syms: set):
         self.arrays = arrays
@@ -103,14 +158,17 @@ def make_plan(rule: Rule) -> KernelPlan:
         from .reduce_plan import make_reduction_plan
 
         return make_reduction_plan(rule)
-    outputs = substitute_updates(rule)
-    arrays = {rule.param, rule.grad, *rule.state}
+    outputs, values = substitute_in_order(rule)
+    arrays = {rule.param, rule.grad, *rule.state, *(v for v, _ in values)}
     hoist = _Hoister(arrays, set(rule.hyper) | {t})
-    hoisted = [hoist(e) for _, e in outputs]
+    hoisted = [hoist(e) for _, e in values] + [hoist(e) for _, e in outputs]
     scalars, scalar_exprs, hoisted = _rename_scalars(hoist.found, hoisted)
 
     s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
     e_temps, e_reduced = sp.cse(hoisted, symbols=sp.numbered_symbols("_e"), order="canonical")
+    if values:  # updated values first computed as element temporaries, in dependency order
+        e_temps = _in_dependency_order([*e_temps, *zip((v for v, _ in values), e_reduced[:len(values)])])
+        e_reduced = e_reduced[len(values):]
 
     return assemble_plan(rule, scalars, s_temps, s_reduced, e_temps, e_reduced, outputs)
 
