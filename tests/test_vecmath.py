@@ -1,10 +1,10 @@
-"""The vectorizable exp and cube root that kernels call (templates/_vecmath.jinja).
+"""The vectorizable exp, tanh and cube root that kernels call (templates/_vecmath.jinja).
 
 They are taken from the checked-in modules that use them (diffgrad: exp, madgrad: cube
-root) and run in a compiled loop, as a kernel runs them.  Reference: NumPy's exp / cbrt
+root, nn_act_tanh: tanh) and run in a compiled loop, as a kernel runs them.  Reference: NumPy's exp / cbrt
 in float64 (glibc, < 1 ulp), rounded to float32 for the float32 helpers.  Tolerances in
 units in the last place of the result's dtype: exp 1 ulp (float32) / 4 ulp (float64),
-cube root 1 ulp (both); zeros, infinities, NaN, negative arguments, subnormal arguments
+cube root 1 ulp (both), tanh 3 ulp (float32) / 6 ulp (float64); zeros, infinities, NaN, negative arguments, subnormal arguments
 and results must match exactly (NaN where np.power gives NaN).
 """
 
@@ -12,10 +12,11 @@ import numba
 import numpy as np
 import pytest
 
-from symopt.generated import diffgrad, madgrad
+from symopt.generated import diffgrad, madgrad, nn_act_tanh
 
 EXP_ULP = {np.float32: 1.0, np.float64: 4.0}
 CBRT_ULP = {np.float32: 1.0, np.float64: 1.0}
+TANH_ULP = {np.float32: 3.0, np.float64: 6.0}
 
 
 def _looped(fn):
@@ -28,6 +29,7 @@ def _looped(fn):
 
 _EXP = {np.float32: _looped(diffgrad._vexp_f32), np.float64: _looped(diffgrad._vexp_f64)}
 _CBRT = {np.float32: _looped(madgrad._vcbrt_f32), np.float64: _looped(madgrad._vcbrt_f64)}
+_TANH = {np.float32: _looped(nn_act_tanh._vtanh_f32), np.float64: _looped(nn_act_tanh._vtanh_f64)}
 
 
 def _ulps(got, want, dtype):
@@ -88,6 +90,24 @@ def test_cube_root_against_numpy(dtype):
     assert _ulps(got[ok], want[ok], dtype).max() <= CBRT_ULP[dtype]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_tanh_against_numpy(dtype):
+    rng = np.random.default_rng(13)
+    fi = np.finfo(dtype)
+    x = np.concatenate([
+        rng.uniform(-25, 25, 300_000), rng.uniform(-1, 1, 300_000), rng.uniform(-1e-3, 1e-3, 10_000),
+        np.linspace(0.16, 0.19, 20_001), -np.linspace(0.16, 0.19, 20_001),     # around the expm1 switch
+        np.exp(rng.uniform(np.log(float(fi.smallest_subnormal)), 0, 50_000)) * rng.choice([-1, 1], 50_000),
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 9.0, 19.0, 400.0, -400.0, fi.max, -fi.max, fi.tiny, -fi.tiny],
+    ]).astype(dtype)
+    got = np.empty_like(x)
+    _TANH[dtype](x, got)
+    want = np.tanh(x.astype(np.float64)).astype(dtype)
+    assert _special_mismatches(x, got, want) == []
+    ok = np.isfinite(want) & (want != 0)
+    assert _ulps(got[ok], want[ok], dtype).max() <= TANH_ULP[dtype]
+
+
 def test_kernels_that_use_them_call_no_libm():
     """The point of the helpers: the float32 kernels of diffgrad and madgrad call no scalar libm
     exp/pow (which would keep the element loop from vectorizing), and use 512- or 256-bit vectors."""
@@ -105,3 +125,9 @@ def test_kernels_that_use_them_call_no_libm():
         code = "\n".join(line.split("#")[0] for line in asm.splitlines())
         assert re.search(libm, code) is None, name
         assert re.search(r"%[zy]mm", code) is not None, name
+    x = np.linspace(-3, 3, 64, dtype=np.float32)
+    nn_act_tanh.forward_f32(x, np.empty_like(x))
+    fresh = numba.njit(error_model="numpy", nogil=True)(nn_act_tanh.forward_f32.py_func)
+    fresh.compile(nn_act_tanh.forward_f32.signatures[0])
+    code = "\n".join(line.split("#")[0] for line in fresh.inspect_asm(fresh.signatures[0]).splitlines())
+    assert re.search(r"\b(tanhf|tanh|expf)\b", code) is None

@@ -162,8 +162,8 @@ class ScalarPrinter(_Base):
 class KernelPrinter(_Base):
     """Per-element code for a Numba kernel whose arrays have dtype ``dtype``.
 
-    With ``vector_math``, ``exp(x)`` and ``x**(1/3)`` print as calls to the vectorizable
-    helpers of ``templates/_vecmath.jinja`` (``_vexp_f32``, ``_vcbrt_f64`` ...), and
+    With ``vector_math``, ``exp(x)``, ``tanh(x)`` and ``x**(1/3)`` print as calls to the
+    vectorizable helpers of ``templates/_vecmath.jinja`` (``_vexp_f32``, ``_vcbrt_f64`` ...), and
     :attr:`helpers` collects the ones used, so the module template emits only those.
     """
 
@@ -238,7 +238,6 @@ class KernelPrinter(_Base):
         return printer
 
     _print_log = _fn("log")
-    _print_tanh = _fn("tanh")
     _print_sinh = _fn("sinh")
     _print_cosh = _fn("cosh")
     _print_sin = _fn("sin")
@@ -249,6 +248,12 @@ class KernelPrinter(_Base):
         if self.vector_math:
             return self._helper("exp", expr.args[0])
         return f"np.exp({self._print(expr.args[0])})"
+
+    def _print_tanh(self, expr):
+        if self.vector_math:
+            self.helpers.add("exp")  # _vtanh_* calls _vexp_*
+            return self._helper("tanh", expr.args[0])
+        return f"np.tanh({self._print(expr.args[0])})"
 
     _print_floor = _fn("floor")
     _print_ceiling = _fn("ceil")

@@ -46,7 +46,7 @@ def _hash(parts, template: str) -> str:
     for p in parts:
         h.update(p.encode("utf-8"))
         h.update(b"\0")
-    for name in (template, "_util.jinja"):
+    for name in (template, "_util.jinja", "_vecmath.jinja"):
         h.update(template_text(name).encode("utf-8"))
     h.update(__version__.encode())
     return h.hexdigest()
@@ -106,7 +106,7 @@ def _elementwise_kernels(plan, hyper_ids: dict) -> list:
             names[SCALE] = "scale"
             for s, _ in temps:
                 names[s] = s.name
-            pr = NNPrinter(names, dtype)
+            pr = NNPrinter(names, dtype, vector_math=spec.kind != "loss")  # activations: vectorized exp/tanh
             used = _used(temps, reduced)
             prologue = [(f"{hyper_ids[s]}_t", f"{pr.ctor}({hyper_ids[s]})") for s in spec.hyper if s in used]
             if SCALE in used:
@@ -135,6 +135,7 @@ def _elementwise_kernels(plan, hyper_ids: dict) -> list:
                 "prologue": prologue, "length": length, "loads": loads,
                 "temps": [(names[s], pr.doprint(e)) for s, e in temps],
                 "stores": stores, "accumulate": accumulate, "result": "total" if loss else "",
+                "helpers": pr.helpers,
             })
     return kernels
 
@@ -180,6 +181,7 @@ def render_elementwise(plan) -> tuple:
         "spec_literal": pprint.pformat(data, width=100, sort_dicts=False),
         "kernels": _elementwise_kernels(plan, ids),
     }
+    ctx["vector_math"] = sorted(set().union(*(k["helpers"] for k in ctx["kernels"])))
     return environment().get_template(ELEMENTWISE_TEMPLATE).render(**ctx), digest
 
 
