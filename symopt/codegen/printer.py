@@ -251,7 +251,6 @@ class KernelPrinter(_Base):
 
     def _print_tanh(self, expr):
         if self.vector_math:
-            self.helpers.add("exp")  # _vtanh_* calls _vexp_*
             return self._helper("tanh", expr.args[0])
         return f"np.tanh({self._print(expr.args[0])})"
 
