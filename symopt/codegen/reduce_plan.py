@@ -37,7 +37,7 @@ import sympy as sp
 
 from ..rulebook.reduction import Reduction
 from ..rulebook.rule import Rule
-from .plan import KernelPlan, _Hoister, _rename_scalars, assemble_plan, substitute_updates
+from .plan import KernelPlan, _Hoister, _in_dependency_order, _rename_scalars, assemble_plan, substitute_updates
 
 
 class PlanSymbol(sp.Symbol):
@@ -189,17 +189,7 @@ def _cse_elements(exprs: list, scaled: dict):
     items = list(temps) + [(w, d) for w, d in zip(need, defs) if w not in alias]
     items = [(sym, e.xreplace(alias)) for sym, e in items]
     reduced = [e.xreplace(alias) for e in reduced]
-    # Dependency order (stable), then canonical names.
-    done, ordered, pending = set(), [], list(items)
-    defined = {sym for sym, _ in items}
-    while pending:
-        for k, (sym, e) in enumerate(pending):
-            if not (e.free_symbols & defined) - done:
-                ordered.append(pending.pop(k))
-                done.add(sym)
-                break
-        else:
-            raise AssertionError("cyclic element temporaries")
+    ordered = _in_dependency_order(items)  # then canonical names
     names = {sym: sp.Symbol(f"_e{k}") for k, (sym, _) in enumerate(ordered)}
     return ([(names[sym], e.xreplace(names)) for sym, e in ordered], [e.xreplace(names) for e in reduced])
 
