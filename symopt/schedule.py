@@ -110,7 +110,7 @@ class Schedule:
 
     # -- evaluation --------------------------------------------------------------
     def _compile(self):
-        from .codegen.printer import ScalarPrinter
+        from .codegen.printers import ScalarPrinter
 
         code = ScalarPrinter({T_STEP: "t"}).doprint(self.expr)
         ns = {"math": math}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .names import comment_text, docstring_text
-from .printer import KernelPrinter
+from .printers import KernelPrinter
 
 REDUCE_TEMPLATE = "reduce_kernels.py.jinja"
 _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))

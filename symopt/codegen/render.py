@@ -21,7 +21,7 @@ from ..rulebook.rule import Family, Rule, t
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from . import reduce_render
 from .plan import KernelPlan, make_plan
-from .printer import KernelPrinter, ScalarPrinter
+from .printers import KernelPrinter, ScalarPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
 _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))

@@ -25,7 +25,7 @@ import sympy as sp
 
 from .._version import __version__
 from .names import comment_text, docstring_text, identifier, string_literal
-from .nn_printer import NNPrinter
+from .printers import KernelPrinter
 from .render import environment, template_text
 
 ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
@@ -106,7 +106,7 @@ def _elementwise_kernels(plan, hyper_ids: dict) -> list:
             names[SCALE] = "scale"
             for s, _ in temps:
                 names[s] = s.name
-            pr = NNPrinter(names, dtype, vector_math=spec.kind != "loss")  # activations: vectorized exp/tanh
+            pr = KernelPrinter(names, dtype, vector_math=spec.kind != "loss")  # activations: vectorized exp/tanh
             used = _used(temps, reduced)
             prologue = [(f"{hyper_ids[s]}_t", f"{pr.ctor}({hyper_ids[s]})") for s in spec.hyper if s in used]
             if SCALE in used:
@@ -210,7 +210,7 @@ def _rowwise_kernels(spec) -> tuple:
             for step in plan.steps:
                 if step[0] == "row":
                     nm[step[1]] = step[1].name
-            pr = NNPrinter(nm, dtype)
+            pr = KernelPrinter(nm, dtype)
             one, zero = pr.const(1), pr.const(0)
             src = {spec.element: f"{arr}[r, j]", spec.upstream: "g[r, j]", spec.output: "y[r, j]",
                    spec.onehot: f"{one} if j == lab else {zero}"}
@@ -314,7 +314,7 @@ def render_gradient(program) -> tuple:
         names = {s: s.name for s in (*g.inputs, *g.params)}
         names.update({s: s.name for s, _ in plan.forward})
         names.update({s: s.name for s, _ in plan.reverse})
-        pr = NNPrinter(names, "float64")
+        pr = KernelPrinter(names, "float64")
         groups.append({
             "name": f"term{gi}",
             "doc": docstring_text(f"Terms of shape {gi}: {sp.sstr(g.template)}"),

@@ -85,7 +85,7 @@ def _reference_values(reference, points, symbols) -> list:
 
 
 def _error(expr, symbols, points, ref) -> float:
-    from ..codegen.nn_printer import float64_function
+    from ..codegen.printers import float64_function
 
     f = float64_function(expr, symbols)
     worst = 0.0

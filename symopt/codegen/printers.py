@@ -6,32 +6,66 @@ the ``_print_<Class>`` methods they need:
 * :class:`KernelPrinter` prints per-element code for a Numba kernel of one dtype.
   Every numeric constant is cast to the kernel dtype (``np.float32(0.5)``), so a
   float32 kernel computes in float32 and vectorizes (numba promotes ``1 - x`` with
-  a float32 ``x`` to float64 otherwise).  ``sqrt``, small integer powers,
-  ``Max``/``Min``, ``sign`` and ``Piecewise`` are printed explicitly; ``Piecewise``
-  becomes a conditional expression, never ``np.select`` (which evaluates every
-  branch).
+  a float32 ``x`` to float64 otherwise).  ``sqrt`` and small integer powers are
+  printed explicitly; ``Piecewise`` becomes a conditional expression, never
+  ``np.select`` (which evaluates every branch).
 * :class:`ScalarPrinter` prints the per-step scalar function: plain Python float64
   with the ``math`` module, run once per step, no NumPy, no SymPy.
 
+Functions print from the templates of :mod:`symopt.functions` (``numba`` and
+``scalar``); every other function SymPy's printer would know is refused, so
+nothing reaches generated code that the registry does not list.
+
 Names come from a mapping ``Symbol -> identifier`` built by :mod:`.names`; a symbol
 missing from it is an error (printers never invent identifiers from user text).
+:func:`float64_function` compiles one printed expression into a Python function.
 """
 
 from __future__ import annotations
 
+import math
+import string
+
+import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from ..functions import BY_NAME, registered
+from .audit import audit_module
+
+__all__ = ["KernelPrinter", "ScalarPrinter", "float64_function"]
+
 _FLOAT_TYPES = {"float32": "np.float32", "float64": "np.float64"}
+
+
+class _Template(string.Formatter):
+    """Fills a registry template: ``{i}`` prints argument i, ``{i:p}`` in parentheses."""
+
+    def __init__(self, printer):
+        self.printer = printer
+
+    def format_field(self, value, format_spec):
+        if isinstance(value, str):  # a constant or an already printed fold
+            return value
+        if format_spec == "p":
+            return self.printer._paren(value)
+        return self.printer._print(value)
 
 
 class _Base(PythonCodePrinter):
     _default_settings = {**PythonCodePrinter._default_settings, "strict": True,
                          "fully_qualified_modules": False}
+    #: The registry field this printer's templates come from.
+    template_field = ""
 
     def __init__(self, names: dict, settings=None):
         super().__init__(settings or {})
+        self.known_functions = {}
         self.names = names
+
+    def template_constants(self) -> dict:
+        """Values of ``{one}``, ``{zero}``, ``{ctor}`` in this printer's templates."""
+        raise NotImplementedError
 
     def _print_Symbol(self, expr):
         try:
@@ -40,6 +74,30 @@ class _Base(PythonCodePrinter):
             raise ValueError(f"symbol {expr.name!r} has no generated identifier") from None
 
     _print_Dummy = _print_Symbol
+
+    def _print_function_call(self, expr):
+        # Dispatch target of every registered ``_print_<Name>``; subclasses override
+        # _print_registered, which this looks up on the instance.
+        return self._print_registered(expr)
+
+    def _print_registered(self, expr):
+        fn = registered(expr)
+        if fn is None:  # a subclass of a registered class: it could print itself
+            return self._print_not_supported(expr)
+        return self._fill(fn, getattr(fn, self.template_field), expr.args)
+
+    def _fill(self, fn, template: str, args) -> str:
+        fill = _Template(self)
+        consts = self.template_constants()
+        if fn.variadic:
+            out = args[0]
+            for a in args[1:]:
+                out = fill.format(template, out, a, **consts)
+            return out
+        return fill.format(template, *fn.full_args(args), **consts)
+
+    def _print_Function(self, expr):
+        return self._print_not_supported(expr)
 
     def _print_Relational(self, expr):
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
@@ -74,30 +132,25 @@ class _Base(PythonCodePrinter):
             return text
         return f"({text})"
 
-    def _nested(self, fn, args):
-        args = [self._print(a) for a in args]
-        out = args[0]
-        for a in args[1:]:
-            out = f"{fn}({out}, {a})"
-        return out
 
-    def _print_Max(self, expr):
-        return self._nested("max", expr.args)
-
-    def _print_Min(self, expr):
-        return self._nested("min", expr.args)
-
-    def _print_Abs(self, expr):
-        return f"abs({self._print(expr.args[0])})"
-
-    def _print_Mod(self, expr):
-        # Always parenthesised: ``%`` binds like ``*``, so ``a*b % c`` would read as ``(a*b) % c``.
-        a, b = expr.args
-        return f"({self._paren(a)} % {self._paren(b)})"
+# Registered functions print from their templates; every other function PythonCodePrinter
+# knows (acos, gamma, ...) is refused instead of printed as a bare, unimported name.
+for _attr in dir(PythonCodePrinter):
+    if (_attr.startswith("_print_") and _attr not in _Base.__dict__
+            and isinstance(getattr(sp, _attr[7:], None), sp.FunctionClass)):
+        setattr(_Base, _attr, _Base._print_not_supported)
+for _name in BY_NAME:
+    setattr(_Base, f"_print_{_name}", _Base._print_function_call)
+del _attr, _name
 
 
 class ScalarPrinter(_Base):
     """Per-step scalar code: Python floats (IEEE double) and ``math``."""
+
+    template_field = "scalar"
+
+    def template_constants(self) -> dict:
+        return {"one": "1.0", "zero": "0.0", "ctor": "float"}
 
     def _print_Float(self, expr):
         return repr(float(expr))
@@ -127,45 +180,17 @@ class ScalarPrinter(_Base):
             return f"(1.0 / {self._paren(b)})"
         return f"({self._paren(b)} ** {self._paren(e)})"
 
-    def _print_sign(self, expr):
-        x = self._print(expr.args[0])
-        return f"(math.copysign(1.0, {x}) if {x} != 0.0 else 0.0)"
-
-    def _print_Heaviside(self, expr):
-        x = self._print(expr.args[0])
-        h0 = self._print(expr.args[1]) if len(expr.args) > 1 else "0.5"
-        return f"(1.0 if {x} > 0.0 else ({h0} if {x} == 0.0 else 0.0))"
-
-    def _fn(name):
-        def printer(self, expr):
-            return f"math.{name}({', '.join(self._print(a) for a in expr.args)})"
-        return printer
-
-    _print_exp = _fn("exp")
-    _print_log = _fn("log")
-    _print_tanh = _fn("tanh")
-    _print_sinh = _fn("sinh")
-    _print_cosh = _fn("cosh")
-    _print_sin = _fn("sin")
-    _print_cos = _fn("cos")
-    _print_atan = _fn("atan")
-    _print_erf = _fn("erf")
-    del _fn
-
-    def _print_floor(self, expr):
-        return f"float(math.floor({self._print(expr.args[0])}))"
-
-    def _print_ceiling(self, expr):
-        return f"float(math.ceil({self._print(expr.args[0])}))"
-
 
 class KernelPrinter(_Base):
     """Per-element code for a Numba kernel whose arrays have dtype ``dtype``.
 
-    With ``vector_math``, ``exp(x)``, ``tanh(x)`` and ``x**(1/3)`` print as calls to the
-    vectorizable helpers of ``templates/_vecmath.jinja`` (``_vexp_f32``, ``_vcbrt_f64`` ...), and
-    :attr:`helpers` collects the ones used, so the module template emits only those.
+    With ``vector_math``, functions with a registry ``vector_helper`` (``exp``, ``tanh``) and
+    ``x**(1/3)`` print as calls to the vectorizable helpers of ``templates/_vecmath.jinja``
+    (``_vexp_f32``, ``_vcbrt_f64`` ...), and :attr:`helpers` collects the ones used, so the
+    module template emits only those.
     """
+
+    template_field = "numba"
 
     def __init__(self, names: dict, dtype: str, vector_math: bool = False):
         super().__init__(names)
@@ -176,9 +201,18 @@ class KernelPrinter(_Base):
         self.vector_math = vector_math
         self.helpers: set = set()
 
+    def template_constants(self) -> dict:
+        return {"one": self.const(1), "zero": self.const(0), "ctor": self.ctor}
+
     def _helper(self, fn: str, arg) -> str:
         self.helpers.add(fn)
         return f"_v{fn}_{self.dtype.replace('float', 'f')}({self._print(arg)})"
+
+    def _print_registered(self, expr):
+        fn = registered(expr)
+        if self.vector_math and fn is not None and fn.vector_helper:
+            return self._helper(fn.vector_helper, expr.args[0])
+        return super()._print_registered(expr)
 
     def const(self, value: float) -> str:
         return f"{self.ctor}({float(value)!r})"
@@ -220,40 +254,17 @@ class KernelPrinter(_Base):
             return f"({prod})" if e > 0 else f"({one} / ({prod}))"
         return f"({base} ** {self._paren(e)})"
 
-    def _print_sign(self, expr):
-        return f"np.sign({self._print(expr.args[0])})"
 
-    def _print_Heaviside(self, expr):
-        x = self._print(expr.args[0])
-        h0 = self._print(expr.args[1]) if len(expr.args) > 1 else self.const(0.5)
-        return f"({self.const(1)} if {x} > {self.const(0)} else ({h0} if {x} == {self.const(0)} else {self.const(0)}))"
+def float64_function(expr, args):
+    """A Python function of ``args`` (SymPy symbols) evaluating ``expr`` as the f64 kernel would.
 
-    def _print_erf(self, expr):
-        # math.erf returns a double; cast back so a float32 kernel stays float32.
-        return f"{self.ctor}(math.erf({self._print(expr.args[0])}))"
-
-    def _fn(name):
-        def printer(self, expr):
-            return f"np.{name}({', '.join(self._print(a) for a in expr.args)})"
-        return printer
-
-    _print_log = _fn("log")
-    _print_sinh = _fn("sinh")
-    _print_cosh = _fn("cosh")
-    _print_sin = _fn("sin")
-    _print_cos = _fn("cos")
-    _print_atan = _fn("arctan")
-
-    def _print_exp(self, expr):
-        if self.vector_math:
-            return self._helper("exp", expr.args[0])
-        return f"np.exp({self._print(expr.args[0])})"
-
-    def _print_tanh(self, expr):
-        if self.vector_math:
-            return self._helper("tanh", expr.args[0])
-        return f"np.tanh({self._print(expr.args[0])})"
-
-    _print_floor = _fn("floor")
-    _print_ceiling = _fn("ceil")
-    del _fn
+    The source text comes from :class:`KernelPrinter` with generated argument names
+    ``a0, a1, ...`` only, and passes the audit before it runs, so no user text is executed.
+    """
+    names = {s: f"a{i}" for i, s in enumerate(args)}
+    body = KernelPrinter(names, "float64").doprint(expr)
+    src = f"import math\nimport numpy as np\n\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
+    audit_module(src, "<symopt float64 check>")
+    scope: dict = {}
+    exec(compile(src, "<symopt float64 check>", "exec"), scope)  # noqa: S102 - audited printer output
+    return scope["f"]
