@@ -175,8 +175,10 @@ def gradient(expr, wrt) -> Gradient:
 
     ``wrt`` is a Symbol or a sequence of distinct Symbols; every free symbol of
     ``expr`` must be among them, and each must occur in ``expr``.  Supported:
-    ``+ − × ÷``, powers, exp, log, sin, cos, tan, tanh, sinh, cosh, atan, erf and
-    Abs.  Raises ``TypeError``/``ValueError`` naming the problem otherwise.
+    ``+ − × ÷``, powers and every function of :data:`symopt.functions.REGISTRY`
+    (:func:`symopt.functions.supported_text` lists them), with its convention at
+    kinks (``sign(0) = 0``, ties of ``Max``/``Min`` share the gradient evenly).
+    Raises ``TypeError``/``ValueError`` naming the problem otherwise.
     Returns a :class:`Gradient`: ``value, grad = f(x)`` with ``x`` of shape
     ``(len(wrt),)``.
     """

@@ -2,8 +2,8 @@
 
 :func:`mp_eval` walks the expression tree itself (no ``lambdify``, no ``eval``)
 at ``dps`` decimal digits -- 1100 by default, enough to evaluate textbook forms
-such as ``1 − 1/(1 + e^{−1000})`` without cancellation.  It knows the functions
-the losses, activations and user gradients use; anything else raises
+such as ``1 − 1/(1 + e^{−1000})`` without cancellation.  Functions evaluate with
+the registry's mpmath evaluation (:mod:`symopt.functions`); anything else raises
 ``TypeError`` naming it.
 """
 
@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import mpmath
 import sympy as sp
-from sympy.codegen.cfunctions import expm1, log1p
+
+from ..functions import registered
 
 __all__ = ["mp_eval"]
-
-_FUNCS = {
-    sp.exp: mpmath.exp, sp.log: mpmath.log, log1p: mpmath.log1p, expm1: mpmath.expm1,
-    sp.sin: mpmath.sin, sp.cos: mpmath.cos, sp.tan: mpmath.tan, sp.tanh: mpmath.tanh,
-    sp.sinh: mpmath.sinh, sp.cosh: mpmath.cosh, sp.atan: mpmath.atan, sp.erf: mpmath.erf,
-    sp.Abs: abs,
-}
 
 
 def _number(e):
@@ -57,20 +51,9 @@ def _ev(e, env):
             return _ev(b, env) ** int(x)
         return _ev(b, env) ** _ev(x, env)
     f = e.func
-    if f in _FUNCS:
-        return _FUNCS[f](*[_ev(a, env) for a in e.args])
-    if f is sp.sign:
-        v = _ev(e.args[0], env)
-        return mpmath.mpf(0) if v == 0 else mpmath.mpf(1 if v > 0 else -1)
-    if f is sp.Heaviside:
-        v = _ev(e.args[0], env)
-        if v == 0:
-            return _ev(e.args[1], env) if len(e.args) > 1 else mpmath.mpf(0.5)
-        return mpmath.mpf(1 if v > 0 else 0)
-    if f is sp.Max:
-        return max(_ev(a, env) for a in e.args)
-    if f is sp.Min:
-        return min(_ev(a, env) for a in e.args)
+    fn = registered(e)
+    if fn is not None:
+        return fn.mpmath(*[_ev(a, env) for a in fn.full_args(e.args)])
     if f is sp.Piecewise:
         for val, cond in e.args:
             if _ev(cond, env):

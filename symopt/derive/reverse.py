@@ -9,9 +9,10 @@ SymPy (no strings):
 2. **Reverse sweep.**  Adjoints ``ā`` flow from the root (``ā_root = 1``) to the
    leaves in reverse topological order.  Each node adds ``ā_node · ∂node/∂child``
    to each child that depends on an input, with the local partial written in
-   terms of forward temporaries (``∂ exp(u)/∂u = v``, ``∂ tanh(u)/∂u = 1 − v²``,
-   ``∂ (u·w)/∂u = w``; products of four or more factors use prefix/suffix
-   products).  A node's adjoint is the sum of what its parents sent
+   terms of forward temporaries (``∂ (u·w)/∂u = w``, products of four or more
+   factors use prefix/suffix products; a function's partials come from the
+   registry, :mod:`symopt.functions`: ``∂ exp(u)/∂u = v``, ``∂ tanh(u)/∂u = 1 − v²``,
+   with its subgradient convention at kinks).  A node's adjoint is the sum of what its parents sent
    (micrograd's ``+=``), written once after the last parent, so the code is in
    SSA form.
 
@@ -31,16 +32,10 @@ from typing import NamedTuple
 
 import sympy as sp
 
+from ..functions import registered, supported_text
 from .ops import expr_ops, statement_ops
 
-__all__ = ["SUPPORTED_FUNCTIONS", "SweepPlan", "check_gradient_input", "constant", "postorder", "reverse_sweep"]
-
-#: Function classes the reverse sweep knows the local derivative of.
-SUPPORTED_FUNCTIONS = {
-    "exp": sp.exp, "log": sp.log, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "tanh": sp.tanh,
-    "sinh": sp.sinh, "cosh": sp.cosh, "atan": sp.atan, "erf": sp.erf, "Abs": sp.Abs,
-}
-SUPPORTED_TEXT = "+, -, *, /, ** and " + ", ".join(SUPPORTED_FUNCTIONS)
+__all__ = ["SweepPlan", "check_gradient_input", "constant", "postorder", "reverse_sweep"]
 
 
 class SweepPlan(NamedTuple):
@@ -70,7 +65,7 @@ def check_gradient_input(expr, wrt) -> tuple:
     """Validate ``expr`` and ``wrt``; return ``(expr, tuple_of_symbols)`` or raise.
 
     ``expr`` must be a scalar, real SymPy expression (not a matrix, list, relation
-    or boolean) built from :data:`SUPPORTED_TEXT`; ``wrt`` one Symbol or a
+    or boolean) built from ``+ - * / **`` and the registry's functions; ``wrt`` one Symbol or a
     sequence of distinct Symbols, each occurring in ``expr``; every free symbol of
     ``expr`` must be in ``wrt``.
     """
@@ -117,10 +112,10 @@ def check_gradient_input(expr, wrt) -> tuple:
             if not (node.is_extended_real and node.is_finite):
                 raise ValueError(f"the expression contains the non-real or non-finite constant {describe(node)}")
             continue
-        if not (isinstance(node, (sp.Add, sp.Mul, sp.Pow)) or type(node) in SUPPORTED_FUNCTIONS.values()):
+        if not (type(node) in (sp.Add, sp.Mul, sp.Pow) or registered(node) is not None):
             name = getattr(node.func, "__name__", type(node).__name__)
             raise TypeError(f"symopt.gradient does not support {name} (in {describe(node)}); "
-                            f"supported: {SUPPORTED_TEXT}")
+                            f"supported: {supported_text()}")
         stack.extend(node.args)
     return expr, wrt
 
@@ -199,8 +194,6 @@ def _local(node, v, args, active) -> list:
     f = node.func
     if f is sp.Add:
         return [(i, sp.Integer(1)) for i in active]
-    if f is sp.exp:
-        return [(0, v)]
     if f is sp.Pow:
         base, ex = args
         out = []
@@ -220,22 +213,11 @@ def _local(node, v, args, active) -> list:
         if 1 in active:
             out.append((1, v * sp.log(base)))
         return out
-    x = args[0]
-    table = {
-        sp.log: lambda: 1 / x,
-        sp.sin: lambda: sp.cos(x),
-        sp.cos: lambda: -sp.sin(x),
-        sp.tan: lambda: 1 + v**2,
-        sp.tanh: lambda: 1 - v**2,
-        sp.sinh: lambda: sp.cosh(x),
-        sp.cosh: lambda: sp.sinh(x),
-        sp.atan: lambda: 1 / (1 + x**2),
-        sp.erf: lambda: constant(2 / sp.sqrt(sp.pi)) * sp.exp(-x**2),
-        sp.Abs: lambda: sp.sign(x),
-    }
-    if f in table:
-        return [(0, table[f]())]
-    raise TypeError(f"symopt.gradient does not support {f.__name__}; supported: {SUPPORTED_TEXT}")
+    fn = registered(node)
+    if fn is None:
+        raise TypeError(f"symopt.gradient does not support {f.__name__}; supported: {supported_text()}")
+    partials = fn.derivative(v, *args)
+    return [(i, partials[i]) for i in active]
 
 
 def reverse_sweep(expr, inputs, params=()) -> SweepPlan:

@@ -8,8 +8,9 @@ hands them user text.  Instead:
   nothing) and converts the tree node by node.  Admitted: int and float literals;
   names (plain Symbols; with ``symbols=`` only those given; ``t`` is symopt's step);
   ``+ - * / ** %``; unary ``+ - not``; comparisons, ``and``/``or``; ``a if c else b``
-  (a Piecewise); and calls of the functions in :data:`FUNCTIONS` by name, with
-  positional arguments only.  Everything else -- attribute access, subscripts,
+  (a Piecewise); and calls of the functions in :data:`FUNCTIONS` by name (the
+  registry's ``parse_names``, ``sqrt``, relations and logic), with positional
+  arguments only.  Everything else -- attribute access, subscripts,
   strings, lambdas, comprehensions, keyword arguments, dunder names -- is refused
   with a message naming it.  The result then passes
   :func:`~symopt.rulebook.validate.check_expression`.
@@ -26,19 +27,17 @@ import math
 
 import sympy as sp
 
+from ..functions import REGISTRY
 from .rule import RuleError
 from .rule import t as T_STEP
 
 __all__ = ["parse_expression", "expr_to_data", "expr_from_data", "FUNCTIONS"]
 
-#: Functions a text formula may call, by the name it uses.
-FUNCTIONS = {
-    "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": sp.Abs, "Abs": sp.Abs, "sign": sp.sign,
-    "max": sp.Max, "Max": sp.Max, "min": sp.Min, "Min": sp.Min, "tanh": sp.tanh, "sinh": sp.sinh,
-    "cosh": sp.cosh, "sin": sp.sin, "cos": sp.cos, "atan": sp.atan, "erf": sp.erf, "floor": sp.floor,
-    "ceiling": sp.ceiling, "Heaviside": sp.Heaviside, "Eq": sp.Eq, "Ne": sp.Ne, "Lt": sp.Lt, "Le": sp.Le,
-    "Gt": sp.Gt, "Ge": sp.Ge, "And": sp.And, "Or": sp.Or, "Not": sp.Not, "Mod": sp.Mod,
-}
+#: Relations and logic a formula may call by name (they are operators, not registry functions).
+_OPERATORS = {"Eq": sp.Eq, "Ne": sp.Ne, "Lt": sp.Lt, "Le": sp.Le, "Gt": sp.Gt, "Ge": sp.Ge,
+              "And": sp.And, "Or": sp.Or, "Not": sp.Not}
+#: Functions a text formula may call, by the name it uses; ``sqrt(x)`` is the power ``x**(1/2)``.
+FUNCTIONS = {**{name: f.sympy for f in REGISTRY for name in f.parse_names}, "sqrt": sp.sqrt, **_OPERATORS}
 CONSTANTS = {"pi": sp.pi, "E": sp.E}
 MAX_TEXT = 20000
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
@@ -177,9 +176,8 @@ def parse_expression(text: str, symbols=None) -> sp.Expr:
 
 # ----------------------------------------------------------------------- exact plain-data form
 _DATA_CLASSES = {cls.__name__: cls for cls in (
-    sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Abs, sp.sign, sp.Max, sp.Min, sp.tanh, sp.sinh, sp.cosh, sp.sin,
-    sp.cos, sp.atan, sp.erf, sp.floor, sp.ceiling, sp.Heaviside, sp.Mod, sp.Piecewise, sp.And, sp.Or, sp.Not,
-    sp.Eq, sp.Ne, sp.Lt, sp.Le, sp.Gt, sp.Ge,
+    sp.Add, sp.Mul, sp.Pow, sp.Piecewise, sp.And, sp.Or, sp.Not, sp.Eq, sp.Ne, sp.Lt, sp.Le, sp.Gt, sp.Ge,
+    *(f.sympy for f in REGISTRY if f.in_rules),
 )}
 _DATA_CLASSES.update({"Equality": sp.Eq, "Unequality": sp.Ne, "StrictLessThan": sp.Lt, "LessThan": sp.Le,
                       "StrictGreaterThan": sp.Gt, "GreaterThan": sp.Ge})

@@ -16,7 +16,7 @@ rule is rejected when it
   ``Symbol``/``Dummy``, finite numbers (``Integer``, ``Rational``, ``Float``
   representable as a finite float64), ``pi``, ``E``, ``Add``, ``Mul``, ``Pow``,
   relations, ``And``/``Or``/``Not``, ``Piecewise`` with a final ``True`` branch and
-  the functions in :data:`PRINTABLE_FUNCTIONS`.  A subclass of an allowed class is
+  the functions the registry (:mod:`symopt.functions`) admits in rules.  A subclass of an allowed class is
   rejected too: SymPy printers let an object print itself (``_pythoncode``), which
   would paste arbitrary text into the kernel;
 * is not elementwise (matrices, indexed objects, sums/products over indices);
@@ -37,15 +37,12 @@ from sympy.core import relational as _rel
 from sympy.logic import boolalg as _boolalg
 from sympy.matrices.expressions.matexpr import MatrixElement
 
+from ..functions import REGISTRY
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .rule import Hyper, RuleError, State, t
 
-#: Functions the kernel printer knows how to print; anything else is rejected.
-PRINTABLE_FUNCTIONS = (
-    sp.exp, sp.log, sp.Abs, sp.sign, sp.Max, sp.Min, sp.Piecewise,
-    sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, sp.erf, sp.Heaviside,
-    sp.floor, sp.ceiling, sp.Mod,  # step arithmetic in t (schedules, "every k steps")
-)
+#: Functions a rule may use (the registry's ``in_rules``); anything else is rejected.
+RULE_FUNCTIONS = tuple(f.sympy for f in REGISTRY if f.in_rules)
 #: Sums/means over a tensor or over all tensors: the plan turns them into reduction passes
 #: (reduction.py, codegen/reduce_plan.py); they never reach a printer.
 _REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean})
@@ -56,8 +53,8 @@ _NUMBER_TYPES = frozenset({
 _NODE_TYPES = frozenset({
     sp.Add, sp.Mul, sp.Pow, _rel.Equality, _rel.Unequality, _rel.StrictLessThan, _rel.LessThan,
     _rel.StrictGreaterThan, _rel.GreaterThan, _boolalg.And, _boolalg.Or, _boolalg.Not,
-    _boolalg.BooleanTrue, _boolalg.BooleanFalse, sp.functions.elementary.piecewise.ExprCondPair,
-    *PRINTABLE_FUNCTIONS,
+    _boolalg.BooleanTrue, _boolalg.BooleanFalse, sp.Piecewise, sp.functions.elementary.piecewise.ExprCondPair,
+    *RULE_FUNCTIONS,
 })
 _SYMBOL_TYPES = frozenset({sp.Symbol, sp.Dummy})
 _NON_ELEMENTWISE = (sp.MatrixBase, sp.MatrixExpr, MatrixElement, sp.Indexed, sp.IndexedBase, sp.Idx, sp.Sum,
@@ -116,8 +113,8 @@ def check_expression(expr, where: str) -> None:
             raise RuleError(f"{where}: {name} subclasses a SymPy class the printer supports, but only the "
                             f"SymPy classes themselves are accepted (a subclass may print arbitrary code)")
         raise RuleError(f"{where}: the function {name} cannot be printed into a kernel "
-                        f"(supported: {', '.join(f.__name__ for f in PRINTABLE_FUNCTIONS)}, +, *, **, "
-                        f"relations, And/Or/Not)")
+                        f"(supported: {', '.join(f.__name__ for f in RULE_FUNCTIONS)}, Piecewise, "
+                        f"+, *, **, relations, And/Or/Not)")
 
 
 def _is_real(x) -> bool:
