@@ -37,7 +37,7 @@ from sympy.core import relational as _rel
 from sympy.logic import boolalg as _boolalg
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from ..functions import REGISTRY
+from ..functions import REGISTRY, registered
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .rule import Hyper, RuleError, State, t
 
@@ -112,6 +112,9 @@ def check_expression(expr, where: str) -> None:
         if any(isinstance(node, allowed) for allowed in (*_NODE_TYPES, *_NUMBER_TYPES)):
             raise RuleError(f"{where}: {name} subclasses a SymPy class the printer supports, but only the "
                             f"SymPy classes themselves are accepted (a subclass may print arbitrary code)")
+        if registered(node) is not None:
+            raise RuleError(f"{where}: the function {name} is not admitted in optimizer rules "
+                            f"(admitted: {', '.join(f.__name__ for f in RULE_FUNCTIONS)}, Piecewise)")
         raise RuleError(f"{where}: the function {name} cannot be printed into a kernel "
                         f"(supported: {', '.join(f.__name__ for f in RULE_FUNCTIONS)}, Piecewise, "
                         f"+, *, **, relations, And/Or/Not)")
