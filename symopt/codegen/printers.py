@@ -53,6 +53,9 @@ class _Template(string.Formatter):
 
 
 class _Base(PythonCodePrinter):
+    """What both printers share; a subclass names its registry field (:attr:`template_field`)
+    and fills ``{one}``, ``{zero}``, ``{ctor}`` with ``template_constants()``."""
+
     _default_settings = {**PythonCodePrinter._default_settings, "strict": True,
                          "fully_qualified_modules": False}
     #: The registry field this printer's templates come from.
@@ -62,10 +65,6 @@ class _Base(PythonCodePrinter):
         super().__init__(settings or {})
         self.known_functions = {}
         self.names = names
-
-    def template_constants(self) -> dict:
-        """Values of ``{one}``, ``{zero}``, ``{ctor}`` in this printer's templates."""
-        raise NotImplementedError
 
     def _print_Symbol(self, expr):
         try:
