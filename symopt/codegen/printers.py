@@ -23,10 +23,8 @@ missing from it is an error (printers never invent identifiers from user text).
 
 from __future__ import annotations
 
-import math
 import string
 
-import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 

@@ -10,11 +10,11 @@ SymPy (no strings):
    leaves in reverse topological order.  Each node adds ``ā_node · ∂node/∂child``
    to each child that depends on an input, with the local partial written in
    terms of forward temporaries (``∂ (u·w)/∂u = w``, products of four or more
-   factors use prefix/suffix products; a function's partials come from the
-   registry, :mod:`symopt.functions`: ``∂ exp(u)/∂u = v``, ``∂ tanh(u)/∂u = 1 − v²``,
-   with its subgradient convention at kinks).  A node's adjoint is the sum of what its parents sent
-   (micrograd's ``+=``), written once after the last parent, so the code is in
-   SSA form.
+   factors use prefix/suffix products; a function's partials and its convention
+   at kinks come from the registry, :mod:`symopt.functions`: ``∂ exp(u)/∂u = v``,
+   ``∂ tanh(u)/∂u = 1 − v²``).  A node's adjoint is the sum of what its parents
+   sent (micrograd's ``+=``), written once after the last parent, so the code is
+   in SSA form.
 
 The gradient therefore costs a bounded multiple of the forward code (each node's
 local partials cost a few operations) instead of one ``sympy.diff`` per symbol,
@@ -65,9 +65,9 @@ def check_gradient_input(expr, wrt) -> tuple:
     """Validate ``expr`` and ``wrt``; return ``(expr, tuple_of_symbols)`` or raise.
 
     ``expr`` must be a scalar, real SymPy expression (not a matrix, list, relation
-    or boolean) built from ``+ - * / **`` and the registry's functions; ``wrt`` one Symbol or a
-    sequence of distinct Symbols, each occurring in ``expr``; every free symbol of
-    ``expr`` must be in ``wrt``.
+    or boolean) built from ``+ - * / **`` and the registry's functions; ``wrt`` one
+    Symbol or a sequence of distinct Symbols, each occurring in ``expr``; every free
+    symbol of ``expr`` must be in ``wrt``.
     """
     if isinstance(expr, (sp.MatrixBase, sp.MatrixExpr, sp.NDimArray, list, tuple)):
         shape = getattr(expr, "shape", None) or (len(expr),)

@@ -16,9 +16,9 @@ rule is rejected when it
   ``Symbol``/``Dummy``, finite numbers (``Integer``, ``Rational``, ``Float``
   representable as a finite float64), ``pi``, ``E``, ``Add``, ``Mul``, ``Pow``,
   relations, ``And``/``Or``/``Not``, ``Piecewise`` with a final ``True`` branch and
-  the functions the registry (:mod:`symopt.functions`) admits in rules.  A subclass of an allowed class is
-  rejected too: SymPy printers let an object print itself (``_pythoncode``), which
-  would paste arbitrary text into the kernel;
+  the functions the registry (:mod:`symopt.functions`) admits in rules.  A subclass
+  of an allowed class is rejected too: SymPy printers let an object print itself
+  (``_pythoncode``), which would paste arbitrary text into the kernel;
 * is not elementwise (matrices, indexed objects, sums/products over indices);
 * has malformed hyperparameter or state metadata (NaN or reversed bounds, a default
   outside its range, keys that collide in ``param_groups`` or ``state_dict``).
