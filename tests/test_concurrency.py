@@ -29,8 +29,9 @@ import sympy as sp
 
 import symopt
 from symopt import cachedirs
-from symopt.codegen import generate
-from symopt.codegen.generate import CacheWarning, is_intact, read_header_hash, seal, user_module
+from symopt.cachedirs import CacheWarning
+from symopt.codegen.emit import read_header_hash, user_module
+from symopt.files import SEAL_PREFIX, is_intact, seal
 from symopt.rulebook.rule import Family
 
 NPROC = 8
@@ -91,7 +92,7 @@ def _family(tag: str) -> Family:
 
 
 def _reseal(text: str) -> str:
-    body = text[:text.rindex(generate.SEAL_PREFIX)]
+    body = text[:text.rindex(SEAL_PREFIX)]
     return seal(body)
 
 

@@ -47,7 +47,7 @@ PRINTABLE_FUNCTIONS = (
     sp.floor, sp.ceiling, sp.Mod,  # step arithmetic in t (schedules, "every k steps")
 )
 #: Sums/means over a tensor or over all tensors: the plan turns them into reduction passes
-#: (reduction.py, codegen/reduce_plan.py); they never reach a printer.
+#: (reduction.py, codegen/plan.py); they never reach a printer.
 _REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean})
 _NUMBER_TYPES = frozenset({
     _numbers.Integer, _numbers.Rational, _numbers.Float, _numbers.Zero, _numbers.One,
