@@ -72,26 +72,29 @@ def _load_template(name: str) -> str:
     return resources.files("symopt.templates").joinpath(name).read_text(encoding="utf-8")
 
 
+def generator_files() -> list:
+    """``(label, file)`` of every installed source file of the code generator: the planners
+    (``codegen/plan.py``; ``derive/`` for the nn and gradient modules), printers, render and emit
+    code, the name sanitizer and audit, the file writer, the function registry (when present) and
+    every template."""
+    files = []
+    for package, pattern in _GENERATOR_SOURCES:
+        for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
+            if entry.is_file() and (entry.name.endswith(pattern[1:]) if pattern.startswith("*")
+                                    else entry.name == pattern):
+                files.append((f"{package}/{entry.name}", entry))
+    return files
+
+
 @functools.cache
 def generator_digest() -> str:
-    """sha256 over the installed source of the code generator: the planners, printers, render and
-    emit code, the name sanitizer and audit, the function registry and every template.
-
-    Read once per process.  Any change to the generator changes every input hash.
-    """
+    """sha256 over the text of :func:`generator_files`, read once per process: any change to the
+    code generator changes every input hash."""
     h = hashlib.sha256()
-    for package, pattern in _GENERATOR_SOURCES:
-        folder = resources.files(package)
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            if entry.is_file() and _matches(entry.name, pattern):
-                h.update(f"{package}/{entry.name}\0".encode())
-                h.update(entry.read_bytes())
-                h.update(b"\0")
+    for label, entry in generator_files():
+        h.update(label.encode() + b"\0")
+        h.update(entry.read_bytes() + b"\0")
     return h.hexdigest()
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return name.endswith(pattern[1:]) if pattern.startswith("*") else name == pattern
 
 
 def input_hash(template: str, *parts: str) -> str:
