@@ -5,7 +5,7 @@ renders every kind of generated module from ``templates/``:
 
 * ``optimizer_module.py.jinja`` -- an optimizer family (:func:`render_family`):
   per-step scalar functions and elementwise kernels per variant, and for rules with
-  reductions the read-only reduction passes (macros of ``reduce_kernels.py.jinja``);
+  reductions the read-only reduction passes (macros of ``_reductions.jinja``);
 * ``elementwise_module.py.jinja`` -- an elementwise loss (``value``,
   ``value_and_grad``) or activation (``forward``, ``backward``) of ``symopt.nn``
   (:func:`render_elementwise`);
@@ -472,7 +472,7 @@ def _hyper_data(spec, ids: dict) -> list:
              "low_open": h.low_open, "high_open": h.high_open, "doc": h.doc} for s, h in spec.hyper.items()]
 
 
-def _hyper_ids(spec) -> dict:
+def _nn_hyper_identifiers(spec) -> dict:
     taken = set(_KERNEL_NAMES)
     return {s: identifier(s.name, taken, prefix="h") for s in spec.hyper}
 
@@ -567,7 +567,7 @@ def _elementwise_docstring(plan) -> str:
 def render_elementwise(plan) -> str:
     """Module text for an :class:`~symopt.derive.elementwise.ElementPlan`."""
     spec = plan.spec
-    ids = _hyper_ids(spec)
+    ids = _nn_hyper_identifiers(spec)
     digest = input_hash(ELEMENTWISE_TEMPLATE, spec.fingerprint())
     data = {
         "name": spec.name, "kind": spec.kind, "shape": "elementwise", "doc": spec.doc,
