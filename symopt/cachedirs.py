@@ -13,7 +13,7 @@ Two caches hold compiled work between processes:
   behind ``NUMBA_CACHE_DIR``) at :func:`fallback_cache_dir` ``/numba``, and if there is
   no such folder either it turns numba's disk cache off for symopt's modules
   (generated modules are then compiled from their text with ``cache=False``).
-* the user rule modules of :mod:`symopt.codegen.generate` (``$SYMOPT_CACHE_DIR``), which
+* the user rule modules of :mod:`symopt.codegen.emit` (``$SYMOPT_CACHE_DIR``), which
   fall back to the same private folder, then to memory.
 
 Whatever falls back, one :class:`CacheWarning` per process names the folders that could

@@ -83,7 +83,7 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .codegen.generate import generate_builtins
+    from .codegen.emit import generate_builtins
 
     if args.out:
         out = Path(args.out)

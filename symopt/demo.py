@@ -57,7 +57,7 @@ def run(args=None) -> int:
 
     import symopt
 
-    from .codegen.generate import ensure_user_module, generate_builtins
+    from .codegen.emit import generate_builtins, user_module
     from .codegen.plan import make_plan
     from .rulebook.rule import Family
     from .verify.check import format_table, verify_variant
@@ -77,7 +77,8 @@ def run(args=None) -> int:
             print(f"    {s} = {e}")
 
     _heading("2. generate: Jinja2 templates -> Numba modules")
-    path, digest = ensure_user_module(Family.of(mine))
+    um = user_module(Family.of(mine))
+    path, digest = um.path, um.digest
     if path is None:
         print(f"user rule module: kept in memory (no writable cache folder), input hash {digest[:16]}...")
     else:

@@ -3,7 +3,8 @@ import difflib
 from pathlib import Path
 
 import symopt.generated
-from symopt.codegen.generate import generate_builtins, is_intact, read_header_hash
+from symopt.codegen.emit import generate_builtins, read_header_hash
+from symopt.files import is_intact
 
 GENERATED = Path(symopt.generated.__path__[0])
 

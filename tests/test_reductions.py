@@ -148,3 +148,56 @@ def test_clipped_gradient_is_scaled_before_it_is_squared(rng, dtype, decoupled):
         assert rel_err(state["exp_avg_sq"], ref_v) <= 1e-6
         assert rel_err(state["exp_avg"], ref_m) <= 1e-6
         assert rel_err(p, ref_p) <= 1e-6
+
+
+def test_reduction_pass_computes_the_updated_value_its_argument_uses(rng):
+    """d = g - m_t with m_t updated first (an UpdatedValue), normalized by the RMS of d over the tensor:
+    the read-only pass computes m_t itself before it accumulates d².  float64 against NumPy,
+    relative error <= 1e-12."""
+    import sympy as sp
+
+    from symopt.codegen.plan import UpdatedValue, make_plan
+    from symopt.rulebook.reduction import TensorMean
+
+    p, g, m, d = sp.symbols("p g m d")
+    lr, b, eps = sp.symbols("lr b eps")
+    rule = symopt.Rule("rms normalized prediction error", param=p, grad=g, state={m: 0},
+                       hyper={lr: 0.1, b: 0.9, eps: 1e-12},
+                       updates=[(m, b * m + (1 - b) * g), (d, g - m), (p, p - lr * d / sp.sqrt(TensorMean(d**2) + eps))])
+    (stage,) = make_plan(rule).reduction.stages
+    assert [type(s) for s, _ in stage.element_temps] == [UpdatedValue] and stage.reads == (g, m)
+    params = [rng.standard_normal(50), rng.standard_normal((4, 3))]
+    ref = [x.copy() for x in params]
+    moms = [np.zeros_like(x) for x in params]
+    opt = symopt.optimizer(rule, params, lr=0.1)
+    for _ in range(3):
+        grads = [rng.standard_normal(x.shape) for x in params]
+        opt.step(grads)
+        for r, mom, gr in zip(ref, moms, grads):
+            mom[...] = 0.9 * mom + 0.1 * gr
+            diff = gr - mom
+            r -= 0.1 * diff / np.sqrt(np.mean(diff**2) + 1e-12)
+    for x, r in zip(params, ref):
+        assert rel_err(x, r) <= 1e-12
+
+
+def test_updated_state_is_subtracted_as_written_in_a_rule_with_reductions(rng):
+    """compose("adabelief", clip_global_norm): s gets (g_c - m_t)² with m_t computed first, as in the rule
+    without reductions.  With b1 = 6.7e-182 (1 - b1 rounds to 1) m_t equals g_c, so g_c - m_t is exactly 0
+    and s stays 0 (eps_root = 0); SymPy's expansion g_c (b1 - 1) + g_c - b1 m kept -b1 m (~1e-82 with
+    |g| ~ 1e100, s ~ 1e-167).  The param against NumPy float64 within 1e-12 (relative)."""
+    rule = symopt.compose("adabelief", T.clip_global_norm(1.0))
+    kw = {"lr": 1e-3, "b1": 6.686586398254087e-182, "b2": 0.999, "eps": 1e-16, "eps_root": 0.0,
+          "max_norm": 1e300}
+    x = rng.standard_normal(20)
+    ref, m, s = x.copy(), np.zeros(20), np.zeros(20)
+    opt = symopt.optimizer(rule, [x], **kw)
+    for t in range(1, 4):
+        g = rng.standard_normal(20) * 1e100
+        opt.step([g])
+        gc = g * min(1.0, 1e300 / (1e-6 + np.sqrt(np.sum(g * g))))
+        m = kw["b1"] * m + (1 - kw["b1"]) * gc
+        s = kw["b2"] * s + (1 - kw["b2"]) * (gc - m) ** 2
+        ref -= kw["lr"] * (m / (1 - kw["b1"] ** t)) / (kw["eps"] + np.sqrt(s / (1 - kw["b2"] ** t)))
+    assert not np.any(opt.state[0]["nu"])
+    assert rel_err(x, ref) <= 1e-12

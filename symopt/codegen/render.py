@@ -1,15 +1,36 @@
-"""The rendering stage: plans + printers + Jinja2 templates -> module source text.
+"""The render stage: plans + printers + Jinja2 templates -> module source text.
 
-This module owns the Jinja2 environment (``StrictUndefined``, ``trim_blocks``,
-``lstrip_blocks``) and builds the template context.  Templates receive only
-printed strings and plain data; every decision (names, printing, ordering) is
-made here, in Python.
+One Jinja2 environment (``StrictUndefined``, ``trim_blocks``, ``lstrip_blocks``)
+renders every kind of generated module from ``templates/``:
+
+* ``optimizer_module.py.jinja`` -- an optimizer family (:func:`render_family`):
+  per-step scalar functions and elementwise kernels per variant, and for rules with
+  reductions the read-only reduction passes (macros of ``_reductions.jinja``);
+* ``elementwise_module.py.jinja`` -- an elementwise loss (``value``,
+  ``value_and_grad``) or activation (``forward``, ``backward``) of ``symopt.nn``
+  (:func:`render_elementwise`);
+* ``rowwise_module.py.jinja`` -- softmax and softmax cross-entropy, with row
+  reductions before the element loop (:func:`render_rowwise`);
+* ``gradient_module.py.jinja`` -- a user expression's value and gradient for
+  :func:`symopt.gradient`, one loop per term shape (:func:`render_gradient`);
+* ``generated_index.py.jinja`` -- the ``RULES`` index of ``generated/``
+  (:func:`render_index`).
+
+Templates receive printed strings and plain data only; every name is generated here
+(element symbols, CSE temporaries ``_e0…``, row temporaries, scalars ``s<k>``) or
+passed through :func:`~symopt.codegen.names.identifier`.  Every module begins with
+the same banner (:func:`header`) and records its :func:`input hash <input_hash>`:
+a sha256 of what it was generated from and of the code generator itself
+(:func:`generator_digest`), so a module from another generator is never taken for a
+current one.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import pprint
 from importlib import resources
 
 import jinja2
@@ -19,19 +40,23 @@ from .._version import __version__
 from ..rulebook.display import expr_latex
 from ..rulebook.rule import Family, Rule, t
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
-from . import reduce_render
 from .plan import KernelPlan, make_plan
 from .printers import KernelPrinter, ScalarPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
+ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
+ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
+GRADIENT_TEMPLATE = "gradient_module.py.jinja"
+INDEX_TEMPLATE = "generated_index.py.jinja"
 _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))
+#: Source files whose text makes up the code generator (with every template), package by package.
+_GENERATOR_SOURCES = (("symopt.codegen", "*.py"), ("symopt.derive", "*.py"), ("symopt", "files.py"),
+                      ("symopt", "functions.py"), ("symopt.templates", "*.jinja"))
 
 
-def template_dir():
-    return resources.files("symopt.templates")
-
-
+@functools.cache
 def environment() -> jinja2.Environment:
+    """The Jinja2 environment of every template (one per process)."""
     return jinja2.Environment(
         loader=jinja2.FunctionLoader(_load_template),
         undefined=jinja2.StrictUndefined,
@@ -42,29 +67,52 @@ def environment() -> jinja2.Environment:
     )
 
 
-def _load_template(name: str):
-    path = template_dir().joinpath(name)
-    return path.read_text(encoding="utf-8")
+def _load_template(name: str) -> str:
+    return resources.files("symopt.templates").joinpath(name).read_text(encoding="utf-8")
 
 
-def template_text(name: str) -> str:
-    return _load_template(name)
+def generator_files() -> list:
+    """``(label, file)`` of every installed source file of the code generator: the planners
+    (``codegen/plan.py``; ``derive/`` for the nn and gradient modules), printers, render and emit
+    code, the name sanitizer and audit, the file writer, the function registry and
+    every template."""
+    files = []
+    for package, pattern in _GENERATOR_SOURCES:
+        for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
+            if entry.is_file() and (entry.name.endswith(pattern[1:]) if pattern.startswith("*")
+                                    else entry.name == pattern):
+                files.append((f"{package}/{entry.name}", entry))
+    return files
 
 
-def input_hash(family: Family, template: str = OPTIMIZER_TEMPLATE) -> str:
-    """sha256 over the family's formulas, the templates used and the symopt version (and, for rules with
-    reductions, the reduction planner's revision)."""
+@functools.cache
+def generator_digest() -> str:
+    """sha256 over the text of :func:`generator_files`, read once per process: any change to the
+    code generator changes every input hash."""
     h = hashlib.sha256()
-    h.update(family.fingerprint().encode())
-    for name in (template, "_util.jinja", "_vecmath.jinja"):
-        h.update(template_text(name).encode())
-    if reduce_render.family_has_reductions(family):  # only such modules contain the reduction kernels
-        from .reduce_plan import PLAN_REVISION
-
-        h.update(template_text(reduce_render.REDUCE_TEMPLATE).encode())
-        h.update(f"reduction plan revision {PLAN_REVISION}".encode())
-    h.update(__version__.encode())
+    for label, entry in generator_files():
+        h.update(label.encode() + b"\0")
+        h.update(entry.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def input_hash(template: str, *parts: str) -> str:
+    """sha256 over the template's name, ``parts`` (what the module is generated from), the symopt
+    version and :func:`generator_digest`."""
+    h = hashlib.sha256()
+    for p in (template, *parts, __version__, generator_digest()):
+        h.update(p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def header(label: str, source: str, template: str, digest: str) -> dict:
+    """The banner and header constants of a generated module (``_util.jinja``'s ``banner``)."""
+    return {
+        "version": __version__, "rule": comment_text(label), "source": comment_text(source),
+        "template": template, "input_hash": digest, "version_literal": string_literal(__version__),
+        "input_hash_literal": string_literal(digest), "template_literal": string_literal(template),
+    }
 
 
 def _num(x):
@@ -72,6 +120,12 @@ def _num(x):
         return x
     x = float(x)
     return None if math.isinf(x) else x
+
+
+# ----------------------------------------------------------------------------- optimizer families
+def family_hash(family: Family) -> str:
+    """The input hash of ``family``'s module: its formulas (fingerprint) and the generator."""
+    return input_hash(OPTIMIZER_TEMPLATE, family.fingerprint())
 
 
 def hyper_identifiers(family: Family) -> dict:
@@ -86,7 +140,7 @@ def _state_identifiers(rule: Rule) -> dict:
     return {sym: identifier(rule.state_key(sym), taken, prefix="state", suffixes=("_i", "_c")) for sym in rule.state}
 
 
-def family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -> dict:
+def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -> dict:
     """The plain-data description of a family that the runtime reads (no SymPy)."""
     hyper = []
     for sym, h in family.hyper.items():
@@ -108,8 +162,8 @@ def family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) ->
             "op_count": plan.op_count,
             "formula_hash": rule.fingerprint(),
         })
-        if plan.reduction is not None:  # reduction passes + per-tensor scalars (reduce_render.py)
-            variants[-1]["reduce"] = reduce_render.runtime_info(plan, prefix)
+        if plan.reduction is not None:  # reduction passes + per-tensor scalars
+            variants[-1]["reduce"] = _reduction_runtime_info(plan, prefix)
     return {
         "name": family.name,
         "group": family.group,
@@ -162,7 +216,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         elem_names[s] = f"s{i}"
     nloads = len(plan.scalars)
     if plan.reduction is not None:  # per-tensor scalars: extra columns of the scalar table
-        nloads += reduce_render.name_tensor_scalars(plan, elem_names)
+        nloads += _name_tensor_scalars(plan, elem_names)
     for s, _ in plan.element_temps:
         elem_names[s] = s.name  # _e0, _e1 ... (numbered_symbols, never user text)
     src = {rule.param: "param_c", rule.grad: "grad_c", **{s: f"{state_ids[s]}_c" for s in plan.state}}
@@ -225,30 +279,169 @@ def _docstring(family: Family) -> str:
     return docstring_text("\n".join(lines).rstrip())
 
 
-def variant_prefixes(family: Family) -> list:
+def _variant_prefixes(family: Family) -> list:
     taken: set = set()
     return [identifier(rule.name.replace(".", "_"), taken, prefix="rule") for _, rule in family.variants]
+
+
+# Reduction passes (rules with reductions).  Names in their kernels: ``s<k>`` per-step and
+# per-tensor scalars in the kernel dtype, ``_d<k>`` per-step scalars in float64 (finalize step),
+# ``_r<k>`` reduction values, ``_g<k>`` global sums, ``_a<k>`` accumulators, ``_e*``/``_f*`` CSE
+# temporaries -- never a user name (user identifiers never start with ``_``, ``s<k>`` is reserved).
+def _name_tensor_scalars(plan, elem_names: dict) -> int:
+    """Name the per-tensor scalars ``s<nscalars + k>`` in the elementwise kernel; returns their count."""
+    ns = len(plan.scalars)
+    for k, sym in enumerate(plan.reduction.tensor_scalars):
+        elem_names[sym] = f"s{ns + k}"
+    return len(plan.reduction.tensor_scalars)
+
+
+def _reduction_runtime_info(plan, prefix: str) -> dict:
+    """Plain data for ``FAMILY["variants"][k]["reduce"]`` (read by runtime/reduction.py)."""
+    info = plan.reduction
+    return {
+        "kernel": f"{prefix}_reduce",
+        "ntensor": len(info.tensor_scalars),
+        "nred": len(info.reductions),
+        "stages": len(info.stages),
+        "scopes": [r.scope for r in info.reductions],
+    }
+
+
+def _reduction_doc(plan) -> list:
+    info = plan.reduction
+    lines = []
+    for k, r in enumerate(info.reductions):
+        lines.append(docstring_text(f"r{k} = {r.scope} {r.op} of {sp.sstr(r.arg)}  (pass {r.stage})"))
+    ns = len(plan.scalars)
+    for st in info.stages:
+        resolved: dict = {}
+        for sym, e in st.tensor_temps:
+            resolved[sym] = e.xreplace(resolved)
+        for sym, e in st.tensor_outputs:
+            col = ns + list(info.tensor_scalars).index(sym)
+            lines.append(docstring_text(f"s{col} = {sp.sstr(e.xreplace(resolved))}"))
+    return lines
+
+
+def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
+    """Template context of one variant's reduction kernels."""
+    info = plan.reduction
+    ns = len(plan.scalars)
+    col_of = {sym: ns + k for k, sym in enumerate(info.tensor_scalars)}
+    scalar_col = {sym: k for k, sym in enumerate(plan.scalars)}
+    elem_names = {rule.param: "param_i", rule.grad: "grad_i"}
+    src = {rule.param: "param_c", rule.grad: "grad_c"}
+    for s in plan.state:
+        elem_names[s] = f"{state_ids[s]}_i"
+        src[s] = f"{state_ids[s]}_c"
+    for sym, k in scalar_col.items():
+        elem_names[sym] = f"s{k}"
+    for sym, col in col_of.items():
+        elem_names[sym] = f"s{col}"
+    red_names = {r.sym: f"_r{k}" for k, r in enumerate(info.reductions)}
+
+    stages = []
+    kernel_stages = {suffix: [] for suffix, *_ in _DTYPES}
+    max_width = 1
+    for st in info.stages:
+        temps = list(st.element_temps)
+        names = dict(elem_names)
+        for sym, _ in temps:
+            names[sym] = sym.name  # _e0, _e1 ... (numbered_symbols)
+        used = set()
+        for e in [*st.element_exprs, *(x for _, x in temps)]:
+            used |= e.free_symbols
+        loads = [(f"s{scalar_col[s]}", scalar_col[s]) for s in plan.scalars if s in used]
+        loads += [(f"s{col_of[s]}", col_of[s]) for s in info.tensor_scalars if s in used]
+        pointer_views = [(src[s], "pptr" if s == rule.param else "gptr") for s in st.reads
+                         if s in (rule.param, rule.grad)]
+        state_views = [(src[s], state_ids[s]) for s in st.reads if s in state_ids]
+        element_loads = [(elem_names[s], src[s]) for s in st.reads]
+        accs = [(f"_a{q}", q) for q in range(len(st.reductions))]
+        max_width = max(max_width, len(st.reductions))
+        for suffix, dtype, *_ in _DTYPES:
+            pr = KernelPrinter(names, dtype)
+            kernel_stages[suffix].append({
+                "temps": [(names[s], pr.doprint(e)) for s, e in temps],
+                "sums": [(f"_a{q}", pr.doprint(e)) for q, e in enumerate(st.element_exprs)],
+            })
+        # Finalize: reduction values, then per-tensor scalars, in float64.
+        fin_names = {}
+        fused = set()
+        for sym, e in [*st.tensor_temps, *st.tensor_outputs]:
+            fused |= e.free_symbols
+        values = []
+        for k, r in enumerate(info.reductions):
+            if r.sym not in fused:
+                continue
+            name = red_names[r.sym]
+            fin_names[r.sym] = name
+            if r.scope == "tensor":
+                code = f"_red[j, {k}]" + (" / _count[j]" if r.op == "mean" else "")
+            else:
+                code = f"_g{k}" + (" / _total" if r.op == "mean" else "")
+            values.append((name, code))
+        finalize_loads = []
+        for s in plan.scalars:
+            if s in fused:
+                fin_names[s] = f"_d{scalar_col[s]}"
+                finalize_loads.append((fin_names[s], scalar_col[s]))
+        for sym, _ in st.tensor_temps:
+            fin_names[sym] = sym.name  # _f0, _f1 ...
+        fp = KernelPrinter(fin_names, "float64")
+        stages.append({
+            "index": st.index,
+            "comment": comment_text(", ".join(f"r{k} ({info.reductions[k].scope} {info.reductions[k].op})"
+                                              for k in st.reductions)),
+            "loads": loads,
+            "pointer_views": pointer_views,
+            "state_views": state_views,
+            "element_loads": element_loads,
+            "accumulators": accs,
+            "part_to_red": [(q, k) for q, k in enumerate(st.reductions)],
+            "globals": [(f"_g{k}", k) for k in st.reductions if info.reductions[k].scope == "global"],
+            "red_values": values,
+            "finalize_loads": finalize_loads,
+            "finalize_temps": [(fin_names[s], fp.doprint(e)) for s, e in st.tensor_temps],
+            "finalize_stores": [(col_of[s], fp.doprint(e)) for s, e in st.tensor_outputs],
+        })
+    kernels = []
+    for suffix, dtype, ptr, itemsize in _DTYPES:
+        pr = KernelPrinter({}, dtype)
+        for parallel in (False, True):
+            kernels.append({
+                "name": f"{prefix}_reduce_{suffix}" + ("_parallel" if parallel else ""),
+                "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "parallel": parallel,
+                "range": "numba.prange" if parallel else "range", "ctor": pr.ctor,
+                "stages": kernel_stages[suffix],
+                "doc": docstring_text(f"Reduction passes of {rule.name}, {dtype}"
+                                      + (", chunks in parallel threads." if parallel else ", serial.")),
+            })
+    return {
+        "comment_name": comment_text(rule.name),
+        "nstages": len(info.stages),
+        "nred": len(info.reductions),
+        "ntensor": len(info.tensor_scalars),
+        "nscalars": ns,
+        "max_width": max_width,
+        "state_args": [state_ids[s] for s in plan.state],
+        "reduction_doc": _reduction_doc(plan),
+        "stages": stages,
+        "kernels": kernels,
+    }
 
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family``."""
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
-    prefixes = variant_prefixes(family)
-    data = family_data(family, plans, hyper_ids, prefixes)
+    prefixes = _variant_prefixes(family)
+    data = _family_data(family, plans, hyper_ids, prefixes)
     cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
-    digest = input_hash(family)
+    state_ids = [_state_identifiers(rule) for _, rule in family.variants]
     ctx = {
-        "header": {
-            "version": __version__,
-            "rule": comment_text(family.name),
-            "source": comment_text(source_label or family.source),
-            "template": OPTIMIZER_TEMPLATE,
-            "input_hash": digest,
-            "version_literal": string_literal(__version__),
-            "input_hash_literal": string_literal(digest),
-            "template_literal": string_literal(OPTIMIZER_TEMPLATE),
-        },
+        "header": header(family.name, source_label or family.source, OPTIMIZER_TEMPLATE, family_hash(family)),
         "docstring": _docstring(family),
         "family_literal": python_literal(data, width=100),
         "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
@@ -257,6 +450,304 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
-    env = environment()
-    text = env.get_template(OPTIMIZER_TEMPLATE).render(**ctx)
-    return text + reduce_render.render_reductions(env, family, plans, prefixes, _state_identifiers)
+    ctx["reduction_variants"] = [_reduction_context(rule, plan, prefix, ids)
+                                 for (_, rule), plan, prefix, ids in zip(family.variants, plans, prefixes, state_ids)
+                                 if plan.reduction is not None]
+    return environment().get_template(OPTIMIZER_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- symopt.nn modules
+_KERNEL_NAMES = {"z", "target", "labels", "out", "scale_in", "scale", "x", "y", "g", "total", "i", "j", "r",
+                 "lab", "index", "consts", "k", "grad", "need_grad"}
+
+
+def nn_module_name(kind: str, name: str) -> str:
+    """``nn_loss_<name>`` or ``nn_act_<name>`` (never collides with an optimizer rule module)."""
+    return f"nn_{'loss' if kind == 'loss' else 'act'}_{name}"
+
+
+def _hyper_data(spec, ids: dict) -> list:
+    return [{"name": ids[s], "key": h.key or s.name, "default": h.default, "low": _num(h.low), "high": _num(h.high),
+             "low_open": h.low_open, "high_open": h.high_open, "doc": h.doc} for s, h in spec.hyper.items()]
+
+
+def _nn_hyper_identifiers(spec) -> dict:
+    taken = set(_KERNEL_NAMES)
+    return {s: identifier(s.name, taken, prefix="h") for s in spec.hyper}
+
+
+def _used(temps, outputs) -> set:
+    out: set = set()
+    for _, e in temps:
+        out |= e.free_symbols
+    for e in outputs:
+        out |= e.free_symbols
+    return out
+
+
+# ----------------------------------------------------------------------------- elementwise
+def _elementwise_kernels(plan, hyper_ids: dict) -> list:
+    from ..derive.elementwise import SCALE, UPSTREAM
+
+    spec = plan.spec
+    kernels = []
+    if spec.kind == "loss":
+        elem = {spec.x: ("z_i", "z"), spec.target: ("y_i", "target")}
+        layout = [("value", ["z", "target"], False), ("value_and_grad", ["z", "target", "scale_in", "out"], True)]
+        length = "z"
+    else:
+        elem = {spec.x: ("x_i", "x"), spec.output: ("y_i", "y"), UPSTREAM: ("g_i", "g")}
+        layout = [("forward", ["x", "out"], True), ("backward", ["x", "y", "g", "out"], True)]
+        length = "x"
+    for suffix, dtype, *_ in _DTYPES:
+        for kname, arrays, writes in layout:
+            temps, reduced = plan.bodies[kname]
+            names = {s: n for s, (n, _) in elem.items()}
+            names.update({s: f"{hyper_ids[s]}_t" for s in spec.hyper})
+            names[SCALE] = "scale"
+            for s, _ in temps:
+                names[s] = s.name
+            pr = KernelPrinter(names, dtype, vector_math=spec.kind != "loss")  # activations: vectorized exp/tanh
+            used = _used(temps, reduced)
+            prologue = [(f"{hyper_ids[s]}_t", f"{pr.ctor}({hyper_ids[s]})") for s in spec.hyper if s in used]
+            if SCALE in used:
+                prologue.append(("scale", f"{pr.ctor}(scale_in)"))
+            loss = spec.kind == "loss"
+            if loss:
+                prologue.append(("total", "0.0"))
+            loads = [(n, arr) for s, (n, arr) in elem.items() if s in used]
+            stores, accumulate = [], []
+            if loss:
+                accumulate.append(pr.doprint(reduced[0]))
+                if writes:
+                    stores.append(("out", pr.doprint(reduced[1])))
+            else:
+                stores.append(("out", pr.doprint(reduced[0])))
+            what = {
+                "value": "Sum over i of the loss at (z[i], target[i]), accumulated in float64.",
+                "value_and_grad": "Sum of the losses; out[i] = scale * dloss/dz at element i.",
+                "forward": "out[i] = f(x[i]).",
+                "backward": "out[i] = g[i] * f'(x[i]) (y[i] = f(x[i]) may be used instead of x[i]).",
+            }[kname]
+            kernels.append({
+                "name": f"{kname}_{suffix}",
+                "args": arrays + [hyper_ids[s] for s in spec.hyper],
+                "doc": docstring_text(f"{spec.name} {kname}, {dtype} arrays (1-D, C-contiguous). {what}"),
+                "prologue": prologue, "length": length, "loads": loads,
+                "temps": [(names[s], pr.doprint(e)) for s, e in temps],
+                "stores": stores, "accumulate": accumulate, "result": "total" if loss else "",
+                "helpers": pr.helpers,
+            })
+    return kernels
+
+
+def _elementwise_docstring(plan) -> str:
+    spec = plan.spec
+    lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, ""]
+    lhs = r"\ell(z, y)" if spec.kind == "loss" else "f(x)"
+    dlhs = r"\partial \ell / \partial z" if spec.kind == "loss" else "f'(x)"
+    lines.append(f"Definition:  {lhs} = {spec.latex()}")
+    if spec.kernel_expr != spec.expr:
+        lines.append(f"Kernel form: {lhs} = {spec.latex(spec.kernel_expr)}")
+    lines.append(f"Derivative (sympy.diff, then the cheapest accurate form: {plan.chosen}):")
+    lines.append(f"    {dlhs} = {spec.latex(plan.display)}")
+    if spec.convention:
+        lines.append(f"Convention at kinks: {spec.convention}")
+    lines.append("")
+    lines.append(f"Operations per element: forward {plan.forward_ops}, derivative {plan.derivative_ops} "
+                 f"(sympy.diff as given: {plan.raw_ops}).")
+    lines.append("Candidates for the derivative (ops, max error vs the textbook derivative at the check points):")
+    for c in plan.candidates:
+        mark = "" if c.accepted else "  [rejected: inaccurate]"
+        lines.append(f"    {c.label}: {c.ops} ops, error {c.max_err:.2g}{mark}")
+    return docstring_text("\n".join(lines))
+
+
+def render_elementwise(plan) -> str:
+    """Module text for an :class:`~symopt.derive.elementwise.ElementPlan`."""
+    spec = plan.spec
+    ids = _nn_hyper_identifiers(spec)
+    digest = input_hash(ELEMENTWISE_TEMPLATE, spec.fingerprint())
+    data = {
+        "name": spec.name, "kind": spec.kind, "shape": "elementwise", "doc": spec.doc,
+        "hyper": _hyper_data(spec, ids), "target_kind": spec.target_kind, "convention": spec.convention,
+        "latex": {"definition": spec.latex(), "derivative": spec.latex(plan.display)},
+        "derivative_form": plan.chosen,
+        "derivative_uses_output": bool(spec.output is not None and spec.output in plan.derivative.free_symbols),
+        "op_count": {"forward": plan.forward_ops, "derivative": plan.derivative_ops, "raw_derivative": plan.raw_ops},
+    }
+    ctx = {
+        "header": header(f"nn {spec.kind} {spec.name}", "symopt.nn", ELEMENTWISE_TEMPLATE, digest),
+        "docstring": _elementwise_docstring(plan),
+        "spec_literal": pprint.pformat(data, width=100, sort_dicts=False),
+        "kernels": _elementwise_kernels(plan, ids),
+    }
+    ctx["vector_math"] = sorted(set().union(*(k["helpers"] for k in ctx["kernels"])))
+    return environment().get_template(ELEMENTWISE_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- row-wise
+def _rowwise_kernels(spec) -> tuple:
+    from ..derive.elementwise import SCALE
+    from ..derive.rowwise import plan_rowwise
+
+    loss = spec.kind == "loss"
+    arr = "z" if loss else "x"
+    taken = set(_KERNEL_NAMES)
+    names = {}
+    for s in (spec.element, spec.onehot, spec.picked, spec.upstream, spec.output,
+              *[r[0] for r in spec.forward_reductions], *[r[0] for r in spec.grad_reductions]):
+        if s is not None:
+            names[s] = identifier(s.name, taken, prefix="v")
+    names[SCALE] = "scale"
+    layout = ([("value", ["z", "labels"], ()), ("value_and_grad", ["z", "labels", "scale_in", "out"], (SCALE,))]
+              if loss else [("forward", ["x", "out"], ()), ("backward", ["x", "y", "g", "out"], ())])
+    kernels, ops = [], {}
+    for kname, args, extra in layout:
+        plan = plan_rowwise(spec, kname, extra)
+        ops[kname] = plan.ops
+        for suffix, dtype, *_ in _DTYPES:
+            nm = dict(names)
+            for step in plan.steps:
+                if step[0] == "row":
+                    nm[step[1]] = step[1].name
+            pr = KernelPrinter(nm, dtype)
+            one, zero = pr.const(1), pr.const(0)
+            src = {spec.element: f"{arr}[r, j]", spec.upstream: "g[r, j]", spec.output: "y[r, j]",
+                   spec.onehot: f"{one} if j == lab else {zero}"}
+
+            def loads(exprs, nm=nm, src=src):
+                used: set = set()
+                for e in exprs:
+                    used |= e.free_symbols
+                return [(nm[s], src[s]) for s in (spec.element, spec.onehot, spec.upstream, spec.output)
+                        if s is not None and s in used]
+
+            steps = []
+            for step in plan.steps:
+                if step[0] == "reduce":
+                    _, sym, op, e = step
+                    code = pr.doprint(e)
+                    steps.append({"kind": "reduce", "name": nm[sym], "loads": loads([e]),
+                                  "init": f"{pr.ctor}(-np.inf)" if op == "max" else zero,
+                                  "reduce_code": f"max({nm[sym]}, {code})" if op == "max" else f"{nm[sym]} + {code}"})
+                elif step[0] == "row":
+                    steps.append({"kind": "row", "name": nm[step[1]], "code": pr.doprint(step[2])})
+                else:
+                    temps, (red,) = sp.cse([step[1]], symbols=sp.numbered_symbols("_e"), order="canonical")
+                    for s, _ in temps:
+                        nm[s] = s.name
+                    steps.append({"kind": "elements", "loads": loads([red, *(e for _, e in temps)]),
+                                  "temps": [(s.name, pr.doprint(e)) for s, e in temps], "code": pr.doprint(red)})
+            prologue = [("scale", f"{pr.ctor}(scale_in)")] if SCALE in extra else []
+            row_loads, accumulate = [], []
+            if loss:
+                row_loads.append(("lab", "labels[r]"))
+            if plan.value is not None:
+                prologue.append(("total", "0.0"))
+                if spec.picked in plan.value.free_symbols:
+                    row_loads.append((nm[spec.picked], f"{arr}[r, lab]"))
+                accumulate.append(pr.doprint(plan.value))
+            what = {
+                "value": "Sum over rows of the loss of row r at label labels[r].",
+                "value_and_grad": "Sum of the row losses; out[r, j] = scale * dL_r/dz[r, j].",
+                "forward": "out[r, :] = softmax(x[r, :]).",
+                "backward": "out[r, j] = sum_k g[r, k] dp_k/dx_j with y = softmax(x) (vector-Jacobian product).",
+            }[kname]
+            kernels.append({
+                "name": f"{kname}_{suffix}", "args": args, "rows": arr, "prologue": prologue,
+                "row_loads": row_loads, "steps": steps, "accumulate": accumulate,
+                "result": "total" if plan.value is not None else "",
+                "doc": docstring_text(f"{spec.name} {kname}, {dtype} arrays (2-D, C-contiguous). {what}"),
+            })
+    return kernels, ops
+
+
+def render_rowwise(spec) -> str:
+    """Module text for a :class:`~symopt.nn.spec.Rowwise` spec."""
+    digest = input_hash(ROWWISE_TEMPLATE, spec.fingerprint())
+    kernels, ops = _rowwise_kernels(spec)
+    lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, "",
+             "Definition and derivative (SymPy, over indexed sums):", f"    {spec.textbook}", "",
+             "As SymPy derived it:"]
+    for label, e in spec.derived.items():
+        lines.append(f"    {label}: {sp.sstr(e)}")
+    lines += ["", "Kernel steps per row (log-sum-exp with the row maximum m):"]
+    for sym, op, e in spec.forward_reductions:
+        lines.append(f"    {sym} = {op} over j of {sp.sstr(e)}")
+    for sym, op, e in spec.grad_reductions:
+        lines.append(f"    {sym} = {op} over j of {sp.sstr(e)}  (backward)")
+    if spec.forward_value is not None:
+        lines.append(f"    row loss = {sp.sstr(spec.forward_value)}")
+    if spec.forward_output is not None:
+        lines.append(f"    output_j = {sp.sstr(spec.forward_output)}")
+    lines.append(f"    gradient_j = {sp.sstr(spec.grad_output)}")
+    lines.append("Operations (one element of each pass + row temporaries): "
+                 + ", ".join(f"{k} {v}" for k, v in ops.items()) + ".")
+    data = {"name": spec.name, "kind": spec.kind, "shape": "rowwise", "doc": spec.doc, "hyper": [],
+            "target_kind": spec.target_kind, "convention": "", "latex": {"definition": spec.textbook},
+            "op_count": ops}
+    ctx = {
+        "header": header(f"nn {spec.kind} {spec.name}", "symopt.nn", ROWWISE_TEMPLATE, digest),
+        "docstring": docstring_text("\n".join(lines)),
+        "spec_literal": pprint.pformat(data, width=100, sort_dicts=False),
+        "kernels": kernels,
+    }
+    return environment().get_template(ROWWISE_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- symopt.gradient
+def gradient_hash(program) -> str:
+    """The input hash of a :class:`~symopt.derive.terms.TermProgram`'s module: its term shapes."""
+    return input_hash(GRADIENT_TEMPLATE,
+                      *[f"{sp.srepr(g.template)}|{len(g.inputs)}|{len(g.params)}" for g in program.groups])
+
+
+def render_gradient(program) -> str:
+    """Module text for a :class:`~symopt.derive.terms.TermProgram`.
+
+    The module depends only on the term shapes, never on the sizes or the numbers
+    in the tables, so equal shapes share one compiled module.
+    """
+    digest = gradient_hash(program)
+    groups, terms = [], []
+    for gi, g in enumerate(program.groups):
+        plan = g.plan
+        names = {s: s.name for s in (*g.inputs, *g.params)}
+        names.update({s: s.name for s, _ in plan.forward})
+        names.update({s: s.name for s, _ in plan.reverse})
+        pr = KernelPrinter(names, "float64")
+        groups.append({
+            "name": f"term{gi}",
+            "doc": docstring_text(f"Terms of shape {gi}: {sp.sstr(g.template)}"),
+            "input_loads": [(s.name, j) for j, s in enumerate(g.inputs)],
+            "param_loads": [(s.name, j) for j, s in enumerate(g.params)],
+            "forward": [(s.name, pr.doprint(e)) for s, e in plan.forward],
+            "value": pr.doprint(plan.value),
+            "reverse": [(s.name, pr.doprint(e)) for s, e in plan.reverse],
+            "grads": [(j, pr.doprint(e)) for j, e in enumerate(plan.grads)],
+        })
+        terms.append({"template": sp.sstr(g.template), "inputs": len(g.inputs), "params": len(g.params),
+                      "forward_ops": plan.forward_ops, "reverse_ops": plan.reverse_ops})
+    lines = ["symopt.gradient: value and gradient by reverse-mode accumulation.", "",
+             "f is a sum of terms; each term shape below is evaluated in a loop over a table of",
+             "input positions (p0, p1, ...) and constants (c0, c1, ...). Per term:"]
+    for gi, t in enumerate(terms):
+        lines.append(f"    shape {gi}: {t['template']}  -- forward {t['forward_ops']} ops, "
+                     f"reverse {t['reverse_ops']} ops")
+    ctx = {
+        "header": header("symopt.gradient expression", "user expression", GRADIENT_TEMPLATE, digest),
+        "docstring": docstring_text("\n".join(lines)),
+        "terms_literal": pprint.pformat(terms, width=100, sort_dicts=False),
+        "groups": groups,
+    }
+    return environment().get_template(GRADIENT_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- index of generated/
+def render_index(names_to_modules: list) -> str:
+    """The ``RULES`` index of ``generated/``: ``(rule name, module name)`` pairs in catalog order."""
+    digest = input_hash(INDEX_TEMPLATE, repr(names_to_modules))
+    rules = [(string_literal(n), string_literal(m)) for n, m in names_to_modules]
+    return environment().get_template(INDEX_TEMPLATE).render(
+        header=header("index of built-in rules", "symopt.rulebook.catalog", INDEX_TEMPLATE, digest), rules=rules)

@@ -36,7 +36,7 @@ _CACHED_NJIT = "@numba.njit(cache=True"
 
 
 def _execute(um):
-    """A module object from a checked :class:`~symopt.codegen.generate.UserModule`."""
+    """A module object from a checked :class:`~symopt.codegen.emit.UserModule`."""
     text, filename = um.text, (str(um.path) if um.path is not None else f"<symopt.gradient {um.name}>")
     if um.path is None:  # numba caches only functions that live in a file
         text = text.replace(_CACHED_NJIT, "@numba.njit(cache=False")
@@ -55,7 +55,7 @@ def _execute(um):
 
 
 def _load(program: TermProgram):
-    from ..codegen.generate_nn import gradient_module
+    from ..codegen.emit import gradient_module
 
     um = gradient_module(program)
     with _lock:

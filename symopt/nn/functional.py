@@ -1,7 +1,7 @@
 """Runtime of the losses and activations: generated kernels behind checked NumPy calls.
 
 No SymPy here: the kernels live in the checked-in ``symopt.generated.nn_*``
-modules (see :mod:`symopt.codegen.generate_nn`), whose ``SPEC`` dictionaries
+modules (see :mod:`symopt.codegen.emit`), whose ``SPEC`` dictionaries
 describe them.  Every public call checks its arrays first and raises
 ``ValueError``/``TypeError`` naming the argument: wrong shapes, NaN/inf, targets
 outside the loss's domain (probabilities in [0, 1], signs ±1, integer labels in

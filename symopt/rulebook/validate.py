@@ -44,7 +44,7 @@ from .rule import Hyper, RuleError, State, t
 #: Functions a rule may use (the registry's ``in_rules``); anything else is rejected.
 RULE_FUNCTIONS = tuple(f.sympy for f in REGISTRY if f.in_rules)
 #: Sums/means over a tensor or over all tensors: the plan turns them into reduction passes
-#: (reduction.py, codegen/reduce_plan.py); they never reach a printer.
+#: (reduction.py, codegen/plan.py); they never reach a printer.
 _REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean})
 _NUMBER_TYPES = frozenset({
     _numbers.Integer, _numbers.Rational, _numbers.Float, _numbers.Zero, _numbers.One,

@@ -26,15 +26,14 @@ another number or shape of params, a missing or malformed entry all raise
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from .._version import __version__
+from ..files import atomic_write
 
 __all__ = ["save", "load", "load_into", "read"]
 
@@ -129,18 +128,9 @@ def save(path, opt, *, params: bool = True) -> None:
             arrays[f"state_{k}_{j}"] = np.ascontiguousarray(state[j][key])
         if params:
             arrays[f"param_{j}"] = tensors[j]
-    path = Path(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def _fail(path, message: str, exc=CheckpointError):

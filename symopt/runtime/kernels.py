@@ -3,7 +3,7 @@
 Built-in rules live in the checked-in package ``symopt.generated`` (the
 ``generated/`` folder), indexed by ``symopt.generated.RULES``.  A user
 :class:`~symopt.rulebook.rule.Rule` (or ``Family``) is checked, generated on first
-use into the user cache (see :mod:`symopt.codegen.generate`) and executed from the
+use into the user cache (see :mod:`symopt.codegen.emit`) and executed from the
 exact text that was verified (seal, input hash, audit) -- compiled with the cache
 file's path as its file name, so numba's on-disk cache works for it as well; the
 file is never imported by path after the check.  When no cache folder is writable
@@ -57,7 +57,7 @@ _CACHED_NJIT = "@numba.njit(cache=True"
 
 
 def _execute(um):
-    """A module object from a checked :class:`~symopt.codegen.generate.UserModule`."""
+    """A module object from a checked :class:`~symopt.codegen.emit.UserModule`."""
     mod_name = f"symopt_user_kernels.{um.name}"
     text = um.text
     if um.path is None:
@@ -84,11 +84,11 @@ def _execute(um):
 
 def load_user(rule_or_family):
     """Check, generate (if needed) and load the module of a user Rule or Family."""
-    from ..codegen.generate import user_module
-    from ..codegen.render import input_hash
+    from ..codegen.emit import user_module
+    from ..codegen.render import family_hash
 
     family = _family_of(rule_or_family)
-    digest = input_hash(family)
+    digest = family_hash(family)
     with _lock:
         mod = _user_modules.get(digest)
     if mod is not None:

@@ -1,0 +1,241 @@
+"""The emit stage: rendered modules become sealed files, checked in or in the user cache.
+
+Every file is written atomically and ends with a seal line holding the sha256 of
+its content (:mod:`symopt.files`), so a reader never sees half a module and an
+edited file is recognised.
+
+* :func:`generate_builtins` writes the built-in modules into ``generated/`` (checked
+  in; ``symopt generate`` calls it and a test diffs the result): one module per
+  built-in optimizer family, their ``RULES`` index (``__init__.py``), and one module
+  per ``symopt.nn`` loss and activation (``nn_loss_<name>.py``/``nn_act_<name>.py``,
+  which the index does not list: the runtime finds them by module name).
+* :func:`user_module` (a user rule) and :func:`gradient_module` (an expression of
+  :func:`symopt.gradient`) go through one cache lookup, :func:`cached_module`, into
+  ``$SYMOPT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/symopt`` or ``~/.cache/symopt``),
+  folder ``kernels/`` or ``gradients/``, as real ``.py`` files so that numba's
+  ``cache=True`` works for them too.  The rendered text is audited
+  (:func:`~symopt.codegen.audit.audit_module`: it compiles and has only a generated
+  module's shape) before it is written.  An ``fcntl`` lock on the folder's ``.lock``
+  serializes writers; a reader reads the file once and uses that text only if its
+  seal and its ``INPUT_HASH`` line match (an edited, truncated or older file, or one
+  from another version of the code generator, is regenerated, never imported).  The
+  runtime executes exactly the text that was checked, never re-reading the file.
+
+If the cache folder cannot be written (read-only, not a folder), the module goes to
+a private per-user folder under the system temporary folder; if that fails too it
+is kept in memory only (numba then compiles it in every process).  Either way one
+:class:`~symopt.cachedirs.CacheWarning` is issued per process and destination (none
+more if numba's cache already fell back to the same folder: :mod:`symopt.cachedirs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..cachedirs import fallback_cache_dir, warn_fallback
+from ..files import atomic_write, is_sealed, seal, write_if_changed
+from ..rulebook.catalog import builtin_families
+from ..rulebook.rule import Family
+from ..rulebook.validate import check_family
+from .audit import AuditError, audit_module
+from .names import comment_text, module_name
+from .render import (family_hash, gradient_hash, nn_module_name, render_elementwise, render_family, render_gradient,
+                     render_index, render_rowwise)
+
+#: Module kinds of the user cache: sub-folder and what the cache warnings call them.
+_CACHE_KINDS = {"rule": ("kernels", "user rule modules"), "gradient": ("gradients", "gradient modules")}
+
+
+# ----------------------------------------------------------------------------- built-in modules
+def builtin_modules(names: list | None = None) -> dict:
+    """``{module name: sealed text}`` of the built-in modules (see the module doc).
+
+    With ``names``, only the optimizer families of those rules (no index, no nn modules).
+    """
+    fams = builtin_families()
+    selected = list(fams) if names is None else list(names)
+    out = {module_name(name): seal(render_family(fams[name], source_label=fams[name].source))
+           for name in fams if name in selected}
+    if names is None:
+        out["__init__"] = seal(render_index([(name, module_name(name)) for name in fams]))
+        out.update(nn_modules())
+    return out
+
+
+def nn_modules() -> dict:
+    """``{module name: sealed text}`` for every ``symopt.nn`` loss and activation."""
+    from ..derive.elementwise import derive_elementwise
+    from ..nn import activations, losses
+    from ..nn.spec import Elementwise
+
+    out = {}
+    for table in (losses.LOSSES, activations.ACTIVATIONS):
+        for name, build in table.items():
+            spec = build()
+            text = (render_elementwise(derive_elementwise(spec)) if isinstance(spec, Elementwise)
+                    else render_rowwise(spec))
+            out[nn_module_name(spec.kind, name)] = seal(text)
+    return out
+
+
+def generate_builtins(out_dir: Path, names: list | None = None) -> list:
+    """Write :func:`builtin_modules` into ``out_dir`` (files that changed only); returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for mod, text in builtin_modules(names).items():
+        path = out_dir / f"{mod}.py"
+        write_if_changed(path, text)
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------- the user cache
+def cache_dir() -> Path:
+    """The user kernel cache: ``$SYMOPT_CACHE_DIR`` or ``<user cache home>/symopt``."""
+    env = os.environ.get("SYMOPT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symopt"
+
+
+@dataclass(frozen=True)
+class UserModule:
+    """A generated module of the user cache: its file (None: in memory), input hash, checked text
+    and module name."""
+
+    path: Path | None
+    digest: str
+    text: str
+    name: str
+
+
+def user_module(family: Family, directory: Path | None = None) -> UserModule:
+    """The checked module of a user family, from the cache or freshly generated into it.
+
+    Raises :class:`~symopt.rulebook.rule.RuleError` for a malformed family.
+    """
+    check_family(family)
+    digest = family_hash(family)
+    label = f"user rule {comment_text(family.name)}"
+    return cached_module("rule", f"{module_name(family.name)}_{digest[:16]}", digest,
+                         lambda: _audited(seal(render_family(family, source_label=label)),
+                                          f"<user rule {module_name(family.name)}>"),
+                         directory)
+
+
+def gradient_module(program, directory: Path | None = None) -> UserModule:
+    """The checked module of a :class:`~symopt.derive.terms.TermProgram`, from the cache or freshly
+    generated into it."""
+    digest = gradient_hash(program)
+    return cached_module("gradient", f"grad_{digest[:16]}", digest,
+                         lambda: _audited(seal(render_gradient(program)), "<symopt.gradient module>"), directory)
+
+
+def cached_module(kind: str, stem: str, digest: str, render: Callable[[], str],
+                  directory: Path | None = None) -> UserModule:
+    """The module ``<cache>/<folder of kind>/<stem>.py`` whose ``INPUT_HASH`` is ``digest``.
+
+    Reused when intact (seal, hash, audit), else written from ``render()`` (sealed, audited
+    text, rendered at most once) under the folder's lock.  ``directory`` overrides
+    :func:`cache_dir`; tries that folder, then :func:`~symopt.cachedirs.fallback_cache_dir`,
+    then keeps the module in memory.
+    """
+    folder, what = _CACHE_KINDS[kind]
+    primary = cache_dir() if directory is None else Path(directory)
+    failures: list = []
+    text = None
+    for base in _candidate_dirs(primary):
+        path = base / folder / f"{stem}.py"
+        found = _verified_text(path, digest)
+        if found is None:
+            if text is None:
+                text = render()
+            try:
+                with _locked(path.parent / ".lock"):
+                    found = _verified_text(path, digest)  # another process may have just written it
+                    if found is None:
+                        atomic_write(path, text)
+                        found = text
+            except OSError as exc:
+                failures.append((base, exc))
+                continue
+        _warn_once(failures, path.parent, root=base, what=what)
+        return UserModule(path, digest, found, stem)
+    if text is None:
+        text = render()
+    _warn_once(failures, None, what=what)
+    return UserModule(None, digest, text, stem)
+
+
+def _audited(text: str, label: str) -> str:
+    audit_module(text, label)
+    return text
+
+
+def _candidate_dirs(primary: Path):
+    """The configured cache folder, then (only if asked for) the per-user fallback folder."""
+    yield primary
+    fallback = fallback_cache_dir()
+    if fallback is not None and fallback != primary:
+        yield fallback
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: rely on atomic rename alone
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _header_hash(text: str) -> str | None:
+    for line in text.splitlines():  # after the docstring, whose length depends on the rule's doc
+        if line.startswith("INPUT_HASH = "):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return None
+
+
+def read_header_hash(path: Path) -> str | None:
+    """The ``INPUT_HASH`` recorded in a generated module, or None if unreadable."""
+    try:
+        return _header_hash(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _verified_text(path: Path, digest: str) -> str | None:
+    """The file's text if it is sealed, intact, generated from inputs with hash ``digest`` and
+    passes the audit; None otherwise (the caller then regenerates it)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not is_sealed(text) or _header_hash(text) != digest:
+        return None
+    try:
+        audit_module(text, str(path))
+    except AuditError:
+        return None
+    return text
+
+
+def _warn_once(failures: list, used: Path | None, *, what: str, root: Path | None = None) -> None:
+    """One :class:`~symopt.cachedirs.CacheWarning` per destination (see :func:`symopt.cachedirs.warn_fallback`)."""
+    failures = [(f"the kernel cache folder {b}", e) for b, e in failures]
+    warn_fallback(what, failures, used, root=root, stacklevel=6)
