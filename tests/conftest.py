@@ -12,6 +12,12 @@ os.environ.setdefault("SYMOPT_CACHE_DIR", tempfile.mkdtemp(prefix="symopt-test-c
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
+def _float64(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, of any float dtype (NumPy has no bfloat16)
+        x = x.detach().double().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
 def rel_err(a, b, floor: float = 0.0) -> float:
     """Relative error of ``a`` against the reference ``b``, the one measure of the tests::
 

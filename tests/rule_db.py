@@ -207,11 +207,13 @@ def _torch_optim_case(cls, group0=None, change=None, **kw):
                     group0=group0, change=change, dtypes=(F64, F32))
 
 
-def _notes_cases(fn, lr, other):
-    """The notes' transcription at a learning rate (the notes give none) with the rule's defaults, in
-    both dtypes, and with other hyperparameters (float64)."""
-    return (PeerCase("notes", dict(lr=lr), fn, dtypes=(F64, F32)),
-            PeerCase("notes", dict(lr=lr, **other), fn, dtypes=(F64,)))
+def _notes_rule(name, fn, lr, reference_case):
+    """A notes rule: its transcription is both the reference step and the peer, run at a learning
+    rate (the notes give none) with the rule's defaults in both dtypes, and with the reference
+    case's other hyperparameters in float64."""
+    other = {k: v for k, v in reference_case.items() if k != "lr"}
+    return RuleInfo(name, fn, (reference_case,), (PeerCase("notes", dict(lr=lr), fn, dtypes=(F64, F32)),
+                                                  PeerCase("notes", dict(lr=lr, **other), fn, dtypes=(F64,))))
 
 
 def _po(make, **kw):
@@ -265,16 +267,12 @@ _T = _torch_rule
 # Torch cases: every variant, every option at a non-default value, a param-group case and a
 # mid-run hyperparameter change.
 _RECORDS = [
-    RuleInfo("notes.gd", notes.gd, (dict(lr=0.3),), _notes_cases(notes.gd, 0.02, {})),
-    RuleInfo("notes.sgd", notes.sgd, (dict(lr=0.002),), _notes_cases(notes.sgd, 0.02, {})),
-    RuleInfo("notes.adagrad", notes.adagrad, (dict(lr=0.1, eps=1e-4),),
-             _notes_cases(notes.adagrad, 0.02, dict(eps=1e-4))),
-    RuleInfo("notes.rmsprop", notes.rmsprop, (dict(lr=0.02, gamma=0.5, eps=1e-6),),
-             _notes_cases(notes.rmsprop, 0.02, dict(gamma=0.5, eps=1e-6))),
-    RuleInfo("notes.adam", notes.adam, (dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7),),
-             _notes_cases(notes.adam, 0.005, dict(betas=(0.8, 0.99), eps=1e-7))),
-    RuleInfo("notes.adam_warmup", notes.adam_warmup, (dict(lr=0.01, betas=(0.5, 0.9), eps=1e-5),),
-             _notes_cases(notes.adam_warmup, 0.005, dict(betas=(0.5, 0.9), eps=1e-5))),
+    _notes_rule("notes.gd", notes.gd, 0.02, dict(lr=0.3)),
+    _notes_rule("notes.sgd", notes.sgd, 0.02, dict(lr=0.002)),
+    _notes_rule("notes.adagrad", notes.adagrad, 0.02, dict(lr=0.1, eps=1e-4)),
+    _notes_rule("notes.rmsprop", notes.rmsprop, 0.02, dict(lr=0.02, gamma=0.5, eps=1e-6)),
+    _notes_rule("notes.adam", notes.adam, 0.005, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7)),
+    _notes_rule("notes.adam_warmup", notes.adam_warmup, 0.005, dict(lr=0.01, betas=(0.5, 0.9), eps=1e-5)),
     _T("sgd", "SGD", torch_compat.sgd, [
         dict(lr=0.05, weight_decay=0.1, maximize=True),
         dict(lr=0.05, momentum=0.9, dampening=0.3),
