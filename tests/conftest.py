@@ -13,6 +13,7 @@ RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 def _float64(x) -> np.ndarray:
+    """``x`` as a float64 NumPy array."""
     if hasattr(x, "detach"):  # a torch tensor, of any float dtype (NumPy has no bfloat16)
         x = x.detach().double().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -27,10 +28,10 @@ def rel_err(a, b, floor: float = 0.0) -> float:
     ``floor = 0``: elementwise relative error; ``floor = 1``: max-norm relative error
     ``max|a − b| / max|b|``, for values that pass near zero, where only the error relative
     to the larger entries is meaningful; in between, entries below ``floor · max|b|`` are
-    measured against that.  An empty ``b`` has error 0.
+    measured against that.  An empty ``b`` has error 0.  ``a``, ``b``: arrays, numbers or
+    torch tensors.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = _float64(a), _float64(b)
     if b.size == 0:
         return 0.0
     scale = float(np.max(np.abs(b)))

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 from references import notes, optax_compat, research, torch_compat
@@ -77,7 +77,7 @@ class RuleInfo:
     reference: Callable | None
     reference_cases: tuple = ()
     peer_cases: tuple = ()
-    tolerance: Mapping = None
+    tolerance: Mapping | None = None
     known_issues: tuple = ()
     torch_optim: str | None = None
 
@@ -114,7 +114,7 @@ _GROUP_TOLERANCE = {
 
 
 # ----------------------------------------------------------------------------- known issues
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lerp_weights(name) -> frozenset:
     """(key, index) of every hyperparameter inside the weight w of an update m <- m + w (x - m)."""
     import sympy as sp
@@ -258,12 +258,12 @@ def _adafactor_f64(optax, jnp, lr, **kw):
     )
 
 
-def _torch_rule(name, cls, reference, reference_cases, cases):
+def _torch_rule(name, cls, reference, reference_cases, cases, known_issues=()):
+    """A torch-compatible rule: ``torch.optim.<cls>`` runs every case of ``cases``."""
     return RuleInfo(name, reference, tuple(reference_cases), tuple(_torch_optim_case(cls, **kw) for kw in cases),
-                    torch_optim=cls)
+                    known_issues=known_issues, torch_optim=cls)
 
 
-_T = _torch_rule
 # Torch cases: every variant, every option at a non-default value, a param-group case and a
 # mid-run hyperparameter change.
 _RECORDS = [
@@ -273,7 +273,7 @@ _RECORDS = [
     _notes_rule("notes.rmsprop", notes.rmsprop, 0.02, dict(lr=0.02, gamma=0.5, eps=1e-6)),
     _notes_rule("notes.adam", notes.adam, 0.005, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7)),
     _notes_rule("notes.adam_warmup", notes.adam_warmup, 0.005, dict(lr=0.01, betas=(0.5, 0.9), eps=1e-5)),
-    _T("sgd", "SGD", torch_compat.sgd, [
+    _torch_rule("sgd", "SGD", torch_compat.sgd, [
         dict(lr=0.05, weight_decay=0.1, maximize=True),
         dict(lr=0.05, momentum=0.9, dampening=0.3),
         dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
@@ -289,7 +289,7 @@ _RECORDS = [
         dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
         dict(lr=0.05, momentum=0.9, change=dict(lr=0.01, momentum=0.5, dampening=0.5)),
     ]),
-    _T("adam", "Adam", torch_compat.adam, [
+    _torch_rule("adam", "Adam", torch_compat.adam, [
         dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True),
         dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, decoupled_weight_decay=True),
     ], [
@@ -302,7 +302,7 @@ _RECORDS = [
         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True, maximize=True),
         dict(lr=0.01, weight_decay=0.1, amsgrad=True, group0=dict(lr=0.03, betas=(0.5, 0.9))),
     ]),
-    _T("adamw", "AdamW", torch_compat.adamw, [
+    _torch_rule("adamw", "AdamW", torch_compat.adamw, [
         dict(lr=0.01, amsgrad=True, maximize=True, eps=1e-6),
         dict(lr=0.01, weight_decay=0.0),
     ], [
@@ -312,7 +312,7 @@ _RECORDS = [
         dict(lr=0.01, weight_decay=0.0, maximize=True, eps=1e-6),
         dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
     ]),
-    _T("adagrad", "Adagrad", torch_compat.adagrad, [
+    _torch_rule("adagrad", "Adagrad", torch_compat.adagrad, [
         dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5, weight_decay=0.1, maximize=True),
     ], [
         dict(),
@@ -322,25 +322,25 @@ _RECORDS = [
         dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1, weight_decay=0.01, maximize=True,
              change=dict(lr_decay=0.0)),
     ]),
-    RuleInfo("rmsprop", torch_compat.rmsprop, (
+    _torch_rule("rmsprop", "RMSprop", torch_compat.rmsprop, [
         dict(lr=0.01, momentum=0.9), dict(lr=0.01, centered=True, alpha=0.9),
         dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1, maximize=True),
-    ), tuple(_torch_optim_case("RMSprop", **kw) for kw in [
+    ], [
         dict(),
         dict(lr=0.01, centered=True),
         dict(lr=0.003, momentum=0.9),
         dict(lr=0.003, centered=True, momentum=0.9),
         dict(lr=0.01, alpha=0.9, weight_decay=0.1, maximize=True, eps=1e-6),
         dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1, maximize=True),
-    ]), known_issues=(RMSPROP_CENTERED_EPS_ZERO,), torch_optim="RMSprop"),
-    _T("adamax", "Adamax", torch_compat.adamax, [
+    ], known_issues=(RMSPROP_CENTERED_EPS_ZERO,)),
+    _torch_rule("adamax", "Adamax", torch_compat.adamax, [
         dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, maximize=True),
     ], [
         dict(),
         dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
         dict(lr=0.01, weight_decay=0.1, maximize=True),
     ]),
-    _T("nadam", "NAdam", torch_compat.nadam, [
+    _torch_rule("nadam", "NAdam", torch_compat.nadam, [
         dict(lr=0.01, momentum_decay=0.01, weight_decay=0.1),
         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
     ], [
@@ -352,7 +352,7 @@ _RECORDS = [
         # mu_product is history: changing momentum_decay mid-run keeps the old factors
         dict(lr=0.01, change=dict(momentum_decay=0.02, betas=(0.8, 0.999))),
     ]),
-    _T("radam", "RAdam", torch_compat.radam, [
+    _torch_rule("radam", "RAdam", torch_compat.radam, [
         dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.1),
         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
     ], [
@@ -362,7 +362,7 @@ _RECORDS = [
         dict(lr=0.01, weight_decay=0.1),
         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True, eps=1e-6),
     ]),
-    _T("adadelta", "Adadelta", torch_compat.adadelta, [
+    _torch_rule("adadelta", "Adadelta", torch_compat.adadelta, [
         dict(lr=0.5, rho=0.95, eps=1e-4, weight_decay=0.1, maximize=True),
     ], [
         dict(),
@@ -512,8 +512,6 @@ _RECORDS = [
 
 def _complete(info: RuleInfo) -> RuleInfo:
     """The record with its group's tolerances and the issues every rule has."""
-    from dataclasses import replace
-
     group = symopt.family(info.name).group
     return replace(info, tolerance={**_COMMON, **_GROUP_TOLERANCE[group], **(info.tolerance or {})},
                    known_issues=_EVERY_RULE + tuple(info.known_issues))

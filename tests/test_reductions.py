@@ -8,7 +8,6 @@ composed rule's reductions; rules without reductions have no reduction kernel.
 """
 import numpy as np
 import pytest
-
 from conftest import rel_err
 from rule_db import RULE_DB
 
