@@ -47,7 +47,8 @@ class PeerCase:
     ``build(lib)`` an Optax ``GradientTransformation``; for ``"notes"`` it is the notes'
     transcription, a step function as in ``tests/references``.  ``group0``: extra keys of a
     first param group holding the first tensor (the others are in a second group with the
-    defaults); ``change``: ``{key: value}`` set on every param group halfway through the run.
+    defaults); ``change``: ``{key: value}`` set on every param group halfway through the run;
+    ``dtypes``: the dtypes the case runs in; ``note``: how the peer's convention differs, if it does.
     """
 
     library: str
@@ -97,8 +98,9 @@ class RuleInfo:
 #:     differences of ~1e-16 per operation, with a wide margin; float32: float32 rounding over
 #:     20 steps), max-norm;  "reference displacement": θ_t − θ_0 against it, max-norm (not in
 #:     float32, where the params' own rounding is ~1e-5 of a displacement of ~0.1);
-#: "peer": the peer's trajectory over 100 steps (30 for the notes), elementwise in float64,
-#:     max-norm in float32 (a param passing near zero keeps only its absolute error);
+#: "peer": the peer's trajectory over 100 steps (30 for the notes): params elementwise, state
+#:     max-norm; torch's params and state elementwise in float64 and max-norm in float32 (a
+#:     param passing near zero keeps only its absolute error there);
 #: "peer displacement": θ_t − θ_0 against the peer's, max-norm;
 #: "verify": ``symopt verify``'s own tolerance against 50-digit mpmath.
 _COMMON = {"reference": {F64: 2e-11, F32: 1e-4}, "reference displacement": {F64: 2e-11},
