@@ -40,7 +40,7 @@ def _cmd_list(args) -> int:
         for _, name, source, variants in items:
             extra = f"  variants: {variants}" if "," in variants else ""
             print(f"  {name:<22} {source}{extra}")
-            print(f"  {'':<22}   verified by: {', '.join(verified_by(name, group))}")
+            print(f"  {'':<22}   verified by: {', '.join(verified_by(name))}")
     return 0
 
 

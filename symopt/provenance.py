@@ -2,36 +2,53 @@
 
 Every built-in rule is checked three ways in ``make test``: ``symopt verify`` (the generated
 kernel against a 50-digit mpmath evaluation of the rule), a hand-written NumPy reference
-step (``tests/references/<catalog module>.py``, float64 and float32), and -- listed here --
-trajectories of the library that defines it where that library installs from the package
-registry.  ``tests/test_research_parity.py`` asserts that this table names the library of
-every trajectory test it runs.
+step (``tests/references/``, float64 and float32), and -- listed here -- trajectories of
+the peer libraries that define it, where they install from the package registry.
+
+:data:`RULE_PEERS` is the one place that names a rule's peers: the tests' rule table
+(``tests/rule_db.py``) holds the peer cases, and ``tests/test_rule_db.py`` asserts that the
+parity tests run every peer named here for each rule, and no other.
 """
 
 from __future__ import annotations
 
+#: The checks every built-in rule has.
 ALWAYS = ("mpmath (symopt verify)", "NumPy step")
 
-#: Library trajectories per catalog group (tests/test_torch_parity.py, tests/test_optax_parity.py).
-BY_GROUP = {
-    "notes": ("the notes' formulas (tests/test_notes.py)",),
-    "torch": ("torch 2.13",),
-    "optax": ("optax 0.2.8",),
+#: Peers: {key: (distribution name or None, version or description)}.  The parity tests run
+#: the versions stated here (``tests/test_rule_db.py`` compares them with the installed ones).
+PEERS = {
+    "notes": (None, "the notes' formulas"),
+    "torch": ("torch", "2.13"),
+    "optax": ("optax", "0.2.8"),
+    "pytorch-optimizer": ("pytorch_optimizer", "4.1.0"),
+    "schedulefree": ("schedulefree", "1.4.1"),
 }
 
-_PO, _SF, _OX = "pytorch-optimizer 4.1.0", "schedulefree 1.4.1", "optax 0.2.8"
+_NOTES, _TORCH, _OPTAX, _PO, _SF = ("notes",), ("torch",), ("optax",), ("pytorch-optimizer",), ("schedulefree",)
 
-#: Library trajectories per research rule (tests/test_research_parity.py, float64, 100 steps).
-BY_RULE = {
-    "adan": (_PO,), "adopt": (_PO,), "laprop": (_PO,), "adabound": (_PO,), "amsbound": (_PO,), "adamod": (_PO,),
-    "qhadam": (_PO,), "qhm": (_PO,), "sgd_schedulefree": (_SF,), "adamw_schedulefree": (_SF,),
-    "mars_adamw": (_PO,), "cautious_adamw": (), "cautious_lion": (_PO,), "lamb": (_OX,), "lars": (_OX,),
-    "signsgd": (_PO, _OX), "signum": (_PO, _OX), "adafactor": (_OX,), "adabelief_rectified": (_PO,),
-    "tiger": (_PO,), "madgrad": (_PO,), "diffgrad": (_PO,), "ademamix": (_PO, _OX), "stable_adamw": (_PO,),
-    "fromage": (_OX,),
+#: {rule: keys of :data:`PEERS` whose trajectories the parity tests compare the rule with}.
+RULE_PEERS = {
+    "notes.gd": _NOTES, "notes.sgd": _NOTES, "notes.adagrad": _NOTES, "notes.rmsprop": _NOTES,
+    "notes.adam": _NOTES, "notes.adam_warmup": _NOTES,
+    "sgd": _TORCH, "adam": _TORCH, "adamw": _TORCH, "adagrad": _TORCH, "rmsprop": _TORCH,
+    "adamax": _TORCH, "nadam": _TORCH, "radam": _TORCH, "adadelta": _TORCH,
+    "lion": _OPTAX, "adabelief": _OPTAX, "yogi": _OPTAX,
+    "adan": _PO, "adopt": _PO, "laprop": _PO, "adabound": _PO, "amsbound": _PO, "adamod": _PO,
+    "qhadam": _PO, "qhm": _PO, "sgd_schedulefree": _SF, "adamw_schedulefree": _SF,
+    "mars_adamw": _PO, "cautious_adamw": (), "cautious_lion": _PO, "lamb": _OPTAX, "lars": _OPTAX,
+    "signsgd": _PO + _OPTAX, "signum": _PO + _OPTAX, "adafactor": _OPTAX, "adabelief_rectified": _PO,
+    "tiger": _PO, "madgrad": _PO, "diffgrad": _PO, "ademamix": _PO + _OPTAX, "stable_adamw": _PO,
+    "fromage": _OPTAX,
 }
 
 
-def verified_by(name: str, group: str) -> tuple:
-    """Library trajectories (if any), then the checks every rule has."""
-    return BY_RULE.get(name, BY_GROUP.get(group, ())) + ALWAYS
+def peer_label(key: str) -> str:
+    """How ``symopt list`` names a peer: ``"torch 2.13"``, ``"the notes' formulas"``."""
+    dist, version = PEERS[key]
+    return version if dist is None else f"{key} {version}"
+
+
+def verified_by(name: str) -> tuple:
+    """Peer trajectories (if any), then the checks every built-in rule has."""
+    return tuple(peer_label(key) for key in RULE_PEERS.get(name, ())) + ALWAYS

@@ -1,4 +1,4 @@
-"""Shared test set-up: a private kernel cache for user rules, and small helpers."""
+"""Shared test set-up: a private kernel cache for user rules, the tests' relative error, small helpers."""
 import os
 import tempfile
 
@@ -12,11 +12,31 @@ os.environ.setdefault("SYMOPT_CACHE_DIR", tempfile.mkdtemp(prefix="symopt-test-c
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-def rel_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    denom = np.maximum(np.abs(b), 1e-30)
-    return float(np.max(np.abs(a - b) / denom)) if a.size else 0.0
+def _float64(x) -> np.ndarray:
+    """``x`` as a float64 NumPy array."""
+    if hasattr(x, "detach"):  # a torch tensor, of any float dtype (NumPy has no bfloat16)
+        x = x.detach().double().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def rel_err(a, b, floor: float = 0.0) -> float:
+    """Relative error of ``a`` against the reference ``b``, the one measure of the tests::
+
+        max_i |a_i − b_i| / max(|b_i|, floor · max_j |b_j|, tiny)
+
+    (float64; ``tiny`` = 2.2e-308, the smallest normal float64, so that 0/0 counts as 0).
+    ``floor = 0``: elementwise relative error; ``floor = 1``: max-norm relative error
+    ``max|a − b| / max|b|``, for values that pass near zero, where only the error relative
+    to the larger entries is meaningful; in between, entries below ``floor · max|b|`` are
+    measured against that.  An empty ``b`` has error 0.  ``a``, ``b``: arrays, numbers or
+    torch tensors.
+    """
+    a, b = _float64(a), _float64(b)
+    if b.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(b)))
+    denom = np.maximum(np.abs(b), max(floor * scale, float(np.finfo(np.float64).tiny)))
+    return float(np.max(np.abs(a - b) / denom))
 
 
 @pytest.fixture

@@ -1,36 +1,36 @@
 """The source notes' rules, to the letter.
 
 Every ``notes.*`` rule runs 30 steps against the hand transcription of the notes'
-formulas in ``tests/references/notes.py`` (ε = 1e-9 inside the square root,
-β1 = 0.9, β2 = 0.999, t from 1 -- the transcription's own constants, so symopt's
-defaults are checked too; only the learning rate, which the notes do not give, is
-passed to both).  Gradients are fixed random arrays whose magnitudes span 1e-3..1,
+formulas in ``tests/references/notes.py``, for each case of ``tests/rule_db.py``: with
+the transcription's own constants (ε = 1e-9 inside the square root, β1 = 0.9,
+β2 = 0.999, t from 1, so symopt's defaults are checked too; only the learning rate, which
+the notes do not give, is passed to both) in both dtypes, and with other hyperparameters
+in float64.  Gradients are fixed random arrays whose magnitudes span 1e-3..1,
 so ε = 1e-9 is not negligible beside v (Adam's v_1 = 1e-3 g² reaches 1e-9).
 
 Errors, all relative: params elementwise (they stay in ±[2, 3.5]); state and the
 displacement θ_t − θ_0 in max norm (the displacement is ~100x smaller than θ, so
 its error shows a wrong ε or β that the params' own rounding would hide).
-Tolerances: float64 1e-10 (the issue's bound) for all three.  float32: 2e-6 for
-params and state, 1e-4 for the displacement: the float32 run starts from the same
-float32 values and is compared with the float64 transcription, so the error is
-float32 rounding accumulated over 30 steps (params rounded to 2^-22 at |θ| ≈ 2.5
-each step, against a displacement of ~0.1).
+Tolerances (the table's "peer" and "peer displacement"): float64 1e-10 (the issue's
+bound) for all three.  float32: 2e-6 for params and state, 1e-4 for the displacement:
+the float32 run starts from the same float32 values and is compared with the float64
+transcription, so the error is float32 rounding accumulated over 30 steps (params
+rounded to 2^-22 at |θ| ≈ 2.5 each step, against a displacement of ~0.1).
 """
 import re
 
 import numpy as np
 import pytest
-from references import notes as ref
+from conftest import rel_err
+from rule_db import case_id, peer_cases
 
 import symopt
 
 STEPS = 30
-RTOL = {np.float64: 1e-10, np.float32: 2e-6}
-RTOL_DISP = {np.float64: 1e-10, np.float32: 1e-4}
 SHAPES = [(4, 6), (7,)]
-LR = {"notes.gd": 0.02, "notes.sgd": 0.02, "notes.adagrad": 0.02, "notes.rmsprop": 0.02,
-      "notes.adam": 0.005, "notes.adam_warmup": 0.005}
-NOTES_RULES = ["notes.gd", "notes.sgd", "notes.adagrad", "notes.rmsprop", "notes.adam", "notes.adam_warmup"]
+#: (rule info, case index, case) of the table's cases against the notes' transcription.
+CASES = peer_cases("notes")
+DTYPE_CASES = [(info, k, case, dtype) for info, k, case in CASES for dtype in case.dtypes]
 
 
 def _data(seed, dtype):
@@ -41,54 +41,39 @@ def _data(seed, dtype):
     return params, grads
 
 
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b) / np.abs(b)))
-
-
-def _rel_norm(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
-
-
-def run_against_transcription(name, dtype, seed=0, **hyper):
+def run_against_transcription(name, transcription, hyper, dtype, seed):
     """Max (param, state, displacement) errors of ``STEPS`` symopt steps against the transcription."""
     params, grads = _data(seed, dtype)
     ours = [p.copy() for p in params]
     theirs = [p.astype(np.float64) for p in params]
-    opt = symopt.optimizer(name, ours, lr=LR[name], **hyper)
+    opt = symopt.optimizer(name, ours, **hyper)
     state: dict = {}
     start = [p.astype(np.float64) for p in params]
     err_p = err_s = err_d = 0.0
     for t in range(1, STEPS + 1):
         opt.step(grads[t - 1])
-        ref.REFERENCES[name](theirs, [g.astype(np.float64) for g in grads[t - 1]], state, t,
-                             lr=LR[name], **hyper)
+        transcription(theirs, [g.astype(np.float64) for g in grads[t - 1]], state, t, **hyper)
         assert opt.state[0]["step"] == t
         for j in range(len(SHAPES)):
             assert ours[j].dtype == dtype
-            err_p = max(err_p, _rel(ours[j], theirs[j]))
-            err_d = max(err_d, _rel_norm(ours[j] - start[j], theirs[j] - start[j]))
+            err_p = max(err_p, rel_err(ours[j], theirs[j]))
+            err_d = max(err_d, rel_err(ours[j] - start[j], theirs[j] - start[j], floor=1.0))
             for key, bufs in state.items():
-                err_s = max(err_s, _rel_norm(opt.state[j][key], bufs[j]))
+                err_s = max(err_s, rel_err(opt.state[j][key], bufs[j], floor=1.0))
     moved = max(float(np.max(np.abs(p.astype(np.float64) - q))) for p, q in zip(ours, params))
     assert moved > 1e-2, f"{name}: params barely moved ({moved}); the comparison would be vacuous"
     return err_p, err_s, err_d
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name", NOTES_RULES)
-def test_notes_rule_follows_the_formulas(name, dtype):
-    err_p, err_s, err_d = run_against_transcription(name, dtype)
-    print(f"{name} {np.dtype(dtype).name}: params {err_p:.3g}, state {err_s:.3g}, displacement {err_d:.3g}")
-    assert err_p <= RTOL[dtype] and err_s <= RTOL[dtype] and err_d <= RTOL_DISP[dtype], (err_p, err_s, err_d)
-
-
-@pytest.mark.parametrize("name", NOTES_RULES)
-def test_notes_rule_with_other_hyperparameters_f64(name):
-    hyper = {k: v for k, v in ref.CASES[name][0].items() if k != "lr"}
-    errs = run_against_transcription(name, np.float64, seed=1, **hyper)
-    assert max(errs) <= RTOL[np.float64], errs
+@pytest.mark.parametrize("info,k,case,dtype", DTYPE_CASES,
+                         ids=[f"{case_id(i.name, c)}-{np.dtype(d).name}" for i, _, c, d in DTYPE_CASES])
+def test_notes_rule_follows_the_formulas(info, k, case, dtype):
+    err_p, err_s, err_d = run_against_transcription(info.name, case.build, case.kwargs, dtype, seed=k)
+    print(f"{info.name} {case.kwargs} {np.dtype(dtype).name}: params {err_p:.3g}, state {err_s:.3g}, "
+          f"displacement {err_d:.3g}")
+    tol = info.tolerance
+    assert err_p <= tol["peer"][dtype] and err_s <= tol["peer"][dtype], (err_p, err_s, err_d)
+    assert err_d <= tol["peer displacement"][dtype], (err_p, err_s, err_d)
 
 
 def test_notes_constants_are_the_notes():

@@ -1,12 +1,11 @@
 """Property tests (hypothesis): every rule, random valid hyperparameters and arrays, equals its
 NumPy reference within a stated tolerance, step by step.
 
-Table-driven over ``symopt.rules()`` and the references in ``tests/references`` (a rule
-without one is checked against its own SymPy updates evaluated with mpmath at 30 digits,
-through the helpers of :mod:`symopt.verify.check`, in float64 and on normal-range values
-only -- mpmath is exact whatever the dtype, so it cannot tell where the dtype's own range
-ends; that path is exercised on
-``adam`` by ``test_mpmath_fallback_agrees``).
+Table-driven over ``tests/rule_db.py``: each rule's NumPy reference (a rule without one is
+checked against its own SymPy updates evaluated with mpmath at 30 digits, through the
+helpers of :mod:`symopt.verify.check`, in float64 and on normal-range values only --
+mpmath is exact whatever the dtype, so it cannot tell where the dtype's own range ends;
+that path is exercised on ``adam`` by ``test_mpmath_fallback_agrees``).
 
 Each hypothesis example draws
 
@@ -42,32 +41,28 @@ intermediates can be subnormal.  An element is not compared where ``ref`` is not
 not representable in the dtype, or where the dtype itself cannot evaluate the formula
 (``|w - ref|`` above 1 % -- e.g. ``g / sqrt(g**2)`` with ``g**2`` below float32's range);
 a step whose reference holds a NaN (0/0 for ``eps = 0``) ends the example, since a
-reduction would carry it to every element.  :data:`KNOWN_ISSUES` lists the discrepancies
-this test found and how their triggers are kept out of the draws.
+reduction would carry it to every element.  The table's ``known_issues`` list the
+discrepancies this test found and how their triggers are kept out of the draws.
 
 Examples per rule: ``SYMOPT_PROPERTY_EXAMPLES`` hypothesis examples (default 40 for a quick
 local run; ``make test``, hence CI, sets 1000), each a batch of 48 elements over 1-3 steps;
 each rule asserts that at least 1000 element-steps of the param were compared (2200-4100 at
 40 examples, 74 000-88 000 at 1000).  ``derandomize=True``: CI is reproducible.
 """
-import functools
-import importlib
 import inspect
 import math
 import os
-import pkgutil
 from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from rule_db import RULE_DB
 
-import references
 import symopt
 from symopt.runtime.kernels import load_builtin
 
-RULES = symopt.rules()
 EXAMPLES = int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", "40"))
 MIN_CASES = 1000
 SHAPES = [(4, 8), (16,)]
@@ -83,17 +78,6 @@ MPMATH_REL = 1e-10
 SMALL_FACTOR = 1e4
 WIDE_REL = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-2}
 WIDE_ABS = {np.dtype(np.float32): 1e-26, np.dtype(np.float64): 1e-280}  # subnormal quantum / eps >= 1e-19
-
-
-def _load_references():
-    refs = {}
-    for info in sorted(pkgutil.iter_modules(references.__path__), key=lambda i: i.name):
-        mod = importlib.import_module(f"references.{info.name}")
-        refs.update(getattr(mod, "REFERENCES", {}))
-    return refs
-
-
-REFS = _load_references()
 
 
 # ------------------------------------------------------------------------------- strategies
@@ -300,31 +284,8 @@ def _compare(label, got, ref, sens, before, dtype, failures, witness, small, rel
 
 
 # ----------------------------------------------------------------------------- known issues
-# Discrepancies these properties found, reported to the rules' owners, and kept out of the
-# drawn inputs by the explicit rules below (remove an entry once its cause is fixed).
-KNOWN_ISSUES = {
-    "lerp": "Many rules write an EMA as m + w (x - m) (torch's lerp_ formula for w < 0.5 only). For "
-            "w > 0.5 (a β below 0.5) that loses accuracy relative to the result, and at w = 1 (β = 0) it "
-            "gives m + (x - m), which loses x entirely when |x| << |m| (float32: |x| < 6e-8 |m|); torch "
-            "switches to x - (1 - w)(x - m) for w >= 0.5 and returns x.  Excluded: the hyperparameters "
-            "inside such a weight are drawn >= 0.5 for the rules that have the pattern (found in their "
-            "SymPy updates).",
-    "cautious": "The cautious mask is Heaviside(-Δ·g) with Δ = lr·u: Δ·g (and u itself, for eps = 0) "
-                "underflows for gradients near the bottom of the dtype's range, so such an element counts "
-                "as disagreeing and rescales the whole tensor's step (a count: one flip moves every "
-                "element by ~1/n).  Excluded: |g| < 1e4·sqrt(tiny) is drawn as 0 for cautious_* rules.",
-    "reductions, eps = 0": "With eps = 0, g / sqrt(v) for a float32 g whose square falls below the normal "
-                           "range is huge or inf, and a reduction (RMS clipping, norms) carries it to every "
-                           "element of the tensor -- in a different way than the float32 NumPy reference, "
-                           "whose products underflow in another order.  Excluded: for rules with reduction "
-                           "passes, an eps keyword of exactly 0 is drawn as its default.",
-    "rmsprop centered, eps = 0": "The centered variance v - m² can round to 0 or below in float32 "
-                                 "(torch's square_avg.addcmul(grad_avg, grad_avg, value=-1) as well); with "
-                                 "eps = 0 the step is then inf or NaN where the float64 reference is finite.  "
-                                 "Excluded: eps = 0 with centered=True is drawn as 1e-8.",
-}
-# Fixed (kept out of KNOWN_ISSUES, checked by the regression tests below): mars_adamw's normalized c
-# entered v as c² · (1 - β2)/‖c‖² -- SymPy distributes the square over c/‖c‖ and the planner hoisted
+# Fixed (kept out of the table's known issues, checked by the regression tests below): mars_adamw's
+# normalized c entered v as c² · (1 - β2)/‖c‖² -- SymPy distributes the square over c/‖c‖ and the planner hoisted
 # the per-tensor factor -- so float32 lost precision once (1 - β2)/‖c‖² was subnormal, and c² overflowed
 # to inf (0 · inf = NaN in v and the param) once ‖c‖ did.  The planner now scales, then squares.
 # Also fixed: AdaBelief's (g - m_t)² reached the kernel expanded as g (β1 - 1) + g - β1 m, which for
@@ -332,47 +293,10 @@ KNOWN_ISSUES = {
 # computes an updated state that a later update subtracts first (plan.UpdatedValue).
 
 
-@functools.lru_cache(maxsize=None)
-def _lerp_weights(name) -> frozenset:
-    """(key, index) of every hyperparameter inside the weight w of an update m <- m + w (x - m)."""
-    import sympy as sp
-
-    fam = symopt.family(name)
-    found = set()
-    for _, rule in fam.variants:
-        for _, rhs in rule.updates:
-            for node in sp.preorder_traversal(rhs):
-                if not isinstance(node, sp.Add):
-                    continue
-                for x in [a for a in node.args if isinstance(a, sp.Symbol)]:
-                    for term in node.args:
-                        if not isinstance(term, sp.Mul):
-                            continue
-                        diffs = [f for f in term.args if isinstance(f, sp.Add) and -x in f.args]
-                        if diffs:
-                            weight = sp.Mul(*[f for f in term.args if f is not diffs[0]])
-                            found |= {s for s in weight.free_symbols if s in fam.hyper}
-    return frozenset((fam.hyper[s].key or s.name, fam.hyper[s].index) for s in found)
-
-
 def _exclude_known(name, kw, dtype, grads, fam):
-    """The example with the known issues' triggers replaced (see :data:`KNOWN_ISSUES`)."""
-    for key, index in _lerp_weights(name):
-        if key in kw:
-            value = kw[key] if index is None else kw[key][index]
-            if isinstance(value, float) and value < 0.5:
-                value = 0.5 + value / 2
-                kw = {**kw, key: value if index is None else
-                      tuple(value if i == index else v for i, v in enumerate(kw[key]))}
-    if any("reduce" in v for v in fam["variants"]):
-        for h in fam["hyper"]:
-            if h["kind"] == "float" and h["index"] is None and "eps" in h["key"] and kw.get(h["key"]) == 0:
-                kw = {**kw, h["key"]: h["default"]}
-    if name == "rmsprop" and kw.get("centered") and kw.get("eps") == 0:
-        kw = {**kw, "eps": 1e-8}
-    if name.startswith("cautious"):
-        small = math.sqrt(float(np.finfo(dtype).tiny)) * 1e4
-        grads = [[np.where(np.abs(g) < small, np.zeros_like(g), g) for g in gs] for gs in grads]
+    """The example with the triggers of the rule's known issues (``tests/rule_db.py``) replaced."""
+    for issue in RULE_DB[name].known_issues:
+        kw, grads = issue.exclude(name, kw, dtype, grads, fam)
     return kw, grads
 
 
@@ -469,10 +393,11 @@ def _run_property(name, fn, examples, dtypes=(np.float32, np.float64), normal_on
     return counter
 
 
-@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("name", list(RULE_DB))
 def test_rule_matches_reference_on_random_valid_inputs(name):
-    if name in REFS:
-        counter = _run_property(name, REFS[name], EXAMPLES)
+    reference = RULE_DB[name].reference
+    if reference is not None:
+        counter = _run_property(name, reference, EXAMPLES)
     else:  # mpmath evaluates exactly, whatever the dtype: it cannot tell the dtype's own range limits
         counter = _run_property(name, _mpmath_reference(name), EXAMPLES, dtypes=(np.float64,), normal_only=True)
     print(f"{name}: {counter['examples']} examples, {counter['elements']} element-steps compared")
@@ -513,7 +438,7 @@ def test_mars_adamw_scaled_square_regression(dtype, lr, big, compared):
     params, grads = _regression_arrays(dtype, big)
     start = [p.copy() for p in params]
     counter: Counter = Counter()
-    _check_steps("mars_adamw", REFS["mars_adamw"], kw, dtype, params, grads, 7, counter)
+    _check_steps("mars_adamw", RULE_DB["mars_adamw"].reference, kw, dtype, params, grads, 7, counter)
     assert counter["elements"] >= compared
     assert all(np.isfinite(p).all() for p in params)
     if lr == 0.0:  # p (1 - 0 λ) - 0 · m̂ / d: the reference keeps the param (a zero's sign aside)
@@ -536,7 +461,7 @@ def test_updated_state_is_computed_before_it_is_subtracted(name, kw, dtype):
     big = 1e140 if dtype == np.float64 else 1e15
     params, grads = _regression_arrays(dtype, big)
     counter: Counter = Counter()
-    _check_steps(name, REFS[name], kw, dtype, params, grads, 11, counter)
+    _check_steps(name, RULE_DB[name].reference, kw, dtype, params, grads, 11, counter)
     assert counter["elements"] >= 20
 
 
@@ -547,9 +472,9 @@ def test_mpmath_fallback_agrees():
 
 
 def test_references_take_the_rules_keywords():
-    for name in RULES:
-        if name in REFS:
-            params = inspect.signature(REFS[name]).parameters
+    for name, info in RULE_DB.items():
+        if info.reference is not None:
+            params = inspect.signature(info.reference).parameters
             keys = symopt.optimizer(name, [np.zeros(1)]).defaults
             takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             assert takes_all or set(keys) <= set(params), f"{name}: reference lacks {set(keys) - set(params)}"

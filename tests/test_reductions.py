@@ -8,28 +8,20 @@ composed rule's reductions; rules without reductions have no reduction kernel.
 """
 import numpy as np
 import pytest
+from conftest import rel_err
+from rule_db import RULE_DB
 
 import symopt
 from symopt import NonFiniteGradientError
 from symopt.rulebook import transforms as T
-
-from conftest import rel_err
-
-
-def _lamb_ref(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.0):
-    m[...] = b1 * m + (1 - b1) * g
-    v[...] = b2 * v + (1 - b2) * g * g
-    u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * p
-    pn, un = np.linalg.norm(p), np.linalg.norm(u)
-    p -= lr * (pn / un if pn > 0 and un > 0 else 1.0) * u
 
 
 def test_lamb_threaded_chunked_groups_skipped_and_lagging_tensors(rng):
     shapes = [(7, 500), (3000,), (4,)]
     params = [rng.uniform(1, 2, s) for s in shapes]
     ref = [p.copy() for p in params]
-    ms = [np.zeros_like(p) for p in params]
-    vs = [np.zeros_like(p) for p in params]
+    lamb = RULE_DB["lamb"].reference    # stepped per tensor: each has its own state and step count
+    states = [{} for _ in params]
     lrs = [1e-2, 1e-2, 3e-2]
     opt = symopt.optimizer("lamb", [{"params": params[:2], "lr": 1e-2}, {"params": params[2:], "lr": 3e-2}],
                            weight_decay=0.01)
@@ -43,7 +35,7 @@ def test_lamb_threaded_chunked_groups_skipped_and_lagging_tensors(rng):
         for j, g in enumerate(grads):
             if g is not None:
                 steps[j] += 1
-                _lamb_ref(ref[j], g, ms[j], vs[j], steps[j], lrs[j], wd=0.01)
+                lamb([ref[j]], [g], states[j], steps[j], lr=lrs[j], weight_decay=0.01)
     for p, r in zip(params, ref):
         assert rel_err(p, r) <= 1e-12
     assert [opt.state[j]["step"] for j in range(3)] == [12, 10, 12]

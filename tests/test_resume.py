@@ -1,6 +1,6 @@
 """Exact resume: 100 steps equal, bit for bit, 50 steps + ``symopt.save`` + ``symopt.load`` in a
-NEW process + 50 more steps -- for every built-in rule (``symopt.rules()``, so new rules are
-covered automatically) and both dtypes.
+NEW process + 50 more steps -- for every rule of ``tests/rule_db.py`` (which
+``test_rule_db.py`` holds equal to ``symopt.rules()``) and both dtypes.
 
 Each run uses two param groups (the second with half the learning rate, when the rule has
 ``lr``), ``on_nonfinite="skip"`` and one NaN gradient at step 20, so the checkpoint must
@@ -22,6 +22,7 @@ import textwrap
 import numpy as np
 import pytest
 import sympy as sp
+from rule_db import RULE_DB
 
 import symopt
 from symopt.runtime.checkpoint import CheckpointError
@@ -29,7 +30,7 @@ from symopt.runtime.checkpoint import CheckpointError
 SHAPES = [(3, 4), (5,)]
 STEPS, HALF, NAN_STEP = 100, 50, 20
 DTYPES = [np.float32, np.float64]
-CASES = [(name, np.dtype(dt).name) for name in symopt.rules() for dt in DTYPES]
+CASES = [(name, np.dtype(dt).name) for name in RULE_DB for dt in DTYPES]
 
 
 def _setup(name, dtype, seed):
@@ -120,7 +121,7 @@ def test_resume_in_a_new_process_is_bit_exact(tmp_path):
         resumed = [out[f"arr_{j}"] for j in range(len(SHAPES))]
     if not all(a.tobytes() == b.tobytes() for a, b in zip(resumed, expected["sched"][0])):
         mismatched.append("adam/float32 with scheduled lr and weight_decay")
-    print(f"resume checked bit for bit: {len(CASES)} rule×dtype cases ({len(symopt.rules())} rules × 2 dtypes)")
+    print(f"resume checked bit for bit: {len(CASES)} rule×dtype cases ({len(RULE_DB)} rules × 2 dtypes)")
     assert not mismatched, f"resumed runs differ from uninterrupted ones: {mismatched}"
 
 

@@ -1,11 +1,10 @@
 """Hand-written NumPy reference steps, one module per catalog module.
 
-Each module (``notes``, ``optax_compat``, ``torch_compat``, ...) exposes::
+Each module (``notes``, ``optax_compat``, ``torch_compat``, ``research``) holds one step
+function per rule; ``tests/rule_db.py`` names each rule's function and the keyword sets
+to test it with.  A step function is::
 
-    REFERENCES = {family_name: fn}
-    CASES = {family_name: [dict(...), ...]}     # optional: non-default keyword sets to test
-
-with ``fn(params, grads, state, t, **hyper) -> None``:
+    fn(params, grads, state, t, **hyper) -> None
 
 * ``params``, ``grads``: lists of float64 NumPy arrays, one per tensor; ``params``
   are updated in place;

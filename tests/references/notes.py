@@ -67,23 +67,3 @@ def adam_warmup(params, grads, state, t, *, lr, betas=BETAS, eps=EPS):
         m_hat = m / (1 - beta1**t)
         v_hat = v / (1 - beta2**t)
         theta[...] = theta - lr * m_hat / np.sqrt(v_hat + eps)
-
-
-REFERENCES = {
-    "notes.gd": gd,
-    "notes.sgd": sgd,
-    "notes.adagrad": adagrad,
-    "notes.rmsprop": rmsprop,
-    "notes.adam": adam,
-    "notes.adam_warmup": adam_warmup,
-}
-
-#: Non-default keyword sets worth testing (beside the defaults).
-CASES = {
-    "notes.gd": [dict(lr=0.3)],
-    "notes.sgd": [dict(lr=0.002)],
-    "notes.adagrad": [dict(lr=0.1, eps=1e-4)],
-    "notes.rmsprop": [dict(lr=0.02, gamma=0.5, eps=1e-6)],
-    "notes.adam": [dict(lr=0.01, betas=(0.8, 0.99), eps=1e-7)],
-    "notes.adam_warmup": [dict(lr=0.01, betas=(0.5, 0.9), eps=1e-5)],
-}

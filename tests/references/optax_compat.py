@@ -54,14 +54,3 @@ def yogi(params, grads, state, t, *, lr, b1=0.9, b2=0.999, eps=1e-3, eps_root=0.
         mu_hat = mu / (1 - b1**t)
         nu_hat = nu / (1 - b2**t)
         p += -lr * (mu_hat / (np.sqrt(nu_hat + eps_root) + eps))
-
-
-REFERENCES = {"lion": lion, "adabelief": adabelief, "yogi": yogi}
-
-#: Non-default keyword sets worth testing (beside the defaults).
-CASES = {
-    "lion": [dict(lr=3e-3, b1=0.8, b2=0.95, weight_decay=0.05)],
-    "adabelief": [dict(lr=1e-2, b1=0.8, b2=0.99, eps=1e-8, eps_root=1e-6),
-                  dict(lr=1e-2, b1=0.7, eps=1e-8, nesterov=True)],
-    "yogi": [dict(lr=3e-2, b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-8, initial_accumulator_value=0.1)],
-}

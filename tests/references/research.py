@@ -346,31 +346,3 @@ def fromage(params, grads, state, t, *, lr=1e-2, min_norm=1e-6):
     for p, g in zip(params, grads):
         ratio = max(np.linalg.norm(p), min_norm) / max(np.linalg.norm(g), min_norm)
         p[...] = (p - lr * ratio * g) / math.sqrt(1 + lr * lr)
-
-
-REFERENCES = {
-    "adan": adan, "adopt": adopt, "laprop": laprop, "adabound": adabound, "amsbound": amsbound, "adamod": adamod,
-    "qhadam": qhadam, "qhm": qhm, "sgd_schedulefree": sgd_schedulefree, "adamw_schedulefree": adamw_schedulefree,
-    "mars_adamw": mars_adamw, "cautious_adamw": cautious_adamw, "cautious_lion": cautious_lion, "lamb": lamb,
-    "lars": lars, "signsgd": signsgd, "signum": signum, "adafactor": adafactor,
-    "adabelief_rectified": adabelief_rectified, "tiger": tiger, "madgrad": madgrad, "diffgrad": diffgrad,
-    "ademamix": ademamix, "stable_adamw": stable_adamw, "fromage": fromage,
-}
-
-#: Non-default keyword sets (same kernels: hyperparameters are kernel arguments).
-CASES = {
-    "adan": [dict(lr=3e-3, weight_decay=0.05)],
-    "adopt": [dict(lr=2e-3, weight_decay=0.1)],
-    "laprop": [dict(lr=1e-3, weight_decay=0.1)],
-    "adabound": [dict(lr=1e-2, final_lr=0.05, weight_decay=0.1)],
-    "qhadam": [dict(betas=(0.9, 0.99), nus=(0.5, 0.8))],
-    "sgd_schedulefree": [dict(lr=0.1, weight_decay=0.1, momentum=0.5)],
-    "adamw_schedulefree": [dict(lr=1e-2, weight_decay=0.1)],
-    "mars_adamw": [dict(lr=1e-2, weight_decay=0.1, gamma=0.1)],
-    "lamb": [dict(lr=1e-2, weight_decay=0.1, eps_root=1e-8)],
-    "lars": [dict(lr=0.5, weight_decay=0.1, trust_coefficient=0.02, eps=1e-8, nesterov=True)],
-    "adafactor": [dict(lr=0.05, weight_decay_rate=0.01, clipping_threshold=0.5)],
-    "adabelief_rectified": [dict(degenerated_to_sgd=False, weight_decay=0.1, n_sma_threshold=4.0)],
-    "ademamix": [dict(t_alpha_beta3=10.0, weight_decay=0.1)],
-    "stable_adamw": [dict(lr=1e-2, weight_decay=0.1)],
-}

@@ -214,28 +214,3 @@ def adadelta(params, grads, state, t, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay
         acc_delta *= rho
         acc_delta += (1 - rho) * delta * delta
         p += -lr * delta
-
-
-REFERENCES = {
-    "sgd": sgd, "adam": adam, "adamw": adamw, "adagrad": adagrad, "rmsprop": rmsprop,
-    "adamax": adamax, "nadam": nadam, "radam": radam, "adadelta": adadelta,
-}
-
-#: Non-default keyword sets: every variant, and every option at a non-default value.
-CASES = {
-    "sgd": [dict(lr=0.05, weight_decay=0.1, maximize=True),
-            dict(lr=0.05, momentum=0.9, dampening=0.3),
-            dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)],
-    "adam": [dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True),
-             dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, decoupled_weight_decay=True)],
-    "adamw": [dict(lr=0.01, amsgrad=True, maximize=True, eps=1e-6), dict(lr=0.01, weight_decay=0.0)],
-    "adagrad": [dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5, weight_decay=0.1, maximize=True)],
-    "rmsprop": [dict(lr=0.01, momentum=0.9), dict(lr=0.01, centered=True, alpha=0.9),
-                dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1, maximize=True)],
-    "adamax": [dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, maximize=True)],
-    "nadam": [dict(lr=0.01, momentum_decay=0.01, weight_decay=0.1),
-              dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)],
-    "radam": [dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.1),
-              dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)],
-    "adadelta": [dict(lr=0.5, rho=0.95, eps=1e-4, weight_decay=0.1, maximize=True)],
-}
