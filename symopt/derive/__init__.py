@@ -7,7 +7,6 @@
   helpers (log-sum-exp rewriting) and per-row kernel plans.
 * :mod:`.reverse` -- reverse-mode accumulation over a SymPy expression DAG.
 * :mod:`.terms` -- large sums split into term shapes, one reverse sweep per shape.
-* :mod:`.api` -- :func:`symopt.gradient`, the user-facing compiled value-and-gradient.
 
 Importing this package imports SymPy.
 """
