@@ -51,7 +51,7 @@ import textwrap
 
 import sympy as sp
 
-from .rulebook.rule import t as T_STEP
+from .rulebook.metadata import t as T_STEP
 
 __all__ = ["Schedule", "constant", "linear", "linear_warmup", "step", "exponential", "cosine", "one_cycle",
            "inverse_sqrt", "warmup_stable_decay", "expr", "KINDS"]

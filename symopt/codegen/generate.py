@@ -219,7 +219,7 @@ def user_module_path(family: Family, directory: Path | None = None) -> tuple[Pat
 
 def render_user_module(family: Family) -> str:
     """Checked, sealed and audited source text of a user family's module."""
-    from ..rulebook.validate import check_family
+    from ..rulebook.rule import check_family
     from .audit import audit_module
 
     check_family(family)
@@ -241,7 +241,7 @@ def user_module(family: Family, directory: Path | None = None) -> UserModule:
     :func:`fallback_cache_dir`, then keeps the module in memory (see the module doc).
     Raises :class:`~symopt.rulebook.rule.RuleError` for a malformed family.
     """
-    from ..rulebook.validate import check_family
+    from ..rulebook.rule import check_family
 
     check_family(family)
     digest = input_hash(family)

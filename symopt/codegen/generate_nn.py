@@ -24,9 +24,9 @@ __all__ = ["generate_nn", "gradient_module", "nn_modules"]
 
 def nn_modules(names=None) -> dict:
     """``{module name: module text}`` for every loss and activation (or those in ``names``)."""
-    from ..derive.elementwise import derive_elementwise
-    from ..nn import activations, losses
-    from ..nn.spec import Elementwise
+    from .accuracy import plan_elementwise
+    from ..rulebook.nn import activations, losses
+    from ..rulebook.nn.spec import Elementwise
 
     out = {}
     for table in (losses.LOSSES, activations.ACTIVATIONS):
@@ -36,7 +36,7 @@ def nn_modules(names=None) -> dict:
             if names is not None and mod not in names and name not in names:
                 continue
             if isinstance(spec, Elementwise):
-                text, _ = render_elementwise(derive_elementwise(spec))
+                text, _ = render_elementwise(plan_elementwise(spec))
             else:
                 text, _ = render_rowwise(spec)
             out[mod] = seal(text)

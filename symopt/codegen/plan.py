@@ -19,7 +19,8 @@ from typing import NamedTuple
 import sympy as sp
 
 from ..rulebook.reduction import has_reductions
-from ..rulebook.rule import Rule, t
+from ..rulebook.metadata import t
+from ..rulebook.rule import Rule
 
 
 class KernelPlan(NamedTuple):

@@ -17,7 +17,8 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
-from ..rulebook.rule import Family, Rule, t
+from ..rulebook.metadata import t
+from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from . import reduce_render
 from .plan import KernelPlan, make_plan

@@ -47,7 +47,7 @@ def _mp_functions(rule):
     """Each update of ``rule`` as an mpmath function of every symbol it may read."""
     import sympy as sp
 
-    from ..rulebook.rule import t as t_sym
+    from ..rulebook.metadata import t as t_sym
 
     symbols = [rule.param, rule.grad, *rule.state, *rule.hyper, t_sym, *rule.temporaries]
     fns = []
@@ -72,7 +72,7 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
 
     from ..rulebook.reduction import has_reductions
     from .reductions import exact_tensor_step
-    from ..rulebook.rule import t as t_sym
+    from ..rulebook.metadata import t as t_sym
     from ..runtime.optimizer import Optimizer
 
     rng = np.random.default_rng(seed)
