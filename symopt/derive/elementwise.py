@@ -1,6 +1,6 @@
 """Derivatives of elementwise losses and activations, and their kernel plans.
 
-For a spec (:class:`symopt.nn.spec.Elementwise`):
+For a spec (:class:`symopt.rulebook.nn.spec.Elementwise`):
 
 1. ``raw = ∂ kernel_expr / ∂x`` by ``sympy.diff`` (the step function pinned to
    ``H(0) = 0``); ``reference = ∂ expr / ∂x`` from the textbook form.
