@@ -13,8 +13,8 @@ The gradient comes from reverse-mode accumulation over the expression's DAG
 is written to the user cache (``$SYMOPT_CACHE_DIR/gradients``) like user
 optimizer rules and executed from its checked text with the cache file as its
 file name (:func:`symopt.user_modules.load_gradient`), so numba's on-disk cache
-works; it depends only on the term shapes, so e.g. every N-dimensional Rosenbrock shares one compiled kernel.  Evaluation is
-float64.
+works; it depends only on the term shapes, so e.g. every N-dimensional Rosenbrock
+shares one compiled kernel.  Evaluation is float64.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Checks that a :class:`~symopt.rulebook.rule.Rule` (and a ``Family``) is well formed.
 
 ``check_rule`` runs at construction; :func:`symopt.rulebook.rule.check_family` runs
-again on a user family right before its module is generated, with the helpers here.  Every message names the offending part.  A
-rule is rejected when it
+again on a user family right before its module is generated, with the helpers here.
+Every message names the offending part.  A rule is rejected when it
 
 * never updates the parameter;
 * uses a symbol that is neither param, grad, state, hyperparameter, an earlier

@@ -37,7 +37,8 @@ import numpy as np
 from .._version import __version__
 from . import scheduled
 
-__all__ = ["write", "read", "load_into", "saved_rule", "regroup", "saved_groups", "set_schedule_codec", "CheckpointError"]
+__all__ = ["CheckpointError", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
+           "write"]
 
 FORMAT = "symopt-checkpoint"
 FORMAT_VERSION = 1
