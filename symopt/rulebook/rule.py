@@ -7,10 +7,10 @@ results of earlier ones; assigning to a symbol that is neither the parameter nor
 state variable defines a per-element temporary (assigning to the gradient symbol
 rebinds it locally -- the caller's gradient array is never written).
 
-The step counter :data:`~symopt.rulebook.metadata.t` is 1 for the first update.  Every sub-expression that
-depends only on ``t`` and hyperparameters is a *per-step scalar*: the code
-generator hoists it out of the element loop and computes it once per step in
-float64.
+The step counter :data:`~symopt.rulebook.metadata.t` is 1 for the first update.
+Every sub-expression that depends only on ``t`` and hyperparameters is a *per-step
+scalar*: the code generator hoists it out of the element loop and computes it once
+per step in float64.
 
 A :class:`Family` is what ``symopt.optimizer(name, ...)`` looks up: one public name
 with its keyword arguments, and one or more variant rules chosen by structural
