@@ -12,19 +12,41 @@ Public API::
     symopt.gradient(expr, wrt)                         # compiled value and gradient of a SymPy expression
     symopt.nn.MLP / loss / activation                  # networks with SymPy-derived, generated kernels
 
-The pipeline, one package per stage: ``rulebook`` (math) -> ``codegen`` (plan,
-printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime`` ->
-``verify``.
+The pipeline, one package per stage: ``rulebook`` and ``derive`` (math) -> ``codegen``
+(plan, printer, templates) -> ``generated`` (checked-in kernels) -> ``runtime``, with
+``verify`` beside; this module and ``user_modules`` wire a user rule's generated module
+into the runtime (tests/test_import_layers.py checks that imports run this way only).
 """
 
 from ._version import __version__
 from .cachedirs import configure_numba_cache as _configure_numba_cache
 
 _configure_numba_cache()  # before any module whose functions use numba's cache=True is imported
-from .runtime.checkpoint import load, save  # noqa: E402
+from . import user_modules as _user_modules  # noqa: E402
+from .runtime import checkpoint as _checkpoint  # noqa: E402
+from .runtime import kernels as _kernels  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
-from .runtime.optimizer import NonFiniteGradientError, Optimizer, optimizer  # noqa: E402
+from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
+
+
+def _schedule_to_data(schedule):
+    from .schedule import schedule_to_data
+
+    return schedule_to_data(schedule)
+
+
+def _schedule_from_data(data):
+    from .schedule import schedule_from_data
+
+    return schedule_from_data(data)
+
+
+# The wiring of the pipeline into the runtime, which imports neither SymPy nor the code generator:
+# user rules are generated and loaded by symopt.user_modules, schedules in checkpoints are
+# SymPy expressions (encoded and rebuilt by symopt.schedule, imported only when one is met).
+_kernels.set_user_rule_loader(_user_modules.load_rule)
+_checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
@@ -69,9 +91,9 @@ def rule(name: str, **options):
 def gradient(expr, wrt):
     """Compiled ``f(x) -> (value, grad)`` of a scalar SymPy expression, by reverse-mode accumulation.
 
-    See :func:`symopt.derive.api.gradient` (imports SymPy when called, not before).
+    See :func:`symopt.gradients.gradient` (imports SymPy when called, not before).
     """
-    from .derive.api import gradient as _gradient
+    from .gradients import gradient as _gradient
 
     return _gradient(expr, wrt)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 #: Sub-commands defined in other modules: name -> (module, "add_parser" function, help).
 EXTRA_COMMANDS: dict = {
     "demo": ("symopt.demo", "add_parser", "run the whole pipeline on a few rules and a small problem"),
-    "train": ("symopt.nn.train", "add_parser", "train an MLP on the bundled digits"),
+    "train": ("symopt.train_command", "add_parser", "train an MLP on the bundled digits"),
     "bench": ("symopt.bench", "add_parser", "benchmark suite: limits, NumPy/torch/Optax peers (writes benchmarks/)"),
 }
 

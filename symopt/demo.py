@@ -19,7 +19,8 @@ def user_rule():
     """Nesterov-style heavy ball written by a user in SymPy (about ten lines)."""
     import sympy as sp
 
-    from .rulebook.rule import Hyper, Rule
+    from .rulebook.metadata import Hyper
+    from .rulebook.rule import Rule
 
     p, g, m = sp.symbols("p g m")
     lr, beta = sp.symbols("lr beta")

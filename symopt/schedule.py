@@ -51,7 +51,7 @@ import textwrap
 
 import sympy as sp
 
-from .rulebook.rule import t as T_STEP
+from .rulebook.metadata import t as T_STEP
 
 __all__ = ["Schedule", "constant", "linear", "linear_warmup", "step", "exponential", "cosine", "one_cycle",
            "inverse_sqrt", "warmup_stable_decay", "expr", "KINDS"]
@@ -194,6 +194,27 @@ class Schedule:
 
 def _rebuild(expression, name, params, horizon):
     return Schedule(expression, name=name, params=params, horizon=horizon)
+
+
+# -- checkpoints (symopt.runtime.checkpoint stores schedules as plain JSON data) ------------------
+def schedule_to_data(schedule) -> dict | None:
+    """``{"expr", "name", "params", "horizon"}`` of a :class:`Schedule` (the expression exactly,
+    :func:`symopt.rulebook.parse.expr_to_data`); None for any other schedule type."""
+    if not isinstance(schedule, Schedule):
+        return None
+    from .rulebook.parse import expr_to_data
+
+    return {"expr": expr_to_data(schedule.expr), "name": schedule.name, "params": schedule.params,
+            "horizon": schedule.horizon}
+
+
+def schedule_from_data(data: dict) -> Schedule:
+    """The :class:`Schedule` of :func:`schedule_to_data`'s output (``RuleError``/``TypeError``/
+    ``ValueError`` for malformed data)."""
+    from .rulebook.parse import expr_from_data
+
+    return Schedule(expr_from_data(data.get("expr")), name=data["name"], params=dict(data.get("params") or {}),
+                    horizon=data.get("horizon"))
 
 
 # -- the built-in schedules -------------------------------------------------------------------

@@ -58,7 +58,7 @@ CHILD = textwrap.dedent("""
         mom = 0.9 * mom + grad
         ref = ref - 0.5 * mom
     assert np.allclose(x, ref, rtol=1e-12, atol=0), (x, ref)
-    print("ok", opt._spec.module.__file__)
+    print("ok", opt.module.__file__)
 """)
 
 
@@ -147,7 +147,7 @@ def _load_two_rules(tag):
         opt = symopt.optimizer(_family(f"{tag} {k} {time.time_ns()}"), [x], lr=0.5)
         opt.step([np.full(4, 2.0)])
         assert np.allclose(x, 1 - 0.5 * 2 / (2 + 1))
-        results.append(opt._spec.module)
+        results.append(opt.module)
     return results
 
 

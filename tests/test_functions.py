@@ -35,7 +35,7 @@ from symopt.codegen.printers import KernelPrinter, ScalarPrinter
 from symopt.derive.reverse import reverse_sweep
 from symopt.functions import BY_NAME, REGISTRY
 from symopt.rulebook.parse import expr_from_data, expr_to_data, parse_expression
-from symopt.rulebook.rule import RuleError
+from symopt.rulebook import RuleError
 from symopt.rulebook.validate import check_expression
 
 X, Y = sp.symbols("x y")

@@ -44,7 +44,7 @@ from symopt.codegen.audit import audit_module
 from symopt.codegen.names import (MAX_IDENTIFIER, RESERVED, comment_text, docstring_text, identifier,
                                   is_reserved, module_name, python_literal, string_literal, template_names)
 from symopt.rulebook.rule import Family
-from symopt.runtime.kernels import load_user
+from symopt.user_modules import load_rule
 
 CANARY_DIR = Path(tempfile.mkdtemp(prefix="symopt-canary-"))
 CANARY = CANARY_DIR / "CANARY"
@@ -170,7 +170,7 @@ def test_every_name_in_every_text_role(start):
             continue
         state_chunk = chunk[1:] + chunk[:1]
         rule, expected_scal = _text_role_rule(chunk, state_chunk, f" #{start + i} {time.time_ns()}")
-        mod = load_user(rule)
+        mod = load_rule(rule)
         fam = mod.FAMILY
         assert fam["name"] == rule.name and fam["doc"] == rule.doc and fam["source"] == rule.source
         assert fam["references"] == list(rule.references)
@@ -196,7 +196,7 @@ def test_hostile_family_metadata_and_constraint_messages_round_trip():
         fam = Family(_role_name(text) + f" family {time.time_ns()}", [(sp.Eq(flag, 1), other), (sp.true, rule)],
                      options={flag: False}, constraints=[(lr < 5, text)], doc=text, source=text,
                      references=(text,), group=text)
-        mod = load_user(fam)
+        mod = load_rule(fam)
         assert mod.constraints({"lr": 9.0, "flag": False}) == [text]
         assert mod.FAMILY["doc"] == text and mod.FAMILY["group"] == text
         x = np.ones(2)
@@ -349,7 +349,7 @@ def _deep(x, depth):
 
 def _family_with(**kw):
     fam = Family("f", [(sp.true, _rule())], **kw)
-    from symopt.rulebook.validate import check_family
+    from symopt.rulebook.rule import check_family
 
     check_family(fam)
     return fam
@@ -359,7 +359,7 @@ def _family_with(**kw):
 def test_hostile_expressions_are_refused_with_a_clear_message(case, make, match):
     with pytest.raises((RuleError, TypeError, ValueError), match=match.replace("[", r"\[").replace("]", r"\]")):
         fam = make()
-        load_user(fam)
+        load_rule(fam)
     _no_canary()
 
 
@@ -373,15 +373,15 @@ def test_str_and_float_subclasses_with_malicious_repr_are_harmless(rng):
     opt = symopt.optimizer(rule, [x])
     opt.step([np.full(3, 2.0)])
     np.testing.assert_allclose(x, 0.5)
-    text = Path(opt._spec.module.__file__).read_text(encoding="utf-8")
+    text = Path(opt.module.__file__).read_text(encoding="utf-8")
     audit_module(text)
     tree = ast.parse(text)
     for node in ast.walk(tree):  # the malicious repr may only appear as text inside docstrings
         if isinstance(node, (ast.Module, ast.FunctionDef)) and ast.get_docstring(node, clean=False):
             node.body = node.body[1:]
     assert "__import__" not in ast.unparse(tree)
-    assert opt._spec.module.FAMILY["hyper"][0]["default"] == 0.25
-    assert type(opt._spec.module.FAMILY["name"]) is str and opt._spec.module.FAMILY["name"] == name
+    assert opt.module.FAMILY["hyper"][0]["default"] == 0.25
+    assert type(opt.module.FAMILY["name"]) is str and opt.module.FAMILY["name"] == name
     _no_canary()
 
 

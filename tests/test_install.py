@@ -119,7 +119,7 @@ CHILD = textwrap.dedent('''
         mom = 0.9 * mom + g
         yref = yref - 0.5 * mom
     out["user_err"] = float(np.max(np.abs(y - yref) / np.abs(yref)))
-    out["user_module"] = getattr(uopt._spec.module, "__file__", None)
+    out["user_module"] = getattr(uopt.module, "__file__", None)
     record.__exit__(None, None, None)
     out["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
     print("RESULT " + json.dumps(out))

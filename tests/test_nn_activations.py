@@ -12,7 +12,7 @@ from nn_checks import GRAD_RTOL, fd_grad
 
 from symopt import nn
 from symopt.derive.mpeval import mp_eval
-from symopt.nn import activations
+from symopt.rulebook.nn import activations
 
 ELEMENTWISE = ["sigmoid", "tanh", "relu", "leaky_relu", "softplus", "gelu"]
 
@@ -64,13 +64,13 @@ def test_kernels_match_mpmath_of_the_textbook_form(name):
 
 
 def test_derivative_forms_use_the_output_where_cheaper():
-    from symopt.derive.elementwise import derive_elementwise
+    from symopt.codegen.accuracy import plan_elementwise
 
     y = activations.y
-    assert derive_elementwise(activations.tanh()).derivative == 1 - y**2
-    assert sp.expand(derive_elementwise(activations.sigmoid()).derivative - y * (1 - y)) == 0
+    assert plan_elementwise(activations.tanh()).derivative == 1 - y**2
+    assert sp.expand(plan_elementwise(activations.sigmoid()).derivative - y * (1 - y)) == 0
     for name in ELEMENTWISE:
-        plan = derive_elementwise(activations.ACTIVATIONS[name]())
+        plan = plan_elementwise(activations.ACTIVATIONS[name]())
         assert plan.derivative_ops <= plan.raw_ops, name
 
 

@@ -13,7 +13,7 @@ from nn_checks import GRAD_RTOL, fd_grad
 
 from symopt import nn
 from symopt.derive.mpeval import mp_eval
-from symopt.nn import losses
+from symopt.rulebook.nn import losses
 
 ELEMENTWISE = ["mse", "mae", "huber", "binary_cross_entropy", "hinge"]
 
@@ -185,15 +185,15 @@ def test_float32_kernels_stay_close_to_float64(name, rng):
 
 
 def test_derivatives_are_derived_and_simplified_only_when_cheaper():
-    from symopt.derive.elementwise import derive_elementwise
+    from symopt.codegen.accuracy import plan_elementwise
 
     for name in ELEMENTWISE:
-        plan = derive_elementwise(losses.LOSSES[name]())
+        plan = plan_elementwise(losses.LOSSES[name]())
         assert plan.derivative_ops <= plan.raw_ops
         assert plan.chosen in [c.label for c in plan.candidates if c.accepted]
         cheaper = [c for c in plan.candidates if c.accepted and c.ops < plan.derivative_ops]
         assert not cheaper
-    plan = derive_elementwise(losses.binary_cross_entropy())
+    plan = plan_elementwise(losses.binary_cross_entropy())
     # σ(z) − y in both branches (stable for z → ±∞).
     z, y = losses.z, losses.y
     for branch, _ in plan.derivative.args:

@@ -196,7 +196,7 @@ def _mpmath_reference(name):
     import sympy as sp
 
     from symopt.rulebook.catalog import family as get_family
-    from symopt.rulebook.rule import t as t_sym
+    from symopt.rulebook.metadata import t as t_sym
     from symopt.verify.check import _exact_step, _mp_functions
 
     fam = get_family(name)

@@ -300,3 +300,35 @@ def test_runtime_does_not_import_sympy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert abs(float(out.stdout) + 1e-3) < 1e-9
+
+
+def test_public_interface_for_checkpoints_and_adapters(rng):
+    """What checkpoints, reductions and adapters read: the generated module, the formula hash,
+    the state keys, read-only step counts, and a step with gradients given by address."""
+    params = _params(np.float64, rng)
+    twin = [p.copy() for p in params]
+    opt = symopt.optimizer("adam", params, lr=0.01)
+    ref = symopt.optimizer("adam", twin, lr=0.01)
+    assert opt.module.FAMILY["name"] == "adam" and opt.module is symopt.runtime.kernels.load_builtin("adam")
+    assert opt.state_keys == ("exp_avg", "exp_avg_sq")
+    assert opt.formula_hash == opt.state_dict()["symopt"]["formula_hash"]
+    grads = _grads(params, rng)
+    opt.step_at([g.ctypes.data for g in grads])
+    ref.step(grads)
+    for p, r in zip(params, twin):
+        np.testing.assert_array_equal(p, r)        # the same kernel on the same values: bit for bit
+    before = params[1].copy()
+    opt.step_at([grads[0].ctypes.data, None])    # None: that param is left as is, its count stays
+    np.testing.assert_array_equal(params[1], before)
+    assert opt.step_counts.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step_counts[0] = 0
+    with pytest.raises(ValueError, match="2 params"):
+        opt.step_at([grads[0].ctypes.data])
+
+
+def test_optimizer_accepts_a_loaded_generated_module(rng):
+    params = _params(np.float32, rng)
+    module = symopt.runtime.kernels.load_builtin("sgd")
+    opt = symopt.Optimizer(module, params, lr=0.5)
+    assert opt.rule_name == "sgd" and opt.module is module

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ast
 
-from ..rulebook.rule import RuleError
+from ..rulebook.metadata import RuleError
 
 #: Builtins generated code may call.
 SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})

@@ -40,7 +40,7 @@ from ..cachedirs import fallback_cache_dir, warn_fallback
 from ..files import atomic_write, is_sealed, seal, write_if_changed
 from ..rulebook.catalog import builtin_families
 from ..rulebook.rule import Family
-from ..rulebook.validate import check_family
+from ..rulebook.rule import check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
 from .render import (family_hash, gradient_hash, nn_module_name, render_elementwise, render_family, render_gradient,
@@ -68,15 +68,15 @@ def builtin_modules(names: list | None = None) -> dict:
 
 def nn_modules() -> dict:
     """``{module name: sealed text}`` for every ``symopt.nn`` loss and activation."""
-    from ..derive.elementwise import derive_elementwise
-    from ..nn import activations, losses
-    from ..nn.spec import Elementwise
+    from ..rulebook.nn import activations, losses
+    from ..rulebook.nn.spec import Elementwise
+    from .accuracy import plan_elementwise
 
     out = {}
     for table in (losses.LOSSES, activations.ACTIVATIONS):
         for name, build in table.items():
             spec = build()
-            text = (render_elementwise(derive_elementwise(spec)) if isinstance(spec, Elementwise)
+            text = (render_elementwise(plan_elementwise(spec)) if isinstance(spec, Elementwise)
                     else render_rowwise(spec))
             out[nn_module_name(spec.kind, name)] = seal(text)
     return out

@@ -352,7 +352,7 @@ def _reads(rule: Rule, temps, exprs) -> tuple:
 def make_plan(rule: Rule) -> KernelPlan:
     """Build the kernel plan of ``rule`` (see the module docstring)."""
     outputs, values = substitute_in_order(rule)
-    nv, no = len(values), len(outputs)
+    nv = len(values)
     exprs, specs = _extract_reductions([e for _, e in values] + [e for _, e in outputs], values)
     rsyms = {s["sym"] for s in specs}
     hoist = Hoister({rule.param, rule.grad, *rule.state, *(v for v, _ in values)}, rsyms)

@@ -38,7 +38,8 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
-from ..rulebook.rule import Family, Rule, t
+from ..rulebook.metadata import t
+from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
 from .printers import KernelPrinter, ScalarPrinter
@@ -664,7 +665,7 @@ def _rowwise_kernels(spec) -> tuple:
 
 
 def render_rowwise(spec) -> str:
-    """Module text for a :class:`~symopt.nn.spec.Rowwise` spec."""
+    """Module text for a :class:`~symopt.rulebook.nn.spec.Rowwise` spec."""
     digest = input_hash(ROWWISE_TEMPLATE, spec.fingerprint())
     kernels, ops = _rowwise_kernels(spec)
     lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, "",
@@ -732,9 +733,9 @@ def render_gradient(program) -> str:
     lines = ["symopt.gradient: value and gradient by reverse-mode accumulation.", "",
              "f is a sum of terms; each term shape below is evaluated in a loop over a table of",
              "input positions (p0, p1, ...) and constants (c0, c1, ...). Per term:"]
-    for gi, t in enumerate(terms):
-        lines.append(f"    shape {gi}: {t['template']}  -- forward {t['forward_ops']} ops, "
-                     f"reverse {t['reverse_ops']} ops")
+    for gi, term in enumerate(terms):
+        lines.append(f"    shape {gi}: {term['template']}  -- forward {term['forward_ops']} ops, "
+                     f"reverse {term['reverse_ops']} ops")
     ctx = {
         "header": header("symopt.gradient expression", "user expression", GRADIENT_TEMPLATE, digest),
         "docstring": docstring_text("\n".join(lines)),

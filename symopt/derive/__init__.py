@@ -1,13 +1,13 @@
 """The derivation stage: derivatives from SymPy, checked and made cheap.
 
-* :mod:`.elementwise` -- ``sympy.diff`` of elementwise losses and activations,
-  then the cheapest accurate form (:mod:`.simplify`: op-count check plus a
-  high-precision accuracy check, :mod:`.mpeval`).
+* :mod:`.elementwise` -- ``sympy.diff`` of elementwise losses and activations and
+  the candidate forms of each derivative (:mod:`.simplify`); the code generator
+  keeps the cheapest accurate one (:mod:`symopt.codegen.accuracy`, against
+  :mod:`.mpeval`'s high-precision values).
 * :mod:`.rowwise` -- softmax-style functions over indexed sums: derivation
   helpers (log-sum-exp rewriting) and per-row kernel plans.
 * :mod:`.reverse` -- reverse-mode accumulation over a SymPy expression DAG.
 * :mod:`.terms` -- large sums split into term shapes, one reverse sweep per shape.
-* :mod:`.api` -- :func:`symopt.gradient`, the user-facing compiled value-and-gradient.
 
 Importing this package imports SymPy.
 """

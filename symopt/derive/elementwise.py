@@ -1,6 +1,6 @@
 """Derivatives of elementwise losses and activations, and their kernel plans.
 
-For a spec (:class:`symopt.nn.spec.Elementwise`):
+For a spec (:class:`symopt.rulebook.nn.spec.Elementwise`):
 
 1. ``raw = ∂ kernel_expr / ∂x`` by ``sympy.diff`` (the step function pinned to
    ``H(0) = 0``); ``reference = ∂ expr / ∂x`` from the textbook form.
@@ -8,8 +8,10 @@ For a spec (:class:`symopt.nn.spec.Elementwise`):
    (keeps a piecewise stable form piecewise), and for activations forms written
    in the output ``y = f(x)`` (``1 − y²`` for tanh, ``y(1 − y)`` for the
    sigmoid), found by substituting ``f(x) → y`` or ``x → f⁻¹(y)``.
-3. :func:`symopt.derive.simplify.cheapest` keeps the fewest-ops candidate that
-   matches ``reference`` at every check point (exact high-precision evaluation).
+3. :func:`symopt.codegen.accuracy.cheapest` (where the kernel text is printed)
+   keeps the fewest-ops candidate that matches ``reference`` at every check point
+   (exact high-precision evaluation): :func:`derivation` gives it the candidates and
+   points, :func:`element_plan` takes its choice.
 4. The kernel bodies are CSE'd SymPy: ``value`` (ℓ), ``value_and_grad``
    (ℓ and ``scale · ∂ℓ/∂z``), ``forward`` (f) and ``backward`` (``g · f′``).
 """
@@ -21,9 +23,9 @@ from typing import NamedTuple
 import sympy as sp
 
 from .ops import cse_ops
-from .simplify import cheapest, fold_constants, pin_heaviside, use_expm1_log1p
+from .simplify import fold_constants, pin_heaviside, use_expm1_log1p
 
-__all__ = ["SCALE", "UPSTREAM", "ElementPlan", "check_points", "derive_elementwise"]
+__all__ = ["SCALE", "UPSTREAM", "Derivation", "ElementPlan", "check_points", "derivation", "element_plan"]
 
 #: The per-call scale of a loss gradient (1/n for a mean) and the upstream gradient of a backward pass.
 SCALE = sp.Symbol("scale", real=True)
@@ -35,6 +37,15 @@ _TARGETS = {
     "probability": (0, sp.Rational(1, 4), 1),
     "sign": (-1, 1),
 }
+
+
+class Derivation(NamedTuple):
+    raw: sp.Expr              # sympy.diff of the kernel form (step function pinned)
+    reference: sp.Expr        # sympy.diff of the textbook form
+    candidates: tuple         # (label, form as the kernel would run it: constants folded, expm1/log1p)
+    display: dict             # label -> the same form with exact constants (for LaTeX)
+    symbols: tuple            # argument order of the check points
+    points: tuple             # check points, exact SymPy numbers (see check_points)
 
 
 class ElementPlan(NamedTuple):
@@ -118,8 +129,9 @@ def _cse(exprs):
     return tuple(temps), tuple(reduced)
 
 
-def derive_elementwise(spec) -> ElementPlan:
-    """Derive, choose and plan the kernels of an elementwise loss or activation."""
+def derivation(spec) -> Derivation:
+    """The derivative of an elementwise loss or activation: the raw and textbook derivatives,
+    the candidate forms a kernel may run, and the points where they are compared."""
     x = spec.x
     raw = pin_heaviside(sp.diff(spec.kernel_expr, x))
     reference = pin_heaviside(sp.diff(spec.expr, x))
@@ -130,14 +142,20 @@ def derive_elementwise(spec) -> ElementPlan:
         cands += _output_forms(spec, [("diff", raw), ("textbook diff", reference)])
     symbols, points = check_points(spec)
     display = dict(reversed(cands))  # label -> the form as SymPy wrote it (exact constants), first wins
-    cands = [(label, use_expm1_log1p(fold_constants(e))) for label, e in cands]
-    best, considered = cheapest(cands, reference, symbols, points)
-    d = best.expr
+    cands = tuple((label, use_expm1_log1p(fold_constants(e))) for label, e in cands)
+    return Derivation(raw=raw, reference=reference, candidates=cands, display=display, symbols=symbols,
+                      points=tuple(points))
+
+
+def element_plan(spec, d: Derivation, best, considered) -> ElementPlan:
+    """The kernel plan of ``spec`` running candidate ``best`` (``label``, ``expr``, ``ops``) of
+    derivation ``d``; ``considered``: every candidate with its error, for the record."""
     f = fold_constants(spec.kernel_expr)
     if spec.kind == "loss":
-        bodies = {"value": _cse([f]), "value_and_grad": _cse([f, SCALE * d])}
+        bodies = {"value": _cse([f]), "value_and_grad": _cse([f, SCALE * best.expr])}
     else:
-        bodies = {"forward": _cse([f]), "backward": _cse([UPSTREAM * d])}
-    return ElementPlan(spec=spec, forward=f, derivative=d, display=display[best.label], raw=raw, reference=reference,
-                       candidates=tuple(considered), chosen=best.label, forward_ops=cse_ops([f]),
-                       derivative_ops=best.ops, raw_ops=cse_ops([fold_constants(raw)]), bodies=bodies)
+        bodies = {"forward": _cse([f]), "backward": _cse([UPSTREAM * best.expr])}
+    return ElementPlan(spec=spec, forward=f, derivative=best.expr, display=d.display[best.label], raw=d.raw,
+                       reference=d.reference, candidates=tuple(considered), chosen=best.label,
+                       forward_ops=cse_ops([f]), derivative_ops=best.ops, raw_ops=cse_ops([fold_constants(d.raw)]),
+                       bodies=bodies)

@@ -1,42 +1,18 @@
-"""Simplification with an op-count check: "simplify" must never make a kernel slower or worse.
+"""Rewrites of derivative expressions that keep their value and lose no accuracy.
 
-:func:`cheapest` takes candidate forms of one derivative (the raw ``sympy.diff``
-result first, then simplified or rewritten forms) and keeps the one with the
-fewest operations (``sympy.count_ops`` after CSE) among those that are
-*accurate*: the candidate, printed exactly as the float64 kernel will run it, is
-evaluated at a fixed set of points and compared with a high-precision
-evaluation (:func:`~symopt.derive.mpeval.mp_eval`, 1100 digits, exact inputs) of
-the reference derivative.  A candidate is accurate when at every point it is finite and
-``|candidate − reference| ≤ tol · max(|reference|, 1)`` (tol = 1e-12): relative
-error for values above 1, absolute error below.  That rejects forms that
-overflow (``eˣ/(eˣ+1)`` at x = 1000 is inf/inf) or lose digits, and keeps the
-cheap output-based forms PyTorch also uses (``σ′ = σ(1 − σ)``).
+* :func:`pin_heaviside`: ``Heaviside(u)`` -> ``Heaviside(u, h0)`` (the step at 0 pinned);
+* :func:`fold_constants`: numeric sub-expressions folded into one 30-digit Float;
+* :func:`use_expm1_log1p`: ``eᵘ − 1 → expm1(u)``, ``log(1 + u) → log1p(u)``.
 
-Ties go to the earlier candidate, so the raw derivative is kept unless a
-rewrite is strictly cheaper.
+Which rewritten form a kernel runs is decided by the plan stage
+(:func:`symopt.codegen.accuracy.cheapest`: the fewest operations among the accurate forms).
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
-import numpy as np
 import sympy as sp
 
-from .ops import cse_ops
-
-__all__ = ["TOL", "Candidate", "cheapest", "fold_constants", "pin_heaviside", "use_expm1_log1p"]
-
-TOL = 1e-12
-
-
-class Candidate(NamedTuple):
-    label: str
-    expr: sp.Expr
-    ops: int
-    max_err: float       # max over points of |c − ref| / max(|ref|, 1); inf if not finite
-    accepted: bool
+__all__ = ["fold_constants", "pin_heaviside", "use_expm1_log1p"]
 
 
 def pin_heaviside(expr, h0=0):
@@ -76,49 +52,3 @@ def use_expm1_log1p(expr):
     expr = expr.replace(lambda e: isinstance(e, sp.log) and e.args[0].is_Add and sp.S.One in e.args[0].args,
                         lambda e: log1p(e.args[0] - 1))
     return expr.replace(lambda e: e.is_Add, fix_add)
-
-
-def _reference_values(reference, points, symbols) -> list:
-    from .mpeval import mp_eval
-
-    return [float(mp_eval(reference, dict(zip(symbols, p)))) for p in points]
-
-
-def _error(expr, symbols, points, ref) -> float:
-    from ..codegen.printers import float64_function
-
-    f = float64_function(expr, symbols)
-    worst = 0.0
-    with np.errstate(all="ignore"):
-        for p, r in zip(points, ref):
-            if not math.isfinite(r):
-                continue
-            c = float(f(*[np.float64(float(v)) for v in p]))
-            if not math.isfinite(c):
-                return math.inf
-            worst = max(worst, abs(c - r) / max(abs(r), 1.0))
-    return worst
-
-
-def cheapest(candidates, reference, symbols, points, *, tol: float = TOL) -> tuple:
-    """``(best Candidate, all Candidates)``: the fewest-ops accurate candidate.
-
-    ``candidates`` is a list of ``(label, expr)``; ``reference`` the exact
-    derivative; ``symbols`` the argument order of ``points`` (tuples of exact
-    SymPy numbers).  Raises ``ValueError`` when no candidate is accurate.
-    """
-    ref = _reference_values(reference, points, symbols)
-    seen: dict = {}
-    out = []
-    for label, expr in candidates:
-        if expr in seen:
-            continue
-        seen[expr] = label
-        err = _error(expr, symbols, points, ref)
-        out.append(Candidate(label, expr, cse_ops([expr]), err, err <= tol))
-    accepted = [c for c in out if c.accepted]
-    if not accepted:
-        table = "; ".join(f"{c.label}: err {c.max_err:.3g}" for c in out)
-        raise ValueError(f"no accurate form of the derivative among the candidates ({table})")
-    best = min(accepted, key=lambda c: c.ops)  # min keeps the first of equal counts
-    return best, out

@@ -8,9 +8,9 @@ Runtime (no SymPy import)::
     loss, grads = net.loss_and_grads(X, y)
     symopt.nn.load_digits()          # scikit-learn's bundled 8x8 digits, split and scaled
 
-Math stage (imports SymPy): :mod:`symopt.nn.losses`, :mod:`symopt.nn.activations`
-(definitions), :mod:`symopt.nn.spec` (their data classes).  Kernels are generated
-into ``generated/nn_*.py`` by ``symopt generate``.
+This package is runtime only.  The math (SymPy definitions of the losses and
+activations) is :mod:`symopt.rulebook.nn`; ``symopt generate`` writes their kernels
+into ``generated/nn_*.py``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ _LAZY = {
     "loss_names": "functional", "activation_names": "functional",
     "Dense": "layers", "MLP": "mlp", "load_digits": "data", "train_model": "train", "History": "train",
 }
-_SUBMODULES = {"functional", "layers", "mlp", "data", "train", "losses", "activations", "spec"}
+_SUBMODULES = {"functional", "layers", "mlp", "data", "train"}
 
 __all__ = [  # noqa: RUF022 - names, then submodules
     "Activation", "Dense", "History", "Loss", "MLP", "activation", "activation_names", "load_digits", "loss",
     "loss_names", "train_model",
-    "activations", "data", "functional", "layers", "losses", "mlp", "spec", "train",
+    "data", "functional", "layers", "mlp", "train",
 ]
 
 

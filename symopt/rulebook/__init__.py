@@ -1,4 +1,5 @@
 """The math stage: rules as SymPy data (``Rule``, ``Family``) and the built-in catalog."""
-from .rule import Family, Hyper, Rule, RuleError, State, t
+from .metadata import Hyper, RuleError, State, t
+from .rule import Family, Rule
 
 __all__ = ["Family", "Hyper", "Rule", "RuleError", "State", "t"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .rule import Rule, RuleError
+from .metadata import RuleError
+from .rule import Rule
 from .transforms import Transform
 
 __all__ = ["compose"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .rule import Family, Hyper, Rule, t
+from .metadata import Hyper, t
+from .rule import Family, Rule
 
 theta, g, m, v = sp.symbols("theta g m v")
 m_hat, v_hat = sp.symbols("m_hat v_hat")

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .rule import Family, Hyper, Rule, State, t
+from .metadata import Hyper, State, t
+from .rule import Family, Rule
 
 theta, g = sp.symbols("theta g")
 m, v, s, c = sp.symbols("m v s c")

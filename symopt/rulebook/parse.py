@@ -28,8 +28,8 @@ import math
 import sympy as sp
 
 from ..functions import REGISTRY
-from .rule import RuleError
-from .rule import t as T_STEP
+from .metadata import RuleError
+from .metadata import t as T_STEP
 
 __all__ = ["parse_expression", "expr_to_data", "expr_from_data", "FUNCTIONS"]
 

@@ -25,7 +25,8 @@ import sympy as sp
 
 from .compose import compose
 from .reduction import TensorMean, tensor_norm, tensor_rms
-from .rule import Family, Hyper, Rule, State, t
+from .metadata import Hyper, State, t
+from .rule import Family, Rule
 from .transforms import cautious, decoupled_weight_decay
 
 theta, g = sp.symbols("theta g")

@@ -7,10 +7,10 @@ results of earlier ones; assigning to a symbol that is neither the parameter nor
 state variable defines a per-element temporary (assigning to the gradient symbol
 rebinds it locally -- the caller's gradient array is never written).
 
-The step counter :data:`t` is 1 for the first update.  Every sub-expression that
-depends only on ``t`` and hyperparameters is a *per-step scalar*: the code
-generator hoists it out of the element loop and computes it once per step in
-float64.
+The step counter :data:`~symopt.rulebook.metadata.t` is 1 for the first update.
+Every sub-expression that depends only on ``t`` and hyperparameters is a *per-step
+scalar*: the code generator hoists it out of the element loop and computes it once
+per step in float64.
 
 A :class:`Family` is what ``symopt.optimizer(name, ...)`` looks up: one public name
 with its keyword arguments, and one or more variant rules chosen by structural
@@ -20,76 +20,15 @@ options (``amsgrad=True`` adds a state buffer, so it is a different kernel).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import sympy as sp
 
-__all__ = ["t", "Hyper", "State", "Rule", "Family", "RuleError"]
+from .metadata import Hyper, RuleError, State
+from .validate import SYMBOL_TYPES, check_expression, check_hyper, check_hyper_keys, check_name, check_rule, check_text
 
-#: The 1-based step counter.  Use it in per-step scalars (bias corrections, schedules).
-t = sp.Symbol("t", positive=True, integer=True)
-
-
-class RuleError(ValueError):
-    """A rule is malformed; the message names the offending part."""
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """A hyperparameter's metadata.
-
-    ``default`` is its value when the user does not pass one.  ``low``/``high``
-    bound it (``low_open``/``high_open`` make the bound strict).  ``key`` is the
-    keyword argument that carries it (default: the symbol's name); ``index``
-    selects a position when the keyword takes a tuple, as torch's
-    ``betas=(beta1, beta2)`` does.  ``kind`` is ``"float"`` or ``"bool"``.
-    """
-
-    default: float | bool
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    key: str | None = None
-    index: int | None = None
-    doc: str = ""
-    kind: str = "float"
-
-    def __post_init__(self):
-        if self.kind not in ("float", "bool"):
-            raise RuleError(f"Hyper.kind must be 'float' or 'bool', got {self.kind!r}")
-        if self.kind == "bool" and not isinstance(self.default, bool):
-            raise RuleError(f"a bool hyperparameter needs a bool default, got {self.default!r}")
-        if self.kind == "float":
-            if isinstance(self.default, bool) or not isinstance(self.default, (int, float)):
-                raise RuleError(f"hyperparameter default must be a number, got {self.default!r}")
-            if not math.isfinite(self.default):
-                raise RuleError(f"hyperparameter default must be finite, got {self.default!r}")
-
-    def range_text(self) -> str:
-        if self.kind == "bool":
-            return "{False, True}"
-        lo = "(" if self.low_open else "["
-        hi = ")" if self.high_open else "]"
-        fmt = lambda x: "inf" if x == math.inf else ("-inf" if x == -math.inf else repr(x))
-        return f"{lo}{fmt(self.low)}, {fmt(self.high)}{hi}"
-
-
-@dataclass(frozen=True)
-class State:
-    """A state variable's metadata: its initial value and public name.
-
-    ``init`` is a number, an expression in hyperparameters, or the parameter
-    symbol itself (the state starts as a copy of the parameter).  ``key`` is the
-    name used in ``state_dict()`` (torch's names: ``exp_avg``, ``exp_avg_sq``...).
-    """
-
-    init: object = 0
-    key: str | None = None
-    doc: str = ""
-
+__all__ = ["Rule", "Family", "check_family"]
 
 def _condition(when, family_name) -> sp.Basic:
     """A variant condition: a SymPy boolean, or True/False.  Strings are refused, never parsed
@@ -163,8 +102,6 @@ class Rule:
                 raise RuleError(f"update of {lhs}: right-hand side must be a sympy expression, got {rhs!r}")
             self.updates.append((lhs, rhs))
         self.latex_names = {k: str(v) for k, v in dict(latex_names or {}).items()}
-        from .validate import check_rule  # local: validation reads the whole rule
-
         check_rule(self)
 
     # -- structure -----------------------------------------------------------
@@ -318,3 +255,47 @@ def symbols_of(exprs: Iterable[sp.Basic]) -> set:
     for e in exprs:
         out |= e.free_symbols
     return out
+
+
+def check_family(family) -> None:
+    """Check a whole family before generating its module: every variant rule again (rules are
+    mutable objects), variant conditions and constraints over hyperparameters only, metadata."""
+    if not isinstance(family, Family):
+        raise RuleError(f"expected a symopt.Family, got {type(family).__name__}")
+    check_name(family.name, "family name", allow_none=False)
+    for attr in ("doc", "source", "group"):
+        check_text(getattr(family, attr), f"family {family.name!r}: {attr}")
+    for k, ref in enumerate(family.references):
+        check_text(ref, f"family {family.name!r}: reference {k}")
+    if not family.variants:
+        raise RuleError(f"family {family.name!r} has no variant")
+    allowed = set(family.hyper)
+    where = f"family {family.name!r}: "
+    for sym, h in family.hyper.items():
+        if type(sym) not in SYMBOL_TYPES:
+            raise RuleError(f"{where}{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
+        check_hyper(sym, h, where)
+    check_hyper_keys(family.hyper, where)
+    for sym, h in family.options.items():
+        if h.kind != "bool":
+            raise RuleError(f"{where}option {sym} must be a bool Hyper")
+    for k, (when, rule) in enumerate(family.variants):
+        if not isinstance(rule, Rule):
+            raise RuleError(f"{where}variant {k} is a {type(rule).__name__}, not a symopt.Rule")
+        check_rule(rule)
+        check_expression(when, f"{where}condition of variant {rule.name!r}")
+        extra = when.free_symbols - allowed
+        if extra:
+            raise RuleError(f"{where}condition of variant {rule.name!r} uses {sorted(map(str, extra))}, which are "
+                            f"not hyperparameters or options")
+    for k, item in enumerate(family.constraints):
+        try:
+            cond, message = item
+        except (TypeError, ValueError):
+            raise RuleError(f"{where}constraint {k} must be a (condition, message) pair") from None
+        check_expression(cond, f"{where}constraint {k}")
+        check_text(message, f"{where}constraint {k}: message")
+        extra = cond.free_symbols - allowed
+        if extra:
+            raise RuleError(f"{where}constraint {k} ({message!r}) uses {sorted(map(str, extra))}, which are "
+                            f"not hyperparameters or options (constraints are checked once per value set)")

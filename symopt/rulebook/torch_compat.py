@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .rule import Family, Hyper, Rule, State, t
+from .metadata import Hyper, State, t
+from .rule import Family, Rule
 
 # -- symbols ---------------------------------------------------------------------------
 theta, g = sp.symbols("theta g")

@@ -52,7 +52,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .reduction import TensorSum, global_norm
-from .rule import Hyper, RuleError, State, t
+from .metadata import Hyper, RuleError, State, t
 
 __all__ = ["Transform", "coupled_weight_decay", "decoupled_weight_decay", "clip_by_value", "clip_global_norm",
            "cautious", "sign", "nesterov", "lookahead", "ema"]

@@ -1,8 +1,8 @@
 """Checks that a :class:`~symopt.rulebook.rule.Rule` (and a ``Family``) is well formed.
 
-``check_rule`` runs at construction; ``check_family`` runs again on a user family
-right before its module is generated.  Every message names the offending part.  A
-rule is rejected when it
+``check_rule`` runs at construction; :func:`symopt.rulebook.rule.check_family` runs
+again on a user family right before its module is generated, with the helpers here.
+Every message names the offending part.  A rule is rejected when it
 
 * never updates the parameter;
 * uses a symbol that is neither param, grad, state, hyperparameter, an earlier
@@ -39,7 +39,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..functions import REGISTRY, registered
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
-from .rule import Hyper, RuleError, State, t
+from .metadata import Hyper, RuleError, State, t
 
 #: Functions a rule may use (the registry's ``in_rules``); anything else is rejected.
 RULE_FUNCTIONS = tuple(f.sympy for f in REGISTRY if f.in_rules)
@@ -56,7 +56,7 @@ _NODE_TYPES = frozenset({
     _boolalg.BooleanTrue, _boolalg.BooleanFalse, sp.Piecewise, sp.functions.elementary.piecewise.ExprCondPair,
     *RULE_FUNCTIONS,
 })
-_SYMBOL_TYPES = frozenset({sp.Symbol, sp.Dummy})
+SYMBOL_TYPES = frozenset({sp.Symbol, sp.Dummy})
 _NON_ELEMENTWISE = (sp.MatrixBase, sp.MatrixExpr, MatrixElement, sp.Indexed, sp.IndexedBase, sp.Idx, sp.Sum,
                     sp.Product, sp.Integral, sp.Derivative)
 #: Deepest expression tree accepted (the printer and Python's parser both recurse).
@@ -85,7 +85,7 @@ def check_expression(expr, where: str) -> None:
                         f"split it into temporaries")
     for node in sp.preorder_traversal(expr):
         kind = type(node)
-        if kind in _SYMBOL_TYPES:
+        if kind in SYMBOL_TYPES:
             continue
         if kind in _NUMBER_TYPES:
             try:
@@ -124,7 +124,7 @@ def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_text(value, what: str) -> None:
+def check_text(value, what: str) -> None:
     """Any text that reaches generated files must be a str that UTF-8 can encode (no lone surrogates)."""
     if not isinstance(value, str):
         raise RuleError(f"{what} must be a string, got {type(value).__name__}")
@@ -134,14 +134,14 @@ def _check_text(value, what: str) -> None:
         raise RuleError(f"{what} {value[:60]!r} is not valid Unicode text ({exc.reason})") from None
 
 
-def _check_name(value, what: str, *, allow_none: bool) -> None:
+def check_name(value, what: str, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, str) or not value:
         raise RuleError(f"{what} must be a non-empty string, got {value!r}")
     if "\x00" in value:
         raise RuleError(f"{what} {value!r} holds a NUL character")
-    _check_text(value, what)
+    check_text(value, what)
 
 
 def check_hyper(sym, h, where: str = "") -> None:
@@ -149,12 +149,12 @@ def check_hyper(sym, h, where: str = "") -> None:
     label = f"{where}hyperparameter {sym}"
     if not isinstance(h, Hyper):
         raise RuleError(f"{label}: expected a symopt.Hyper, got {type(h).__name__}")
-    _check_name(h.key, f"{label}: key", allow_none=True)
+    check_name(h.key, f"{label}: key", allow_none=True)
     if h.key in _RESERVED_HYPER_KEYS:
         raise RuleError(f"{label}: key {h.key!r} is reserved (param groups hold the params under it)")
     if h.index is not None and (not isinstance(h.index, int) or isinstance(h.index, bool) or h.index < 0):
         raise RuleError(f"{label}: index must be None or an int >= 0, got {h.index!r}")
-    _check_text(h.doc, f"{label}: doc")
+    check_text(h.doc, f"{label}: doc")
     for side in ("low", "high"):
         v = getattr(h, side)
         if not _is_real(v) or math.isnan(v):
@@ -170,7 +170,7 @@ def check_hyper(sym, h, where: str = "") -> None:
         raise RuleError(f"{label}: default {d!r} is outside its range {h.range_text()}")
 
 
-def _check_hyper_keys(hyper: dict, where: str) -> None:
+def check_hyper_keys(hyper: dict, where: str) -> None:
     plain: dict = {}
     indexed: dict = {}
     for sym, h in hyper.items():
@@ -195,16 +195,16 @@ def _check_hyper_keys(hyper: dict, where: str) -> None:
 
 def check_rule(rule) -> None:
     """Raise :class:`RuleError` naming the first problem of ``rule`` (see the module doc)."""
-    _check_name(rule.name, "rule name", allow_none=False)
+    check_name(rule.name, "rule name", allow_none=False)
     arrays = {rule.param, rule.grad, *rule.state}
     hypers = set(rule.hyper)
     names: dict[str, sp.Symbol] = {}
     for sym in [rule.param, rule.grad, *rule.state, *rule.hyper, *(lhs for lhs, _ in rule.updates)]:
-        if type(sym) not in _SYMBOL_TYPES:
+        if type(sym) not in SYMBOL_TYPES:
             raise RuleError(f"{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
         if not sym.name or "\x00" in sym.name:
             raise RuleError(f"symbol name {sym.name!r} is empty or holds a NUL character")
-        _check_text(sym.name, "symbol name")
+        check_text(sym.name, "symbol name")
         prev = names.get(sym.name)
         if prev is not None and prev != sym:
             raise RuleError(f"two different symbols share the name {sym.name!r} (different assumptions?)")
@@ -217,21 +217,21 @@ def check_rule(rule) -> None:
     if t in arrays or t in hypers:
         raise RuleError("symopt.t is the step counter; it cannot be a state variable or hyperparameter")
     for attr in ("doc", "source"):
-        _check_text(getattr(rule, attr), f"rule {rule.name!r}: {attr}")
+        check_text(getattr(rule, attr), f"rule {rule.name!r}: {attr}")
     for k, ref in enumerate(rule.references):
-        _check_text(ref, f"rule {rule.name!r}: reference {k}")
+        check_text(ref, f"rule {rule.name!r}: reference {k}")
     for key, val in rule.latex_names.items():
-        _check_text(key, f"rule {rule.name!r}: latex_names key")
-        _check_text(val, f"rule {rule.name!r}: latex_names[{key!r}]")
+        check_text(key, f"rule {rule.name!r}: latex_names key")
+        check_text(val, f"rule {rule.name!r}: latex_names[{key!r}]")
     for sym, h in rule.hyper.items():
         check_hyper(sym, h)
-    _check_hyper_keys(rule.hyper, "")
+    check_hyper_keys(rule.hyper, "")
     state_keys: dict = {}
     for sym, spec in rule.state.items():
         if not isinstance(spec, State):
             raise RuleError(f"state variable {sym}: expected a symopt.State or an initial value")
-        _check_name(spec.key, f"state variable {sym}: key", allow_none=True)
-        _check_text(spec.doc, f"state variable {sym}: doc")
+        check_name(spec.key, f"state variable {sym}: key", allow_none=True)
+        check_text(spec.doc, f"state variable {sym}: doc")
         key = spec.key or sym.name
         if key in _RESERVED_STATE_KEYS:
             raise RuleError(f"state variable {sym}: key {key!r} is reserved (state_dict keeps the step count there)")
@@ -275,49 +275,3 @@ def check_rule(rule) -> None:
     for sym in rule.state:
         if not any(lhs == sym for lhs, _ in rule.updates):
             raise RuleError(f"state variable {sym} is never updated; make it a hyperparameter or drop it")
-
-
-def check_family(family) -> None:
-    """Check a whole family before generating its module: every variant rule again (rules are
-    mutable objects), variant conditions and constraints over hyperparameters only, metadata."""
-    from .rule import Family, Rule
-
-    if not isinstance(family, Family):
-        raise RuleError(f"expected a symopt.Family, got {type(family).__name__}")
-    _check_name(family.name, "family name", allow_none=False)
-    for attr in ("doc", "source", "group"):
-        _check_text(getattr(family, attr), f"family {family.name!r}: {attr}")
-    for k, ref in enumerate(family.references):
-        _check_text(ref, f"family {family.name!r}: reference {k}")
-    if not family.variants:
-        raise RuleError(f"family {family.name!r} has no variant")
-    allowed = set(family.hyper)
-    where = f"family {family.name!r}: "
-    for sym, h in family.hyper.items():
-        if type(sym) not in _SYMBOL_TYPES:
-            raise RuleError(f"{where}{sym!r} is a {type(sym).__name__}; only plain sympy Symbols are allowed")
-        check_hyper(sym, h, where)
-    _check_hyper_keys(family.hyper, where)
-    for sym, h in family.options.items():
-        if h.kind != "bool":
-            raise RuleError(f"{where}option {sym} must be a bool Hyper")
-    for k, (when, rule) in enumerate(family.variants):
-        if not isinstance(rule, Rule):
-            raise RuleError(f"{where}variant {k} is a {type(rule).__name__}, not a symopt.Rule")
-        check_rule(rule)
-        check_expression(when, f"{where}condition of variant {rule.name!r}")
-        extra = when.free_symbols - allowed
-        if extra:
-            raise RuleError(f"{where}condition of variant {rule.name!r} uses {sorted(map(str, extra))}, which are "
-                            f"not hyperparameters or options")
-    for k, item in enumerate(family.constraints):
-        try:
-            cond, message = item
-        except (TypeError, ValueError):
-            raise RuleError(f"{where}constraint {k} must be a (condition, message) pair") from None
-        check_expression(cond, f"{where}constraint {k}")
-        _check_text(message, f"{where}constraint {k}: message")
-        extra = cond.free_symbols - allowed
-        if extra:
-            raise RuleError(f"{where}constraint {k} ({message!r}) uses {sorted(map(str, extra))}, which are "
-                            f"not hyperparameters or options (constraints are checked once per value set)")

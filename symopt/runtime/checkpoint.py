@@ -1,4 +1,4 @@
-"""Checkpoints: ``symopt.save(path, opt)`` and ``symopt.load(path, params)``.
+"""The checkpoint file format behind ``symopt.save(path, opt)`` and ``symopt.load(path, params)``.
 
 A checkpoint is one ``.npz`` file (NumPy's zip of arrays) that never needs pickle:
 it is read with ``np.load(path, allow_pickle=False)`` and its metadata is JSON
@@ -34,8 +34,10 @@ import numpy as np
 
 from .._version import __version__
 from ..files import atomic_write
+from . import scheduled
 
-__all__ = ["save", "load", "load_into", "read"]
+__all__ = ["CheckpointError", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
+           "write"]
 
 FORMAT = "symopt-checkpoint"
 FORMAT_VERSION = 1
@@ -46,24 +48,32 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the optimizer/params it is loaded into."""
 
 
+_schedule_codec = None
+
+
+def set_schedule_codec(to_data, from_data) -> None:
+    """How scheduled hyperparameters travel through the JSON metadata (they are SymPy expressions,
+    so the codec lives above the runtime; ``symopt/__init__.py`` registers it).
+
+    ``to_data(schedule)`` returns a JSON-ready dict, or None for a schedule type it cannot store;
+    ``from_data(data)`` rebuilds the schedule (``TypeError``/``ValueError`` for malformed data).
+    """
+    global _schedule_codec
+    _schedule_codec = (to_data, from_data)
+
+
 def _plain(value, key: str = "value"):
     """A JSON-ready copy of a hyperparameter value (tuples become lists; a
     :class:`symopt.schedule.Schedule` becomes ``{"schedule": ...}`` with its exact expression)."""
-    from . import scheduled
-
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (tuple, list)):
         return [_plain(v, key) for v in value]
     if scheduled.is_schedule(value):
-        from ..rulebook.parse import expr_to_data
-        from ..schedule import Schedule
-
-        if not isinstance(value, Schedule):
+        spec = None if _schedule_codec is None else _schedule_codec[0](value)
+        if spec is None:
             raise TypeError(f"save: {key!r} is a {type(value).__name__} schedule; only symopt.schedule schedules "
                             f"can be stored in a checkpoint")
-        spec = {"expr": expr_to_data(value.expr), "name": value.name, "params": value.params,
-                "horizon": value.horizon}
         try:
             json.dumps(spec)
         except (TypeError, ValueError):
@@ -80,32 +90,26 @@ def _restore(value, path, key):
         spec = value.get("schedule")
         if set(value) != {"schedule"} or not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             _fail(path, f"hyperparameter {key!r} holds a malformed value")
-        from ..rulebook.parse import expr_from_data
-        from ..rulebook.rule import RuleError
-        from ..schedule import Schedule
-
         horizon = spec.get("horizon")
         if horizon is not None and (type(horizon) is not int or horizon < 1):
             _fail(path, f"the schedule of {key!r} has a malformed horizon")
+        if _schedule_codec is None:
+            _fail(path, f"the schedule of {key!r} cannot be rebuilt without symopt.schedule")
         try:
-            expr = expr_from_data(spec.get("expr"))
-            return Schedule(expr, name=spec["name"], params=dict(spec.get("params") or {}), horizon=horizon)
-        except (RuleError, TypeError, ValueError) as exc:
+            return _schedule_codec[1](spec)
+        except (TypeError, ValueError) as exc:
             _fail(path, f"the schedule of {key!r} cannot be rebuilt: {exc}")
     return value
 
 
-def save(path, opt, *, params: bool = True) -> None:
+def write(path, opt, *, params: bool = True) -> None:
     """Write ``opt``'s state, step counts, hyperparameters and (``params=True``) param values to ``path``.
 
-    ``path`` is written exactly as given (no suffix is added), atomically.
+    ``opt`` is a :class:`symopt.runtime.optimizer.Optimizer` (read through its public
+    interface); ``path`` is written exactly as given (no suffix is added), atomically.
     """
-    from .optimizer import Optimizer
-
-    if not isinstance(opt, Optimizer):
-        raise TypeError(f"save(path, opt): opt must be a symopt Optimizer, got {type(opt).__name__}")
     tensors = opt.params
-    keys = [s["key"] for s in opt._vinfo["state"]]
+    keys = list(opt.state_keys)
     state = opt.state
     groups = []
     start = 0
@@ -116,7 +120,7 @@ def save(path, opt, *, params: bool = True) -> None:
         start += n
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "symopt_version": __version__,
-        "rule": opt.rule_name, "variant": opt.variant, "formula_hash": opt._vinfo["formula_hash"],
+        "rule": opt.rule_name, "variant": opt.variant, "formula_hash": opt.formula_hash,
         "dtype": str(opt.dtype), "shapes": [list(p.shape) for p in tensors], "groups": groups,
         "state_keys": keys, "on_nonfinite": opt.on_nonfinite, "skipped_steps": int(opt.skipped_steps),
         "has_params": bool(params),
@@ -206,8 +210,11 @@ def read(path) -> dict:
     return {"meta": meta, "step": step, "state": state, "params": params}
 
 
-def _groups_hyper(meta, tuple_keys: set, path) -> list:
-    """Each saved group's hyperparameters: JSON lists back as tuples (``betas``), schedules rebuilt."""
+def saved_groups(ck: dict, module, path) -> list:
+    """Each saved group's hyperparameters for the rule of generated ``module``: JSON lists back as
+    tuples (``betas``), schedules rebuilt."""
+    meta = ck["meta"]
+    tuple_keys = {h["key"] for h in module.FAMILY["hyper"] if h["index"] is not None}
     out = []
     for g in meta["groups"]:
         hyper = {}
@@ -218,19 +225,15 @@ def _groups_hyper(meta, tuple_keys: set, path) -> list:
     return out
 
 
-def _tuple_keys(family_data: dict) -> set:
-    return {h["key"] for h in family_data["hyper"] if h["index"] is not None}
-
-
 def _check_fits(path, ck: dict, opt, tensors) -> None:
     meta = ck["meta"]
     if meta["rule"] != opt.rule_name:
         _fail(path, f"holds the state of rule {meta['rule']!r}, not {opt.rule_name!r}")
     if meta["variant"] != opt.variant:
         _fail(path, f"holds variant {meta['variant']!r} of {meta['rule']!r}, the optimizer runs {opt.variant!r}")
-    if meta["formula_hash"] != opt._vinfo["formula_hash"]:
+    if meta["formula_hash"] != opt.formula_hash:
         _fail(path, f"was saved from a different formula of {meta['rule']!r} (formula hash "
-                    f"{meta['formula_hash'][:12]}..., this rule's is {opt._vinfo['formula_hash'][:12]}...); "
+                    f"{meta['formula_hash'][:12]}..., this rule's is {opt.formula_hash[:12]}...); "
                     f"its state would not mean the same thing")
     if meta["dtype"] != str(opt.dtype):
         _fail(path, f"holds {meta['dtype']} state, the params are {opt.dtype}", TypeError)
@@ -243,13 +246,13 @@ def _check_fits(path, ck: dict, opt, tensors) -> None:
     if len(meta["groups"]) != len(opt.param_groups) or any(
             len(g["params"]) != len(mine["params"]) for g, mine in zip(meta["groups"], opt.param_groups)):
         _fail(path, "param groups differ (number of groups or params per group)")
-    if meta["state_keys"] != [s["key"] for s in opt._vinfo["state"]]:
+    if meta["state_keys"] != list(opt.state_keys):
         _fail(path, f"state keys {meta['state_keys']} differ from the rule's")
 
 
 def _state_dict(ck: dict, opt, path) -> dict:
     meta = ck["meta"]
-    hyper = _groups_hyper(meta, _tuple_keys(opt._spec.module.FAMILY), path)
+    hyper = saved_groups(ck, opt.module, path)
     return {
         "state": {j: {"step": int(ck["step"][j]), **ck["state"][j]} for j in ck["state"]},
         "param_groups": [{**h, "params": g["params"]} for h, g in zip(hyper, meta["groups"])],
@@ -259,13 +262,14 @@ def _state_dict(ck: dict, opt, path) -> dict:
     }
 
 
-def load_into(opt, path, *, restore_params: bool = True, _checkpoint: dict | None = None) -> None:
+def load_into(opt, path, *, restore_params: bool = True, checkpoint: dict | None = None) -> None:
     """Load a checkpoint into an existing optimizer (same rule, formula, dtype and shapes).
 
     With ``restore_params`` (and a checkpoint that holds them), the params are
-    overwritten in place with the saved values.  Nothing changes if any check fails.
+    overwritten in place with the saved values.  ``checkpoint``: the contents of
+    ``path`` when already :func:`read`.  Nothing changes if any check fails.
     """
-    ck = read(path) if _checkpoint is None else _checkpoint
+    ck = read(path) if checkpoint is None else checkpoint
     tensors = opt.params
     _check_fits(path, ck, opt, tensors)
     opt.load_state_dict(_state_dict(ck, opt, path))  # validates hyperparameters before modifying anything
@@ -274,44 +278,37 @@ def load_into(opt, path, *, restore_params: bool = True, _checkpoint: dict | Non
             np.copyto(p, ck["params"][j])
 
 
-def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: str | None = None):
-    """A new optimizer over ``params`` resumed from the checkpoint at ``path``.
-
-    ``params``: a flat list of arrays with the checkpoint's shapes and dtype (they are
-    regrouped as saved) or a list of param-group dicts.  ``rule``: defaults to the
-    saved built-in rule name; a user rule must be passed again (its formula hash must
-    match).  With ``restore_params`` the params receive the saved values.
-    """
+def saved_rule(ck: dict, rule, path):
+    """The rule to resume with: the saved built-in name when ``rule`` is None (a user rule must be
+    passed again), else ``rule`` (a name must be the saved one)."""
     from .kernels import builtin_names
-    from .kernels import load as load_module
-    from .optimizer import Optimizer
 
-    ck = read(path)
     meta = ck["meta"]
     if rule is None:
         if meta["rule"] not in builtin_names():
             _fail(path, f"holds user rule {meta['rule']!r}; pass it again: symopt.load(path, params, rule)")
-        rule = meta["rule"]
-    elif isinstance(rule, str) and rule != meta["rule"]:
+        return meta["rule"]
+    if isinstance(rule, str) and rule != meta["rule"]:
         _fail(path, f"holds the state of rule {meta['rule']!r}, not {rule!r}")
+    return rule
+
+
+def regroup(ck: dict, params, path) -> list:
+    """``params`` as the saved param groups (without hyperparameters): a flat list of arrays is
+    split as saved, a list of param-group dicts must have the saved number of groups."""
+    meta = ck["meta"]
     if isinstance(params, np.ndarray):
         raise TypeError("params must be a list of arrays (or of param-group dicts), not a single array")
     items = list(params)
     if items and all(isinstance(x, dict) for x in items):
-        groups = items
-    else:
-        sizes = [len(g["params"]) for g in meta["groups"]]
-        if len(items) != sum(sizes):
-            _fail(path, f"holds {sum(sizes)} params, got {len(items)}")
-        groups, start = [], 0
-        for size in sizes:
-            groups.append({"params": items[start:start + size]})
-            start += size
-    mode = meta.get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
-    module = load_module(rule)
-    hyper = _groups_hyper(meta, _tuple_keys(module.FAMILY), path)
-    if len(groups) != len(hyper):
-        _fail(path, f"holds {len(hyper)} param groups, got {len(groups)}")
-    opt = Optimizer(rule, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
-    load_into(opt, path, restore_params=restore_params, _checkpoint=ck)
-    return opt
+        if len(items) != len(meta["groups"]):
+            _fail(path, f"holds {len(meta['groups'])} param groups, got {len(items)}")
+        return items
+    sizes = [len(g["params"]) for g in meta["groups"]]
+    if len(items) != sum(sizes):
+        _fail(path, f"holds {sum(sizes)} params, got {len(items)}")
+    groups, start = [], 0
+    for size in sizes:
+        groups.append({"params": items[start:start + size]})
+        start += size
+    return groups

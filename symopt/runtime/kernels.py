@@ -1,24 +1,26 @@
-"""Finding the generated module of a rule, without SymPy for built-ins.
+"""Finding and loading generated modules, without SymPy.
 
 Built-in rules live in the checked-in package ``symopt.generated`` (the
-``generated/`` folder), indexed by ``symopt.generated.RULES``.  A user
-:class:`~symopt.rulebook.rule.Rule` (or ``Family``) is checked, generated on first
-use into the user cache (see :mod:`symopt.codegen.emit`) and executed from the
-exact text that was verified (seal, input hash, audit) -- compiled with the cache
-file's path as its file name, so numba's on-disk cache works for it as well; the
-file is never imported by path after the check.  When no cache folder is writable
-the module runs from memory with numba's disk cache turned off.
+``generated/`` folder), indexed by ``symopt.generated.RULES``: :func:`load_builtin`.
+
+A user :class:`~symopt.rulebook.rule.Rule` (or ``Family``) is generated above this
+stage: :mod:`symopt.user_modules` has the code generator check, print, seal and
+audit its module (cached in ``$SYMOPT_CACHE_DIR``) and hands the checked text to
+:func:`execute`, which runs it compiled with the cache file's path as its file name
+(so numba's on-disk cache works for it as well; the file is never imported by path
+after the check), or from memory with numba's disk cache turned off when no cache
+folder was writable.  ``symopt/__init__.py`` registers that generator with
+:func:`set_user_rule_loader`, so :func:`load` accepts a user rule while this
+package imports nothing of the code generator.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-import threading
 import types
 
-_lock = threading.Lock()
-_user_modules: dict = {}
+_user_rule_loader = None
 
 
 def builtin_names() -> list:
@@ -42,68 +44,58 @@ def load_builtin(name: str):
     return importlib.import_module(f"symopt.generated.{mod}")
 
 
-def _family_of(rule_or_family):
-    from ..rulebook.rule import Family, Rule
-
-    if isinstance(rule_or_family, Rule):
-        return Family.of(rule_or_family)
-    if isinstance(rule_or_family, Family):
-        return rule_or_family
-    raise TypeError(f"expected a rule name (str), a symopt.Rule or a Family, got {type(rule_or_family).__name__}")
+def set_user_rule_loader(loader) -> None:
+    """Use ``loader(rule) -> module`` for every rule that is not a built-in name or a loaded module."""
+    global _user_rule_loader
+    _user_rule_loader = loader
 
 
-#: The numba decorator as the template writes it; in-memory modules turn its disk cache off.
-_CACHED_NJIT = "@numba.njit(cache=True"
-
-
-def _execute(um):
-    """A module object from a checked :class:`~symopt.codegen.emit.UserModule`."""
-    mod_name = f"symopt_user_kernels.{um.name}"
-    text = um.text
-    if um.path is None:
-        # numba can only cache functions that live in a file; keep everything else identical.
-        text = text.replace(_CACHED_NJIT, "@numba.njit(cache=False")
-        filename = f"<symopt user rule {um.name}>"
-    else:
-        filename = str(um.path)
-    code = compile(text, filename, "exec", dont_inherit=True)
-    mod = types.ModuleType(mod_name)
-    if um.path is not None:
-        mod.__file__ = filename
-    sys.modules[mod_name] = mod
-    try:
-        exec(code, mod.__dict__)  # the generated module's own text, sealed and audited above
-    except BaseException:
-        sys.modules.pop(mod_name, None)
-        raise
-    if getattr(mod, "INPUT_HASH", None) != um.digest:
-        sys.modules.pop(mod_name, None)
-        raise ImportError(f"generated module {filename} does not match its rule (hash mismatch)")
-    return mod
-
-
-def load_user(rule_or_family):
-    """Check, generate (if needed) and load the module of a user Rule or Family."""
-    from ..codegen.emit import user_module
-    from ..codegen.render import family_hash
-
-    family = _family_of(rule_or_family)
-    digest = family_hash(family)
-    with _lock:
-        mod = _user_modules.get(digest)
-    if mod is not None:
-        return mod
-    um = user_module(family)
-    with _lock:
-        mod = _user_modules.get(um.digest)
-        if mod is None:
-            mod = _execute(um)
-            _user_modules[um.digest] = mod
-        return mod
+def _is_optimizer_module(obj) -> bool:
+    return isinstance(obj, types.ModuleType) and isinstance(getattr(obj, "FAMILY", None), dict)
 
 
 def load(rule):
-    """Module for a built-in name or a user Rule/Family."""
+    """The generated module of a built-in name, of an already loaded optimizer module, or of a user Rule/Family."""
     if isinstance(rule, str):
         return load_builtin(rule)
-    return load_user(rule)
+    if _is_optimizer_module(rule):
+        return rule
+    if _user_rule_loader is None:
+        raise TypeError(f"expected a rule name (str) or a generated optimizer module, got {type(rule).__name__}")
+    return _user_rule_loader(rule)
+
+
+#: The numba decorator as the templates write it; in-memory modules turn its disk cache off.
+_CACHED_NJIT = "@numba.njit(cache=True"
+
+
+def execute(checked, package: str):
+    """A module object from the checked text of a generated module.
+
+    ``checked`` has ``name``, ``text`` (sealed and audited by the code generator),
+    ``digest`` (the input hash the text must declare as ``INPUT_HASH``) and
+    ``path`` (the cache file it was read from or written to; None: in memory).
+    The module is registered as ``<package>.<name>`` in ``sys.modules``.
+    """
+    mod_name = f"{package}.{checked.name}"
+    text = checked.text
+    if checked.path is None:
+        # numba can only cache functions that live in a file; keep everything else identical.
+        text = text.replace(_CACHED_NJIT, "@numba.njit(cache=False")
+        filename = f"<symopt {package} {checked.name}>"
+    else:
+        filename = str(checked.path)
+    code = compile(text, filename, "exec", dont_inherit=True)
+    mod = types.ModuleType(mod_name)
+    if checked.path is not None:
+        mod.__file__ = filename
+    sys.modules[mod_name] = mod
+    try:
+        exec(code, mod.__dict__)  # the generated module's own text, sealed and audited by the generator
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
+    if getattr(mod, "INPUT_HASH", None) != checked.digest:
+        sys.modules.pop(mod_name, None)
+        raise ImportError(f"generated module {filename} does not match its input (hash mismatch)")
+    return mod

@@ -25,9 +25,9 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import kernels, layout, reduction, scheduled
+from . import checkpoint, kernels, layout, reduction, scheduled
 
-__all__ = ["Optimizer", "optimizer", "NonFiniteGradientError"]
+__all__ = ["Optimizer", "optimizer", "NonFiniteGradientError", "save", "load"]
 
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: Bytes of params updated by one step from which the threaded kernel is used (when numba has
@@ -43,7 +43,7 @@ class NonFiniteGradientError(FloatingPointError, ValueError):
 
 
 def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper) -> "Optimizer":
-    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule`.
+    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule` (see :class:`Optimizer`).
 
     ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
     dtype per optimizer), or a list of torch-style groups
@@ -125,10 +125,20 @@ class _Spec:
 class Optimizer:
     """An optimizer over NumPy arrays, stepping a generated Numba kernel.
 
+    ``rule``: a built-in rule name, a generated optimizer module, or a user
+    :class:`symopt.Rule`/``Family`` (generated through the loader that ``import symopt``
+    registers, :func:`symopt.runtime.kernels.set_user_rule_loader`).
+
     Attributes follow torch.optim: ``param_groups`` (list of dicts with
     ``"params"`` and hyperparameters), ``defaults``, ``state_dict()``,
     ``load_state_dict()``.  ``skipped_steps`` counts steps skipped for non-finite
     gradients under ``on_nonfinite="skip"``.
+
+    What checkpoints and adapters read (everything else is private):
+    ``rule_name``, ``variant``, ``dtype``, ``on_nonfinite``, ``params``, ``state``
+    (live per-param views), ``state_keys``, ``formula_hash``, ``module`` (the
+    generated module), ``step_counts`` (read-only), and :meth:`step_at`, a step
+    with gradients given by address.
     """
 
     def __init__(self, rule, params, *, on_nonfinite: str = "raise", **hyper):
@@ -269,13 +279,17 @@ class Optimizer:
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
+        self._step_counts = self._steps.view()
+        self._step_counts.flags.writeable = False
+        self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         suffix = _DTYPE_SUFFIX[self.dtype]
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
         self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
-        self._reduce = reduction.setup(self, suffix)  # None unless the rule has TensorSum/GlobalSum...
+        # None unless the rule has TensorSum/GlobalSum...: the reduction passes (runtime/reduction.py)
+        self._reduce = reduction.setup(mod, self._vinfo, len(sizes), suffix)
         if self._reduce is not None:
             self._flat = None  # reduction passes need the per-tensor table
         self._hyper_names = self._vinfo["hyper"]
@@ -310,7 +324,28 @@ class Optimizer:
 
     @property
     def variant(self) -> str:
+        """The name of the variant the kernel runs (e.g. ``adam.amsgrad``)."""
         return self._vinfo["name"]
+
+    @property
+    def module(self):
+        """The generated module this optimizer steps (``FAMILY``, the kernels)."""
+        return self._spec.module
+
+    @property
+    def formula_hash(self) -> str:
+        """The hash of the variant's SymPy equations (a checkpoint's state only fits the same formula)."""
+        return self._vinfo["formula_hash"]
+
+    @property
+    def state_keys(self) -> tuple:
+        """The names of the state entries of every param, in the kernel's order (``exp_avg``...)."""
+        return self._state_keys
+
+    @property
+    def step_counts(self) -> np.ndarray:
+        """The step count of every param (int64, read-only view, updated in place by each step)."""
+        return self._step_counts
 
     @property
     def state(self) -> dict:
@@ -409,7 +444,30 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        active = self._check_grads(grads)
+        return self._step(self._check_grads(grads))
+
+    def step_at(self, addresses) -> None:
+        """:meth:`step` with each gradient given by the address of its data (``None``: skip that param).
+
+        For adapters that have checked the gradients themselves (``symopt.torch``:
+        ``Tensor.data_ptr()``): gradient ``j`` must hold ``params[j].size`` values of
+        the optimizer's dtype, contiguous, alive until the call returns.
+        """
+        if len(addresses) != len(self._tensors):
+            raise ValueError(f"step_at got {len(addresses)} addresses but the optimizer has {len(self._tensors)} params")
+        gptr = self._gptr
+        active = None
+        for j, a in enumerate(addresses):
+            if a is None:
+                if active is None:
+                    active = np.ones(len(addresses), dtype=bool)
+                active[j] = False
+            else:
+                gptr[j] = a
+        return self._step(active)
+
+    def _step(self, active) -> None:
+        """One step over the params marked in ``active`` (None: all), grads at ``_gptr``."""
         if active is None:
             mask = self._all_active
             total = self._total
@@ -454,7 +512,7 @@ class Optimizer:
             chunks, work, scal = self._rows_by_step(mask, nworkers)
         kernel = self._kernel_parallel if parallel else self._kernel_serial
         if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
-            chunks, scal = self._reduce(self, chunks, scal, parallel)
+            chunks, scal = self._reduce(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, parallel)
         nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
             if self.on_nonfinite == "skip":
@@ -538,7 +596,7 @@ class Optimizer:
                 index_map[pid] = sum(len(g["params"]) for g in self.param_groups[:gi]) + k
         new_state = {}
         saved_state = state_dict["state"]
-        keys = [s["key"] for s in self._vinfo["state"]]
+        keys = self._state_keys
         for pid, entry in saved_state.items():
             if pid not in index_map:
                 raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
@@ -583,20 +641,43 @@ class Optimizer:
 
     def save(self, path, *, params: bool = True) -> None:
         """Write a checkpoint (``.npz``, no pickle): see :func:`symopt.save`."""
-        from .checkpoint import save
-
-        save(path, self, params=params)
+        checkpoint.write(path, self, params=params)
 
     def load(self, path, *, restore_params: bool = True) -> None:
         """Resume from a checkpoint written by :meth:`save` (same rule, formula, dtype, shapes)."""
-        from .checkpoint import load_into
-
-        load_into(self, path, restore_params=restore_params)
+        checkpoint.load_into(self, path, restore_params=restore_params)
 
     def __repr__(self) -> str:
         n = len(self._tensors)
         return (f"<symopt.Optimizer {self.rule_name!r} (variant {self.variant!r}): {n} param{'s' * (n != 1)}, "
                 f"{self._total} elements, {self.dtype}, {len(self.param_groups)} group(s)>")
+
+
+def save(path, opt, *, params: bool = True) -> None:
+    """Write ``opt``'s state, step counts, hyperparameters and (``params=True``) param values to
+    ``path`` (exactly as given, atomically); the format is :mod:`symopt.runtime.checkpoint`'s."""
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"save(path, opt): opt must be a symopt Optimizer, got {type(opt).__name__}")
+    checkpoint.write(path, opt, params=params)
+
+
+def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: str | None = None) -> Optimizer:
+    """A new optimizer over ``params`` resumed from the checkpoint at ``path``.
+
+    ``params``: a flat list of arrays with the checkpoint's shapes and dtype (they are
+    regrouped as saved) or a list of param-group dicts.  ``rule``: defaults to the
+    saved built-in rule name; a user rule must be passed again (its formula hash must
+    match).  With ``restore_params`` the params receive the saved values.
+    """
+    ck = checkpoint.read(path)
+    rule = checkpoint.saved_rule(ck, rule, path)
+    groups = checkpoint.regroup(ck, params, path)
+    module = kernels.load(rule)
+    hyper = checkpoint.saved_groups(ck, module, path)
+    mode = ck["meta"].get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
+    opt = Optimizer(module, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
+    checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
+    return opt
 
 
 _get_num_threads = None

@@ -24,13 +24,12 @@ import numpy as np
 class ReductionStep:
     """The reduction passes of one optimizer (built once, called every step)."""
 
-    def __init__(self, opt, info: dict, suffix: str):
-        mod = opt._spec.module
+    def __init__(self, module, variant: dict, ntensors: int, suffix: str):
+        info = variant["reduce"]
         base = info["kernel"]
-        self.serial = getattr(mod, f"{base}_{suffix}")
-        self.parallel = getattr(mod, f"{base}_{suffix}_parallel")
-        ntensors = len(opt._tensors)
-        self.ext = np.zeros((ntensors, opt._vinfo["nscalars"] + info["ntensor"]), dtype=np.float64)
+        self.serial = getattr(module, f"{base}_{suffix}")
+        self.parallel = getattr(module, f"{base}_{suffix}_parallel")
+        self.ext = np.zeros((ntensors, variant["nscalars"] + info["ntensor"]), dtype=np.float64)
         self._tables: dict = {}  # id(chunks) -> (chunks, the same rows with scalar row = tensor index)
 
     @staticmethod
@@ -39,10 +38,11 @@ class ReductionStep:
         out[:, 3] = out[:, 0]
         return out
 
-    def __call__(self, opt, chunks, scal, parallel: bool):
-        """Run the passes; returns the (chunks, scalar table) for the elementwise kernel."""
+    def __call__(self, pptr, gptr, state, offs, chunks, scal, parallel: bool):
+        """Run the passes on the elementwise kernel's arguments (``state``: the list of flat
+        state buffers); returns the (chunks, scalar table) for the elementwise kernel."""
         kernel = self.parallel if parallel else self.serial
-        kernel(opt._pptr, opt._gptr, *opt._state, opt._offs, chunks, scal, self.ext)
+        kernel(pptr, gptr, *state, offs, chunks, scal, self.ext)
         hit = self._tables.get(id(chunks))
         if hit is None or hit[0] is not chunks:
             if len(self._tables) > 64:
@@ -51,7 +51,7 @@ class ReductionStep:
         return hit[1], self.ext
 
 
-def setup(opt, suffix: str):
-    """A :class:`ReductionStep` when the optimizer's variant has reductions, else None."""
-    info = opt._vinfo.get("reduce")
-    return None if info is None else ReductionStep(opt, info, suffix)
+def setup(module, variant: dict, ntensors: int, suffix: str):
+    """A :class:`ReductionStep` when ``variant`` (an entry of ``module.FAMILY["variants"]``) has
+    reductions, else None."""
+    return None if variant.get("reduce") is None else ReductionStep(module, variant, ntensors, suffix)

@@ -44,32 +44,6 @@ _IMMUTABLE = (float, int, bool)
 _UNSEEN = object()
 
 
-class _TensorRuntime(_RuntimeOptimizer):
-    """The runtime optimizer, given the gradients as torch tensors.
-
-    The adapter has already checked every gradient (dense, contiguous, on the CPU,
-    the param's dtype; torch checks shapes when ``.grad`` is set), so this only
-    reads their addresses -- ``Tensor.data_ptr()`` instead of a NumPy view per
-    gradient -- and marks the params whose gradient is None.
-    """
-
-    def _check_grads(self, grads):
-        gptr = self._gptr
-        active = None
-        for j, g in enumerate(grads):
-            if g is None:
-                if active is None:
-                    active = np.ones(len(grads), dtype=bool)
-                active[j] = False
-            else:
-                gptr[j] = g.data_ptr()
-        return active
-
-
-def _runtime_optimizer(rule, params, *, on_nonfinite, **hyper) -> _TensorRuntime:
-    return _TensorRuntime(rule, params, on_nonfinite=on_nonfinite, **hyper)
-
-
 def _cacheable(value) -> bool:
     """Whether a hyperparameter value cannot change without being replaced (so identity means equality)."""
     t = type(value)
@@ -156,7 +130,7 @@ class Optimizer(torch.optim.Optimizer):
         _check_implementation_options(implementation)
         hyper = {k: _plain(v, k) for k, v in hyper.items()}
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
-        probe = _runtime_optimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite, **hyper)
+        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite, **hyper)
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
@@ -199,7 +173,7 @@ class Optimizer(torch.optim.Optimizer):
         if len(dtypes) > 1:
             raise TypeError(f"{self.rule_name}: params have dtypes {', '.join(dtypes)}; one symopt.torch.Optimizer "
                             f"steps one dtype (make one optimizer per dtype)")
-        core = _runtime_optimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
+        core = _RuntimeOptimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
         if state or meta:
             ids, start = [], 0
             for group in core_groups:
@@ -230,7 +204,7 @@ class Optimizer(torch.optim.Optimizer):
         steps = torch.zeros(len(params), dtype=scalar_dtype())
         self._steps_t = steps
         self._steps_np = steps.numpy()
-        self._steps_np[:] = core._steps
+        self._steps_np[:] = core.step_counts
         live = core.state
         state = defaultdict(dict)
         for j, p in enumerate(params):
@@ -243,7 +217,9 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- stepping
     def _collect_grads(self):
-        """The gradients (checked tensors or None) in the runtime's order; None if the params changed.
+        """``(gradients, addresses, count)``: the checked gradient tensors (or None) in the runtime's
+        order, the address of each one's data (None where no gradient), and how many there are;
+        ``(None, None, 0)`` if the params changed.
 
         The kernels read ``numel`` elements of the param's dtype at each gradient's
         address, so layout, dtype, size and contiguity are checked for every
@@ -251,26 +227,28 @@ class Optimizer(torch.optim.Optimizer):
         """
         params, ptrs, sizes, dtype = self._params, self._ptrs, self._sizes, self._dtype
         grads = [None] * len(params)
+        addresses = [None] * len(params)
         k = 0
         active = 0
         try:
             for group in self.param_groups:
                 for p in group["params"]:
                     if p is not params[k] or p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
-                        return None, 0
+                        return None, None, 0
                     g = p.grad
                     if g is not None:
                         if (g.layout is not _STRIDED or g.dtype is not dtype or g.numel() != sizes[k]
                                 or not g.is_contiguous()):
                             g = _checked_grad(g, p, f"the gradient of param {k}")
                         grads[k] = g
+                        addresses[k] = g.data_ptr()
                         active += 1
                     k += 1
         except IndexError:
-            return None, 0
+            return None, None, 0
         if k != len(params):
-            return None, 0
-        return grads, active
+            return None, None, 0
+        return grads, addresses, active
 
     @staticmethod
     def profile_hook_step(func):
@@ -304,11 +282,11 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads, active = self._collect_grads()
+        grads, addresses, active = self._collect_grads()
         if grads is None:
             # a param was replaced (p.data = ...) or param_groups were edited: rebuild, keeping state
             self._install(*self._make_core(self.param_groups, state=self._carried_state()))
-            grads, active = self._collect_grads()
+            grads, addresses, active = self._collect_grads()
             if grads is None:  # pragma: no cover - the rebuild just read these params
                 raise RuntimeError("symopt.torch: param_groups changed during step()")
         core = self._core
@@ -323,8 +301,8 @@ class Optimizer(torch.optim.Optimizer):
                         seen[i] = v if _cacheable(v) else _UNSEEN
         except KeyError as exc:
             raise ValueError(f"{self.rule_name}: a param group lost its value for {exc.args[0]!r}") from None
-        core.step(grads)
-        self._steps_np[:] = core._steps
+        core.step_at(addresses)             # the gradients were checked above (and stay alive in grads)
+        self._steps_np[:] = core.step_counts
         if active:
             # the kernels wrote through NumPy: tell autograd these tensors changed in place
             torch.autograd.graph.increment_version(
@@ -484,7 +462,7 @@ class Optimizer(torch.optim.Optimizer):
         self._keys = tuple(sym["keys"])
         params = [p for g in self.param_groups for p in g["params"]]
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
-        probe = _runtime_optimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
+        probe = _RuntimeOptimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
         self.rule_name = probe.rule_name
         core, params = self._make_core(self.param_groups, state=carried)
         core.skipped_steps = int(sym.get("skipped_steps", 0))

@@ -47,7 +47,7 @@ def _mp_functions(rule):
     """Each update of ``rule`` as an mpmath function of every symbol it may read."""
     import sympy as sp
 
-    from ..rulebook.rule import t as t_sym
+    from ..rulebook.metadata import t as t_sym
 
     symbols = [rule.param, rule.grad, *rule.state, *rule.hyper, t_sym, *rule.temporaries]
     fns = []
@@ -70,10 +70,9 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     """Compare the generated kernel of ``rule`` (a variant of ``family``) with mpmath."""
     import mpmath
 
-    from ..codegen.render import hyper_identifiers
     from ..rulebook.reduction import has_reductions
     from .reductions import exact_tensor_step
-    from ..rulebook.rule import t as t_sym
+    from ..rulebook.metadata import t as t_sym
     from ..runtime.optimizer import Optimizer
 
     rng = np.random.default_rng(seed)
@@ -85,13 +84,13 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     opt = Optimizer(_name_or_family(family), [params], **kwargs)
     if opt.variant != rule.name:
         raise RuntimeError(f"could not select variant {rule.name!r} of {family.name!r}")
-    group = opt.param_groups[0]
-    hvals = opt._spec.values(group, "verify")
-    idents = hyper_identifiers(family)
+    group = opt.param_groups[0]  # values the optimizer has validated, by keyword (a tuple entry by index)
     hyper_by_sym = {}
     for sym in rule.hyper:
-        v = hvals[idents[sym]]
-        hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, bool) else mpmath.mpf(v)
+        h = family.hyper[sym]
+        key = h.key or sym.name
+        v = group[key] if h.index is None else group[key][h.index]
+        hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
 
     warm = int(rng.integers(0, 4))
     for _ in range(warm):
@@ -99,13 +98,13 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     worst, worst_where = 0.0, ""
     mpmath.mp.dps = _DPS
     symbols, fns = _mp_functions(rule)
-    keys = [s["key"] for s in opt._vinfo["state"]]
+    keys = opt.state_keys
     state_syms = {rule.state_key(s): s for s in rule.state}
     for k in range(steps):
         grad = (rng.standard_normal(n) * scale).astype(dt)
         old_p = params.copy()
         old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
-        t_val = int(opt._steps[0]) + 1
+        t_val = int(opt.step_counts[0]) + 1
         opt.step([grad])
         all_vals = []
         for i in range(n):

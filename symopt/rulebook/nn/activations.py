@@ -14,7 +14,7 @@ name            f(x)                                   kernel form / note
 
 A derivative may be written in the output ``y = f(x)`` when that is cheaper and
 as accurate (``1 − y²``, ``y(1 − y)``): the backward kernels receive both the
-pre-activation and the output.  Kinks: ``H(0) = 0``, see :mod:`symopt.nn.spec`.
+pre-activation and the output.  Kinks: ``H(0) = 0``, see :mod:`symopt.rulebook.nn.spec`.
 The softmax's backward pass is the vector-Jacobian product
 ``Σ_k g_k ∂p_k/∂x_j``, which SymPy reduces to ``p_j (g_j − Σ_k g_k p_k)``.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from ..derive.rowwise import in_range, softmax_form, sums_to_reductions
+from ...derive.rowwise import in_range, softmax_form, sums_to_reductions
 from .spec import Elementwise, Hyper, Rowwise
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ..rulebook.rule import Hyper
+from ..metadata import Hyper
 
 __all__ = ["TARGET_KINDS", "Elementwise", "Hyper", "Rowwise"]
 

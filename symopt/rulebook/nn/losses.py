@@ -29,7 +29,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from ..derive.rowwise import in_range, softmax_form, stabilize
+from ...derive.rowwise import in_range, softmax_form, stabilize
 from .spec import Elementwise, Hyper, Rowwise
 
 __all__ = [

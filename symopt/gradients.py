@@ -12,58 +12,20 @@ The gradient comes from reverse-mode accumulation over the expression's DAG
 (:mod:`symopt.derive.terms`).  The generated module (``gradient_module.py.jinja``)
 is written to the user cache (``$SYMOPT_CACHE_DIR/gradients``) like user
 optimizer rules and executed from its checked text with the cache file as its
-file name, so numba's on-disk cache works; it depends only on the term shapes,
-so e.g. every N-dimensional Rosenbrock shares one compiled kernel.  Evaluation is
-float64.
+file name (:func:`symopt.user_modules.load_gradient`), so numba's on-disk cache
+works; it depends only on the term shapes, so e.g. every N-dimensional Rosenbrock
+shares one compiled kernel.  Evaluation is float64.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
-import types
-
 import numpy as np
 import sympy as sp
 
-from .terms import TermProgram, term_program
+from .derive.terms import TermProgram, term_program
+from .user_modules import load_gradient
 
 __all__ = ["Gradient", "gradient"]
-
-_lock = threading.Lock()
-_modules: dict = {}
-_CACHED_NJIT = "@numba.njit(cache=True"
-
-
-def _execute(um):
-    """A module object from a checked :class:`~symopt.codegen.emit.UserModule`."""
-    text, filename = um.text, (str(um.path) if um.path is not None else f"<symopt.gradient {um.name}>")
-    if um.path is None:  # numba caches only functions that live in a file
-        text = text.replace(_CACHED_NJIT, "@numba.njit(cache=False")
-    code = compile(text, filename, "exec", dont_inherit=True)
-    mod_name = f"symopt_user_gradients.{um.name}"
-    mod = types.ModuleType(mod_name)
-    if um.path is not None:
-        mod.__file__ = filename
-    sys.modules[mod_name] = mod
-    try:
-        exec(code, mod.__dict__)  # noqa: S102 - the generated module's own text, sealed and audited
-    except BaseException:
-        sys.modules.pop(mod_name, None)
-        raise
-    return mod
-
-
-def _load(program: TermProgram):
-    from ..codegen.emit import gradient_module
-
-    um = gradient_module(program)
-    with _lock:
-        mod = _modules.get(um.digest)
-        if mod is None:
-            mod = _execute(um)
-            _modules[um.digest] = mod
-        return mod, um.path
 
 
 class Gradient:
@@ -80,7 +42,7 @@ class Gradient:
         self.expr = program.expr
         self.wrt = program.wrt
         self.n = len(program.wrt)
-        self.module, self.module_path = _load(program)
+        self.module, self.module_path = load_gradient(program)
         self._args = []
         for g in program.groups:
             self._args += [np.ascontiguousarray(g.index), np.ascontiguousarray(g.consts)]

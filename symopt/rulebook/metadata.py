@@ -1,0 +1,77 @@
+"""The plain metadata of a rule: the step symbol :data:`t`, :class:`Hyper` (a
+hyperparameter's default, range, keyword and docs), :class:`State` (a state variable's
+initial value and name), and :class:`RuleError`, raised for anything malformed.
+
+:mod:`.rule` builds rules and families from them; :mod:`.validate` checks them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+__all__ = ["t", "Hyper", "State", "RuleError"]
+
+#: The 1-based step counter.  Use it in per-step scalars (bias corrections, schedules).
+t = sp.Symbol("t", positive=True, integer=True)
+
+
+class RuleError(ValueError):
+    """A rule is malformed; the message names the offending part."""
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter's metadata.
+
+    ``default`` is its value when the user does not pass one.  ``low``/``high``
+    bound it (``low_open``/``high_open`` make the bound strict).  ``key`` is the
+    keyword argument that carries it (default: the symbol's name); ``index``
+    selects a position when the keyword takes a tuple, as torch's
+    ``betas=(beta1, beta2)`` does.  ``kind`` is ``"float"`` or ``"bool"``.
+    """
+
+    default: float | bool
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    key: str | None = None
+    index: int | None = None
+    doc: str = ""
+    kind: str = "float"
+
+    def __post_init__(self):
+        if self.kind not in ("float", "bool"):
+            raise RuleError(f"Hyper.kind must be 'float' or 'bool', got {self.kind!r}")
+        if self.kind == "bool" and not isinstance(self.default, bool):
+            raise RuleError(f"a bool hyperparameter needs a bool default, got {self.default!r}")
+        if self.kind == "float":
+            if isinstance(self.default, bool) or not isinstance(self.default, (int, float)):
+                raise RuleError(f"hyperparameter default must be a number, got {self.default!r}")
+            if not math.isfinite(self.default):
+                raise RuleError(f"hyperparameter default must be finite, got {self.default!r}")
+
+    def range_text(self) -> str:
+        if self.kind == "bool":
+            return "{False, True}"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        fmt = lambda x: "inf" if x == math.inf else ("-inf" if x == -math.inf else repr(x))
+        return f"{lo}{fmt(self.low)}, {fmt(self.high)}{hi}"
+
+
+@dataclass(frozen=True)
+class State:
+    """A state variable's metadata: its initial value and public name.
+
+    ``init`` is a number, an expression in hyperparameters, or the parameter
+    symbol itself (the state starts as a copy of the parameter).  ``key`` is the
+    name used in ``state_dict()`` (torch's names: ``exp_avg``, ``exp_avg_sq``...).
+    """
+
+    init: object = 0
+    key: str | None = None
+    doc: str = ""
