@@ -9,7 +9,7 @@
 
 The gradient comes from reverse-mode accumulation over the expression's DAG
 (:mod:`symopt.derive.reverse`), one sweep per term shape of the top-level sum
-(:mod:`symopt.derive.terms`).  The generated module (``gradient_module.py.jinja``)
+(:func:`symopt.codegen.plan_gradients.term_program`).  The generated module (``gradient_module.py.jinja``)
 is written to the user cache (``$SYMOPT_CACHE_DIR/gradients``) like user
 optimizer rules and executed from its checked text with the cache file as its
 file name (:func:`symopt.user_modules.load_gradient`), so numba's on-disk cache
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .derive.terms import TermProgram, term_program
+from .codegen.plan_gradients import TermProgram, term_program
 from .user_modules import load_gradient
 
 __all__ = ["Gradient", "gradient"]
@@ -108,9 +108,9 @@ class Gradient:
         per_shape = []
         for g in self.program.groups:
             resolved: dict = {}
-            for s, e in (*g.plan.forward, *g.plan.reverse):
+            for s, e in (*g.sweep.forward, *g.sweep.reverse):
                 resolved[s] = e.xreplace(resolved)
-            per_shape.append([d.xreplace(resolved) for d in g.plan.grads])
+            per_shape.append([d.xreplace(resolved) for d in g.sweep.grads])
         if self.n <= max_symbols:
             parts: dict = {s: [] for s in self.wrt}
             for g, partials in zip(self.program.groups, per_shape):

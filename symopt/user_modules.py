@@ -56,7 +56,7 @@ def load_rule(rule):
 
 
 def load_gradient(program):
-    """``(module, path)``: the compiled module of a :class:`~symopt.derive.terms.TermProgram`
+    """``(module, path)``: the compiled module of a :class:`~symopt.codegen.plan_gradients.TermProgram`
     (``path``: its cache file, None when kept in memory)."""
     from .codegen.emit import gradient_module
 

@@ -151,15 +151,15 @@ class _Args(string.Formatter):
 def _float32_kernel(expr, syms):
     """A numba function ``(x[, y]) -> (value, (∂x[, ∂y]))`` printed by KernelPrinter("float32")."""
     inputs = tuple(sp.Symbol(f"p{i}") for i in range(len(syms)))
-    plan = reverse_sweep(expr.xreplace(dict(zip(syms, inputs))), inputs)
+    sweep = reverse_sweep(expr.xreplace(dict(zip(syms, inputs))), inputs)
     names = {s: s.name for s in inputs}
-    names.update({s: s.name for s, _ in (*plan.forward, *plan.reverse)})
+    names.update({s: s.name for s, _ in (*sweep.forward, *sweep.reverse)})
     pr = KernelPrinter(names, "float32")
-    body = [f"    {names[s]} = {pr.doprint(e)}" for s, e in (*plan.forward, *plan.reverse)]
-    grads = ", ".join(pr.doprint(g) for g in plan.grads)
+    body = [f"    {names[s]} = {pr.doprint(e)}" for s, e in (*sweep.forward, *sweep.reverse)]
+    grads = ", ".join(pr.doprint(g) for g in sweep.grads)
     src = ("import math\nimport numba\nimport numpy as np\n\n\n@numba.njit(cache=False)\n"
            f"def kernel({', '.join(names[s] for s in inputs)}):\n" + "\n".join(body)
-           + f"\n    return {pr.doprint(plan.value)}, ({grads},)\n")
+           + f"\n    return {pr.doprint(sweep.value)}, ({grads},)\n")
     audit_module(src, "<test float32 kernel>")
     scope: dict = {}
     exec(compile(src, "<test float32 kernel>", "exec"), scope)  # noqa: S102 - audited printer output

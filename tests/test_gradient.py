@@ -14,7 +14,7 @@ from nn_checks import GRAD_RTOL, fd_grad
 
 import symopt
 from symopt.derive.mpeval import mp_eval
-from symopt.derive.terms import term_program
+from symopt.codegen.plan_gradients import term_program
 
 
 @functools.cache

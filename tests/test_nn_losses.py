@@ -185,7 +185,7 @@ def test_float32_kernels_stay_close_to_float64(name, rng):
 
 
 def test_derivatives_are_derived_and_simplified_only_when_cheaper():
-    from symopt.codegen.accuracy import plan_elementwise
+    from symopt.codegen.plan_gradients import plan_elementwise
 
     for name in ELEMENTWISE:
         plan = plan_elementwise(losses.LOSSES[name]())

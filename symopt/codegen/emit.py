@@ -43,6 +43,7 @@ from ..rulebook.rule import Family
 from ..rulebook.rule import check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
+from .plan_gradients import plan_elementwise
 from .render import (family_hash, gradient_hash, nn_module_name, render_elementwise, render_family, render_gradient,
                      render_index, render_rowwise)
 
@@ -70,7 +71,6 @@ def nn_modules() -> dict:
     """``{module name: sealed text}`` for every ``symopt.nn`` loss and activation."""
     from ..rulebook.nn import activations, losses
     from ..rulebook.nn.spec import Elementwise
-    from .accuracy import plan_elementwise
 
     out = {}
     for table in (losses.LOSSES, activations.ACTIVATIONS):
@@ -130,7 +130,7 @@ def user_module(family: Family, directory: Path | None = None) -> UserModule:
 
 
 def gradient_module(program, directory: Path | None = None) -> UserModule:
-    """The checked module of a :class:`~symopt.derive.terms.TermProgram`, from the cache or freshly
+    """The checked module of a :class:`~symopt.codegen.plan_gradients.TermProgram`, from the cache or freshly
     generated into it."""
     digest = gradient_hash(program)
     return cached_module("gradient", f"grad_{digest[:16]}", digest,

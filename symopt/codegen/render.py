@@ -42,6 +42,7 @@ from ..rulebook.metadata import t
 from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
+from .plan_gradients import SCALE, UPSTREAM, plan_rowwise
 from .printers import KernelPrinter, ScalarPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
@@ -74,9 +75,9 @@ def _load_template(name: str) -> str:
 
 def generator_files() -> list:
     """``(label, file)`` of every installed source file of the code generator: the planners
-    (``codegen/plan.py``; ``derive/`` for the nn and gradient modules), printers, render and emit
-    code, the name sanitizer and audit, the file writer, the function registry and
-    every template."""
+    (``codegen/plan.py``, ``codegen/plan_gradients.py``) and the derivations they plan
+    (``derive/``), printers, render and emit code, the name sanitizer and audit, the file
+    writer, the function registry and every template."""
     files = []
     for package, pattern in _GENERATOR_SOURCES:
         for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
@@ -488,8 +489,6 @@ def _used(temps, outputs) -> set:
 
 # ----------------------------------------------------------------------------- elementwise
 def _elementwise_kernels(plan, hyper_ids: dict) -> list:
-    from ..derive.elementwise import SCALE, UPSTREAM
-
     spec = plan.spec
     kernels = []
     if spec.kind == "loss":
@@ -565,7 +564,7 @@ def _elementwise_docstring(plan) -> str:
 
 
 def render_elementwise(plan) -> str:
-    """Module text for an :class:`~symopt.derive.elementwise.ElementPlan`."""
+    """Module text for an :class:`~symopt.codegen.plan_gradients.ElementPlan`."""
     spec = plan.spec
     ids = _nn_hyper_identifiers(spec)
     digest = input_hash(ELEMENTWISE_TEMPLATE, spec.fingerprint())
@@ -589,9 +588,6 @@ def render_elementwise(plan) -> str:
 
 # ----------------------------------------------------------------------------- row-wise
 def _rowwise_kernels(spec) -> tuple:
-    from ..derive.elementwise import SCALE
-    from ..derive.rowwise import plan_rowwise
-
     loss = spec.kind == "loss"
     arr = "z" if loss else "x"
     taken = set(_KERNEL_NAMES)
@@ -699,13 +695,13 @@ def render_rowwise(spec) -> str:
 
 # ----------------------------------------------------------------------------- symopt.gradient
 def gradient_hash(program) -> str:
-    """The input hash of a :class:`~symopt.derive.terms.TermProgram`'s module: its term shapes."""
+    """The input hash of a :class:`~symopt.codegen.plan_gradients.TermProgram`'s module: its term shapes."""
     return input_hash(GRADIENT_TEMPLATE,
                       *[f"{sp.srepr(g.template)}|{len(g.inputs)}|{len(g.params)}" for g in program.groups])
 
 
 def render_gradient(program) -> str:
-    """Module text for a :class:`~symopt.derive.terms.TermProgram`.
+    """Module text for a :class:`~symopt.codegen.plan_gradients.TermProgram`.
 
     The module depends only on the term shapes, never on the sizes or the numbers
     in the tables, so equal shapes share one compiled module.
@@ -713,23 +709,23 @@ def render_gradient(program) -> str:
     digest = gradient_hash(program)
     groups, terms = [], []
     for gi, g in enumerate(program.groups):
-        plan = g.plan
+        sweep = g.sweep
         names = {s: s.name for s in (*g.inputs, *g.params)}
-        names.update({s: s.name for s, _ in plan.forward})
-        names.update({s: s.name for s, _ in plan.reverse})
+        names.update({s: s.name for s, _ in sweep.forward})
+        names.update({s: s.name for s, _ in sweep.reverse})
         pr = KernelPrinter(names, "float64")
         groups.append({
             "name": f"term{gi}",
             "doc": docstring_text(f"Terms of shape {gi}: {sp.sstr(g.template)}"),
             "input_loads": [(s.name, j) for j, s in enumerate(g.inputs)],
             "param_loads": [(s.name, j) for j, s in enumerate(g.params)],
-            "forward": [(s.name, pr.doprint(e)) for s, e in plan.forward],
-            "value": pr.doprint(plan.value),
-            "reverse": [(s.name, pr.doprint(e)) for s, e in plan.reverse],
-            "grads": [(j, pr.doprint(e)) for j, e in enumerate(plan.grads)],
+            "forward": [(s.name, pr.doprint(e)) for s, e in sweep.forward],
+            "value": pr.doprint(sweep.value),
+            "reverse": [(s.name, pr.doprint(e)) for s, e in sweep.reverse],
+            "grads": [(j, pr.doprint(e)) for j, e in enumerate(sweep.grads)],
         })
         terms.append({"template": sp.sstr(g.template), "inputs": len(g.inputs), "params": len(g.params),
-                      "forward_ops": plan.forward_ops, "reverse_ops": plan.reverse_ops})
+                      "forward_ops": g.forward_ops, "reverse_ops": g.reverse_ops})
     lines = ["symopt.gradient: value and gradient by reverse-mode accumulation.", "",
              "f is a sum of terms; each term shape below is evaluated in a loop over a table of",
              "input positions (p0, p1, ...) and constants (c0, c1, ...). Per term:"]

@@ -1,19 +1,19 @@
-"""Derivatives of elementwise losses and activations, and their kernel plans.
+"""Derivatives of elementwise losses and activations: the forms a kernel may run.
 
-For a spec (:class:`symopt.rulebook.nn.spec.Elementwise`):
+For a spec (:class:`symopt.rulebook.nn.spec.Elementwise`), :func:`derivation` gives:
 
 1. ``raw = ∂ kernel_expr / ∂x`` by ``sympy.diff`` (the step function pinned to
    ``H(0) = 0``); ``reference = ∂ expr / ∂x`` from the textbook form.
-2. Candidates: ``raw``, ``simplify(raw)``, ``raw`` simplified branch by branch
-   (keeps a piecewise stable form piecewise), and for activations forms written
+2. Candidates: ``raw``, ``simplify(raw)``, ``factor(raw)``, ``raw`` simplified branch by
+   branch (keeps a piecewise stable form piecewise), and for activations forms written
    in the output ``y = f(x)`` (``1 − y²`` for tanh, ``y(1 − y)`` for the
    sigmoid), found by substituting ``f(x) → y`` or ``x → f⁻¹(y)``.
-3. :func:`symopt.codegen.accuracy.cheapest` (where the kernel text is printed)
-   keeps the fewest-ops candidate that matches ``reference`` at every check point
-   (exact high-precision evaluation): :func:`derivation` gives it the candidates and
-   points, :func:`element_plan` takes its choice.
-4. The kernel bodies are CSE'd SymPy: ``value`` (ℓ), ``value_and_grad``
-   (ℓ and ``scale · ∂ℓ/∂z``), ``forward`` (f) and ``backward`` (``g · f′``).
+3. The check points (:func:`check_points`) where the candidates are compared with
+   ``reference``.
+
+The plan stage (:func:`symopt.codegen.plan_gradients.plan_elementwise`) keeps the
+fewest-ops candidate that matches ``reference`` at every check point and builds the
+kernel bodies from it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,9 @@ from typing import NamedTuple
 
 import sympy as sp
 
-from .ops import cse_ops
 from .simplify import fold_constants, pin_heaviside, use_expm1_log1p
 
-__all__ = ["SCALE", "UPSTREAM", "Derivation", "ElementPlan", "check_points", "derivation", "element_plan"]
-
-#: The per-call scale of a loss gradient (1/n for a mean) and the upstream gradient of a backward pass.
-SCALE = sp.Symbol("scale", real=True)
-UPSTREAM = sp.Symbol("g", real=True)
+__all__ = ["Derivation", "check_points", "derivation"]
 
 _X_POINTS = (0, sp.Rational(1, 10**8), sp.Rational(1, 2), 1, sp.Rational(5, 2), 7, 30, 1000)
 _TARGETS = {
@@ -46,21 +41,6 @@ class Derivation(NamedTuple):
     display: dict             # label -> the same form with exact constants (for LaTeX)
     symbols: tuple            # argument order of the check points
     points: tuple             # check points, exact SymPy numbers (see check_points)
-
-
-class ElementPlan(NamedTuple):
-    spec: object
-    forward: sp.Expr          # the kernel form of ℓ or f
-    derivative: sp.Expr       # the chosen form of ∂ℓ/∂z or f′ (may use the output y), as the kernel runs it
-    display: sp.Expr          # the same form with exact constants (for LaTeX)
-    raw: sp.Expr              # sympy.diff of the kernel form, before simplification
-    reference: sp.Expr        # sympy.diff of the textbook form
-    candidates: tuple         # every Candidate considered (label, expr, ops, max_err, accepted)
-    chosen: str               # label of the chosen candidate
-    forward_ops: int
-    derivative_ops: int
-    raw_ops: int
-    bodies: dict              # kernel name -> (temps, outputs), CSE'd
 
 
 def _exact(v):
@@ -124,11 +104,6 @@ def _output_forms(spec, derivs) -> list:
     return out
 
 
-def _cse(exprs):
-    temps, reduced = sp.cse(list(exprs), symbols=sp.numbered_symbols("_e"), order="canonical")
-    return tuple(temps), tuple(reduced)
-
-
 def derivation(spec) -> Derivation:
     """The derivative of an elementwise loss or activation: the raw and textbook derivatives,
     the candidate forms a kernel may run, and the points where they are compared."""
@@ -146,16 +121,3 @@ def derivation(spec) -> Derivation:
     return Derivation(raw=raw, reference=reference, candidates=cands, display=display, symbols=symbols,
                       points=tuple(points))
 
-
-def element_plan(spec, d: Derivation, best, considered) -> ElementPlan:
-    """The kernel plan of ``spec`` running candidate ``best`` (``label``, ``expr``, ``ops``) of
-    derivation ``d``; ``considered``: every candidate with its error, for the record."""
-    f = fold_constants(spec.kernel_expr)
-    if spec.kind == "loss":
-        bodies = {"value": _cse([f]), "value_and_grad": _cse([f, SCALE * best.expr])}
-    else:
-        bodies = {"forward": _cse([f]), "backward": _cse([UPSTREAM * best.expr])}
-    return ElementPlan(spec=spec, forward=f, derivative=best.expr, display=d.display[best.label], raw=d.raw,
-                       reference=d.reference, candidates=tuple(considered), chosen=best.label,
-                       forward_ops=cse_ops([f]), derivative_ops=best.ops, raw_ops=cse_ops([fold_constants(d.raw)]),
-                       bodies=bodies)

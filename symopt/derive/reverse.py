@@ -18,7 +18,8 @@ SymPy (no strings):
 
 The gradient therefore costs a bounded multiple of the forward code (each node's
 local partials cost a few operations) instead of one ``sympy.diff`` per symbol,
-whose results share nothing.  :class:`SweepPlan` carries both op counts.
+whose results share nothing.  The plan stage counts the operations of both sweeps
+(:class:`symopt.codegen.plan_gradients.TermGroup`).
 
 Inputs are renamed to internal symbols before the walk (``p0, p1…`` by the
 caller), so generated identifiers never come from user text.  *Parameters* are
@@ -33,12 +34,11 @@ from typing import NamedTuple
 import sympy as sp
 
 from ..functions import registered, supported_text
-from .ops import expr_ops, statement_ops
 
-__all__ = ["SweepPlan", "check_gradient_input", "constant", "postorder", "reverse_sweep"]
+__all__ = ["ReverseSweep", "check_gradient_input", "constant", "postorder", "reverse_sweep"]
 
 
-class SweepPlan(NamedTuple):
+class ReverseSweep(NamedTuple):
     expr: sp.Expr            # the expression in internal symbols
     inputs: tuple            # differentiated symbols, in order
     params: tuple            # constant symbols (no adjoint)
@@ -46,13 +46,6 @@ class SweepPlan(NamedTuple):
     value: sp.Expr           # the function value (a forward temporary, input, param or number)
     reverse: tuple           # ((a_k, expr), ...) reverse sweep
     grads: tuple             # one expression per input: ∂f/∂input
-    forward_ops: int         # ops of the forward sweep (the cost of f alone)
-    reverse_ops: int         # ops of the reverse sweep and the gradient outputs
-
-    @property
-    def gradient_ops(self) -> int:
-        """Ops of the value-and-gradient code (forward + reverse sweep)."""
-        return self.forward_ops + self.reverse_ops
 
 
 def describe(x, limit: int = 80) -> str:
@@ -220,7 +213,7 @@ def _local(node, v, args, active) -> list:
     return [(i, partials[i]) for i in active]
 
 
-def reverse_sweep(expr, inputs, params=()) -> SweepPlan:
+def reverse_sweep(expr, inputs, params=()) -> ReverseSweep:
     """Forward and reverse sweeps of ``expr`` (in internal symbols) w.r.t. ``inputs``.
 
     ``params`` are symbols treated as constants.  ``expr`` must already be
@@ -264,8 +257,5 @@ def reverse_sweep(expr, inputs, params=()) -> SweepPlan:
         for i, d in _local(node, sym[node], args, live):
             contrib.setdefault(node.args[i], []).append(adj * d)
     grads = tuple(sp.Add(*contrib[s]) if s in contrib else sp.Integer(0) for s in inputs)
-    return SweepPlan(
-        expr=expr, inputs=inputs, params=params, forward=tuple(b.forward), value=value,
-        reverse=tuple(b.reverse), grads=grads, forward_ops=statement_ops(b.forward),
-        reverse_ops=statement_ops(b.reverse) + int(sum(expr_ops(g) for g in grads)),
-    )
+    return ReverseSweep(expr=expr, inputs=inputs, params=params, forward=tuple(b.forward), value=value,
+                        reverse=tuple(b.reverse), grads=grads)

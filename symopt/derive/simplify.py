@@ -5,7 +5,7 @@
 * :func:`use_expm1_log1p`: ``eᵘ − 1 → expm1(u)``, ``log(1 + u) → log1p(u)``.
 
 Which rewritten form a kernel runs is decided by the plan stage
-(:func:`symopt.codegen.accuracy.cheapest`: the fewest operations among the accurate forms).
+(:func:`symopt.codegen.plan_gradients.cheapest`: the fewest operations among the accurate forms).
 """
 
 from __future__ import annotations
