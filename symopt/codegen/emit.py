@@ -43,7 +43,7 @@ from ..rulebook.rule import Family
 from ..rulebook.rule import check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
-from .plan_gradients import plan_elementwise
+from .plan_gradients import plan_elementwise, plan_rowwise
 from .render import (family_hash, gradient_hash, nn_module_name, render_elementwise, render_family, render_gradient,
                      render_index, render_rowwise)
 
@@ -77,7 +77,7 @@ def nn_modules() -> dict:
         for name, build in table.items():
             spec = build()
             text = (render_elementwise(plan_elementwise(spec)) if isinstance(spec, Elementwise)
-                    else render_rowwise(spec))
+                    else render_rowwise(plan_rowwise(spec)))
             out[nn_module_name(spec.kind, name)] = seal(text)
     return out
 

@@ -17,9 +17,9 @@ SymPy (no strings):
   forms that overflow (``eˣ/(eˣ+1)`` at x = 1000 is inf/inf) or lose digits, and keeps the
   cheap output-based forms PyTorch also uses (``σ′ = σ(1 − σ)``).  Ties go to the earlier
   candidate, so the raw ``sympy.diff`` result is kept unless a rewrite is strictly cheaper.
-* **Row-wise** (:func:`plan_rowwise`): the passes of one kernel over a row -- the row
+* **Row-wise** (:func:`plan_rowwise`): the passes of each kernel over a row -- the row
   reductions, then the row temporaries (maximal sub-expressions free of element symbols,
-  hoisted out of the element loop), then the element pass.
+  hoisted out of the element loop), then the CSE'd element pass.
 * **Term programs** (:func:`term_program`): the top-level sum of a ``symopt.gradient``
   expression split into terms and grouped by shape, one reverse sweep
   (:func:`~symopt.derive.reverse.reverse_sweep`) per shape and index/constant tables per
@@ -44,8 +44,8 @@ from ..derive.reverse import ReverseSweep, check_gradient_input, constant, posto
 from ..derive.simplify import fold_constants
 from .printers import float64_function
 
-__all__ = ["SCALE", "TOL", "UPSTREAM", "Candidate", "ElementPlan", "RowPlan", "TermGroup", "TermProgram",
-           "cheapest", "plan_elementwise", "plan_rowwise", "term_program"]
+__all__ = ["SCALE", "TOL", "UPSTREAM", "Candidate", "ElementPlan", "RowKernel", "RowPlan", "TermGroup",
+           "TermProgram", "cheapest", "plan_elementwise", "plan_rowwise", "term_program"]
 
 #: The per-call scale of a loss gradient (1/n for a mean) and the upstream gradient of a backward pass.
 SCALE = sp.Symbol("scale", real=True)
@@ -160,11 +160,16 @@ def plan_elementwise(spec) -> ElementPlan:
 
 
 # ----------------------------------------------------------------------------- row-wise
+class RowKernel(NamedTuple):
+    steps: tuple       # ("reduce", sym, op, expr) | ("row", sym, expr) | ("elements", temps, expr), in order
+    value: sp.Expr | None   # per-row value added to the kernel's total (losses)
+    scaled: bool       # the element output is multiplied by SCALE
+    ops: int           # operations of one element of each pass plus the row temporaries
+
+
 class RowPlan(NamedTuple):
     spec: object
-    steps: tuple       # ("reduce", sym, op, expr) | ("row", sym, expr) | ("elements", expr)
-    value: sp.Expr | None   # per-row value added to the kernel's total (losses)
-    ops: int           # operations of one element of each pass plus the row temporaries
+    kernels: dict      # kernel name -> RowKernel, in the module's order
 
 
 class _Hoist:
@@ -194,9 +199,7 @@ class _Hoist:
         return e.func(*[self(a) for a in e.args])
 
 
-def plan_rowwise(spec, kernel: str, extra=()) -> RowPlan:
-    """Steps of one row-wise kernel: ``kernel`` is ``"value"``, ``"value_and_grad"``, ``"forward"``
-    or ``"backward"``; ``extra`` are factors applied to the element output (e.g. the scale)."""
+def _row_kernel(spec, kernel: str, scaled: bool) -> RowKernel:
     elem = {s for s in (spec.element, spec.onehot, spec.upstream, spec.output) if s is not None}
     hoist = _Hoist(elem, "r")
     steps = []
@@ -215,16 +218,24 @@ def plan_rowwise(spec, kernel: str, extra=()) -> RowPlan:
         out = spec.grad_output
     else:
         out = None
+    ops = statement_ops([(x[1], x[3]) for x in steps])
     if out is not None:
-        out = sp.Mul(*extra, out)
-        out = hoist(out)
-        for s, e in hoist.order:
-            steps.append(("row", s, e))
-        steps.append(("elements", out))
-    ops = statement_ops([(x[1], x[3]) for x in steps if x[0] == "reduce"])
-    ops += statement_ops([(x[1], x[2]) for x in steps if x[0] == "row"])
-    ops += statement_ops([(None, x[1]) for x in steps if x[0] == "elements"])
-    return RowPlan(spec=spec, steps=tuple(steps), value=value, ops=int(ops))
+        out = hoist(SCALE * out if scaled else out)
+        ops += statement_ops(hoist.order) + expr_ops(out)
+        steps += [("row", s, e) for s, e in hoist.order]
+        temps, (reduced,) = _cse([out])
+        steps.append(("elements", temps, reduced))
+    return RowKernel(steps=tuple(steps), value=value, scaled=scaled, ops=int(ops))
+
+
+def plan_rowwise(spec) -> RowPlan:
+    """The kernels of a row-wise loss (``value``; ``value_and_grad``, its output scaled by
+    :data:`SCALE`) or activation (``forward``, ``backward``), each as the steps it runs per row:
+    the row reductions, then the row temporaries (what depends only on the row, hoisted out of
+    the element loop), then the element pass (CSE'd)."""
+    layout = ([("value", False), ("value_and_grad", True)] if spec.kind == "loss"
+              else [("forward", False), ("backward", False)])
+    return RowPlan(spec=spec, kernels={name: _row_kernel(spec, name, scaled) for name, scaled in layout})
 
 
 # ----------------------------------------------------------------------------- symopt.gradient

@@ -42,7 +42,7 @@ from ..rulebook.metadata import t
 from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
-from .plan_gradients import SCALE, UPSTREAM, plan_rowwise
+from .plan_gradients import SCALE, UPSTREAM
 from .printers import KernelPrinter, ScalarPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
@@ -587,7 +587,8 @@ def render_elementwise(plan) -> str:
 
 
 # ----------------------------------------------------------------------------- row-wise
-def _rowwise_kernels(spec) -> tuple:
+def _rowwise_kernels(plan) -> list:
+    spec = plan.spec
     loss = spec.kind == "loss"
     arr = "z" if loss else "x"
     taken = set(_KERNEL_NAMES)
@@ -597,15 +598,14 @@ def _rowwise_kernels(spec) -> tuple:
         if s is not None:
             names[s] = identifier(s.name, taken, prefix="v")
     names[SCALE] = "scale"
-    layout = ([("value", ["z", "labels"], ()), ("value_and_grad", ["z", "labels", "scale_in", "out"], (SCALE,))]
-              if loss else [("forward", ["x", "out"], ()), ("backward", ["x", "y", "g", "out"], ())])
-    kernels, ops = [], {}
-    for kname, args, extra in layout:
-        plan = plan_rowwise(spec, kname, extra)
-        ops[kname] = plan.ops
+    arguments = {"value": ["z", "labels"], "value_and_grad": ["z", "labels", "scale_in", "out"],
+                 "forward": ["x", "out"], "backward": ["x", "y", "g", "out"]}
+    kernels = []
+    for kname, kernel in plan.kernels.items():
+        args = arguments[kname]
         for suffix, dtype, *_ in _DTYPES:
             nm = dict(names)
-            for step in plan.steps:
+            for step in kernel.steps:
                 if step[0] == "row":
                     nm[step[1]] = step[1].name
             pr = KernelPrinter(nm, dtype)
@@ -621,7 +621,7 @@ def _rowwise_kernels(spec) -> tuple:
                         if s is not None and s in used]
 
             steps = []
-            for step in plan.steps:
+            for step in kernel.steps:
                 if step[0] == "reduce":
                     _, sym, op, e = step
                     code = pr.doprint(e)
@@ -631,20 +631,20 @@ def _rowwise_kernels(spec) -> tuple:
                 elif step[0] == "row":
                     steps.append({"kind": "row", "name": nm[step[1]], "code": pr.doprint(step[2])})
                 else:
-                    temps, (red,) = sp.cse([step[1]], symbols=sp.numbered_symbols("_e"), order="canonical")
+                    _, temps, red = step
                     for s, _ in temps:
                         nm[s] = s.name
                     steps.append({"kind": "elements", "loads": loads([red, *(e for _, e in temps)]),
                                   "temps": [(s.name, pr.doprint(e)) for s, e in temps], "code": pr.doprint(red)})
-            prologue = [("scale", f"{pr.ctor}(scale_in)")] if SCALE in extra else []
+            prologue = [("scale", f"{pr.ctor}(scale_in)")] if kernel.scaled else []
             row_loads, accumulate = [], []
             if loss:
                 row_loads.append(("lab", "labels[r]"))
-            if plan.value is not None:
+            if kernel.value is not None:
                 prologue.append(("total", "0.0"))
-                if spec.picked in plan.value.free_symbols:
+                if spec.picked in kernel.value.free_symbols:
                     row_loads.append((nm[spec.picked], f"{arr}[r, lab]"))
-                accumulate.append(pr.doprint(plan.value))
+                accumulate.append(pr.doprint(kernel.value))
             what = {
                 "value": "Sum over rows of the loss of row r at label labels[r].",
                 "value_and_grad": "Sum of the row losses; out[r, j] = scale * dL_r/dz[r, j].",
@@ -654,16 +654,18 @@ def _rowwise_kernels(spec) -> tuple:
             kernels.append({
                 "name": f"{kname}_{suffix}", "args": args, "rows": arr, "prologue": prologue,
                 "row_loads": row_loads, "steps": steps, "accumulate": accumulate,
-                "result": "total" if plan.value is not None else "",
+                "result": "total" if kernel.value is not None else "",
                 "doc": docstring_text(f"{spec.name} {kname}, {dtype} arrays (2-D, C-contiguous). {what}"),
             })
-    return kernels, ops
+    return kernels
 
 
-def render_rowwise(spec) -> str:
-    """Module text for a :class:`~symopt.rulebook.nn.spec.Rowwise` spec."""
+def render_rowwise(plan) -> str:
+    """Module text for a :class:`~symopt.codegen.plan_gradients.RowPlan`."""
+    spec = plan.spec
     digest = input_hash(ROWWISE_TEMPLATE, spec.fingerprint())
-    kernels, ops = _rowwise_kernels(spec)
+    kernels = _rowwise_kernels(plan)
+    ops = {name: kernel.ops for name, kernel in plan.kernels.items()}
     lines = [f"{spec.kind} {spec.name}: generated kernels.", "", spec.doc, "",
              "Definition and derivative (SymPy, over indexed sums):", f"    {spec.textbook}", "",
              "As SymPy derived it:"]
