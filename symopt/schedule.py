@@ -110,19 +110,15 @@ class Schedule:
 
     # -- evaluation --------------------------------------------------------------
     def _compile(self):
-        from .codegen.printers import ScalarPrinter
+        from .codegen.printers import scalar_function
 
-        code = ScalarPrinter({T_STEP: "t"}).doprint(self.expr)
-        ns = {"math": math}
-        # The printed code holds only numbers, math.* calls and the argument t (ScalarPrinter is strict).
-        exec(compile(f"def value(t):\n    return float({code})\n", f"<schedule {self.name}>", "exec"), ns)
-        self._fn = ns["value"]
+        self._fn = scalar_function(self.expr, [T_STEP], "<symopt schedule>")
         return self._fn
 
     def __call__(self, t) -> float:
         """The value at the 1-based step ``t`` (float64)."""
         fn = self._fn or self._compile()
-        return fn(int(t))
+        return float(fn(int(t)))
 
     def values(self, steps) -> list:
         """Values at ``t = 1..steps`` (or at the given iterable of steps)."""

@@ -252,16 +252,25 @@ class KernelPrinter(_Base):
         return f"({base} ** {self._paren(e)})"
 
 
-def float64_function(expr, args):
-    """A Python function of ``args`` (SymPy symbols) evaluating ``expr`` as the f64 kernel would.
-
-    The source text comes from :class:`KernelPrinter` with generated argument names
-    ``a0, a1, ...`` only, and passes the audit before it runs, so no user text is executed.
-    """
+def _audited_function(printer_class, expr, args, label: str, **printer_args):
+    """``f(*args)`` returning ``expr`` as printed by ``printer_class``: the source holds only the
+    printer's output and generated argument names ``a0, a1, ...``, and passes the audit before it runs."""
     names = {s: f"a{i}" for i, s in enumerate(args)}
-    body = KernelPrinter(names, "float64").doprint(expr)
+    body = printer_class(names, **printer_args).doprint(expr)
     src = f"import math\nimport numpy as np\n\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
-    audit_module(src, "<symopt float64 check>")
+    audit_module(src, label)
     scope: dict = {}
-    exec(compile(src, "<symopt float64 check>", "exec"), scope)  # noqa: S102 - audited printer output
+    exec(compile(src, label, "exec"), scope)  # noqa: S102 - audited printer output
     return scope["f"]
+
+
+def float64_function(expr, args):
+    """A Python function of ``args`` (SymPy symbols) evaluating ``expr`` as the float64 kernel would
+    (NumPy float64 arithmetic, :class:`KernelPrinter`)."""
+    return _audited_function(KernelPrinter, expr, args, "<symopt float64 check>", dtype="float64")
+
+
+def scalar_function(expr, args, label: str = "<symopt scalar function>"):
+    """A Python function of ``args`` evaluating ``expr`` as a per-step scalar function would
+    (Python floats and ``math``, :class:`ScalarPrinter`): schedules of ``t``."""
+    return _audited_function(ScalarPrinter, expr, args, label)

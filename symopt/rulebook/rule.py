@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import sympy as sp
 
@@ -248,13 +248,6 @@ class Family:
         parts += [f"{sp.srepr(k)}={v!r}" for k, v in self.options.items()]
         parts += [f"{sp.srepr(c)}|{m}" for c, m in self.constraints]
         return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
-
-
-def symbols_of(exprs: Iterable[sp.Basic]) -> set:
-    out: set = set()
-    for e in exprs:
-        out |= e.free_symbols
-    return out
 
 
 def check_family(family) -> None:

@@ -29,7 +29,6 @@ from .spec import Elementwise, Hyper, Rowwise
 
 __all__ = [
     "ACTIVATIONS",
-    "definitions",
     "gelu",
     "leaky_relu",
     "relu",
@@ -136,8 +135,3 @@ ACTIVATIONS = {
     "gelu": gelu,
     "softmax": softmax,
 }
-
-
-def definitions() -> dict:
-    """``{name: spec}`` for every activation."""
-    return {name: build() for name, build in ACTIVATIONS.items()}

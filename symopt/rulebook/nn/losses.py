@@ -35,7 +35,6 @@ from .spec import Elementwise, Hyper, Rowwise
 __all__ = [
     "LOSSES",
     "binary_cross_entropy",
-    "definitions",
     "hinge",
     "huber",
     "mae",
@@ -148,8 +147,3 @@ LOSSES = {
     "hinge": hinge,
     "softmax_cross_entropy": softmax_cross_entropy,
 }
-
-
-def definitions() -> dict:
-    """``{name: spec}`` for every loss."""
-    return {name: build() for name, build in LOSSES.items()}
