@@ -9,7 +9,8 @@ Two shapes of function:
   ``kernel_expr`` is the same function written for floating point (log-sum-exp
   branches, ``log1p``), and equals ``expr`` wherever both are finite.  The
   derivative is never written here: :mod:`symopt.derive.elementwise` derives it
-  with ``sympy.diff`` and keeps the cheapest accurate form.
+  with ``sympy.diff`` (with candidate forms), and the plan stage
+  (:func:`symopt.codegen.plan_gradients.plan_elementwise`) keeps the cheapest accurate one.
 * :class:`Rowwise` -- one value per row of a ``(batch, classes)`` array, with
   reductions over the row (softmax and softmax cross-entropy).  Their derivation
   over an indexed sum lives in the defining module; the spec holds the stable
