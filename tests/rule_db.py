@@ -533,3 +533,24 @@ def peer_cases(*libraries, group=None):
 def case_id(name, case: PeerCase) -> str:
     """``rule-key=value-...`` (symopt's keywords) for test ids and seeds."""
     return f"{name}-{'-'.join(f'{k}={v}' for k, v in case.kwargs.items())}"
+
+
+#: The problem every Optax and research peer trajectory runs: a noisy quadratic over two tensors.
+PEER_STEPS = 100
+PEER_SHAPES = [(3, 4), (5,)]
+
+
+def peer_problem(seed):
+    """``(theta0, target, curv, noise)``: |θ₀| in [2, 3], targets N(0, 1), curvatures in [0.1, 2],
+    gradient noise N(0, 0.5²) per step (the largest total move, yogi's ~3e-2 × 100 steps, is ~1.5)."""
+    rng = np.random.default_rng(seed)
+    theta0 = [rng.uniform(2.0, 3.0, s) * rng.choice([-1.0, 1.0], s) for s in PEER_SHAPES]
+    target = [rng.normal(0.0, 1.0, s) for s in PEER_SHAPES]
+    curv = [rng.uniform(0.1, 2.0, s) for s in PEER_SHAPES]
+    noise = [[rng.normal(0.0, 0.5, s) for s in PEER_SHAPES] for _ in range(PEER_STEPS)]
+    return theta0, target, curv, noise
+
+
+def peer_grads(params, target, curv, noise_t):
+    """g = h ⊙ (θ − c) + n: the gradient of the quadratic plus this step's noise."""
+    return [h * (p - c) + n for p, c, h, n in zip(params, target, curv, noise_t)]

@@ -19,12 +19,10 @@ import zlib
 import numpy as np
 import pytest
 from conftest import rel_err
-from rule_db import case_id, peer_cases
+from rule_db import PEER_SHAPES, PEER_STEPS, case_id, peer_cases, peer_grads, peer_problem
 
 import symopt
 
-STEPS = 100
-SHAPES = [(3, 4), (5,)]
 #: (rule info, case index, case) of the table's Optax cases of Optax-defined rules.  Cases passing
 #: only ``lr`` run both libraries with their own defaults (Optax's learning rate has none).
 CASES = peer_cases("optax", group="optax")
@@ -43,20 +41,6 @@ def jx():
     return optax, jax, jnp
 
 
-def _problem(seed):
-    rng = np.random.default_rng(seed)
-    # |θ| in [2, 3]: the largest total move here (yogi, 100 steps of ~3e-2) is ~1.5.
-    theta0 = [rng.uniform(2.0, 3.0, s) * rng.choice([-1.0, 1.0], s) for s in SHAPES]
-    target = [rng.normal(0.0, 1.0, s) for s in SHAPES]
-    curv = [rng.uniform(0.1, 2.0, s) for s in SHAPES]
-    noise = [[rng.normal(0.0, 0.5, s) for s in SHAPES] for _ in range(STEPS)]
-    return theta0, target, curv, noise
-
-
-def _grads(params, target, curv, noise_t):
-    return [h * (p - c) + n for p, c, h, n in zip(params, target, curv, noise_t)]
-
-
 def _optax_state_moments(jax, state):
     """(mu, nu) leaves of the first Optax state that has them (nu is None for Lion)."""
     for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: hasattr(x, "mu")):
@@ -69,7 +53,7 @@ def _optax_state_moments(jax, state):
 def test_trajectory_equals_optax_f64(info, k, case, jx):
     optax, jax, jnp = jx
     name, kw = info.name, case.kwargs
-    theta0, target, curv, noise = _problem(zlib.crc32(case_id(name, case).encode()) % 1000)
+    theta0, target, curv, noise = peer_problem(zlib.crc32(case_id(name, case).encode()) % 1000)
 
     ours = [p.copy() for p in theta0]
     opt = symopt.optimizer(name, ours, **kw)
@@ -80,16 +64,16 @@ def test_trajectory_equals_optax_f64(info, k, case, jx):
 
     @jax.jit
     def optax_step(params, state, noise_t):
-        grads = _grads(params, target, curv, noise_t)
+        grads = peer_grads(params, target, curv, noise_t)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     worst = {"params": 0.0, "displacement": 0.0, "mu": 0.0, "nu": 0.0}
-    for step in range(STEPS):
-        opt.step(_grads(ours, target, curv, noise[step]))
+    for step in range(PEER_STEPS):
+        opt.step(peer_grads(ours, target, curv, noise[step]))
         theirs, tx_state = optax_step(theirs, tx_state, noise[step])
         mu, nu = _optax_state_moments(jax, tx_state)
-        for j in range(len(SHAPES)):
+        for j in range(len(PEER_SHAPES)):
             assert theirs[j].dtype == jnp.float64
             worst["params"] = max(worst["params"], rel_err(ours[j], theirs[j]))
             worst["displacement"] = max(worst["displacement"],

@@ -20,13 +20,11 @@ import zlib
 import numpy as np
 import pytest
 from conftest import rel_err
-from rule_db import case_id, peer_cases
+from rule_db import PEER_SHAPES, PEER_STEPS, case_id, peer_cases, peer_grads, peer_problem
 
 import symopt
 from symopt.rulebook import transforms as T
 
-STEPS = 100
-SHAPES = [(3, 4), (5,)]
 #: (rule info, case index, case) of the table's research-rule cases, per library kind.
 TORCH_CASES = peer_cases("pytorch-optimizer", "schedulefree", group="research")
 OPTAX_CASES = peer_cases("optax", group="research")
@@ -34,23 +32,10 @@ OPTAX_CASES = peer_cases("optax", group="research")
 COMPOSED_TOL = 1e-9
 
 
-def _problem(seed):
-    rng = np.random.default_rng(seed)
-    theta0 = [rng.uniform(2.0, 3.0, s) * rng.choice([-1.0, 1.0], s) for s in SHAPES]
-    target = [rng.normal(0.0, 1.0, s) for s in SHAPES]
-    curv = [rng.uniform(0.1, 2.0, s) for s in SHAPES]
-    noise = [[rng.normal(0.0, 0.5, s) for s in SHAPES] for _ in range(STEPS)]
-    return theta0, target, curv, noise
-
-
-def _grads(params, target, curv, noise_t):
-    return [h * (p - c) + n for p, c, h, n in zip(params, target, curv, noise_t)]
-
-
 def _compare(ours_traj, theirs_traj, theta0):
     worst = {"params": 0.0, "displacement": 0.0}
     for ours, theirs in zip(ours_traj, theirs_traj):
-        for j in range(len(SHAPES)):
+        for j in range(len(PEER_SHAPES)):
             worst["params"] = max(worst["params"], rel_err(ours[j], theirs[j]))
             worst["displacement"] = max(worst["displacement"],
                                         rel_err(ours[j] - theta0[j], theirs[j] - theta0[j], floor=1.0))
@@ -66,8 +51,8 @@ def _run_symopt(rule, kw, theta0, target, curv, noise):
     ours = [p.copy() for p in theta0]
     opt = symopt.optimizer(rule, ours, **kw)
     traj = []
-    for step in range(STEPS):
-        opt.step(_grads(ours, target, curv, noise[step]))
+    for step in range(PEER_STEPS):
+        opt.step(peer_grads(ours, target, curv, noise[step]))
         traj.append([p.copy() for p in ours])
     return traj, opt
 
@@ -78,8 +63,8 @@ def _run_torch(torch, make_opt, theta0, target, curv, noise, before_step=None):
     if hasattr(opt, "train"):
         opt.train()  # schedule-free: train mode (param = y)
     traj = []
-    for step in range(STEPS):
-        gs = _grads([p.detach().numpy() for p in ps], target, curv, noise[step])
+    for step in range(PEER_STEPS):
+        gs = peer_grads([p.detach().numpy() for p in ps], target, curv, noise[step])
         for p, g in zip(ps, gs):
             p.grad = torch.tensor(g, dtype=torch.float64)
         if before_step is not None:
@@ -115,7 +100,7 @@ def jx():
 def test_trajectory_equals_torch_library_f64(info, k, case, torch_libs):
     torch, po, sf = torch_libs
     cid = case_id(info.name, case)
-    theta0, target, curv, noise = _problem(zlib.crc32(cid.encode()) % 1000)
+    theta0, target, curv, noise = peer_problem(zlib.crc32(cid.encode()) % 1000)
     ours, _ = _run_symopt(info.name, case.kwargs, theta0, target, curv, noise)
     lib = types.SimpleNamespace(torch=torch, po=po, sf=sf)
     theirs = _run_torch(torch, lambda ps: case.build(lib, ps), theta0, target, curv, noise)
@@ -129,7 +114,7 @@ def test_trajectory_equals_torch_library_f64(info, k, case, torch_libs):
 def test_trajectory_equals_optax_f64(info, k, case, jx):
     optax, jax, jnp = jx
     cid = case_id(info.name, case)
-    theta0, target, curv, noise = _problem(zlib.crc32(cid.encode()) % 1000)
+    theta0, target, curv, noise = peer_problem(zlib.crc32(cid.encode()) % 1000)
     ours, _ = _run_symopt(info.name, case.kwargs, theta0, target, curv, noise)
     tx = case.build(types.SimpleNamespace(optax=optax, jnp=jnp))
     params = [jnp.asarray(p) for p in theta0]
@@ -137,12 +122,12 @@ def test_trajectory_equals_optax_f64(info, k, case, jx):
 
     @jax.jit
     def step(params, state, noise_t):
-        grads = _grads(params, target, curv, noise_t)
+        grads = peer_grads(params, target, curv, noise_t)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     theirs = []
-    for t in range(STEPS):
+    for t in range(PEER_STEPS):
         params, state = step(params, state, noise[t])
         assert params[0].dtype == jnp.float64
         theirs.append([np.asarray(p) for p in params])
@@ -195,7 +180,7 @@ COMPOSED = [
 def test_composed_rule_equals_torch_chain_f64(case, torch_libs):
     torch, po, _ = torch_libs
     cid, make_rule, kw, make_opt, hook = case
-    theta0, target, curv, noise = _problem(zlib.crc32(cid.encode()) % 1000)
+    theta0, target, curv, noise = peer_problem(zlib.crc32(cid.encode()) % 1000)
     ours, _ = _run_symopt(make_rule(), kw, theta0, target, curv, noise)
     theirs = _run_torch(torch, lambda ps: make_opt(torch, po, ps), theta0, target, curv, noise,
                         before_step=None if hook is None else hook(torch))
@@ -209,15 +194,15 @@ def test_issue_example_cautious_and_global_norm_equals_numpy():
     compares Adam's step with it; one reduction pass (global Σg², per-tensor Σφ), one elementwise pass."""
     rule = symopt.compose("adam", T.cautious(), T.clip_global_norm(1.0))
     assert "\\sum" in rule.latex()
-    theta0, target, curv, noise = _problem(7)
+    theta0, target, curv, noise = peer_problem(7)
     lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-8
     ours, opt = _run_symopt(rule, dict(lr=lr), theta0, target, curv, noise)
     ps = [p.copy() for p in theta0]
     ms = [np.zeros_like(p) for p in ps]
     vs = [np.zeros_like(p) for p in ps]
     theirs = []
-    for t in range(1, STEPS + 1):
-        gs = _grads(ps, target, curv, noise[t - 1])
+    for t in range(1, PEER_STEPS + 1):
+        gs = peer_grads(ps, target, curv, noise[t - 1])
         norm = np.sqrt(sum(float(np.sum(g * g)) for g in gs))
         gs = [g * min(1.0, 1.0 / (norm + 1e-6)) for g in gs]
         for j, g in enumerate(gs):
@@ -234,26 +219,26 @@ def test_issue_example_cautious_and_global_norm_equals_numpy():
 
 def test_ema_transform_tracks_the_params():
     rule = symopt.compose("notes.adam_warmup", T.ema(0.9))
-    theta0, target, curv, noise = _problem(11)
+    theta0, target, curv, noise = peer_problem(11)
     ours, opt = _run_symopt(rule, dict(lr=1e-2), theta0, target, curv, noise)
     ema = [p.copy() for p in theta0]
     for step in ours:
         ema = [0.9 * e + 0.1 * p for e, p in zip(ema, step)]
-    for j in range(len(SHAPES)):
+    for j in range(len(PEER_SHAPES)):
         assert rel_err(opt.state[j]["ema"], ema[j]) <= 1e-12
 
 
 def test_sign_transforms_on_the_gradient_and_on_the_update():
     """sign(on="grad"): m ← βm + sign(g); sign(on="update"): θ ← θ + α sign(Δ) = θ − α sign(m)."""
-    theta0, target, curv, noise = _problem(13)
+    theta0, target, curv, noise = peer_problem(13)
     for on in ("grad", "update"):
         rule = symopt.compose(_heavy_ball(), T.sign(on))
         ours, _ = _run_symopt(rule, {"lr": 1e-2, "beta": 0.8}, theta0, target, curv, noise)
         ps = [p.copy() for p in theta0]
         ms = [np.zeros_like(p) for p in ps]
         theirs = []
-        for t in range(STEPS):
-            gs = _grads(ps, target, curv, noise[t])
+        for t in range(PEER_STEPS):
+            gs = peer_grads(ps, target, curv, noise[t])
             for j, g in enumerate(gs):
                 ms[j] = 0.8 * ms[j] + (np.sign(g) if on == "grad" else g)
                 ps[j] = ps[j] - 1e-2 * (ms[j] if on == "grad" else np.sign(ms[j]))
