@@ -145,7 +145,7 @@ REGISTRY: tuple = (
     _elementary(sp.log, ("log",), True, derivative=lambda v, x: (1 / x,)),
     _elementary(sp.sin, ("sin",), True, derivative=lambda v, x: (sp.cos(x),)),
     _elementary(sp.cos, ("cos",), True, derivative=lambda v, x: (-sp.sin(x),)),
-    _elementary(sp.tan, (), False, derivative=lambda v, x: (1 + v**2,)),
+    _elementary(sp.tan, ("tan",), True, derivative=lambda v, x: (1 + v**2,)),
     _elementary(sp.tanh, ("tanh",), True, vector_helper="tanh", derivative=lambda v, x: (1 - v**2,)),
     _elementary(sp.sinh, ("sinh",), True, derivative=lambda v, x: (sp.cosh(x),)),
     _elementary(sp.cosh, ("cosh",), True, derivative=lambda v, x: (sp.sinh(x),)),
@@ -157,11 +157,11 @@ REGISTRY: tuple = (
         jax="jax.scipy.special.erf({0})", mpmath=_mp("erf"),
         derivative=lambda v, x: (_TWO_OVER_SQRT_PI * sp.exp(-x**2),)),
     MathFunction(
-        sympy=log1p, arity=1, parse_names=(), in_rules=False,
+        sympy=log1p, arity=1, parse_names=("log1p",), in_rules=True,
         numba="np.log1p({0})", scalar="math.log1p({0})", torch="torch.log1p({0})", jax="jnp.log1p({0})",
         mpmath=_mp("log1p"), derivative=lambda v, x: (1 / (1 + x),)),
     MathFunction(
-        sympy=expm1, arity=1, parse_names=(), in_rules=False,
+        sympy=expm1, arity=1, parse_names=("expm1",), in_rules=True,
         numba="np.expm1({0})", scalar="math.expm1({0})", torch="torch.expm1({0})", jax="jnp.expm1({0})",
         mpmath=_mp("expm1"), derivative=lambda v, x: (v + 1,)),
     MathFunction(
