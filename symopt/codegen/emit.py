@@ -39,8 +39,7 @@ from typing import Callable
 from ..cachedirs import fallback_cache_dir, warn_fallback
 from ..files import atomic_write, is_sealed, seal, write_if_changed
 from ..rulebook.catalog import builtin_families
-from ..rulebook.rule import Family
-from ..rulebook.rule import check_family
+from ..rulebook.rule import Family, check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
 from .plan_gradients import plan_elementwise, plan_rowwise
