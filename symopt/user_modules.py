@@ -41,9 +41,7 @@ def _family_of(rule_or_family):
 
 
 def load_rule(rule):
-    """The optimizer module of a built-in name, or of a user Rule or Family (checked, generated if needed, loaded)."""
-    if isinstance(rule, str):
-        return kernels.load_builtin(rule)
+    """The optimizer module of a user Rule or Family (checked, generated if needed, loaded)."""
     from .codegen.emit import user_module
     from .codegen.render import family_hash
 
