@@ -35,6 +35,7 @@ from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
 )
+from .layout import core_view, logical, memory_order, same_layout, to_core
 
 __all__ = ["Optimizer"]
 
@@ -76,10 +77,12 @@ def _check_tensor(p, where: str) -> None:
     if p.dtype not in _DTYPES:
         raise TypeError(f"{where} has dtype {p.dtype}; symopt.torch steps float32 or float64 tensors "
                         f"(keep a float32 master copy for half precision)")
-    if not p.is_contiguous():
-        raise ValueError(f"{where} is not contiguous (strides {p.stride()} for shape {tuple(p.shape)}); "
-                         f"the kernels write params in place through a flat view: make the parameter "
-                         f"contiguous (p.data = p.data.contiguous()) before building the optimizer")
+    if memory_order(p) is None:
+        raise ValueError(f"{where} is not dense (strides {p.stride()} for shape {tuple(p.shape)}: its elements "
+                         f"leave gaps or overlap); the kernels step a param in place through the one run of memory "
+                         f"its elements fill (any dense layout, channels_last included): give it one "
+                         f"(p.data = p.data.contiguous(), or .contiguous(memory_format=...)) before building "
+                         f"the optimizer")
 
 
 def _check_implementation_options(options: dict) -> None:
@@ -100,7 +103,12 @@ def _checked_grad(g, p, where: str):
         raise TypeError(f"{where} has dtype {g.dtype}, the param has {p.dtype}")
     if tuple(g.shape) != tuple(p.shape):
         raise ValueError(f"{where} has shape {tuple(g.shape)}, the param has {tuple(p.shape)}")
-    return g.detach().contiguous()          # read only: a copy is as good as the original
+    g = g.detach()
+    if same_layout(g, p) and memory_order(g) is not None:
+        return g
+    # the update is elementwise over the param's memory order: read the gradient in the param's layout
+    # (empty_like keeps a dense param's strides); read only, so a copy is as good as the original
+    return torch.empty_like(p, requires_grad=False).copy_(g)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -113,28 +121,45 @@ class Optimizer(torch.optim.Optimizer):
     ``on_nonfinite`` is the runtime's: ``"raise"`` (default: a NaN/inf gradient
     raises ``symopt.NonFiniteGradientError`` before anything changes), ``"skip"``
     (the step is skipped and counted in :attr:`skipped_steps`) or ``"ignore"``
-    (no check, as torch.optim).  torch's ``foreach``/``fused`` keywords are accepted
-    and ignored.
+    (no check, as torch.optim).  torch's ``foreach``/``fused`` keywords are accepted,
+    kept in the groups as given (``state_dict()`` writes them, so ``AdamW(fused=True)``
+    loading it stays fused) and otherwise ignored.  Hyperparameter values are kept as
+    given, as torch.optim keeps them: a tensor ``lr`` changed in place (``lr.mul_(0.5)``,
+    ``param_groups[0]["lr"].fill_(...)``) changes the next step.
+    ``Optimizer(params, rule="adam", ...)`` is the same as ``Optimizer("adam", params, ...)``
+    (the call torch's wrappers make, e.g. ``ZeroRedundancyOptimizer(params,
+    optimizer_class=Optimizer, rule="adam", lr=...)``).
 
-    Parameters must be dense, contiguous CPU tensors of one dtype, float32 or
-    float64.  A parameter whose ``.grad`` is None is skipped without advancing its
-    step, as in torch.optim.  Gradients are read through zero-copy views
-    (a non-contiguous gradient is copied first).
+    Parameters must be dense CPU tensors of one dtype, float32 or float64, in any
+    dense layout (contiguous, ``channels_last``, a transposed matrix: stepped in
+    place, the layout kept; their state has the same layout).  A parameter whose
+    ``.grad`` is None is skipped without advancing its step, as in torch.optim.
+    Gradients are read through zero-copy views (one in another layout than its
+    param's is first copied into the param's layout).
     """
 
-    def __init__(self, rule, params, *, on_nonfinite: str = "raise", **hyper):
+    def __init__(self, rule, params=None, /, *, on_nonfinite: str = "raise", **hyper):
+        if params is None:
+            # Optimizer(params, rule=...): the call torch's wrappers make (optimizer_class(params, **defaults))
+            if "rule" not in hyper:
+                raise TypeError("symopt.torch.Optimizer needs a rule: Optimizer('adam', params, ...) or "
+                                "Optimizer(params, rule='adam', ...)")
+            rule, params = hyper.pop("rule"), rule
         self._core = None
         self._rule = rule
         self._on_nonfinite = on_nonfinite
         implementation = {k: hyper.pop(k) for k in list(hyper) if k in IMPLEMENTATION_KEYS}
         _check_implementation_options(implementation)
-        hyper = {k: _plain(v, k) for k, v in hyper.items()}
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
-        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite, **hyper)
+        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite,
+                                  **{k: _plain(v, k) for k, v in hyper.items()})
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
-        super().__init__(params, dict(probe.defaults))
+        # The caller's values are kept, as torch.optim keeps them: a tensor lr stays that tensor (lr.mul_(0.5)
+        # changes the next step), and implementation switches (fused=True...) ride along in the groups, so
+        # state_dict() writes them back unchanged.
+        super().__init__(params, {**probe.defaults, **hyper, **implementation})
         self._install(*self._make_core(self.param_groups))
 
     # ------------------------------------------------------------------ groups
@@ -162,7 +187,7 @@ class Optimizer(torch.optim.Optimizer):
             views = []
             for i, p in enumerate(group["params"]):
                 _check_tensor(p, f"{self.rule_name}: param group {gi}: params[{i}]")
-                views.append(p.detach().numpy())
+                views.append(core_view(p))
                 params.append(p)
             try:
                 hyper = {k: _plain(group[k], k) for k in self._keys}
@@ -186,11 +211,20 @@ class Optimizer(torch.optim.Optimizer):
         return core, params
 
     def _carried_state(self) -> dict:
-        """The current state keyed by the new index of each param (for a rebuild), as live views."""
+        """The current state keyed by the new index of each param (for a rebuild), in the runtime layout of
+        the param as it is now (the same live views unless ``p.data`` was replaced by another layout)."""
         old = {id(p): j for j, p in enumerate(self._params)}
         live = self._core.state
         new_params = [p for g in self.param_groups for p in g["params"]]
-        return {k: live[old[id(p)]] for k, p in enumerate(new_params) if id(p) in old}
+        carried = {}
+        for k, p in enumerate(new_params):
+            j = old.get(id(p))
+            if j is None or memory_order(p) is None:    # a param that is not dense is refused by _make_core
+                continue
+            shape, stride = self._layouts[j]
+            carried[k] = {key: (to_core(logical(v, shape, stride), p) if isinstance(v, np.ndarray)
+                                and tuple(p.shape) == shape else v) for key, v in live[j].items()}
+        return carried
 
     def _install(self, core, params) -> None:
         skipped = self._core.skipped_steps if self._core is not None else 0
@@ -199,6 +233,8 @@ class Optimizer(torch.optim.Optimizer):
         self._params = params
         self._ptrs = [p.data_ptr() for p in params]
         self._sizes = [p.numel() for p in params]
+        self._strides = [p.stride() for p in params]
+        self._layouts = [(tuple(p.shape), p.stride()) for p in params]
         self._dtype = params[0].dtype if params else None
         self._seen = [[_UNSEEN] * len(self._keys) for _ in core.param_groups]
         steps = torch.zeros(len(params), dtype=scalar_dtype())
@@ -211,7 +247,7 @@ class Optimizer(torch.optim.Optimizer):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
                 if key != "step":
-                    entry[key] = torch.from_numpy(view)
+                    entry[key] = torch.from_numpy(logical(view, *self._layouts[j]))   # the param's layout
             state[p] = entry
         self.state = state
 
@@ -222,10 +258,10 @@ class Optimizer(torch.optim.Optimizer):
         ``(None, None, 0)`` if the params changed.
 
         The kernels read ``numel`` elements of the param's dtype at each gradient's
-        address, so layout, dtype, size and contiguity are checked for every
+        address, in the param's memory order, so layout, dtype, size and strides are checked for every
         gradient, every step; each param's identity, address and size too.
         """
-        params, ptrs, sizes, dtype = self._params, self._ptrs, self._sizes, self._dtype
+        params, ptrs, sizes, strides, dtype = self._params, self._ptrs, self._sizes, self._strides, self._dtype
         grads = [None] * len(params)
         addresses = [None] * len(params)
         k = 0
@@ -238,7 +274,7 @@ class Optimizer(torch.optim.Optimizer):
                     g = p.grad
                     if g is not None:
                         if (g.layout is not _STRIDED or g.dtype is not dtype or g.numel() != sizes[k]
-                                or not g.is_contiguous()):
+                                or g.stride() != strides[k]):
                             g = _checked_grad(g, p, f"the gradient of param {k}")
                         grads[k] = g
                         addresses[k] = g.data_ptr()
@@ -257,7 +293,9 @@ class Optimizer(torch.optim.Optimizer):
         torch.optim wraps every ``step`` in ``record_function`` and the hook loops;
         that costs several microseconds, as much as a small model's whole symopt
         step.  The full wrapper runs whenever a hook is registered (on this
-        optimizer or globally) or the autograd profiler is on.
+        optimizer or globally) or the autograd profiler is on.  The step is never
+        traced by ``torch.compile`` (``torch.compiler.disable``): a compiled training
+        step runs it eagerly, between its compiled graphs.
         """
         full = torch.optim.Optimizer.profile_hook_step(func)
 
@@ -270,7 +308,9 @@ class Optimizer(torch.optim.Optimizer):
                 return full(*args, **kwargs)
             return func(*args, **kwargs)
 
-        return wrapper
+        # torch.compile (of opt.step, or of a training step calling it) runs the step as it is: Dynamo
+        # would otherwise trace into Numba's dispatcher, and guard on (and recompile for) every lr value
+        return torch.compiler.disable(wrapper, reason="symopt.torch steps through compiled Numba kernels")
 
     def step(self, closure=None):
         """One update of every param that has a gradient; returns ``closure()``'s loss if given.
@@ -357,7 +397,7 @@ class Optimizer(torch.optim.Optimizer):
         sdtype = scalar_dtype()
         state = {}
         for j, entry in core_sd["state"].items():
-            arrays = {k: v for k, v in entry.items() if k != "step"}
+            arrays = {k: logical(v, *self._layouts[j]) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
                 state[j] = out
@@ -373,7 +413,7 @@ class Optimizer(torch.optim.Optimizer):
 
         The saved groups' hyperparameters replace the current ones (and may select
         another variant, e.g. ``amsgrad=True``); torch's implementation switches
-        are ignored.  Everything is checked before anything changes; a state entry
+        (``fused``, ``foreach``...) are kept in the groups unchanged and otherwise ignored.  Everything is checked before anything changes; a state entry
         missing a key the rule needs raises ``ValueError`` naming it.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
@@ -422,7 +462,7 @@ class Optimizer(torch.optim.Optimizer):
             k = id_map[pid]
             got = entry_from_torch(entry, pid, keys, tuple(params[k].shape), self._fmt, label)
             if got is not None:
-                converted[k] = {"step": got[0], **got[1]}
+                converted[k] = {"step": got[0], **{key: to_core(a, params[k]) for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:
             ids.append({"params": list(range(start, start + len(group["params"])))})

@@ -1,0 +1,76 @@
+"""Dense strided tensors as the flat runs of memory the kernels step.
+
+A tensor is *dense* when its ``numel`` elements fill ``numel`` consecutive slots
+with no gap and no overlap: sorted from the outermost dimension to the innermost
+(by decreasing stride), each dimension's stride is the product of the sizes inside
+it (a dimension of size 1 may have any stride).  C-contiguous, ``channels_last``,
+``channels_last_3d`` and transposed matrices are all dense.  Such a param is
+stepped in place through one flat view of its memory, in memory order; its state
+is kept in the same order, so that viewed with the param's shape and strides it has
+the param's layout (as torch.optim's ``zeros_like(p, memory_format=preserve_format)``).
+
+A contiguous param is handed to the runtime as its own shaped view (``order`` None);
+any other dense param as the flat view (``order`` the dimensions in memory order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["memory_order", "is_dense", "core_view", "logical", "to_core", "same_layout"]
+
+
+def memory_order(t: torch.Tensor):
+    """The dimensions of a dense ``t`` from outermost to innermost in memory; None if ``t`` is not dense."""
+    shape, stride = tuple(t.shape), t.stride()
+    if t.numel() == 0:
+        return tuple(range(len(shape)))
+    # size-1 dimensions first (their stride is arbitrary), then by decreasing stride
+    dims = [d for d in range(len(shape)) if shape[d] == 1]
+    dims += sorted((d for d in range(len(shape)) if shape[d] != 1), key=lambda d: -stride[d])
+    expected = 1
+    for d in reversed(dims):
+        if shape[d] == 1:
+            continue
+        if stride[d] != expected:
+            return None
+        expected *= shape[d]
+    return tuple(dims)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one run of memory without gaps or overlaps."""
+    return memory_order(t) is not None
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (same shape) address every element at the same offset from their start."""
+    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()))
+
+
+def core_view(t: torch.Tensor) -> np.ndarray:
+    """The NumPy array the runtime steps for a dense ``t``: its shaped view if C-contiguous, else the flat
+    view of its memory (both share ``t``'s memory)."""
+    t = t.detach()
+    if t.is_contiguous():
+        return t.numpy()
+    return t.as_strided((t.numel(),), (1,)).numpy()
+
+
+def logical(arr: np.ndarray, shape: tuple, stride: tuple) -> np.ndarray:
+    """``arr``, a runtime-layout array of a tensor of ``shape`` and ``stride`` (see :func:`core_view`),
+    viewed with that shape and those strides (no copy)."""
+    if arr.shape == shape:
+        return arr
+    return np.lib.stride_tricks.as_strided(arr, shape, [s * arr.itemsize for s in stride])
+
+
+def to_core(arr: np.ndarray, t: torch.Tensor) -> np.ndarray:
+    """A new runtime-layout array of ``t`` holding ``arr`` (an array shaped like ``t``, any strides)."""
+    if t.is_contiguous():
+        return np.ascontiguousarray(arr)
+    order = memory_order(t)
+    if order is None:
+        raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is not dense")
+    return np.ascontiguousarray(arr.transpose(order)).reshape(-1)
