@@ -23,6 +23,7 @@ every step.  ``state_dict()``/``load_state_dict()`` use torch.optim's format
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import defaultdict
 from copy import deepcopy
 
@@ -38,6 +39,11 @@ from .interop import (
 from .layout import core_view, logical, memory_order, same_layout, to_core
 
 __all__ = ["Optimizer"]
+
+#: Schedule-free rules: the group key of β (the interpolation weight) and its index in that value (None: the
+#: value itself).  In train mode the param is y, where gradients are taken; the averaged point, where the model
+#: is evaluated, is x = (y − (1 − β) z)/β.  Their averaging weights c_t = 1/t assume a constant lr.
+SCHEDULE_FREE = {"sgd_schedulefree": ("momentum", None), "adamw_schedulefree": ("betas", 0)}
 
 _DTYPES = (torch.float32, torch.float64)
 _STRIDED = torch.strided
@@ -156,6 +162,11 @@ class Optimizer(torch.optim.Optimizer):
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
+        self._schedule_free = SCHEDULE_FREE.get(self.rule_name)
+        self._lr_warned = False
+        self._first_lrs = None
+        if self._schedule_free is not None:
+            hyper.setdefault("train_mode", True)     # schedulefree's flag (there it starts False)
         # The caller's values are kept, as torch.optim keeps them: a tensor lr stays that tensor (lr.mul_(0.5)
         # changes the next step), and implementation switches (fused=True...) ride along in the groups, so
         # state_dict() writes them back unchanged.
@@ -318,6 +329,8 @@ class Optimizer(torch.optim.Optimizer):
         ``closure`` (re-evaluating the model and returning the loss) runs first,
         with gradients enabled, as in torch.optim.
         """
+        if self._schedule_free is not None:
+            self._check_schedule_free()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -348,6 +361,56 @@ class Optimizer(torch.optim.Optimizer):
             torch.autograd.graph.increment_version(
                 self._params if active == len(grads) else [p for p, g in zip(self._params, grads) if g is not None])
         return loss
+
+    # ------------------------------------------------------------ schedule-free
+    @torch.no_grad()
+    def train(self) -> None:
+        """Schedule-free rules: move every param to y, where training takes gradients (schedulefree's
+        ``train()``: y = x + (1 − β)(z − x)); a group already in train mode is left as is.  Other rules: nothing
+        to do (their param is the point to evaluate)."""
+        self._set_mode(True)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-free rules: move every param to the averaged point x = (y − (1 − β) z)/β, where the
+        model is evaluated and checkpointed (schedulefree's ``eval()``); ``step()`` then raises until
+        :meth:`train`.  Other rules: nothing to do."""
+        self._set_mode(False)
+
+    def _set_mode(self, train: bool) -> None:
+        if self._schedule_free is None:
+            return
+        key, index = self._schedule_free
+        steps = {id(p): n for p, n in zip(self._params, self._steps_np)}
+        for group in self.param_groups:
+            if bool(group.get("train_mode", True)) == train:
+                continue
+            beta = _plain(group[key], key)
+            beta = beta if index is None else beta[index]
+            weight = 1 - beta if train else 1 - 1 / beta
+            for p in group["params"]:
+                if steps.get(id(p), 0):              # z exists from the first step (schedulefree's "'z' in state")
+                    p.lerp_(self.state[p]["z"], weight)
+            group["train_mode"] = train
+
+    def _check_schedule_free(self) -> None:
+        """Refuse a step in eval mode; warn once when the lr changes or an lr scheduler is attached."""
+        if not self.param_groups[0].get("train_mode", True):
+            raise RuntimeError(f"{self.rule_name}: step() in eval mode (the params are the averaged point x); call "
+                               f"opt.train() before training and opt.eval() before evaluating, as with schedulefree")
+        if self._lr_warned:
+            return
+        lrs = [_plain(g["lr"], "lr") for g in self.param_groups]
+        scheduler = getattr(self.__dict__.get("step"), "_wrapped_by_lr_sched", False)  # set by torch's LRScheduler
+        if self._first_lrs is None:
+            self._first_lrs = lrs
+        if scheduler or lrs != self._first_lrs:
+            self._lr_warned = True
+            what = "an lr scheduler is attached" if scheduler else f"the lr changed from {self._first_lrs} to {lrs}"
+            warnings.warn(f"{self.rule_name} assumes a constant lr (its averaging weights are c_t = 1/t, "
+                          f"schedulefree's for r = 0 and no warm-up), but {what}: schedule-free training needs no "
+                          f"schedule, and a changing lr makes the average differ from schedulefree's",
+                          UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------ properties
     @property
