@@ -61,9 +61,10 @@ def core_view(t: torch.Tensor) -> np.ndarray:
 def logical(arr: np.ndarray, shape: tuple, stride: tuple) -> np.ndarray:
     """``arr``, a runtime-layout array of a tensor of ``shape`` and ``stride`` (see :func:`core_view`),
     viewed with that shape and those strides (no copy)."""
-    if arr.shape == shape:
+    strides = tuple(s * arr.itemsize for s in stride)
+    if arr.shape == shape and arr.strides == strides:
         return arr
-    return np.lib.stride_tricks.as_strided(arr, shape, [s * arr.itemsize for s in stride])
+    return np.lib.stride_tricks.as_strided(arr, shape, strides)
 
 
 def to_core(arr: np.ndarray, t: torch.Tensor) -> np.ndarray:
