@@ -162,9 +162,7 @@ class Optimizer(torch.optim.Optimizer):
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
-        self._schedule_free = SCHEDULE_FREE.get(self.rule_name)
-        self._lr_warned = False
-        self._first_lrs = None
+        self._watch_lr()
         if self._schedule_free is not None:
             hyper.setdefault("train_mode", True)     # schedulefree's flag (there it starts False)
         # The caller's values are kept, as torch.optim keeps them: a tensor lr stays that tensor (lr.mul_(0.5)
@@ -377,6 +375,12 @@ class Optimizer(torch.optim.Optimizer):
         :meth:`train`.  Other rules: nothing to do."""
         self._set_mode(False)
 
+    def _watch_lr(self) -> None:
+        """Start watching the lr of a schedule-free rule (see :meth:`_check_schedule_free`)."""
+        self._schedule_free = SCHEDULE_FREE.get(self.rule_name)
+        self._lr_warned = False
+        self._first_lrs = None
+
     def _set_mode(self, train: bool) -> None:
         if self._schedule_free is None:
             return
@@ -567,6 +571,7 @@ class Optimizer(torch.optim.Optimizer):
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
         probe = _RuntimeOptimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
         self.rule_name = probe.rule_name
+        self._watch_lr()
         core, params = self._make_core(self.param_groups, state=carried)
         core.skipped_steps = int(sym.get("skipped_steps", 0))
         self._install(core, params)
