@@ -9,6 +9,11 @@ stepped in place through one flat view of its memory, in memory order; its state
 is kept in the same order, so that viewed with the param's shape and strides it has
 the param's layout (as torch.optim's ``zeros_like(p, memory_format=preserve_format)``).
 
+A ``DTensor`` param (FSDP2's ``fully_shard``, ``distribute_tensor``) is stepped
+through its local shard (``to_local()``, the same memory): an elementwise update of
+each shard is the update of the whole tensor, with no communication; its state is
+kept as DTensors with the param's mesh and placements.
+
 A contiguous param is handed to the runtime as its own shaped view (``order`` None);
 any other dense param as the flat view (``order`` the dimensions in memory order).
 """
@@ -18,7 +23,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["memory_order", "is_dense", "core_view", "logical", "to_core", "same_layout"]
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor = None
+
+__all__ = ["memory_order", "is_dense", "core_view", "logical", "to_core", "same_layout", "local", "is_sharded",
+           "like"]
 
 
 def memory_order(t: torch.Tensor):
@@ -75,3 +86,20 @@ def to_core(arr: np.ndarray, t: torch.Tensor) -> np.ndarray:
     if order is None:
         raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is not dense")
     return np.ascontiguousarray(arr.transpose(order)).reshape(-1)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory holds ``t``'s elements on this process: a DTensor's local shard, else ``t``."""
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor of which this process holds only a part (a ``Shard`` or ``Partial`` placement)."""
+    return DTensor is not None and isinstance(t, DTensor) and not all(p.is_replicate() for p in t.placements)
+
+
+def like(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``value``, a tensor laid out like ``local(p)``, as a DTensor placed as ``p`` if ``p`` is one (no copy)."""
+    if DTensor is None or not isinstance(p, DTensor):
+        return value
+    return DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())

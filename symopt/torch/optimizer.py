@@ -36,7 +36,7 @@ from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
 )
-from .layout import core_view, logical, memory_order, same_layout, to_core
+from .layout import core_view, is_sharded, like, local, logical, memory_order, same_layout, to_core
 
 __all__ = ["Optimizer"]
 
@@ -75,6 +75,7 @@ def _check_tensor(p, where: str) -> None:
     """Refuse tensors the kernels cannot step in place, naming the reason."""
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
+    p = local(p)                                # a DTensor is stepped through its local shard
     if p.layout != torch.strided:
         raise TypeError(f"{where} is a sparse tensor ({p.layout}); symopt steps dense CPU tensors")
     if p.device.type != "cpu":
@@ -115,6 +116,25 @@ def _checked_grad(g, p, where: str):
     # the update is elementwise over the param's memory order: read the gradient in the param's layout
     # (empty_like keeps a dense param's strides); read only, so a copy is as good as the original
     return torch.empty_like(p, requires_grad=False).copy_(g)
+
+
+def _check_sharded_reductions(core, params) -> None:
+    """Refuse a rule with reductions (norms, trust ratios: LAMB, LARS, clipping) over sharded DTensor params.
+
+    The reduction kernels sum over the memory they are given; over a shard that is the shard's norm, not the
+    tensor's, and symopt does not all-reduce partial sums across ranks.
+    """
+    variant = next(v for v in core.module.FAMILY["variants"] if v["name"] == core.variant)
+    reduce = variant.get("reduce")
+    if reduce is None:
+        return
+    sharded = [i for i, p in enumerate(params) if is_sharded(p)]
+    if sharded:
+        scopes = " and ".join(sorted(set(reduce["scopes"])))
+        raise ValueError(f"{core.rule_name}: params {sharded} are sharded DTensors (this process holds part of each), "
+                         f"but rule {core.rule_name!r} reduces over whole tensors ({scopes} sums: norms, trust "
+                         f"ratios), which symopt does not all-reduce across the shards; use an elementwise rule, "
+                         f"replicated params, or torch.optim's implementation of this rule")
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -177,7 +197,11 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         where = f"{self.rule_name}: param group {len(self.param_groups)}"
-        check_group_keys(param_group, self._keys, self._fmt, where, self.rule_name, strict=True)
+        if "rule" in param_group and param_group["rule"] not in (self._rule, self.rule_name):
+            # torch's wrappers (ZeroRedundancyOptimizer) put the constructor's keywords, rule= too, in every group
+            raise ValueError(f"{where}: rule {param_group['rule']!r}, but this optimizer runs {self.rule_name!r}")
+        check_group_keys({k: v for k, v in param_group.items() if k != "rule"}, self._keys, self._fmt, where,
+                         self.rule_name, strict=True)
         _check_implementation_options(param_group)
         super().add_param_group(param_group)
         try:
@@ -196,7 +220,7 @@ class Optimizer(torch.optim.Optimizer):
             views = []
             for i, p in enumerate(group["params"]):
                 _check_tensor(p, f"{self.rule_name}: param group {gi}: params[{i}]")
-                views.append(core_view(p))
+                views.append(core_view(local(p)))
                 params.append(p)
             try:
                 hyper = {k: _plain(group[k], k) for k in self._keys}
@@ -208,6 +232,7 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{self.rule_name}: params have dtypes {', '.join(dtypes)}; one symopt.torch.Optimizer "
                             f"steps one dtype (make one optimizer per dtype)")
         core = _RuntimeOptimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
+        _check_sharded_reductions(core, params)
         if state or meta:
             ids, start = [], 0
             for group in core_groups:
@@ -227,12 +252,12 @@ class Optimizer(torch.optim.Optimizer):
         new_params = [p for g in self.param_groups for p in g["params"]]
         carried = {}
         for k, p in enumerate(new_params):
-            j = old.get(id(p))
-            if j is None or memory_order(p) is None:    # a param that is not dense is refused by _make_core
+            j, q = old.get(id(p)), local(p)
+            if j is None or memory_order(q) is None:    # a param that is not dense is refused by _make_core
                 continue
             shape, stride = self._layouts[j]
-            carried[k] = {key: (to_core(logical(v, shape, stride), p) if isinstance(v, np.ndarray)
-                                and tuple(p.shape) == shape else v) for key, v in live[j].items()}
+            carried[k] = {key: (to_core(logical(v, shape, stride), q) if isinstance(v, np.ndarray)
+                                and tuple(q.shape) == shape else v) for key, v in live[j].items()}
         return carried
 
     def _install(self, core, params) -> None:
@@ -240,10 +265,12 @@ class Optimizer(torch.optim.Optimizer):
         self._core = core
         core.skipped_steps = max(core.skipped_steps, skipped)
         self._params = params
-        self._ptrs = [p.data_ptr() for p in params]
-        self._sizes = [p.numel() for p in params]
-        self._strides = [p.stride() for p in params]
-        self._layouts = [(tuple(p.shape), p.stride()) for p in params]
+        self._locals = locals_ = [local(p) for p in params]
+        self._distributed = any(q is not p for p, q in zip(params, locals_))
+        self._ptrs = [q.data_ptr() for q in locals_]
+        self._sizes = [q.numel() for q in locals_]
+        self._strides = [q.stride() for q in locals_]
+        self._layouts = [(tuple(q.shape), q.stride()) for q in locals_]
         self._dtype = params[0].dtype if params else None
         self._seen = [[_UNSEEN] * len(self._keys) for _ in core.param_groups]
         steps = torch.zeros(len(params), dtype=scalar_dtype())
@@ -256,7 +283,7 @@ class Optimizer(torch.optim.Optimizer):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
                 if key != "step":
-                    entry[key] = torch.from_numpy(logical(view, *self._layouts[j]))   # the param's layout
+                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j])), p)   # the param's layout
             state[p] = entry
         self.state = state
 
@@ -271,6 +298,7 @@ class Optimizer(torch.optim.Optimizer):
         gradient, every step; each param's identity, address and size too.
         """
         params, ptrs, sizes, strides, dtype = self._params, self._ptrs, self._sizes, self._strides, self._dtype
+        distributed = self._distributed
         grads = [None] * len(params)
         addresses = [None] * len(params)
         k = 0
@@ -278,9 +306,14 @@ class Optimizer(torch.optim.Optimizer):
         try:
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p is not params[k] or p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
+                    if p is not params[k]:
                         return None, None, 0
                     g = p.grad
+                    if distributed:                 # DTensors: their local shards (and local gradients)
+                        p = local(p)
+                        g = None if g is None else local(g)
+                    if p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
+                        return None, None, 0
                     if g is not None:
                         if (g.layout is not _STRIDED or g.dtype is not dtype or g.numel() != sizes[k]
                                 or g.stride() != strides[k]):
@@ -357,7 +390,7 @@ class Optimizer(torch.optim.Optimizer):
         if active:
             # the kernels wrote through NumPy: tell autograd these tensors changed in place
             torch.autograd.graph.increment_version(
-                self._params if active == len(grads) else [p for p, g in zip(self._params, grads) if g is not None])
+                self._locals if active == len(grads) else [p for p, g in zip(self._locals, grads) if g is not None])
         return loss
 
     # ------------------------------------------------------------ schedule-free
@@ -467,7 +500,8 @@ class Optimizer(torch.optim.Optimizer):
             arrays = {k: logical(v, *self._layouts[j]) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
-                state[j] = out
+                p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
+                state[j] = {k: (like(v, p) if v.dim() else v) for k, v in out.items()}
         sd = {"state": state, "param_groups": groups, "symopt": core_sd["symopt"]}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, sd)
@@ -527,9 +561,12 @@ class Optimizer(torch.optim.Optimizer):
             if pid not in id_map:
                 raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
             k = id_map[pid]
-            got = entry_from_torch(entry, pid, keys, tuple(params[k].shape), self._fmt, label)
+            q = local(params[k])
+            if isinstance(entry, dict):             # the state of a DTensor param: its local shards
+                entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label)
             if got is not None:
-                converted[k] = {"step": got[0], **{key: to_core(a, params[k]) for key, a in got[1].items()}}
+                converted[k] = {"step": got[0], **{key: to_core(a, q) for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:
             ids.append({"params": list(range(start, start + len(group["params"])))})
