@@ -118,6 +118,20 @@ def _checked_grad(g, p, where: str):
     return torch.empty_like(p, requires_grad=False).copy_(g)
 
 
+class _LiveState(defaultdict):
+    """``opt.state``: every param's state as live views, from construction on; true once a param has been
+    stepped, as torch.optim's state is empty until then (``torch.distributed.checkpoint`` relies on that: it
+    steps a fresh optimizer once with lr 0 and zero gradients, so that ``state_dict()`` has every entry to
+    load a checkpoint into)."""
+
+    def __init__(self, steps: torch.Tensor):
+        super().__init__(dict)
+        self._steps = steps
+
+    def __bool__(self) -> bool:
+        return bool(self._steps.any())
+
+
 def _check_sharded_reductions(core, params) -> None:
     """Refuse a rule with reductions (norms, trust ratios: LAMB, LARS, clipping) over sharded DTensor params.
 
@@ -278,7 +292,7 @@ class Optimizer(torch.optim.Optimizer):
         self._steps_np = steps.numpy()
         self._steps_np[:] = core.step_counts
         live = core.state
-        state = defaultdict(dict)
+        state = _LiveState(steps)
         for j, p in enumerate(params):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
