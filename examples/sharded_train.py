@@ -38,10 +38,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ddp_train import _init_loopback, _threads_per_process, free_port, global_batches, load_digits, make_model  # noqa: E402
+from ddp_train import _init_loopback, _threads_per_process, free_port, global_batches, load_digits, make_model
 
-import symopt  # noqa: E402
-from symopt.torch import Optimizer  # noqa: E402
+import symopt
+from symopt.torch import Optimizer
 
 DEFAULTS = dict(rule="adam", lr=1e-2, steps=20, batch=64, dtype="float64", seed=0, hyper={}, torch_class=None,
                 save_at=None, resume_from=None)
@@ -115,7 +115,10 @@ def train_fsdp(rank, world, cfg, data):
     ``resume_from``: start from such a checkpoint (saved with any number of ranks)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )
     from torch.distributed.fsdp import fully_shard
 
@@ -154,7 +157,10 @@ def resume_single(cfg, data, checkpoint):
     model and optimizer, DCP reassembles every shard; returns the params after each remaining step."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )
 
     cfg = {**DEFAULTS, **cfg}

@@ -16,7 +16,7 @@ from conftest import rel_err
 
 torch = pytest.importorskip("torch")
 
-from symopt.torch import Optimizer  # noqa: E402
+from symopt.torch import Optimizer
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 DTYPES = (torch.float32, torch.float64)

@@ -28,8 +28,17 @@ try:
 except ImportError:  # pragma: no cover - torch built without distributed
     DTensor = None
 
-__all__ = ["memory_order", "is_dense", "core_view", "logical", "to_core", "same_layout", "local", "is_sharded",
-           "like"]
+__all__ = [
+    "core_view",
+    "is_dense",
+    "is_sharded",
+    "like",
+    "local",
+    "logical",
+    "memory_order",
+    "same_layout",
+    "to_core",
+]
 
 
 def memory_order(t: torch.Tensor):
