@@ -9,7 +9,9 @@ digits MLP, global batch 64 split 32/32, 10 steps of adam, float32 and float64.
   single-process run's.
 * fully_shard (FSDP2): params are DTensors sharded on dim 0; the state is kept as DTensors; the
   trajectory equals FSDP2 with torch.optim.Adam and one process on the global batch.
-  LAMB (per-tensor norms) over sharded params is refused, naming the reason.
+* DTensor params made with distribute_tensor: Shard(0) with adam equals torch.optim.Adam on the
+  full tensors; Replicate() with lamb equals lamb on plain tensors; LAMB (per-tensor norms) over
+  Shard(0) params is refused, naming the reason.
 * DCP: the FSDP2 run saves model and optimizer (get_optimizer_state_dict, sharded) after 5 steps;
   resumed on 2 ranks and on 1 (this process, no process group) it continues as the run that
   was not interrupted.
@@ -41,19 +43,37 @@ def sharded():
         sys.path.remove(str(EXAMPLES))
 
 
-def refusals(rank, world, cfg, data):
-    """What a rule with per-tensor reductions says about sharded params (run in a spawned process)."""
-    from torch.distributed.fsdp import fully_shard
+def dtensor_checks(rank, world, cfg, data):
+    """DTensor params made directly (distribute_tensor; run in each spawned process): Shard(0) params stepped
+    by adam against torch.optim.Adam on the full tensors; Replicate() params stepped by lamb (per-tensor norms
+    of whole tensors) against lamb on plain tensors; lamb on Shard(0) params refused."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
     from symopt.torch import Optimizer
 
-    model = torch.nn.Linear(4, 6).double()
-    fully_shard(model)
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(7)                 # the same numbers on every rank
+    full = [torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
+    grads = [[torch.randn_like(t) for t in full] for _ in range(4)]
+    out = {}
+    for rule, placement, reference in (("adam", Shard(0), "Adam"), ("lamb", Replicate(), None)):
+        ps = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [placement])) for t in full]
+        plain = [torch.nn.Parameter(t.clone()) for t in full]
+        opt = Optimizer(rule, ps, lr=1e-2)
+        ref = (getattr(torch.optim, reference)(plain, lr=1e-2, foreach=False) if reference
+               else Optimizer(rule, plain, lr=1e-2))
+        for step_grads in grads:
+            for p, q, x in zip(ps, plain, step_grads):
+                p.grad, q.grad = distribute_tensor(x.clone(), mesh, [placement]), x.clone()
+            opt.step(), ref.step()
+        out[rule] = max(_rel(p.full_tensor().reshape(1, -1), q.detach().reshape(1, -1)) for p, q in zip(ps, plain))
+    sharded = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
     try:
-        Optimizer("lamb", model.parameters())
+        Optimizer("lamb", sharded)
+        out["refusal"] = None
     except ValueError as exc:
-        return str(exc)
-    return None
+        out["refusal"] = str(exc)
+    return out
 
 
 def _rel(a, b):
@@ -73,7 +93,7 @@ def runs(sharded, tmp_path_factory):
         plan[f"fsdp-{dtype}"] = ("fsdp", {**cfg, **extra})
         plan[f"fsdp-{dtype}-torch"] = ("fsdp", {**cfg, "torch_class": "Adam"})
     plan["fsdp-resumed"] = ("fsdp", {**BASE, "dtype": "float64", "save_at": SAVE_AT, "resume_from": ckpt})
-    plan["refusals"] = (refusals, {**BASE, "dtype": "float64"})
+    plan["dtensor"] = (dtensor_checks, {**BASE, "dtype": "float64"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -120,8 +140,13 @@ def test_fsdp2_steps_local_shards_like_unsharded(sharded, runs, dtype):
     assert _rel(ours["trajectory"], theirs["trajectory"]) <= RTOL[dtype]
 
 
-def test_rules_with_reductions_are_refused_on_sharded_params(runs):
-    message = runs[0]["refusals"]
+def test_dtensor_params_directly(runs):
+    """distribute_tensor params: Shard(0) stepped through local shards equals torch.optim.Adam on the full
+    tensors; Replicate() params take rules with reductions (lamb equals lamb on plain tensors); lamb over
+    Shard(0) params is refused, naming the reason."""
+    got = runs[0]["dtensor"]
+    assert got["adam"] <= RTOL["float64"] and got["lamb"] <= RTOL["float64"]
+    message = got["refusal"]
     assert message is not None and "sharded DTensors" in message and "'lamb'" in message
 
 
