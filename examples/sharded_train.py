@@ -8,6 +8,7 @@ One machine, no launcher (torch.multiprocessing.spawn; all traffic on 127.0.0.1)
 With torchrun (one machine or several; see docs/torch.md)::
 
     torchrun --nproc-per-node 2 examples/sharded_train.py --engine fsdp --checkpoint /shared/ckpt
+    torchrun --nproc-per-node 3 examples/sharded_train.py --engine fsdp --checkpoint /shared/ckpt --resume
 
 The digits MLP of ``examples/ddp_train.py``; each rank takes its share of every global minibatch.
 
@@ -224,9 +225,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     ap.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="global batch (split over the ranks)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS["dtype"])
-    ap.add_argument("--checkpoint", default=None, help="fsdp: a DCP checkpoint folder written halfway")
+    ap.add_argument("--checkpoint", default=None, help="fsdp: a DCP checkpoint folder, written halfway")
+    ap.add_argument("--resume", action="store_true",
+                    help="fsdp: start halfway from --checkpoint (written by a run with any number of ranks)")
     args = ap.parse_args(argv)
+    if args.resume and (not args.checkpoint or args.engine != "fsdp"):
+        raise SystemExit("--resume needs --engine fsdp and --checkpoint")
     cfg = dict(rule=args.rule, lr=args.lr, steps=args.steps, batch=args.batch, dtype=args.dtype)
+    if args.checkpoint:
+        cfg.update(checkpoint=args.checkpoint, save_at=args.steps // 2,
+                   resume_from=args.checkpoint if args.resume else None)
     engines = ["zero", "fsdp"] if args.engine == "both" else [args.engine]
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:      # launched by torchrun
         torch.set_num_threads(_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -234,8 +242,7 @@ def main(argv=None):
         rank, world = dist.get_rank(), dist.get_world_size()
         data = tuple(t.to(getattr(torch, args.dtype)) if t.is_floating_point() else t
                      for t in load_digits(torch.float64))
-        extra = dict(checkpoint=args.checkpoint, save_at=args.steps // 2) if args.checkpoint else {}
-        results = {e: ENGINES[e](rank, world, {**DEFAULTS, **cfg, **extra}, data) for e in engines}
+        results = {e: ENGINES[e](rank, world, {**DEFAULTS, **cfg}, data) for e in engines}
         dist.destroy_process_group()
     else:
         rank, world = 0, args.nproc
@@ -245,9 +252,12 @@ def main(argv=None):
                      for t in load_digits(torch.float64))
     if rank == 0:
         single, _ = train_single(cfg, data)
+        if args.resume:
+            single = single[cfg["save_at"]:]
         for e in engines:
-            print(f"{e}: {world} processes, rule {args.rule!r}, {args.dtype}: max relative difference per step from "
-                  f"one process on the global batch {_rel(results[e]['trajectory'], single):.1e}")
+            print(f"{e}: {world} processes, rule {args.rule!r}, {args.dtype}{', resumed halfway' * args.resume}: max "
+                  f"relative difference per step from one process on the global batch "
+                  f"{_rel(results[e]['trajectory'], single):.1e}")
 
 
 if __name__ == "__main__":
