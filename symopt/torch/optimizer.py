@@ -466,6 +466,8 @@ class Optimizer(torch.optim.Optimizer):
             return
         lrs = [_plain(g["lr"], "lr") for g in self.param_groups]
         scheduler = getattr(self.__dict__.get("step"), "_wrapped_by_lr_sched", False)  # set by torch's LRScheduler
+        if not any(lrs) and not scheduler:
+            return                      # an lr-0 step (DCP initializes a fresh optimizer's state so) changes nothing
         if self._first_lrs is None:
             self._first_lrs = lrs
         if scheduler or lrs != self._first_lrs:
