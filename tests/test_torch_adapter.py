@@ -318,8 +318,8 @@ def test_tensors_it_cannot_step_are_refused_clearly():
     for dt in (torch.float16, torch.bfloat16):
         with pytest.raises(TypeError, match=str(dt).split(".")[1]):
             Optimizer("adam", [torch.zeros(3, dtype=dt, requires_grad=True)])
-    with pytest.raises(ValueError, match="not contiguous"):
-        Optimizer("adam", [torch.zeros(4, 3).t().requires_grad_(True)])
+    with pytest.raises(ValueError, match="not dense"):
+        Optimizer("adam", [torch.zeros(4, 6)[:, ::2].requires_grad_(True)])
     with pytest.raises(TypeError, match="one dtype"):
         Optimizer("adam", [ok, torch.zeros(2, dtype=torch.float32, requires_grad=True)])
     with pytest.raises(TypeError, match="'lrr'"):

@@ -29,7 +29,8 @@ by the rule's state keys.
 Param groups are written with torch's keys: the rule's hyperparameters plus the
 torch class's implementation switches (``foreach``, ``fused``, ``capturable``,
 ``differentiable``) at torch's defaults, so ``torch.optim.<Class>`` loads them
-unchanged.  When loading, those switches are ignored, and a torch hyperparameter
+unchanged; switches a group carries (given at construction or loaded) are written as
+they are.  When loading, those switches are kept and otherwise ignored, and a torch hyperparameter
 the rule does not have is accepted only at the value that makes the rule's math
 the same (``weight_decay=0``, ``amsgrad=False``, ...; AdamW's
 ``decoupled_weight_decay=True``); anything else fails naming the key.

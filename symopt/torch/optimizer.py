@@ -14,6 +14,9 @@ and no hyperparameter value ever recompiles anything.  Structural options (those
 that select another kernel variant, such as ``amsgrad`` or ``momentum != 0``) are
 fixed at construction or by ``load_state_dict``.
 
+A param in any dense layout (``channels_last``...) is stepped through the flat view of
+its memory, and a DTensor param (FSDP2) through its local shard (:mod:`symopt.torch.layout`).
+
 The state lives in the runtime's flat buffers; ``opt.state[p]`` holds live tensor
 views of them (``torch.from_numpy``), with ``step`` as a 0-d tensor refreshed after
 every step.  ``state_dict()``/``load_state_dict()`` use torch.optim's format
@@ -23,6 +26,7 @@ every step.  ``state_dict()``/``load_state_dict()`` use torch.optim's format
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import defaultdict
 from copy import deepcopy
 
@@ -35,8 +39,14 @@ from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
 )
+from .layout import core_view, is_sharded, like, local, logical, memory_order, same_layout, to_core
 
 __all__ = ["Optimizer"]
+
+#: Schedule-free rules: the group key of β (the interpolation weight) and its index in that value (None: the
+#: value itself).  In train mode the param is y, where gradients are taken; the averaged point, where the model
+#: is evaluated, is x = (y − (1 − β) z)/β.  Their averaging weights c_t = 1/t assume a constant lr.
+SCHEDULE_FREE = {"sgd_schedulefree": ("momentum", None), "adamw_schedulefree": ("betas", 0)}
 
 _DTYPES = (torch.float32, torch.float64)
 _STRIDED = torch.strided
@@ -68,6 +78,7 @@ def _check_tensor(p, where: str) -> None:
     """Refuse tensors the kernels cannot step in place, naming the reason."""
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
+    p = local(p)                                # a DTensor is stepped through its local shard
     if p.layout != torch.strided:
         raise TypeError(f"{where} is a sparse tensor ({p.layout}); symopt steps dense CPU tensors")
     if p.device.type != "cpu":
@@ -76,10 +87,12 @@ def _check_tensor(p, where: str) -> None:
     if p.dtype not in _DTYPES:
         raise TypeError(f"{where} has dtype {p.dtype}; symopt.torch steps float32 or float64 tensors "
                         f"(keep a float32 master copy for half precision)")
-    if not p.is_contiguous():
-        raise ValueError(f"{where} is not contiguous (strides {p.stride()} for shape {tuple(p.shape)}); "
-                         f"the kernels write params in place through a flat view: make the parameter "
-                         f"contiguous (p.data = p.data.contiguous()) before building the optimizer")
+    if memory_order(p) is None:
+        raise ValueError(f"{where} is not dense (strides {p.stride()} for shape {tuple(p.shape)}: its elements "
+                         f"leave gaps or overlap); the kernels step a param in place through the one run of memory "
+                         f"its elements fill (any dense layout, channels_last included): give it one "
+                         f"(p.data = p.data.contiguous(), or .contiguous(memory_format=...)) before building "
+                         f"the optimizer")
 
 
 def _check_implementation_options(options: dict) -> None:
@@ -100,7 +113,45 @@ def _checked_grad(g, p, where: str):
         raise TypeError(f"{where} has dtype {g.dtype}, the param has {p.dtype}")
     if tuple(g.shape) != tuple(p.shape):
         raise ValueError(f"{where} has shape {tuple(g.shape)}, the param has {tuple(p.shape)}")
-    return g.detach().contiguous()          # read only: a copy is as good as the original
+    g = g.detach()
+    if same_layout(g, p) and memory_order(g) is not None:
+        return g
+    # the update is elementwise over the param's memory order: read the gradient in the param's layout
+    # (empty_like keeps a dense param's strides); read only, so a copy is as good as the original
+    return torch.empty_like(p, requires_grad=False).copy_(g)
+
+
+class _LiveState(defaultdict):
+    """``opt.state``: every param's state as live views, from construction on; true once a param has been
+    stepped, as torch.optim's state is empty until then (``torch.distributed.checkpoint`` relies on that: it
+    steps a fresh optimizer once with lr 0 and zero gradients, so that ``state_dict()`` has every entry to
+    load a checkpoint into)."""
+
+    def __init__(self, steps: torch.Tensor):
+        super().__init__(dict)
+        self._steps = steps
+
+    def __bool__(self) -> bool:
+        return bool(self._steps.any())
+
+
+def _check_sharded_reductions(core, params) -> None:
+    """Refuse a rule with reductions (norms, trust ratios: LAMB, LARS, clipping) over sharded DTensor params.
+
+    The reduction kernels sum over the memory they are given; over a shard that is the shard's norm, not the
+    tensor's, and symopt does not all-reduce partial sums across ranks.
+    """
+    variant = next(v for v in core.module.FAMILY["variants"] if v["name"] == core.variant)
+    reduce = variant.get("reduce")
+    if reduce is None:
+        return
+    sharded = [i for i, p in enumerate(params) if is_sharded(p)]
+    if sharded:
+        scopes = " and ".join(sorted(set(reduce["scopes"])))
+        raise ValueError(f"{core.rule_name}: params {sharded} are sharded DTensors (this process holds part of each), "
+                         f"but rule {core.rule_name!r} reduces over whole tensors ({scopes} sums: norms, trust "
+                         f"ratios), which symopt does not all-reduce across the shards; use an elementwise rule, "
+                         f"replicated params, or torch.optim's implementation of this rule")
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -113,28 +164,48 @@ class Optimizer(torch.optim.Optimizer):
     ``on_nonfinite`` is the runtime's: ``"raise"`` (default: a NaN/inf gradient
     raises ``symopt.NonFiniteGradientError`` before anything changes), ``"skip"``
     (the step is skipped and counted in :attr:`skipped_steps`) or ``"ignore"``
-    (no check, as torch.optim).  torch's ``foreach``/``fused`` keywords are accepted
-    and ignored.
+    (no check, as torch.optim).  torch's ``foreach``/``fused`` keywords are accepted,
+    kept in the groups as given (``state_dict()`` writes them, so ``AdamW(fused=True)``
+    loading it stays fused) and otherwise ignored.  Hyperparameter values are kept as
+    given, as torch.optim keeps them: a tensor ``lr`` changed in place (``lr.mul_(0.5)``,
+    ``param_groups[0]["lr"].fill_(...)``) changes the next step.
+    ``Optimizer(params, rule="adam", ...)`` is the same as ``Optimizer("adam", params, ...)``
+    (the call torch's wrappers make, e.g. ``ZeroRedundancyOptimizer(params,
+    optimizer_class=Optimizer, rule="adam", lr=...)``).
 
-    Parameters must be dense, contiguous CPU tensors of one dtype, float32 or
-    float64.  A parameter whose ``.grad`` is None is skipped without advancing its
-    step, as in torch.optim.  Gradients are read through zero-copy views
-    (a non-contiguous gradient is copied first).
+    Parameters must be dense CPU tensors of one dtype, float32 or float64, in any
+    dense layout (contiguous, ``channels_last``, a transposed matrix: stepped in
+    place, the layout kept; their state has the same layout).  A parameter whose
+    ``.grad`` is None is skipped without advancing its step, as in torch.optim.
+    Gradients are read through zero-copy views (one in another layout than its
+    param's is first copied into the param's layout).
     """
 
-    def __init__(self, rule, params, *, on_nonfinite: str = "raise", **hyper):
+    def __init__(self, rule, params=None, /, *, on_nonfinite: str = "raise", **hyper):
+        if params is None:
+            # Optimizer(params, rule=...): the call torch's wrappers make (optimizer_class(params, **defaults))
+            if "rule" not in hyper:
+                raise TypeError("symopt.torch.Optimizer needs a rule: Optimizer('adam', params, ...) or "
+                                "Optimizer(params, rule='adam', ...)")
+            rule, params = hyper.pop("rule"), rule
         self._core = None
         self._rule = rule
         self._on_nonfinite = on_nonfinite
         implementation = {k: hyper.pop(k) for k in list(hyper) if k in IMPLEMENTATION_KEYS}
         _check_implementation_options(implementation)
-        hyper = {k: _plain(v, k) for k, v in hyper.items()}
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
-        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite, **hyper)
+        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite,
+                                  **{k: _plain(v, k) for k, v in hyper.items()})
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
-        super().__init__(params, dict(probe.defaults))
+        self._watch_lr()
+        if self._schedule_free is not None:
+            hyper.setdefault("train_mode", True)     # schedulefree's flag (there it starts False)
+        # The caller's values are kept, as torch.optim keeps them: a tensor lr stays that tensor (lr.mul_(0.5)
+        # changes the next step), and implementation switches (fused=True...) ride along in the groups, so
+        # state_dict() writes them back unchanged.
+        super().__init__(params, {**probe.defaults, **hyper, **implementation})
         self._install(*self._make_core(self.param_groups))
 
     # ------------------------------------------------------------------ groups
@@ -143,7 +214,11 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         where = f"{self.rule_name}: param group {len(self.param_groups)}"
-        check_group_keys(param_group, self._keys, self._fmt, where, self.rule_name, strict=True)
+        if "rule" in param_group and param_group["rule"] not in (self._rule, self.rule_name):
+            # torch's wrappers (ZeroRedundancyOptimizer) put the constructor's keywords, rule= too, in every group
+            raise ValueError(f"{where}: rule {param_group['rule']!r}, but this optimizer runs {self.rule_name!r}")
+        check_group_keys({k: v for k, v in param_group.items() if k != "rule"}, self._keys, self._fmt, where,
+                         self.rule_name, strict=True)
         _check_implementation_options(param_group)
         super().add_param_group(param_group)
         try:
@@ -162,7 +237,7 @@ class Optimizer(torch.optim.Optimizer):
             views = []
             for i, p in enumerate(group["params"]):
                 _check_tensor(p, f"{self.rule_name}: param group {gi}: params[{i}]")
-                views.append(p.detach().numpy())
+                views.append(core_view(local(p)))
                 params.append(p)
             try:
                 hyper = {k: _plain(group[k], k) for k in self._keys}
@@ -174,6 +249,7 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{self.rule_name}: params have dtypes {', '.join(dtypes)}; one symopt.torch.Optimizer "
                             f"steps one dtype (make one optimizer per dtype)")
         core = _RuntimeOptimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
+        _check_sharded_reductions(core, params)
         if state or meta:
             ids, start = [], 0
             for group in core_groups:
@@ -186,19 +262,32 @@ class Optimizer(torch.optim.Optimizer):
         return core, params
 
     def _carried_state(self) -> dict:
-        """The current state keyed by the new index of each param (for a rebuild), as live views."""
+        """The current state keyed by the new index of each param (for a rebuild), in the runtime layout of
+        the param as it is now (the same live views unless ``p.data`` was replaced by another layout)."""
         old = {id(p): j for j, p in enumerate(self._params)}
         live = self._core.state
         new_params = [p for g in self.param_groups for p in g["params"]]
-        return {k: live[old[id(p)]] for k, p in enumerate(new_params) if id(p) in old}
+        carried = {}
+        for k, p in enumerate(new_params):
+            j, q = old.get(id(p)), local(p)
+            if j is None or memory_order(q) is None:    # a param that is not dense is refused by _make_core
+                continue
+            shape, stride = self._layouts[j]
+            carried[k] = {key: (to_core(logical(v, shape, stride), q) if isinstance(v, np.ndarray)
+                                and tuple(q.shape) == shape else v) for key, v in live[j].items()}
+        return carried
 
     def _install(self, core, params) -> None:
         skipped = self._core.skipped_steps if self._core is not None else 0
         self._core = core
         core.skipped_steps = max(core.skipped_steps, skipped)
         self._params = params
-        self._ptrs = [p.data_ptr() for p in params]
-        self._sizes = [p.numel() for p in params]
+        self._locals = locals_ = [local(p) for p in params]
+        self._distributed = any(q is not p for p, q in zip(params, locals_))
+        self._ptrs = [q.data_ptr() for q in locals_]
+        self._sizes = [q.numel() for q in locals_]
+        self._strides = [q.stride() for q in locals_]
+        self._layouts = [(tuple(q.shape), q.stride()) for q in locals_]
         self._dtype = params[0].dtype if params else None
         self._seen = [[_UNSEEN] * len(self._keys) for _ in core.param_groups]
         steps = torch.zeros(len(params), dtype=scalar_dtype())
@@ -206,12 +295,12 @@ class Optimizer(torch.optim.Optimizer):
         self._steps_np = steps.numpy()
         self._steps_np[:] = core.step_counts
         live = core.state
-        state = defaultdict(dict)
+        state = _LiveState(steps)
         for j, p in enumerate(params):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
                 if key != "step":
-                    entry[key] = torch.from_numpy(view)
+                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j])), p)   # the param's layout
             state[p] = entry
         self.state = state
 
@@ -222,10 +311,11 @@ class Optimizer(torch.optim.Optimizer):
         ``(None, None, 0)`` if the params changed.
 
         The kernels read ``numel`` elements of the param's dtype at each gradient's
-        address, so layout, dtype, size and contiguity are checked for every
+        address, in the param's memory order, so layout, dtype, size and strides are checked for every
         gradient, every step; each param's identity, address and size too.
         """
-        params, ptrs, sizes, dtype = self._params, self._ptrs, self._sizes, self._dtype
+        params, ptrs, sizes, strides, dtype = self._params, self._ptrs, self._sizes, self._strides, self._dtype
+        distributed = self._distributed
         grads = [None] * len(params)
         addresses = [None] * len(params)
         k = 0
@@ -233,12 +323,17 @@ class Optimizer(torch.optim.Optimizer):
         try:
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p is not params[k] or p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
+                    if p is not params[k]:
                         return None, None, 0
                     g = p.grad
+                    if distributed:                 # DTensors: their local shards (and local gradients)
+                        p = local(p)
+                        g = None if g is None else local(g)
+                    if p.data_ptr() != ptrs[k] or p.numel() != sizes[k]:
+                        return None, None, 0
                     if g is not None:
                         if (g.layout is not _STRIDED or g.dtype is not dtype or g.numel() != sizes[k]
-                                or not g.is_contiguous()):
+                                or g.stride() != strides[k]):
                             g = _checked_grad(g, p, f"the gradient of param {k}")
                         grads[k] = g
                         addresses[k] = g.data_ptr()
@@ -257,7 +352,9 @@ class Optimizer(torch.optim.Optimizer):
         torch.optim wraps every ``step`` in ``record_function`` and the hook loops;
         that costs several microseconds, as much as a small model's whole symopt
         step.  The full wrapper runs whenever a hook is registered (on this
-        optimizer or globally) or the autograd profiler is on.
+        optimizer or globally) or the autograd profiler is on.  The step is never
+        traced by ``torch.compile`` (``torch.compiler.disable``): a compiled training
+        step runs it eagerly, between its compiled graphs.
         """
         full = torch.optim.Optimizer.profile_hook_step(func)
 
@@ -270,7 +367,19 @@ class Optimizer(torch.optim.Optimizer):
                 return full(*args, **kwargs)
             return func(*args, **kwargs)
 
-        return wrapper
+        # torch.compile (of opt.step, or of a training step calling it) runs the step as it is: Dynamo
+        # would otherwise trace into Numba's dispatcher, and guard on (and recompile for) every lr value.
+        # The disabled wrapper costs ~1 µs per call, so it is taken only while Dynamo traces.
+        disabled = torch.compiler.disable(wrapper, reason="symopt.torch steps through compiled Numba kernels")
+        is_compiling = torch.compiler.is_compiling
+
+        @functools.wraps(func)
+        def step(*args, **kwargs):
+            if is_compiling():
+                return disabled(*args, **kwargs)
+            return wrapper(*args, **kwargs)
+
+        return step
 
     def step(self, closure=None):
         """One update of every param that has a gradient; returns ``closure()``'s loss if given.
@@ -278,6 +387,8 @@ class Optimizer(torch.optim.Optimizer):
         ``closure`` (re-evaluating the model and returning the loss) runs first,
         with gradients enabled, as in torch.optim.
         """
+        if self._schedule_free is not None:
+            self._check_schedule_free()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -306,8 +417,66 @@ class Optimizer(torch.optim.Optimizer):
         if active:
             # the kernels wrote through NumPy: tell autograd these tensors changed in place
             torch.autograd.graph.increment_version(
-                self._params if active == len(grads) else [p for p, g in zip(self._params, grads) if g is not None])
+                self._locals if active == len(grads) else [p for p, g in zip(self._locals, grads) if g is not None])
         return loss
+
+    # ------------------------------------------------------------ schedule-free
+    @torch.no_grad()
+    def train(self) -> None:
+        """Schedule-free rules: move every param to y, where training takes gradients (schedulefree's
+        ``train()``: y = x + (1 − β)(z − x)); a group already in train mode is left as is.  Other rules: nothing
+        to do (their param is the point to evaluate)."""
+        self._set_mode(True)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-free rules: move every param to the averaged point x = (y − (1 − β) z)/β, where the
+        model is evaluated and checkpointed (schedulefree's ``eval()``); ``step()`` then raises until
+        :meth:`train`.  Other rules: nothing to do."""
+        self._set_mode(False)
+
+    def _watch_lr(self) -> None:
+        """Start watching the lr of a schedule-free rule (see :meth:`_check_schedule_free`)."""
+        self._schedule_free = SCHEDULE_FREE.get(self.rule_name)
+        self._lr_warned = False
+        self._first_lrs = None
+
+    def _set_mode(self, train: bool) -> None:
+        if self._schedule_free is None:
+            return
+        key, index = self._schedule_free
+        steps = {id(p): n for p, n in zip(self._params, self._steps_np)}
+        for group in self.param_groups:
+            if bool(group.get("train_mode", True)) == train:
+                continue
+            beta = _plain(group[key], key)
+            beta = beta if index is None else beta[index]
+            weight = 1 - beta if train else 1 - 1 / beta
+            for p in group["params"]:
+                if steps.get(id(p), 0):              # z exists from the first step (schedulefree's "'z' in state")
+                    p.lerp_(self.state[p]["z"], weight)
+            group["train_mode"] = train
+
+    def _check_schedule_free(self) -> None:
+        """Refuse a step in eval mode; warn once when the lr changes or an lr scheduler is attached."""
+        if not self.param_groups[0].get("train_mode", True):
+            raise RuntimeError(f"{self.rule_name}: step() in eval mode (the params are the averaged point x); call "
+                               f"opt.train() before training and opt.eval() before evaluating, as with schedulefree")
+        if self._lr_warned:
+            return
+        lrs = [_plain(g["lr"], "lr") for g in self.param_groups]
+        scheduler = getattr(self.__dict__.get("step"), "_wrapped_by_lr_sched", False)  # set by torch's LRScheduler
+        if not any(lrs) and not scheduler:
+            return                      # an lr-0 step (DCP initializes a fresh optimizer's state so) changes nothing
+        if self._first_lrs is None:
+            self._first_lrs = lrs
+        if scheduler or lrs != self._first_lrs:
+            self._lr_warned = True
+            what = "an lr scheduler is attached" if scheduler else f"the lr changed from {self._first_lrs} to {lrs}"
+            warnings.warn(f"{self.rule_name} assumes a constant lr (its averaging weights are c_t = 1/t, "
+                          f"schedulefree's for r = 0 and no warm-up), but {what}: schedule-free training needs no "
+                          f"schedule, and a changing lr makes the average differ from schedulefree's",
+                          UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------ properties
     @property
@@ -357,10 +526,11 @@ class Optimizer(torch.optim.Optimizer):
         sdtype = scalar_dtype()
         state = {}
         for j, entry in core_sd["state"].items():
-            arrays = {k: v for k, v in entry.items() if k != "step"}
+            arrays = {k: logical(v, *self._layouts[j]) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
-                state[j] = out
+                p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
+                state[j] = {k: (like(v, p) if v.dim() else v) for k, v in out.items()}
         sd = {"state": state, "param_groups": groups, "symopt": core_sd["symopt"]}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, sd)
@@ -373,7 +543,7 @@ class Optimizer(torch.optim.Optimizer):
 
         The saved groups' hyperparameters replace the current ones (and may select
         another variant, e.g. ``amsgrad=True``); torch's implementation switches
-        are ignored.  Everything is checked before anything changes; a state entry
+        (``fused``, ``foreach``...) are kept in the groups unchanged and otherwise ignored.  Everything is checked before anything changes; a state entry
         missing a key the rule needs raises ``ValueError`` naming it.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
@@ -420,9 +590,12 @@ class Optimizer(torch.optim.Optimizer):
             if pid not in id_map:
                 raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
             k = id_map[pid]
-            got = entry_from_torch(entry, pid, keys, tuple(params[k].shape), self._fmt, label)
+            q = local(params[k])
+            if isinstance(entry, dict):             # the state of a DTensor param: its local shards
+                entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label)
             if got is not None:
-                converted[k] = {"step": got[0], **got[1]}
+                converted[k] = {"step": got[0], **{key: to_core(a, q) for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:
             ids.append({"params": list(range(start, start + len(group["params"])))})
@@ -464,6 +637,7 @@ class Optimizer(torch.optim.Optimizer):
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
         probe = _RuntimeOptimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
         self.rule_name = probe.rule_name
+        self._watch_lr()
         core, params = self._make_core(self.param_groups, state=carried)
         core.skipped_steps = int(sym.get("skipped_steps", 0))
         self._install(core, params)
