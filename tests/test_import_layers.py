@@ -28,7 +28,7 @@ LAYERS = {
     "symopt.user_modules": "wiring",                  # a user rule's generated module into the runtime
     "symopt.torch": "adapters",
     "symopt.verify": "verify",
-    "symopt.report": "face",                          # the HTML report: every stage, read back, side by side
+    "symopt.reporting": "face",                       # the HTML report: every stage, read back, side by side
     "symopt": "face",                                 # __init__, cli, demo, bench, provenance, schedule, gradients
 }
 
