@@ -54,7 +54,7 @@ report: $(VENV)/.demo-installed
 report-screenshot: $(VENV)/.demo-installed browser
 	$(PYTHON) -m symopt report adam -o $(VENV)/report-adam.html
 	chromium --headless --disable-gpu --hide-scrollbars $$( [ "$$(id -u)" = 0 ] && echo --no-sandbox ) \
-	  --window-size=1100,1500 --screenshot=docs/report-adam.png $(VENV)/report-adam.html 2>/dev/null
+	  --window-size=1100,1700 --screenshot=docs/report-adam.png $(VENV)/report-adam.html 2>/dev/null
 
 verify: $(VENV)/.demo-installed
 	$(PYTHON) -m symopt verify

@@ -52,7 +52,7 @@ def parse(page: str) -> Elements:
 
 
 def _headings(page: str) -> list:
-    return [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h2>(.*?)</h2>", page, re.S)]
+    return [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", page, re.S)]
 
 
 @pytest.fixture(scope="module")

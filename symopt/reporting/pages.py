@@ -348,6 +348,7 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
     others = siblings(family.name) if builtin else []
     return {
         "kind": "rule", "title": family.name, "family": family, "builtin": builtin,
+        "doc_summary": family.doc.partition("\n\n")[0], "doc_more": family.doc.partition("\n\n")[2],
         "symbols": symbol_table(family), "variants": variants,
         "module": highlight(source), "module_where": where, "header": _header(source),
         "verification": verification(family, samples) if samples else [], "samples": samples,
