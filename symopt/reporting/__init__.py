@@ -69,10 +69,13 @@ def _base_rule():
     """The base of the transform pages: gradient descent with heavy-ball momentum."""
     import sympy as sp
 
+    from ..rulebook.metadata import Hyper, State
     from ..rulebook.rule import Rule
 
     theta, g, m, lr, mu = sp.symbols("theta g m lr mu")
-    return Rule("momentum", param=theta, grad=g, state={m: 0}, hyper={lr: 1e-2, mu: 0.9},
+    return Rule("momentum", param=theta, grad=g, state={m: State(0, doc="momentum buffer")},
+                hyper={lr: Hyper(1e-2, low=0.0, doc="learning rate η"),
+                       mu: Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="momentum μ")},
                 updates=[(m, mu * m + g), (theta, theta - lr * m)], latex_names={"theta": r"\theta", "lr": r"\eta"})
 
 

@@ -54,7 +54,8 @@ class _Reader:
     """A recursive reader of the LaTeX used in symbol names (``\\hat{m}_{t}``, ``v^{\\max}``)."""
 
     def __init__(self, doc: Document, text: str):
-        self.doc, self.tokens, self.pos = doc, _TOKEN.findall(text), 0
+        # spaces separate tokens, as in LaTeX; an escaped space (``\ ``) stays
+        self.doc, self.tokens, self.pos = doc, [t for t in _TOKEN.findall(text) if not t.isspace()], 0
 
     def el(self, tag, *children, text=None, **attrs):
         node = self.doc.createElement(tag)
@@ -99,6 +100,8 @@ class _Reader:
         return "".join(out)
 
     def atom(self):
+        if self.pos >= len(self.tokens):  # a command or script at the very end: nothing to read
+            return self.el("mrow")
         tok = self.tokens[self.pos]
         self.pos += 1
         if tok == "{":
@@ -115,6 +118,8 @@ class _Reader:
                 return self.el("mover", self.atom(), self.el("mo", text=_ACCENTS[cmd]), accent="true")
             if cmd in _WORDS:
                 return self.el("mi", text=cmd, mathvariant="normal")
+            if cmd == "frac" and self.pos + 1 < len(self.tokens):
+                return self.el("mfrac", self.atom(), self.atom())
             if cmd in _TEXT:
                 return self.el("mtext", text=self.raw_group())
             return self.el("mtext", text=tok)  # unknown: shown as written

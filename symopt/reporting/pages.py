@@ -68,6 +68,16 @@ def _display_names(rule: Rule, symbols) -> dict:
     return names
 
 
+def _temp_names(pairs) -> dict:
+    """``e_{3}`` for a CSE temporary ``_e3`` (and ``_k``, ``_c``...) among the targets of ``pairs``."""
+    out = {}
+    for sym, _ in pairs:
+        m = _TEMP.fullmatch(sym.name)
+        if m:
+            out[sym] = f"{m.group(1)}_{{{m.group(2)}}}"
+    return out
+
+
 def _new_name(rule: Rule, sym) -> str:
     """The LaTeX name of an output: θ_t, m_t."""
     return subscripted(base_latex(rule, sym), "t") if sym in (rule.param, *rule.state) else base_latex(rule, sym)
@@ -400,7 +410,8 @@ def nn_page(spec, *, plot: bool = True) -> dict:
                 elif step[0] == "row":
                     rows.append((sp.latex(step[1]), "=", step[2], names))
                 else:
-                    rows += [(sp.latex(s), "=", e, names) for s, e in step[1]]
+                    names = {**names, **_temp_names(step[1])}
+                    rows += [(names[s], "=", e, names) for s, e in step[1]]
                     rows.append((r"\mathrm{out}_{j}", "=", step[2], names))
             kernels.append({"name": kname, "ops": k.ops, "equations": equations(rows) if rows else None})
         out["kernels"] = kernels
@@ -417,13 +428,17 @@ def nn_page(spec, *, plot: bool = True) -> dict:
         "raw_ops": plan.raw_ops,
         "candidates": [{"label": c.label, "math": math(c.expr, names), "ops": c.ops, "error": f"{c.max_err:.2e}",
                         "accepted": c.accepted, "chosen": c.label == plan.chosen} for c in plan.candidates],
-        "kernels": [{"name": k, "ops": sum(int(sp.count_ops(e)) for _, e in temps) + sum(int(sp.count_ops(e))
-                                                                                         for e in outs),
-                     "equations": equations([(sp.latex(s), "=", e, names) for s, e in temps]
-                                            + [(r"\mathrm{out}", "=", e, names) for e in outs])}
-                    for k, (temps, outs) in plan.bodies.items()],
+        "kernels": [_body(k, temps, outs, names) for k, (temps, outs) in plan.bodies.items()],
     })
     return out
+
+
+def _body(name: str, temps, outs, names: dict) -> dict:
+    """One CSE'd kernel body: its temporaries and outputs as equations, and its operation count."""
+    names = {**names, **_temp_names(temps)}
+    return {"name": name, "ops": sum(int(sp.count_ops(e)) for _, e in temps) + sum(int(sp.count_ops(e)) for e in outs),
+            "equations": equations([(names[s], "=", e, names) for s, e in temps]
+                                   + [(r"\mathrm{out}", "=", e, names) for e in outs])}
 
 
 def gradient_page(grad, max_symbols: int = 8) -> dict:
@@ -442,7 +457,7 @@ def gradient_page(grad, max_symbols: int = 8) -> dict:
                 sub.update(dict(zip(g.params, consts)))
                 for p, i, d in zip(g.inputs, row, per):
                     parts[grad.wrt[int(i)]].append(d.xreplace(sub))
-        partials = equations([(rf"\partial f / \partial {sp.latex(s)}", "=", sp.Add(*parts[s]), {})
+        partials = equations([(rf"\frac{{\partial f}}{{\partial {sp.latex(s)}}}", "=", sp.Add(*parts[s]), {})
                               for s in grad.wrt])
     groups = []
     for k, g in enumerate(program.groups):
@@ -450,7 +465,7 @@ def gradient_page(grad, max_symbols: int = 8) -> dict:
             "template": math(g.template, display=True), "terms": len(g.index),
             "forward": equations([(sp.latex(s), "=", e, {}) for s, e in g.sweep.forward]) if g.sweep.forward else None,
             "reverse": equations([(sp.latex(s), "=", e, {}) for s, e in g.sweep.reverse]) if g.sweep.reverse else None,
-            "grads": equations([(rf"\partial t / \partial {sp.latex(p)}", "=", d, {})
+            "grads": equations([(rf"\frac{{\partial t}}{{\partial {sp.latex(p)}}}", "=", d, {})
                                 for p, d in zip(g.inputs, g.sweep.grads)]),
             "forward_ops": g.forward_ops, "reverse_ops": g.reverse_ops})
     return {"kind": "gradient", "title": "symopt.gradient", "expr": math(grad.expr, display=True), "n": grad.n,
