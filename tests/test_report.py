@@ -175,6 +175,8 @@ def test_command_line_writes_the_pages_and_refuses_unknown_names(tmp_path, capsy
     assert main(["report", "no_such_rule", "-o", str(bad)]) == 2
     assert "unknown rule 'no_such_rule'" in capsys.readouterr().err and not bad.exists()
     assert main(["report", "--all", "adam"]) == 2
+    assert main(["report", "notes.sgd", "-o", str(tmp_path / "missing" / "x.html"), "--samples", "0"]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_the_site_index_lists_every_page_grouped_as_symopt_list(tmp_path, monkeypatch):

@@ -245,6 +245,13 @@ def add_parser(p) -> None:
 def _cmd_report(args) -> int:
     if args.samples < 0:
         raise ValueError("--samples must be >= 0")
+    try:
+        return _write(args)
+    except OSError as exc:  # an output path that cannot be written: a message, not a traceback
+        raise ValueError(f"cannot write {args.output or 'the output'}: {exc.strerror or exc}") from None
+
+
+def _write(args) -> int:
     if args.all:
         if args.names:
             raise ValueError("give either names or --all")
