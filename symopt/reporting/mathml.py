@@ -263,3 +263,28 @@ def _print_piecewise(self, expr):
 
 
 MathPrinter._print_Piecewise = _print_piecewise
+
+
+def _print_reduction(self, expr):
+    """``Σ`` (or ``mean``) under its scope, then the elementwise argument in parentheses."""
+    doc = self.dom
+    under = doc.createElement("munder")
+    op = doc.createElement("mo")
+    op.appendChild(_text(doc, "Σ" if expr.op == "sum" else "mean"))
+    scope = doc.createElement("mtext")
+    scope.appendChild(_text(doc, "tensor" if expr.scope == "tensor" else "all tensors"))
+    under.appendChild(op)
+    under.appendChild(scope)
+    row = doc.createElement("mrow")
+    row.appendChild(under)
+    for text, node in (("(", None), (None, self._print(expr.args[0])), (")", None)):
+        if node is None:
+            node = doc.createElement("mo")
+            node.appendChild(_text(doc, text))
+        row.appendChild(node)
+    return row
+
+
+# SymPy dispatches a Function subclass by its own class name only (not by a base such as Reduction).
+for _name in ("TensorSum", "TensorMean", "GlobalSum", "GlobalMean"):
+    setattr(MathPrinter, f"_print_{_name}", _print_reduction)
