@@ -103,6 +103,7 @@ def test_gradient_plan_and_repr_html():
     f = symopt.gradient(sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(2)]), x)
     page = f._repr_html_()
     assert page.startswith('<div class="symopt-report">') and "Reverse-mode plan" in page
+    assert "html,body" not in page  # a fragment styles itself only, never the notebook around it
     assert f"{f.forward_ops} operations" in page and "2 shape(s)" in page
     plan = make_plan(symopt.rule("sgd"))
     assert "Kernel plan of sgd" in plan._repr_html_()
