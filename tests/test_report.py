@@ -18,10 +18,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import symopt.generated
 import sympy as sp
 
 import symopt
-import symopt.generated
 from symopt.cli import main
 from symopt.codegen.plan import make_plan
 from symopt.reporting import pages, report
@@ -52,7 +52,7 @@ def parse(page: str) -> Elements:
 
 
 def _headings(page: str) -> list:
-    return [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", page, re.S)]
+    return [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", page, re.DOTALL)]
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,10 @@ def test_conventions_mark_the_term_that_differs():
 def test_hostile_names_are_text_in_every_role():
     from test_hostile import CORPUS, _chunks, _role_name, _text_role_rule
 
-    allowed = {"html", "head", "meta", "title", "body", "div", "style", "nav", "h1", "h2", "h3", "p", "span", "ul", "li", "table", "thead", "tbody", "tr",
-               "th", "td", "code", "b", "i", "pre", "details", "summary", "dl", "dt", "dd", "math", "mrow", "mi",
-               "mo", "mn", "msub", "msup", "msubsup", "mfrac", "msqrt", "mroot", "mtext", "mtable", "mtr", "mtd",
-               "mover", "mspace", "mstyle", "footer", "section", "a"}
+    allowed = {"html", "head", "meta", "title", "body", "div", "style", "nav", "h1", "h2", "h3", "p", "span", "ul",
+               "li", "table", "thead", "tbody", "tr", "th", "td", "code", "b", "i", "pre", "details", "summary", "dl",
+               "dt", "dd", "math", "mrow", "mi", "mo", "mn", "msub", "msup", "msubsup", "mfrac", "msqrt", "mroot",
+               "mtext", "mtable", "mtr", "mtd", "mover", "munder", "mspace", "mstyle", "footer", "section", "a"}
     batch = CORPUS + CORPUS[:8]
     for k, chunk in enumerate(_chunks(batch, 8)):
         if len(chunk) < 2:

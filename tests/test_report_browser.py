@@ -84,7 +84,7 @@ def test_every_math_element_is_laid_out(browser, written, tmp_path, name):
     assert not empty, f"{len(empty)} of {len(maths)} math elements have no size"
     assert "<merror" not in dom
     # SymPy's fallback for a node it cannot typeset is the class name as text, e.g. "piecewise"
-    inside = " ".join(re.findall(r"<math\b.*?</math>", dom, re.S))
+    inside = " ".join(re.findall(r"<math\b.*?</math>", dom, re.DOTALL))
     assert not re.search(r">(piecewise|Piecewise|Dummy|Indexed|tensorsum|globalsum|tensormean|globalmean)<", inside)
 
 

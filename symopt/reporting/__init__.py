@@ -23,19 +23,19 @@ from pathlib import Path
 from .._version import __version__
 from ..files import atomic_write
 
-__all__ = ["report", "html_view", "page", "catalog", "write_pages", "write_site", "add_parser"]
+__all__ = ["add_parser", "catalog", "html_view", "page", "report", "write_pages", "write_site"]
 
 #: Parameters of the schedule pages (each schedule is shown at these values).
 SCHEDULE_EXAMPLES = {
-    "constant": dict(value=1e-3),
-    "linear": dict(init=1e-3, end=1e-4, steps=500),
-    "linear_warmup": dict(peak=1e-3, warmup_steps=100),
-    "step": dict(value=1e-3, step_size=300, gamma=0.5),
-    "exponential": dict(value=1e-3, gamma=0.995),
-    "cosine": dict(peak=1e-3, total_steps=1000, warmup_steps=100),
-    "one_cycle": dict(max_lr=1e-3, total_steps=1000),
-    "inverse_sqrt": dict(peak=1e-3, warmup_steps=100),
-    "warmup_stable_decay": dict(peak=1e-3, warmup_steps=100, stable_steps=500, decay_steps=400),
+    "constant": {"value": 1e-3},
+    "linear": {"init": 1e-3, "end": 1e-4, "steps": 500},
+    "linear_warmup": {"peak": 1e-3, "warmup_steps": 100},
+    "step": {"value": 1e-3, "step_size": 300, "gamma": 0.5},
+    "exponential": {"value": 1e-3, "gamma": 0.995},
+    "cosine": {"peak": 1e-3, "total_steps": 1000, "warmup_steps": 100},
+    "one_cycle": {"max_lr": 1e-3, "total_steps": 1000},
+    "inverse_sqrt": {"peak": 1e-3, "warmup_steps": 100},
+    "warmup_stable_decay": {"peak": 1e-3, "warmup_steps": 100, "stable_steps": 500, "decay_steps": 400},
 }
 
 #: ``symopt verify``'s elements per magnitude band on a report page (the command's default is 200).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from xml.dom.minidom import Document, Text
 
 import sympy as sp
@@ -20,24 +21,25 @@ from markupsafe import Markup
 from sympy.printing.conventions import split_super_sub
 from sympy.printing.mathml import MathMLPresentationPrinter
 
+_GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
+          "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega")
+
+
+def _greek(name: str, case: str) -> str:
+    return unicodedata.lookup(f"GREEK {case} LETTER {name.upper().replace('LAMBDA', 'LAMDA')}")
+
+
 #: LaTeX commands read as one character.
 _SYMBOLS = {
-    **{g: chr(c) for g, c in zip(
-        ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-         "upsilon phi chi psi omega").split(), range(0x3B1, 0x3CA)) if g != "omicron"},
-    "sigma": "σ", "tau": "τ", "upsilon": "υ", "phi": "φ", "chi": "χ", "psi": "ψ", "omega": "ω",
-    **{g.capitalize(): chr(c) for g, c in zip(
-        "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split(),
-        range(0x391, 0x3A2))},
-    "Sigma": "Σ", "Tau": "Τ", "Phi": "Φ", "Psi": "Ψ", "Omega": "Ω", "varepsilon": "ε", "varphi": "ϕ",
-    "infty": "∞", "ell": "ℓ", "partial": "∂", "nabla": "∇",
+    **{g: _greek(g, "SMALL") for g in _GREEK}, **{g.capitalize(): _greek(g, "CAPITAL") for g in _GREEK},
+    "varepsilon": "ε", "varphi": "ϕ", "infty": "∞", "ell": "ℓ", "partial": "∂", "nabla": "∇",
 }
 _OPERATORS = {"cdot": "·", "times": "×", "prime": "′", "pm": "±", ",": "\u2009", ";": "\u2005", " ": " ",
               "{": "{", "}": "}", "_": "_", "%": "%", "$": "$", "#": "#", "&": "&", "\\": "\\"}
 _ACCENTS = {"hat": "^", "bar": "¯", "tilde": "~", "dot": "˙", "vec": "→", "overline": "¯"}
 _WORDS = {"min", "max", "log", "exp", "sqrt", "sign", "sgn", "lim", "sup", "inf", "arg"}
 _TEXT = {"text", "mathrm", "operatorname", "textrm", "mathit", "textit"}
-_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}_^]|[^\W\d_]{2,}|.", re.S)
+_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}_^]|[^\W\d_]{2,}|.", re.DOTALL)
 #: SymPy's ASCII hyphen as an operator is a minus sign.
 _MINUS = {"-": "\u2212"}
 

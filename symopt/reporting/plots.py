@@ -127,14 +127,14 @@ def trajectory(family, others=()):
 
     kwargs = _kwargs(family)
     target = family.name if _builtin(family) else family
-    lines = [("float64 kernel", _kernel_path(target, kwargs, np.float64), dict(lw=2.2, color="#1f77b4")),
-             ("float32 kernel", _kernel_path(target, kwargs, np.float32), dict(lw=1.2, ls="--", color="#ff7f0e")),
+    lines = [("float64 kernel", _kernel_path(target, kwargs, np.float64), {"lw": 2.2, "color": "#1f77b4"}),
+             ("float32 kernel", _kernel_path(target, kwargs, np.float32), {"lw": 1.2, "ls": "--", "color": "#ff7f0e"}),
              ("the rule at 50 digits (mpmath)", _exact_path(family, kwargs),
-              dict(lw=0, marker="o", ms=2.5, color="#2ca02c", markevery=4))]
+              {"lw": 0, "marker": "o", "ms": 2.5, "color": "#2ca02c", "markevery": 4})]
     for k, name in enumerate(others):
         fam = builtin_family(name)
         lines.append((f"{name} (float64)", _kernel_path(name, _kwargs(fam), np.float64),
-                      dict(lw=1.0, ls=":", color=("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")[k % 4])))
+                      {"lw": 1.0, "ls": ":", "color": ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")[k % 4]}))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.4, 3.6), dpi=100)
     u, v = np.meshgrid(np.linspace(-1.8, 1.8, 60), np.linspace(-1.2, 1.2, 60))
     ax.contour(u, v, 0.5 * (u ** 2 + 10 * v ** 2), levels=np.geomspace(0.01, 10, 8), colors="#bbbbbb",
@@ -166,7 +166,7 @@ def schedule(s, steps: int | None = None):
 
 def _nn_values(spec, z):
     """(f, f′) at the points ``z`` from the generated kernels (a loss at target 1, or 0 for a real target)."""
-    import symopt.nn as nn
+    from symopt import nn
 
     if spec.kind == "activation":
         act = nn.activation(spec.name)
