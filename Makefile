@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-core bench verify generate lint clean
+.PHONY: demo test test-core bench verify generate report report-screenshot browser lint clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,17 @@ $(VENV)/.test-installed: pyproject.toml | $(PYTHON)
 demo: $(VENV)/.demo-installed
 	$(PYTHON) -m symopt demo
 
-## test: the whole suite, torch and Optax parity included (never skipped here), and 1000
-## hypothesis examples per rule in the property tests (derandomized: the same examples every run)
-test: $(VENV)/.test-installed
+## browser: Debian's chromium for the report's browser test, installed when running as root (CI)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium fonts-dejavu-extra) >/dev/null 2>&1 || echo "could not install chromium: tests/test_report_browser.py cannot run"; \
+	  else echo "chromium not installed (and not root): tests/test_report_browser.py will skip or, under CI, fail"; fi
+
+## test: the whole suite, torch and Optax parity included (never skipped here), the report in a
+## headless browser, and 1000 hypothesis examples per rule in the property tests (derandomized)
+test: $(VENV)/.test-installed browser
 	SYMOPT_REQUIRE_REFERENCES=1 SYMOPT_PROPERTY_EXAMPLES=1000 $(PYTHON) -m pytest -q -p no:cacheprovider
 
 ## test-core: the suite with only the core dependencies' tests that need no extras
@@ -37,6 +45,16 @@ test-core: $(VENV)/.demo-installed
 ## bench: the benchmark suite (writes benchmarks/results.md and a PNG)
 bench: $(VENV)/.test-installed
 	$(PYTHON) -m symopt bench
+
+## report: every rule, schedule, transform, loss and activation as HTML pages (site/index.html)
+report: $(VENV)/.demo-installed
+	$(PYTHON) -m symopt report --all -o site/
+
+## report-screenshot: docs/report-adam.png, the Adam page in headless chromium (README)
+report-screenshot: $(VENV)/.demo-installed browser
+	$(PYTHON) -m symopt report adam -o $(VENV)/report-adam.html
+	chromium --headless --disable-gpu --hide-scrollbars $$( [ "$$(id -u)" = 0 ] && echo --no-sandbox ) \
+	  --window-size=1100,1700 --screenshot=docs/report-adam.png $(VENV)/report-adam.html 2>/dev/null
 
 verify: $(VENV)/.demo-installed
 	$(PYTHON) -m symopt verify

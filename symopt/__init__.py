@@ -28,6 +28,7 @@ from .runtime import kernels as _kernels  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
 from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
+from . import views as _views  # noqa: E402
 
 
 def _schedule_to_data(schedule):
@@ -42,17 +43,25 @@ def _schedule_from_data(data):
     return schedule_from_data(data)
 
 
+def _html_view(obj):
+    from .reporting import html_view
+
+    return html_view(obj)
+
+
 # The wiring of the pipeline into the runtime, which imports neither SymPy nor the code generator:
 # user rules are generated and loaded by symopt.user_modules, schedules in checkpoints are
 # SymPy expressions (encoded and rebuilt by symopt.schedule, imported only when one is met).
 _kernels.set_user_rule_loader(_user_modules.load_rule)
 _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
+# Jupyter's view of a Rule, Family, KernelPlan or gradient (their _repr_html_) is the report's page.
+_views.set_html_view(_html_view)
 
 __all__ = [
     "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
     "parse_expression",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
-    "gradient", "nn", "compose", "transforms", "schedule",
+    "gradient", "nn", "compose", "transforms", "schedule", "report",
 ]
 
 _LAZY = {"Rule", "Hyper", "State", "Family", "RuleError", "t"}
@@ -86,6 +95,14 @@ def family(name: str):
 def rule(name: str, **options):
     """The SymPy :class:`Rule` of a built-in rule; ``options`` pick a variant (``amsgrad=True``)."""
     return family(name).rule_for(**options)
+
+
+def report(obj, **options) -> str:
+    """The HTML page of a rule (name, Rule or Family), schedule, transform, loss, activation,
+    KernelPlan or gradient, from its equations to its kernel (see :mod:`symopt.reporting`)."""
+    from .reporting import report as _report
+
+    return _report(obj, **options)
 
 
 def gradient(expr, wrt):

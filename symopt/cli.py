@@ -17,6 +17,7 @@ EXTRA_COMMANDS: dict = {
     "demo": ("symopt.demo", "add_parser", "run the whole pipeline on a few rules and a small problem"),
     "train": ("symopt.train_command", "add_parser", "train an MLP on the bundled digits"),
     "bench": ("symopt.bench", "add_parser", "benchmark suite: limits, NumPy/torch/Optax peers (writes benchmarks/)"),
+    "report": ("symopt.reporting", "add_parser", "HTML pages of rules, from the equations to the kernel (--all: a site)"),
 }
 
 

@@ -131,6 +131,11 @@ class Gradient:
     def _repr_latex_(self) -> str:
         return "$$" + self.latex() + "$$"
 
+    def _repr_html_(self):
+        from .views import html
+
+        return html(self)
+
 
 def gradient(expr, wrt) -> Gradient:
     """Compiled value and gradient of the scalar SymPy expression ``expr`` with respect to ``wrt``.

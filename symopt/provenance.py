@@ -43,6 +43,17 @@ RULE_PEERS = {
 }
 
 
+#: The largest relative error accepted against a peer's trajectory, per rule group and dtype (params
+#: elementwise, state max-norm; ``tests/rule_db.py`` reads it).  Notes: float32 is float32 rounding
+#: over 30 steps from the float64 transcription's values; Optax and research peers run float64 only.
+PEER_TOLERANCE = {
+    "notes": {"float64": 1e-10, "float32": 2e-6},
+    "torch": {"float64": 1e-9, "float32": 1e-4},
+    "optax": {"float64": 1e-9},
+    "research": {"float64": 1e-9},
+}
+
+
 def peer_label(key: str) -> str:
     """How ``symopt list`` names a peer: ``"torch 2.13"``, ``"the notes' formulas"``."""
     dist, version = PEERS[key]

@@ -32,7 +32,7 @@ import numpy as np
 from references import notes, optax_compat, research, torch_compat
 
 import symopt
-from symopt.provenance import RULE_PEERS
+from symopt.provenance import PEER_TOLERANCE, RULE_PEERS
 
 F32, F64 = np.float32, np.float64
 
@@ -105,13 +105,15 @@ class RuleInfo:
 #: "verify": ``symopt verify``'s own tolerance against 50-digit mpmath.
 _COMMON = {"reference": {F64: 2e-11, F32: 1e-4}, "reference displacement": {F64: 2e-11},
            "verify": {F32: 2e-5, F64: 1e-12}}
+#: "peer" per group is :data:`symopt.provenance.PEER_TOLERANCE` (the report shows it beside the peer).
+_PEER = {group: {np.dtype(d).type: tol for d, tol in tols.items()} for group, tols in PEER_TOLERANCE.items()}
 _GROUP_TOLERANCE = {
     # the notes: float32 starts from the same values as the float64 transcription, so its error
     # is float32 rounding over 30 steps (2^-22 at |θ| ≈ 2.5 per step, against a displacement of ~0.1)
-    "notes": {"peer": {F64: 1e-10, F32: 2e-6}, "peer displacement": {F64: 1e-10, F32: 1e-4}},
-    "torch": {"peer": {F64: 1e-9, F32: 1e-4}},
-    "optax": {"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}},
-    "research": {"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}},
+    "notes": {"peer": _PEER["notes"], "peer displacement": {F64: 1e-10, F32: 1e-4}},
+    "torch": {"peer": _PEER["torch"]},
+    "optax": {"peer": _PEER["optax"], "peer displacement": {F64: 1e-9}},
+    "research": {"peer": _PEER["research"], "peer displacement": {F64: 1e-9}},
 }
 
 

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "symopt"
 #: Layer of each module: the longest matching prefix wins (``symopt`` alone is the public face).
 LAYERS = {
     "symopt._version": "base", "symopt.cachedirs": "base", "symopt.functions": "base", "symopt.files": "base",
+    "symopt.views": "base",                           # display hooks: _repr_html_ of lower layers -> the report
     "symopt.rulebook": "math", "symopt.derive": "math",
     "symopt.codegen": "codegen",                      # planner, printers, templates, emitter, audit
     "symopt.generated": "generated",                  # the checked-in modules (generated/)
@@ -27,6 +28,7 @@ LAYERS = {
     "symopt.user_modules": "wiring",                  # a user rule's generated module into the runtime
     "symopt.torch": "adapters",
     "symopt.verify": "verify",
+    "symopt.reporting": "face",                       # the HTML report: every stage, read back, side by side
     "symopt": "face",                                 # __init__, cli, demo, bench, provenance, schedule, gradients
 }
 

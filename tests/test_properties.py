@@ -197,7 +197,7 @@ def _mpmath_reference(name):
 
     from symopt.rulebook.catalog import family as get_family
     from symopt.rulebook.metadata import t as t_sym
-    from symopt.verify.check import _exact_step, _mp_functions
+    from symopt.verify.check import exact_step, mp_functions
 
     fam = get_family(name)
 
@@ -220,7 +220,7 @@ def _mpmath_reference(name):
                 state[key] = [p.copy() if init == rule.param else
                               np.full_like(p, float(init.xreplace({s: sp.Float(float(v)) for s, v in hv.items()})))
                               for p in params]
-        symbols, fns = _mp_functions(rule)
+        symbols, fns = mp_functions(rule)
         mpmath.mp.dps = 30
         for j, (p, g) in enumerate(zip(params, grads)):
             flat_p, flat_g = p.reshape(-1), g.reshape(-1)
@@ -230,7 +230,7 @@ def _mpmath_reference(name):
                         t_sym: t, **hv}
                 for key, sym in keys.items():
                     vals[sym] = mpmath.mpf(float(flats[key][i]))
-                env = _exact_step(rule, symbols, fns, vals)
+                env = exact_step(rule, symbols, fns, vals)
                 flat_p[i] = float(env[rule.param])
                 for key, sym in keys.items():
                     flats[key][i] = float(env[sym])

@@ -79,6 +79,13 @@ class KernelPlan(NamedTuple):
     op_count: int           # operations per element (sympy.count_ops, after CSE)
     scalar_op_count: int
     reduction: ReductionInfo | None  # passes and per-tensor scalars; None for elementwise rules
+    substituted: tuple      # ((target, expr), ...): step 1's outputs, updated values first, before hoisting and CSE
+    substituted_op_count: int  # operations per element of ``substituted`` (what hoisting and CSE started from)
+
+    def _repr_html_(self):
+        from ..views import html
+
+        return html(self)
 
 
 class PlanSymbol(sp.Symbol):
@@ -352,6 +359,7 @@ def _reads(rule: Rule, temps, exprs) -> tuple:
 def make_plan(rule: Rule) -> KernelPlan:
     """Build the kernel plan of ``rule`` (see the module docstring)."""
     outputs, values = substitute_in_order(rule)
+    substituted = (*values, *outputs)
     nv = len(values)
     exprs, specs = _extract_reductions([e for _, e in values] + [e for _, e in outputs], values)
     rsyms = {s["sym"] for s in specs}
@@ -404,6 +412,8 @@ def make_plan(rule: Rule) -> KernelPlan:
         op_count=_count_ops([x for _, x in e_temps]) + _count_ops(e_reduced),
         scalar_op_count=_count_ops([x for _, x in s_temps]) + _count_ops(s_reduced),
         reduction=reduction,
+        substituted=substituted,
+        substituted_op_count=_count_ops([e for _, e in substituted]),
     )
 
 

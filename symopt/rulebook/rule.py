@@ -160,6 +160,11 @@ class Rule:
     def _repr_latex_(self) -> str:
         return "$$" + self.latex() + "$$"
 
+    def _repr_html_(self):
+        from ..views import html
+
+        return html(self)
+
     def __repr__(self) -> str:
         return f"<symopt.Rule {self.name!r}: {len(self.state)} state, {len(self.hyper)} hyperparameters>"
 
@@ -240,6 +245,11 @@ class Family:
             for sym, h in by_key[key]:
                 values[sym] = val[h.index] if h.index is not None else val
         return self.select(values)
+
+    def _repr_html_(self):
+        from ..views import html
+
+        return html(self)
 
     def fingerprint(self) -> str:
         parts = [self.name]

@@ -43,7 +43,7 @@ class Result:
         return self.max_error <= self.tolerance
 
 
-def _mp_functions(rule):
+def mp_functions(rule):
     """Each update of ``rule`` as an mpmath function of every symbol it may read."""
     import sympy as sp
 
@@ -57,12 +57,26 @@ def _mp_functions(rule):
     return symbols, fns
 
 
-def _exact_step(rule, symbols, fns, values: dict):
+def exact_step(rule, symbols, fns, values: dict):
     """Apply the updates in order at high precision; returns the new values by symbol."""
     env = dict(values)
     for lhs, fn in fns:
         env[lhs] = fn(*[env.get(s, 0) for s in symbols])
     return env
+
+
+def hyper_values(family, rule, group: dict) -> dict:
+    """``{symbol: mpf or 0/1}`` of ``rule``'s hyperparameters in a param group the runtime has
+    validated (values by keyword, a tuple entry by index)."""
+    import mpmath
+
+    out = {}
+    for sym in rule.hyper:
+        h = family.hyper[sym]
+        key = h.key or sym.name
+        v = group[key] if h.index is None else group[key][h.index]
+        out[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+    return out
 
 
 def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int = 3, seed: int = 0,
@@ -84,20 +98,14 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     opt = Optimizer(_name_or_family(family), [params], **kwargs)
     if opt.variant != rule.name:
         raise RuntimeError(f"could not select variant {rule.name!r} of {family.name!r}")
-    group = opt.param_groups[0]  # values the optimizer has validated, by keyword (a tuple entry by index)
-    hyper_by_sym = {}
-    for sym in rule.hyper:
-        h = family.hyper[sym]
-        key = h.key or sym.name
-        v = group[key] if h.index is None else group[key][h.index]
-        hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+    hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
 
     warm = int(rng.integers(0, 4))
     for _ in range(warm):
         opt.step([(rng.standard_normal(n) * scale).astype(dt)])
     worst, worst_where = 0.0, ""
     mpmath.mp.dps = _DPS
-    symbols, fns = _mp_functions(rule)
+    symbols, fns = mp_functions(rule)
     keys = opt.state_keys
     state_syms = {rule.state_key(s): s for s in rule.state}
     for k in range(steps):
@@ -116,7 +124,7 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
         # Sums over the tensor need every element at once (verify/reductions.py).
         envs = exact_tensor_step(rule, all_vals) if has_reductions(rule) else None
         for i in range(n):
-            env = envs[i] if envs is not None else _exact_step(rule, symbols, fns, all_vals[i])
+            env = envs[i] if envs is not None else exact_step(rule, symbols, fns, all_vals[i])
             outs = [("param", rule.param, float(params[i]), float(old_p[i]))]
             outs += [(key, state_syms[key], float(opt.state[0][key].reshape(-1)[i]), float(old_state[key][i]))
                      for key in keys]
