@@ -219,6 +219,9 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     nloads = len(plan.scalars)
     if plan.reduction is not None:  # per-tensor scalars: extra columns of the scalar table
         nloads += _name_tensor_scalars(plan, elem_names)
+    # The element function takes the scalars as s<k> (float64 or the kernel dtype) and computes
+    # with k<k>, the same value in the kernel dtype.
+    elem_names.update({s: "k" + name[1:] for s, name in elem_names.items() if name.startswith("s")})
     for s, _ in plan.element_temps:
         elem_names[s] = s.name  # _e0, _e1 ... (numbered_symbols, never user text)
     src = {rule.param: "param_c", rule.grad: "grad_c", **{s: f"{state_ids[s]}_c" for s in plan.state}}
@@ -236,7 +239,8 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         pr = KernelPrinter(elem_names, dtype, vector_math=True)
         element = f"{prefix}_element_{suffix}"
         elements.append({
-            "name": element, "args": element_args, "scalars": scalar_args, "ctor": pr.ctor,
+            "name": element, "args": element_args, "ctor": pr.ctor,
+            "casts": [("k" + a[1:], a) for a in scalar_args],
             "temps": [(elem_names[s], pr.doprint(e)) for s, e in plan.element_temps],
             "returns": [pr.doprint(new_value[s]) if s in new_value else elem_names[s]
                         for s in [rule.param, *plan.state]],
@@ -289,11 +293,12 @@ def _element_doc(rule: Rule, plan: KernelPlan, prefix: str, dtype: str, state_id
     scalars = f", s0..s{nloads - 1}" if nloads else ""
     lines = [f"One {rule.name} update of one element in {dtype}: (param, grad{state}{scalars}) -> (param{state}).", ""]
     if ns:
-        lines.append(f"s0..s{ns - 1}: the per-step scalars of {prefix}_scalars(t, ...); float64 values are fine,"
-                     f" each is cast to {dtype} here as in the array kernels.")
+        lines.append(f"s0..s{ns - 1}: the per-step scalars of {prefix}_scalars(t, ...) (float64 is fine).")
     if nloads > ns:
         lines.append(f"s{ns}..s{nloads - 1}: the per-tensor scalars that the reduction pass {prefix}_reduce_* "
                      "writes after the per-step ones.")
+    if nloads:
+        lines.append(f"k<j> is s<j> in {dtype}, as the array kernels compute.")
     names = {rule.param: "param", rule.grad: "grad", **state_ids}
     lines += ["Arguments as the rule names them: "
               + ", ".join(f"{names[s]} = {s}" for s in [rule.param, rule.grad, *plan.state]) + ".",

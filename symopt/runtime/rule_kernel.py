@@ -7,7 +7,7 @@ calls:
 * ``<v>_element_<dtype>(p, g, *state, *scalars) -> (p_new, *state_new)``: the update of one
   element, ``@numba.njit(inline="always")``; the flat-ABI kernels call it in their loop, and a
   user's ``@numba.njit`` loop can call it the same way (it is inlined there);
-* ``<v>_step_<dtype>[_parallel](param, grad, *state, scalars, check=True)``: one step of one
+* ``<v>_step_<dtype>[_parallel](param, grad, *state, scalars, check)``: one step of one
   tensor of any shape, in place: the flat-ABI kernel on a one-tensor chunk table (after the
   reduction pass for rules with reductions), returning the number of NaN/inf gradients;
 * ``<v>_tensor_scalars_<dtype>(param, grad, *state, scalars)`` (rules with reductions only):
@@ -15,11 +15,18 @@ calls:
 
 :class:`RuleKernel` hands these out with the per-step scalars and state initial values of
 the same module, checked as :func:`symopt.optimizer` checks them.  ``step``,
-``step_parallel`` and ``tensor_scalars`` are :class:`CheckedFunction` objects: called from
-Python they check their arrays first and raise clear errors; inside ``@numba.njit`` code
-numba sees the generated function itself (:func:`_typeof_checked` registers that), so the
-checks cost nothing there.  Nothing is compiled twice: these are the module's functions,
-in numba's cache with the optimizer's kernels.
+``step_parallel`` and ``tensor_scalars`` are :class:`CheckedFunction` objects with two faces:
+
+* inside ``@numba.njit`` code (as a global or an argument) numba types them as the generated
+  function itself (:func:`_typeof_checked` registers that): no checks, ``check`` required;
+* called from Python they check their arrays and scalars first (the optimizer's errors) and
+  run the module's flat-ABI kernels on the one tensor -- the very compiled code that
+  ``symopt.optimizer`` runs, so nothing more is compiled -- with ``check=True`` by default
+  (a NaN/inf raises :class:`~symopt.runtime.optimizer.NonFiniteGradientError`).
+
+Everything stays in the one generated module and numba's cache of it; a user's njit
+function that calls ``step`` links the flat-ABI kernel into itself, as numba does for
+every njit-to-njit call.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ import numbers
 
 import numpy as np
 
-from . import kernels, scheduled
-from .optimizer import NonFiniteGradientError, _Spec
+from . import kernels, layout, scheduled
+from .optimizer import NonFiniteGradientError, _Spec, _threads
 
 __all__ = ["kernel", "RuleKernel", "CheckedFunction"]
 
@@ -58,19 +65,22 @@ def _typeof_checked():
 
 
 class CheckedFunction:
-    """A generated ``@numba.njit`` function over arrays, with its arguments checked when called from Python.
+    """A generated ``@numba.njit`` function of one tensor, checked when called from Python.
 
-    ``njit`` is the generated function.  Inside ``@numba.njit`` code (a global or an
-    argument) numba types this object as ``njit`` itself and calls it without checks.
-    Called from Python, it first checks each array (type, dtype, shape, C-contiguity,
-    writability, no overlap of written arrays) and the scalars, raising ``TypeError`` or
-    ``ValueError`` before anything is written; a nonzero NaN/inf count with ``check`` set
-    raises :class:`symopt.NonFiniteGradientError` (nothing was written).
+    ``njit`` is the generated function (``<v>_step_<dtype>[_parallel]`` or
+    ``<v>_tensor_scalars_<dtype>``).  Inside ``@numba.njit`` code (a global or an
+    argument) numba types this object as ``njit`` itself and calls it without checks;
+    there ``check`` is a required argument.  Called from Python, it checks each array
+    (type, dtype, shape, C-contiguity, writability, no overlap of written arrays) and the
+    scalars, raising ``TypeError`` or ``ValueError`` before anything is written, then runs
+    the module's flat-ABI kernels -- the compiled code ``symopt.optimizer`` runs -- on the
+    one tensor (``check`` defaults to True; a nonzero NaN/inf count then raises
+    :class:`symopt.NonFiniteGradientError`, nothing having been written).
     """
 
     _registered = False
 
-    def __init__(self, njit, owner: "RuleKernel", *, writes: bool, counts: bool):
+    def __init__(self, njit, owner: "RuleKernel", kind: str):
         if not CheckedFunction._registered:
             _typeof_checked()
             CheckedFunction._registered = True
@@ -78,15 +88,15 @@ class CheckedFunction:
         self.__doc__ = njit.__doc__
         self.__name__ = njit.__name__
         self._owner = owner
-        self._writes = writes      # param and state are updated in place
-        self._counts = counts      # returns a NaN/inf count and takes ``check``
+        self._kind = kind          # "step", "step_parallel" or "tensor_scalars"
 
     def __call__(self, *args, check=None):
         k = self._owner
-        if check is not None and not self._counts:
+        counts = self._kind != "tensor_scalars"
+        if check is not None and not counts:
             raise TypeError(f"{self.__name__} takes no check argument")
         narrays = 2 + len(k.state_names)
-        extra = 1 if self._counts else 0
+        extra = 1 if counts else 0
         if not narrays + 1 <= len(args) <= narrays + 1 + extra:
             names = ", ".join(("param", "grad", *k.state_names, "scalars"))
             raise TypeError(f"{self.__name__} takes ({names}{', check' if extra else ''}), "
@@ -96,14 +106,14 @@ class CheckedFunction:
                 raise TypeError(f"{self.__name__}: check given twice")
             check = args[-1]
         check = True if check is None else check
-        if self._counts and not isinstance(check, (bool, np.bool_)):
+        if not isinstance(check, (bool, np.bool_)):
             raise TypeError(f"{self.__name__}: check must be True or False, got {check!r}")
         arrays = args[:narrays]
         scalars = k._check_scalars(args[narrays], self.__name__)
-        k._check_arrays(arrays, self.__name__, writes=self._writes)
-        if not self._counts:
-            return self.njit(*arrays, scalars)
-        nbad = self.njit(*arrays, scalars, bool(check))
+        k._check_arrays(arrays, self.__name__, writes=counts)
+        if not counts:
+            return k._run(arrays, scalars, None, False)
+        nbad = k._run(arrays, scalars, bool(check), self._kind == "step_parallel")
         if nbad:
             raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
                                          f"(check=False does not check)")
@@ -158,11 +168,17 @@ class RuleKernel:
         self._scalar_fn = getattr(module, f"{prefix}_scalars")
         self._init_fn = getattr(module, f"{prefix}_state_init")
         self.element = getattr(module, f"{prefix}_element_{suffix}")
-        self.step = CheckedFunction(getattr(module, f"{prefix}_step_{suffix}"), self, writes=True, counts=True)
+        self.step = CheckedFunction(getattr(module, f"{prefix}_step_{suffix}"), self, "step")
         self.step_parallel = CheckedFunction(getattr(module, f"{prefix}_step_{suffix}_parallel"), self,
-                                             writes=True, counts=True)
+                                             "step_parallel")
         self.tensor_scalars = (CheckedFunction(getattr(module, f"{prefix}_tensor_scalars_{suffix}"), self,
-                                               writes=False, counts=False) if self.has_reduction else None)
+                                               "tensor_scalars") if self.has_reduction else None)
+        # What the Python calls run: the flat-ABI kernels that symopt.optimizer runs.
+        self._kernels = (getattr(module, f"{prefix}_{suffix}"), getattr(module, f"{prefix}_{suffix}_parallel"))
+        self._reduce = ((getattr(module, f"{info['reduce']['kernel']}_{suffix}"),
+                         getattr(module, f"{info['reduce']['kernel']}_{suffix}_parallel"))
+                        if self.has_reduction else None)
+        self._tables: dict = {}   # (size, workers) -> (chunks, work)
 
     # ------------------------------------------------------------------ hyperparameters
     def _values(self, hyper: dict, where: str) -> dict:
@@ -199,6 +215,33 @@ class RuleKernel:
         first = scheduled.first_step(self._values(hyper, f"{self.rule_name}.init_state"))
         inits = self._init_fn(*[first[n] for n in self._info["init_hyper"]])
         return tuple(param.copy() if v == "param" else np.full(param.shape, v, dtype=self.dtype) for v in inits)
+
+    # ------------------------------------------------------------------ Python calls
+    def _run(self, arrays, scalars: tuple, check, parallel: bool):
+        """The flat-ABI kernel (``check`` None: the reduction pass only, returning its row) on one
+        tensor: its elements split among numba's threads as the optimizer splits them."""
+        param, grad, *state = arrays
+        n = param.size
+        nworkers = _threads() if parallel else 1
+        table = self._tables.get((n, nworkers))
+        if table is None:
+            if len(self._tables) > 64:
+                self._tables.clear()
+            table = self._tables[(n, nworkers)] = layout.plan_rows([(0, 0, n, 0)], nworkers)
+        chunks, work = table
+        pptr = np.array([layout.data_address(param)], dtype=np.int64)
+        gptr = np.array([layout.data_address(grad)], dtype=np.int64)
+        offs = np.zeros(1, dtype=np.int64)
+        flat = [s.reshape(-1) for s in state]
+        scal = np.zeros((1, max(1, self.nscalars)))
+        scal[0, :self.nscalars] = scalars
+        if self._reduce is not None:
+            ext = np.zeros((1, self.nscalars + self.ntensor_scalars))
+            self._reduce[parallel](pptr, gptr, *flat, offs, chunks, scal, ext)
+            if check is None:
+                return ext[0]
+            scal = ext
+        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, check)
 
     # ------------------------------------------------------------------ checks
     def _check_scalars(self, scalars, where: str) -> tuple:
