@@ -51,6 +51,8 @@ ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
 GRADIENT_TEMPLATE = "gradient_module.py.jinja"
 INDEX_TEMPLATE = "generated_index.py.jinja"
 _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))
+#: Most arguments of an element function marked ``inline="always"`` (CPython's call threshold).
+_MAX_INLINE_ARGS = 30
 #: Source files whose text makes up the code generator (with every template), package by package.
 _GENERATOR_SOURCES = (("symopt.codegen", "*.py"), ("symopt.derive", "*.py"), ("symopt", "files.py"),
                       ("symopt", "functions.py"), ("symopt.templates", "*.jinja"))
@@ -240,6 +242,9 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         element = f"{prefix}_element_{suffix}"
         elements.append({
             "name": element, "args": element_args, "ctor": pr.ctor,
+            # CPython compiles a call of more than 30 arguments as f(*args), which numba cannot
+            # inline; such an element function is called as a compiled function instead.
+            "inline": len(element_args) <= _MAX_INLINE_ARGS,
             "casts": [("k" + a[1:], a) for a in scalar_args],
             "temps": [(elem_names[s], pr.doprint(e)) for s, e in plan.element_temps],
             "returns": [pr.doprint(new_value[s]) if s in new_value else elem_names[s]
