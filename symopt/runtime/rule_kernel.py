@@ -5,7 +5,8 @@ variant and dtype, besides the flat-ABI kernels that :class:`~symopt.runtime.opt
 calls:
 
 * ``<v>_element_<dtype>(p, g, *state, *scalars) -> (p_new, *state_new)``: the update of one
-  element, ``@numba.njit(inline="always")``; the flat-ABI kernels call it in their loop, and a
+  element, ``@numba.njit(inline="always")`` (up to 30 arguments: CPython passes more as
+  ``*args``, which numba cannot inline); the flat-ABI kernels call it in their loop, and a
   user's ``@numba.njit`` loop can call it the same way (it is inlined there);
 * ``<v>_step_<dtype>[_parallel](param, grad, *state, scalars, check)``: one step of one
   tensor of any shape, in place: the flat-ABI kernel on a one-tensor chunk table (after the
