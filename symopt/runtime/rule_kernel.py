@@ -131,7 +131,9 @@ class RuleKernel:
     ``scalars(t, **hyper)``: the per-step scalars (tuple of float64) of step ``t``;
     ``element``: ``@numba.njit(inline="always")`` ``(p, g, *state, *scalars) -> (p_new,
     *state_new)``; ``step`` / ``step_parallel``: ``(param, grad, *state, scalars,
-    check=True) -> NaN/inf count``, in place (:class:`CheckedFunction`).
+    check=True) -> NaN/inf count``, in place (:class:`CheckedFunction`: from Python, checked,
+    raising on NaN/inf; inside ``@numba.njit`` code, the generated function, ``check``
+    required, the count returned).
 
     Rules with tensor or global reductions (``has_reduction``): the element function
     takes the per-tensor scalars after the per-step ones, and ``tensor_scalars(param,
@@ -150,7 +152,8 @@ class RuleKernel:
         spec = _Spec(module)
         for key in options:
             if key not in spec.defaults:
-                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
+                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; "
+                                f"known: {', '.join(spec.keys) or '(none)'}")
         self._spec = spec
         self.module = module
         self.rule_name = spec.name
@@ -185,7 +188,8 @@ class RuleKernel:
     def _values(self, hyper: dict, where: str) -> dict:
         for key in hyper:
             if key not in self._spec.defaults:
-                raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(self._spec.keys) or '(none)'}")
+                raise TypeError(f"{where}: unknown hyperparameter {key!r}; "
+                                f"known: {', '.join(self._spec.keys) or '(none)'}")
         values = self._spec.values({**self.defaults, **hyper}, where)
         k = self._spec.variant_index(values, where)
         if k != self._variant:
