@@ -293,14 +293,17 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
 
 def _element_doc(rule: Rule, plan: KernelPlan, prefix: str, dtype: str, state_ids: dict, nloads: int) -> str:
     """Docstring of an element function: its arguments, results and the rule's updates as written."""
+    def span(lo, hi):
+        return f"s{lo}" if lo == hi else f"s{lo}..s{hi}"
+
     state = "".join(f", {state_ids[s]}" for s in plan.state)
     ns = len(plan.scalars)
-    scalars = f", s0..s{nloads - 1}" if nloads else ""
+    scalars = f", {span(0, nloads - 1)}" if nloads else ""
     lines = [f"One {rule.name} update of one element in {dtype}: (param, grad{state}{scalars}) -> (param{state}).", ""]
     if ns:
-        lines.append(f"s0..s{ns - 1}: the per-step scalars of {prefix}_scalars(t, ...) (float64 is fine).")
+        lines.append(f"{span(0, ns - 1)}: the per-step scalars of {prefix}_scalars(t, ...) (float64 is fine).")
     if nloads > ns:
-        lines.append(f"s{ns}..s{nloads - 1}: the per-tensor scalars that the reduction pass {prefix}_reduce_* "
+        lines.append(f"{span(ns, nloads - 1)}: the per-tensor scalars that the reduction pass {prefix}_reduce_* "
                      "writes after the per-step ones.")
     if nloads:
         lines.append(f"k<j> is s<j> in {dtype}, as the array kernels compute.")
