@@ -16,7 +16,10 @@ Measures, in one run and side by side, the targets of the performance issue:
 6. threads -- serial against threaded kernel over sizes: the measured crossover;
 7. start-up -- a fresh process with a warm cache, and the cold compile time (and
    the vector width of the generated assembly) of every built-in kernel;
-8. memory -- bytes a step allocates (tracemalloc), at two sizes.
+8. memory -- bytes a step allocates (tracemalloc), at two sizes;
+9. a training loop fused into one ``@numba.njit`` function with a rule's generated
+   ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
+   once per step (``bench_numba_loop.py``).
 
 Timing: every candidate of a comparison is timed round-robin in the same
 process (so that a drift of the shared machine hits all alike); each timing is a
@@ -588,6 +591,18 @@ def phase_check_in_cache(rounds, log, n=10 ** 4) -> dict:
     return {"n": n, "ratio": out}
 
 
+def phase_fused_loop(rounds, log, quick) -> list:
+    """Phase 9: examples/numba_loop.py's training loop fused into one njit function (Adam's generated
+    ``element``) against the same loop calling ``symopt.optimizer`` once per step
+    (benchmarks/bench_numba_loop.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("symopt_bench_numba_loop", HERE / "bench_numba_loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.measure(sizes=(16, 256), steps=100 if quick else 200, rounds=rounds + 3, log=log)
+
+
 def phase_memory(log) -> dict:
     out = {}
     for n in (10 ** 5, 10 ** 7):
@@ -792,13 +807,15 @@ def measure_all(args) -> int:
     startup = phase_startup(log)
     log("[8] memory")
     mem = phase_memory(log)
+    log("[9] a training loop fused into one njit function (symopt.kernel) against one optimizer step per iteration")
+    fused = phase_fused_loop(rounds, log, quick)
     info["load"].append(os.getloadavg()[0])
     info["OPENBLAS_CORETYPE"] = os.environ.get("SYMOPT_BENCH_OPENBLAS", info["OPENBLAS_CORETYPE"])
     png = out_dir / "time_per_element.png"
     plot(sizes_res, thr, png)
     elapsed = time.perf_counter() - t_start
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
-                  incache)
+                  incache, fused)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
     return 0
@@ -809,7 +826,7 @@ def _verdict(ok) -> str:
 
 
 def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
-           incache) -> str:
+           incache, fused) -> str:
     L = []
     big = max(n for _, n in sizes_res)
     ok_limit = [r for r in limit if "error" not in r]
@@ -965,6 +982,15 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     for (d, n), v in thr.items():
         if n != "crossover":
             L.append(f"| {d} | {n} | {_fmt_t(v[0])} | {_fmt_t(v[1])} | {v[0] / v[1]:.2f} |")
+    L.append("\n## 9. A training loop fused into one njit function (`symopt.kernel`)\n")
+    L.append("`examples/numba_loop.py`: a 2-16-1 tanh MLP (81 float64 weights, full batch of n points), its "
+             "gradient and Adam's generated `element` for every weight inside one `@numba.njit` function, against "
+             "the same compiled gradient followed by `symopt.optimizer`'s `step` from Python at each iteration "
+             "(bit-identical weights). Ratio: median over interleaved rounds of per-step time / fused time.\n")
+    L.append("| n | steps | fused | per-step optimizer | per-step / fused |")
+    L.append("|---|---|---|---|---|")
+    for r in fused:
+        L.append(f"| {r['n']} | {r['steps']} | {_fmt_t(r['fused'])} | {_fmt_t(r['per_step'])} | {r['ratio']:.2f} |")
     if compile_rows:
         L.append("\n## 7. Cold compile time and vector width of every built-in kernel\n")
         c = info.get("compile") or {}

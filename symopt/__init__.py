@@ -3,6 +3,7 @@
 Public API::
 
     symopt.optimizer(name_or_rule, params, **hyper)   # runtime; no SymPy import for built-ins
+    symopt.kernel(name_or_rule, dtype, **options)      # one rule's generated functions, called directly
     symopt.rules()                                     # names of the built-in rules
     symopt.rule(name, **options)                       # the SymPy Rule (LaTeX via .latex())
     symopt.save(path, opt); symopt.load(path, params)  # .npz checkpoints, exact resume, no pickle
@@ -27,6 +28,7 @@ from .runtime import checkpoint as _checkpoint  # noqa: E402
 from .runtime import kernels as _kernels  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
 from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
+from .runtime.rule_kernel import RuleKernel, kernel  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
 from . import views as _views  # noqa: E402
 
@@ -58,7 +60,7 @@ _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 _views.set_html_view(_html_view)
 
 __all__ = [
-    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
+    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "kernel", "RuleKernel", "rules", "rule", "family", "save", "load",
     "parse_expression",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
     "gradient", "nn", "compose", "transforms", "schedule", "report",

@@ -79,8 +79,9 @@ def _code_identifiers(template: str) -> set:
     return set(re.findall(r"(?<![0-9A-Za-z_])[A-Za-z_][0-9A-Za-z_]*", text))
 
 
-#: Numbered names the generator itself uses (``s0`` per-step scalars, ``_e0``/``_c0`` CSE temporaries).
-_NUMBERED = re.compile(r"(s|_e|_c)\d+")
+#: Numbered names the generator itself uses (``s0`` per-step scalars, ``k0`` the same in the kernel dtype,
+#: ``_e0``/``_c0`` CSE temporaries).
+_NUMBERED = re.compile(r"(s|k|_e|_c)\d+")
 #: Longest identifier derived from user text (a 10 000-character name is cut, then made unique).
 MAX_IDENTIFIER = 40
 _BUILTINS = frozenset(dir(builtins))

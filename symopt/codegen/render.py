@@ -51,6 +51,8 @@ ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
 GRADIENT_TEMPLATE = "gradient_module.py.jinja"
 INDEX_TEMPLATE = "generated_index.py.jinja"
 _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))
+#: Most arguments of an element function marked ``inline="always"`` (CPython's call threshold).
+_MAX_INLINE_ARGS = 30
 #: Source files whose text makes up the code generator (with every template), package by package.
 _GENERATOR_SOURCES = (("symopt.codegen", "*.py"), ("symopt.derive", "*.py"), ("symopt", "files.py"),
                       ("symopt", "functions.py"), ("symopt.templates", "*.jinja"))
@@ -219,16 +221,36 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     nloads = len(plan.scalars)
     if plan.reduction is not None:  # per-tensor scalars: extra columns of the scalar table
         nloads += _name_tensor_scalars(plan, elem_names)
+    # The element function takes the scalars as s<k> (float64 or the kernel dtype) and computes
+    # with k<k>, the same value in the kernel dtype.
+    elem_names.update({s: "k" + name[1:] for s, name in elem_names.items() if name.startswith("s")})
     for s, _ in plan.element_temps:
         elem_names[s] = s.name  # _e0, _e1 ... (numbered_symbols, never user text)
     src = {rule.param: "param_c", rule.grad: "grad_c", **{s: f"{state_ids[s]}_c" for s in plan.state}}
-    loads = [(elem_names[s], src[s]) for s in plan.reads]
-    kernels = []
+    # The element function: every array value of one element (param, grad, each state) and every
+    # scalar in, the new param and each new state out (a state no update changes passes through).
+    arrays = [rule.param, rule.grad, *plan.state]
+    new_value = dict(plan.outputs)
+    scalar_args = [f"s{i}" for i in range(nloads)]
+    element_args = [elem_names[s] for s in arrays] + scalar_args
+    # Where a kernel stores the element function's results (one array: a 1-tuple to unpack).
+    targets = ", ".join(f"{src[s]}[i]" for s in [rule.param, *plan.state]) + ("," if not plan.state else "")
+    kernels, elements, steps = [], [], []
     helpers: set = set()  # vectorizable math helpers the kernels call (templates/_vecmath.jinja)
     for suffix, dtype, ptr, itemsize in _DTYPES:
         pr = KernelPrinter(elem_names, dtype, vector_math=True)
-        temps = [(elem_names[s], pr.doprint(e)) for s, e in plan.element_temps]
-        stores = [(src[tgt], pr.doprint(e)) for tgt, e in plan.outputs]
+        element = f"{prefix}_element_{suffix}"
+        elements.append({
+            "name": element, "args": element_args, "ctor": pr.ctor,
+            # CPython compiles a call of more than 30 arguments as f(*args), which numba cannot
+            # inline; such an element function is called as a compiled function instead.
+            "inline": len(element_args) <= _MAX_INLINE_ARGS,
+            "casts": [("k" + a[1:], a) for a in scalar_args],
+            "temps": [(elem_names[s], pr.doprint(e)) for s, e in plan.element_temps],
+            "returns": [pr.doprint(new_value[s]) if s in new_value else elem_names[s]
+                        for s in [rule.param, *plan.state]],
+            "doc": _element_doc(rule, plan, prefix, dtype, state_ids, nloads),
+        })
         helpers |= pr.helpers
         for parallel in (False, True):
             name = f"{prefix}_{suffix}" + ("_parallel" if parallel else "")
@@ -237,9 +259,17 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "range": "numba.prange" if parallel else "range",
                 "ctor": pr.ctor, "zero": pr.const(0),
                 "scalar_loads": [(f"s{i}", i) for i in range(nloads)],
-                "temps": temps, "stores": stores,
+                "element": element, "targets": targets,
+                "element_args": [f"{src[s]}[i]" for s in arrays] + scalar_args,
                 "doc": docstring_text(f"One {rule.name} step over every tensor, {dtype}"
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
+            })
+            steps.append({
+                "name": f"{prefix}_step_{suffix}" + ("_parallel" if parallel else ""),
+                "kernel": name, "dtype": dtype, "parallel": parallel,
+                "reduce": (f"{prefix}_reduce_{suffix}" + ("_parallel" if parallel else ""))
+                if plan.reduction is not None else None,
+                "row": f"{prefix}_tensor_scalars_{suffix}",
             })
     return {
         "prefix": prefix,
@@ -253,10 +283,36 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         "init_args": [init_ids[s] for s in _init_hypers(rule)],
         "state_inits": state_inits,
         "state_args": [state_ids[s] for s in plan.state],
-        "loads": loads,
+        "ntensor": nloads - len(plan.scalars),
+        "elements": elements,
         "kernels": kernels,
+        "steps": steps,
         "helpers": helpers,
     }
+
+
+def _element_doc(rule: Rule, plan: KernelPlan, prefix: str, dtype: str, state_ids: dict, nloads: int) -> str:
+    """Docstring of an element function: its arguments, results and the rule's updates as written."""
+    def span(lo, hi):
+        return f"s{lo}" if lo == hi else f"s{lo}..s{hi}"
+
+    state = "".join(f", {state_ids[s]}" for s in plan.state)
+    ns = len(plan.scalars)
+    scalars = f", {span(0, nloads - 1)}" if nloads else ""
+    lines = [f"One {rule.name} update of one element in {dtype}: (param, grad{state}{scalars}) -> (param{state}).", ""]
+    if ns:
+        lines.append(f"{span(0, ns - 1)}: the per-step scalars of {prefix}_scalars(t, ...) (float64 is fine).")
+    if nloads > ns:
+        lines.append(f"{span(ns, nloads - 1)}: the per-tensor scalars that the reduction pass {prefix}_reduce_* "
+                     "writes after the per-step ones.")
+    if nloads:
+        lines.append(f"k<j> is s<j> in {dtype}, as the array kernels compute.")
+    names = {rule.param: "param", rule.grad: "grad", **state_ids}
+    lines += ["Arguments as the rule names them: "
+              + ", ".join(f"{names[s]} = {s}" for s in [rule.param, rule.grad, *plan.state]) + ".",
+              "", "The rule's updates, in order (each right-hand side uses the values already updated):", ""]
+    lines += [f"    {lhs} <- {sp.sstr(rhs)}" for lhs, rhs in rule.updates]
+    return docstring_text("\n".join(lines))
 
 
 def _docstring(family: Family) -> str:
