@@ -2,12 +2,16 @@
 
 ``m_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g_t``: a state or parameter symbol on a
 right-hand side reads ``X_{t-1}`` until it is assigned, ``X_t`` after; the gradient
-is ``g_t``; temporaries keep their plain names.
+is ``g_t``; temporaries keep their plain names.  A matrix iteration
+(:class:`~symopt.rulebook.matrix.Iterate`) is written out before the update that uses it:
+``X_0 = start``, ``X_{j+1} = body(X_j)`` for ``j = 0 … k − 1``; the update reads ``X_k``.
 """
 
 from __future__ import annotations
 
 import sympy as sp
+
+from .matrix import Iterate
 
 
 def _base(rule, sym) -> str:
@@ -30,6 +34,8 @@ def rule_latex(rule) -> str:
     assigned: set = set()
     lines = []
     for lhs, rhs in rule.updates:
+        for it in rhs.atoms(Iterate):
+            lines += _iteration_lines(it, {**names, **current})
         body = sp.latex(rhs, symbol_names={**names, **current})
         if lhs in current:
             arrow = r"\leftarrow" if lhs in assigned or lhs == rule.grad else "="
@@ -46,3 +52,15 @@ def rule_latex(rule) -> str:
 def expr_latex(rule, expr) -> str:
     names = {s: _base(rule, s) for s in [*rule.hyper, *rule.temporaries, rule.param, rule.grad, *rule.state]}
     return sp.latex(expr, symbol_names=names)
+
+
+def _iteration_lines(it, symbol_names: dict) -> list:
+    """``X_0 = start`` and ``X_{j+1} = body(X_j)`` (for j = 0 … count − 1) of an :class:`Iterate`."""
+    var = it.var
+    step = sp.MatrixSymbol(f"{var.name}_{{j+1}}", *var.shape)
+    cur = sp.MatrixSymbol(f"{var.name}_{{j}}", *var.shape)
+    count = sp.latex(it.count, symbol_names=symbol_names)
+    start = sp.latex(it.start, symbol_names=symbol_names)
+    body = sp.latex(it.body.xreplace({var: cur}), symbol_names=symbol_names)
+    return [f"{sp.latex(var)}_{{0}} &= {start}",
+            rf"{sp.latex(step)} &= {body}, \quad j = 0, \dots, {count} - 1"]

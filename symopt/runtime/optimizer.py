@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import checkpoint, kernels, layout, reduction, scheduled
+from . import checkpoint, kernels, layout, matrix, reduction, scheduled
 
 __all__ = ["Optimizer", "optimizer", "NonFiniteGradientError", "save", "load"]
 
@@ -286,8 +286,14 @@ class Optimizer:
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
-        self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
-        self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        if self._matrix is None:
+            self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
+            self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        else:
+            self._kernel_serial = self._kernel_parallel = None
+            self._flat = None
         # None unless the rule has TensorSum/GlobalSum...: the reduction passes (runtime/reduction.py)
         self._reduce = reduction.setup(mod, self._vinfo, len(sizes), suffix)
         if self._reduce is not None:
@@ -476,7 +482,7 @@ class Optimizer:
                 return None
             mask = active
             total = int(self._sizes[active].sum())
-        nworkers = _threads() if total >= self.parallel_threshold else 1
+        nworkers = _threads() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
         t0 = layout.uniform_step(self._steps, mask)
@@ -513,7 +519,10 @@ class Optimizer:
         kernel = self._kernel_parallel if parallel else self._kernel_serial
         if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
             chunks, scal = self._reduce(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, parallel)
-        nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
+        if self._matrix is not None:
+            nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
+        else:
+            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
             if self.on_nonfinite == "skip":
                 self.skipped_steps += 1
