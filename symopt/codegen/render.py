@@ -132,8 +132,9 @@ def _num(x):
 
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
-    """The input hash of ``family``'s module: its formulas (fingerprint) and the generator."""
-    return input_hash(OPTIMIZER_TEMPLATE, family.fingerprint())
+    """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
+    matrix = any(is_matrix_rule(rule) for _, rule in family.variants)
+    return input_hash(MATRIX_TEMPLATE if matrix else OPTIMIZER_TEMPLATE, family.fingerprint())
 
 
 def hyper_identifiers(family: Family) -> dict:
@@ -573,8 +574,7 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
         info["matrix"] = {"ntensor_scalars": len(plan.tensor_scalars)}
     cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
     ctx = {
-        "header": header(family.name, source_label or family.source, MATRIX_TEMPLATE,
-                         input_hash(MATRIX_TEMPLATE, family.fingerprint())),
+        "header": header(family.name, source_label or family.source, MATRIX_TEMPLATE, family_hash(family)),
         "docstring": _docstring(family),
         "family_literal": python_literal(data, width=100),
         "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],

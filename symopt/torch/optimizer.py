@@ -130,7 +130,7 @@ class Optimizer(torch.optim.Optimizer):
         _check_implementation_options(implementation)
         hyper = {k: _plain(v, k) for k, v in hyper.items()}
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
-        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite, **hyper)
+        probe = _RuntimeOptimizer(rule, [np.zeros((1, 1))], on_nonfinite=on_nonfinite, **hyper)
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
@@ -462,7 +462,7 @@ class Optimizer(torch.optim.Optimizer):
         self._keys = tuple(sym["keys"])
         params = [p for g in self.param_groups for p in g["params"]]
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
-        probe = _RuntimeOptimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
+        probe = _RuntimeOptimizer(self._rule, [np.zeros((1, 1))], on_nonfinite=self._on_nonfinite)
         self.rule_name = probe.rule_name
         core, params = self._make_core(self.param_groups, state=carried)
         core.skipped_steps = int(sym.get("skipped_steps", 0))

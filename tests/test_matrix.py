@@ -1,0 +1,160 @@
+"""Matrix rules (an ``Iterate`` in the rule): ``muon`` against a float64 NumPy transcription of
+torch.optim.Muon 2.13's algorithm and against torch.optim.Muon itself, a user-written
+Newton–Schulz rule, checkpoints, and bad input."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symopt
+from symopt.rulebook.matrix import Iterate, cols, frobenius_norm, rows
+from symopt.rulebook.metadata import RuleError
+
+from conftest import rel_err
+
+SHAPES = [(5, 4), (4, 6), (3, 2, 3)]
+#: float64: both sides iterate in float64 (summation order of BLAS only); float32: symopt
+#: iterates in float32 against the float64 reference.
+TOL = {np.float64: 1e-9, np.float32: 1e-5}
+#: torch.optim.Muon runs Newton–Schulz in bfloat16 (8 significant bits): after 20 steps the
+#: params differ by ~1e-3 of their largest entry (measured 5e-4..9e-4 on 8×6 and 6×10).
+TORCH_BF16_TOL = 5e-3
+
+
+def newton_schulz64(m, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7):
+    """torch's ``_zeropower_via_newtonschulz`` in float64 NumPy, without the bfloat16 cast."""
+    a, b, c = coefficients
+    x = m.T if m.shape[0] > m.shape[1] else m
+    x = x / max(np.linalg.norm(x), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if m.shape[0] > m.shape[1] else x
+
+
+def muon64(p, grads, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, **ns):
+    """torch's ``_single_tensor_muon`` in float64 (a param (d0, d1, ...) read as d0 × (d1⋯))."""
+    p, buf = p.astype(np.float64), np.zeros(p.shape)
+    for g in grads:
+        g = g.astype(np.float64)
+        buf = buf + (1 - momentum) * (g - buf)
+        u = g + momentum * (buf - g) if nesterov else buf
+        m = u.reshape(len(u), -1)
+        o = newton_schulz64(m, **ns).reshape(p.shape)
+        p = p * (1 - lr * weight_decay) - lr * np.sqrt(max(1, m.shape[0] / m.shape[1])) * o
+    return p
+
+
+def test_latex_shows_the_newton_schulz_iteration():
+    text = symopt.rule("muon").latex()
+    assert r"X_{j+1} &= a X_{j} + \left(b X_{j} X_{j}^{T} + c \left(X_{j} X_{j}^{T}\right)^{2}\right) X_{j}" in text
+    assert "X_{0}" in text and "X_{k}" in text
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_matches_float64_transcription(shape, dtype, nesterov):
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(20)]
+    ref = muon64(p, grads, lr=0.02, nesterov=nesterov, momentum=0.9, steps=4, coefficients=(3.0, -3.2, 1.2))
+    opt = symopt.optimizer("muon", [p], lr=0.02, nesterov=nesterov, momentum=0.9, ns_steps=4,
+                           ns_coefficients=(3.0, -3.2, 1.2))
+    for g in grads:
+        opt.step([g])
+    assert rel_err(p, ref, floor=1) <= TOL[dtype]
+
+
+def test_muon_matches_torch_optim_muon_within_bf16():
+    torch = pytest.importorskip("torch")
+    import symopt.torch
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(8, 6), (6, 10)]:
+        w = torch.randn(shape, generator=gen)
+        w_ref = w.clone()
+        ours, theirs = symopt.torch.Optimizer("muon", [w], lr=0.02), torch.optim.Muon([w_ref], lr=0.02)
+        for _ in range(20):
+            g = torch.randn(shape, generator=gen)
+            w.grad, w_ref.grad = g.clone(), g.clone()
+            ours.step()
+            theirs.step()
+        assert rel_err(w.numpy(), w_ref.numpy(), floor=1) <= TORCH_BF16_TOL
+        # torch-format state dicts are exchanged both ways (state "momentum_buffer").
+        buf = ours.state_dict()["state"][0]["momentum_buffer"]
+        assert rel_err(buf.numpy(), theirs.state_dict()["state"][0]["momentum_buffer"].numpy(), floor=1) <= 1e-6
+        fresh = torch.optim.Muon([w_ref], lr=0.02)
+        fresh.load_state_dict(ours.state_dict())
+        assert torch.equal(fresh.state[w_ref]["momentum_buffer"], buf)
+
+
+def test_npz_checkpoint_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal((6, 4))
+    q = p.copy()
+    grads = [rng.standard_normal((6, 4)) for _ in range(6)]
+    a = symopt.optimizer("muon", [p], lr=0.05)
+    for g in grads[:3]:
+        a.step([g])
+    a.save(tmp_path / "muon.npz")
+    b = symopt.optimizer("muon", [q], lr=0.05)
+    b.load(tmp_path / "muon.npz")
+    for g in grads[3:]:
+        a.step([g])
+        b.step([g])
+    np.testing.assert_array_equal(p, q)
+
+
+def test_bad_input_changes_nothing():
+    with pytest.raises(ValueError, match="at least 2-D"):
+        symopt.optimizer("muon", [np.zeros(3)])
+    p = np.ones((3, 4), dtype=np.float32)
+    opt = symopt.optimizer("muon", [p])
+    g = np.ones((3, 4), dtype=np.float32)
+    g[1, 2] = np.nan
+    with pytest.raises(symopt.NonFiniteGradientError):
+        opt.step([g])
+    assert (p == 1).all() and (opt.state[0]["momentum_buffer"] == 0).all()
+    with pytest.raises(ValueError, match="ns_steps must be an integer"):
+        symopt.optimizer("muon", [p], ns_steps=2.5)
+
+
+def newton_schulz_rule():
+    """A user's Muon-like rule: heavy-ball momentum and 3 cubic Newton–Schulz steps (the README's)."""
+    w, g, m = sp.symbols("w g m")
+    lr, beta = sp.symbols("lr beta")
+    X = sp.MatrixSymbol("X", rows, cols)
+    polar = Iterate(X, 1.5 * X - 0.5 * X * X.T * X, m / frobenius_norm(m), 3)
+    return symopt.Rule("cubic_muon", param=w, grad=g, state={m: 0}, hyper={lr: 0.01, beta: 0.9},
+                       updates=[(m, beta * m + g), (w, w - lr * polar)])
+
+
+def test_user_matrix_rule_runs_and_matches_numpy():
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal((7, 3))
+    grads = [rng.standard_normal((7, 3)) for _ in range(5)]
+    ref, m = p.copy(), np.zeros_like(p)
+    for g in grads:
+        m = 0.9 * m + g
+        x = m.T / np.linalg.norm(m)
+        for _ in range(3):
+            x = 1.5 * x - 0.5 * x @ x.T @ x
+        ref = ref - 0.01 * x.T
+    opt = symopt.optimizer(newton_schulz_rule(), [p])
+    for g in grads:
+        opt.step([g])
+    assert rel_err(p, ref, floor=1) <= 1e-12
+
+
+def test_iteration_body_must_be_an_odd_polynomial():
+    w, g = sp.symbols("w g")
+    X = sp.MatrixSymbol("X", rows, cols)
+    rule = symopt.Rule("even", param=w, grad=g, updates=[(w, w - Iterate(X, X * X.T * X * X.T, g, 2))])
+    with pytest.raises(RuleError, match="odd matrix polynomial"):
+        symopt.optimizer(rule, [np.zeros((2, 2))])
+    with pytest.raises(RuleError, match="only its variable"):
+        Y = sp.MatrixSymbol("Y", rows, cols)
+        symopt.Rule("other", param=w, grad=g, updates=[(w, w - Iterate(X, X + Y, g, 2))])
+    with pytest.raises(RuleError, match="holds no Iterate"):
+        symopt.Rule("shape", param=w, grad=g, updates=[(w, w - g / rows)])
