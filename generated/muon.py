@@ -31,7 +31,7 @@ INPUT_HASH = '85f5f775f97556230e6b6371c0bce6b19c92ce21a1652bbcc2e12d11b483c4e0'
 TEMPLATE = 'matrix_module.py.jinja'
 
 FAMILY = {'name': 'muon',
- 'group': 'torch',
+ 'group': 'matrix',
  'source': 'torch.optim 2.13',
  'doc': 'Muon: momentum, then its Newton–Schulz orthogonalization (torch.optim.Muon, iterated in '
         "the param's dtype).",
@@ -443,4 +443,4 @@ def muon_f64(pptr, gptr, n, momentum_buffer_c, work, other, gram, horner, spare,
     result = _odd_iteration(work, other, gram, horner, spare, rows, cols, int(scal[6]), scal[10],
                             (scal[0], scal[1], scal[2],), blas.dsyrk, blas.dgemm)
     muon_f64_pass1(pptr, gptr, n, momentum_buffer_c, result, scal)
-# content sha256: bb0e2201ec81d0e81e0fad3bfc816a9fae00fbcce8d3c59b327fae4bbc1694f9
+# content sha256: aa117cfe0d4402f13d900b8dfab4adbc253303ba40430256eed0cfb2d5d1e2b5

@@ -73,5 +73,5 @@ def muon() -> Rule:
 def families() -> list[Family]:
     rule = muon()
     return [Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=_SRC, references=rule.references,
-                   group="torch",
+                   group="matrix",
                    constraints=[(sp.Eq(ns_steps, sp.floor(ns_steps)), "ns_steps must be an integer")])]
