@@ -158,3 +158,13 @@ def test_iteration_body_must_be_an_odd_polynomial():
         symopt.Rule("other", param=w, grad=g, updates=[(w, w - Iterate(X, X + Y, g, 2))])
     with pytest.raises(RuleError, match="holds no Iterate"):
         symopt.Rule("shape", param=w, grad=g, updates=[(w, w - g / rows)])
+
+
+@pytest.mark.parametrize("make", [lambda: "muon", newton_schulz_rule], ids=["muon", "user"])
+def test_verify_against_mpmath_on_small_matrices(make):
+    from symopt.verify.check import TOLERANCE, verify
+
+    results = verify([make()], steps=2)
+    assert [r.dtype for r in results] == ["float32", "float64"]
+    for r in results:
+        assert r.max_error <= TOLERANCE[r.dtype], r.worst
