@@ -66,7 +66,7 @@ def _cmd_show(args) -> int:
     print("  keyword arguments:")
     for sym, h in fam.hyper.items():
         key = (h.key or sym.name) + ("" if h.index is None else f"[{h.index}]")
-        print(f"    {key:<20} default {h.default!r:<10} range {h.range_text():<16} {h.doc}")
+        print(f"    {key:<20} default {h.user_default!r:<10} range {h.range_text():<16} {h.doc}")
     for when, rule in fam.variants:
         cond = "" if when == sp.true else f" (when {sp.sstr(when)})"
         plan = make_plan(rule)

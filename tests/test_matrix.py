@@ -32,7 +32,7 @@ def newton_schulz64(m, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7
     return x.T if m.shape[0] > m.shape[1] else x
 
 
-def muon64(p, grads, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, **ns):
+def muon64(p, grads, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn=None, **ns):
     """torch's ``_single_tensor_muon`` in float64 (a param (d0, d1, ...) read as d0 × (d1⋯))."""
     p, buf = p.astype(np.float64), np.zeros(p.shape)
     for g in grads:
@@ -41,7 +41,9 @@ def muon64(p, grads, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, **
         u = g + momentum * (buf - g) if nesterov else buf
         m = u.reshape(len(u), -1)
         o = newton_schulz64(m, **ns).reshape(p.shape)
-        p = p * (1 - lr * weight_decay) - lr * np.sqrt(max(1, m.shape[0] / m.shape[1])) * o
+        ratio = (0.2 * np.sqrt(max(m.shape)) if adjust_lr_fn == "match_rms_adamw"
+                 else np.sqrt(max(1, m.shape[0] / m.shape[1])))
+        p = p * (1 - lr * weight_decay) - lr * ratio * o
     return p
 
 
@@ -53,13 +55,14 @@ def test_latex_shows_the_newton_schulz_iteration():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_muon_matches_float64_transcription(shape, dtype, nesterov):
+@pytest.mark.parametrize("nesterov,adjust", [(True, None), (False, "match_rms_adamw")])
+def test_muon_matches_float64_transcription(shape, dtype, nesterov, adjust):
     rng = np.random.default_rng(1)
     p = rng.standard_normal(shape).astype(dtype)
     grads = [rng.standard_normal(shape).astype(dtype) for _ in range(20)]
-    ref = muon64(p, grads, lr=0.02, nesterov=nesterov, momentum=0.9, steps=4, coefficients=(3.0, -3.2, 1.2))
-    opt = symopt.optimizer("muon", [p], lr=0.02, nesterov=nesterov, momentum=0.9, ns_steps=4,
+    ref = muon64(p, grads, lr=0.02, nesterov=nesterov, momentum=0.9, adjust_lr_fn=adjust, steps=4,
+                 coefficients=(3.0, -3.2, 1.2))
+    opt = symopt.optimizer("muon", [p], lr=0.02, nesterov=nesterov, momentum=0.9, ns_steps=4, adjust_lr_fn=adjust,
                            ns_coefficients=(3.0, -3.2, 1.2))
     for g in grads:
         opt.step([g])
@@ -71,10 +74,11 @@ def test_muon_matches_torch_optim_muon_within_bf16():
     import symopt.torch
 
     gen = torch.Generator().manual_seed(0)
-    for shape in [(8, 6), (6, 10)]:
+    for shape, adjust in [((8, 6), None), ((6, 10), "match_rms_adamw")]:
         w = torch.randn(shape, generator=gen)
         w_ref = w.clone()
-        ours, theirs = symopt.torch.Optimizer("muon", [w], lr=0.02), torch.optim.Muon([w_ref], lr=0.02)
+        ours = symopt.torch.Optimizer("muon", [w], lr=0.02, adjust_lr_fn=adjust)
+        theirs = torch.optim.Muon([w_ref], lr=0.02, adjust_lr_fn=adjust)
         for _ in range(20):
             g = torch.randn(shape, generator=gen)
             w.grad, w_ref.grad = g.clone(), g.clone()
@@ -84,7 +88,7 @@ def test_muon_matches_torch_optim_muon_within_bf16():
         # torch-format state dicts are exchanged both ways (state "momentum_buffer").
         buf = ours.state_dict()["state"][0]["momentum_buffer"]
         assert rel_err(buf.numpy(), theirs.state_dict()["state"][0]["momentum_buffer"].numpy(), floor=1) <= 1e-6
-        fresh = torch.optim.Muon([w_ref], lr=0.02)
+        fresh = torch.optim.Muon([w_ref], lr=0.02, adjust_lr_fn=adjust)
         fresh.load_state_dict(ours.state_dict())
         assert torch.equal(fresh.state[w_ref]["momentum_buffer"], buf)
 
@@ -94,16 +98,19 @@ def test_npz_checkpoint_resumes_exactly(tmp_path):
     p = rng.standard_normal((6, 4))
     q = p.copy()
     grads = [rng.standard_normal((6, 4)) for _ in range(6)]
-    a = symopt.optimizer("muon", [p], lr=0.05)
+    a = symopt.optimizer("muon", [p], lr=0.05, adjust_lr_fn="match_rms_adamw")
     for g in grads[:3]:
         a.step([g])
     a.save(tmp_path / "muon.npz")
-    b = symopt.optimizer("muon", [q], lr=0.05)
+    b = symopt.optimizer("muon", [q], lr=0.05)  # the checkpoint's groups win: adjust_lr_fn comes back
     b.load(tmp_path / "muon.npz")
+    assert b.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
     for g in grads[3:]:
         a.step([g])
         b.step([g])
     np.testing.assert_array_equal(p, q)
+    c = symopt.load(tmp_path / "muon.npz", [np.zeros((6, 4))])
+    assert c.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
 
 
 def test_bad_input_changes_nothing():
@@ -118,6 +125,8 @@ def test_bad_input_changes_nothing():
     assert (p == 1).all() and (opt.state[0]["momentum_buffer"] == 0).all()
     with pytest.raises(ValueError, match="ns_steps must be an integer"):
         symopt.optimizer("muon", [p], ns_steps=2.5)
+    with pytest.raises(ValueError, match="'adjust_lr_fn' must be one of None, 'original', 'match_rms_adamw'"):
+        symopt.optimizer("muon", [p], adjust_lr_fn="rms")
 
 
 def newton_schulz_rule():

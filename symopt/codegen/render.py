@@ -155,9 +155,11 @@ def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -
     for sym, h in family.hyper.items():
         hyper.append({
             "name": hyper_ids[sym], "key": h.key or sym.name, "index": h.index,
-            "default": h.default, "kind": h.kind, "low": _num(h.low), "high": _num(h.high),
+            "default": h.user_default, "kind": h.kind, "low": _num(h.low), "high": _num(h.high),
             "low_open": h.low_open, "high_open": h.high_open, "doc": h.doc,
         })
+        if h.kind == "choice":  # users pass the choice, kernels read its position
+            hyper[-1]["choices"] = list(h.choices)
     variants = []
     for (when, rule), plan, prefix in zip(family.variants, plans, prefixes):
         state_ids = _state_identifiers(rule)
@@ -277,7 +279,7 @@ def _docstring(family: Family) -> str:
         lines.append("    " + rule.latex())
         lines.append("")
         lines.append("    hyperparameters: " + ", ".join(
-            f"{(h.key or s.name) + ('' if h.index is None else f'[{h.index}]')}={h.default!r} in {h.range_text()}"
+            f"{(h.key or s.name) + ('' if h.index is None else f'[{h.index}]')}={h.user_default!r} in {h.range_text()}"
             for s, h in rule.hyper.items()) if rule.hyper else "    hyperparameters: none")
         if rule.state:
             lines.append("    state: " + ", ".join(

@@ -201,7 +201,7 @@ def check_hyper(sym, h, where: str = "") -> None:
             raise RuleError(f"{label}: {side} bound must be a number (inf allowed), got {v!r}")
         if not isinstance(getattr(h, f"{side}_open"), bool):
             raise RuleError(f"{label}: {side}_open must be True or False")
-    if h.kind == "bool":
+    if h.kind in ("bool", "choice"):  # choices are checked by Hyper itself
         return
     if h.low > h.high:
         raise RuleError(f"{label}: low bound {h.low!r} is above high bound {h.high!r}")

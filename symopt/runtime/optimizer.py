@@ -91,6 +91,12 @@ class _Spec:
                     raise ValueError(f"{where}: {key!r} must be a tuple of {n} numbers, got {raw!r}")
                 raw = raw[h["index"]]
                 label = f"{key}[{h['index']}]"
+            if h["kind"] == "choice":  # the position of the choice is the rule's value
+                if not any(c is raw or (isinstance(raw, str) and c == raw) for c in h["choices"]):
+                    raise ValueError(f"{where}: {label!r} must be one of "
+                                     f"{', '.join(map(repr, h['choices']))}, got {raw!r}")
+                out[h["name"]] = float(h["choices"].index(raw))
+                continue
             if h["kind"] == "bool":
                 if not isinstance(raw, (bool, np.bool_)):
                     raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")

@@ -98,7 +98,7 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
         h = family.hyper[sym]
         key = h.key or sym.name
         v = group[key] if h.index is None else group[key][h.index]
-        hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+        hyper_by_sym[sym] = _hyper_value(h, v)
 
     warm = int(rng.integers(0, 4))
     for _ in range(warm):
@@ -170,7 +170,7 @@ def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int
             h = family.hyper[sym]
             key = h.key or sym.name
             v = group[key] if h.index is None else group[key][h.index]
-            hyper_by_sym[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+            hyper_by_sym[sym] = _hyper_value(h, v)
         for _ in range(int(rng.integers(0, 3))):
             opt.step([rng.standard_normal(shape).astype(dt)])
         keys = opt.state_keys
@@ -201,6 +201,15 @@ def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int
                         worst_where = f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, exact {float(e)!r}"
             count += len(values)
     return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, count)
+
+
+def _hyper_value(h, v):
+    """A validated keyword value as the rule's symbol takes it (bools 1/0, a choice's position)."""
+    import mpmath
+
+    if h.kind == "choice":
+        return h.position(v)
+    return (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
 
 
 def _is_matrix_rule(rule) -> bool:
