@@ -177,3 +177,80 @@ def test_verify_against_mpmath_on_small_matrices(make):
     assert [r.dtype for r in results] == ["float32", "float64"]
     for r in results:
         assert r.max_error <= TOLERANCE[r.dtype], r.worst
+
+
+def _model(rng, dtype=np.float64):
+    """Two matrices for Muon, a bias and a gain vector for AdamW."""
+    return [rng.standard_normal(s).astype(dtype) for s in ((6, 4), (4,), (4, 5), (5,))]
+
+
+def test_groups_with_their_own_rule_equal_one_optimizer_per_rule():
+    rng = np.random.default_rng(4)
+    params = _model(rng)
+    copies = [p.copy() for p in params]
+    opt = symopt.optimizer("muon", [{"params": [params[0], params[2]]},
+                                    {"params": [params[1], params[3]], "rule": "adamw", "lr": 3e-3}], lr=0.02)
+    assert [g["rule"] for g in opt.param_groups] == ["muon", "adamw"]
+    muon = symopt.optimizer("muon", [copies[0], copies[2]], lr=0.02)
+    adamw = symopt.optimizer("adamw", [copies[1], copies[3]], lr=3e-3)
+    for _ in range(5):
+        grads = [rng.standard_normal(p.shape) for p in opt.params]
+        opt.step(grads)
+        muon.step([grads[0], grads[1]])
+        adamw.step([grads[2], grads[3]])
+    for mine, ref in zip(opt.params, [copies[0], copies[2], copies[1], copies[3]]):
+        np.testing.assert_array_equal(mine, ref)
+    # state_dict keeps each group's rule; a fresh optimizer resumes exactly
+    sd = opt.state_dict()
+    assert [g["rule"] for g in sd["param_groups"]] == ["muon", "adamw"]
+    fresh_params = [p.copy() for p in opt.params]
+    fresh = symopt.optimizer("muon", [{"params": fresh_params[:2]},
+                                      {"params": fresh_params[2:], "rule": "adamw"}], lr=0.5)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["lr"] == 0.02 and fresh.param_groups[1]["lr"] == 3e-3
+    grads = [rng.standard_normal(p.shape) for p in opt.params]
+    opt.step(grads)
+    fresh.step(grads)
+    for a, b in zip(opt.params, fresh_params):
+        np.testing.assert_array_equal(a, b)
+    swapped = {**sd, "param_groups": [{**sd["param_groups"][0], "rule": "adamw"}, sd["param_groups"][1]]}
+    with pytest.raises(ValueError, match="is for rule 'adamw', not 'muon'"):
+        fresh.load_state_dict(swapped)
+
+
+def test_groups_with_their_own_rule_check_every_gradient_first():
+    rng = np.random.default_rng(5)
+    params = _model(rng)
+    opt = symopt.optimizer("muon", [{"params": [params[0]]}, {"params": [params[1]], "rule": "adamw"}])
+    before = [p.copy() for p in opt.params]
+    grads = [np.ones((6, 4)), np.array([1.0, np.nan, 0.0, 0.0])]
+    with pytest.raises(symopt.NonFiniteGradientError):
+        opt.step(grads)
+    for p, b in zip(opt.params, before):
+        np.testing.assert_array_equal(p, b)
+    with pytest.raises(ValueError, match="at least 2-D"):
+        symopt.optimizer("adamw", [{"params": [params[1]]}, {"params": [params[3]], "rule": "muon"}])
+
+
+def test_muon_with_aux_adamw_matches_torch():
+    """Keller Jordan's MuonWithAuxAdam split: torch.optim.Muon on the matrices, AdamW on the rest."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    params = _model(rng, np.float32)
+    tparams = [torch.tensor(p) for p in params]
+    opt = symopt.optimizer("muon", [{"params": [params[0], params[2]]},
+                                    {"params": [params[1], params[3]], "rule": "adamw", "lr": 3e-3}], lr=0.02)
+    tm = torch.optim.Muon([tparams[0], tparams[2]], lr=0.02)
+    ta = torch.optim.AdamW([tparams[1], tparams[3]], lr=3e-3)
+    for _ in range(10):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in opt.params]
+        opt.step(grads)
+        for t, g in zip([tparams[0], tparams[2], tparams[1], tparams[3]], grads):
+            t.grad = torch.tensor(g)
+        tm.step()
+        ta.step()
+    ours = opt.params
+    for k, t in enumerate([tparams[0], tparams[2]]):
+        assert rel_err(ours[k], t.numpy(), floor=1) <= TORCH_BF16_TOL
+    for k, t in enumerate([tparams[1], tparams[3]]):
+        assert rel_err(ours[2 + k], t.numpy(), floor=1) <= 1e-5

@@ -36,20 +36,30 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
+#: The keys of a param group that are not hyperparameters: its params, and the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
+GROUP_KEYS = ("params", "rule")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
     """A gradient held NaN or inf; nothing was modified."""
 
 
-def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper) -> "Optimizer":
+def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper):
     """Build an optimizer for a built-in rule name or a :class:`symopt.Rule` (see :class:`Optimizer`).
 
     ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
     dtype per optimizer), or a list of torch-style groups
     ``{"params": [...], "lr": ...}``.  Keyword arguments set the defaults of every
-    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).
+    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).  A group may name
+    its own rule (``{"params": [...], "rule": "adamw", "lr": 3e-4}``, Muon for matrices
+    and AdamW for the rest): the keyword arguments then set the defaults of ``rule``'s
+    groups only, and the result is a :class:`~symopt.runtime.grouped.GroupedOptimizer`.
     """
+    from . import grouped
+
+    if grouped.names_other_rules(rule, params):
+        return grouped.GroupedOptimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
     return Optimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
 
 
@@ -170,8 +180,11 @@ class Optimizer:
         for gi, group in enumerate(groups):
             where = f"{spec.name}: param group {gi}"
             for key in group:
-                if key != "params" and key not in spec.defaults:
+                if key not in GROUP_KEYS and key not in spec.defaults:
                     raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys)}")
+            if "rule" in group and getattr(group["rule"], "name", group["rule"]) != spec.name:
+                raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
+                                 f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
@@ -379,7 +392,7 @@ class Optimizer:
             return cached[1]
         where = f"{self.rule_name}: param group {gi}"
         for key in group:
-            if key != "params" and key not in self._spec.defaults:
+            if key not in GROUP_KEYS and key not in self._spec.defaults:
                 raise TypeError(f"{where}: unknown hyperparameter {key!r}")
         vals = self._spec.values(group, where)
         k = self._spec.variant_index(vals, where)
@@ -600,8 +613,10 @@ class Optimizer:
                 raise ValueError(f"param group {gi} of the state_dict has {len(ids)} params, the optimizer's has "
                                  f"{len(mine['params'])}")
             merged = {**mine, **{k: v for k, v in saved.items() if k != "params"}}
+            if merged.get("rule", self.rule_name) != self.rule_name:
+                raise ValueError(f"state_dict param group {gi} is for rule {merged['rule']!r}, not {self.rule_name!r}")
             for key in merged:
-                if key != "params" and key not in self._spec.defaults:
+                if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
