@@ -254,3 +254,13 @@ def test_muon_with_aux_adamw_matches_torch():
         assert rel_err(ours[k], t.numpy(), floor=1) <= TORCH_BF16_TOL
     for k, t in enumerate([tparams[1], tparams[3]]):
         assert rel_err(ours[2 + k], t.numpy(), floor=1) <= 1e-5
+
+
+def test_cli_show_and_verify(capsys):
+    from symopt.cli import main
+
+    assert main(["show", "muon"]) == 0
+    out = capsys.readouterr().out
+    assert "in two passes around a matrix iteration" in out and "adjust_lr_fn" in out
+    assert main(["verify", "muon", "--steps", "1"]) == 0
+    assert "2 passed, 0 failed" in capsys.readouterr().out
