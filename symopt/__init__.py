@@ -26,7 +26,8 @@ from . import user_modules as _user_modules  # noqa: E402
 from .runtime import checkpoint as _checkpoint  # noqa: E402
 from .runtime import kernels as _kernels  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
-from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
+from .runtime.grouped import optimizer  # noqa: E402
+from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, save  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
 
 

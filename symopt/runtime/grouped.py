@@ -1,6 +1,6 @@
 """Param groups with their own rules: ``{"params": [...], "rule": "adamw", "lr": 3e-4}``.
 
-Muon steps matrices; embeddings, biases and norms want AdamW (Keller Jordan's
+:func:`optimizer` is ``symopt.optimizer``.  Muon steps matrices; embeddings, biases and norms want AdamW (Keller Jordan's
 ``MuonWithAuxAdam``, Keras, Optax's ``partition``).  :func:`symopt.optimizer` returns a
 :class:`GroupedOptimizer` when a group names another rule than the optimizer's: one
 :class:`~symopt.runtime.optimizer.Optimizer` per rule over that rule's groups, stepped one
@@ -17,7 +17,23 @@ import numpy as np
 
 from .optimizer import ON_NONFINITE, NonFiniteGradientError, Optimizer
 
-__all__ = ["GroupedOptimizer", "names_other_rules"]
+__all__ = ["optimizer", "GroupedOptimizer", "names_other_rules"]
+
+
+def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper):
+    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule` (see :class:`Optimizer`).
+
+    ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
+    dtype per optimizer), or a list of torch-style groups
+    ``{"params": [...], "lr": ...}``.  Keyword arguments set the defaults of every
+    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).  A group may name
+    its own rule (``{"params": [...], "rule": "adamw", "lr": 3e-4}``, Muon for matrices
+    and AdamW for the rest): the keyword arguments then set the defaults of ``rule``'s
+    groups only, and the result is a :class:`GroupedOptimizer`.
+    """
+    if names_other_rules(rule, params):
+        return GroupedOptimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
+    return Optimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
 
 
 def _name(rule) -> str:
@@ -38,7 +54,7 @@ class GroupedOptimizer:
     names one takes that rule's defaults and its own values.  Attributes as
     :class:`~symopt.runtime.optimizer.Optimizer`: ``param_groups``, ``params``, ``state``,
     ``step_counts``, ``skipped_steps``, ``step(grads)``, ``state_dict()``,
-    ``load_state_dict()``; ``parts`` lists ``(optimizer, indices of its params)`` per rule.
+    ``load_state_dict()``; ``parts`` lists the runtime optimizer of each rule.
     """
 
     def __init__(self, rule, params, *, on_nonfinite: str = "raise", **hyper):

@@ -1,4 +1,5 @@
-"""The runtime stage: ``symopt.optimizer(rule, params, **hyper)``.
+"""The runtime stage: the optimizer of ``symopt.optimizer(rule, params, **hyper)`` (built by
+:func:`symopt.runtime.grouped.optimizer`).
 
 The optimizer validates everything once, allocates the state in one flat buffer
 per state variable, and at every ``step(grads)``:
@@ -27,7 +28,7 @@ import numpy as np
 from .._version import __version__
 from . import checkpoint, kernels, layout, matrix, reduction, scheduled
 
-__all__ = ["Optimizer", "optimizer", "NonFiniteGradientError", "save", "load"]
+__all__ = ["Optimizer", "NonFiniteGradientError", "save", "load"]
 
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: Bytes of params updated by one step from which the threaded kernel is used (when numba has
@@ -43,24 +44,6 @@ GROUP_KEYS = ("params", "rule")
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
     """A gradient held NaN or inf; nothing was modified."""
-
-
-def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper):
-    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule` (see :class:`Optimizer`).
-
-    ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
-    dtype per optimizer), or a list of torch-style groups
-    ``{"params": [...], "lr": ...}``.  Keyword arguments set the defaults of every
-    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).  A group may name
-    its own rule (``{"params": [...], "rule": "adamw", "lr": 3e-4}``, Muon for matrices
-    and AdamW for the rest): the keyword arguments then set the defaults of ``rule``'s
-    groups only, and the result is a :class:`~symopt.runtime.grouped.GroupedOptimizer`.
-    """
-    from . import grouped
-
-    if grouped.names_other_rules(rule, params):
-        return grouped.GroupedOptimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
-    return Optimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
 
 
 def _is_number(x) -> bool:
