@@ -176,9 +176,8 @@ def make_matrix_plan(rule: Rule) -> MatrixPlan:
     # Per-tensor scalars (u<k>, their per-step parts hoisted) and the per-step scalars s<k>.
     t_items = sorted(hoist.tensor_found.items(), key=lambda kv: kv[1].name)
     n0, n1 = len(pass0), len(pass1)
-    extra = [it_ for it_ in (scale, count, *coefficients)]
-    scalars, scalar_exprs, renamed = _rename_scalars(
-        hoist.found, pass0 + pass1 + [e for e, _ in t_items] + [sp.sympify(x) for x in extra])
+    extra = [sp.sympify(x) for x in (scale, count, *coefficients)]
+    scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, pass0 + pass1 + [e for e, _ in t_items] + extra)
     pass0, pass1 = renamed[:n0], renamed[n0:n0 + n1]
     t_exprs = renamed[n0 + n1:n0 + n1 + len(t_items)]
     scale, count, *coefficients = renamed[n0 + n1 + len(t_items):]
