@@ -264,3 +264,23 @@ def test_cli_show_and_verify(capsys):
     assert "in two passes around a matrix iteration" in out and "adjust_lr_fn" in out
     assert main(["verify", "muon", "--steps", "1"]) == 0
     assert "2 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_septic_iteration_runs_horner_beyond_degree_two():
+    """A degree-3 odd polynomial (X (XᵀX)³ term): Horner's gemm steps after the first syrk."""
+    w, g = sp.symbols("w g")
+    X = sp.MatrixSymbol("X", rows, cols)
+    gram = X * X.T
+    coeffs = (2.0, -1.5, 0.8, -0.2)
+    body = coeffs[0] * X + (coeffs[1] * gram + coeffs[2] * gram**2 + coeffs[3] * gram**3) * X
+    rule = symopt.Rule("septic", param=w, grad=g, updates=[(w, w - 0.1 * Iterate(X, body, g / frobenius_norm(g), 2))])
+    rng = np.random.default_rng(7)
+    for shape in [(3, 5), (5, 3)]:
+        p, grad = rng.standard_normal(shape), rng.standard_normal(shape)
+        x = grad / np.linalg.norm(grad)
+        for _ in range(2):
+            a = x @ x.T
+            x = coeffs[0] * x + (coeffs[1] * a + coeffs[2] * a @ a + coeffs[3] * a @ a @ a) @ x
+        ref = p - 0.1 * x
+        symopt.optimizer(rule, [p]).step([grad])
+        assert rel_err(p, ref, floor=1) <= 1e-13
