@@ -11,7 +11,7 @@ Fromage (Bernstein et al. 2020), as optax.fromage: θ_t = (θ − α max(‖θ�
 
 Variant fromage:
 
-    \\begin{aligned}\\theta_{t} &= \\frac{- \\frac{\\alpha g_{t} \\max\\left(\\epsilon_{\\min}, \\sqrt{\\sum_{\\mathcal{T}}\\left(\\theta_{t-1}^{2}\\right)}\\right)}{\\max\\left(\\epsilon_{\\min}, \\sqrt{\\sum_{\\mathcal{T}}\\left(g_{t}^{2}\\right)}\\right)} + \\theta_{t-1}}{\\sqrt{\\alpha^{2} + 1}}\\end{aligned}
+    \\begin{aligned}\\theta_{t} &= \\frac{- \\frac{\\alpha g_{t} \\max\\left(\\epsilon_{\\min}, \\left\\|\\theta_{t-1}\\right\\|_{F}\\right)}{\\max\\left(\\epsilon_{\\min}, \\left\\|g_{t}\\right\\|_{F}\\right)} + \\theta_{t-1}}{\\sqrt{\\alpha^{2} + 1}}\\end{aligned}
 
     hyperparameters: lr=0.01 in [0.0, inf], min_norm=1e-06 in (0.0, inf]
 
@@ -538,4 +538,4 @@ def fromage_reduce_f64_parallel(pptr, gptr, offs, chunks, scal, _ext):
             _d1 = _ext[j, 1]
             _ext[j, 3] = _d0*max(_d1, np.sqrt(_r1))/max(_d1, np.sqrt(_r0))
     return 0
-# content sha256: 7ceb08f5de95c8a906409f749bc2b267b475b1c936af602a0c6c18af9274771a
+# content sha256: 153ac64c4acff5a7b1770839552774ea6041f976c0e230f230a08297b5065e83

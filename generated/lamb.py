@@ -18,7 +18,7 @@ Two per-tensor reductions (‖θ‖, ‖u_t‖) in one read-only pass.
 
 Variant lamb:
 
-    \\begin{aligned}m_{t} &= \\beta_{1} m_{t-1} + g_{t} \\left(1 - \\beta_{1}\\right) \\\\ v_{t} &= \\beta_{2} v_{t-1} + g_{t}^{2} \\left(1 - \\beta_{2}\\right) \\\\ u &= \\lambda \\theta_{t-1} + \\frac{m_{t}}{\\left(1 - \\beta_{1}^{t}\\right) \\left(\\epsilon + \\sqrt{\\bar{\\epsilon} + \\frac{v_{t}}{1 - \\beta_{2}^{t}}}\\right)} \\\\ r_{t} &= \\begin{cases} \\frac{\\sqrt{\\sum_{\\mathcal{T}}\\left(\\theta_{t-1}^{2}\\right)}}{\\sqrt{\\sum_{\\mathcal{T}}\\left(u^{2}\\right)}} & \\text{for}\\: \\sqrt{\\sum_{\\mathcal{T}}\\left(\\theta_{t-1}^{2}\\right)} > 0 \\wedge \\sqrt{\\sum_{\\mathcal{T}}\\left(u^{2}\\right)} > 0 \\\\1 & \\text{otherwise} \\end{cases} \\\\ \\theta_{t} &= - \\alpha r_{t} u + \\theta_{t-1}\\end{aligned}
+    \\begin{aligned}m_{t} &= \\beta_{1} m_{t-1} + g_{t} \\left(1 - \\beta_{1}\\right) \\\\ v_{t} &= \\beta_{2} v_{t-1} + g_{t}^{2} \\left(1 - \\beta_{2}\\right) \\\\ u &= \\lambda \\theta_{t-1} + \\frac{m_{t}}{\\left(1 - \\beta_{1}^{t}\\right) \\left(\\epsilon + \\sqrt{\\bar{\\epsilon} + \\frac{v_{t}}{1 - \\beta_{2}^{t}}}\\right)} \\\\ r_{t} &= \\begin{cases} \\frac{\\left\\|\\theta_{t-1}\\right\\|_{F}}{\\left\\|u\\right\\|_{F}} & \\text{for}\\: \\left\\|\\theta_{t-1}\\right\\|_{F} > 0 \\wedge \\left\\|u\\right\\|_{F} > 0 \\\\1 & \\text{otherwise} \\end{cases} \\\\ \\theta_{t} &= - \\alpha r_{t} u + \\theta_{t-1}\\end{aligned}
 
     hyperparameters: lr=0.001 in [0.0, inf], b1=0.9 in [0.0, 1.0), b2=0.999 in [0.0, 1.0), eps=1e-06 in [0.0, inf], eps_root=0.0 in [0.0, inf], weight_decay=0.0 in [0.0, inf]
     state: mu (init 0), nu (init 0)
@@ -726,4 +726,4 @@ def lamb_reduce_f64_parallel(pptr, gptr, mu, nu, offs, chunks, scal, _ext):
             _f1 = np.sqrt(_r1)
             _ext[j, 10] = _d0*(_f0/_f1 if ((_f0 > np.float64(0.0)) and (_f1 > np.float64(0.0))) else np.float64(1.0))
     return 0
-# content sha256: 44fa03359331a4865e1074d39d3a2c37c0d27f88144149bc9270191dc1a3cedf
+# content sha256: dfbd9eb53bb8138caefb84d1ab45be7a07577977089304e040c9ab01833b1b42

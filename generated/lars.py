@@ -18,7 +18,7 @@ trajectory for a constant lr.  pytorch-optimizer's LARS skips 1-D tensors.
 
 Variant lars:
 
-    \\begin{aligned}u &= g_{t} + \\lambda \\theta_{t-1} \\\\ u &\\leftarrow u \\left(\\begin{cases} \\frac{\\eta \\sqrt{\\sum_{\\mathcal{T}}\\left(\\theta_{t-1}^{2}\\right)}}{\\epsilon + \\sqrt{\\sum_{\\mathcal{T}}\\left(u^{2}\\right)}} & \\text{for}\\: \\sqrt{\\sum_{\\mathcal{T}}\\left(\\theta_{t-1}^{2}\\right)} > 0 \\wedge \\sqrt{\\sum_{\\mathcal{T}}\\left(u^{2}\\right)} > 0 \\\\1 & \\text{otherwise} \\end{cases}\\right) \\\\ b_{t} &= b_{t-1} \\mu + u \\\\ \\theta_{t} &= - \\alpha \\left(\\begin{cases} b_{t} \\mu + u & \\text{for}\\: \\text{nesterov} = 1 \\\\b_{t} & \\text{otherwise} \\end{cases}\\right) + \\theta_{t-1}\\end{aligned}
+    \\begin{aligned}u &= g_{t} + \\lambda \\theta_{t-1} \\\\ u &\\leftarrow u \\left(\\begin{cases} \\frac{\\eta \\left\\|\\theta_{t-1}\\right\\|_{F}}{\\epsilon + \\left\\|u\\right\\|_{F}} & \\text{for}\\: \\left\\|\\theta_{t-1}\\right\\|_{F} > 0 \\wedge \\left\\|u\\right\\|_{F} > 0 \\\\1 & \\text{otherwise} \\end{cases}\\right) \\\\ b_{t} &= b_{t-1} \\mu + u \\\\ \\theta_{t} &= - \\alpha \\left(\\begin{cases} b_{t} \\mu + u & \\text{for}\\: \\text{nesterov} = 1 \\\\b_{t} & \\text{otherwise} \\end{cases}\\right) + \\theta_{t-1}\\end{aligned}
 
     hyperparameters: lr=0.01 in [0.0, inf], weight_decay=0.0 in [0.0, inf], trust_coefficient=0.001 in [0.0, inf], eps=0.0 in [0.0, inf], momentum=0.9 in [0.0, 1.0), nesterov=False in {False, True}
     state: trace (init 0)
@@ -646,4 +646,4 @@ def lars_reduce_f64_parallel(pptr, gptr, trace, offs, chunks, scal, _ext):
             _f1 = np.sqrt(_r0)
             _ext[j, 6] = (_f0*_d2/(_f1 + _d1) if ((_f0 > np.float64(0.0)) and (_f1 > np.float64(0.0))) else np.float64(1.0))
     return 0
-# content sha256: 9ebb7b2267fb2c9fb8eedd1b9bb3b1b4addf0b64c9bf276a9c1ba2fc2f131727
+# content sha256: b0cec1b437e15bf46740ae9090639254eb3b30171cb562b0ae08f7f3f8f026b7

@@ -19,7 +19,7 @@ One per-tensor reduction (‖c_t‖).
 
 Variant mars_adamw:
 
-    \\begin{aligned}c &= \\frac{\\beta_{1} \\gamma \\left(g_{t} - g^{\\mathrm{prev}}_{t-1}\\right)}{1 - \\beta_{1}} + g_{t} \\\\ c &\\leftarrow \\frac{c}{\\max\\left(1, \\sqrt{\\sum_{\\mathcal{T}}\\left(c^{2}\\right)}\\right)} \\\\ m_{t} &= m_{t-1} + \\left(1 - \\beta_{1}\\right) \\left(c - m_{t-1}\\right) \\\\ v_{t} &= \\beta_{2} v_{t-1} + c^{2} \\left(1 - \\beta_{2}\\right) \\\\ \\theta_{t} &= - \\frac{\\alpha m_{t} \\sqrt{1 - \\beta_{2}^{t}}}{\\left(1 - \\beta_{1}^{t}\\right) \\left(\\epsilon + \\sqrt{v_{t} + 1.0 \\cdot 10^{-15}}\\right)} + \\theta_{t-1} \\left(- \\alpha \\lambda + 1\\right) \\\\ g^{\\mathrm{prev}}_{t} &= g_{t}\\end{aligned}
+    \\begin{aligned}c &= \\frac{\\beta_{1} \\gamma \\left(g_{t} - g^{\\mathrm{prev}}_{t-1}\\right)}{1 - \\beta_{1}} + g_{t} \\\\ c &\\leftarrow \\frac{c}{\\max\\left(1, \\left\\|c\\right\\|_{F}\\right)} \\\\ m_{t} &= m_{t-1} + \\left(1 - \\beta_{1}\\right) \\left(c - m_{t-1}\\right) \\\\ v_{t} &= \\beta_{2} v_{t-1} + c^{2} \\left(1 - \\beta_{2}\\right) \\\\ \\theta_{t} &= - \\frac{\\alpha m_{t} \\sqrt{1 - \\beta_{2}^{t}}}{\\left(1 - \\beta_{1}^{t}\\right) \\left(\\epsilon + \\sqrt{v_{t} + 1.0 \\cdot 10^{-15}}\\right)} + \\theta_{t-1} \\left(- \\alpha \\lambda + 1\\right) \\\\ g^{\\mathrm{prev}}_{t} &= g_{t}\\end{aligned}
 
     hyperparameters: lr=0.003 in [0.0, inf], betas[0]=0.95 in [0.0, 1.0), betas[1]=0.99 in [0.0, 1.0), gamma=0.025 in [0.0, inf], eps=1e-08 in [0.0, inf], weight_decay=0.0 in [0.0, inf]
     state: exp_avg (init 0), exp_avg_sq (init 0), last_grad (init 0)
@@ -649,4 +649,4 @@ def mars_adamw_reduce_f64_parallel(pptr, gptr, exp_avg, exp_avg_sq, last_grad, o
             _r0 = _red[j, 0]
             _ext[j, 7] = (np.float64(1.0) / ((max(np.float64(1.0), np.sqrt(_r0)))))
     return 0
-# content sha256: c0149092e58917f3ae89121ab68041c53f21da86b9fff785dcf1f361f1399edc
+# content sha256: 4312c34f1cc9c73e9e93ec2800e511e4176c9f8a264f67fa5204f8670399b39d

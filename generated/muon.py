@@ -11,7 +11,7 @@ Muon: momentum, then its Newton–Schulz orthogonalization (torch.optim.Muon, it
 
 Variant muon:
 
-    \\begin{aligned}B_{t} &= B_{t-1} + \\left(1 - \\mu\\right) \\left(- B_{t-1} + g_{t}\\right) \\\\ \\widetilde{B} &= \\begin{cases} g_{t} + \\mu \\left(B_{t} - g_{t}\\right) & \\text{for}\\: nesterov = 1 \\\\B_{t} & \\text{otherwise} \\end{cases} \\\\ X_{0} &= \\frac{\\widetilde{B}}{\\max\\left(\\epsilon, \\sqrt{\\sum_{\\mathcal{T}}\\left(\\widetilde{B}^{2}\\right)}\\right)} \\\\ X_{j+1} &= a X_{j} + \\left(b X_{j} X_{j}^{T} + c \\left(X_{j} X_{j}^{T}\\right)^{2}\\right) X_{j}, \\quad j = 0, \\dots, k - 1 \\\\ \\theta_{t} &= - \\gamma \\left(\\begin{cases} \\frac{\\sqrt{\\max\\left(cols, rows\\right)}}{5} & \\text{for}\\: \\mathrm{adjust} = 2 \\\\\\sqrt{\\max\\left(1, \\frac{rows}{cols}\\right)} & \\text{otherwise} \\end{cases}\\right) X_{k} + \\theta_{t-1} \\left(- \\gamma \\lambda + 1\\right)\\end{aligned}
+    \\begin{aligned}B_{t} &= B_{t-1} + \\left(1 - \\mu\\right) \\left(- B_{t-1} + g_{t}\\right) \\\\ \\widetilde{B} &= \\begin{cases} g_{t} + \\mu \\left(B_{t} - g_{t}\\right) & \\text{for}\\: nesterov = 1 \\\\B_{t} & \\text{otherwise} \\end{cases} \\\\ X_{0} &= \\frac{\\widetilde{B}}{\\max\\left(\\epsilon, \\left\\|\\widetilde{B}\\right\\|_{F}\\right)} \\\\ X_{j+1} &= a X_{j} + \\left(b X_{j} X_{j}^{T} + c \\left(X_{j} X_{j}^{T}\\right)^{2}\\right) X_{j}, \\quad j = 0, \\dots, k - 1 \\\\ \\theta_{t} &= - \\gamma \\left(\\begin{cases} \\frac{\\sqrt{\\max\\left(cols, rows\\right)}}{5} & \\text{for}\\: \\mathrm{adjust} = 2 \\\\\\sqrt{\\max\\left(1, \\frac{rows}{cols}\\right)} & \\text{otherwise} \\end{cases}\\right) X_{k} + \\theta_{t-1} \\left(- \\gamma \\lambda + 1\\right)\\end{aligned}
 
     hyperparameters: lr=0.001 in [0.0, inf], weight_decay=0.1 in [0.0, inf], momentum=0.95 in [0.0, inf], nesterov=True in {False, True}, ns_coefficients[0]=3.4445 in [-inf, inf], ns_coefficients[1]=-4.775 in [-inf, inf], ns_coefficients[2]=2.0315 in [-inf, inf], eps=1e-07 in (0.0, inf], ns_steps=5 in [0, 99], adjust_lr_fn=None in {None, 'original', 'match_rms_adamw'}
     state: momentum_buffer (init 0)
@@ -475,4 +475,4 @@ def muon_f64(pptr, gptr, n, momentum_buffer_c, work, other, gram, horner, spare,
     result = _odd_iteration(work, other, gram, horner, spare, rows, cols, int(scal[6]), scal[11],
                             (scal[0], scal[1], scal[2],), blas.dsyrk, blas.dgemm)
     muon_f64_pass1(pptr, gptr, n, momentum_buffer_c, result, scal)
-# content sha256: d580fa575dc0e4fb1af171d994e8ef8248d12be3116b1056e6c6f4f7d7854cde
+# content sha256: ce475c82bae94a9b3c04201d904633fd595f007aa54bd16f0f52fbb2a1074cd4
