@@ -196,8 +196,8 @@ def _init_hypers(rule: Rule) -> list:
     return [s for s in rule.hyper if s in syms]
 
 
-def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict) -> dict:
-    state_ids = _state_identifiers(rule)
+def _scalar_context(rule: Rule, plan, hyper_ids: dict) -> dict:
+    """The per-step scalar function and the state initial values of a variant (either planner's plan)."""
     # Scalar function: arguments t and the hyperparameters, then CSE temporaries.
     scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
     taken = set(scalar_names.values())
@@ -218,7 +218,19 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     for s in plan.state:
         init = sp.sympify(rule.state[s].init)
         state_inits.append(string_literal("param") if init == rule.param else init_printer.doprint(sp.Float(0) + init))
+    return {
+        "nscalars": len(plan.scalars),
+        "scalar_args": ["t", *[hyper_ids[s] for s in plan.hyper]],
+        "scalar_doc": scalar_doc,
+        "scalar_temps": scalar_temps,
+        "scalar_returns": scalar_returns,
+        "init_args": [init_ids[s] for s in _init_hypers(rule)],
+        "state_inits": state_inits,
+    }
 
+
+def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict) -> dict:
+    state_ids = _state_identifiers(rule)
     # Element loop: names for loads, scalars and temporaries.
     elem_names = {rule.param: "param_i", rule.grad: "grad_i"}
     for s in plan.state:
@@ -251,16 +263,10 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
             })
     return {
+        **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix,
         "comment_name": comment_text(rule.name),
         "op_count": plan.op_count,
-        "nscalars": len(plan.scalars),
-        "scalar_args": ["t", *[hyper_ids[s] for s in plan.hyper]],
-        "scalar_doc": scalar_doc,
-        "scalar_temps": scalar_temps,
-        "scalar_returns": scalar_returns,
-        "init_args": [init_ids[s] for s in _init_hypers(rule)],
-        "state_inits": state_inits,
         "state_args": [state_ids[s] for s in plan.state],
         "loads": loads,
         "kernels": kernels,
@@ -477,21 +483,6 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
     """Names and printed code of one matrix variant (:mod:`.plan_matrix`): scalar functions, the
     per-tensor scalars, the two element passes per dtype and the iteration's arguments."""
     state_ids = _state_identifiers(rule)
-    scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
-    taken = set(scalar_names.values())
-    for sym, _ in plan.scalar_temps:
-        scalar_names[sym] = identifier(sym.name, taken, prefix="c")
-    sp_printer = ScalarPrinter(scalar_names)
-    resolved: dict = {}
-    for sym, expr in plan.scalar_temps:
-        resolved[sym] = expr.xreplace(resolved)
-    init_ids = {s: hyper_ids[s] for s in _init_hypers(rule)}
-    init_printer = ScalarPrinter(init_ids)
-    state_inits = []
-    for s in plan.state:
-        init = sp.sympify(rule.state[s].init)
-        state_inits.append(string_literal("param") if init == rule.param else init_printer.doprint(sp.Float(0) + init))
-
     # Per-tensor scalars: s[ns + k], from s[k], the reductions, rows and cols (float64, Python).
     ns = len(plan.scalars)
     table = {sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}
@@ -550,13 +541,8 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
             "scalar_loads": [(f"s{k}", k) for k in range(nsc)],
         })
     return {
+        **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
-        "nscalars": ns, "scalar_args": ["t", *[hyper_ids[s] for s in plan.hyper]],
-        "scalar_doc": [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
-                       for i, e in enumerate(plan.scalar_exprs)],
-        "scalar_temps": [(scalar_names[s], sp_printer.doprint(e)) for s, e in plan.scalar_temps],
-        "scalar_returns": [sp_printer.doprint(e) for e in plan.scalar_exprs],
-        "init_args": [init_ids[s] for s in _init_hypers(rule)], "state_inits": state_inits,
         "state_args": [state_ids[s] for s in plan.state],
         "reduction_names": reduction_names, "reduction_finals": finals, "tensor_codes": tensor_codes,
         "tensor_doc": tensor_doc or ["(none)"],
