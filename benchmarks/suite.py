@@ -290,11 +290,16 @@ def _arrays(sizes, dtype, rng, scale=1.0):
 
 
 # ---------------------------------------------------------------------------- phases
+def elementwise_rules() -> list:
+    """The built-in rules that step any array elementwise (matrix rules have phase_matrix)."""
+    return [n for n in symopt.rules() if "matrix" not in _kernels.load_builtin(n).FAMILY["variants"][0]]
+
+
 def phase_limit(size: int, rounds: int, log, names=None) -> list:
     """Target 1: every elementwise built-in rule (or ``names``), both dtypes, at ``size`` elements."""
     rng = np.random.default_rng(0)
     rows = []
-    for name in names or symopt.rules():
+    for name in names or elementwise_rules():
         mod = _kernels.load_builtin(name)
         for dtype in DTYPES:
             p0 = _arrays([size], dtype, rng)[0]
@@ -439,6 +444,56 @@ def phase_small(rounds, log) -> dict:
     return {"times": out, "fixed": fixed}
 
 
+MUON_SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024))
+
+
+def muon_flops(rows: int, cols: int, steps: int = 5) -> float:
+    """Nominal flops of Muon's Newton–Schulz as torch computes it (r = min side, c = max side):
+    per step XXᵀ (2r²c), A·A (2r³) and B·X (2r²c)."""
+    r, c = min(rows, cols), max(rows, cols)
+    return steps * (4.0 * r * r * c + 2.0 * r ** 3)
+
+
+def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
+    """Muon (float32): symopt's step against torch.optim.Muon's (bfloat16 Newton–Schulz) and a
+    plain sgemm of the same sizes; symopt's achieved GFLOP/s (nominal flops of torch's
+    algorithm) as a fraction of that sgemm's."""
+    from scipy.linalg import blas
+
+    rng = np.random.default_rng(5)
+    rows_out = []
+    for shape in shapes:
+        p = rng.standard_normal(shape).astype(np.float32)
+        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+        fns = {}
+        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="muon")
+        r, c = min(shape), max(shape)
+        x = np.asfortranarray(rng.standard_normal((r, c)).astype(np.float32))
+        out = np.zeros((r, r), np.float32, order="F")
+        fns["sgemm (r×c)·(c×r)"] = lambda x=x, out=out: blas.sgemm(1.0, x, x, 0.0, out, 0, 1, 1)
+        if _have("torch"):
+            import torch
+
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())
+            topt = torch.optim.Muon([tp], lr=0.02)
+            fns["torch.optim.Muon"] = topt.step
+        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        gemm_rate = 2.0 * r * r * c / res["sgemm (r×c)·(c×r)"]["median"]
+        rate = muon_flops(*shape) / res["symopt"]["median"]
+        row = {"shape": shape, "symopt": res["symopt"]["median"], "gflops": rate / 1e9,
+               "sgemm_gflops": gemm_rate / 1e9, "fraction": rate / gemm_rate}
+        if "torch.optim.Muon" in res:
+            row["torch"] = res["torch.optim.Muon"]["median"]
+            row["vs_torch"] = paired_ratio(res, "torch.optim.Muon", "symopt")
+        rows_out.append(row)
+        log(f"  muon {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms, {row['gflops']:.0f} GFLOP/s = "
+            f"{row['fraction']:.2f} of sgemm ({row['sgemm_gflops']:.0f} GFLOP/s)"
+            + (f"; torch.optim.Muon (bf16) {row['torch'] * 1e3:.1f} ms, symopt {row['vs_torch']:.2f}x faster"
+               if "torch" in row else ""))
+    return rows_out
+
+
 def phase_large(n, rounds, log) -> dict:
     """Target 5: one float32 tensor of ``n`` elements against torch fused."""
     rng = np.random.default_rng(4)
@@ -535,7 +590,7 @@ def phase_compile(log, cache_dir: str, workers: int = 2) -> list:
 
     The measuring process then runs with the same NUMBA_CACHE_DIR, so no kernel is compiled twice.
     """
-    names = symopt.rules()
+    names = elementwise_rules()
     parts = [names[i::workers] for i in range(workers)]
     procs = []
     for part in parts:
@@ -803,6 +858,8 @@ def measure_all(args) -> int:
     thr = phase_threshold(rounds, log, range(10, 21, 2) if quick else range(10, 23))
     log("[1] the check when the arrays fit in cache")
     incache = phase_check_in_cache(rounds, log)
+    log("[9] matrix rules: Muon, float32")
+    matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
     log("[7] start-up")
     startup = phase_startup(log)
     log("[8] memory")
@@ -816,6 +873,7 @@ def measure_all(args) -> int:
     elapsed = time.perf_counter() - t_start
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
                   incache, fused)
+    text += matrix_report(matrix)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
     return 0
@@ -823,6 +881,23 @@ def measure_all(args) -> int:
 
 def _verdict(ok) -> str:
     return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def matrix_report(rows) -> str:
+    """The Muon section of results.md."""
+    L = ["\n## Matrix rules: Muon (float32)\n",
+         "symopt runs Newton–Schulz in float32 through SciPy's BLAS (syrk for XXᵀ, gemm for the rest), "
+         "torch.optim.Muon in bfloat16. GFLOP/s: nominal flops of torch's algorithm (5 steps of XXᵀ, A·A, B·X) "
+         "per second of a whole symopt step, against a plain sgemm (r×c)·(c×r) of the same sizes in the same "
+         "run. vs torch: median of per-round time ratios (>1: symopt faster).\n",
+         "| shape | symopt step | GFLOP/s | sgemm GFLOP/s | fraction of sgemm | torch.optim.Muon | vs torch |",
+         "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        torch_t = f"{r['torch'] * 1e3:.1f} ms" if "torch" in r else "—"
+        vs = f"{r['vs_torch']:.2f}×" if "vs_torch" in r else "—"
+        L.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['symopt'] * 1e3:.1f} ms | {r['gflops']:.0f} | "
+                 f"{r['sgemm_gflops']:.0f} | {r['fraction']:.2f} | {torch_t} | {vs} |")
+    return "\n".join(L) + "\n"
 
 
 def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,

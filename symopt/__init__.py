@@ -27,7 +27,8 @@ from . import user_modules as _user_modules  # noqa: E402
 from .runtime import checkpoint as _checkpoint  # noqa: E402
 from .runtime import kernels as _kernels  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
-from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
+from .runtime.grouped import optimizer  # noqa: E402
+from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, save  # noqa: E402
 from .runtime.rule_kernel import RuleKernel, kernel  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
 from . import views as _views  # noqa: E402

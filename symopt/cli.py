@@ -49,6 +49,7 @@ def _cmd_show(args) -> int:
     import sympy as sp
 
     from .codegen.plan import make_plan
+    from .codegen.plan_matrix import is_matrix_rule, make_matrix_plan
     from .rulebook.catalog import family
     from .runtime.kernels import load_builtin
 
@@ -67,11 +68,14 @@ def _cmd_show(args) -> int:
     print("  keyword arguments:")
     for sym, h in fam.hyper.items():
         key = (h.key or sym.name) + ("" if h.index is None else f"[{h.index}]")
-        print(f"    {key:<20} default {h.default!r:<10} range {h.range_text():<16} {h.doc}")
+        print(f"    {key:<20} default {h.user_default!r:<10} range {h.range_text():<16} {h.doc}")
     for when, rule in fam.variants:
         cond = "" if when == sp.true else f" (when {sp.sstr(when)})"
-        plan = make_plan(rule)
-        print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element, {len(plan.scalars)} per-step scalars")
+        matrix = is_matrix_rule(rule)
+        plan = (make_matrix_plan if matrix else make_plan)(rule)
+        print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element"
+              + (" in two passes around a matrix iteration (BLAS)" if matrix else "")
+              + f", {len(plan.scalars)} per-step scalars")
         if rule.state:
             print("    state: " + ", ".join(f"{rule.state_key(s)} (init {sp.sstr(sp.sympify(v.init))})"
                                           for s, v in rule.state.items()))

@@ -40,6 +40,8 @@ RULE_PEERS = {
     "signsgd": _PO + _OPTAX, "signum": _PO + _OPTAX, "adafactor": _OPTAX, "adabelief_rectified": _PO,
     "tiger": _PO, "madgrad": _PO, "diffgrad": _PO, "ademamix": _PO + _OPTAX, "stable_adamw": _PO,
     "fromage": _OPTAX,
+    # matrix rules: compared with torch.optim.Muon (bfloat16) in tests/test_matrix.py, not a peer table
+    "muon": (),
 }
 
 
@@ -51,6 +53,7 @@ PEER_TOLERANCE = {
     "torch": {"float64": 1e-9, "float32": 1e-4},
     "optax": {"float64": 1e-9},
     "research": {"float64": 1e-9},
+    "matrix": {"float64": 1e-9, "float32": 5e-3},
 }
 
 

@@ -81,6 +81,7 @@ class RuleInfo:
     tolerance: Mapping | None = None
     known_issues: tuple = ()
     torch_optim: str | None = None
+    matrix: bool = False    # a matrix rule (an Iterate): >=2-D params, tests/test_matrix.py
 
     @property
     def group(self) -> str:
@@ -114,6 +115,8 @@ _GROUP_TOLERANCE = {
     "torch": {"peer": _PEER["torch"]},
     "optax": {"peer": _PEER["optax"], "peer displacement": {F64: 1e-9}},
     "research": {"peer": _PEER["research"], "peer displacement": {F64: 1e-9}},
+    # matrix rules: tests/test_matrix.py (float64 transcription 1e-9, torch.optim.Muon in bfloat16 5e-3)
+    "matrix": {"peer": _PEER["matrix"]},
 }
 
 
@@ -511,6 +514,9 @@ _RECORDS = [
     RuleInfo("fromage", research.fromage, (), (
         _ox(lambda ox, jnp: ox.fromage(1e-2), lr=1e-2),
     )),
+    # Matrix rules read >=2-D params as matrices; their parity, checkpoint and bad-input tests
+    # are tests/test_matrix.py (the elementwise tables below step 1-D params).
+    RuleInfo("muon", None, matrix=True),
 ]
 
 
@@ -523,6 +529,8 @@ def _complete(info: RuleInfo) -> RuleInfo:
 
 #: {rule name: RuleInfo}, in ``symopt.rules()`` order where the rule is built in.
 RULE_DB = {info.name: _complete(info) for info in _RECORDS}
+#: The elementwise rules: the tables that step 1-D params run over these (matrix rules: test_matrix.py).
+ELEMENTWISE = [name for name, info in RULE_DB.items() if not info.matrix]
 
 
 def peer_cases(*libraries, group=None):

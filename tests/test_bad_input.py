@@ -30,8 +30,9 @@ import sympy as sp
 import symopt
 from symopt import Hyper, RuleError, State
 from symopt.runtime.kernels import load_builtin
+from rule_db import ELEMENTWISE
 
-RULES = symopt.rules()
+RULES = ELEMENTWISE  # every built-in rule that steps 1-D params (matrix rules: test_matrix.py)
 MATCHES = {"finite": "must be finite", "number": "must be a real number", "bool": "must be True or False",
            "range": "invalid", "tuple": "must be a tuple of"}
 

@@ -23,7 +23,7 @@ PARITY_MODULES = {"test_torch_parity": "CASES", "test_optax_parity": "CASES", "t
 
 def test_every_builtin_rule_has_one_record():
     assert list(RULE_DB) == symopt.rules(), "tests/rule_db.py must hold one record per built-in rule, in order"
-    missing = [name for name, info in RULE_DB.items() if info.reference is None]
+    missing = [name for name, info in RULE_DB.items() if info.reference is None and not info.matrix]
     assert not missing, f"built-in rules without a NumPy reference step in tests/references: {missing}"
 
 

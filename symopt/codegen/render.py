@@ -6,6 +6,9 @@ renders every kind of generated module from ``templates/``:
 * ``optimizer_module.py.jinja`` -- an optimizer family (:func:`render_family`):
   per-step scalar functions and elementwise kernels per variant, and for rules with
   reductions the read-only reduction passes (macros of ``_reductions.jinja``);
+* ``matrix_module.py.jinja`` -- a family of matrix rules (an ``Iterate``; same entry
+  point): two element passes per variant around the iteration's BLAS calls
+  (:mod:`.plan_matrix`);
 * ``elementwise_module.py.jinja`` -- an elementwise loss (``value``,
   ``value_and_grad``) or activation (``forward``, ``backward``) of ``symopt.nn``
   (:func:`render_elementwise`);
@@ -38,14 +41,17 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
+from ..rulebook.matrix import cols, rows
 from ..rulebook.metadata import t
 from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
 from .plan_gradients import SCALE, UPSTREAM
+from .plan_matrix import RESULT, WORK, is_matrix_rule, make_matrix_plan
 from .printers import KernelPrinter, ScalarPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
+MATRIX_TEMPLATE = "matrix_module.py.jinja"
 ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
 ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
 GRADIENT_TEMPLATE = "gradient_module.py.jinja"
@@ -128,8 +134,9 @@ def _num(x):
 
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
-    """The input hash of ``family``'s module: its formulas (fingerprint) and the generator."""
-    return input_hash(OPTIMIZER_TEMPLATE, family.fingerprint())
+    """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
+    matrix = any(is_matrix_rule(rule) for _, rule in family.variants)
+    return input_hash(MATRIX_TEMPLATE if matrix else OPTIMIZER_TEMPLATE, family.fingerprint())
 
 
 def hyper_identifiers(family: Family) -> dict:
@@ -150,9 +157,11 @@ def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -
     for sym, h in family.hyper.items():
         hyper.append({
             "name": hyper_ids[sym], "key": h.key or sym.name, "index": h.index,
-            "default": h.default, "kind": h.kind, "low": _num(h.low), "high": _num(h.high),
+            "default": h.user_default, "kind": h.kind, "low": _num(h.low), "high": _num(h.high),
             "low_open": h.low_open, "high_open": h.high_open, "doc": h.doc,
         })
+        if h.kind == "choice":  # users pass the choice, kernels read its position
+            hyper[-1]["choices"] = list(h.choices)
     variants = []
     for (when, rule), plan, prefix in zip(family.variants, plans, prefixes):
         state_ids = _state_identifiers(rule)
@@ -166,7 +175,7 @@ def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -
             "op_count": plan.op_count,
             "formula_hash": rule.fingerprint(),
         })
-        if plan.reduction is not None:  # reduction passes + per-tensor scalars
+        if getattr(plan, "reduction", None) is not None:  # reduction passes + per-tensor scalars
             variants[-1]["reduce"] = _reduction_runtime_info(plan, prefix)
     return {
         "name": family.name,
@@ -189,8 +198,8 @@ def _init_hypers(rule: Rule) -> list:
     return [s for s in rule.hyper if s in syms]
 
 
-def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict) -> dict:
-    state_ids = _state_identifiers(rule)
+def _scalar_context(rule: Rule, plan, hyper_ids: dict) -> dict:
+    """The per-step scalar function and the state initial values of a variant (either planner's plan)."""
     # Scalar function: arguments t and the hyperparameters, then CSE temporaries.
     scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
     taken = set(scalar_names.values())
@@ -211,7 +220,19 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     for s in plan.state:
         init = sp.sympify(rule.state[s].init)
         state_inits.append(string_literal("param") if init == rule.param else init_printer.doprint(sp.Float(0) + init))
+    return {
+        "nscalars": len(plan.scalars),
+        "scalar_args": ["t", *[hyper_ids[s] for s in plan.hyper]],
+        "scalar_doc": scalar_doc,
+        "scalar_temps": scalar_temps,
+        "scalar_returns": scalar_returns,
+        "init_args": [init_ids[s] for s in _init_hypers(rule)],
+        "state_inits": state_inits,
+    }
 
+
+def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict) -> dict:
+    state_ids = _state_identifiers(rule)
     # Element loop: names for loads, scalars and temporaries.
     elem_names = {rule.param: "param_i", rule.grad: "grad_i"}
     for s in plan.state:
@@ -272,16 +293,10 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "row": f"{prefix}_tensor_scalars_{suffix}",
             })
     return {
+        **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix,
         "comment_name": comment_text(rule.name),
         "op_count": plan.op_count,
-        "nscalars": len(plan.scalars),
-        "scalar_args": ["t", *[hyper_ids[s] for s in plan.hyper]],
-        "scalar_doc": scalar_doc,
-        "scalar_temps": scalar_temps,
-        "scalar_returns": scalar_returns,
-        "init_args": [init_ids[s] for s in _init_hypers(rule)],
-        "state_inits": state_inits,
         "state_args": [state_ids[s] for s in plan.state],
         "ntensor": nloads - len(plan.scalars),
         "elements": elements,
@@ -326,7 +341,7 @@ def _docstring(family: Family) -> str:
         lines.append("    " + rule.latex())
         lines.append("")
         lines.append("    hyperparameters: " + ", ".join(
-            f"{(h.key or s.name) + ('' if h.index is None else f'[{h.index}]')}={h.default!r} in {h.range_text()}"
+            f"{(h.key or s.name) + ('' if h.index is None else f'[{h.index}]')}={h.user_default!r} in {h.range_text()}"
             for s, h in rule.hyper.items()) if rule.hyper else "    hyperparameters: none")
         if rule.state:
             lines.append("    state: " + ", ".join(
@@ -491,7 +506,9 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
 
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
-    """Source text of the generated module for ``family``."""
+    """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
+    if any(is_matrix_rule(rule) for _, rule in family.variants):
+        return render_matrix_family(family, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
@@ -512,6 +529,105 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
                                  for (_, rule), plan, prefix, ids in zip(family.variants, plans, prefixes, state_ids)
                                  if plan.reduction is not None]
     return environment().get_template(OPTIMIZER_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- matrix rules
+_BLAS_PREFIX = {"float32": "s", "float64": "d"}
+
+
+def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> dict:
+    """Names and printed code of one matrix variant (:mod:`.plan_matrix`): scalar functions, the
+    per-tensor scalars, the two element passes per dtype and the iteration's arguments."""
+    state_ids = _state_identifiers(rule)
+    # Per-tensor scalars: s[ns + k], from s[k], the reductions, rows and cols (float64, Python).
+    ns = len(plan.scalars)
+    table = {sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}
+    reduction_names = [f"_r{k}" for k in range(len(plan.reductions))]
+    tnames = {**{sym: f"s[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: name for (sym, _), name in zip(plan.reductions, reduction_names)},
+              rows: "rows", cols: "cols"}
+    for k, (sym, _) in enumerate(plan.tensor_scalars):
+        tnames[sym] = f"s[{ns + k}]"
+        table[sym] = f"scal[{ns + k}]"
+    tp = ScalarPrinter(tnames)
+    finals = [(name, f"{name} / (rows * cols)") for (_, op), name in zip(plan.reductions, reduction_names)
+              if op == "mean"]
+    tensor_codes = [(ns + k, tp.doprint(e)) for k, (_, e) in enumerate(plan.tensor_scalars)]
+    tensor_doc = [docstring_text(f"{sym.name} = {sp.sstr(e)}") for sym, e in plan.tensor_scalars]
+    it = plan.iteration
+
+    def scalar_arg(x):
+        return table[x] if x in table else repr(float(x))
+
+    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i"}
+    for s in plan.state:
+        elem[s] = f"{state_ids[s]}_i"
+    nsc = ns + len(plan.tensor_scalars)
+    for k, sym in enumerate(plan.scalars):
+        elem[sym] = f"s{k}"
+    for k, (sym, _) in enumerate(plan.tensor_scalars):
+        elem[sym] = f"s{ns + k}"
+    for ps in plan.passes:
+        for sym, _ in ps.element_temps:
+            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
+    src = {rule.param: "param_c", rule.grad: "grad_c", RESULT: "result", WORK: "work",
+           **{s: f"{state_ids[s]}_c" for s in plan.state}}
+    kernels = []
+    helpers: set = set()
+    for suffix, dtype, ptr, itemsize in _DTYPES:
+        pr = KernelPrinter(elem, dtype, vector_math=True)
+        passes = []
+        for index, ps in enumerate(plan.passes):
+            sums = [f"_a{k}" for k in range(len(ps.sums))]
+            passes.append({
+                "index": index, "buffer": "work" if index == 0 else "result",
+                "loads": [(elem[s], src[s]) for s in ps.reads],
+                "temps": [(elem[s], pr.doprint(e)) for s, e in ps.element_temps],
+                "stores": [(src[tgt], pr.doprint(e)) for tgt, e in ps.stores],
+                "sums": sums, "sum_codes": [(a, pr.doprint(e)) for a, (_, e) in zip(sums, ps.sums)],
+                "doc": docstring_text(f"Pass {index} of {rule.name} over one tensor ({dtype}): "
+                                      + ("the updates before the iteration, its start value into work, "
+                                         "the sums of its factor." if index == 0 else
+                                         "the updates from the iteration's result on.")),
+            })
+        helpers |= pr.helpers
+        kernels.append({
+            "name": f"{prefix}_{suffix}", "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "ctor": pr.ctor,
+            "zero": pr.const(0), "blas": _BLAS_PREFIX[dtype], "passes": passes,
+            "scalar_loads": [(f"s{k}", k) for k in range(nsc)],
+        })
+    return {
+        **_scalar_context(rule, plan, hyper_ids),
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "state_args": [state_ids[s] for s in plan.state],
+        "reduction_names": reduction_names, "reduction_finals": finals, "tensor_codes": tensor_codes,
+        "tensor_doc": tensor_doc or ["(none)"],
+        "count": scalar_arg(it.count), "scale": scalar_arg(it.scale),
+        "coefficients": [scalar_arg(q) for q in it.coefficients],
+        "kernels": kernels, "helpers": helpers,
+    }
+
+
+def render_matrix_family(family: Family, *, source_label: str | None = None) -> str:
+    """Source text of the generated module of a family of matrix rules (``matrix_module.py.jinja``)."""
+    plans = [make_matrix_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    data = _family_data(family, plans, hyper_ids, prefixes)
+    for info, plan in zip(data["variants"], plans):
+        info["matrix"] = {"ntensor_scalars": len(plan.tensor_scalars)}
+    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
+    ctx = {
+        "header": header(family.name, source_label or family.source, MATRIX_TEMPLATE, family_hash(family)),
+        "docstring": _docstring(family),
+        "family_literal": python_literal(data, width=100),
+        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
+        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
+        "variants": [_matrix_variant_context(r, p, pre, hyper_ids)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    return environment().get_template(MATRIX_TEMPLATE).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- symopt.nn modules

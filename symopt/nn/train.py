@@ -105,7 +105,7 @@ def train_model(net, rule, X, y, X_test=None, y_test=None, *, epochs: int, batch
     default; ``hyper`` are further optimizer keyword arguments.  The batch order
     comes from ``numpy.random.default_rng(seed)``.
     """
-    from ..runtime.optimizer import optimizer
+    from ..runtime.grouped import optimizer
 
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")

@@ -15,6 +15,7 @@ CATALOG_MODULES = (
     "symopt.rulebook.torch_compat",
     "symopt.rulebook.optax_compat",
     "symopt.rulebook.research",
+    "symopt.rulebook.matrix_rules",
 )
 
 

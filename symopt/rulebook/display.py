@@ -2,12 +2,40 @@
 
 ``m_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g_t``: a state or parameter symbol on a
 right-hand side reads ``X_{t-1}`` until it is assigned, ``X_t`` after; the gradient
-is ``g_t``; temporaries keep their plain names.
+is ``g_t``; temporaries keep their plain names.  A matrix iteration
+(:class:`~symopt.rulebook.matrix.Iterate`) is written out before the update that uses it:
+``X_0 = start``, ``X_{j+1} = body(X_j)`` for ``j = 0 … k − 1``; the update reads ``X_k``.
+A norm ``√(Σ x²)`` over the tensor (or over every tensor) is written ``‖x‖_F`` (``‖x‖_𝒫``).
 """
 
 from __future__ import annotations
 
 import sympy as sp
+
+from .matrix import Iterate
+from .reduction import GlobalSum, TensorSum
+
+
+class _Norm(sp.Function):
+    """Display only: ‖x‖_F (over the tensor) or ‖x‖_𝒫 (over every tensor) for √(Σ x²)."""
+
+    nargs = 2
+
+    def _latex(self, printer, exp=None):
+        where = "F" if self.args[1] == 0 else r"\mathcal{P}"
+        text = rf"\left\|{printer._print(self.args[0])}\right\|_{{{where}}}"
+        return text if exp is None else rf"{text}^{{{printer._print(exp)}}}"
+
+
+def _is_norm(e) -> bool:
+    return (e.is_Pow and e.exp in (sp.S.Half, -sp.S.Half) and isinstance(e.base, (TensorSum, GlobalSum))
+            and e.base.args[0].is_Pow and e.base.args[0].exp == 2)
+
+
+def _readable(expr):
+    """``expr`` with every √(Σ x²) written as a norm (for display)."""
+    return expr.replace(_is_norm, lambda e: _Norm(e.base.args[0].base, 0 if isinstance(e.base, TensorSum) else 1)
+                        ** (1 if e.exp > 0 else -1))
 
 
 def base_latex(rule, sym) -> str:
@@ -49,10 +77,26 @@ def update_rows(rule) -> list:
 
 def rule_latex(rule) -> str:
     """All update equations of ``rule`` as one LaTeX ``aligned`` block."""
-    lines = [f"{left} &{arrow} {sp.latex(rhs, symbol_names=names)}" for left, arrow, rhs, names in update_rows(rule)]
+    lines = []
+    for left, arrow, rhs, names in update_rows(rule):
+        for it in rhs.atoms(Iterate):
+            lines += _iteration_lines(it, names)
+        lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
 
 
 def expr_latex(rule, expr) -> str:
     names = {s: base_latex(rule, s) for s in [*rule.hyper, *rule.temporaries, rule.param, rule.grad, *rule.state]}
-    return sp.latex(expr, symbol_names=names)
+    return sp.latex(_readable(expr), symbol_names=names)
+
+
+def _iteration_lines(it, symbol_names: dict) -> list:
+    """``X_0 = start`` and ``X_{j+1} = body(X_j)`` (for j = 0 … count − 1) of an :class:`Iterate`."""
+    var = it.var
+    step = sp.MatrixSymbol(f"{var.name}_{{j+1}}", *var.shape)
+    cur = sp.MatrixSymbol(f"{var.name}_{{j}}", *var.shape)
+    count = sp.latex(it.count, symbol_names=symbol_names)
+    start = sp.latex(_readable(it.start), symbol_names=symbol_names)
+    body = sp.latex(it.body.xreplace({var: cur}), symbol_names=symbol_names)
+    return [f"{sp.latex(var)}_{{0}} &= {start}",
+            rf"{sp.latex(step)} &= {body}, \quad j = 0, \dots, {count} - 1"]

@@ -30,7 +30,10 @@ class Hyper:
     bound it (``low_open``/``high_open`` make the bound strict).  ``key`` is the
     keyword argument that carries it (default: the symbol's name); ``index``
     selects a position when the keyword takes a tuple, as torch's
-    ``betas=(beta1, beta2)`` does.  ``kind`` is ``"float"`` or ``"bool"``.
+    ``betas=(beta1, beta2)`` does.  ``kind`` is ``"float"``, ``"bool"`` or ``"choice"``: one
+    of ``choices`` (``None`` or strings, as torch's ``adjust_lr_fn``), whose *position* is
+    the symbol's value in the rule (``default`` is that position; conditions read
+    ``Eq(sym, k)``) while users pass and see the choice itself.
     """
 
     default: float | bool
@@ -42,10 +45,23 @@ class Hyper:
     index: int | None = None
     doc: str = ""
     kind: str = "float"
+    choices: tuple = ()
 
     def __post_init__(self):
-        if self.kind not in ("float", "bool"):
-            raise RuleError(f"Hyper.kind must be 'float' or 'bool', got {self.kind!r}")
+        if self.kind not in ("float", "bool", "choice"):
+            raise RuleError(f"Hyper.kind must be 'float', 'bool' or 'choice', got {self.kind!r}")
+        if self.kind == "choice":
+            if not isinstance(self.choices, tuple) or len(self.choices) < 2 or \
+                    not all(c is None or isinstance(c, str) for c in self.choices) or \
+                    len(set(self.choices)) != len(self.choices):
+                raise RuleError(f"a choice hyperparameter needs a tuple of at least two distinct choices (None or "
+                                f"strings), got {self.choices!r}")
+            if type(self.default) is not int or not 0 <= self.default < len(self.choices):
+                raise RuleError(f"a choice hyperparameter's default is the position of its choice, got "
+                                f"{self.default!r}")
+            return
+        if self.choices:
+            raise RuleError("only a choice hyperparameter has choices")
         if self.kind == "bool" and not isinstance(self.default, bool):
             raise RuleError(f"a bool hyperparameter needs a bool default, got {self.default!r}")
         if self.kind == "float":
@@ -54,9 +70,23 @@ class Hyper:
             if not math.isfinite(self.default):
                 raise RuleError(f"hyperparameter default must be finite, got {self.default!r}")
 
+    @property
+    def user_default(self):
+        """The default as users pass it (the choice itself for a choice hyperparameter)."""
+        return self.choices[self.default] if self.kind == "choice" else self.default
+
+    def position(self, value) -> int:
+        """The position of ``value`` among ``choices`` (ValueError when it is not one)."""
+        for k, c in enumerate(self.choices):
+            if c is value or (isinstance(value, str) and c == value):
+                return k
+        raise ValueError(f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+
     def range_text(self) -> str:
         if self.kind == "bool":
             return "{False, True}"
+        if self.kind == "choice":
+            return "{" + ", ".join(map(repr, self.choices)) + "}"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
         fmt = lambda x: "inf" if x == math.inf else ("-inf" if x == -math.inf else repr(x))

@@ -132,7 +132,7 @@ class Rule:
         for sym, h in self.hyper.items():
             key = h.key or sym.name
             if h.index is None:
-                out[key] = h.default
+                out[key] = h.user_default
             else:
                 tuples.setdefault(key, {})[h.index] = h.default
                 out[key] = None
@@ -243,7 +243,7 @@ class Family:
             if key not in by_key:
                 raise TypeError(f"{self.name}: unknown keyword argument {key!r}; known: {sorted(by_key)}")
             for sym, h in by_key[key]:
-                values[sym] = val[h.index] if h.index is not None else val
+                values[sym] = val[h.index] if h.index is not None else h.position(val) if h.kind == "choice" else val
         return self.select(values)
 
     def _repr_html_(self):

@@ -19,7 +19,10 @@ Every message names the offending part.  A rule is rejected when it
   the functions the registry (:mod:`symopt.functions`) admits in rules.  A subclass
   of an allowed class is rejected too: SymPy printers let an object print itself
   (``_pythoncode``), which would paste arbitrary text into the kernel;
-* is not elementwise (matrices, indexed objects, sums/products over indices);
+* is not elementwise (matrices, indexed objects, sums/products over indices) outside an
+  :class:`~symopt.rulebook.matrix.Iterate`, whose body may hold ``MatrixSymbol`` (its own
+  variable only), ``MatAdd``, ``MatMul``, ``Transpose`` and integer ``MatPow`` with
+  coefficients in hyperparameters (see :mod:`.matrix`); one ``Iterate`` per rule;
 * has malformed hyperparameter or state metadata (NaN or reversed bounds, a default
   outside its range, keys that collide in ``param_groups`` or ``state_dict``).
 
@@ -38,6 +41,7 @@ from sympy.logic import boolalg as _boolalg
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..functions import REGISTRY, registered
+from .matrix import SHAPE_SYMBOLS, Iterate
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .metadata import Hyper, RuleError, State, t
 
@@ -83,8 +87,15 @@ def check_expression(expr, where: str) -> None:
     if _depth(expr) > MAX_DEPTH:
         raise RuleError(f"{where}: the expression is nested more than {MAX_DEPTH} levels deep; "
                         f"split it into temporaries")
-    for node in sp.preorder_traversal(expr):
+    stack = [expr]
+    while stack:
+        node = stack.pop()
         kind = type(node)
+        if kind is Iterate:  # its matrix body is checked on its own; start and count are scalar
+            check_matrix_body(node, where)
+            stack.extend((node.start, node.count))
+            continue
+        stack.extend(reversed(node.args))
         if kind in SYMBOL_TYPES:
             continue
         if kind in _NUMBER_TYPES:
@@ -118,6 +129,35 @@ def check_expression(expr, where: str) -> None:
         raise RuleError(f"{where}: the function {name} cannot be printed into a kernel "
                         f"(supported: {', '.join(f.__name__ for f in RULE_FUNCTIONS)}, Piecewise, "
                         f"+, *, **, relations, And/Or/Not)")
+
+
+_MATRIX_TYPES = frozenset({sp.MatAdd, sp.MatMul, sp.Transpose, sp.MatPow})
+
+
+def check_matrix_body(node, where: str) -> None:
+    """An :class:`Iterate` body: matrix sums and products of its variable, transposes and integer
+    powers, with scalar coefficients (numbers and symbols; :func:`check_rule` limits them to
+    hyperparameters)."""
+    var = node.var
+    stack = [node.body]
+    while stack:
+        m = stack.pop()
+        kind = type(m)
+        if kind is sp.MatrixSymbol:
+            if m != var:
+                raise RuleError(f"{where}: the iteration body uses the matrix {m.name}; only its variable "
+                                f"{var.name} may appear")
+            continue
+        if kind not in _MATRIX_TYPES:
+            raise RuleError(f"{where}: {kind.__name__} in an iteration body; allowed: MatAdd, MatMul, "
+                            f"Transpose, integer MatPow of the variable {var.name}")
+        if kind is sp.MatPow and not (m.exp.is_Integer and int(m.exp) >= 1):
+            raise RuleError(f"{where}: matrix power {sp.sstr(m.exp)} in an iteration body; only positive integers")
+        for a in m.args:
+            if isinstance(a, sp.MatrixExpr):
+                stack.append(a)
+            elif not (kind is sp.MatPow and a is m.exp):
+                check_expression(a, f"{where}: coefficient in the iteration body")
 
 
 def _is_real(x) -> bool:
@@ -161,7 +201,7 @@ def check_hyper(sym, h, where: str = "") -> None:
             raise RuleError(f"{label}: {side} bound must be a number (inf allowed), got {v!r}")
         if not isinstance(getattr(h, f"{side}_open"), bool):
             raise RuleError(f"{label}: {side}_open must be True or False")
-    if h.kind == "bool":
+    if h.kind in ("bool", "choice"):  # choices are checked by Hyper itself
         return
     if h.low > h.high:
         raise RuleError(f"{label}: low bound {h.low!r} is above high bound {h.high!r}")
@@ -254,8 +294,9 @@ def check_rule(rule) -> None:
             if bad:
                 raise RuleError(f"state variable {sym}: initial value may use only hyperparameters "
                                 f"(or be the param itself); it uses {sorted(map(str, bad))}")
-    known = set(arrays) | hypers | {t}
+    known = set(arrays) | hypers | {t, *SHAPE_SYMBOLS}
     updated_param = False
+    iterations = 0
     for i, (lhs, rhs) in enumerate(rule.updates):
         where = f"update {i + 1} ({lhs} = ...)"
         if lhs in hypers:
@@ -263,6 +304,14 @@ def check_rule(rule) -> None:
         if lhs == t:
             raise RuleError(f"{where}: the step counter t cannot be assigned")
         check_expression(rhs, where)
+        for it in rhs.atoms(Iterate):
+            iterations += 1
+            bad = (it.free_symbols - it.start.free_symbols) - hypers
+            if bad:
+                raise RuleError(f"{where}: the iteration's body coefficients and count may use only "
+                                f"hyperparameters; it uses {sorted(map(str, bad))}")
+        if iterations > 1:
+            raise RuleError(f"{where}: a rule may hold one Iterate (one matrix iteration per step)")
         unknown = rhs.free_symbols - known
         if unknown:
             raise RuleError(f"{where}: unknown symbols {sorted(map(str, unknown))}; every symbol must be the "
@@ -272,6 +321,10 @@ def check_rule(rule) -> None:
             updated_param = True
     if not updated_param:
         raise RuleError(f"rule {rule.name!r} never updates the param {rule.param}")
+    shape_used = set(SHAPE_SYMBOLS) & set().union(*(rhs.free_symbols for _, rhs in rule.updates))
+    if shape_used and not iterations:
+        raise RuleError(f"rule {rule.name!r} uses {sorted(map(str, shape_used))}, the shape of a matrix view, "
+                        f"but holds no Iterate (only matrix rules read params as matrices)")
     for sym in rule.state:
         if not any(lhs == sym for lhs, _ in rule.updates):
             raise RuleError(f"state variable {sym} is never updated; make it a hyperparameter or drop it")

@@ -67,6 +67,8 @@ def _plain(value, key: str = "value"):
     :class:`symopt.schedule.Schedule` becomes ``{"schedule": ...}`` with its exact expression)."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
+    if value is None or isinstance(value, str):  # a choice (torch's adjust_lr_fn)
+        return value
     if isinstance(value, (tuple, list)):
         return [_plain(v, key) for v in value]
     if scheduled.is_schedule(value):

@@ -1,4 +1,5 @@
-"""The runtime stage: ``symopt.optimizer(rule, params, **hyper)``.
+"""The runtime stage: the optimizer of ``symopt.optimizer(rule, params, **hyper)`` (built by
+:func:`symopt.runtime.grouped.optimizer`).
 
 The optimizer validates everything once, allocates the state in one flat buffer
 per state variable, and at every ``step(grads)``:
@@ -25,9 +26,9 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import checkpoint, kernels, layout, reduction, scheduled
+from . import checkpoint, kernels, layout, matrix, reduction, scheduled
 
-__all__ = ["Optimizer", "optimizer", "NonFiniteGradientError", "save", "load"]
+__all__ = ["Optimizer", "NonFiniteGradientError", "save", "load"]
 
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: Bytes of params updated by one step from which the threaded kernel is used (when numba has
@@ -36,21 +37,13 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
+#: The keys of a param group that are not hyperparameters: its params, and the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
+GROUP_KEYS = ("params", "rule")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
     """A gradient held NaN or inf; nothing was modified."""
-
-
-def optimizer(rule, params, *, on_nonfinite: str = "raise", **hyper) -> "Optimizer":
-    """Build an optimizer for a built-in rule name or a :class:`symopt.Rule` (see :class:`Optimizer`).
-
-    ``params`` is a list of C-contiguous, writable float32 or float64 arrays (one
-    dtype per optimizer), or a list of torch-style groups
-    ``{"params": [...], "lr": ...}``.  Keyword arguments set the defaults of every
-    group, with torch.optim's names (``lr``, ``betas``, ``eps``...).
-    """
-    return Optimizer(rule, params, on_nonfinite=on_nonfinite, **hyper)
 
 
 def _is_number(x) -> bool:
@@ -91,6 +84,12 @@ class _Spec:
                     raise ValueError(f"{where}: {key!r} must be a tuple of {n} numbers, got {raw!r}")
                 raw = raw[h["index"]]
                 label = f"{key}[{h['index']}]"
+            if h["kind"] == "choice":  # the position of the choice is the rule's value
+                if not any(c is raw or (isinstance(raw, str) and c == raw) for c in h["choices"]):
+                    raise ValueError(f"{where}: {label!r} must be one of "
+                                     f"{', '.join(map(repr, h['choices']))}, got {raw!r}")
+                out[h["name"]] = float(h["choices"].index(raw))
+                continue
             if h["kind"] == "bool":
                 if not isinstance(raw, (bool, np.bool_)):
                     raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")
@@ -164,8 +163,11 @@ class Optimizer:
         for gi, group in enumerate(groups):
             where = f"{spec.name}: param group {gi}"
             for key in group:
-                if key != "params" and key not in spec.defaults:
+                if key not in GROUP_KEYS and key not in spec.defaults:
                     raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys)}")
+            if "rule" in group and getattr(group["rule"], "name", group["rule"]) != spec.name:
+                raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
+                                 f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
@@ -286,8 +288,14 @@ class Optimizer:
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
-        self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
-        self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        if self._matrix is None:
+            self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
+            self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        else:
+            self._kernel_serial = self._kernel_parallel = None
+            self._flat = None
         # None unless the rule has TensorSum/GlobalSum...: the reduction passes (runtime/reduction.py)
         self._reduce = reduction.setup(mod, self._vinfo, len(sizes), suffix)
         if self._reduce is not None:
@@ -367,7 +375,7 @@ class Optimizer:
             return cached[1]
         where = f"{self.rule_name}: param group {gi}"
         for key in group:
-            if key != "params" and key not in self._spec.defaults:
+            if key not in GROUP_KEYS and key not in self._spec.defaults:
                 raise TypeError(f"{where}: unknown hyperparameter {key!r}")
         vals = self._spec.values(group, where)
         k = self._spec.variant_index(vals, where)
@@ -476,7 +484,7 @@ class Optimizer:
                 return None
             mask = active
             total = int(self._sizes[active].sum())
-        nworkers = _threads() if total >= self.parallel_threshold else 1
+        nworkers = _threads() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
         t0 = layout.uniform_step(self._steps, mask)
@@ -513,7 +521,10 @@ class Optimizer:
         kernel = self._kernel_parallel if parallel else self._kernel_serial
         if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
             chunks, scal = self._reduce(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, parallel)
-        nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
+        if self._matrix is not None:
+            nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
+        else:
+            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
             if self.on_nonfinite == "skip":
                 self.skipped_steps += 1
@@ -585,8 +596,10 @@ class Optimizer:
                 raise ValueError(f"param group {gi} of the state_dict has {len(ids)} params, the optimizer's has "
                                  f"{len(mine['params'])}")
             merged = {**mine, **{k: v for k, v in saved.items() if k != "params"}}
+            if merged.get("rule", self.rule_name) != self.rule_name:
+                raise ValueError(f"state_dict param group {gi} is for rule {merged['rule']!r}, not {self.rule_name!r}")
             for key in merged:
-                if key != "params" and key not in self._spec.defaults:
+                if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:

@@ -194,7 +194,7 @@ class Optimizer(torch.optim.Optimizer):
         implementation = {k: hyper.pop(k) for k in list(hyper) if k in IMPLEMENTATION_KEYS}
         _check_implementation_options(implementation)
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
-        probe = _RuntimeOptimizer(rule, [np.zeros(1)], on_nonfinite=on_nonfinite,
+        probe = _RuntimeOptimizer(rule, [np.zeros((1, 1))], on_nonfinite=on_nonfinite,
                                   **{k: _plain(v, k) for k, v in hyper.items()})
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
@@ -635,7 +635,7 @@ class Optimizer(torch.optim.Optimizer):
         self._keys = tuple(sym["keys"])
         params = [p for g in self.param_groups for p in g["params"]]
         carried = {j: saved[p] for j, p in enumerate(params) if p in saved}
-        probe = _RuntimeOptimizer(self._rule, [np.zeros(1)], on_nonfinite=self._on_nonfinite)
+        probe = _RuntimeOptimizer(self._rule, [np.zeros((1, 1))], on_nonfinite=self._on_nonfinite)
         self.rule_name = probe.rule_name
         self._watch_lr()
         core, params = self._make_core(self.param_groups, state=carried)

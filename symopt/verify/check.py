@@ -14,6 +14,11 @@ Inputs span magnitude bands (tiny, unit, huge — chosen inside each dtype's ran
 so that squares stay normal numbers).  The default tolerances are 2e-5 for
 float32 and 1e-12 for float64: per-step scalars are float64 cast to the kernel
 dtype, so a float32 step carries a few float32 roundings of every factor.
+
+Matrix rules (an ``Iterate``: every output element depends on every input element) run
+on small matrices of each shape in :data:`MATRIX_SHAPES` (:func:`verify_matrix_variant`,
+exact values from :mod:`.matrix`), with the error relative to the largest exact value of
+each output (max-norm): a matrix iteration's rounding is shared among the elements.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+#: Matrix rules: wide, tall and a 3-D param (read as 2 × 6), with the tolerances above
+#: (max-norm; muon measured 8e-8 in float32 and 1.2e-16 in float64).
+MATRIX_SHAPES = ((4, 6), (6, 4), (2, 3, 2))
 BANDS = {"float32": (1e-12, 1.0, 1e12), "float64": (1e-60, 1.0, 1e60)}
 _DPS = 50
 
@@ -67,15 +75,13 @@ def exact_step(rule, symbols, fns, values: dict):
 
 def hyper_values(family, rule, group: dict) -> dict:
     """``{symbol: mpf or 0/1}`` of ``rule``'s hyperparameters in a param group the runtime has
-    validated (values by keyword, a tuple entry by index)."""
-    import mpmath
-
+    validated (values by keyword, a tuple entry by index; a choice by its position)."""
     out = {}
     for sym in rule.hyper:
         h = family.hyper[sym]
         key = h.key or sym.name
         v = group[key] if h.index is None else group[key][h.index]
-        out[sym] = (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+        out[sym] = _hyper_value(h, v)
     return out
 
 
@@ -144,6 +150,74 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, n * steps)
 
 
+def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int = 0,
+                          hyper: dict | None = None) -> Result:
+    """Compare the generated step of matrix rule ``rule`` with mpmath on :data:`MATRIX_SHAPES`."""
+    import mpmath
+
+    from ..rulebook.metadata import t as t_sym
+    from ..runtime.optimizer import Optimizer
+    from .matrix import exact_matrix_step
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    kwargs = {**_options_for(family, rule), **(hyper or {})}
+    worst, worst_where, count = 0.0, "", 0
+    mpmath.mp.dps = _DPS
+    state_syms = {rule.state_key(s): s for s in rule.state}
+    for shape in MATRIX_SHAPES:
+        params = rng.standard_normal(shape).astype(dt)
+        opt = Optimizer(_name_or_family(family), [params], **kwargs)
+        if opt.variant != rule.name:
+            raise RuntimeError(f"could not select variant {rule.name!r} of {family.name!r}")
+        hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
+        for _ in range(int(rng.integers(0, 3))):
+            opt.step([rng.standard_normal(shape).astype(dt)])
+        keys = opt.state_keys
+        for k in range(steps):
+            grad = rng.standard_normal(shape).astype(dt)
+            old_p = params.reshape(-1).copy()
+            old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
+            t_val = int(opt.step_counts[0]) + 1
+            opt.step([grad])
+            values = []
+            for i, gi in enumerate(grad.reshape(-1)):
+                vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(gi)), t_sym: t_val,
+                        **hyper_by_sym}
+                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][i])) for key in keys})
+                values.append(vals)
+            envs = exact_matrix_step(rule, values, shape)
+            outs = [("param", rule.param, params.reshape(-1))]
+            outs += [(key, state_syms[key], opt.state[0][key].reshape(-1)) for key in keys]
+            for label, sym, got in outs:
+                exact = [env[sym] for env in envs]
+                scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
+                for i, e in enumerate(exact):
+                    err = float(abs(mpmath.mpf(float(got[i])) - e)) / scale
+                    if not math.isfinite(float(got[i])):
+                        err = math.inf
+                    if err > worst:
+                        worst = err
+                        worst_where = f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, exact {float(e)!r}"
+            count += len(values)
+    return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, count)
+
+
+def _hyper_value(h, v):
+    """A validated keyword value as the rule's symbol takes it (bools 1/0, a choice's position)."""
+    import mpmath
+
+    if h.kind == "choice":
+        return h.position(v)
+    return (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
+
+
+def _is_matrix_rule(rule) -> bool:
+    from ..rulebook.matrix import Iterate
+
+    return any(rhs.has(Iterate) for _, rhs in rule.updates)
+
+
 def _name_or_family(family):
     from ..runtime.kernels import builtin_names
 
@@ -189,19 +263,29 @@ def _options_for(family, rule) -> dict:
 
 
 def verify(names=None, *, samples: int = 200, steps: int = 3, seed: int = 0, dtypes=("float32", "float64")):
-    """Verify every variant of the named built-in rules (default: all); returns Results."""
+    """Verify every variant of the named built-in rules (default: all) or of the given
+    :class:`symopt.Rule`/``Family`` objects; returns Results."""
     from ..rulebook.catalog import builtin_families
+    from ..rulebook.rule import Family, Rule
 
     fams = builtin_families()
     names = list(fams) if not names else list(names)
     results = []
     for name in names:
-        if name not in fams:
+        if isinstance(name, Rule):
+            fam = Family.of(name)
+        elif isinstance(name, Family):
+            fam = name
+        elif name in fams:
+            fam = fams[name]
+        else:
             raise ValueError(f"unknown rule {name!r}")
-        fam = fams[name]
         for _, rule in fam.variants:
             for dtype in dtypes:
-                results.append(verify_variant(fam, rule, dtype, samples=samples, steps=steps, seed=seed))
+                if _is_matrix_rule(rule):
+                    results.append(verify_matrix_variant(fam, rule, dtype, steps=steps, seed=seed))
+                else:
+                    results.append(verify_variant(fam, rule, dtype, samples=samples, steps=steps, seed=seed))
     return results
 
 
