@@ -23,7 +23,7 @@ read-only, shared memory, wrong state count, wrong scalars, NaN/inf), nothing mo
 import numba
 import numpy as np
 import pytest
-from rule_db import RULE_DB
+from rule_db import ELEMENTWISE, RULE_DB
 
 import symopt
 
@@ -68,7 +68,7 @@ SWEEPS = (sweep0, sweep1, sweep2, sweep3, sweep4)
 def _variant_cases():
     """(rule name, keywords, variant name): the defaults, then each reference case of a new variant."""
     cases = []
-    for info in RULE_DB.values():
+    for info in (RULE_DB[name] for name in ELEMENTWISE):
         seen = set()
         for kw in ({},) + info.reference_cases:
             variant = symopt.kernel(info.name, "float64", **kw).variant
@@ -213,6 +213,8 @@ def test_options_scalars_and_init_state():
         symopt.kernel("adam", "float16")
     with pytest.raises(ValueError, match="unknown rule"):
         symopt.kernel("no_such_rule")
+    with pytest.raises(TypeError, match="muon is a matrix rule"):
+        symopt.kernel("muon")
     (buf,) = k.init_state(np.ones((2, 3)))
     assert buf.shape == (2, 3) and buf.dtype == np.float64 and not buf.any()
     # a state that starts as the param is a copy of it
