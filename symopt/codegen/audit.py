@@ -51,7 +51,7 @@ def _registry_calls(module: str) -> set:
 MODULE_ATTRIBUTES = {
     "np": frozenset({"float32", "float64", "int32", "int64", "inf", "nan", "zeros", "full", "sqrt", "exp", "log"}
                     | _registry_calls("np")),
-    "math": frozenset({"sqrt", "exp", "log", "inf", "nan"} | _registry_calls("math")),
+    "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e"} | _registry_calls("math")),
     "numba": frozenset({"njit", "carray", "prange"}),
     "types": frozenset({"CPointer", "float32", "float64", "int32", "int64"}),
     "intrinsic": frozenset(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import operator
 import struct
 
@@ -254,6 +255,17 @@ class Optimizer:
         self._total = int(sizes.sum())
         self._pptr = np.array([p.__array_interface__["data"][0] for p in self._tensors], dtype=np.int64)
         self._gptr = np.zeros(len(sizes), dtype=np.int64)
+        # Aliasing checks (_check_aliasing): each param's address as an int (compared every step, as the
+        # grads' fast path reads it), the params' byte spans in address order (sorted once), the grads'
+        # byte sizes, and the grad addresses (and active mask) last found free of overlaps.
+        self._paddr = [int(a) for a in self._pptr]
+        spans = sorted((int(a), int(a) + p.nbytes, j) for j, (a, p) in enumerate(zip(self._pptr, self._tensors))
+                       if p.nbytes)
+        self._pstart = np.array([s[0] for s in spans], dtype=np.int64)
+        self._pend = np.array([s[1] for s in spans], dtype=np.int64)
+        self._pspan_param = [s[2] for s in spans]
+        self._gbytes = sizes * self.dtype.itemsize
+        self._grads_checked = None
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -407,16 +419,18 @@ class Optimizer:
         gptr = self._gptr
         off = layout.DATA_OFFSET
         if off is not None:
-            ndarray, dt, shapes, read = np.ndarray, self.dtype, self._shapes, layout._read_pointer
+            ndarray, dt, shapes, read, paddr = np.ndarray, self.dtype, self._shapes, layout._read_pointer, self._paddr
             j = 0
             for g in grads:
+                p = tensors[j]
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
-                        or not tensors[j].flags.writeable):
+                        or not p.flags.writeable or read(id(p) + off).value != paddr[j] or p.shape != shapes[j]):
                     break
                 gptr[j] = read(id(g) + off).value or 0
                 j += 1
             else:
                 return None
+        self.check_buffers()
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
             if g is None:
@@ -455,6 +469,7 @@ class Optimizer:
         """
         if len(addresses) != len(self._tensors):
             raise ValueError(f"step_at got {len(addresses)} addresses but the optimizer has {len(self._tensors)} params")
+        self.check_buffers()
         gptr = self._gptr
         active = None
         for j, a in enumerate(addresses):
@@ -466,8 +481,38 @@ class Optimizer:
                 gptr[j] = a
         return self._step(active)
 
+    def check_buffers(self) -> None:
+        """Raise ``ValueError`` if a param was moved to another buffer, reshaped or made read-only since
+        the optimizer was built (the kernels write to the addresses and sizes taken then)."""
+        read, off = layout._read_pointer, layout.DATA_OFFSET
+        for j, p in enumerate(self._tensors):
+            addr = read(id(p) + off).value or 0 if off is not None else layout.data_address(p)
+            if addr != self._paddr[j] or p.shape != self._shapes[j] or not p.flags.c_contiguous:
+                raise ValueError(f"params[{j}] no longer uses the buffer and shape it had when the optimizer was "
+                                 f"built (resized, reshaped or replaced); build a new optimizer")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
+
+    def _check_aliasing(self, active) -> None:
+        """Refuse gradients whose memory overlaps a param (their own included) or another gradient: the
+        kernels read each gradient while writing the params, in parallel threads too.  Checked in one
+        compiled pass over the sorted param spans, and only when the gradient addresses changed."""
+        key = self._gptr.tobytes() if active is None else self._gptr.tobytes() + active.tobytes()
+        if key == self._grads_checked:
+            return
+        code = layout.first_overlap(self._pstart, self._pend, self._gptr, self._gbytes,
+                                    self._all_active if active is None else active)
+        if code >= 0:
+            m, n = len(self._pstart), len(self._tensors)
+            j, k = divmod(int(code), m + n)
+            other = f"params[{self._pspan_param[k]}]" if k < m else f"grads[{k - m}]"
+            raise ValueError(f"grads[{j}] shares memory with {other}; a gradient must not overlap any param or "
+                             f"another gradient (pass a copy)")
+        self._grads_checked = key
+
     def _step(self, active) -> None:
         """One step over the params marked in ``active`` (None: all), grads at ``_gptr``."""
+        self._check_aliasing(active)
         if active is None:
             mask = self._all_active
             total = self._total
@@ -613,16 +658,21 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
-            step = entry.get("step", 0)
-            step = float(np.asarray(step).reshape(()))
-            if step < 0 or step != int(step):
-                raise ValueError(f"state of param {pid} has invalid step {step!r}")
-            new_state[j] = (int(step), [np.asarray(entry[k], dtype=self.dtype) for k in keys])
-        # -- everything checked: now modify
+            new_state[j] = (_step_count(entry.get("step", 0), pid),
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys])
+        skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
+        # Initial state of the params the dict holds no state for, computed from the new values.
+        init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
+        inits = {}
+        for j in range(len(self._tensors)):
+            gi = int(self._group_of[j])
+            if j not in new_state and gi not in inits:
+                first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
+                inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # -- everything checked and converted: now modify (nothing below can fail)
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
-        init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
         for j in range(len(self._tensors)):
             if j in new_state:
                 step, arrays = new_state[j]
@@ -631,13 +681,10 @@ class Optimizer:
                     buf[o:o + n] = arr.reshape(-1)
                 self._steps[j] = step
             else:
-                gi = int(self._group_of[j])
-                vals = self._group_values(gi)
-                first = scheduled.first_step(vals)
-                self._reset_tensor_state(j, init_fn(*[first[n] for n in self._vinfo["init_hyper"]]))
+                self._reset_tensor_state(j, inits[int(self._group_of[j])])
                 self._steps[j] = 0
         if meta is not None:
-            self.skipped_steps = int(meta.get("skipped_steps", 0))
+            self.skipped_steps = skipped
 
     def save(self, path, *, params: bool = True) -> None:
         """Write a checkpoint (``.npz``, no pickle): see :func:`symopt.save`."""
@@ -651,6 +698,24 @@ class Optimizer:
         n = len(self._tensors)
         return (f"<symopt.Optimizer {self.rule_name!r} (variant {self.variant!r}): {n} param{'s' * (n != 1)}, "
                 f"{self._total} elements, {self.dtype}, {len(self.param_groups)} group(s)>")
+
+
+#: Largest step count a state dict or checkpoint may hold: step counts reach the per-step scalar
+#: functions as float64, exact up to 2**53.
+MAX_STEP = 2**53 - 1
+
+
+def _step_count(value, what) -> int:
+    """A step count as an int in ``[0, MAX_STEP]`` (an int, an integral float or a 0-d array of one)."""
+    arr = np.asarray(value)
+    if arr.shape not in ((), (1,)) or arr.dtype.kind not in "iuf":
+        raise ValueError(f"state of param {what} has invalid step {value!r}")
+    x = arr.reshape(()).item()
+    if isinstance(x, float) and not (math.isfinite(x) and x == int(x)):
+        raise ValueError(f"state of param {what} has invalid step {value!r}")
+    if not 0 <= int(x) <= MAX_STEP:
+        raise ValueError(f"state of param {what} has step {value!r}, outside 0..2**53-1")
+    return int(x)
 
 
 def save(path, opt, *, params: bool = True) -> None:
@@ -669,14 +734,23 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
     saved built-in rule name; a user rule must be passed again (its formula hash must
     match).  With ``restore_params`` the params receive the saved values.
     """
-    ck = checkpoint.read(path)
-    rule = checkpoint.saved_rule(ck, rule, path)
-    groups = checkpoint.regroup(ck, params, path)
-    module = kernels.load(rule)
-    hyper = checkpoint.saved_groups(ck, module, path)
-    mode = ck["meta"].get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
-    opt = Optimizer(module, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
-    checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
+    with checkpoint.read(path) as ck:
+        rule = checkpoint.saved_rule(ck, rule, path)
+        groups = checkpoint.regroup(ck, params, path)
+        module = kernels.load(rule)
+        hyper = checkpoint.saved_groups(ck, module, path)
+        mode = ck["meta"].get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
+        spec = _Spec(module)
+        for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
+            try:
+                unknown = sorted(k for k in h if k not in spec.defaults)
+                if unknown:
+                    raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
+                spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")
+            except (ValueError, TypeError) as exc:
+                raise checkpoint.CheckpointError(f"checkpoint {os.fspath(path)}: {exc}") from None
+        opt = Optimizer(module, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
+        checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
     return opt
 
 
