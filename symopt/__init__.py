@@ -25,6 +25,7 @@ _configure_numba_cache()  # before any module whose functions use numba's cache=
 from . import user_modules as _user_modules  # noqa: E402
 from .runtime import checkpoint as _checkpoint  # noqa: E402
 from .runtime import kernels as _kernels  # noqa: E402
+from .runtime.checkpoint import CheckpointError  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
 from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, optimizer, save  # noqa: E402
 from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
@@ -49,7 +50,7 @@ _kernels.set_user_rule_loader(_user_modules.load_rule)
 _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 
 __all__ = [
-    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "rules", "rule", "family", "save", "load",
+    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "CheckpointError", "rules", "rule", "family", "save", "load",
     "parse_expression",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
     "gradient", "nn", "compose", "transforms", "schedule",

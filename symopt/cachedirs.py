@@ -446,6 +446,12 @@ def _install_locator() -> None:
             for path in candidates:
                 locator = cls(py_func, py_file, path)
                 try:
+                    if config.CACHE_DIR and path == candidates[0]:
+                        try:
+                            trusted_folder(config.CACHE_DIR)
+                        except OSError as exc:
+                            failures.append((f"NUMBA_CACHE_DIR={config.CACHE_DIR}", exc))
+                            continue
                     locator.ensure_cache_path()
                 except OSError as exc:
                     failures.append((path, exc))

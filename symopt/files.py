@@ -51,8 +51,11 @@ def seal(text: str) -> str:
 
 
 def is_sealed(text: str) -> bool:
-    """True when the last line of ``text`` is a seal that matches everything above it."""
+    """True when the last line of ``text`` (before a :func:`sign` line, if any) is a seal that matches
+    everything above it."""
     body, sep, last = text.rstrip("\n").rpartition("\n")
+    if last.startswith(MAC_PREFIX):
+        body, sep, last = body.rpartition("\n")
     if not sep or not last.startswith(SEAL_PREFIX):
         return False
     return hashlib.sha256((body + "\n").encode("utf-8")).hexdigest() == last[len(SEAL_PREFIX):].strip()
