@@ -132,38 +132,3 @@ def flat_base(ptrs, byte_offsets):
                 return -1
     return base
 
-
-@numba.njit(cache=_CACHE, nogil=True)
-def first_overlap(pstart, pend, gptr, gbytes, active):
-    """-1 when no active gradient's bytes overlap a param or another active gradient, else a code:
-    ``j * (m + n) + k`` for gradient ``j`` overlapping the ``k``-th param span (``k < m``, spans in
-    address order) or gradient ``k - m``.
-
-    ``pstart``/``pend``: the ``m`` param byte spans, sorted and disjoint; ``gptr``/``gbytes``: the
-    ``n`` gradients' addresses and byte sizes (empty ones never overlap).  A gradient overlaps at most
-    one candidate among the params: the last span that starts before it ends.
-    """
-    m = pstart.shape[0]
-    n = gptr.shape[0]
-    order = np.empty(n, dtype=np.int64)
-    c = 0
-    for j in range(n):
-        if not active[j] or gbytes[j] == 0:
-            continue
-        a = gptr[j]
-        b = a + gbytes[j]
-        k = np.searchsorted(pstart, b) - 1
-        if k >= 0 and pend[k] > a:
-            return j * (m + n) + k
-        order[c] = j
-        c += 1
-    starts = np.empty(c, dtype=np.int64)
-    for i in range(c):
-        starts[i] = gptr[order[i]]
-    idx = np.argsort(starts)
-    for i in range(c - 1):
-        j0 = order[idx[i]]
-        j1 = order[idx[i + 1]]
-        if gptr[j0] + gbytes[j0] > gptr[j1]:
-            return j1 * (m + n) + m + j0
-    return -1

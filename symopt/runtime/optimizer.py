@@ -17,6 +17,7 @@ module and stepping a built-in rule never imports SymPy.
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import os
@@ -255,17 +256,21 @@ class Optimizer:
         self._total = int(sizes.sum())
         self._pptr = np.array([p.__array_interface__["data"][0] for p in self._tensors], dtype=np.int64)
         self._gptr = np.zeros(len(sizes), dtype=np.int64)
-        # Aliasing checks (_check_aliasing): each param's address as an int (compared every step, as the
-        # grads' fast path reads it), the params' byte spans in address order (sorted once), the grads'
-        # byte sizes, and the grad addresses (and active mask) last found free of overlaps.
+        # Memory checks of every step (check_buffers, _check_aliasing): each param's address as an int and
+        # a ctypes view of its ndarray's data pointer (read without creating an object: valid as long as
+        # the optimizer holds the array), the params' byte spans in address order (sorted once), the
+        # grads' byte sizes, and the grad addresses last found free of overlaps.
         self._paddr = [int(a) for a in self._pptr]
+        off = layout.DATA_OFFSET
+        self._pdata = None if off is None else [layout._read_pointer(id(p) + off) for p in self._tensors]
         spans = sorted((int(a), int(a) + p.nbytes, j) for j, (a, p) in enumerate(zip(self._pptr, self._tensors))
                        if p.nbytes)
-        self._pstart = np.array([s[0] for s in spans], dtype=np.int64)
-        self._pend = np.array([s[1] for s in spans], dtype=np.int64)
+        self._pstart = [s[0] for s in spans]
+        self._pend = [s[1] for s in spans]
         self._pspan_param = [s[2] for s in spans]
-        self._gbytes = sizes * self.dtype.itemsize
-        self._grads_checked = None
+        self._gbytes = [int(n) * self.dtype.itemsize for n in sizes]
+        self._grads_checked = None   # the addresses in _gptr when they passed the check, else None
+        self._grads_seen: dict = {}  # tuples of all-grad addresses that passed the check
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -405,10 +410,12 @@ class Optimizer:
     def _check_grads(self, grads):
         """Validate ``grads``, write their addresses into ``_gptr``; None or a mask of the given ones.
 
-        The common case (an ndarray of the param's dtype object, shape, C order) is
-        accepted with a few attribute reads and a direct read of the data pointer
-        (:func:`symopt.runtime.layout.data_address`); anything else takes the
-        thorough path below, which names the offending entry.
+        The common case (an ndarray of the param's dtype object, shape, C order; every
+        param still writable at its address) is accepted with a few attribute reads and
+        direct reads of the data pointers (:func:`symopt.runtime.layout.data_address`);
+        anything else takes the thorough path below, which names the offending entry.
+        Either way the gradients' memory is checked against the params' and each
+        other's (:meth:`_check_aliasing`) whenever their addresses change.
         """
         tensors = self._tensors
         if type(grads) is not list and type(grads) is not tuple:
@@ -419,18 +426,31 @@ class Optimizer:
         gptr = self._gptr
         off = layout.DATA_OFFSET
         if off is not None:
-            ndarray, dt, shapes, read, paddr = np.ndarray, self.dtype, self._shapes, layout._read_pointer, self._paddr
+            ndarray, dt, shapes, read = np.ndarray, self.dtype, self._shapes, layout._read_pointer
+            paddr, pdata = self._paddr, self._pdata
+            addrs = []
             j = 0
             for g in grads:
                 p = tensors[j]
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
-                        or not p.flags.writeable or read(id(p) + off).value != paddr[j] or p.shape != shapes[j]):
+                        or not p.flags.writeable or pdata[j].value != paddr[j] or p.shape != shapes[j]):
                     break
-                gptr[j] = read(id(g) + off).value or 0
+                addrs.append(read(id(g) + off).value or 0)
                 j += 1
             else:
+                if addrs != self._grads_checked:  # other addresses than the last step's
+                    for j, a in enumerate(addrs):  # (item by item: faster than converting a short list)
+                        gptr[j] = a
+                    key = tuple(addrs)
+                    if key not in self._grads_seen:  # checked once per set of addresses (a few are kept)
+                        self._check_aliasing(None)
+                        if len(self._grads_seen) >= 16:
+                            self._grads_seen.clear()
+                        self._grads_seen[key] = None
+                    self._grads_checked = addrs
                 return None
         self.check_buffers()
+        self._grads_checked = None  # _gptr is rewritten below
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
             if g is None:
@@ -450,6 +470,7 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
             gptr[j] = layout.data_address(g)
+        self._check_aliasing(active)
         return active
 
     def step(self, grads) -> None:
@@ -470,6 +491,7 @@ class Optimizer:
         if len(addresses) != len(self._tensors):
             raise ValueError(f"step_at got {len(addresses)} addresses but the optimizer has {len(self._tensors)} params")
         self.check_buffers()
+        self._grads_checked = None  # _gptr is rewritten below
         gptr = self._gptr
         active = None
         for j, a in enumerate(addresses):
@@ -479,14 +501,14 @@ class Optimizer:
                 active[j] = False
             else:
                 gptr[j] = a
+        self._check_aliasing(active)
         return self._step(active)
 
     def check_buffers(self) -> None:
         """Raise ``ValueError`` if a param was moved to another buffer, reshaped or made read-only since
         the optimizer was built (the kernels write to the addresses and sizes taken then)."""
-        read, off = layout._read_pointer, layout.DATA_OFFSET
         for j, p in enumerate(self._tensors):
-            addr = read(id(p) + off).value or 0 if off is not None else layout.data_address(p)
+            addr = layout.data_address(p)
             if addr != self._paddr[j] or p.shape != self._shapes[j] or not p.flags.c_contiguous:
                 raise ValueError(f"params[{j}] no longer uses the buffer and shape it had when the optimizer was "
                                  f"built (resized, reshaped or replaced); build a new optimizer")
@@ -494,25 +516,37 @@ class Optimizer:
                 raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
 
     def _check_aliasing(self, active) -> None:
-        """Refuse gradients whose memory overlaps a param (their own included) or another gradient: the
-        kernels read each gradient while writing the params, in parallel threads too.  Checked in one
-        compiled pass over the sorted param spans, and only when the gradient addresses changed."""
-        key = self._gptr.tobytes() if active is None else self._gptr.tobytes() + active.tobytes()
-        if key == self._grads_checked:
-            return
-        code = layout.first_overlap(self._pstart, self._pend, self._gptr, self._gbytes,
-                                    self._all_active if active is None else active)
-        if code >= 0:
-            m, n = len(self._pstart), len(self._tensors)
-            j, k = divmod(int(code), m + n)
-            other = f"params[{self._pspan_param[k]}]" if k < m else f"grads[{k - m}]"
-            raise ValueError(f"grads[{j}] shares memory with {other}; a gradient must not overlap any param or "
-                             f"another gradient (pass a copy)")
-        self._grads_checked = key
+        """Refuse gradients (at ``_gptr``; ``active``: None or the mask of those given) whose memory overlaps
+        a param (their own included) or another gradient: the kernels read each gradient while writing
+        the params, in parallel threads too.  A gradient can overlap only the last param span that starts
+        before it ends (the spans are sorted and disjoint), and only its neighbour in address order among
+        the gradients.  The step's fast path remembers the sets of addresses that passed (a training loop
+        reuses a few), so they are not checked again.
+        """
+        gptr, gbytes = self._gptr.tolist(), self._gbytes
+        mask = None if active is None else active.tolist()
+        pstart, pend = self._pstart, self._pend
+        spans = []
+        for j, a in enumerate(gptr):
+            if (mask is not None and not mask[j]) or not gbytes[j]:
+                continue
+            b = a + gbytes[j]
+            k = bisect.bisect_left(pstart, b) - 1
+            if k >= 0 and pend[k] > a:
+                self._grads_checked = None
+                raise ValueError(f"grads[{j}] shares memory with params[{self._pspan_param[k]}]; a gradient must "
+                                 f"not overlap any param or another gradient (pass a copy)")
+            spans.append((a, b, j))
+        spans.sort()
+        for (a0, b0, j0), (a1, _, j1) in zip(spans, spans[1:]):
+            if b0 > a1:
+                self._grads_checked = None
+                raise ValueError(f"grads[{j1}] shares memory with grads[{j0}]; a gradient must not overlap any "
+                                 f"param or another gradient (pass a copy)")
+        self._grads_checked = gptr if mask is None else None
 
     def _step(self, active) -> None:
-        """One step over the params marked in ``active`` (None: all), grads at ``_gptr``."""
-        self._check_aliasing(active)
+        """One step over the params marked in ``active`` (None: all), grads at ``_gptr`` (checked)."""
         if active is None:
             mask = self._all_active
             total = self._total
