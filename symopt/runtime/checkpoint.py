@@ -17,11 +17,21 @@ text.  It holds
 
 Floats go through JSON as ``repr`` text, which reads back to the same double, and
 state and params are stored in their own dtype, so a resumed run steps bit for bit
-like an uninterrupted one.  Loading checks everything before it modifies anything:
-another rule, another variant or a changed formula (formula hash), another dtype,
-another number or shape of params, a missing or malformed entry all raise
-``ValueError``/``TypeError`` naming the problem.  Files are written atomically
-(temporary file + rename), so a crash while saving leaves the previous checkpoint.
+like an uninterrupted one.
+
+Reading trusts nothing in the file (docs/security.md): :func:`read` opens a regular file,
+reads and checks the metadata under hard limits (:data:`MAX_META_BYTES`, JSON depth,
+integer sizes, counts, shapes, printable names) and the step counts; the state and param
+arrays are read by :meth:`Reader.arrays` only after the metadata fits the optimizer, only
+the members needed, each one's declared size (zip directory, then ``.npy`` header) checked
+to be exactly what its shape needs before anything is decompressed, into new arrays; the
+optimizer then checks the whole state before it modifies anything.  Another rule, variant
+or formula (formula hash), another number or shape of params, and every malformed file
+(truncated, not a zip, a zip bomb, a huge shape, deep JSON, out-of-range numbers, a schedule
+that cannot be rebuilt) raise :class:`CheckpointError` naming the problem; another dtype
+``TypeError``.  Files are written atomically (temporary file + rename), so a crash while
+saving leaves the previous checkpoint; the next save removes the temporary file a killed
+save left behind (:func:`symopt.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from .._version import __version__
 from ..files import atomic_write
 from . import scheduled
 
-__all__ = ["CheckpointError", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
+__all__ = ["CheckpointError", "Reader", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
            "write"]
 
 FORMAT = "symopt-checkpoint"
@@ -48,7 +58,8 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the optimizer/params it is loaded into."""
+    """A checkpoint is malformed, or does not fit the optimizer/params it is loaded into
+    (``symopt.CheckpointError``)."""
 
 
 _schedule_codec = None
