@@ -490,7 +490,10 @@ class Optimizer:
         """
         if len(addresses) != len(self._tensors):
             raise ValueError(f"step_at got {len(addresses)} addresses but the optimizer has {len(self._tensors)} params")
-        self.check_buffers()
+        pdata, paddr, shapes = self._pdata, self._paddr, self._shapes
+        for j, p in enumerate(self._tensors):
+            if not p.flags.writeable or p.shape != shapes[j] or (pdata is not None and pdata[j].value != paddr[j]):
+                self.check_buffers()  # raises, naming the param
         self._grads_checked = None  # _gptr is rewritten below
         gptr = self._gptr
         active = None
@@ -501,7 +504,12 @@ class Optimizer:
                 active[j] = False
             else:
                 gptr[j] = a
-        self._check_aliasing(active)
+        key = tuple(addresses)
+        if key not in self._grads_seen:  # checked once per set of addresses (a few are kept)
+            self._check_aliasing(active)
+            if len(self._grads_seen) >= 16:
+                self._grads_seen.clear()
+            self._grads_seen[key] = None
         return self._step(active)
 
     def check_buffers(self) -> None:
