@@ -114,22 +114,17 @@ def trusted_folder(path) -> Path:
 def fallback_cache_dir() -> Path | None:
     """A private per-user folder under the system temporary folder, or None if unsafe/unusable.
 
-    The folder must be a real directory (not a symlink) owned by this user and not
-    writable by group or others: a shared ``/tmp`` must not let another user plant
-    modules that this process would import.
+    The folder must be trusted (:func:`folder_problem`: a real directory owned by this
+    user, not writable by group or others, in a folder nobody else can rename it in): a
+    shared ``/tmp`` must not let another user plant modules that this process would import.
     """
-    uid = os.getuid() if hasattr(os, "getuid") else None
+    uid = _uid()
     try:
         path = Path(tempfile.gettempdir()) / f"symopt-cache-{uid if uid is not None else 'user'}"
         path.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(path)
     except OSError:  # gettempdir raises FileNotFoundError when no temporary folder is usable
         return None
-    if not stat.S_ISDIR(st.st_mode):
-        return None
-    if uid is not None and (st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-        return None
-    return path
+    return None if folder_problem(path) is not None else path
 
 
 _warned: set = set()
@@ -290,7 +285,7 @@ def configure_numba_cache() -> str:
     if not blocked:
         _numba_mode = "disk"
         return _numba_mode
-    failures = [(f.parent / "__pycache__", "not writable, nor numba's user-wide cache folder"
+    failures = [(f.parent / "__pycache__", "not writable or not trusted, nor numba's user-wide cache folder"
                  + (f" nor NUMBA_CACHE_DIR={config.CACHE_DIR}" if config.CACHE_DIR else "")) for f in blocked]
     root = fallback_cache_dir()
     if root is not None:
@@ -465,7 +460,10 @@ def _install_locator() -> None:
                         + getattr(sys, "abiflags", ""))
                 _clean_entries(path, base)
                 return locator
-            return None
+            # numba's own locators would try the same folders without these checks: refuse, as numba
+            # does when no folder is writable (configure_numba_cache then turns the disk cache off).
+            raise RuntimeError(f"cannot cache function {py_func.__qualname__!r}: no trusted cache folder for "
+                               f"{py_file} ({'; '.join(f'{f}: {_reason(e)}' for f, e in failures)})")
 
     _Locator.__name__ = _Locator.__qualname__ = "TrustedCacheLocator"
     _Locator.__module__ = __name__
