@@ -435,12 +435,11 @@ class Optimizer:
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
                         or not p.flags.writeable or pdata[j].value != paddr[j] or p.shape != shapes[j]):
                     break
-                addrs.append(read(id(g) + off).value or 0)
+                gptr[j] = a = read(id(g) + off).value or 0
+                addrs.append(a)
                 j += 1
             else:
                 if addrs != self._grads_checked:  # other addresses than the last step's
-                    for j, a in enumerate(addrs):  # (item by item: faster than converting a short list)
-                        gptr[j] = a
                     key = tuple(addrs)
                     if key not in self._grads_seen:  # checked once per set of addresses (a few are kept)
                         self._check_aliasing(None)
