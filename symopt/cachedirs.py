@@ -266,9 +266,16 @@ def _numba_can_cache(path: Path) -> bool:
     return True
 
 
+def _generated_folders() -> list:
+    """The folders of the package ``symopt.generated`` (found without importing it: in a source
+    checkout it is the top-level ``generated/``, installed it is inside the package)."""
+    spec = importlib.util.find_spec("symopt.generated")
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+
+
 def _kernel_files() -> list:
     """One file of each folder whose modules use ``cache=True`` (runtime helpers, generated kernels)."""
-    return [_PACKAGE / "runtime" / "layout.py", _PACKAGE / "generated" / "__init__.py"]
+    return [_PACKAGE / "runtime" / "layout.py", *(folder / "__init__.py" for folder in _generated_folders())]
 
 
 def configure_numba_cache() -> str:
@@ -326,8 +333,8 @@ class _UncachedGeneratedFinder(importlib.abc.MetaPathFinder):
 
 
 # --------------------------------------------------------------------------- guarding numba's cache files
-#: Folders whose ``.py`` files' numba caches :class:`TrustedCacheLocator` guards: symopt's package, and
-#: the user-module folders of :mod:`symopt.codegen.emit` (:func:`trust_sources`).
+#: Folders whose ``.py`` files' numba caches :class:`TrustedCacheLocator` guards: symopt's package, the
+#: package ``symopt.generated``, and the user-module folders of :mod:`symopt.codegen.emit` (:func:`trust_sources`).
 _guarded: set = {str(_PACKAGE)}
 #: Largest numba cache file checked and kept (a kernel's object code is well below this).
 MAX_NUMBA_FILE = 256 * 2**20
@@ -402,6 +409,9 @@ def _install_locator() -> None:
         return
     from numba.core import caching, config
     from numba.misc.appdirs import AppDirs
+
+    for folder in _generated_folders():
+        trust_sources(folder)
 
     class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
         """numba's cache folder for a function of symopt's files, trusted, with its files checked.

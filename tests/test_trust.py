@@ -33,6 +33,7 @@ import threading
 import tracemalloc
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,6 +271,33 @@ def test_planted_numba_index_is_never_unpickled(kernel_folder, tmp_path, how):
         assert _load_kernel(kernel_folder).bump(41) == 42
     assert not canary.exists(), "numba unpickled a planted index"
     assert any("removed numba's cache file" in m and index.name in m for m in _ours(caught)), _ours(caught)
+
+
+def test_planted_index_of_a_builtin_kernel_is_never_unpickled(tmp_path):
+    """A world-writable index of adam's float64 kernel in a NUMBA_CACHE_DIR of this user; a new process
+    steps adam (the rest of the cache is copied from the checkout's, so only that kernel compiles)."""
+    import symopt.generated.adam as adam
+    from numba.core.caching import _CacheLocator
+
+    numba_dir = tmp_path / "numba"
+    sub = numba_dir / _CacheLocator.get_suitable_cache_subpath(adam.__file__)
+    sub.mkdir(parents=True, mode=0o700)
+    os.chmod(numba_dir, 0o700)
+    for f in (Path(adam.__file__).parent / "__pycache__").glob("adam.adam_*.nb[ic]"):
+        shutil.copy(f, sub)
+    line = adam.adam_f64.py_func.__code__.co_firstlineno
+    index = sub / f"adam.adam_f64-{line}.py{sys.version_info[0]}{sys.version_info[1]}{sys.abiflags}.nbi"
+    canary = tmp_path / "canary"
+    index.write_bytes(pickle.dumps(_Canary(str(canary))) + pickle.dumps(("stamp", {})))
+    os.chmod(index, 0o666)
+    code = ("import numpy as np, symopt\np = [np.ones(3)]\nopt = symopt.optimizer('adam', p, lr=0.5)\n"
+            "opt.step([np.ones(3)])\nprint(repr(float(p[0][0])))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_dir), "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert abs(float(out.stdout) - 0.5) < 1e-7 and not canary.exists(), "numba unpickled a planted index"
+    assert "removed numba's cache file" in out.stderr and index.name in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("suffix,damage", [(".nbi", "empty"), (".nbi", "truncated"), (".nbc", "empty"),
