@@ -62,7 +62,8 @@ def _other_uid() -> int | None:
     except KeyError:
         pass
     if shutil.which("useradd"):
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "symopt_other"], capture_output=True)
+        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "symopt_other"], capture_output=True,
+                       check=False)
         try:
             return pwd.getpwnam("symopt_other").pw_uid
         except KeyError:
@@ -228,10 +229,13 @@ def test_a_symlinked_module_is_not_followed(tmp_path, private):
 _KERNEL = "import numba\n\n\n@numba.njit(cache=True)\ndef bump(x):\n    return x + 1\n"
 
 
-def _load_kernel(folder, n=[0]):
+_loaded = []
+
+
+def _load_kernel(folder):
     """A fresh module object (fresh dispatcher and cache) from ``folder/kern.py``."""
-    n[0] += 1
-    spec = importlib.util.spec_from_file_location(f"_trust_kern_{n[0]}", folder / "kern.py")
+    _loaded.append(folder)
+    spec = importlib.util.spec_from_file_location(f"_trust_kern_{len(_loaded)}", folder / "kern.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -276,8 +280,8 @@ def test_planted_numba_index_is_never_unpickled(kernel_folder, tmp_path, how):
 def test_planted_index_of_a_builtin_kernel_is_never_unpickled(tmp_path):
     """A world-writable index of adam's float64 kernel in a NUMBA_CACHE_DIR of this user; a new process
     steps adam (the rest of the cache is copied from the checkout's, so only that kernel compiles)."""
-    import symopt.generated.adam as adam
     from numba.core.caching import _CacheLocator
+    from symopt.generated import adam
 
     numba_dir = tmp_path / "numba"
     sub = numba_dir / _CacheLocator.get_suitable_cache_subpath(adam.__file__)
@@ -294,7 +298,7 @@ def test_planted_index_of_a_builtin_kernel_is_never_unpickled(tmp_path):
             "opt.step([np.ones(3)])\nprint(repr(float(p[0][0])))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_dir), "TMPDIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert abs(float(out.stdout) - 0.5) < 1e-7 and not canary.exists(), "numba unpickled a planted index"
     assert "removed numba's cache file" in out.stderr and index.name in out.stderr, out.stderr[-2000:]
@@ -516,7 +520,7 @@ def test_load_state_dict_with_a_huge_step_changes_nothing():
 
 
 def test_load_into_a_read_only_param_changes_nothing(tmp_path):
-    params, opt = _adam()
+    _, opt = _adam()
     path = tmp_path / "ck.npz"
     symopt.save(path, opt)
     target = [np.zeros(s) for s in SHAPES]
@@ -529,7 +533,7 @@ def test_load_into_a_read_only_param_changes_nothing(tmp_path):
 
 
 def test_escapes_in_a_schedule_name_are_neutralised_in_reprs(tmp_path):
-    params, opt = _adam()
+    _, opt = _adam()
     path = tmp_path / "ck.npz"
     symopt.save(path, opt)
     members = _members(path)
@@ -543,7 +547,7 @@ def test_escapes_in_a_schedule_name_are_neutralised_in_reprs(tmp_path):
 
 
 def test_orphaned_temporary_files_of_killed_saves_are_removed(tmp_path):
-    params, opt = _adam()
+    _, opt = _adam()
     path = tmp_path / "ck.npz"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
