@@ -616,3 +616,25 @@ def test_a_param_whose_buffer_changed_is_refused(change):
     with pytest.raises(ValueError, match=r"params\[\d\] (no longer uses the buffer|became read-only)"):
         opt.step([np.ones((4, 4)), np.ones(6)])
     assert opt.step_counts.tolist() == [0, 0]
+
+
+def test_remembered_gradient_addresses_step_like_fresh_gradients():
+    """Sets of grads reused in turn (their checked address tables are kept), a step with a None grad
+    (the thorough path) and step_at in between: the same result as fresh copies at every step."""
+    _, params, opt = _two()
+    ref_params = [p.copy() for p in params]
+    ref = symopt.optimizer("adam", ref_params)
+    rng = np.random.default_rng(5)
+    sets = [[rng.standard_normal((4, 4)), rng.standard_normal(6)] for _ in range(3)]
+    for k, which in enumerate([0, 1, 0, 2, "skip", 1, "at", 0, 2, 1]):
+        if which == "skip":
+            opt.step([sets[0][0], None])
+            ref.step([sets[0][0].copy(), None])
+        elif which == "at":
+            opt.step_at([g.__array_interface__["data"][0] for g in sets[2]])
+            ref.step([g.copy() for g in sets[2]])
+        else:
+            opt.step(sets[which])
+            ref.step([g.copy() for g in sets[which]])
+        assert all(np.array_equal(a, b) for a, b in zip(params, ref_params)), f"differs after step {k}"
+    assert opt.step_counts.tolist() == ref.step_counts.tolist() == [10, 9]

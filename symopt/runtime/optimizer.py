@@ -269,8 +269,10 @@ class Optimizer:
         self._pend = [s[1] for s in spans]
         self._pspan_param = [s[2] for s in spans]
         self._gbytes = [int(n) * self.dtype.itemsize for n in sizes]
-        self._grads_checked = None   # the addresses in _gptr when they passed the check, else None
-        self._grads_seen: dict = {}  # tuples of all-grad addresses that passed the check
+        self._grads_checked = None   # step()'s grad addresses, as a list, when _gptr holds them checked
+        self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
+        self._checked_at: set = set()  # step_at(): tuples of addresses that passed
+        self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -423,33 +425,31 @@ class Optimizer:
                 raise TypeError(f"grads must be a list of arrays, one per param, got {type(grads).__name__}")
         if len(grads) != len(tensors):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
-        gptr = self._gptr
         off = layout.DATA_OFFSET
         if off is not None:
-            ndarray, dt, shapes, read = np.ndarray, self.dtype, self._shapes, layout._read_pointer
-            paddr, pdata = self._paddr, self._pdata
+            ndarray, dt, read = np.ndarray, self.dtype, layout._read_pointer
             addrs = []
-            j = 0
-            for g in grads:
-                p = tensors[j]
-                if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
-                        or not p.flags.writeable or pdata[j].value != paddr[j] or p.shape != shapes[j]):
+            for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
+                if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
+                        or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
-                gptr[j] = a = read(id(g) + off).value or 0
-                addrs.append(a)
-                j += 1
+                addrs.append(read(id(g) + off).value or 0)
             else:
                 if addrs != self._grads_checked:  # other addresses than the last step's
                     key = tuple(addrs)
-                    if key not in self._grads_seen:  # checked once per set of addresses (a few are kept)
+                    table = self._grads_seen.get(key)
+                    if table is None:  # checked once per set of addresses; a few are kept, as address tables
+                        table = self._gptr = np.array(addrs, dtype=np.int64)
                         self._check_aliasing(None)
                         if len(self._grads_seen) >= 16:
                             self._grads_seen.clear()
-                        self._grads_seen[key] = None
+                        self._grads_seen[key] = table
+                    self._gptr = table
                     self._grads_checked = addrs
                 return None
         self.check_buffers()
-        self._grads_checked = None  # _gptr is rewritten below
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        gptr = self._gptr = self._gptr_scratch
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
             if g is None:
@@ -493,8 +493,8 @@ class Optimizer:
         for j, p in enumerate(self._tensors):
             if not p.flags.writeable or p.shape != shapes[j] or (pdata is not None and pdata[j].value != paddr[j]):
                 self.check_buffers()  # raises, naming the param
-        self._grads_checked = None  # _gptr is rewritten below
-        gptr = self._gptr
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        gptr = self._gptr = self._gptr_scratch
         active = None
         for j, a in enumerate(addresses):
             if a is None:
@@ -504,11 +504,11 @@ class Optimizer:
             else:
                 gptr[j] = a
         key = tuple(addresses)
-        if key not in self._grads_seen:  # checked once per set of addresses (a few are kept)
+        if key not in self._checked_at:  # checked once per set of addresses (a few are kept)
             self._check_aliasing(active)
-            if len(self._grads_seen) >= 16:
-                self._grads_seen.clear()
-            self._grads_seen[key] = None
+            if len(self._checked_at) >= 16:
+                self._checked_at.clear()
+            self._checked_at.add(key)
         return self._step(active)
 
     def check_buffers(self) -> None:
