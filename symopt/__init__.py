@@ -26,6 +26,7 @@ _configure_numba_cache()  # before any module whose functions use numba's cache=
 from . import user_modules as _user_modules  # noqa: E402
 from .runtime import checkpoint as _checkpoint  # noqa: E402
 from .runtime import kernels as _kernels  # noqa: E402
+from .runtime.checkpoint import CheckpointError  # noqa: E402
 from .runtime.flat import FlatBuffer  # noqa: E402
 from .runtime.grouped import optimizer  # noqa: E402
 from .runtime.optimizer import NonFiniteGradientError, Optimizer, load, save  # noqa: E402
@@ -61,7 +62,8 @@ _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 _views.set_html_view(_html_view)
 
 __all__ = [
-    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "kernel", "RuleKernel", "rules", "rule", "family", "save", "load",
+    "__version__", "optimizer", "Optimizer", "NonFiniteGradientError", "CheckpointError", "kernel", "RuleKernel",
+    "rules", "rule", "family", "save", "load",
     "parse_expression",
     "Rule", "Hyper", "State", "Family", "RuleError", "t", "FlatBuffer", "set_num_threads", "get_num_threads",
     "gradient", "nn", "compose", "transforms", "schedule", "report",

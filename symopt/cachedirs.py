@@ -16,13 +16,25 @@ Two caches hold compiled work between processes:
 * the user rule modules of :mod:`symopt.codegen.emit` (``$SYMOPT_CACHE_DIR``), which
   fall back to the same private folder, then to memory.
 
+A cache folder is used only when it is trusted (:func:`folder_problem`, as ssh treats
+``~/.ssh``): a real folder owned by this user, not writable by group or others, below
+folders that others cannot rename it in (not group/world-writable unless sticky, like
+``/tmp``).  An untrusted ``SYMOPT_CACHE_DIR`` or ``NUMBA_CACHE_DIR`` is passed over
+for the private folder.  Generated user modules carry an HMAC under the user's secret
+key (:func:`secret_key`), so a module another user wrote is regenerated, never run.
+numba's own cache files of symopt's functions are guarded by :class:`TrustedCacheLocator`:
+numba unpickles its index before checking anything, so the locator picks a trusted
+folder and removes files of the function there that another user could have written
+or that a crash truncated, before numba reads them.
+
 Whatever falls back, one :class:`CacheWarning` per process names the folders that could
-not be written and where things go instead (:func:`warn_fallback`: one per destination).
-This module imports neither SymPy nor the code generator.
+not be used and why, and where things go instead (:func:`warn_fallback`: one per
+destination).  This module imports neither SymPy nor the code generator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -34,7 +46,8 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["CacheWarning", "fallback_cache_dir", "warn_fallback", "configure_numba_cache", "numba_disk_cache"]
+__all__ = ["CacheWarning", "fallback_cache_dir", "folder_problem", "trusted_folder", "secret_key", "warn_fallback",
+           "configure_numba_cache", "numba_disk_cache", "trust_sources", "TrustedCacheLocator"]
 
 #: The numba decorator as the templates write it, and its in-memory form.
 CACHED_NJIT = "@numba.njit(cache=True"
@@ -47,25 +60,71 @@ class CacheWarning(UserWarning):
     """A cache folder could not be used; a fallback was taken."""
 
 
+def _uid():
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def folder_problem(path) -> str | None:
+    """Why ``path`` must not hold cached code (None: it may).
+
+    The folder itself: a real directory (not a symbolic link), owned by this user, not
+    writable by group or others.  Each folder above it: owned by this user or root, and
+    not writable by group or others unless sticky (so nobody else can rename the folder
+    away and put their own in its place).  On systems without uids nothing is checked.
+    """
+    uid = _uid()
+    if uid is None:
+        return None
+    path = Path(os.path.abspath(os.fspath(path)))
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a folder"
+    if st.st_uid != uid:
+        return f"it is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    for parent in path.parents:
+        try:
+            pst = os.stat(parent)
+        except OSError as exc:
+            return f"{parent}: {type(exc).__name__}"
+        if pst.st_uid not in (uid, 0):
+            return f"the folder above it, {parent}, is owned by uid {pst.st_uid}"
+        if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
+            return f"the folder above it, {parent}, is writable by others and not sticky"
+    return None
+
+
+def trusted_folder(path) -> Path:
+    """``path`` created if missing (mode 0700) and checked by :func:`folder_problem`;
+    ``OSError`` naming the problem if it may not be used."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = folder_problem(path)
+    if problem is not None:
+        raise PermissionError(f"untrusted: {problem}")
+    return path
+
+
 def fallback_cache_dir() -> Path | None:
     """A private per-user folder under the system temporary folder, or None if unsafe/unusable.
 
-    The folder must be a real directory (not a symlink) owned by this user and not
-    writable by group or others: a shared ``/tmp`` must not let another user plant
-    modules that this process would import.
+    The folder must be trusted (:func:`folder_problem`: a real directory owned by this
+    user, not writable by group or others, in a folder nobody else can rename it in): a
+    shared ``/tmp`` must not let another user plant modules that this process would import.
     """
-    uid = os.getuid() if hasattr(os, "getuid") else None
+    uid = _uid()
     try:
         path = Path(tempfile.gettempdir()) / f"symopt-cache-{uid if uid is not None else 'user'}"
         path.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(path)
     except OSError:  # gettempdir raises FileNotFoundError when no temporary folder is usable
         return None
-    if not stat.S_ISDIR(st.st_mode):
-        return None
-    if uid is not None and (st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-        return None
-    return path
+    return None if folder_problem(path) is not None else path
 
 
 _warned: set = set()
@@ -90,17 +149,97 @@ def warn_fallback(what: str, failures: list, used: Path | None, root: Path | Non
         _warned.add(key)
     tried = "; ".join(f"{b} ({_reason(e)})" for b, e in failures)
     if used is not None:
-        msg = f"symopt: cannot write {tried}; {what} go to {used} instead"
+        msg = f"symopt: cannot use {tried}; {what} go to {used} instead"
     else:
         msg = (f"symopt: no writable cache folder ({tried}); {what} are kept in memory and compiled in every "
                f"process (set SYMOPT_CACHE_DIR and NUMBA_CACHE_DIR to a writable folder)")
     warnings.warn(msg, CacheWarning, stacklevel=stacklevel)
 
 
+def _untrusted(e) -> bool:
+    """Whether ``e`` is :func:`trusted_folder`'s refusal (not a plain failure to write)."""
+    return isinstance(e, PermissionError) and str(e).startswith("untrusted: ")
+
+
 def _reason(e) -> str:
+    if _untrusted(e):
+        return str(e)[len("untrusted: "):]
     if isinstance(e, OSError):
         return f"{type(e).__name__}: {e.strerror or e}"
     return str(e)
+
+
+# --------------------------------------------------------------------------- the secret key
+KEY_BYTES = 32
+_keys: dict = {}
+
+
+def _key_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "symopt" / "cache-key"
+
+
+def secret_key() -> bytes | None:
+    """This user's secret key for the MACs of generated modules (None: none usable).
+
+    Read from ``$XDG_CONFIG_HOME/symopt/cache-key`` (``~/.config/symopt/cache-key``), or
+    else from the private fallback folder; created there on first use (32 random
+    bytes, mode 0600, published with a hard link so no reader sees half a key).  The
+    file must be a regular file of this user that nobody else can read or write, in
+    a trusted folder (:func:`folder_problem`).
+    """
+    candidates = [_key_path()]
+    fallback = fallback_cache_dir()
+    if fallback is not None:
+        candidates.append(fallback / "cache-key")
+    for path in candidates:
+        cached = _keys.get(path)
+        if cached is not None:
+            return cached
+        try:
+            key = _read_or_create_key(path)
+        except OSError:
+            continue
+        _keys[path] = key
+        return key
+    return None
+
+
+def _read_key(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        uid = _uid()
+        if not stat.S_ISREG(st.st_mode) or (uid is not None and (st.st_uid != uid or st.st_mode & 0o077)):
+            raise PermissionError(f"{path} is not a private file of this user")
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise OSError(f"{path} does not hold a {KEY_BYTES}-byte key")
+    return key
+
+
+def _read_or_create_key(path: Path) -> bytes:
+    trusted_folder(path.parent)
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, os.urandom(KEY_BYTES))
+        os.fsync(fd)
+        os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process created the key meanwhile: use theirs
+        except FileExistsError:
+            pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return _read_key(path)
 
 
 # --------------------------------------------------------------------------- numba's disk cache
@@ -127,9 +266,16 @@ def _numba_can_cache(path: Path) -> bool:
     return True
 
 
+def _generated_folders() -> list:
+    """The folders of the package ``symopt.generated`` (found without importing it: in a source
+    checkout it is the top-level ``generated/``, installed it is inside the package)."""
+    spec = importlib.util.find_spec("symopt.generated")
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+
+
 def _kernel_files() -> list:
     """One file of each folder whose modules use ``cache=True`` (runtime helpers, generated kernels)."""
-    return [_PACKAGE / "runtime" / "layout.py", _PACKAGE / "generated" / "__init__.py"]
+    return [_PACKAGE / "runtime" / "layout.py", *(folder / "__init__.py" for folder in _generated_folders())]
 
 
 def configure_numba_cache() -> str:
@@ -139,12 +285,14 @@ def configure_numba_cache() -> str:
         return _numba_mode
     from numba.core import config
 
+    _install_locator()
+
     files = [f for f in _kernel_files() if f.exists()]
     blocked = [f for f in files if not _numba_can_cache(f)]
     if not blocked:
         _numba_mode = "disk"
         return _numba_mode
-    failures = [(f.parent / "__pycache__", "not writable, nor numba's user-wide cache folder"
+    failures = [(f.parent / "__pycache__", "not writable or not trusted, nor numba's user-wide cache folder"
                  + (f" nor NUMBA_CACHE_DIR={config.CACHE_DIR}" if config.CACHE_DIR else "")) for f in blocked]
     root = fallback_cache_dir()
     if root is not None:
@@ -182,3 +330,152 @@ class _UncachedGeneratedFinder(importlib.abc.MetaPathFinder):
             return spec
         spec.loader = _UncachedLoader(fullname, spec.origin)
         return spec
+
+
+# --------------------------------------------------------------------------- guarding numba's cache files
+#: Folders whose ``.py`` files' numba caches :class:`TrustedCacheLocator` guards: symopt's package, the
+#: package ``symopt.generated``, and the user-module folders of :mod:`symopt.codegen.emit` (:func:`trust_sources`).
+_guarded: set = {str(_PACKAGE)}
+#: Largest numba cache file checked and kept (a kernel's object code is well below this).
+MAX_NUMBA_FILE = 256 * 2**20
+TrustedCacheLocator = None
+
+
+def trust_sources(folder) -> None:
+    """Guard numba's cache files of the modules in ``folder`` too (see :class:`TrustedCacheLocator`)."""
+    _guarded.add(os.path.abspath(os.fspath(folder)))
+
+
+def _is_guarded(py_file: str) -> bool:
+    path = os.path.abspath(py_file)
+    return any(path == g or path.startswith(g + os.sep) for g in _guarded)
+
+
+def _pickle_complete(path: str, pickles: int) -> bool:
+    """True when the file holds ``pickles`` complete pickle streams (parsed by :mod:`pickletools`,
+    which reads opcodes and never executes or imports anything)."""
+    import io
+    import pickletools
+
+    from .files import read_regular
+
+    try:
+        data = read_regular(path, MAX_NUMBA_FILE)
+        stream = io.BytesIO(data)
+        for _ in range(pickles):
+            for _op in pickletools.genops(stream):
+                pass
+        return True
+    except (OSError, ValueError, EOFError, IndexError, UnicodeDecodeError):
+        return False
+
+
+def _clean_entries(folder: str, base: str) -> None:
+    """Remove numba's cache files of one function (``<base>.nbi``, ``<base>.<n>.nbc``) from ``folder``
+    unless they are regular files of this user that nobody else can write and hold complete
+    pickles; each removal is one :class:`CacheWarning` (numba then recompiles and writes them anew)."""
+    uid = _uid()
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(base + ".")
+                   and (e.name.endswith(".nbi") or e.name.endswith(".nbc"))]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            why = "it is not a regular file"
+        elif uid is not None and st.st_uid != uid:
+            why = f"it is owned by uid {st.st_uid}"
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            why = "it is writable by group or others"
+        elif not _pickle_complete(entry.path, 2 if entry.name.endswith(".nbi") else 1):
+            why = "it is empty, truncated or corrupt"
+        else:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+        warnings.warn(f"symopt: removed numba's cache file {entry.path} ({why}); the function is compiled again "
+                      f"and its cache rewritten", CacheWarning, stacklevel=2)
+
+
+def _install_locator() -> None:
+    """Put :class:`TrustedCacheLocator` first in numba's list of cache locators (it answers for
+    symopt's own files only; numba's locators handle everything else as before)."""
+    global TrustedCacheLocator
+    if TrustedCacheLocator is not None:
+        return
+    from numba.core import caching, config
+    from numba.misc.appdirs import AppDirs
+
+    for folder in _generated_folders():
+        trust_sources(folder)
+
+    class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+        """numba's cache folder for a function of symopt's files, trusted, with its files checked.
+
+        Candidates, in numba's order: ``NUMBA_CACHE_DIR`` (then the private folder), else the
+        source's ``__pycache__``, numba's user-wide folder, the private folder.  The first that
+        :func:`trusted_folder` accepts is used (an untrusted ``NUMBA_CACHE_DIR`` gets one
+        :class:`CacheWarning`); before numba reads anything there, :func:`_clean_entries` removes the
+        function's files that are not this user's own or not complete.
+        """
+
+        def __init__(self, py_func, py_file, cache_path):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = cache_path
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        def ensure_cache_path(self):
+            trusted_folder(self._cache_path)
+            tempfile.TemporaryFile(dir=self._cache_path).close()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not _is_guarded(py_file) or not os.path.exists(py_file):
+                return None
+            sub = cls.get_suitable_cache_subpath(py_file)
+            fallback = fallback_cache_dir()
+            private = [] if fallback is None else [os.path.join(fallback, "numba", sub)]
+            if config.CACHE_DIR:
+                candidates = [os.path.join(config.CACHE_DIR, sub), *private]
+            else:
+                candidates = [os.path.join(os.path.dirname(py_file), "__pycache__"),
+                              os.path.join(AppDirs(appname="numba", appauthor=False).user_cache_dir, sub), *private]
+            failures = []
+            for path in candidates:
+                locator = cls(py_func, py_file, path)
+                try:
+                    if config.CACHE_DIR and path == candidates[0]:
+                        try:
+                            trusted_folder(config.CACHE_DIR)
+                        except OSError as exc:
+                            failures.append((f"NUMBA_CACHE_DIR={config.CACHE_DIR}", exc))
+                            continue
+                    locator.ensure_cache_path()
+                except OSError as exc:
+                    failures.append((path, exc))
+                    continue
+                told = [(f, e) for f, e in failures if config.CACHE_DIR or _untrusted(e)]
+                if told:
+                    warn_fallback("numba's compiled kernels", told, Path(path), stacklevel=2)
+                modname = os.path.splitext(os.path.basename(py_file))[0]
+                base = (f"{modname}.{py_func.__qualname__}".replace("<", "").replace(">", "")
+                        + f"-{locator.get_disambiguator()}.py{sys.version_info[0]}{sys.version_info[1]}"
+                        + getattr(sys, "abiflags", ""))
+                _clean_entries(path, base)
+                return locator
+            # numba's own locators would try the same folders without these checks: refuse, as numba
+            # does when no folder is writable (configure_numba_cache then turns the disk cache off).
+            raise RuntimeError(f"cannot cache function {py_func.__qualname__!r}: no trusted cache folder for "
+                               f"{py_file} ({'; '.join(f'{f}: {_reason(e)}' for f, e in failures)})")
+
+    _Locator.__name__ = _Locator.__qualname__ = "TrustedCacheLocator"
+    _Locator.__module__ = __name__
+    TrustedCacheLocator = _Locator
+    caching.CacheImpl._locator_classes.insert(0, _Locator)

@@ -59,6 +59,17 @@ __all__ = ["Schedule", "constant", "linear", "linear_warmup", "step", "exponenti
 k = T_STEP - 1  # steps already taken
 
 
+#: Steps at which a schedule without a horizon is checked to be defined when it is built.
+CHECKED_STEPS = 10_000
+MAX_CHECKED_STEPS = 100_000
+
+
+def _printable(text) -> str:
+    """``text`` with every non-printable character (terminal escape sequences...) written as an escape."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _num(x, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
         raise ValueError(f"schedule: {name} must be a finite number, got {x!r}")
@@ -102,11 +113,25 @@ class Schedule:
         from .rulebook.validate import check_expression
 
         check_expression(e, f"schedule {name}")
+        if not isinstance(name, str):
+            raise TypeError(f"schedule: name must be a str, got {type(name).__name__}")
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ValueError(f"schedule: horizon must be an integer >= 1, got {horizon!r}")
         self.expr = e
         self.name = name
         self.params = dict(params or {})
         self.horizon = horizon
         self._fn = None
+        self._check_defined()
+
+    def _check_defined(self) -> None:
+        """Refuse a schedule that is undefined or not finite at some step ``t = 1..n`` (``n``: the
+        horizon, else :data:`CHECKED_STEPS`; at most :data:`MAX_CHECKED_STEPS`), naming the first such step."""
+        n = min(self.horizon or CHECKED_STEPS, MAX_CHECKED_STEPS)
+        if not self.expr.has(T_STEP):
+            n = 1
+        for t in range(1, n + 1):
+            self(t)
 
     # -- evaluation --------------------------------------------------------------
     def _compile(self):
@@ -116,9 +141,16 @@ class Schedule:
         return self._fn
 
     def __call__(self, t) -> float:
-        """The value at the 1-based step ``t`` (float64)."""
+        """The value at the 1-based step ``t`` (float64); ``ValueError`` naming the step where the
+        expression is undefined (a division by zero, the log of a negative number) or not finite."""
         fn = self._fn or self._compile()
-        return float(fn(int(t)))
+        try:
+            value = float(fn(int(t)))
+        except (ArithmeticError, ValueError) as exc:
+            raise ValueError(f"schedule {self!r} is undefined at step t={t} ({type(exc).__name__}: {exc})") from None
+        if not math.isfinite(value):
+            raise ValueError(f"schedule {self!r} is not finite at step t={t} ({value!r})")
+        return value
 
     def values(self, steps) -> list:
         """Values at ``t = 1..steps`` (or at the given iterable of steps)."""
@@ -153,8 +185,8 @@ class Schedule:
         plt.close(fig)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"symopt.schedule.{self.name}({args})"
+        args = ", ".join(f"{_printable(k)}={_printable(repr(v))}" for k, v in self.params.items())
+        return f"symopt.schedule.{_printable(self.name)}({args})"
 
     # -- algebra -----------------------------------------------------------------
     def _wrap(self, e, label):

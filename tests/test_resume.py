@@ -216,7 +216,7 @@ def test_changed_formula_of_a_user_rule_is_refused(tmp_path):
 @pytest.mark.parametrize("corrupt,match", [
     ("not a zip", "not a readable .npz"),
     ("no meta", "has no 'meta' entry"),
-    ("pickled meta", "not a readable .npz without pickled objects"),
+    ("pickled meta", "'meta' must be a 0-d string array"),
     ("bad json", "'meta' is not JSON"),
     ("wrong state dtype", r"state 'exp_avg' of param 0 is float32\[3, 4\], expected float64\[3, 4\]"),
     ("missing state", "state 'exp_avg_sq' of param 1 is missing"),

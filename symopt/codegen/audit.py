@@ -15,17 +15,26 @@ Inside functions, every name read is a local (an argument or an assignment of
 that function or an enclosing one), a module-level definition, an import above
 or one of :data:`SAFE_BUILTINS`; no local rebinds an import or a module-level name
 that functions call; no function assigns to one of its own arguments (so a state
-buffer can never be overwritten by a kernel local of the same name); no name is a dunder and no attribute starts with ``_`` (user
-identifiers never start with ``_``: such names are the generator's own); no
+buffer can never be overwritten by a kernel local of the same name); no name is a dunder; no
 ``global``, ``import``, ``lambda``, ``with``, ``try``, class, comprehension, ``del``,
-``yield``, ``await``, star-args or decorator other than the above.  So even a sanitizer bug could not reach
-``__import__``, ``eval``, ``open`` or an attribute chain like ``x.__class__``.
+``yield``, ``await``, star-args or decorator other than the above.
+
+Attributes are an allow-list of exactly what generated code uses: one level deep, on
+a plain name; of an imported module only the names of :data:`MODULE_ATTRIBUTES` (the
+dtypes and array constructors the templates write, ``numba.njit``/``carray``/``prange``,
+and the ``np.``/``math.`` functions the function registry's printers write); of any
+other name only :data:`VALUE_ATTRIBUTES` (``x.shape``, the LLVM builder calls of the
+pointer intrinsics, ``errors.append``).  So even a sanitizer bug, or a file planted in a
+cache, could not reach ``__import__``, ``eval``, ``open``, ``x.__class__``,
+``numba.core.config.os.system`` or ``np.load``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 
+from ..functions import REGISTRY
 from ..rulebook.metadata import RuleError
 
 #: Builtins generated code may call.
@@ -33,6 +42,29 @@ SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool",
 _IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic",
                  ("scipy.linalg", "blas", None): "blas"}
+
+def _registry_calls(module: str) -> set:
+    """The ``<module>.<name>`` calls the registry's Numba and scalar templates print."""
+    pattern = re.compile(rf"\b{module}\.([A-Za-z]\w*)\(")
+    return {m for f in REGISTRY for text in (f.numba, f.scalar) for m in pattern.findall(text)}
+
+
+#: The attributes of each imported module generated code may use (all of them a value or a call).
+MODULE_ATTRIBUTES = {
+    "np": frozenset({"float32", "float64", "int32", "int64", "inf", "nan", "zeros", "empty", "full", "arange", "sqrt", "exp", "log",
+                     "multiply"}
+                    | _registry_calls("np")),
+    "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e"} | _registry_calls("math")),
+    "numba": frozenset({"njit", "carray", "prange"}),
+    "types": frozenset({"CPointer", "float32", "float64", "int32", "int64"}),
+    "intrinsic": frozenset(),
+    # the matrix rules' BLAS: symmetric rank-k products and general products (matrix_module template)
+    "blas": frozenset({"ssyrk", "dsyrk", "sgemm", "dgemm"}),
+}
+#: Attributes of locals generated code uses: array shapes, the LLVM builder and context of the
+#: pointer intrinsics, the list of constraint messages, element counts of the one-tensor steps and
+#: the matrix rules' workspace views.
+VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size"})
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
     ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
@@ -86,6 +118,9 @@ def _own_nodes(fn: ast.FunctionDef):
         yield node
         if isinstance(node, ast.FunctionDef):
             continue
+        if _is_address(node):                    # x.ctypes.data: only the root name is checked further
+            stack.append(node.value.value)
+            continue
         stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
@@ -129,8 +164,30 @@ def _check_function(fn: ast.FunctionDef, module_names: set, protected: set, encl
             if isinstance(node.ctx, ast.Load) and not (node.id in visible or node.id in module_names
                                                        or node.id in SAFE_BUILTINS):
                 _fail(node, f"the name {node.id!r} is neither local, module-level nor a safe builtin")
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            _fail(node, f"the attribute {node.attr!r} starts with an underscore")
+        elif isinstance(node, ast.Attribute):
+            _check_attribute(node, visible)
+
+
+def _is_address(node) -> bool:
+    """``<local>.ctypes.data`` with a plain local name (not a module) at its root."""
+    return (isinstance(node, ast.Attribute) and node.attr == "data" and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ctypes" and isinstance(node.value.value, ast.Name)
+            and node.value.value.id not in MODULE_ATTRIBUTES)
+
+
+def _check_attribute(node: ast.Attribute, visible: set) -> None:
+    """One level of attribute on a plain name, from the allow-lists (see the module doc); the one
+    two-level chain is an array argument's address, ``<local>.ctypes.data`` (an int)."""
+    if _is_address(node):
+        return
+    if not isinstance(node.value, ast.Name):
+        _fail(node, f"the attribute {node.attr!r} is taken of an expression, not of a plain name")
+    owner = node.value.id
+    if owner in MODULE_ATTRIBUTES and owner not in visible:
+        if node.attr not in MODULE_ATTRIBUTES[owner]:
+            _fail(node, f"{owner}.{node.attr} is not something generated code uses")
+    elif node.attr not in VALUE_ATTRIBUTES:
+        _fail(node, f"the attribute {node.attr!r} of {owner!r} is not something generated code uses")
 
 
 def audit_module(text: str, filename: str = "<generated>") -> None:

@@ -15,13 +15,23 @@ edited file is recognised.
   folder ``kernels/`` or ``gradients/``, as real ``.py`` files so that numba's
   ``cache=True`` works for them too.  The rendered text is audited
   (:func:`~symopt.codegen.audit.audit_module`: it compiles and has only a generated
-  module's shape) before it is written.  An ``fcntl`` lock on the folder's ``.lock``
-  serializes writers; a reader reads the file once and uses that text only if its
-  seal and its ``INPUT_HASH`` line match (an edited, truncated or older file, or one
-  from another version of the code generator, is regenerated, never imported).  The
-  runtime executes exactly the text that was checked, never re-reading the file.
+  module's shape) before it is written, and signed: a last line holds its HMAC under
+  the user's secret key (:func:`symopt.cachedirs.secret_key`).  An ``fcntl`` lock on
+  the folder's ``.lock`` serializes writers; a reader reads the file once (a regular
+  file, not through a symbolic link) and uses that text only if its MAC, seal and
+  ``INPUT_HASH`` line match and it passes the audit again (a file written by anyone
+  without the key, edited, truncated, older or from another version of the code
+  generator is regenerated, never run).  The runtime executes exactly the text that
+  was checked, never re-reading the file.
 
-If the cache folder cannot be written (read-only, not a folder), the module goes to
+The checked-in modules of ``generated/`` carry a seal but no MAC: they are part of
+the installed package and trusted as the package's other source files are (whoever
+can write the install folder can change symopt itself); their numba cache is
+guarded like the user cache's (:class:`symopt.cachedirs.TrustedCacheLocator`).
+
+The cache folder is used only when trusted (:func:`symopt.cachedirs.folder_problem`:
+owned by this user, not writable by group or others).  If it is not, or cannot be
+written (read-only, not a folder), or no secret key is available, the module goes to
 a private per-user folder under the system temporary folder; if that fails too it
 is kept in memory only (numba then compiles it in every process).  Either way one
 :class:`~symopt.cachedirs.CacheWarning` is issued per process and destination (none
@@ -36,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..cachedirs import fallback_cache_dir, warn_fallback
-from ..files import atomic_write, is_sealed, seal, write_if_changed
+from ..cachedirs import fallback_cache_dir, secret_key, trust_sources, trusted_folder, warn_fallback
+from ..files import MAX_TEXT_BYTES, atomic_write, is_sealed, read_regular, seal, sign, signed, write_if_changed
 from ..rulebook.catalog import builtin_families
 from ..rulebook.rule import Family, check_family
 from .audit import AuditError, audit_module
@@ -149,21 +159,31 @@ def cached_module(kind: str, stem: str, digest: str, render: Callable[[], str],
     primary = cache_dir() if directory is None else Path(directory)
     failures: list = []
     text = None
+    key = secret_key()
     for base in _candidate_dirs(primary):
         path = base / folder / f"{stem}.py"
-        found = _verified_text(path, digest)
+        try:
+            if key is None:
+                raise PermissionError("untrusted: no private secret key could be read or created")
+            trusted_folder(base)
+            trusted_folder(path.parent)
+        except OSError as exc:
+            failures.append((base, exc))
+            continue
+        found = _verified_text(path, digest, key)
         if found is None:
             if text is None:
                 text = render()
             try:
                 with _locked(path.parent / ".lock"):
-                    found = _verified_text(path, digest)  # another process may have just written it
+                    found = _verified_text(path, digest, key)  # another process may have just written it
                     if found is None:
-                        atomic_write(path, text)
-                        found = text
+                        found = sign(text, key)
+                        atomic_write(path, found)
             except OSError as exc:
                 failures.append((base, exc))
                 continue
+        trust_sources(path.parent)
         _warn_once(failures, path.parent, root=base, what=what)
         return UserModule(path, digest, found, stem)
     if text is None:
@@ -188,7 +208,8 @@ def _candidate_dirs(primary: Path):
 @contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "a") as fh:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - non-POSIX: rely on atomic rename alone
@@ -213,19 +234,22 @@ def _header_hash(text: str) -> str | None:
 def read_header_hash(path: Path) -> str | None:
     """The ``INPUT_HASH`` recorded in a generated module, or None if unreadable."""
     try:
-        return _header_hash(Path(path).read_text(encoding="utf-8"))
+        return _header_hash(read_regular(path, MAX_TEXT_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def _verified_text(path: Path, digest: str) -> str | None:
-    """The file's text if it is sealed, intact, generated from inputs with hash ``digest`` and
-    passes the audit; None otherwise (the caller then regenerates it)."""
+def _verified_text(path: Path, digest: str, key: bytes) -> str | None:
+    """The file's text if it is a regular file signed with ``key``, sealed, generated from inputs
+    with hash ``digest`` and passes the audit; None otherwise (the caller then regenerates it)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(path, MAX_TEXT_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    if not is_sealed(text) or _header_hash(text) != digest:
+    if not signed(text, key):
+        return None
+    body = text[:text.rstrip("\n").rfind("\n") + 1]
+    if not is_sealed(body) or _header_hash(body) != digest:
         return None
     try:
         audit_module(text, str(path))

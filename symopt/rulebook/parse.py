@@ -18,6 +18,14 @@ hands them user text.  Instead:
   JSON-ready nested lists and back, exactly (floats as float64 values, rationals as
   integer pairs), by looking node names up in the same allowlist -- used by
   checkpoints to store scheduled hyperparameters.
+
+Both read hostile input, so both bound the work SymPy may be asked to do *before* it
+evaluates anything (SymPy evaluates exact powers and numeric functions eagerly:
+``(9**1000)**1000`` or ``floor(exp(10**100))`` would run for minutes or exhaust memory):
+at most :data:`MAX_DEPTH` levels of nesting and :data:`MAX_NODES` nodes; an exact
+(rational) exponent at most :data:`MAX_EXPONENT` in size; and every constant that an
+operation or function receives, and the result, is checked (by a 15-digit ``evalf``) to be a finite number
+inside float64's range, the only values a kernel can use anyway.
 """
 
 from __future__ import annotations
@@ -40,9 +48,53 @@ _OPERATORS = {"Eq": sp.Eq, "Ne": sp.Ne, "Lt": sp.Lt, "Le": sp.Le, "Gt": sp.Gt, "
 FUNCTIONS = {**{name: f.sympy for f in REGISTRY for name in f.parse_names}, "sqrt": sp.sqrt, **_OPERATORS}
 CONSTANTS = {"pi": sp.pi, "E": sp.E}
 MAX_TEXT = 20000
+MAX_DEPTH = 100          # nesting of a formula (syntax tree or stored data)
+MAX_NODES = 10000        # nodes of stored data
+MAX_EXPONENT = 1024      # size of an exact (integer or rational) exponent
+MAX_MAGNITUDE = 1e308    # of any constant an operation receives
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a ** b, ast.Mod: lambda a, b: sp.Mod(a, b)}
+           ast.Div: lambda a, b: a / b, ast.Pow: None, ast.Mod: lambda a, b: sp.Mod(a, b)}
 _COMPARE = {ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge, ast.Eq: sp.Eq, ast.NotEq: sp.Ne}
+
+
+def _constant_problem(e) -> str | None:
+    """Why the constant ``e`` may not take part in a formula (None: it may, or it is not a constant)."""
+    if not isinstance(e, sp.Expr) or e.free_symbols or isinstance(e, sp.Float):
+        return None
+    if isinstance(e, sp.Rational):
+        if e.p.bit_length() > 1100 or e.q.bit_length() > 1100 or abs(e) > MAX_MAGNITUDE:
+            return "is outside float64's range"
+        return None
+    try:
+        v = complex(e.evalf(15, maxn=200))
+    except (TypeError, ValueError, ArithmeticError):
+        return "has no numeric value"
+    if not (math.isfinite(v.real) and math.isfinite(v.imag)) or abs(v) > MAX_MAGNITUDE:
+        return "is not finite or outside float64's range"
+    return None
+
+
+def bounded(op, args, where):
+    """``op(*args)`` unless that could make SymPy evaluate something huge; ``where(message)`` raises.
+
+    Every constant argument must lie in float64's range (:func:`_constant_problem`), an exact
+    exponent of a power at most :data:`MAX_EXPONENT` in size, and so must the result.
+    """
+    for a in args:
+        problem = _constant_problem(a)
+        if problem is not None:
+            where(f"the constant {str(a)[:40]} {problem}")
+    if op in (sp.Pow, _pow) and len(args) == 2 and isinstance(args[1], sp.Rational) and abs(args[1]) > MAX_EXPONENT:
+        where(f"the exponent {str(args[1])[:40]} is too large for an exact power (at most {MAX_EXPONENT})")
+    out = op(*args)
+    problem = _constant_problem(out)
+    if problem is not None:
+        where(f"the value {str(out)[:40]} {problem}")
+    return out
+
+
+def _pow(a, b):
+    return a ** b
 
 
 class _Converter:
@@ -71,6 +123,9 @@ class _Converter:
             return T_STEP
         self.fail(node, f"unknown name {ident!r}; known: {', '.join(sorted(self.symbols)) or '(none)'}, t")
 
+    def bounded(self, node, op, *args):
+        return bounded(op, args, lambda message: self.fail(node, message))
+
     def __call__(self, node):
         if isinstance(node, ast.Expression):
             return self(node.body)
@@ -88,19 +143,15 @@ class _Converter:
         if isinstance(node, ast.Name):
             return self.name(node)
         if isinstance(node, ast.BinOp):
-            op = _BINOPS.get(type(node.op))
-            if op is None:
+            if type(node.op) not in _BINOPS:
                 hint = " (use ** for powers)" if isinstance(node.op, ast.BitXor) else ""
                 self.fail(node, f"the operator {type(node.op).__name__} is not allowed{hint}")
-            left, right = self(node.left), self(node.right)
-            if (isinstance(node.op, ast.Pow) and isinstance(left, sp.Rational) and isinstance(right, sp.Integer)
-                    and abs(int(right)) > 1024):
-                self.fail(node, f"the exponent {right} is too large for an exact power")  # 9**9**9 would hang
-            return op(left, right)
+            op = _BINOPS[type(node.op)] or _pow
+            return self.bounded(node, op, self(node.left), self(node.right))
         if isinstance(node, ast.UnaryOp):
             x = self(node.operand)
             if isinstance(node.op, ast.USub):
-                return -x
+                return self.bounded(node, lambda a: -a, x)
             if isinstance(node.op, ast.UAdd):
                 return x
             if isinstance(node.op, ast.Not):
@@ -134,8 +185,19 @@ class _Converter:
                         self.fail(a, "Piecewise takes (expression, condition) pairs")
                     pairs.append((self(a.elts[0]), self(a.elts[1])))
                 return sp.Piecewise(*pairs)
-            return FUNCTIONS[node.func.id](*[self(a) for a in node.args])
+            return self.bounded(node, FUNCTIONS[node.func.id], *[self(a) for a in node.args])
         self.fail(node, f"{type(node).__name__} is not allowed in a formula")
+
+
+def _ast_depth(tree) -> int:
+    depth, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        depth = max(depth, d)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return depth
 
 
 def parse_expression(text: str, symbols=None) -> sp.Expr:
@@ -162,6 +224,8 @@ def parse_expression(text: str, symbols=None) -> sp.Expr:
         raise RuleError(f"expression {text[:80]!r} is not a formula: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise RuleError(f"expression {text[:80]!r} cannot be read: {type(exc).__name__}") from None
+    if _ast_depth(tree) > MAX_DEPTH:
+        raise RuleError(f"expression {text[:80]!r} is nested more than {MAX_DEPTH} levels deep")
     try:
         expr = _Converter(text, symbols)(tree)
     except RecursionError:
@@ -216,12 +280,28 @@ def expr_to_data(expr) -> list:
     return conv(expr)
 
 
+def _check_data_size(data) -> None:
+    """At most :data:`MAX_DEPTH` levels and :data:`MAX_NODES` lists, before anything is built."""
+    nodes, stack = 0, [(data, 1)]
+    while stack:
+        d, depth = stack.pop()
+        if isinstance(d, list):
+            nodes += 1
+            if depth > MAX_DEPTH or nodes > MAX_NODES:
+                raise RuleError(f"stored expression is larger than {MAX_NODES} nodes or {MAX_DEPTH} levels")
+            stack.extend((x, depth + 1) for x in d)
+
+
 def expr_from_data(data, symbols=None) -> sp.Expr:
     """The expression :func:`expr_to_data` wrote; ``symbols`` maps names to Symbols
     (default: plain Symbols, ``t`` = symopt.t).  Only allowlisted node names are built."""
     from .validate import check_expression
 
     table = {} if symbols is None else dict(symbols)
+    _check_data_size(data)
+
+    def fail(message):
+        raise RuleError(f"stored expression: {message}")
 
     def conv(d):
         if not isinstance(d, list) or not d or not isinstance(d[0], str):
@@ -237,9 +317,11 @@ def expr_from_data(data, symbols=None) -> sp.Expr:
         if tag == "const" and args in (["pi"], ["E"]):
             return sp.pi if args[0] == "pi" else sp.E
         if tag == "int" and len(args) == 1 and type(args[0]) is int:
-            return sp.Integer(args[0])
+            return bounded(sp.Integer, args, fail)
         if tag == "rat" and len(args) == 2 and all(type(a) is int for a in args) and args[1] != 0:
-            return sp.Rational(args[0], args[1])
+            if max(abs(args[0]), abs(args[1])).bit_length() > 1100:
+                fail("a rational constant is outside float64's range")
+            return bounded(sp.Rational, args, fail)
         if tag == "float" and len(args) == 1 and type(args[0]) in (int, float) and math.isfinite(args[0]):
             return sp.Float(float(args[0]))
         if tag == "pair" and len(args) == 2:
@@ -247,8 +329,11 @@ def expr_from_data(data, symbols=None) -> sp.Expr:
         cls = _DATA_CLASSES.get(tag)
         if cls is None:
             raise RuleError(f"stored expression uses {tag!r}, which is not an allowed node")
-        return cls(*[conv(a) for a in args])
+        return bounded(cls, [conv(a) for a in args], fail)
 
-    expr = conv(data)
+    try:
+        expr = conv(data)
+    except RecursionError:
+        fail("nested too deeply")
     check_expression(expr, "stored expression")
     return expr

@@ -17,11 +17,21 @@ text.  It holds
 
 Floats go through JSON as ``repr`` text, which reads back to the same double, and
 state and params are stored in their own dtype, so a resumed run steps bit for bit
-like an uninterrupted one.  Loading checks everything before it modifies anything:
-another rule, another variant or a changed formula (formula hash), another dtype,
-another number or shape of params, a missing or malformed entry all raise
-``ValueError``/``TypeError`` naming the problem.  Files are written atomically
-(temporary file + rename), so a crash while saving leaves the previous checkpoint.
+like an uninterrupted one.
+
+Reading trusts nothing in the file (docs/security.md): :func:`read` opens a regular file,
+reads and checks the metadata under hard limits (:data:`MAX_META_BYTES`, JSON depth,
+integer sizes, counts, shapes, printable names) and the step counts; the state and param
+arrays are read by :meth:`Reader.arrays` only after the metadata fits the optimizer, only
+the members needed, each one's declared size (zip directory, then ``.npy`` header) checked
+to be exactly what its shape needs before anything is decompressed, into new arrays; the
+optimizer then checks the whole state before it modifies anything.  Another rule, variant
+or formula (formula hash), another number or shape of params, and every malformed file
+(truncated, not a zip, a zip bomb, a huge shape, deep JSON, out-of-range numbers, a schedule
+that cannot be rebuilt) raise :class:`CheckpointError` naming the problem; another dtype
+``TypeError``.  Files are written atomically (temporary file + rename), so a crash while
+saving leaves the previous checkpoint; the next save removes the temporary file a killed
+save left behind (:func:`symopt.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
+import struct
+import zipfile
 
 import numpy as np
 
@@ -36,7 +49,7 @@ from .._version import __version__
 from ..files import atomic_write
 from . import scheduled
 
-__all__ = ["CheckpointError", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
+__all__ = ["CheckpointError", "Reader", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
            "write"]
 
 FORMAT = "symopt-checkpoint"
@@ -45,7 +58,8 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the optimizer/params it is loaded into."""
+    """A checkpoint is malformed, or does not fit the optimizer/params it is loaded into
+    (``symopt.CheckpointError``)."""
 
 
 _schedule_codec = None
@@ -99,8 +113,10 @@ def _restore(value, path, key):
             _fail(path, f"the schedule of {key!r} cannot be rebuilt without symopt.schedule")
         try:
             return _schedule_codec[1](spec)
-        except (TypeError, ValueError) as exc:
-            _fail(path, f"the schedule of {key!r} cannot be rebuilt: {exc}")
+        except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError) as exc:
+            _fail(path, f"the schedule of {key!r} cannot be rebuilt: {type(exc).__name__}: {str(exc)[:200]}")
+    if type(value) not in (int, float, bool):
+        _fail(path, f"hyperparameter {key!r} holds a {type(value).__name__}, not a number")
     return value
 
 
@@ -143,25 +159,126 @@ def _fail(path, message: str, exc=CheckpointError):
     raise exc(f"checkpoint {os.fspath(path)!s}: {message}")
 
 
-def read(path) -> dict:
-    """The checked contents of a checkpoint: ``{"meta": dict, "step": array, "state": {j: {key: array}},
-    "params": {j: array} | None}``.  Raises :class:`CheckpointError` on anything malformed."""
+# Hard limits on what a checkpoint may declare, checked before anything is decompressed or allocated.
+MAX_META_BYTES = 1 << 20        # the JSON metadata
+MAX_HEADER_BYTES = 1 << 16      # an .npy header
+MAX_JSON_DEPTH = 32             # nesting of the metadata (a schedule's expression is checked by its codec)
+MAX_PARAMS = 1 << 20
+MAX_NDIM = 32
+MAX_ELEMENTS = 1 << 40          # of one param (the params passed must have the same shapes anyway)
+MAX_NAME = 200                  # characters of a rule, variant, state key or hyperparameter name
+MAX_STEP = 2**53 - 1            # step counts are exact in the float64 scalar functions
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+#: Everything a malformed file can make the readers below raise.
+_MALFORMED = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
+              KeyError, TypeError, IndexError, OverflowError, RecursionError, UnicodeDecodeError, struct.error,
+              RuntimeError)
+
+
+def _name_ok(x) -> bool:
+    """A short printable name (no control characters: no terminal escape sequences)."""
+    return isinstance(x, str) and 0 < len(x) <= MAX_NAME and x.isprintable()
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"the integer {text[:24]}... is out of range")
+    return int(text)
+
+
+def _json_depth(obj) -> int:
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, dict)):
+            depth = max(depth, d)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return depth
+
+
+def _open_regular(path):
+    """A binary file object of the regular file ``path`` (``FileNotFoundError`` passes through; a FIFO,
+    device or folder is a :class:`CheckpointError`, found without blocking)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            files = {name: data[name] for name in data.files}
-    except FileNotFoundError:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _fail(path, "is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
-    except (OSError, ValueError, EOFError, KeyError) as exc:
-        _fail(path, f"not a readable .npz without pickled objects ({type(exc).__name__}: {exc})")
-    if "meta" not in files:
-        _fail(path, "has no 'meta' entry (not written by symopt.save)")
-    raw = files["meta"]
-    if raw.shape != () or raw.dtype.kind != "U":
-        _fail(path, "'meta' must be a 0-d string array")
+
+
+def _member(zf: zipfile.ZipFile, name: str):
+    """The directory entry of ``<name>.npy`` (None if absent), checked: a plain method, not encrypted."""
     try:
-        meta = json.loads(str(raw[()]))
+        info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        return None
+    if info.compress_type not in _ZIP_METHODS or info.flag_bits & 0x1:
+        raise ValueError(f"entry {name!r} is encrypted or uses an unsupported compression")
+    return info
+
+
+def _read_member(zf: zipfile.ZipFile, info, dtype, shape, what: str) -> np.ndarray:
+    """A new array of ``dtype``/``shape`` from an ``.npy`` entry whose declared sizes (zip directory,
+    then ``.npy`` header) match exactly, checked before anything is decompressed or allocated."""
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if not nbytes + 10 <= info.file_size <= nbytes + 10 + MAX_HEADER_BYTES:
+        raise ValueError(f"{what} declares {info.file_size} bytes in the zip directory, expected {nbytes} plus a header")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            h_shape, fortran, h_dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=MAX_HEADER_BYTES)
+        elif version in ((2, 0), (3, 0)):
+            h_shape, fortran, h_dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=MAX_HEADER_BYTES)
+        else:
+            raise ValueError(f"{what} has .npy version {version}")
+        if h_dtype != dtype or tuple(h_shape) != tuple(shape) or (fortran and len(shape) > 1):
+            raise ValueError(f"{what} is {h_dtype}{list(h_shape)}, expected {dtype}{list(shape)}")
+        out = np.empty(shape, dtype=dtype)
+        view, done = memoryview(out).cast("B"), 0
+        while done < nbytes:
+            n = fh.readinto(view[done:])
+            if not n:
+                raise ValueError(f"{what} is truncated")
+            done += n
+        if fh.read(1):  # also reads to the end of the entry, where zipfile checks its CRC
+            raise ValueError(f"{what} holds more data than its header declares")
+    return out
+
+
+def _read_meta(zf: zipfile.ZipFile, path) -> dict:
+    info = _member(zf, "meta")
+    if info is None:
+        _fail(path, "has no 'meta' entry (not written by symopt.save)")
+    if info.file_size > MAX_META_BYTES + MAX_HEADER_BYTES:
+        _fail(path, f"'meta' declares {info.file_size} bytes; at most {MAX_META_BYTES}")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = reader(fh, max_header_size=MAX_HEADER_BYTES)
+        if shape != () or dtype.kind != "U" or dtype.hasobject or dtype.itemsize > MAX_META_BYTES:
+            _fail(path, "'meta' must be a 0-d string array")
+        raw = fh.read(dtype.itemsize + 1)
+    if len(raw) != dtype.itemsize:
+        _fail(path, "'meta' is truncated")
+    text = str(np.frombuffer(raw, dtype=dtype)[0])
+    try:
+        meta = json.loads(text, parse_int=_json_int)
+    except RecursionError:
+        _fail(path, "'meta' is nested too deeply")
     except ValueError as exc:
         _fail(path, f"'meta' is not JSON ({exc})")
+    if _json_depth(meta) > MAX_JSON_DEPTH:
+        _fail(path, f"'meta' is nested more than {MAX_JSON_DEPTH} levels deep")
+    return meta
+
+
+def _check_meta(meta, path) -> None:
+    """Types, ranges and names of the metadata (the schedules' expressions are checked by their codec)."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         _fail(path, f"'meta' does not describe a {FORMAT}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -170,46 +287,116 @@ def read(path) -> dict:
                       ("groups", list), ("state_keys", list), ("skipped_steps", int), ("has_params", bool)):
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool) is not (kind is bool):
             _fail(path, f"meta[{key!r}] is missing or not a {kind.__name__}")
+    for key in ("rule", "variant", "formula_hash"):
+        if not _name_ok(meta[key]):
+            _fail(path, f"meta[{key!r}] is not a short printable name")
     if meta["dtype"] not in _DTYPES:
         _fail(path, f"dtype {meta['dtype']!r} is not float32 or float64")
-    dtype = _DTYPES[meta["dtype"]]
-    shapes = []
+    if not 0 <= meta["skipped_steps"] <= MAX_STEP:
+        _fail(path, "meta['skipped_steps'] is out of range")
+    if meta.get("on_nonfinite", "raise") not in ("raise", "skip", "ignore"):
+        _fail(path, "meta['on_nonfinite'] is not 'raise', 'skip' or 'ignore'")
+    if len(meta["shapes"]) > MAX_PARAMS or len(meta["groups"]) > MAX_PARAMS:
+        _fail(path, f"declares more than {MAX_PARAMS} params or groups")
     for j, s in enumerate(meta["shapes"]):
-        if not isinstance(s, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in s):
-            _fail(path, f"shape of param {j} is malformed: {s!r}")
-        shapes.append(tuple(s))
-    n = len(shapes)
+        if (not isinstance(s, list) or len(s) > MAX_NDIM
+                or not all(type(d) is int and 0 <= d <= MAX_ELEMENTS for d in s)
+                or np.prod(s, dtype=object) > MAX_ELEMENTS):
+            _fail(path, f"shape of param {j} is malformed: {str(s)[:80]}")
     keys = meta["state_keys"]
-    if not all(isinstance(k, str) for k in keys):
-        _fail(path, "state keys must be strings")
-    step = files.get("step")
-    if step is None or step.dtype != np.int64 or step.shape != (n,) or (step < 0).any():
-        _fail(path, f"'step' must be {n} non-negative int64 step counts")
+    if len(keys) > 64 or not all(_name_ok(k) for k in keys):
+        _fail(path, "state keys must be short printable strings")
     seen = []
     for gi, g in enumerate(meta["groups"]):
         if not isinstance(g, dict) or not isinstance(g.get("params"), list) or not isinstance(g.get("hyper"), dict):
             _fail(path, f"param group {gi} is malformed")
+        for k in g["hyper"]:
+            if not _name_ok(k):
+                _fail(path, f"param group {gi} has a hyperparameter name that is not a short printable string")
         seen += g["params"]
-    if sorted(seen) != list(range(n)) or seen != list(range(n)):
-        _fail(path, f"param groups list params {seen}, expected 0..{n - 1} in order")
-    state = {}
-    params = {} if meta["has_params"] else None
-    for j, shape in enumerate(shapes):
-        entry = {}
-        for k, key in enumerate(keys):
-            arr = files.get(f"state_{k}_{j}")
-            if arr is None:
-                _fail(path, f"state {key!r} of param {j} is missing")
-            if arr.dtype != dtype or arr.shape != shape:
-                _fail(path, f"state {key!r} of param {j} is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}")
-            entry[key] = arr
-        state[j] = entry
-        if params is not None:
-            arr = files.get(f"param_{j}")
-            if arr is None or arr.dtype != dtype or arr.shape != shape:
-                _fail(path, f"param {j} is missing or not {dtype}{list(shape)}")
-            params[j] = arr
-    return {"meta": meta, "step": step, "state": state, "params": params}
+    n = len(meta["shapes"])
+    if seen != list(range(n)):
+        _fail(path, f"param groups list params {str(seen)[:80]}, expected 0..{n - 1} in order")
+
+
+class Reader:
+    """An open checkpoint: ``meta`` and ``step`` checked (:func:`read`); the arrays are read by
+    :meth:`arrays` only for the shapes they must have, into new arrays.  Use as a context manager."""
+
+    def __init__(self, path):
+        self.path = path
+        fh = _open_regular(path)
+        try:
+            self._zip = zipfile.ZipFile(fh)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        try:
+            self.meta = _read_meta(self._zip, path)
+            _check_meta(self.meta, path)
+            n = len(self.meta["shapes"])
+            info = _member(self._zip, "step")
+            if info is None:
+                _fail(path, f"'step' must be {n} non-negative int64 step counts")
+            try:
+                step = _read_member(self._zip, info, np.dtype("<i8"), (n,), "'step'")
+            except ValueError as exc:
+                _fail(path, f"'step' must be {n} non-negative int64 step counts ({exc})")
+            if ((step < 0) | (step > MAX_STEP)).any():
+                _fail(path, f"'step' must be {n} non-negative int64 step counts below 2**53")
+            self.step = step
+        except BaseException:
+            self.close()
+            raise
+
+    def __getitem__(self, key):  # ck["meta"], ck["step"]
+        return {"meta": self.meta, "step": self.step}[key]
+
+    def arrays(self, params: bool) -> tuple:
+        """``(state, params)``: ``{j: {key: array}}`` and ``{j: array}`` (None unless ``params`` and saved)."""
+        dtype = _DTYPES[self.meta["dtype"]]
+        state, saved = {}, ({} if params and self.meta["has_params"] else None)
+        for j, shape in enumerate(self.meta["shapes"]):
+            entry = {}
+            for k, key in enumerate(self.meta["state_keys"]):
+                info = _member(self._zip, f"state_{k}_{j}")
+                if info is None:
+                    _fail(self.path, f"state {key!r} of param {j} is missing")
+                entry[key] = _read_member(self._zip, info, dtype, tuple(shape), f"state {key!r} of param {j}")
+            state[j] = entry
+            if saved is not None:
+                info = _member(self._zip, f"param_{j}")
+                if info is None:
+                    _fail(self.path, f"param {j} is missing or not {dtype}{list(shape)}")
+                saved[j] = _read_member(self._zip, info, dtype, tuple(shape), f"param {j}")
+        return state, saved
+
+    def close(self) -> None:
+        self._zip.close()
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _guarded(path, fn, *args):
+    """``fn(*args)`` with every error a malformed file can cause turned into a :class:`CheckpointError`."""
+    try:
+        return fn(*args)
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except _MALFORMED as exc:
+        _fail(path, f"not a readable .npz without pickled objects ({type(exc).__name__}: {str(exc)[:200]})")
+
+
+def read(path) -> Reader:
+    """The open checkpoint at ``path`` with its metadata and step counts checked; raises
+    :class:`CheckpointError` on anything malformed (``FileNotFoundError`` if there is no file)."""
+    return _guarded(path, Reader, path)
 
 
 def saved_groups(ck: dict, module, path) -> list:
@@ -252,11 +439,11 @@ def _check_fits(path, ck: dict, opt, tensors) -> None:
         _fail(path, f"state keys {meta['state_keys']} differ from the rule's")
 
 
-def _state_dict(ck: dict, opt, path) -> dict:
+def _state_dict(ck, state: dict, opt, path) -> dict:
     meta = ck["meta"]
     hyper = saved_groups(ck, opt.module, path)
     return {
-        "state": {j: {"step": int(ck["step"][j]), **ck["state"][j]} for j in ck["state"]},
+        "state": {j: {"step": int(ck["step"][j]), **state[j]} for j in state},
         "param_groups": [{**h, "params": g["params"]} for h, g in zip(hyper, meta["groups"])],
         "symopt": {"rule": meta["rule"], "variant": meta["variant"], "formula_hash": meta["formula_hash"],
                    "version": meta.get("symopt_version"), "dtype": meta["dtype"],
@@ -264,20 +451,34 @@ def _state_dict(ck: dict, opt, path) -> dict:
     }
 
 
-def load_into(opt, path, *, restore_params: bool = True, checkpoint: dict | None = None) -> None:
+def load_into(opt, path, *, restore_params: bool = True, checkpoint: Reader | None = None) -> None:
     """Load a checkpoint into an existing optimizer (same rule, formula, dtype and shapes).
 
     With ``restore_params`` (and a checkpoint that holds them), the params are
-    overwritten in place with the saved values.  ``checkpoint``: the contents of
-    ``path`` when already :func:`read`.  Nothing changes if any check fails.
+    overwritten in place with the saved values.  ``checkpoint``: ``path`` already opened
+    by :func:`read`.  The metadata is checked against the optimizer first, then the
+    arrays are read into new arrays (only those of the right shapes, sizes checked
+    from the zip directory), then the optimizer checks the whole state; only then is
+    anything modified.  Nothing changes if any check fails.
     """
-    ck = read(path) if checkpoint is None else checkpoint
+    if checkpoint is None:
+        with read(path) as ck:
+            return load_into(opt, path, restore_params=restore_params, checkpoint=ck)
+    ck = checkpoint
     tensors = opt.params
     _check_fits(path, ck, opt, tensors)
-    opt.load_state_dict(_state_dict(ck, opt, path))  # validates hyperparameters before modifying anything
-    if restore_params and ck["params"] is not None:
+    state, saved = _guarded(path, ck.arrays, restore_params)
+    if saved is not None:
+        opt.check_buffers()
+    try:
+        opt.load_state_dict(_state_dict(ck, state, opt, path))  # checks everything before modifying anything
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        _fail(path, str(exc))
+    if saved is not None:
         for j, p in enumerate(tensors):
-            np.copyto(p, ck["params"][j])
+            np.copyto(p, saved[j])
 
 
 def saved_rule(ck: dict, rule, path):

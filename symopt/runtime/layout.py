@@ -131,3 +131,4 @@ def flat_base(ptrs, byte_offsets):
             elif b != base:
                 return -1
     return base
+

@@ -18,8 +18,10 @@ module and stepping a built-in rule never imports SymPy.
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
+import os
 import operator
 import struct
 
@@ -256,6 +258,23 @@ class Optimizer:
         self._total = int(sizes.sum())
         self._pptr = np.array([p.__array_interface__["data"][0] for p in self._tensors], dtype=np.int64)
         self._gptr = np.zeros(len(sizes), dtype=np.int64)
+        # Memory checks of every step (check_buffers, _check_aliasing): each param's address as an int and
+        # a ctypes view of its ndarray's data pointer (read without creating an object: valid as long as
+        # the optimizer holds the array), the params' byte spans in address order (sorted once), the
+        # grads' byte sizes, and the grad addresses last found free of overlaps.
+        self._paddr = [int(a) for a in self._pptr]
+        off = layout.DATA_OFFSET
+        self._pdata = None if off is None else [layout._read_pointer(id(p) + off) for p in self._tensors]
+        spans = sorted((int(a), int(a) + p.nbytes, j) for j, (a, p) in enumerate(zip(self._pptr, self._tensors))
+                       if p.nbytes)
+        self._pstart = [s[0] for s in spans]
+        self._pend = [s[1] for s in spans]
+        self._pspan_param = [s[2] for s in spans]
+        self._gbytes = [int(n) * self.dtype.itemsize for n in sizes]
+        self._grads_checked = None   # step()'s grad addresses, as a list, when _gptr holds them checked
+        self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
+        self._checked_at: set = set()  # step_at(): tuples of addresses that passed
+        self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -401,10 +420,12 @@ class Optimizer:
     def _check_grads(self, grads):
         """Validate ``grads``, write their addresses into ``_gptr``; None or a mask of the given ones.
 
-        The common case (an ndarray of the param's dtype object, shape, C order) is
-        accepted with a few attribute reads and a direct read of the data pointer
-        (:func:`symopt.runtime.layout.data_address`); anything else takes the
-        thorough path below, which names the offending entry.
+        The common case (an ndarray of the param's dtype object, shape, C order; every
+        param still writable at its address) is accepted with a few attribute reads and
+        direct reads of the data pointers (:func:`symopt.runtime.layout.data_address`);
+        anything else takes the thorough path below, which names the offending entry.
+        Either way the gradients' memory is checked against the params' and each
+        other's (:meth:`_check_aliasing`) whenever their addresses change.
         """
         tensors = self._tensors
         if type(grads) is not list and type(grads) is not tuple:
@@ -412,19 +433,31 @@ class Optimizer:
                 raise TypeError(f"grads must be a list of arrays, one per param, got {type(grads).__name__}")
         if len(grads) != len(tensors):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
-        gptr = self._gptr
         off = layout.DATA_OFFSET
         if off is not None:
-            ndarray, dt, shapes, read = np.ndarray, self.dtype, self._shapes, layout._read_pointer
-            j = 0
-            for g in grads:
-                if (type(g) is not ndarray or g.dtype is not dt or g.shape != shapes[j] or not g.flags.c_contiguous
-                        or not tensors[j].flags.writeable):
+            ndarray, dt, read = np.ndarray, self.dtype, layout._read_pointer
+            addrs = []
+            for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
+                if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
+                        or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
-                gptr[j] = read(id(g) + off).value or 0
-                j += 1
+                addrs.append(read(id(g) + off).value or 0)
             else:
+                if addrs != self._grads_checked:  # other addresses than the last step's
+                    key = tuple(addrs)
+                    table = self._grads_seen.get(key)
+                    if table is None:  # checked once per set of addresses; a few are kept, as address tables
+                        table = self._gptr = np.array(addrs, dtype=np.int64)
+                        self._check_aliasing(None)
+                        if len(self._grads_seen) >= 16:
+                            self._grads_seen.clear()
+                        self._grads_seen[key] = table
+                    self._gptr = table
+                    self._grads_checked = addrs
                 return None
+        self.check_buffers()
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        gptr = self._gptr = self._gptr_scratch
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
             if g is None:
@@ -444,6 +477,7 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
             gptr[j] = layout.data_address(g)
+        self._check_aliasing(active)
         return active
 
     def step(self, grads) -> None:
@@ -463,7 +497,12 @@ class Optimizer:
         """
         if len(addresses) != len(self._tensors):
             raise ValueError(f"step_at got {len(addresses)} addresses but the optimizer has {len(self._tensors)} params")
-        gptr = self._gptr
+        pdata, paddr, shapes = self._pdata, self._paddr, self._shapes
+        for j, p in enumerate(self._tensors):
+            if not p.flags.writeable or p.shape != shapes[j] or (pdata is not None and pdata[j].value != paddr[j]):
+                self.check_buffers()  # raises, naming the param
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        gptr = self._gptr = self._gptr_scratch
         active = None
         for j, a in enumerate(addresses):
             if a is None:
@@ -472,10 +511,57 @@ class Optimizer:
                 active[j] = False
             else:
                 gptr[j] = a
+        key = tuple(addresses)
+        if key not in self._checked_at:  # checked once per set of addresses (a few are kept)
+            self._check_aliasing(active)
+            if len(self._checked_at) >= 16:
+                self._checked_at.clear()
+            self._checked_at.add(key)
         return self._step(active)
 
+    def check_buffers(self) -> None:
+        """Raise ``ValueError`` if a param was moved to another buffer, reshaped or made read-only since
+        the optimizer was built (the kernels write to the addresses and sizes taken then)."""
+        for j, p in enumerate(self._tensors):
+            addr = layout.data_address(p)
+            if addr != self._paddr[j] or p.shape != self._shapes[j] or not p.flags.c_contiguous:
+                raise ValueError(f"params[{j}] no longer uses the buffer and shape it had when the optimizer was "
+                                 f"built (resized, reshaped or replaced); build a new optimizer")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{j}] became read-only; the optimizer updates params in place")
+
+    def _check_aliasing(self, active) -> None:
+        """Refuse gradients (at ``_gptr``; ``active``: None or the mask of those given) whose memory overlaps
+        a param (their own included) or another gradient: the kernels read each gradient while writing
+        the params, in parallel threads too.  A gradient can overlap only the last param span that starts
+        before it ends (the spans are sorted and disjoint), and only its neighbour in address order among
+        the gradients.  The step's fast path remembers the sets of addresses that passed (a training loop
+        reuses a few), so they are not checked again.
+        """
+        gptr, gbytes = self._gptr.tolist(), self._gbytes
+        mask = None if active is None else active.tolist()
+        pstart, pend = self._pstart, self._pend
+        spans = []
+        for j, a in enumerate(gptr):
+            if (mask is not None and not mask[j]) or not gbytes[j]:
+                continue
+            b = a + gbytes[j]
+            k = bisect.bisect_left(pstart, b) - 1
+            if k >= 0 and pend[k] > a:
+                self._grads_checked = None
+                raise ValueError(f"grads[{j}] shares memory with params[{self._pspan_param[k]}]; a gradient must "
+                                 f"not overlap any param or another gradient (pass a copy)")
+            spans.append((a, b, j))
+        spans.sort()
+        for (a0, b0, j0), (a1, _, j1) in zip(spans, spans[1:]):
+            if b0 > a1:
+                self._grads_checked = None
+                raise ValueError(f"grads[{j1}] shares memory with grads[{j0}]; a gradient must not overlap any "
+                                 f"param or another gradient (pass a copy)")
+        self._grads_checked = gptr if mask is None else None
+
     def _step(self, active) -> None:
-        """One step over the params marked in ``active`` (None: all), grads at ``_gptr``."""
+        """One step over the params marked in ``active`` (None: all), grads at ``_gptr`` (checked)."""
         if active is None:
             mask = self._all_active
             total = self._total
@@ -626,16 +712,21 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
-            step = entry.get("step", 0)
-            step = float(np.asarray(step).reshape(()))
-            if step < 0 or step != int(step):
-                raise ValueError(f"state of param {pid} has invalid step {step!r}")
-            new_state[j] = (int(step), [np.asarray(entry[k], dtype=self.dtype) for k in keys])
-        # -- everything checked: now modify
+            new_state[j] = (_step_count(entry.get("step", 0), pid),
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys])
+        skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
+        # Initial state of the params the dict holds no state for, computed from the new values.
+        init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
+        inits = {}
+        for j in range(len(self._tensors)):
+            gi = int(self._group_of[j])
+            if j not in new_state and gi not in inits:
+                first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
+                inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # -- everything checked and converted: now modify (nothing below can fail)
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
-        init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
         for j in range(len(self._tensors)):
             if j in new_state:
                 step, arrays = new_state[j]
@@ -644,13 +735,10 @@ class Optimizer:
                     buf[o:o + n] = arr.reshape(-1)
                 self._steps[j] = step
             else:
-                gi = int(self._group_of[j])
-                vals = self._group_values(gi)
-                first = scheduled.first_step(vals)
-                self._reset_tensor_state(j, init_fn(*[first[n] for n in self._vinfo["init_hyper"]]))
+                self._reset_tensor_state(j, inits[int(self._group_of[j])])
                 self._steps[j] = 0
         if meta is not None:
-            self.skipped_steps = int(meta.get("skipped_steps", 0))
+            self.skipped_steps = skipped
 
     def save(self, path, *, params: bool = True) -> None:
         """Write a checkpoint (``.npz``, no pickle): see :func:`symopt.save`."""
@@ -664,6 +752,24 @@ class Optimizer:
         n = len(self._tensors)
         return (f"<symopt.Optimizer {self.rule_name!r} (variant {self.variant!r}): {n} param{'s' * (n != 1)}, "
                 f"{self._total} elements, {self.dtype}, {len(self.param_groups)} group(s)>")
+
+
+#: Largest step count a state dict or checkpoint may hold: step counts reach the per-step scalar
+#: functions as float64, exact up to 2**53.
+MAX_STEP = 2**53 - 1
+
+
+def _step_count(value, what) -> int:
+    """A step count as an int in ``[0, MAX_STEP]`` (an int, an integral float or a 0-d array of one)."""
+    arr = np.asarray(value)
+    if arr.shape not in ((), (1,)) or arr.dtype.kind not in "iuf":
+        raise ValueError(f"state of param {what} has invalid step {value!r}")
+    x = arr.reshape(()).item()
+    if isinstance(x, float) and not (math.isfinite(x) and x == int(x)):
+        raise ValueError(f"state of param {what} has invalid step {value!r}")
+    if not 0 <= int(x) <= MAX_STEP:
+        raise ValueError(f"state of param {what} has step {value!r}, outside 0..2**53-1")
+    return int(x)
 
 
 def save(path, opt, *, params: bool = True) -> None:
@@ -682,14 +788,23 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
     saved built-in rule name; a user rule must be passed again (its formula hash must
     match).  With ``restore_params`` the params receive the saved values.
     """
-    ck = checkpoint.read(path)
-    rule = checkpoint.saved_rule(ck, rule, path)
-    groups = checkpoint.regroup(ck, params, path)
-    module = kernels.load(rule)
-    hyper = checkpoint.saved_groups(ck, module, path)
-    mode = ck["meta"].get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
-    opt = Optimizer(module, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
-    checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
+    with checkpoint.read(path) as ck:
+        rule = checkpoint.saved_rule(ck, rule, path)
+        groups = checkpoint.regroup(ck, params, path)
+        module = kernels.load(rule)
+        hyper = checkpoint.saved_groups(ck, module, path)
+        mode = ck["meta"].get("on_nonfinite", "raise") if on_nonfinite is None else on_nonfinite
+        spec = _Spec(module)
+        for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
+            try:
+                unknown = sorted(k for k in h if k not in spec.defaults)
+                if unknown:
+                    raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
+                spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")
+            except (ValueError, TypeError) as exc:
+                raise checkpoint.CheckpointError(f"checkpoint {os.fspath(path)}: {exc}") from None
+        opt = Optimizer(module, [{**h, **g} for g, h in zip(groups, hyper)], on_nonfinite=mode)
+        checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
     return opt
 
 

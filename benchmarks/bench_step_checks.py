@@ -1,0 +1,103 @@
+"""The fixed cost of ``Optimizer.step`` with its safety checks, against the step of another revision.
+
+    python benchmarks/bench_step_checks.py [--base main] [--rounds 40]
+
+The checks of a step that guard memory (every param still at the buffer and shape it had when the
+optimizer was built; no gradient overlapping a param or another gradient) run on every call, so
+their cost is measured on the smallest models, where the fixed cost dominates: 3 float32 tensors
+of 425 and of 11.5 k elements.  The candidate "base" is ``symopt/runtime/optimizer.py`` of the
+revision ``--base`` (read with ``git show``), loaded beside the current one in the same process and
+stepping the same generated kernels; so the ratio measures exactly the Python around the kernel.
+
+Two ways of passing gradients: the same arrays at every step (the overlap check is skipped: the
+addresses were checked before), and two sets of arrays in turn (new addresses at every step: the
+overlap check runs every time).  Every candidate is timed round-robin in one process, in batches;
+a ratio is the median over rounds of current / base in the same round (benchmarks/suite.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+import symopt.runtime  # noqa: F401  (the package the base module is loaded into)
+from symopt.runtime import optimizer as current
+
+HERE = Path(__file__).resolve().parent
+MODELS = {"3 tensors, 425 elements": [(20, 20), (20,), (5,)],
+          "3 tensors, 11.5k elements": [(100, 110), (110,), (390,)]}
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("symopt_benchmarks_suite", HERE / "suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def base_module(rev: str) -> types.ModuleType:
+    """``symopt/runtime/optimizer.py`` of revision ``rev``, as a module of the package ``symopt.runtime``."""
+    source = subprocess.run(["git", "show", f"{rev}:symopt/runtime/optimizer.py"], cwd=HERE.parent, check=True,
+                            capture_output=True, text=True).stdout
+    mod = types.ModuleType("symopt.runtime._optimizer_base")
+    mod.__package__ = "symopt.runtime"
+    sys.modules[mod.__name__] = mod
+    exec(compile(source, f"<{rev}:symopt/runtime/optimizer.py>", "exec"), mod.__dict__)
+    return mod
+
+
+def candidates(module, shapes, alternate: bool):
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    sets = [[(rng.standard_normal(s) * 1e-3).astype(np.float32) for s in shapes] for _ in range(2)]
+    opt = module.Optimizer("adam", params)
+    state = {"k": 0}
+
+    def step():
+        k = state["k"] = state["k"] ^ 1 if alternate else 0
+        opt.step(sets[k])
+
+    return step
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="main", help="git revision whose optimizer.py is the base (default main)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--instances", type=int, default=4, help="optimizers of each candidate (default 4)")
+    args = ap.parse_args(argv)
+    suite = _suite()
+    base = base_module(args.base)
+    print(f"step fixed cost, current tree / {args.base} (median of per-round ratios, {args.rounds} rounds)")
+    for label, shapes in MODELS.items():
+        for alternate in (False, True):
+            # Several instances of each, built in alternating order: where the arrays land in memory
+            # changes one instance's time by up to 1.5x (base against base shows it), so a ratio is the
+            # median over instance pairs and rounds.
+            fns = {}
+            for module in (current, base):  # untimed: the first optimizers built measured up to 1.8x slower
+                candidates(module, shapes, alternate)()
+            for i in range(args.instances):
+                order = ("current", "base") if i % 2 == 0 else ("base", "current")
+                for name in order:
+                    fns[f"{name} {i}"] = candidates(current if name == "current" else base, shapes, alternate)
+            res = suite.measure(fns, rounds=args.rounds, budget=60.0)
+            ratios = np.concatenate([np.array(res[f"current {i}"]["samples"]) / np.array(res[f"base {i}"]["samples"])
+                                     for i in range(args.instances)])
+            med = {n: np.median([res[f"{n} {i}"]["median"] for i in range(args.instances)]) for n in ("current", "base")}
+            how = "two grad sets in turn" if alternate else "same grads"
+            print(f"  {label:28s} {how:22s} current {med['current'] * 1e6:6.2f} us  base {med['base'] * 1e6:6.2f} us"
+                  f"  ratio {np.median(ratios):.3f} (instance pairs: "
+                  + " ".join(f"{suite.paired_ratio(res, f'current {i}', f'base {i}'):.2f}" for i in range(args.instances))
+                  + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
