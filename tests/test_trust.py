@@ -150,7 +150,9 @@ def test_module_without_a_valid_mac_is_regenerated_never_run(tmp_path, private, 
     "np.load(x, allow_pickle=True)",
     "np.ctypeslib.as_array(x)",
     "np.zeros(1).ctypes",
-    "x.ctypes.data",
+    "x.ctypes",
+    "x.ctypes.data_as(None)",
+    "np.ctypes.data",
     "math.__dict__",
     "x.tofile('/tmp/f')",
 ])
@@ -163,7 +165,8 @@ def test_audit_allows_only_the_attributes_generated_code_uses(code):
 def test_audit_accepts_what_the_generator_writes():
     text = ("import math\nimport numba\nimport numpy as np\n\n\n@numba.njit(cache=True)\n"
             "def f(x, out):\n    for i in numba.prange(x.shape[0]):\n"
-            "        out[i] = np.float32(math.sqrt(x[i])) + np.sqrt(x[i]) * math.pi\n    return out\n")
+            "        out[i] = np.float32(math.sqrt(x[i])) + np.sqrt(x[i]) * math.pi\n"
+            "    return out, np.full(1, x.ctypes.data, dtype=np.int64)\n")  # an argument's address, as the kernels take it
     audit_module(text)
 
 

@@ -115,8 +115,10 @@ def _restore(value, path, key):
             return _schedule_codec[1](spec)
         except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError) as exc:
             _fail(path, f"the schedule of {key!r} cannot be rebuilt: {type(exc).__name__}: {str(exc)[:200]}")
+    if value is None or (type(value) is str and len(value) <= 64 and value.isprintable()):
+        return value          # a choice (torch's adjust_lr_fn); the optimizer checks it is one of the options
     if type(value) not in (int, float, bool):
-        _fail(path, f"hyperparameter {key!r} holds a {type(value).__name__}, not a number")
+        _fail(path, f"hyperparameter {key!r} holds a {type(value).__name__}, not a number or a choice")
     return value
 
 
