@@ -46,6 +46,7 @@ def _schedule_from_data(data):
 # user rules are generated and loaded by symopt.user_modules, schedules in checkpoints are
 # SymPy expressions (encoded and rebuilt by symopt.schedule, imported only when one is met).
 _kernels.set_user_rule_loader(_user_modules.load_rule)
+_kernels.set_user_backend_loader(_user_modules.load_backend)
 _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 
 __all__ = [

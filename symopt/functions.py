@@ -174,7 +174,7 @@ REGISTRY: tuple = (
         torch="torch.sign({0})", jax="jnp.sign({0})", mpmath=_mp_sign, derivative=_zero),
     MathFunction(
         sympy=sp.Heaviside, arity=2, defaults=(sp.S.Half,), parse_names=("Heaviside",), in_rules=True,
-        numba=_HEAVISIDE, scalar=_HEAVISIDE, torch="torch.heaviside({0}, torch.as_tensor({1}, dtype={0}.dtype))",
+        numba=_HEAVISIDE, scalar=_HEAVISIDE, torch="torch.heaviside({0}, torch.as_tensor({1}, dtype={0:p}.dtype))",
         jax="jnp.heaviside({0}, {1})", mpmath=_mp_heaviside, derivative=_zero),
     MathFunction(
         sympy=sp.Max, arity=2, variadic=True, parse_names=("max", "Max"), in_rules=True,

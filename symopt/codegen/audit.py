@@ -6,7 +6,8 @@ audit proves it on the result, without running anything (``compile`` and
 
 * its docstring;
 * ``import math``, ``import numba``, ``import numpy as np``, ``from numba import
-  types``, ``from numba.extending import intrinsic``;
+  types``, ``from numba.extending import intrinsic``; for the array backends
+  ``import torch``, ``import jax``, ``import jax.numpy as jnp``, ``import jax.scipy.special``;
 * assignments of a *literal* (``ast.literal_eval`` reads it) to a plain name;
 * function definitions decorated with ``intrinsic`` or ``numba.njit(<constants>)``.
 
@@ -29,7 +30,8 @@ from ..rulebook.metadata import RuleError
 
 #: Builtins generated code may call.
 SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})
-_IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np"}
+_IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np", ("torch", None): "torch",
+            ("jax", None): "jax", ("jax.numpy", "jnp"): "jnp", ("jax.scipy.special", None): "jax"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic"}
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
@@ -175,7 +177,7 @@ def audit_module(text: str, filename: str = "<generated>") -> None:
         else:
             _fail(stmt, f"a module-level {type(stmt).__name__} statement")
     # Names no function may rebind: the imports, and module-level names some function reads.
-    protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic"}}
+    protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic", "torch", "jax", "jnp"}}
     for fn in functions:
         for node in _own_nodes(fn):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in module_names:

@@ -23,7 +23,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("symopt.torch needs PyTorch: pip install 'symopt[torch]' (pins torch==2.13.0)") from exc
 
+from .backend import TensorOptimizer, choose_backend
 from .interop import TORCH_FORMATS, TorchFormat, torch_format
 from .optimizer import Optimizer
 
-__all__ = ["Optimizer", "TORCH_FORMATS", "TorchFormat", "torch_format"]
+__all__ = ["Optimizer", "TensorOptimizer", "choose_backend", "TORCH_FORMATS", "TorchFormat", "torch_format"]
