@@ -763,7 +763,9 @@ class ArrayTarget:
     the user cache; ``printer`` prints element code; ``imports`` are the module's import lines;
     ``cast`` puts a value (``{0}``) into the compute dtype ``dt``; ``reduce_sum`` sums an element
     expression over a tensor in the accumulation dtype (float64 as the Numba reduction passes,
-    for JAX the dtype of the per-step scalars); ``numel`` counts a tensor's elements;
+    for JAX the dtype of the per-step scalars); ``numel`` counts a tensor's elements, ``count``
+    as a 0-d array of the accumulation dtype (the sum of an element-free value ``c`` is
+    ``count · c``);
     ``scalars``: the module prints the per-step scalar function itself (JAX computes it inside
     ``jax.jit`` from the traced step count; the torch backend calls the float64 function of the
     rule's Numba module, once per step on the host).
@@ -775,15 +777,18 @@ class ArrayTarget:
     cast: str
     reduce_sum: str
     numel: str
+    count: str
     scalars: bool
 
 
 ARRAY_TEMPLATE = "array_module.py.jinja"
 TARGETS = {
     "torch": ArrayTarget("torch", TorchArrayPrinter, ("import torch",), "{0}.to(dt)",
-                         "torch.sum({0}, dtype=torch.float64)", "{0}.numel()", scalars=False),
+                         "torch.sum({0}, dtype=torch.float64)", "{0}.numel()",
+                         "torch.full((), {0}.numel(), dtype=torch.float64, device={0}.device)", scalars=False),
     "jax": ArrayTarget("jax", JaxArrayPrinter, ("import jax", "import jax.numpy as jnp", "import jax.scipy.special"),
-                       "jnp.asarray({0}, dt)", "jnp.sum({0}, dtype=acc)", "{0}.size", scalars=True),
+                       "jnp.asarray({0}, dt)", "jnp.sum({0}, dtype=acc)", "{0}.size",
+                       "jnp.asarray({0}.size, acc)", scalars=True),
 }
 
 
@@ -792,10 +797,19 @@ def array_family_hash(family: Family, target: ArrayTarget) -> str:
     return input_hash(ARRAY_TEMPLATE, target.name, family.fingerprint())
 
 
+def _array_sum(target: ArrayTarget, printer, e, arrays) -> str:
+    """The sum of element expression ``e`` over tensor ``j``; a value free of arrays (a count) is
+    multiplied by the number of elements instead."""
+    if e.free_symbols & arrays:
+        return target.reduce_sum.format(printer.doprint(e))
+    count = target.count.format("params[j]")
+    return count if e == 1 else f"{count} * {printer._paren(e)}"
+
+
 def _array_reductions(plan, target: ArrayTarget, names: dict, src: dict) -> list:
     """Template context of the reduction passes, as whole-tensor sums (see ``_reduction_context``)."""
     info = plan.reduction
-    ns = len(plan.scalars)
+    arrays = set(src) | {sym for st in info.stages for sym, _ in st.element_temps}
     stages = []
     for st in info.stages:
         nm = dict(names)
@@ -834,8 +848,7 @@ def _array_reductions(plan, target: ArrayTarget, names: dict, src: dict) -> list
             "loads": [(src[s][0], src[s][1]) for s in st.reads],
             "tensor_loads": [(names[s], f"_u{col[s]}") for s in info.tensor_scalars if s in used],
             "temps": [(nm[s], pr.doprint(e)) for s, e in st.element_temps],
-            "sums": [(f"_a{k}", target.reduce_sum.format(pr.doprint(e)))
-                     for k, e in zip(st.reductions, st.element_exprs)],
+            "sums": [(f"_a{k}", _array_sum(target, pr, e, arrays)) for k, e in zip(st.reductions, st.element_exprs)],
             "globals": [f"_g{k}" for k in st.reductions if info.reductions[k].scope == "global"],
             "red_values": values,
             "finalize_loads": loads64,
