@@ -68,7 +68,11 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         if key not in spec.defaults:
             raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
     values = {**spec.defaults, **hyper}
-    schedules = {k: v for k, v in values.items() if callable(v) and not scheduled.is_schedule(v)}
+    for key, v in values.items():
+        if scheduled.is_schedule(v):
+            raise TypeError(f"{spec.name}: {key!r} is a symopt.schedule, which the host evaluates per step; inside "
+                            f"jax.jit give an Optax schedule (a callable of the step count) instead")
+    schedules = {k: v for k, v in values.items() if callable(v)}
     fixed = {k: (schedules[k](0) if k in schedules else v) for k, v in values.items()}
     fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
                  v if isinstance(v, bool) else float(v)) for k, v in fixed.items()}
@@ -106,7 +110,7 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         p_leaves = treedef.flatten_up_to(params)
         s_leaves = [treedef.flatten_up_to(s) for s in state.state]
         fdt = _float()
-        hp = {k: (v(state.count) if k in schedules else state.hyperparams[k]) for k in values}
+        hp = {k: (schedules[k](state.count) if k in schedules else state.hyperparams[k]) for k in values}
         args = [hp[k] if i is None else hp[k][i] for k, i in hyper_args]
         t = (state.count + 1).astype(fdt)
         scal = scalar_fn(t, *[jnp.asarray(a, fdt) if not isinstance(a, bool) else a for a in args])

@@ -250,7 +250,8 @@ class TensorOptimizer(torch.optim.Optimizer):
         cached = self._cache.get(id(group))
         if cached is not None and cached[0] == raw:
             return cached[1]
-        where = f"{self.rule_name}: param group {self.param_groups.index(group)}"
+        index = next((i for i, g in enumerate(self.param_groups) if g is group), len(self.param_groups))
+        where = f"{self.rule_name}: param group {index}"
         values = self._spec.values(dict(zip(self._keys, raw)), where)
         if self._spec.variant_index(values, where) != self._variant:
             raise ValueError(f"{where}: these values select another variant than {self.variant!r}; structural "
