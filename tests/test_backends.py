@@ -7,13 +7,15 @@ NumPy arrays, the reference) and through
 
 * the torch backend, eager (``symopt.torch.Optimizer(..., backend="torch")``), on the CPU
   and, in the tests marked ``cuda``, on a CUDA device;
-* the JAX backend (``symopt.jax.transform``), op by op, and under ``jax.jit`` for a few rules;
+* the JAX backend (``symopt.jax.transform``), op by op over the first :data:`JAX_STEPS` steps for
+  the table, and for 100 steps under ``jax.jit`` for a few rules and op by op for composed and user rules;
 
 with the same gradients (computed from the Numba trajectory), and the params are compared
 after the last step with ``conftest.rel_err`` (max-norm): float64 ≤ 1e-9, float32 ≤ 1e-4.
 torch-compatible rules also match ``torch.optim`` through the torch backend (the table's
 torch cases), and Optax-defined rules match Optax through the JAX backend.
 """
+import functools
 import types
 
 import numpy as np
@@ -28,6 +30,9 @@ torch = pytest.importorskip("torch")
 from symopt.torch import Optimizer, TensorOptimizer  # noqa: E402
 
 STEPS = 100
+#: Steps of the op-by-op JAX table (JAX dispatches every op from Python, ~0.1 s per step and rule
+#: here: the full 100-step trajectories run under jax.jit for a few rules and for every Optax case).
+JAX_STEPS = 10
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 
@@ -60,16 +65,30 @@ def _kwargs(kw):
 
 
 def numba_trajectory(rule, kw, dtype, seed=0):
-    """The Numba kernels' params after each step and the gradients they were given."""
+    """The Numba kernels' run: ``(theta0, grads, params after JAX_STEPS, params after STEPS)``
+    (cached for built-in rules: the torch and JAX tests share it)."""
+    if isinstance(rule, str):
+        return _numba_cached(rule, tuple(sorted(kw.items())), dtype, seed)
+    return _numba_run(rule, kw, dtype, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_cached(rule, kw_items, dtype, seed):
+    return _numba_run(rule, dict(kw_items), dtype, seed)
+
+
+def _numba_run(rule, kw, dtype, seed):
     theta0, target, curv, noise = peer_problem(seed)
     params = [x.astype(dtype) for x in theta0]
     opt = symopt.optimizer(rule, params, **kw)
-    grads = []
+    grads, early = [], None
     for t in range(STEPS):
         g = [x.astype(dtype) for x in peer_grads(params, target, curv, noise[t])]
         grads.append(g)
         opt.step(g)
-    return [x.copy() for x in theta0], grads, params
+        if t + 1 == JAX_STEPS:
+            early = [x.copy() for x in params]
+    return [x.astype(dtype) for x in theta0], grads, early, params
 
 
 def torch_run(rule, kw, dtype, theta0, grads, device="cpu", **options):
@@ -84,8 +103,8 @@ def torch_run(rule, kw, dtype, theta0, grads, device="cpu", **options):
 
 
 def _check_torch(rule, kw, dtype, device):
-    theta0, grads, ours = numba_trajectory(rule, kw, dtype)
-    params, _ = torch_run(rule, kw, dtype, [x.astype(dtype) for x in theta0], grads, device=device)
+    theta0, grads, _, ours = numba_trajectory(rule, kw, dtype)
+    params, _ = torch_run(rule, kw, dtype, theta0, grads, device=device)
     err = max(rel_err(p.cpu(), x, floor=1.0) for p, x in zip(params, ours))
     assert all(p.dtype == TORCH_DTYPE[dtype] for p in params)
     assert err <= TOL[dtype], f"torch backend vs Numba: {err:.3e}"
@@ -100,17 +119,20 @@ def _device(device):
     return device
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("rule,kw", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_torch_backend_matches_numba(rule, kw, dtype, device):
-    _check_torch(rule, kw, dtype, _device(device))
+#: Every case in float64; float32 for the defaults of every rule (the variants' float32 code is the same text).
+TABLE = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case,dtype", TABLE, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in TABLE])
+def test_torch_backend_matches_numba(case, dtype, device):
+    _check_torch(case[1], case[2], dtype, _device(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA], ids=[c[0] for c in EXTRA])
-def test_torch_backend_composed_user_scheduled(make, kw, dtype, device):
+def test_torch_backend_composed_user_scheduled(make, kw, device):
+    dtype = np.float64
     rule = make() if callable(make) else make
     _check_torch(rule, _kwargs(kw), dtype, _device(device))
 
@@ -392,12 +414,15 @@ def jax_run(jax, rule, kw, theta0, grads, jit=False, dtype=np.float64):
     return [np.asarray(params["a"]), np.asarray(params["b"])], state, update
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("rule,kw", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_jax_backend_matches_numba(jx, rule, kw, dtype):
-    theta0, grads, ours = numba_trajectory(rule, kw, dtype)
-    params, state, _ = jax_run(jx, rule, kw, [x.astype(dtype) for x in theta0], grads, dtype=dtype)
-    assert int(state.count) == STEPS
+JAX_CASES = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
+
+
+@pytest.mark.parametrize("case,dtype", JAX_CASES, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in JAX_CASES])
+def test_jax_backend_matches_numba(jx, case, dtype):
+    _, rule, kw = case
+    theta0, grads, ours, _ = numba_trajectory(rule, kw, dtype)
+    params, state, _ = jax_run(jx, rule, kw, theta0, grads[:JAX_STEPS], dtype=dtype)
+    assert int(state.count) == JAX_STEPS
     err = max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours))
     assert err <= TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
 
@@ -405,14 +430,14 @@ def test_jax_backend_matches_numba(jx, rule, kw, dtype):
 @pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA[:2]], ids=[c[0] for c in EXTRA[:2]])
 def test_jax_backend_composed_and_user_rules(jx, make, kw):
     rule = make()
-    theta0, grads, ours = numba_trajectory(rule, kw, np.float64)
+    theta0, grads, _, ours = numba_trajectory(rule, kw, np.float64)
     params, _, _ = jax_run(jx, rule, kw, theta0, grads)
     assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
 
 
 @pytest.mark.parametrize("rule", ["adam", "lamb"])
 def test_jax_jit_matches_numba(jx, rule):
-    theta0, grads, ours = numba_trajectory(rule, {}, np.float64)
+    theta0, grads, _, ours = numba_trajectory(rule, {}, np.float64)
     params, _, update = jax_run(jx, rule, {}, theta0, grads, jit=True)
     assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
     assert update._cache_size() == 1
