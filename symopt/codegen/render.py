@@ -897,6 +897,11 @@ def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hy
         ctx["tensor_loads"] = [(names[s], f"_u{k}") for k, s in enumerate(info.tensor_scalars)]
         ctx["reductions"] = _array_reductions(plan, target, names, src)
         ctx["reduction_doc"] = _reduction_doc(plan)
+    resolved: dict = {}
+    for sym, expr in plan.scalar_temps:
+        resolved[sym] = expr.xreplace(resolved)
+    ctx["scalar_doc"] = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
+                         for i, e in enumerate(plan.scalar_exprs)]
     if target.scalars:
         scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
         taken = set(scalar_names.values())
@@ -906,11 +911,6 @@ def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hy
         ctx["scalar_args"] = ["t", *[hyper_ids[s] for s in plan.hyper]]
         ctx["scalar_temps"] = [(scalar_names[s], sp_printer.doprint(e)) for s, e in plan.scalar_temps]
         ctx["scalar_returns"] = [sp_printer.doprint(e) for e in plan.scalar_exprs]
-        resolved: dict = {}
-        for sym, expr in plan.scalar_temps:
-            resolved[sym] = expr.xreplace(resolved)
-        ctx["scalar_doc"] = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
-                             for i, e in enumerate(plan.scalar_exprs)]
     return ctx
 
 
