@@ -509,3 +509,24 @@ def test_jax_injected_hyperparams_chain_grad_and_skip(jx):
     with pytest.raises(ValueError, match="skip"):
         symopt.jax.transform("adam", on_nonfinite="raise")
 
+
+
+def test_torch_backend_deepcopy_and_pickle_step_identically():
+    import copy
+    import pickle
+
+    params, opt = _adam_setup(dtype=torch.float64, on_nonfinite="skip")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        cparams = [p for g in clone.param_groups for p in g["params"]]
+        for p, c in zip(params, cparams):
+            c.grad = p.grad.clone()
+        clone.step()
+        assert clone.variant == "adam" and clone.on_nonfinite == "skip"
+        assert all(clone.state[c]["step"] == 2 for c in cparams)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(torch.equal(p, c) for p, c in zip(params, cparams))

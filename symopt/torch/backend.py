@@ -143,28 +143,35 @@ class TensorOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{key}=True is not supported by symopt's torch backend")
         for key in IMPLEMENTATION_KEYS:
             hyper.pop(key, None)
-        module = kernels.load(rule)
-        self._spec = _Spec(module)
-        self.rule_name = self._spec.name
-        self._rule = rule
-        self._fmt = torch_format(rule)
-        self._keys = self._spec.keys
+        self._configure(rule, on_nonfinite, compile, state_dtype, stochastic_rounding)
         for key in hyper:
             if key not in self._spec.defaults:
                 raise TypeError(f"{self.rule_name}: unknown hyperparameter {key!r}; "
                                 f"known: {', '.join(self._keys) or '(none)'}")
         defaults = {**self._spec.defaults, **{k: _plain(v, k) for k, v in hyper.items()}}
         self._spec.values(defaults, self.rule_name)
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+        self._bind_variant()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_param_state(p, group)
+
+    def _configure(self, rule, on_nonfinite, compile, state_dtype, seed) -> None:
+        """Everything but params, groups and state: the rule's modules, options, the compiled step."""
+        module = kernels.load(rule)
+        self._spec = _Spec(module)
+        self.rule_name = self._spec.name
+        self._rule = rule
+        self._fmt = torch_format(rule)
+        self._keys = self._spec.keys
         self.on_nonfinite = on_nonfinite
         self.state_dtype = state_dtype
         self._compile = compile
-        self._seed = stochastic_rounding
+        self._seed = seed
         self._generators: dict = {}
         self._variant = None
-        self.skipped_steps = 0
-        super().__init__(params, defaults)
         self._torch_module = kernels.load_backend(rule, "torch")
-        self._bind_variant()
         self._compiled = None
         if compile is not False:
             # A private copy of the step's code object: dynamo caches graphs per code object, so
@@ -172,6 +179,23 @@ class TensorOptimizer(torch.optim.Optimizer):
             code = types.FunctionType(_step_graph.__code__.replace(), _step_graph.__globals__, "_step_graph")
             options = {"dynamic": False, **(compile if isinstance(compile, dict) else {})}
             self._compiled = torch.compile(code, **options)
+
+    # ------------------------------------------------------------- pickling, deepcopy
+    def __getstate__(self) -> dict:
+        return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups,
+                "_symopt": {"rule": self._rule, "on_nonfinite": self.on_nonfinite, "compile": self._compile,
+                            "state_dtype": self.state_dtype, "seed": self._seed,
+                            "skipped_steps": self.skipped_steps}}
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        sym = state.pop("_symopt", None)
+        if sym is None:
+            raise ValueError("cannot restore a symopt TensorOptimizer without its '_symopt' entry")
+        super().__setstate__(state)
+        self._configure(sym["rule"], sym["on_nonfinite"], sym["compile"], sym["state_dtype"], sym["seed"])
+        self.skipped_steps = sym["skipped_steps"]
+        self._bind_variant()
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
@@ -215,9 +239,6 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._step_fn = getattr(self._torch_module, f"{prefix}_step")
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         self._cache: dict = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                self._init_param_state(p, group)
 
     @property
     def variant(self) -> str:
