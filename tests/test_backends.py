@@ -393,7 +393,7 @@ def jx():
     pytest.importorskip("optax")
     old = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
-    import symopt.jax
+    import symopt.jax  # noqa: F401  (symopt.jax for the tests below)
 
     yield jax
     jax.config.update("jax_enable_x64", old)

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
