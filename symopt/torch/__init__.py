@@ -8,10 +8,13 @@
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 
 :class:`Optimizer` steps CPU float32/float64 tensors in place through zero-copy
-NumPy views, with torch's param groups, closures, hooks and learning-rate
-schedulers, and reads and writes ``state_dict()`` in torch.optim's format, so a
-checkpoint moves between ``torch.optim.Adam`` and ``Optimizer("adam")`` (see
-:mod:`symopt.torch.interop` for the format table).
+NumPy views (the Numba kernels), with torch's param groups, closures, hooks and
+learning-rate schedulers, and reads and writes ``state_dict()`` in torch.optim's
+format, so a checkpoint moves between ``torch.optim.Adam`` and ``Optimizer("adam")``
+(see :mod:`symopt.torch.interop` for the format table).  Any other tensors -- CUDA or
+any device, bfloat16/float16, ``channels_last`` -- are stepped by the generated torch
+code (:mod:`symopt.torch.backend`, ``backend="torch"``, optionally ``compile=True``),
+with the same checkpoint format.
 
 This subpackage is the only part of symopt that imports torch (an optional extra:
 ``pip install 'symopt[torch]'``, which pins ``torch==2.13.0``); ``import symopt``
