@@ -427,9 +427,11 @@ def test_jax_backend_matches_numba(jx, case, dtype):
     assert err <= TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
 
 
-@pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA[:2]], ids=[c[0] for c in EXTRA[:2]])
-def test_jax_backend_composed_and_user_rules(jx, make, kw):
-    rule = make()
+@pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA], ids=[c[0] for c in EXTRA])
+def test_jax_backend_composed_user_scheduled(jx, make, kw):
+    """100 steps of a composed rule, a user rule and a symopt.schedule (evaluated inside the update)."""
+    rule = make() if callable(make) else make
+    kw = _kwargs(kw)
     theta0, grads, _, ours = numba_trajectory(rule, kw, np.float64)
     params, _, _ = jax_run(jx, rule, kw, theta0, grads)
     assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]

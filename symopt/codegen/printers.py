@@ -371,12 +371,16 @@ class JaxArrayPrinter(_ArrayCode, JaxPrinter):
     lib = "jnp"
 
 
-def _audited_function(printer_class, expr, args, label: str, **printer_args):
+_NUMPY_IMPORTS = "import math\nimport numpy as np\n"
+_JAX_IMPORTS = "import jax\nimport jax.numpy as jnp\nimport jax.scipy.special\n"
+
+
+def _audited_function(printer_class, expr, args, label: str, imports: str = _NUMPY_IMPORTS, **printer_args):
     """``f(*args)`` returning ``expr`` as printed by ``printer_class``: the source holds only the
     printer's output and generated argument names ``a0, a1, ...``, and passes the audit before it runs."""
     names = {s: f"a{i}" for i, s in enumerate(args)}
     body = printer_class(names, **printer_args).doprint(expr)
-    src = f"import math\nimport numpy as np\n\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
+    src = f"{imports}\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
     audit_module(src, label)
     scope: dict = {}
     exec(compile(src, label, "exec"), scope)  # noqa: S102 - audited printer output
@@ -393,3 +397,9 @@ def scalar_function(expr, args, label: str = "<symopt scalar function>"):
     """A Python function of ``args`` evaluating ``expr`` as a per-step scalar function would
     (Python floats and ``math``, :class:`ScalarPrinter`): schedules of ``t``."""
     return _audited_function(ScalarPrinter, expr, args, label)
+
+
+def jax_function(expr, args, label: str = "<symopt jax function>"):
+    """A function of ``args`` evaluating ``expr`` in ``jax.numpy`` (:class:`JaxArrayPrinter`), traceable
+    under ``jax.jit``: a schedule of ``t`` inside the JAX backend's update."""
+    return _audited_function(JaxArrayPrinter, expr, args, label, imports=_JAX_IMPORTS)

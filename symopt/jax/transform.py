@@ -10,7 +10,9 @@
 * **Hyperparameters live in the state** (``state.hyperparams``, keyed by the rule's keywords:
   ``{"lr": ..., "betas": (..., ...)}``) as in ``optax.inject_hyperparams``: set a new value
   there between steps, or give a callable of the step count (an Optax schedule: called with
-  the number of steps taken, 0-based, as ``inject_hyperparams`` does) to ``transform``.
+  the number of steps taken, 0-based, as ``inject_hyperparams`` does) or a ``symopt.schedule``
+  (evaluated at the 1-based step in ``jax.numpy``; its range is checked at t = 1 only) to
+  ``transform``.
   Structural options (``amsgrad``, momentum ≠ 0...) select the variant once, at ``transform``.
 * **Non-finite gradients** (``on_nonfinite``): ``"skip"`` (default) works like
   ``optax.apply_if_finite``: when any gradient value is NaN/inf the updates are zero, the
@@ -67,12 +69,17 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         if key not in spec.defaults:
             raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
     values = {**spec.defaults, **hyper}
-    for key, v in values.items():
+    # Callables of the step count: an Optax schedule gets the steps taken (0-based), a symopt.schedule
+    # the 1-based step t, printed in jax.numpy by its jax_function().
+    schedules = {}
+    for k, v in values.items():
         if scheduled.is_schedule(v):
-            raise TypeError(f"{spec.name}: {key!r} is a symopt.schedule, which the host evaluates per step; inside "
-                            f"jax.jit give an Optax schedule (a callable of the step count) instead")
-    schedules = {k: v for k, v in values.items() if callable(v)}
-    fixed = {k: (schedules[k](0) if k in schedules else v) for k, v in values.items()}
+            fn = v.jax_function()
+            schedules[k] = lambda count, fn=fn: fn(count + 1)
+        elif callable(v):
+            schedules[k] = v
+    fixed = {k: (float(values[k](1)) if scheduled.is_schedule(values[k]) else
+                 schedules[k](0) if k in schedules else v) for k, v in values.items()}
     fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
                  v if isinstance(v, bool) else float(v)) for k, v in fixed.items()}
     checked = spec.values(fixed, spec.name)
