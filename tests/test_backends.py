@@ -532,3 +532,23 @@ def test_torch_backend_deepcopy_and_pickle_step_identically():
         p.grad = torch.ones_like(p)
     opt.step()
     assert all(torch.equal(p, c) for p, c in zip(params, cparams))
+
+
+def test_params_without_gradients_keep_their_step_count():
+    """A param whose .grad is None is not stepped; afterwards the params are at different steps
+    (one batch of scalars per group and step count), as in the Numba-backed optimizer."""
+    torch.manual_seed(5)
+    init = [torch.randn(5, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    runs = []
+    for backend in ("numba", "torch"):
+        params = [p.clone() for p in init]
+        opt = Optimizer("adam", [{"params": params[:1], "lr": 1e-2}, {"params": params[1:]}], backend=backend)
+        gen = torch.Generator().manual_seed(6)
+        for t in range(6):
+            for j, p in enumerate(params):
+                p.grad = None if (j == 1 and t < 3) else torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        runs.append((params, [int(opt.state[p]["step"]) for p in params]))
+    (a, steps_a), (b, steps_b) = runs
+    assert steps_a == steps_b == [6, 3]
+    assert max(rel_err(x, y) for x, y in zip(b, a)) <= 1e-12
