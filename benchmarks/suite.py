@@ -17,13 +17,17 @@ Measures, in one run and side by side, the targets of the performance issue:
 7. start-up -- a fresh process with a warm cache, and the cold compile time (and
    the vector width of the generated assembly) of every built-in kernel;
 8. memory -- bytes a step allocates (tracemalloc), at two sizes;
-9. a training loop fused into one ``@numba.njit`` function with a rule's generated
-   ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
-   once per step (``bench_numba_loop.py``).
+9. backends -- AdamW through the Numba kernels, the torch backend (eager and compiled) and the
+   JAX backend beside torch fused/foreach and optax.adamw (``bench_devices.py``);
+10. a training loop fused into one ``@numba.njit`` function with a rule's generated
+    ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
+    once per step (``bench_numba_loop.py``);
+11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes.
 
 Timing: every candidate of a comparison is timed round-robin in the same
 process (so that a drift of the shared machine hits all alike); each timing is a
-batch of calls lasting >= 0.2 ms; a candidate's time is its minimum over rounds.
+batch of calls lasting >= 0.2 ms; a peer row is the median over rounds of the per-round ratio
+(the limit table's minimum same-traffic time only sets its GB/s).
 Every peer runs with the same number of threads (torch.set_num_threads,
 numba.set_num_threads); NumPy's elementwise loops are single-threaded; JAX/XLA
 uses its own thread pool (not settable per call).  Writes ``results.md`` and
@@ -52,6 +56,7 @@ from symopt.runtime import kernels as _kernels
 from symopt.runtime import optimizer as _optmod
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench_devices.py, beside this file
 RULE = "adam" if "adam" in symopt.rules() else "notes.adam_warmup"
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 DTYPES = (np.float32, np.float64)
@@ -339,7 +344,7 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
 def phase_sizes(sizes, rounds, log) -> dict:
     """Targets 2 and the PNG: Adam over sizes, every peer, both dtypes (one tensor)."""
     rng = np.random.default_rng(1)
-    out = {}
+    out, ratios = {}, {}
     have_torch, have_optax = _have("torch"), _have("optax")
     for dtype in DTYPES:
         dname = np.dtype(dtype).name
@@ -366,10 +371,10 @@ def phase_sizes(sizes, rounds, log) -> dict:
                 fns["optax (jit)"] = optax_adam(p, g)
             res = measure(fns, rounds=rounds, budget=4.0)
             out[(dname, n)] = {k: v["min"] for k, v in res.items()}
-            base = out[(dname, n)]["symopt"]
-            log(f"  adam {dname} n={n:>9}: " + "  ".join(f"{k} {v / base:.2f}x" for k, v in out[(dname, n)].items()))
+            ratios[(dname, n)] = {k: paired_ratio(res, k, "symopt") for k in res}
+            log(f"  adam {dname} n={n:>9}: " + "  ".join(f"{k} {v:.2f}x" for k, v in ratios[(dname, n)].items()))
             del fns
-    return out
+    return {"times": out, "ratios": ratios}
 
 
 def transformer_shapes(layers: int = 20, d: int = 240) -> list:
@@ -403,9 +408,12 @@ def phase_many(rounds, log) -> dict:
     res = measure(fns, rounds=rounds, budget=8.0)
     fns["symopt flat"]()
     assert fo._flat is not None and any(k[1] for k in fo._tables), "the flat path was not taken"
-    out = {k: v["min"] for k, v in res.items()}
+    out = {k: v["median"] for k, v in res.items()}
+    # Every row against torch fused is the median of the per-round ratios (candidates of one round run back to
+    # back): a ratio of separate minimums once reported the checked step faster than the unchecked one.
+    ratios = {k: paired_ratio(res, "torch fused", k) for k in res} if "torch fused" in res else {}
     log("  240 tensors: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out.items()))
-    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out}
+    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out, "ratios": ratios}
 
 
 def phase_small(rounds, log) -> dict:
@@ -437,11 +445,12 @@ def phase_small(rounds, log) -> dict:
     a650 = (o650._pptr, o650._gptr, *o650._state, o650._offs, o650._chunks, o650._work, o650._scal, True)
     k650 = o650._kernel_serial
     r650 = measure({"step": f650, "kernel": lambda: k650(*a650)}, rounds=rounds * 2)
-    out = {k: v["min"] for k, v in res.items()}
+    out = {k: v["median"] for k, v in res.items()}
+    ratios = {k: paired_ratio(res, k, "symopt") for k in res}
     log("  3 tensors 11.5k f32: " + "  ".join(f"{k} {v * 1e6:.2f} us" for k, v in out.items()))
     fixed = {"step": r650["step"]["min"], "kernel": r650["kernel"]["min"]}
     log(f"  650 elements: step {fixed['step'] * 1e6:.2f} us, kernel call alone {fixed['kernel'] * 1e6:.2f} us")
-    return {"times": out, "fixed": fixed}
+    return {"times": out, "fixed": fixed, "ratios": ratios}
 
 
 MUON_SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024))
@@ -509,9 +518,32 @@ def phase_large(n, rounds, log) -> dict:
     if _have("torch"):
         fns["torch fused"] = torch_adam([p], [g], "fused")
     res = measure(fns, rounds=rounds, budget=20.0)
-    out = {k: v["min"] for k, v in res.items()}
+    out = {k: v["median"] for k, v in res.items()}
+    ratios = {k: paired_ratio(res, "torch fused", k) for k in res} if "torch fused" in res else {}
     log(f"  n={n:.0e} f32: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in out.items()))
-    return {"n": n, "times": out}
+    return {"n": n, "times": out, "ratios": ratios}
+
+
+def phase_backends(n, rounds, log) -> dict:
+    """Target 9: AdamW over one float32 tensor of ``n``: the Numba kernels, the torch backend (eager and
+    ``compile=True``), the JAX backend, torch fused/foreach and optax.adamw (``bench_devices.py``'s
+    candidates, on this CPU); rows are medians of per-round ratios to torch fused / optax.adamw."""
+    out = {"n": n, "torch": [], "jax": []}
+    if not _have("torch"):
+        return out
+    import torch
+
+    import bench_devices
+
+    res = measure(bench_devices.torch_candidates([(n,)], torch.float32, "cpu", numba=True), rounds=rounds,
+                  budget=20.0)
+    out["torch"] = [(k, paired_ratio(res, k, "torch fused"), res[k]["median"]) for k in res]
+    if _have("optax"):
+        res = measure(bench_devices.jax_candidates([(n,)]), rounds=rounds, budget=20.0)
+        out["jax"] = [(k, paired_ratio(res, k, "optax adamw"), res[k]["median"]) for k in res]
+    for k, r, t in out["torch"] + out["jax"]:
+        log(f"  {k:32s} {r:.2f}x of its reference  ({t * 1e3:.2f} ms)")
+    return out
 
 
 def phase_threshold(rounds, log, exps=range(10, 23)) -> dict:
@@ -847,13 +879,16 @@ def measure_all(args) -> int:
                         names=[RULE, "sgd", "lion"] if quick else None)
     log("[2] Adam over sizes, every peer")
     sizes = [10 ** 2, 10 ** 4, 10 ** 6] if quick else [10 ** k for k in range(2, 8)]
-    sizes_res = phase_sizes(sizes, rounds, log)
+    sizes_all = phase_sizes(sizes, rounds, log)
+    sizes_res, sizes_ratio = sizes_all["times"], sizes_all["ratios"]
     log("[3] many tensors")
     many = phase_many(rounds, log)
     log("[4] small model")
     small = phase_small(rounds, log)
     log("[5] large")
     large = phase_large(10 ** 7 if quick else 10 ** 8, max(5, rounds // 2), log)
+    log("[9] backends: Numba, torch (eager, compiled), JAX against torch fused and Optax")
+    backends = phase_backends(10 ** 6 if quick else 10 ** 7, rounds, log)
     log("[6] threads")
     thr = phase_threshold(rounds, log, range(10, 21, 2) if quick else range(10, 23))
     log("[1] the check when the arrays fit in cache")
@@ -872,7 +907,7 @@ def measure_all(args) -> int:
     plot(sizes_res, thr, png)
     elapsed = time.perf_counter() - t_start
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
-                  incache, fused)
+                  incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
@@ -901,7 +936,7 @@ def matrix_report(rows) -> str:
 
 
 def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
-           incache, fused) -> str:
+           incache, fused, sizes_ratio, backends) -> str:
     L = []
     big = max(n for _, n in sizes_res)
     ok_limit = [r for r in limit if "error" not in r]
@@ -916,15 +951,15 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     n_b = sum(r["check"] <= r["bound"] + 0.10 for r in ok_limit)
     n_r = sum(r["reads"] <= 1.10 for r in ok_limit)
     worst_r = max(ok_limit, key=lambda r: r["reads"]) if ok_limit else None
-    vs_np = {d: sizes_res[(d, big)]["numpy"] / sizes_res[(d, big)]["symopt"] for d in ("float32", "float64")}
-    vs_npt = {d: sizes_res[(d, big)]["numpy (temporaries)"] / sizes_res[(d, big)]["symopt"]
-              for d in ("float32", "float64")}
+    vs_np = {d: sizes_ratio[(d, big)]["numpy"] for d in ("float32", "float64")}
+    vs_npt = {d: sizes_ratio[(d, big)]["numpy (temporaries)"] for d in ("float32", "float64")}
     mt, st_, lt = many["times"], small["times"], large["times"]
     torch_ok = "torch fused" in mt
-    r_many = mt["torch fused"] / mt["symopt"] if torch_ok else None
-    r_flat = mt["torch fused"] / mt["symopt flat"] if torch_ok else None
-    r_small = st_["torch fused"] / st_["symopt"] if "torch fused" in st_ else None
-    r_large = lt["torch fused"] / lt["symopt"] if "torch fused" in lt else None
+    mr, sr, lr_ = many["ratios"], small["ratios"], large["ratios"]
+    r_many = mr["symopt"] if torch_ok else None
+    r_flat = mr["symopt flat"] if torch_ok else None
+    r_small = sr["torch fused"] if "torch fused" in st_ else None
+    r_large = lr_["symopt"] if "torch fused" in lt else None
     cross = {d: thr.get((d, "crossover")) for d in ("float32", "float64")}
     L.append("# symopt benchmark results\n")
     L.append(f"Written by `make bench` (`python -m symopt bench{' --quick' if quick else ''}`) in {elapsed:.0f} s. "
@@ -990,7 +1025,7 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
              f"({_fmt_t(small['fixed']['kernel'])}) | a few µs | — |")
     if r_large is not None:
         L.append(f"| 5 | {large['n']:.0e} f32: torch fused / symopt | {r_large:.2f}× "
-                 f"(ignore: {lt['torch fused'] / lt['symopt (ignore)']:.2f}×) | ≥ 0.95× | {_verdict(r_large >= 0.95)} |")
+                 f"(ignore: {lr_['symopt (ignore)']:.2f}×) | ≥ 0.95× | {_verdict(r_large >= 0.95)} |")
     L.append(f"| 6 | threaded kernel faster from (measured) | f32 {cross['float32']}, f64 {cross['float64']} elements | "
              f"default `opt.parallel_threshold` = {_optmod.PARALLEL_THRESHOLD_BYTES} B / itemsize "
              f"(f32 {_optmod.PARALLEL_THRESHOLD_BYTES // 4}, f64 {_optmod.PARALLEL_THRESHOLD_BYTES // 8}), settable "
@@ -1031,33 +1066,46 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append("|---|---|" + "---|" * len(peers))
     for (d, n), row in sorted(sizes_res.items()):
         L.append(f"| {d} | {n:.0e} | " + " | ".join(_fmt_t(row[p]) for p in peers) + " |")
-    L.append("\nRatio peer / symopt:\n")
+    L.append("\nRatio peer / symopt (median over rounds of the per-round ratio):\n")
     L.append("| dtype | n | " + " | ".join(peers) + " |")
     L.append("|---|---|" + "---|" * len(peers))
-    for (d, n), row in sorted(sizes_res.items()):
-        L.append(f"| {d} | {n:.0e} | " + " | ".join(f"{row[p] / row['symopt']:.2f}" for p in peers) + " |")
+    for (d, n), row in sorted(sizes_ratio.items()):
+        L.append(f"| {d} | {n:.0e} | " + " | ".join(f"{row[p]:.2f}" for p in peers) + " |")
     L.append(f"\n## 3. Many tensors: {many['ntensors']} arrays, {many['nparams']:,} float32 params\n")
+    L.append("Times are medians over rounds; the ratio is the median over rounds of torch fused's time / the "
+             "candidate's in the same round.\n")
     L.append("| candidate | time | torch fused / candidate |")
     L.append("|---|---|---|")
     for k, v in mt.items():
-        L.append(f"| {k} | {_fmt_t(v)} | {mt['torch fused'] / v:.2f} |" if torch_ok else f"| {k} | {_fmt_t(v)} | |")
+        L.append(f"| {k} | {_fmt_t(v)} | {mr[k]:.2f} |" if torch_ok else f"| {k} | {_fmt_t(v)} | |")
     L.append("\n## 4. Small model: 3 tensors (100×110, 110, 390), float32\n")
     L.append("| candidate | time per step | peer / symopt |")
     L.append("|---|---|---|")
     for k, v in st_.items():
-        L.append(f"| {k} | {_fmt_t(v)} | {v / st_['symopt']:.2f} |")
+        L.append(f"| {k} | {_fmt_t(v)} | {sr[k]:.2f} |")
     L.append(f"\n## 5. Large: {large['n']:.0e} float32\n")
     L.append("| candidate | time per step | torch fused / candidate |")
     L.append("|---|---|---|")
     for k, v in lt.items():
-        L.append(f"| {k} | {_fmt_t(v)} | {lt['torch fused'] / v:.2f} |" if "torch fused" in lt else f"| {k} | {_fmt_t(v)} | |")
+        L.append(f"| {k} | {_fmt_t(v)} | {lr_[k]:.2f} |" if "torch fused" in lt else f"| {k} | {_fmt_t(v)} | |")
+    L.append(f"\n## 9. Backends on this CPU: AdamW, one float32 tensor of {backends['n']:.0e}\n")
+    L.append("The same rule through the Numba kernels, the generated torch module (eager, and `compile=True`: one "
+             "Inductor graph) and the generated JAX module (`jax.jit`), beside torch.optim.AdamW and optax.adamw "
+             "(`benchmarks/bench_devices.py`; on a GPU run that script). Ratio: median over rounds of the "
+             "candidate's time / the reference's in the same round (< 1: faster than the reference).\n")
+    L.append("| candidate | time per step | time / reference |")
+    L.append("|---|---|---|")
+    for k, r, t in backends["torch"]:
+        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (torch fused) |")
+    for k, r, t in backends["jax"]:
+        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (optax adamw) |")
     L.append("\n## 6. Serial against threaded kernel (Adam, one tensor)\n")
     L.append("| dtype | n | serial | threaded | serial / threaded |")
     L.append("|---|---|---|---|---|")
     for (d, n), v in thr.items():
         if n != "crossover":
             L.append(f"| {d} | {n} | {_fmt_t(v[0])} | {_fmt_t(v[1])} | {v[0] / v[1]:.2f} |")
-    L.append("\n## 9. A training loop fused into one njit function (`symopt.kernel`)\n")
+    L.append("\n## 10. A training loop fused into one njit function (`symopt.kernel`)\n")
     L.append("`examples/numba_loop.py`: a 2-16-1 tanh MLP (81 float64 weights, full batch of n points), its "
              "gradient and Adam's generated `element` for every weight inside one `@numba.njit` function, against "
              "the same compiled gradient followed by `symopt.optimizer`'s `step` from Python at each iteration "

@@ -57,6 +57,7 @@ def _html_view(obj):
 # user rules are generated and loaded by symopt.user_modules, schedules in checkpoints are
 # SymPy expressions (encoded and rebuilt by symopt.schedule, imported only when one is met).
 _kernels.set_user_rule_loader(_user_modules.load_rule)
+_kernels.set_user_backend_loader(_user_modules.load_backend)
 _checkpoint.set_schedule_codec(_schedule_to_data, _schedule_from_data)
 # Jupyter's view of a Rule, Family, KernelPlan or gradient (their _repr_html_) is the report's page.
 _views.set_html_view(_html_view)

@@ -58,6 +58,13 @@ def _cmd_show(args) -> int:
 
         return show_cli(args)
     fam = family(args.name)
+    if args.backend != "numba":  # the generated code of an array backend, as checked in
+        from . import generated
+
+        path = Path(generated.__path__[0]) / args.backend / f"{generated.RULES[fam.name]}.py"
+        print(f"# {path}")
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
     mod = load_builtin(args.name)
     print(f"{fam.name} -- {fam.source}")
     if fam.doc:
@@ -118,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="show a rule: equations, state, hyperparameters, generated file")
     s.add_argument("name")
     s.add_argument("--latex", action="store_true", help="print the equations in LaTeX")
+    s.add_argument("--backend", choices=("numba", "torch", "jax"), default="numba",
+                   help="torch or jax: print that backend's generated module of the rule")
     s.add_argument("params", nargs="*", help="for schedule.NAME: its parameters as key=value")
     s.add_argument("--plot", metavar="FILE.png", help="for schedule.NAME: draw it into an image")
     s.add_argument("--steps", type=int, help="for schedule.NAME: steps shown/plotted (default: its horizon)")
     s.set_defaults(func=_cmd_show)
-    s = sub.add_parser("generate", help="regenerate the built-in kernel modules")
+    s = sub.add_parser("generate", help="regenerate the built-in modules of every backend (numba, torch/, jax/)")
     s.add_argument("names", nargs="*", help="only these rules (default: all, plus the index)")
     s.add_argument("--out", help="output folder (default: the package's generated/)")
     s.set_defaults(func=_cmd_generate)

@@ -57,7 +57,7 @@ class MathFunction:
     numba: str                   # Numba kernel template (NumPy or math calls, kernel-dtype constants)
     scalar: str                  # float64 scalar template (``math``, Python floats)
     torch: str                   # PyTorch template (``torch.*``)
-    jax: str                     # JAX template (``jnp.*``, ``jax.scipy.special.*``)
+    jax: str                     # JAX template (``jnp.*``, ``special.*`` from jax.scipy)
     mpmath: Callable             # value at mpmath numbers (imports mpmath when called)
     derivative: Callable         # (v, *args) -> one partial per argument, in forward symbols
     vector_helper: str = ""      # ``_v<name>_f32``/``_f64`` helper of ``templates/_vecmath.jinja``
@@ -154,7 +154,7 @@ REGISTRY: tuple = (
         sympy=sp.erf, arity=1, parse_names=("erf",), in_rules=True,
         # math.erf returns a double: cast back so a float32 kernel stays float32.
         numba="{ctor}(math.erf({0}))", scalar="math.erf({0})", torch="torch.erf({0})",
-        jax="jax.scipy.special.erf({0})", mpmath=_mp("erf"),
+        jax="special.erf({0})", mpmath=_mp("erf"),
         derivative=lambda v, x: (_TWO_OVER_SQRT_PI * sp.exp(-x**2),)),
     MathFunction(
         sympy=log1p, arity=1, parse_names=("log1p",), in_rules=True,
@@ -174,7 +174,7 @@ REGISTRY: tuple = (
         torch="torch.sign({0})", jax="jnp.sign({0})", mpmath=_mp_sign, derivative=_zero),
     MathFunction(
         sympy=sp.Heaviside, arity=2, defaults=(sp.S.Half,), parse_names=("Heaviside",), in_rules=True,
-        numba=_HEAVISIDE, scalar=_HEAVISIDE, torch="torch.heaviside({0}, torch.as_tensor({1}, dtype={0}.dtype))",
+        numba=_HEAVISIDE, scalar=_HEAVISIDE, torch="torch.heaviside({0}, torch.as_tensor({1}, dtype={0:p}.dtype))",
         jax="jnp.heaviside({0}, {1})", mpmath=_mp_heaviside, derivative=_zero),
     MathFunction(
         sympy=sp.Max, arity=2, variadic=True, parse_names=("max", "Max"), in_rules=True,

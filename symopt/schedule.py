@@ -140,6 +140,15 @@ class Schedule:
         self._fn = scalar_function(self.expr, [T_STEP], "<symopt schedule>")
         return self._fn
 
+    def jax_function(self):
+        """The schedule as a ``jax.numpy`` function of the 1-based step ``t`` (a traced array): what
+        :func:`symopt.jax.transform` evaluates inside ``jax.jit``."""
+        if getattr(self, "_jax_fn", None) is None:
+            from .codegen.printers import jax_function
+
+            self._jax_fn = jax_function(self.expr, [T_STEP], "<symopt schedule, jax>")
+        return self._jax_fn
+
     def __call__(self, t) -> float:
         """The value at the 1-based step ``t`` (float64); ``ValueError`` naming the step where the
         expression is undefined (a division by zero, the log of a negative number) or not finite."""

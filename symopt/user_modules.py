@@ -53,6 +53,13 @@ def load_rule(rule):
     return _keep(user_module(family), "symopt_user_kernels")
 
 
+def load_backend(rule, backend: str):
+    """The array-backend (``"torch"``, ``"jax"``) module of a user Rule or Family."""
+    from .codegen.emit import user_backend_module
+
+    return _keep(user_backend_module(_family_of(rule), backend), f"symopt_user_{backend}")
+
+
 def load_gradient(program):
     """``(module, path)``: the compiled module of a :class:`~symopt.codegen.plan_gradients.TermProgram`
     (``path``: its cache file, None when kept in memory)."""

@@ -26,7 +26,7 @@ LAYERS = {
     "symopt.generated": "generated",                  # the checked-in modules (generated/)
     "symopt.runtime": "runtime", "symopt.nn": "runtime",
     "symopt.user_modules": "wiring",                  # a user rule's generated module into the runtime
-    "symopt.torch": "adapters",
+    "symopt.torch": "adapters", "symopt.jax": "adapters",
     "symopt.verify": "verify",
     "symopt.reporting": "face",                       # the HTML report: every stage, read back, side by side
     "symopt": "face",                                 # __init__, cli, demo, bench, provenance, schedule, gradients

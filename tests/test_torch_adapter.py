@@ -310,18 +310,20 @@ def test_non_contiguous_gradient_is_read_correctly():
 
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 def test_tensors_it_cannot_step_are_refused_clearly():
+    """The Numba kernels refuse what they cannot step (``backend="auto"`` hands those tensors to the
+    torch backend instead: tests/test_backends.py)."""
     ok = torch.zeros(3, requires_grad=True)
     with pytest.raises(TypeError, match="meta"):
-        Optimizer("adam", [torch.zeros(3, device="meta", requires_grad=True)])
+        Optimizer("adam", [torch.zeros(3, device="meta", requires_grad=True)], backend="numba")
     with pytest.raises(TypeError, match="sparse"):
         Optimizer("adam", [torch.sparse_coo_tensor([[0]], [1.0], (3,)).requires_grad_(True)])
     for dt in (torch.float16, torch.bfloat16):
         with pytest.raises(TypeError, match=str(dt).split(".")[1]):
-            Optimizer("adam", [torch.zeros(3, dtype=dt, requires_grad=True)])
+            Optimizer("adam", [torch.zeros(3, dtype=dt, requires_grad=True)], backend="numba")
     with pytest.raises(ValueError, match="not dense"):
-        Optimizer("adam", [torch.zeros(4, 6)[:, ::2].requires_grad_(True)])
+        Optimizer("adam", [torch.zeros(4, 6)[:, ::2].requires_grad_(True)], backend="numba")
     with pytest.raises(TypeError, match="one dtype"):
-        Optimizer("adam", [ok, torch.zeros(2, dtype=torch.float32, requires_grad=True)])
+        Optimizer("adam", [ok, torch.zeros(2, dtype=torch.float32, requires_grad=True)], backend="numba")
     with pytest.raises(TypeError, match="'lrr'"):
         Optimizer("adam", [ok], lrr=0.1)
     with pytest.raises(TypeError, match="'gamma'"):

@@ -7,7 +7,8 @@ audit proves it on the result, without running anything (``compile`` and
 * its docstring;
 * ``import math``, ``import numba``, ``import numpy as np``, ``from numba import
   types``, ``from numba.extending import intrinsic``, ``from scipy.linalg import blas``
-  (matrix rules);
+  (matrix rules); for the array backends ``import torch``, ``import jax``, ``import
+  jax.numpy as jnp``, ``from jax.scipy import special``;
 * assignments of a *literal* (``ast.literal_eval`` reads it) to a plain name;
 * function definitions decorated with ``intrinsic`` or ``numba.njit(<constants>)``.
 
@@ -19,12 +20,13 @@ buffer can never be overwritten by a kernel local of the same name); no name is 
 ``global``, ``import``, ``lambda``, ``with``, ``try``, class, comprehension, ``del``,
 ``yield``, ``await``, star-args or decorator other than the above.
 
-Attributes are an allow-list of exactly what generated code uses: one level deep, on
-a plain name; of an imported module only the names of :data:`MODULE_ATTRIBUTES` (the
+Attributes are an allow-list of exactly what generated code uses: of an imported module
+(a plain name) only the names of :data:`MODULE_ATTRIBUTES` (the
 dtypes and array constructors the templates write, ``numba.njit``/``carray``/``prange``,
-and the ``np.``/``math.`` functions the function registry's printers write); of any
-other name only :data:`VALUE_ATTRIBUTES` (``x.shape``, the LLVM builder calls of the
-pointer intrinsics, ``errors.append``).  So even a sanitizer bug, or a file planted in a
+the ``np.``/``math.``/``torch.``/``jnp.`` functions the function registry's printers write, SciPy's
+``syrk``/``gemm``); of anything else (a local, an item, an expression) only
+:data:`VALUE_ATTRIBUTES` (``x.shape``, ``params[0].dtype``, the LLVM builder calls of the
+pointer intrinsics, ``errors.append``), and an array argument's address ``x.ctypes.data``.  So even a sanitizer bug, or a file planted in a
 cache, could not reach ``__import__``, ``eval``, ``open``, ``x.__class__``,
 ``numba.core.config.os.system`` or ``np.load``.
 """
@@ -39,14 +41,15 @@ from ..rulebook.metadata import RuleError
 
 #: Builtins generated code may call.
 SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})
-_IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np"}
+_IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np", ("torch", None): "torch",
+            ("jax", None): "jax", ("jax.numpy", "jnp"): "jnp"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic",
-                 ("scipy.linalg", "blas", None): "blas"}
+                 ("scipy.linalg", "blas", None): "blas", ("jax.scipy", "special", None): "special"}
 
 def _registry_calls(module: str) -> set:
-    """The ``<module>.<name>`` calls the registry's Numba and scalar templates print."""
+    """The ``<module>.<name>`` calls the registry's templates print (Numba, scalar, torch, JAX)."""
     pattern = re.compile(rf"\b{module}\.([A-Za-z]\w*)\(")
-    return {m for f in REGISTRY for text in (f.numba, f.scalar) for m in pattern.findall(text)}
+    return {m for f in REGISTRY for text in (f.numba, f.scalar, f.torch, f.jax) for m in pattern.findall(text or "")}
 
 
 #: The attributes of each imported module generated code may use (all of them a value or a call).
@@ -60,11 +63,19 @@ MODULE_ATTRIBUTES = {
     "intrinsic": frozenset(),
     # the matrix rules' BLAS: symmetric rank-k products and general products (matrix_module template)
     "blas": frozenset({"ssyrk", "dsyrk", "sgemm", "dgemm"}),
+    # the array backends (array_module template and the registry's torch/JAX templates)
+    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
+    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log"} | _registry_calls("jnp")),
+    "jax": frozenset(),
+    "special": frozenset(_registry_calls("special")),
 }
 #: Attributes of locals generated code uses: array shapes, the LLVM builder and context of the
 #: pointer intrinsics, the list of constraint messages, element counts of the one-tensor steps and
-#: the matrix rules' workspace views.
-VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size"})
+#: the matrix rules' workspace views.  They may be taken of any expression that is not a module
+#: (``params[0].dtype``, ``scal[0].to(dt)``): none of them reaches code.
+VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size",
+                              # tensors and arrays of the array backends
+                              "dtype", "to", "numel", "device"})
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
     ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
@@ -181,7 +192,10 @@ def _check_attribute(node: ast.Attribute, visible: set) -> None:
     if _is_address(node):
         return
     if not isinstance(node.value, ast.Name):
-        _fail(node, f"the attribute {node.attr!r} is taken of an expression, not of a plain name")
+        if node.attr not in VALUE_ATTRIBUTES:
+            _fail(node, f"the attribute {node.attr!r} is taken of an expression and is not something generated "
+                        f"code uses")
+        return
     owner = node.value.id
     if owner in MODULE_ATTRIBUTES and owner not in visible:
         if node.attr not in MODULE_ATTRIBUTES[owner]:
@@ -234,7 +248,8 @@ def audit_module(text: str, filename: str = "<generated>") -> None:
         else:
             _fail(stmt, f"a module-level {type(stmt).__name__} statement")
     # Names no function may rebind: the imports, and module-level names some function reads.
-    protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic", "blas"}}
+    protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic", "blas", "torch", "jax",
+                                                  "jnp", "special"}}
     for fn in functions:
         for node in _own_nodes(fn):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in module_names:

@@ -53,11 +53,12 @@ from ..rulebook.rule import Family, check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
 from .plan_gradients import plan_elementwise, plan_rowwise
-from .render import (family_hash, gradient_hash, nn_module_name, render_elementwise, render_family, render_gradient,
-                     render_index, render_rowwise)
+from .render import (TARGETS, array_family_hash, family_hash, is_matrix_family, gradient_hash, nn_module_name, render_array_family,
+                     render_elementwise, render_family, render_gradient, render_index, render_rowwise)
 
 #: Module kinds of the user cache: sub-folder and what the cache warnings call them.
-_CACHE_KINDS = {"rule": ("kernels", "user rule modules"), "gradient": ("gradients", "gradient modules")}
+_CACHE_KINDS = {"rule": ("kernels", "user rule modules"), "gradient": ("gradients", "gradient modules"),
+                **{f"rule-{name}": (f"kernels-{name}", f"user rule {name} modules") for name in TARGETS}}
 
 
 # ----------------------------------------------------------------------------- built-in modules
@@ -73,6 +74,19 @@ def builtin_modules(names: list | None = None) -> dict:
     if names is None:
         out["__init__"] = seal(render_index([(name, module_name(name)) for name in fams]))
         out.update(nn_modules())
+    return out
+
+
+def backend_modules(target: str, names: list | None = None) -> dict:
+    """``{module name: sealed text}`` of the built-in families' modules for the array backend
+    ``target`` (``"torch"``, ``"jax"``: ``generated/<target>/``), with their ``RULES`` index."""
+    fams = builtin_families()
+    selected = list(fams) if names is None else list(names)
+    fams = {name: fam for name, fam in fams.items() if not is_matrix_family(fam)}   # Numba only (render_array_family)
+    out = {module_name(name): seal(render_array_family(fams[name], TARGETS[target], source_label=fams[name].source))
+           for name in fams if name in selected}
+    if names is None:
+        out["__init__"] = seal(render_index([(name, module_name(name)) for name in fams]))
     return out
 
 
@@ -92,14 +106,18 @@ def nn_modules() -> dict:
 
 
 def generate_builtins(out_dir: Path, names: list | None = None) -> list:
-    """Write :func:`builtin_modules` into ``out_dir`` (files that changed only); returns the paths."""
+    """Write :func:`builtin_modules` into ``out_dir`` and every backend's :func:`backend_modules` into
+    ``out_dir/<backend>/`` (files that changed only); returns the paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    batches = [(out_dir, builtin_modules(names))]
+    batches += [(out_dir / target, backend_modules(target, names)) for target in TARGETS]
     written = []
-    for mod, text in builtin_modules(names).items():
-        path = out_dir / f"{mod}.py"
-        write_if_changed(path, text)
-        written.append(path)
+    for folder, modules in batches:
+        folder.mkdir(parents=True, exist_ok=True)
+        for mod, text in modules.items():
+            path = folder / f"{mod}.py"
+            write_if_changed(path, text)
+            written.append(path)
     return written
 
 
@@ -135,6 +153,17 @@ def user_module(family: Family, directory: Path | None = None) -> UserModule:
     return cached_module("rule", f"{module_name(family.name)}_{digest[:16]}", digest,
                          lambda: _audited(seal(render_family(family, source_label=label)),
                                           f"<user rule {module_name(family.name)}>"),
+                         directory)
+
+
+def user_backend_module(family: Family, target: str, directory: Path | None = None) -> UserModule:
+    """The checked module of a user family for the array backend ``target`` (``"torch"``, ``"jax"``)."""
+    check_family(family)
+    digest = array_family_hash(family, TARGETS[target])
+    label = f"user rule {comment_text(family.name)}"
+    return cached_module(f"rule-{target}", f"{module_name(family.name)}_{digest[:16]}", digest,
+                         lambda: _audited(seal(render_array_family(family, TARGETS[target], source_label=label)),
+                                          f"<user rule {module_name(family.name)} for {target}>"),
                          directory)
 
 

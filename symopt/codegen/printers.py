@@ -23,15 +23,18 @@ missing from it is an error (printers never invent identifiers from user text).
 
 from __future__ import annotations
 
+import functools
 import string
 
 import sympy as sp
+from sympy.printing.numpy import JaxPrinter
 from sympy.printing.pycode import PythonCodePrinter
+from sympy.printing.pytorch import TorchPrinter
 
 from ..functions import BY_NAME, registered
 from .audit import audit_module
 
-__all__ = ["KernelPrinter", "ScalarPrinter", "float64_function"]
+__all__ = ["KernelPrinter", "ScalarPrinter", "TorchArrayPrinter", "JaxArrayPrinter", "float64_function"]
 
 _FLOAT_TYPES = {"float32": "np.float32", "float64": "np.float64"}
 
@@ -50,12 +53,11 @@ class _Template(string.Formatter):
         return self.printer._print(value)
 
 
-class _Base(PythonCodePrinter):
-    """What both printers share; a subclass names its registry field (:attr:`template_field`)
-    and fills ``{one}``, ``{zero}``, ``{ctor}`` with ``template_constants()``."""
+class _Registry:
+    """What every printer shares: generated names for symbols, functions from the registry
+    (others refused).  A subclass names its registry field (:attr:`template_field`) and fills
+    ``{one}``, ``{zero}``, ``{ctor}`` with ``template_constants()``."""
 
-    _default_settings = {**PythonCodePrinter._default_settings, "strict": True,
-                         "fully_qualified_modules": False}
     #: The registry field this printer's templates come from.
     template_field = ""
 
@@ -71,6 +73,9 @@ class _Base(PythonCodePrinter):
             raise ValueError(f"symbol {expr.name!r} has no generated identifier") from None
 
     _print_Dummy = _print_Symbol
+
+    def _print_not_supported(self, expr):
+        return super()._print_not_supported(expr)
 
     def _print_function_call(self, expr):
         # Dispatch target of every registered ``_print_<Name>``; subclasses override
@@ -130,15 +135,24 @@ class _Base(PythonCodePrinter):
         return f"({text})"
 
 
-# Registered functions print from their templates; every other function PythonCodePrinter
-# knows (acos, gamma, ...) is refused instead of printed as a bare, unimported name.
-for _attr in dir(PythonCodePrinter):
-    if (_attr.startswith("_print_") and _attr not in _Base.__dict__
-            and isinstance(getattr(sp, _attr[7:], None), sp.FunctionClass)):
-        setattr(_Base, _attr, _Base._print_not_supported)
-for _name in BY_NAME:
-    setattr(_Base, f"_print_{_name}", _Base._print_function_call)
-del _attr, _name
+def _registry_only(cls, parent):
+    """Registered functions print from their templates; every other function ``parent`` knows
+    (acos, gamma, ...) is refused instead of printed as a bare, unimported name."""
+    for attr in dir(parent):
+        if (attr.startswith("_print_") and attr not in cls.__dict__ and attr not in _Registry.__dict__
+                and isinstance(getattr(sp, attr[7:], None), sp.FunctionClass)):
+            setattr(cls, attr, _Registry._print_not_supported)
+    for name in BY_NAME:
+        setattr(cls, f"_print_{name}", _Registry._print_function_call)
+    return cls
+
+
+@functools.partial(_registry_only, parent=PythonCodePrinter)
+class _Base(_Registry, PythonCodePrinter):
+    """The Numba and float64 scalar printers' base: Python code, strict."""
+
+    _default_settings = {**PythonCodePrinter._default_settings, "strict": True,
+                         "fully_qualified_modules": False}
 
 
 class ScalarPrinter(_Base):
@@ -252,12 +266,121 @@ class KernelPrinter(_Base):
         return f"({base} ** {self._paren(e)})"
 
 
-def _audited_function(printer_class, expr, args, label: str, **printer_args):
+class _ArrayCode(_Registry):
+    """Per-element code over whole arrays (the PyTorch and JAX backends): the array library's
+    calls (:attr:`lib`), constants as Python floats (weakly typed: ``0.5 * x`` keeps ``x``'s dtype,
+    as the Numba kernels' dtype-cast constants do), ``Piecewise`` as a nested ``where`` (both
+    branches are computed, the selected one kept), comparisons and logic as element operators."""
+
+    lib = ""
+
+    def template_constants(self) -> dict:
+        return {"one": "1.0", "zero": "0.0", "ctor": "float"}
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        return repr(float(int(expr)))
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Pi(self, expr):
+        return repr(float(sp.pi))
+
+    def _print_Exp1(self, expr):
+        return repr(float(sp.E))
+
+    def _print_Relational(self, expr):
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._condition(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " | ".join(self._condition(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(~{self._condition(expr.args[0])})"
+
+    def _print_Piecewise(self, expr):
+        out = self._print(expr.args[-1].expr)
+        if expr.args[-1].cond != sp.true:
+            raise ValueError("a Piecewise without an otherwise branch cannot be printed over arrays")
+        for e, c in reversed(expr.args[:-1]):
+            out = f"{self.lib}.where({self._condition(c)}, {self._print(e)}, {out})"
+        return out
+
+    def _condition(self, c) -> str:
+        """A condition as a boolean array: a hoisted condition is a per-step scalar (1.0 or 0.0)."""
+        if isinstance(c, sp.Symbol):
+            return f"({self._print(c)} != 0.0)"
+        return self._print(c)
+
+    def _print_Pow(self, expr, rational=False):
+        b, e = expr.args
+        base = self._paren(b)
+        if e.is_Integer and 1 <= abs(int(e)) <= 4:
+            prod = "(" + " * ".join([base] * abs(int(e))) + ")"
+            return prod if e > 0 else f"(1.0 / {prod})"
+        if e == sp.S.Half:
+            return f"{self.lib}.sqrt({self._print(b)})"
+        if e == -sp.S.Half:
+            return f"(1.0 / {self.lib}.sqrt({self._print(b)}))"
+        return f"({base} ** {self._paren(e)})"
+
+
+@functools.partial(_registry_only, parent=TorchPrinter)
+class TorchArrayPrinter(_ArrayCode, TorchPrinter):
+    """Element code as PyTorch ops over tensors: SymPy's ``TorchPrinter`` (``torch.where`` for
+    ``Piecewise``, ``torch.sqrt``), with functions from the registry's ``torch`` templates and
+    what the tensor backend needs on top: a ``Max``/``Min`` with a number prints as
+    ``torch.clamp`` (``torch.maximum`` takes tensors only), constants as Python floats, small
+    integer powers as products (as the Numba kernels compute them)."""
+
+    _default_settings = {**TorchPrinter._default_settings, "strict": True}
+    template_field = "torch"
+    lib = "torch"
+
+    def _print_registered(self, expr):
+        if isinstance(expr, (sp.Max, sp.Min)):
+            nums = [a for a in expr.args if a.is_Number]
+            rest = [a for a in expr.args if not a.is_Number]
+            if nums and rest:
+                inner = rest[0] if len(rest) == 1 else type(expr)(*rest, evaluate=False)
+                bound = (max if isinstance(expr, sp.Max) else min)(float(n) for n in nums)
+                side = "min" if isinstance(expr, sp.Max) else "max"
+                return f"torch.clamp({self._print(inner)}, {side}={bound!r})"
+        return super()._print_registered(expr)
+
+
+@functools.partial(_registry_only, parent=JaxPrinter)
+class JaxArrayPrinter(_ArrayCode, JaxPrinter):
+    """Element and per-step scalar code as ``jax.numpy`` calls (traced under ``jax.jit``):
+    SymPy's ``JaxPrinter`` with functions from the registry's ``jax`` templates, ``Piecewise``
+    as nested ``jnp.where`` (SymPy's prints ``select`` with a NaN default), constants as Python
+    floats."""
+
+    _default_settings = {**JaxPrinter._default_settings, "strict": True, "fully_qualified_modules": False}
+    template_field = "jax"
+    lib = "jnp"
+
+
+_NUMPY_IMPORTS = "import math\nimport numpy as np\n"
+_JAX_IMPORTS = "import jax\nimport jax.numpy as jnp\nfrom jax.scipy import special\n"
+
+
+def _audited_function(printer_class, expr, args, label: str, imports: str = _NUMPY_IMPORTS, **printer_args):
     """``f(*args)`` returning ``expr`` as printed by ``printer_class``: the source holds only the
     printer's output and generated argument names ``a0, a1, ...``, and passes the audit before it runs."""
     names = {s: f"a{i}" for i, s in enumerate(args)}
     body = printer_class(names, **printer_args).doprint(expr)
-    src = f"import math\nimport numpy as np\n\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
+    src = f"{imports}\n\ndef f({', '.join(names.values())}):\n    return {body}\n"
     audit_module(src, label)
     scope: dict = {}
     exec(compile(src, label, "exec"), scope)  # noqa: S102 - audited printer output
@@ -274,3 +397,9 @@ def scalar_function(expr, args, label: str = "<symopt scalar function>"):
     """A Python function of ``args`` evaluating ``expr`` as a per-step scalar function would
     (Python floats and ``math``, :class:`ScalarPrinter`): schedules of ``t``."""
     return _audited_function(ScalarPrinter, expr, args, label)
+
+
+def jax_function(expr, args, label: str = "<symopt jax function>"):
+    """A function of ``args`` evaluating ``expr`` in ``jax.numpy`` (:class:`JaxArrayPrinter`), traceable
+    under ``jax.jit``: a schedule of ``t`` inside the JAX backend's update."""
+    return _audited_function(JaxArrayPrinter, expr, args, label, imports=_JAX_IMPORTS)

@@ -34,6 +34,7 @@ import functools
 import hashlib
 import math
 import pprint
+from dataclasses import dataclass
 from importlib import resources
 
 import jinja2
@@ -42,13 +43,13 @@ import sympy as sp
 from .._version import __version__
 from ..rulebook.display import expr_latex
 from ..rulebook.matrix import cols, rows
-from ..rulebook.metadata import t
+from ..rulebook.metadata import RuleError, t
 from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
 from .plan_gradients import SCALE, UPSTREAM
 from .plan_matrix import RESULT, WORK, is_matrix_rule, make_matrix_plan
-from .printers import KernelPrinter, ScalarPrinter
+from .printers import JaxArrayPrinter, KernelPrinter, ScalarPrinter, TorchArrayPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
 MATRIX_TEMPLATE = "matrix_module.py.jinja"
@@ -135,7 +136,7 @@ def _num(x):
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
     """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
-    matrix = any(is_matrix_rule(rule) for _, rule in family.variants)
+    matrix = is_matrix_family(family)
     return input_hash(MATRIX_TEMPLATE if matrix else OPTIMIZER_TEMPLATE, family.fingerprint())
 
 
@@ -507,7 +508,7 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
-    if any(is_matrix_rule(rule) for _, rule in family.variants):
+    if is_matrix_family(family):
         return render_matrix_family(family, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
@@ -922,3 +923,203 @@ def render_index(names_to_modules: list) -> str:
     rules = [(string_literal(n), string_literal(m)) for n, m in names_to_modules]
     return environment().get_template(INDEX_TEMPLATE).render(
         header=header("index of built-in rules", "symopt.rulebook.catalog", INDEX_TEMPLATE, digest), rules=rules)
+
+
+# ----------------------------------------------------------------------------- array backends
+@dataclass(frozen=True)
+class ArrayTarget:
+    """A backend that runs an optimizer family as array-library code (one more kind of module for
+    the one emitter): what differs between PyTorch and JAX is data, the template is shared.
+
+    ``name`` names the backend (``symopt show --backend``), the folder of ``generated/`` and of
+    the user cache; ``printer`` prints element code; ``imports`` are the module's import lines;
+    ``cast`` puts a value (``{0}``) into the compute dtype ``dt``; ``reduce_sum`` sums an element
+    expression over a tensor in the accumulation dtype (float64 as the Numba reduction passes,
+    for JAX the dtype of the per-step scalars); ``numel`` counts a tensor's elements, ``count``
+    as a 0-d array of the accumulation dtype (the sum of an element-free value ``c`` is
+    ``count · c``);
+    ``scalars``: the module prints the per-step scalar function itself (JAX computes it inside
+    ``jax.jit`` from the traced step count; the torch backend calls the float64 function of the
+    rule's Numba module, once per step on the host).
+    """
+
+    name: str
+    printer: type
+    imports: tuple
+    cast: str
+    reduce_sum: str
+    numel: str
+    count: str
+    scalars: bool
+
+
+def is_matrix_family(family: Family) -> bool:
+    """True if a variant of ``family`` iterates on the param as a matrix (:mod:`.plan_matrix`)."""
+    return any(is_matrix_rule(rule) for _, rule in family.variants)
+
+
+ARRAY_TEMPLATE = "array_module.py.jinja"
+TARGETS = {
+    "torch": ArrayTarget("torch", TorchArrayPrinter, ("import torch",), "{0}.to(dt)",
+                         "torch.sum({0}, dtype=torch.float64)", "{0}.numel()",
+                         "torch.full((), {0}.numel(), dtype=torch.float64, device={0}.device)", scalars=False),
+    "jax": ArrayTarget("jax", JaxArrayPrinter, ("import jax", "import jax.numpy as jnp", "from jax.scipy import special"),
+                       "jnp.asarray({0}, dt)", "jnp.sum({0}, dtype=acc)", "{0}.size",
+                       "jnp.asarray({0}.size, acc)", scalars=True),
+}
+
+
+def array_family_hash(family: Family, target: ArrayTarget) -> str:
+    """The input hash of ``family``'s module for ``target``."""
+    return input_hash(ARRAY_TEMPLATE, target.name, family.fingerprint())
+
+
+def _array_sum(target: ArrayTarget, printer, e, arrays) -> str:
+    """The sum of element expression ``e`` over tensor ``j``; a value free of arrays (a count) is
+    multiplied by the number of elements instead."""
+    if e.free_symbols & arrays:
+        return target.reduce_sum.format(printer.doprint(e))
+    count = target.count.format("params[j]")
+    return count if e == 1 else f"{count} * {printer._paren(e)}"
+
+
+def _array_reductions(plan, target: ArrayTarget, names: dict, src: dict) -> list:
+    """Template context of the reduction passes, as whole-tensor sums (see ``_reduction_context``)."""
+    info = plan.reduction
+    arrays = set(src) | {sym for st in info.stages for sym, _ in st.element_temps}
+    stages = []
+    for st in info.stages:
+        nm = dict(names)
+        for sym, _ in st.element_temps:
+            nm[sym] = sym.name
+        pr = target.printer(nm)
+        used = set()
+        for e in [*st.element_exprs, *(x for _, x in st.element_temps)]:
+            used |= e.free_symbols
+        fin = {}
+        fused = set()
+        for _, e in [*st.tensor_temps, *st.tensor_outputs]:
+            fused |= e.free_symbols
+        values = []
+        for k, r in enumerate(info.reductions):
+            if r.sym not in fused:
+                continue
+            fin[r.sym] = f"_r{k}"
+            if r.scope == "tensor":
+                code = f"_a{k}[j]" + (" / " + target.numel.format("params[j]") if r.op == "mean" else "")
+            else:
+                code = f"_g{k}" + (" / _total" if r.op == "mean" else "")
+            values.append((f"_r{k}", code))
+        loads64 = []
+        for i, s in enumerate(plan.scalars):
+            if s in fused:
+                fin[s] = f"_d{i}"
+                loads64.append((f"_d{i}", i))
+        for sym, _ in st.tensor_temps:
+            fin[sym] = sym.name
+        fp = target.printer(fin)
+        col = {sym: k for k, sym in enumerate(info.tensor_scalars)}
+        stages.append({
+            "comment": comment_text(", ".join(f"r{k} ({info.reductions[k].scope} {info.reductions[k].op})"
+                                              for k in st.reductions)),
+            "loads": [(src[s][0], src[s][1]) for s in st.reads],
+            "tensor_loads": [(names[s], f"_u{col[s]}") for s in info.tensor_scalars if s in used],
+            "temps": [(nm[s], pr.doprint(e)) for s, e in st.element_temps],
+            "sums": [(f"_a{k}", _array_sum(target, pr, e, arrays)) for k, e in zip(st.reductions, st.element_exprs)],
+            "globals": [f"_g{k}" for k in st.reductions if info.reductions[k].scope == "global"],
+            "red_values": values,
+            "finalize_loads": loads64,
+            "finalize_temps": [(fin[s], fp.doprint(e)) for s, e in st.tensor_temps],
+            "finalize_stores": [(f"_u{col[s]}", fp.doprint(e)) for s, e in st.tensor_outputs],
+        })
+    return stages
+
+
+def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict,
+                   target: ArrayTarget) -> dict:
+    state_ids = _state_identifiers(rule)
+    lists = {rule.param: "params", rule.grad: "grads", **{s: state_ids[s] for s in plan.state}}
+    names = {rule.param: "param_i", rule.grad: "grad_i", **{s: f"{state_ids[s]}_i" for s in plan.state}}
+    for i, s in enumerate(plan.scalars):
+        names[s] = f"s{i}"
+    if plan.reduction is not None:
+        _name_tensor_scalars(plan, names)
+    src = {s: (names[s], f"{lists[s]}[j]") for s in lists}
+    elem = dict(names)
+    for s, _ in plan.element_temps:
+        elem[s] = s.name
+    pr = target.printer(elem)
+    updated = dict(plan.outputs)
+    returns = [pr.doprint(updated[rule.param])]
+    returns += [pr.doprint(updated[s]) if s in updated else f"{state_ids[s]}[j]" for s in plan.state]
+    ctx = {
+        "prefix": prefix,
+        "comment_name": comment_text(rule.name),
+        "op_count": plan.op_count,
+        "nscalars": len(plan.scalars),
+        "state_args": [state_ids[s] for s in plan.state],
+        "state_keys": [rule.state_key(s) for s in plan.state],
+        "scalar_loads": [(f"s{i}", i) for i in range(len(plan.scalars))],
+        "loads": [src[s] for s in plan.reads],
+        "tensor_loads": [],
+        "temps": [(elem[s], pr.doprint(e)) for s, e in plan.element_temps],
+        "returns": returns,
+        "reductions": [],
+        "ntensor": 0,
+    }
+    if plan.reduction is not None:
+        info = plan.reduction
+        ctx["ntensor"] = len(info.tensor_scalars)
+        ctx["uses_total"] = any(r.scope == "global" and r.op == "mean" for r in info.reductions)
+        ctx["tensor_loads"] = [(names[s], f"_u{k}") for k, s in enumerate(info.tensor_scalars)]
+        ctx["reductions"] = _array_reductions(plan, target, names, src)
+        ctx["reduction_doc"] = _reduction_doc(plan)
+    resolved: dict = {}
+    for sym, expr in plan.scalar_temps:
+        resolved[sym] = expr.xreplace(resolved)
+    ctx["scalar_doc"] = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
+                         for i, e in enumerate(plan.scalar_exprs)]
+    if target.scalars:
+        scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
+        taken = set(scalar_names.values())
+        for sym, _ in plan.scalar_temps:
+            scalar_names[sym] = identifier(sym.name, taken, prefix="c")
+        sp_printer = target.printer(scalar_names)
+        ctx["scalar_args"] = ["t", *[hyper_ids[s] for s in plan.hyper]]
+        ctx["scalar_temps"] = [(scalar_names[s], sp_printer.doprint(e)) for s, e in plan.scalar_temps]
+        ctx["scalar_returns"] = [sp_printer.doprint(e) for e in plan.scalar_exprs]
+    return ctx
+
+
+def _array_docstring(family: Family, target: ArrayTarget) -> str:
+    lines = [f"{family.name}: generated {target.name} step functions (the same plan as the Numba module).", ""]
+    if family.doc:
+        lines += [family.doc.strip(), ""]
+    for when, rule in family.variants:
+        cond = "" if when == sp.true else f"  (when {sp.sstr(when)})"
+        lines.append(f"Variant {rule.name}{cond}, in order:")
+        lines += [f"    {sp.sstr(lhs)} <- {sp.sstr(rhs)}" for lhs, rhs in rule.updates]
+        lines.append("")
+    return docstring_text("\n".join(lines).rstrip())
+
+
+def render_array_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
+    """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``)."""
+    if is_matrix_family(family):
+        raise RuleError(f"{family.name}: a matrix rule has no {target.name} module yet (its iteration runs in BLAS "
+                        f"through the Numba kernels)")
+    plans = [make_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    ctx = {
+        "header": header(family.name, source_label or family.source, ARRAY_TEMPLATE,
+                         array_family_hash(family, target)),
+        "target": target,
+        "docstring": _array_docstring(family, target),
+        "backend_literal": string_literal(target.name),
+        "family_literal": string_literal(family.name),
+        "formula_hash_literal": string_literal(family.fingerprint()),
+        "variants": [_array_variant(family, r, p, pre, hyper_ids, target)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    return environment().get_template(ARRAY_TEMPLATE).render(**ctx)

@@ -21,6 +21,9 @@ import sys
 import types
 
 _user_rule_loader = None
+_user_backend_loader = None
+#: The array backends whose modules ``generated/<backend>/`` holds (codegen/render.py's TARGETS).
+BACKENDS = ("torch", "jax")
 
 
 def builtin_names() -> list:
@@ -48,6 +51,39 @@ def set_user_rule_loader(loader) -> None:
     """Use ``loader(rule) -> module`` for every rule that is not a built-in name or a loaded module."""
     global _user_rule_loader
     _user_rule_loader = loader
+
+
+def set_user_backend_loader(loader) -> None:
+    """Use ``loader(rule, backend) -> module`` for the array-backend module of a user rule."""
+    global _user_backend_loader
+    _user_backend_loader = loader
+
+
+def load_backend(rule, backend: str):
+    """The ``backend`` (``"torch"``, ``"jax"``) module of a built-in name or a user Rule/Family,
+    paired with :func:`load` of the same rule: the two declare the same formula hash."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; array backends are: {', '.join(BACKENDS)}")
+    main = load(rule)
+    name = main.FAMILY["name"]
+    if any("matrix" in v for v in main.FAMILY["variants"]):
+        raise ValueError(f"{name!r} is a matrix rule: the {backend} backend covers elementwise rules and rules with "
+                         f"reductions; a matrix rule steps through its Numba kernels (backend='numba', CPU)")
+    from .. import generated
+
+    if isinstance(rule, str) or (_is_optimizer_module(rule) and generated.RULES.get(name) == rule.__name__.rpartition(".")[2]):
+        mod = importlib.import_module(f"symopt.generated.{backend}.{generated.RULES[name]}")
+    elif _is_optimizer_module(rule):
+        raise TypeError(f"the {backend} backend of user rule {name!r} needs the rule itself (a symopt.Rule or "
+                        f"Family), not its loaded Numba module")
+    elif _user_backend_loader is None:
+        raise TypeError(f"expected a rule name (str) or a symopt.Rule, got {type(rule).__name__}")
+    else:
+        mod = _user_backend_loader(rule, backend)
+    if mod.FORMULA_HASH != main.FAMILY["formula_hash"]:
+        raise ImportError(f"the {backend} module of {name!r} was generated from another formula than its Numba "
+                          f"module (run `symopt generate`)")
+    return mod
 
 
 def _is_optimizer_module(obj) -> bool:

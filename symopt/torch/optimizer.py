@@ -36,6 +36,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from .._version import __version__
 from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
+from .backend import BackendDispatch
 from .interop import (
     IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
 )
@@ -154,8 +155,13 @@ def _check_sharded_reductions(core, params) -> None:
                          f"replicated params, or torch.optim's implementation of this rule")
 
 
-class Optimizer(torch.optim.Optimizer):
+class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
     """A torch optimizer running any symopt rule: ``Optimizer("adam", model.parameters(), lr=1e-3)``.
+
+    ``backend="auto"`` (default) steps dense contiguous CPU float32/float64 params with the
+    Numba kernels (this class) and everything else -- CUDA or any device, bfloat16/float16,
+    ``channels_last`` -- with the generated torch code (:class:`symopt.torch.backend.TensorOptimizer`);
+    ``backend="numba"`` or ``"torch"`` chooses (see :mod:`symopt.torch.backend`).
 
     ``rule`` is a built-in name (``symopt.rules()``) or a :class:`symopt.Rule`;
     ``params`` are tensors or torch-style param groups (``{"params": ..., "lr": ...}``,

@@ -1,0 +1,150 @@
+"""``symopt.jax.transform(rule, **hyper)``: a symopt rule as an ``optax.GradientTransformation``.
+
+* **Params and state are pytrees.**  ``init(params)`` makes one state pytree per state entry of
+  the rule (``exp_avg``, ``exp_avg_sq``...), shaped like ``params``; ``update(grads, state,
+  params)`` flattens the three the same way and runs the generated step over the leaves.
+  The returned updates are ``new_param − param`` (``optax.apply_updates`` adds them).
+* **Per-step scalars are computed inside the jitted update** by the generated ``jax.numpy``
+  scalar function from the step count (float64 with ``jax_enable_x64``, else float32), so
+  nothing is traced again when they change.
+* **Hyperparameters live in the state** (``state.hyperparams``, keyed by the rule's keywords:
+  ``{"lr": ..., "betas": (..., ...)}``) as in ``optax.inject_hyperparams``: set a new value
+  there between steps, or give a callable of the step count (an Optax schedule: called with
+  the number of steps taken, 0-based, as ``inject_hyperparams`` does) or a ``symopt.schedule``
+  (evaluated at the 1-based step in ``jax.numpy``; its range is checked at t = 1 only) to
+  ``transform``.
+  Structural options (``amsgrad``, momentum ≠ 0...) select the variant once, at ``transform``.
+* **Non-finite gradients** (``on_nonfinite``): ``"skip"`` (default) works like
+  ``optax.apply_if_finite``: when any gradient value is NaN/inf the updates are zero, the
+  state and step count stay as they were and ``state.notfinite_count`` counts the step;
+  ``"ignore"`` checks nothing.  (``"raise"`` needs a value on the host: not inside ``jit``.)
+* **Dtypes**: float32 and float64 params compute in their own dtype; bfloat16/float16 params in
+  float32, with state in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..runtime import kernels, scheduled
+from ..runtime.optimizer import _Spec
+
+__all__ = ["transform", "SymoptState"]
+
+
+class SymoptState(NamedTuple):
+    """The state of :func:`transform`: step count, hyperparameters, the rule's state pytrees."""
+
+    count: jnp.ndarray            # steps taken (int32)
+    hyperparams: dict             # keyword -> value (arrays; tuples for betas-like keywords)
+    state: tuple                  # one pytree like params per state entry of the rule
+    notfinite_count: jnp.ndarray  # steps skipped for a non-finite gradient (int32)
+
+
+def _float():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def _compute_dtype(x):
+    return x.dtype if x.dtype in (jnp.float32, jnp.float64) else jnp.float32
+
+
+def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTransformation:
+    """An ``optax.GradientTransformation`` stepping ``rule`` (a built-in name or a symopt.Rule).
+
+    Keywords are the rule's hyperparameters with torch.optim's names (``lr``, ``betas``,
+    ``eps``...); a float hyperparameter may be a callable of the step count (an Optax
+    schedule).  See the module docstring.
+    """
+    if on_nonfinite not in ("skip", "ignore"):
+        raise ValueError(f"on_nonfinite must be 'skip' or 'ignore' in JAX (a NaN cannot raise inside jax.jit), "
+                         f"got {on_nonfinite!r}")
+    module = kernels.load(rule)
+    spec = _Spec(module)
+    for key in hyper:
+        if key not in spec.defaults:
+            raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
+    values = {**spec.defaults, **hyper}
+    # Callables of the step count: an Optax schedule gets the steps taken (0-based), a symopt.schedule
+    # the 1-based step t, printed in jax.numpy by its jax_function().
+    schedules = {}
+    for k, v in values.items():
+        if scheduled.is_schedule(v):
+            fn = v.jax_function()
+            schedules[k] = lambda count, fn=fn: fn(count + 1)
+        elif callable(v):
+            schedules[k] = v
+    fixed = {k: (float(values[k](1)) if scheduled.is_schedule(values[k]) else
+                 schedules[k](0) if k in schedules else v) for k, v in values.items()}
+    fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
+                 v if isinstance(v, bool) else float(v)) for k, v in fixed.items()}
+    checked = spec.values(fixed, spec.name)
+    variant = spec.variant_index(checked, spec.name)
+    vinfo = spec.variants[variant]
+    prefix = vinfo["prefix"]
+    jmod = kernels.load_backend(rule, "jax")
+    scalar_fn = getattr(jmod, f"{prefix}_scalars")
+    step_fn = getattr(jmod, f"{prefix}_step")
+    inits = getattr(module, f"{prefix}_state_init")(*[checked[n] for n in vinfo["init_hyper"]])
+    by_name = {h["name"]: h for h in spec.hyper}
+    hyper_args = [(by_name[n]["key"], by_name[n]["index"]) for n in vinfo["hyper"]]
+    check = on_nonfinite == "skip"
+
+    def init_fn(params):
+        leaves, treedef = jax.tree.flatten(params)
+        state = []
+        for init in inits:
+            state.append(treedef.unflatten([
+                (jnp.asarray(p, _compute_dtype(p)) if isinstance(init, str)
+                 else jnp.full(jnp.shape(p), init, _compute_dtype(p))) for p in leaves]))
+        hp = {}
+        for k, v in values.items():
+            if k in schedules:
+                continue
+            hp[k] = (tuple(jnp.asarray(x, _float()) for x in v) if isinstance(v, (tuple, list))
+                     else jnp.asarray(v) if isinstance(v, bool) else jnp.asarray(v, _float()))
+        return SymoptState(jnp.zeros((), jnp.int32), hp, tuple(state), jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(f"symopt.jax.transform({spec.name!r}) needs params: tx.update(grads, state, params)")
+        g_leaves, treedef = jax.tree.flatten(updates)
+        p_leaves = treedef.flatten_up_to(params)
+        s_leaves = [treedef.flatten_up_to(s) for s in state.state]
+        fdt = _float()
+        hp = {k: (schedules[k](state.count) if k in schedules else state.hyperparams[k]) for k in values}
+        args = [hp[k] if i is None else hp[k][i] for k, i in hyper_args]
+        t = (state.count + 1).astype(fdt)
+        scal = scalar_fn(t, *[jnp.asarray(a, fdt) if not isinstance(a, bool) else a for a in args])
+        ok = None
+        if check:
+            ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in g_leaves])) if g_leaves else jnp.bool_(True)
+        new_updates = [None] * len(g_leaves)
+        new_state = [list(s) for s in s_leaves]
+        by_dtype: dict = {}
+        for j, p in enumerate(p_leaves):
+            by_dtype.setdefault(_compute_dtype(p), []).append(j)
+        for cd, idx in by_dtype.items():
+            out = step_fn([jnp.asarray(p_leaves[j], cd) for j in idx], [jnp.asarray(g_leaves[j], cd) for j in idx],
+                          *[[jnp.asarray(s[j], cd) for j in idx] for s in s_leaves],
+                          [jnp.asarray(x, fdt) for x in scal], fdt)
+            for j, new in zip(idx, out):
+                p = p_leaves[j]
+                upd = (new[0] - jnp.asarray(p, cd)).astype(p.dtype)
+                states = list(new[1:])
+                if ok is not None:
+                    upd = jnp.where(ok, upd, jnp.zeros_like(upd))
+                    states = [jnp.where(ok, n, o) for n, o in zip(states, (s[j] for s in s_leaves))]
+                new_updates[j] = upd
+                for k, n in enumerate(states):
+                    new_state[k][j] = n.astype(s_leaves[k][j].dtype)
+        count = state.count + (1 if ok is None else ok.astype(jnp.int32))
+        bad = state.notfinite_count + (0 if ok is None else (~ok).astype(jnp.int32))
+        new = SymoptState(count, state.hyperparams, tuple(treedef.unflatten(s) for s in new_state), bad)
+        return treedef.unflatten(new_updates), new
+
+    return optax.GradientTransformation(init_fn, update_fn)

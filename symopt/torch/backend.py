@@ -1,0 +1,509 @@
+"""The PyTorch backend: a symopt rule stepped as torch ops, on any device, in any float dtype.
+
+:class:`TensorOptimizer` runs the generated module ``generated/torch/<rule>.py`` (the same
+plan as the Numba kernels, printed as torch ops) over the param tensors where they are:
+
+    θ ← rule(θ, g, state; s_0..s_k)        with s = <rule>_scalars(t, hyperparameters)
+
+* **Per-step scalars** are computed once per step and group in float64 by the rule's
+  generated scalar function (the Numba module's, the same text) and handed to the step as one
+  float64 tensor: changing ``lr`` or a scheduled value changes data, never the code, so a
+  compiled step is never recompiled for it.
+* **Arithmetic** is in float64 for float64 params, float32 otherwise (bfloat16/float16 params
+  are read into float32, as the scalars are); the state is kept in ``state_dtype``
+  (default: the param's dtype for float32/float64, float32 for lower precision).  The new
+  param is written back rounded to nearest (``Tensor.copy_``), or, for bfloat16 params with
+  ``stochastic_rounding=<seed>``, rounded up or down with probability proportional to the
+  distance (a seeded ``torch.Generator`` on the param's device).
+* **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
+  gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
+  read once per step (one host sync), before anything is written; compiled, the step computes
+  the new values, keeps the old ones where the flag is false (``torch.where`` inside the fused
+  graph) and the flag is read once after.  ``"ignore"`` checks nothing and never syncs.
+* **Compilation** is explicit: ``compile=False`` (default) runs eagerly; ``compile=True`` (or a
+  dict of ``torch.compile`` options) compiles the whole step -- every group and dtype -- into
+  one graph with ``dynamic=False``, cached per optimizer, recompiled only when the set of
+  params with gradients, their shapes or dtypes change.
+
+:func:`choose_backend` is the ``backend="auto"`` rule of :class:`symopt.torch.Optimizer`.
+Checkpoints are torch.optim's ``state_dict`` format (:mod:`symopt.torch.interop`), the same as
+the Numba backend writes, so either loads the other's.
+"""
+
+from __future__ import annotations
+
+import numbers
+import types
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..runtime import kernels, scheduled
+from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
+from .interop import (
+    IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, scalar_dtype, torch_format,
+)
+
+__all__ = ["TensorOptimizer", "choose_backend", "BACKENDS"]
+
+BACKENDS = ("auto", "numba", "torch")
+_NUMBA_DTYPES = (torch.float32, torch.float64)
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def choose_backend(params, backend: str = "auto") -> str:
+    """``"numba"`` or ``"torch"`` for these param tensors.
+
+    ``"auto"``: the Numba kernels for dense, contiguous CPU float32/float64 params of one dtype
+    (where they are measured fastest); the torch backend for everything else -- any other
+    device, bfloat16/float16, mixed dtypes, ``channels_last`` and other non-contiguous layouts.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    tensors = [p for p in params if isinstance(p, torch.Tensor)]
+    if not tensors:
+        return "numba"  # nothing to decide on: the Numba path reports what is wrong
+    numba_ok = (len({p.dtype for p in tensors}) == 1
+                and all(p.device.type == "cpu" and p.layout == torch.strided and p.dtype in _NUMBA_DTYPES
+                        and p.is_contiguous() for p in tensors))
+    return "numba" if numba_ok else "torch"
+
+
+def _plain(value, key):
+    """A hyperparameter value as the scalar function takes it: Python numbers, tuples of them."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"hyperparameter {key!r} must be a number or a one-element tensor, "
+                            f"got a tensor of shape {tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v, key) for v in value)
+    return value
+
+
+def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
+    """float32 ``x`` rounded to bfloat16 stochastically: add 16 random low bits, then truncate."""
+    bits = x.view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, device=x.device, dtype=torch.int32, generator=generator)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def _step_graph(step_fn, batches, masked: bool, rounding):
+    """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype)``; write the results.
+
+    With ``masked``, returns the one finiteness flag of all gradients and writes the old values
+    where it is false (so nothing changes), without reading it on the host.
+    """
+    ok = None
+    if masked:
+        flags = [torch.isfinite(g).all() for batch in batches for g in batch[1]]
+        ok = torch.stack(flags).all()
+    for params, grads, states, scal, cd in batches:
+        new = step_fn([p.to(cd) for p in params], [g.to(cd) for g in grads],
+                      *[[s.to(cd) for s in lst] for lst in states], scal)
+        for j, values in enumerate(new):
+            targets = [params[j], *[lst[j] for lst in states]]
+            for k, (dst, val) in enumerate(zip(targets, values)):
+                if ok is not None:
+                    val = torch.where(ok, val, dst.to(val.dtype))
+                if k == 0 and rounding is not None and dst.dtype == torch.bfloat16:
+                    dst.copy_(_stochastic_bf16(val.float(), rounding[dst.device]))
+                else:
+                    dst.copy_(val)
+    return ok
+
+
+class TensorOptimizer(torch.optim.Optimizer):
+    """A torch optimizer stepping a symopt rule with torch ops (see the module docstring).
+
+    ``symopt.torch.Optimizer(rule, params, backend="torch", ...)`` builds one; so does
+    ``backend="auto"`` for params the Numba kernels do not step.  Keywords: the rule's
+    hyperparameters (torch.optim's names), ``on_nonfinite`` (``"raise"``, ``"skip"``,
+    ``"ignore"``), ``compile`` (False, True or a dict of ``torch.compile`` options),
+    ``state_dtype`` (a torch float dtype or None), ``stochastic_rounding`` (None or an int seed;
+    bfloat16 params only).  torch's ``foreach``/``fused`` are accepted and ignored.
+    """
+
+    def __init__(self, rule, params, *, on_nonfinite: str = "raise", compile=False, state_dtype=None,
+                 stochastic_rounding=None, **hyper):
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"compile must be True, False or a dict of torch.compile options, got {compile!r}")
+        if state_dtype is not None and (not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point):
+            raise TypeError(f"state_dtype must be a torch floating dtype or None, got {state_dtype!r}")
+        if stochastic_rounding is not None and (isinstance(stochastic_rounding, bool)
+                                                or not isinstance(stochastic_rounding, numbers.Integral)):
+            raise TypeError(f"stochastic_rounding must be None or an int seed, got {stochastic_rounding!r}")
+        for key in ("capturable", "differentiable"):
+            if hyper.get(key):
+                raise ValueError(f"{key}=True is not supported by symopt's torch backend")
+        for key in IMPLEMENTATION_KEYS:
+            hyper.pop(key, None)
+        self._configure(rule, on_nonfinite, compile, state_dtype, stochastic_rounding)
+        for key in hyper:
+            if key not in self._spec.defaults:
+                raise TypeError(f"{self.rule_name}: unknown hyperparameter {key!r}; "
+                                f"known: {', '.join(self._keys) or '(none)'}")
+        defaults = {**self._spec.defaults, **{k: _plain(v, k) for k, v in hyper.items()}}
+        self._spec.values(defaults, self.rule_name)
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+        self._bind_variant()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_param_state(p, group)
+
+    def _configure(self, rule, on_nonfinite, compile, state_dtype, seed) -> None:
+        """Everything but params, groups and state: the rule's modules, options, the compiled step."""
+        module = kernels.load(rule)
+        self._spec = _Spec(module)
+        self.rule_name = self._spec.name
+        self._rule = rule
+        self._fmt = torch_format(rule)
+        self._keys = self._spec.keys
+        self.on_nonfinite = on_nonfinite
+        self.state_dtype = state_dtype
+        self._compile = compile
+        self._seed = seed
+        self._generators: dict = {}
+        self._variant = None
+        self._torch_module = kernels.load_backend(rule, "torch")
+        self._compiled = None
+        if compile is not False:
+            # A private copy of the step's code object: dynamo caches graphs per code object, so
+            # every optimizer keeps its own graphs (and its own recompilation limit).
+            code = types.FunctionType(_step_graph.__code__.replace(), _step_graph.__globals__, "_step_graph")
+            options = {"dynamic": False, **(compile if isinstance(compile, dict) else {})}
+            self._compiled = torch.compile(code, **options)
+
+    # ------------------------------------------------------------- pickling, deepcopy
+    def __getstate__(self) -> dict:
+        return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups,
+                "_symopt": {"rule": self._rule, "on_nonfinite": self.on_nonfinite, "compile": self._compile,
+                            "state_dtype": self.state_dtype, "seed": self._seed,
+                            "skipped_steps": self.skipped_steps}}
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        sym = state.pop("_symopt", None)
+        if sym is None:
+            raise ValueError("cannot restore a symopt TensorOptimizer without its '_symopt' entry")
+        super().__setstate__(state)
+        self._configure(sym["rule"], sym["on_nonfinite"], sym["compile"], sym["state_dtype"], sym["seed"])
+        self.skipped_steps = sym["skipped_steps"]
+        self._bind_variant()
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``, with the group's keys and params checked first."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        where = f"{self.rule_name}: param group {len(self.param_groups)}"
+        check_group_keys(param_group, self._keys, self._fmt, where, self.rule_name, strict=True)
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"{where}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+            if p.layout != torch.strided:
+                raise TypeError(f"{where}: params[{i}] is a sparse tensor ({p.layout}); symopt steps dense tensors")
+            if not p.dtype.is_floating_point or p.dtype.itemsize > 8:
+                raise TypeError(f"{where}: params[{i}] has dtype {p.dtype}; symopt steps float tensors")
+        super().add_param_group({**param_group, "params": params})
+        group = self.param_groups[-1]
+        try:
+            values = self._spec.values({k: _plain(group[k], k) for k in self._keys}, where)
+            variant = self._spec.variant_index(values, where)
+            if self._variant is not None and variant != self._variant:
+                raise ValueError(f"{where}: selects variant {self._spec.variants[variant]['name']!r}, the optimizer "
+                                 f"runs {self.variant!r}; all groups must share structural options")
+        except BaseException:
+            self.param_groups.pop()
+            raise
+        if self._variant is not None:
+            for p in group["params"]:
+                self._init_param_state(p, group)
+
+    def _bind_variant(self) -> None:
+        first = self.param_groups[0]
+        values = self._spec.values({k: _plain(first[k], k) for k in self._keys}, self.rule_name)
+        self._variant = self._spec.variant_index(values, self.rule_name)
+        self._vinfo = self._spec.variants[self._variant]
+        prefix = self._vinfo["prefix"]
+        self._scalar_fn = getattr(self._spec.module, f"{prefix}_scalars")
+        self._init_fn = getattr(self._spec.module, f"{prefix}_state_init")
+        self._step_fn = getattr(self._torch_module, f"{prefix}_step")
+        self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
+        self._cache: dict = {}
+
+    @property
+    def variant(self) -> str:
+        """The variant of the rule this optimizer steps (e.g. ``adam.amsgrad``)."""
+        return self._vinfo["name"]
+
+    def _state_dtype(self, p) -> torch.dtype:
+        if self.state_dtype is not None:
+            return self.state_dtype
+        return p.dtype if p.dtype in _NUMBA_DTYPES else torch.float32
+
+    @staticmethod
+    def _compute_dtype(p) -> torch.dtype:
+        return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+    def _init_param_state(self, p, group) -> None:
+        values = self._group_values(group)
+        first = scheduled.first_step(values)
+        inits = self._init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        entry = {"step": 0}
+        sd = self._state_dtype(p)
+        with torch.no_grad():
+            for key, init in zip(self._state_keys, inits):
+                entry[key] = (p.detach().to(sd).clone() if isinstance(init, str)
+                              else torch.full_like(p, float(init), dtype=sd))
+        self.state[p] = entry
+
+    def _group_values(self, group) -> dict:
+        raw = tuple(_plain(group[k], k) for k in self._keys)
+        cached = self._cache.get(id(group))
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        index = next((i for i, g in enumerate(self.param_groups) if g is group), len(self.param_groups))
+        where = f"{self.rule_name}: param group {index}"
+        values = self._spec.values(dict(zip(self._keys, raw)), where)
+        if self._spec.variant_index(values, where) != self._variant:
+            raise ValueError(f"{where}: these values select another variant than {self.variant!r}; structural "
+                             f"options cannot change after construction (build a new optimizer)")
+        scalar_fn = self._scalar_fn
+        if scheduled.any_schedule(values):
+            scalar_fn = scheduled.wrap(scalar_fn, self._spec, self._vinfo["hyper"])
+        self._cache[id(group)] = (raw, values, tuple(values[n] for n in self._vinfo["hyper"]), scalar_fn)
+        return values
+
+    # ---------------------------------------------------------------- stepping
+    def _batches(self):
+        """``(batches, stepped params)``: the params with gradients, by (group, step, compute dtype)."""
+        batches: dict = {}
+        stepped = []
+        for group in self.param_groups:
+            self._group_values(group)
+            _, _, args, scalar_fn = self._cache[id(group)]
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise TypeError(f"{self.rule_name}: sparse gradients are not supported")
+                if g.shape != p.shape or g.device != p.device:
+                    raise ValueError(f"{self.rule_name}: a gradient of shape {tuple(g.shape)} on {g.device} for a "
+                                     f"param of shape {tuple(p.shape)} on {p.device}")
+                entry = self.state[p]
+                t = entry["step"] + 1
+                key = (id(group), t, self._compute_dtype(p), p.device)
+                batch = batches.get(key)
+                if batch is None:
+                    scal = torch.tensor(scalar_fn(t, *args), dtype=torch.float64)
+                    batch = batches[key] = ([], [], [[] for _ in self._state_keys],
+                                            scal.to(p.device, non_blocking=True), key[2])
+                batch[0].append(p)
+                batch[1].append(g)
+                for lst, k in zip(batch[2], self._state_keys):
+                    lst.append(entry[k])
+                stepped.append(p)
+        return list(batches.values()), stepped
+
+    def _generator(self, device):
+        if device not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(self._seed))
+            self._generators[device] = gen
+        return self._generators[device]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every param with a gradient; returns ``closure()``'s loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        batches, stepped = self._batches()
+        if not batches:
+            return loss
+        rounding = None
+        if self._seed is not None:
+            rounding = {p.device: self._generator(p.device) for p in stepped if p.dtype == torch.bfloat16} or None
+        check = self.on_nonfinite != "ignore"
+        if self._compiled is not None:
+            ok = self._compiled(self._step_fn, batches, check, rounding)
+        else:
+            ok = None
+            if check:
+                ok = torch.stack([torch.isfinite(g).all() for b in batches for g in b[1]]).all()
+                if not bool(ok):
+                    return self._nonfinite(batches, loss)
+            _step_graph(self._step_fn, batches, False, rounding)
+        if ok is not None and not bool(ok):
+            return self._nonfinite(batches, loss)
+        for p in stepped:
+            self.state[p]["step"] += 1
+        return loss
+
+    def _nonfinite(self, batches, loss):
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            return loss
+        nbad = int(sum(int((~torch.isfinite(g)).sum()) for b in batches for g in b[1]))
+        raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
+                                     f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """torch.optim's format (:mod:`symopt.torch.interop`), as the Numba backend writes it."""
+        fmt = self._fmt
+        extras = fmt.group_extras(self._keys)
+        sdtype = scalar_dtype()
+        groups, state, start = [], {}, 0
+        index = {}
+        for group in self.param_groups:
+            packed = {**extras, **{k: v for k, v in group.items() if k != "params"}}
+            packed["params"] = list(range(start, start + len(group["params"])))
+            for p in group["params"]:
+                index[p] = start
+                start += 1
+            groups.append(packed)
+        for p, i in index.items():
+            entry = self.state[p]
+            if entry["step"] == 0 and not fmt.eager_state:
+                continue
+            out = {}
+            if fmt.step_in_state:
+                out["step"] = torch.tensor(float(entry["step"]), dtype=sdtype)
+            for key in self._state_keys:
+                value = entry[key]
+                if key in fmt.scalar_state:
+                    out[key] = torch.tensor(float(value.reshape(-1)[0]) if value.numel() else 1.0, dtype=sdtype)
+                else:
+                    out[key] = value.detach().clone()
+            state[i] = out
+        meta = {"rule": self.rule_name, "variant": self.variant, "formula_hash": self._vinfo["formula_hash"],
+                "version": __version__, "dtype": str(self.param_groups[0]["params"][0].dtype).replace("torch.", ""),
+                "skipped_steps": int(self.skipped_steps), "backend": "torch"}
+        return {"state": state, "param_groups": groups, "symopt": meta}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a torch.optim-format dict (from either backend or from torch.optim's class of the rule);
+        everything is checked before anything changes."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        meta = state_dict.get("symopt")
+        if meta is not None and meta.get("rule") != self.rule_name:
+            raise ValueError(f"state_dict was saved by symopt rule {meta.get('rule')!r}; this optimizer runs "
+                             f"{self.rule_name!r}")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has the wrong number of parameter groups "
+                             f"(the optimizer has {len(self.param_groups)})")
+        params, new_values = {}, []
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(f"state_dict param group {gi} does not match the optimizer's (number of params)")
+            check_group_keys(saved, self._keys, self._fmt, f"state_dict param group {gi}", self.rule_name,
+                             strict=False)
+            merged = {k: _plain(saved.get(k, group[k]), k) for k in self._keys}
+            values = self._spec.values(merged, f"state_dict param group {gi}")
+            if self._spec.variant_index(values, f"state_dict param group {gi}") != self._variant:
+                raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
+            new_values.append({k: saved[k] for k in saved if k != "params" and k not in IMPLEMENTATION_KEYS
+                               and k not in PASSIVE_KEYS and k in self._keys})
+            for pid, p in zip(saved["params"], group["params"]):
+                params[pid] = p
+        label = f"rule {self.rule_name!r} (variant {self.variant!r})"
+        converted = {}
+        for pid, entry in state_dict["state"].items():
+            if pid not in params:
+                raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
+            p = params[pid]
+            got = entry_from_torch(entry, pid, self._state_keys, tuple(p.shape), self._fmt, label)
+            if got is not None:
+                converted[p] = got
+        # -- everything checked: install
+        for group, values in zip(self.param_groups, new_values):
+            group.update(values)
+        self._cache.clear()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in converted:
+                    step, arrays = converted[p]
+                    sd = self._state_dtype(p)
+                    entry = {"step": step}
+                    for key in self._state_keys:
+                        entry[key] = torch.as_tensor(np.ascontiguousarray(arrays[key])).to(p.device, sd)
+                    self.state[p] = entry
+                else:
+                    self._init_param_state(p, group)
+        if meta is not None:
+            self.skipped_steps = int(meta.get("skipped_steps", 0))
+
+    def __repr__(self) -> str:
+        lines = [f"symopt.torch.Optimizer {self.rule_name!r} (variant {self.variant!r}, backend 'torch', "
+                 f"compile={self._compile!r}, on_nonfinite={self.on_nonfinite!r}) ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {group[k]}" for k in sorted(group) if k != "params"]
+        return "\n".join(lines) + "\n)"
+
+
+#: Keywords only the torch backend takes: given to ``backend="auto"``, they choose it.
+TORCH_ONLY = frozenset({"compile", "state_dtype", "stochastic_rounding"})
+
+
+def _materialized(params):
+    """``params`` as a list (generators consumed once), each group's ``"params"`` a list too."""
+    if isinstance(params, torch.Tensor):
+        return [params]
+    items = list(params)
+    return [({**x, "params": [x["params"]] if isinstance(x["params"], torch.Tensor) else list(x["params"])}
+             if isinstance(x, dict) and "params" in x else x) for x in items]
+
+
+def _tensors(items) -> list:
+    out = []
+    for x in items:
+        if isinstance(x, dict):
+            out += _tensors(x.get("params", []))
+        elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], torch.Tensor):
+            out.append(x[1])
+        else:
+            out.append(x)
+    return out
+
+
+class BackendDispatch(type):
+    """The metaclass of :class:`symopt.torch.Optimizer`: ``backend=`` picks the class that steps.
+
+    ``Optimizer(rule, params, backend="auto" | "numba" | "torch", **kw)`` builds the Numba-backed
+    optimizer or a :class:`TensorOptimizer` (:func:`choose_backend`; with ``"auto"``, a keyword
+    of :data:`TORCH_ONLY` chooses the torch backend); ``isinstance(opt, symopt.torch.Optimizer)``
+    holds for both.
+    """
+
+    def __call__(cls, rule, params, *args, backend: str = "auto", **kw):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        params = _materialized(params)
+        choice = backend
+        if backend == "auto":
+            choice = "torch" if TORCH_ONLY & set(kw) else choose_backend(_tensors(params))
+        if choice == "torch":
+            return TensorOptimizer(rule, params, *args, **kw)
+        given = sorted(TORCH_ONLY & set(kw))
+        if given:
+            raise TypeError(f"{', '.join(given)} apply to the torch backend only; this optimizer uses the Numba "
+                            f"kernels (backend={backend!r})")
+        return super().__call__(rule, params, *args, **kw)
+
+    def __instancecheck__(cls, obj) -> bool:
+        return type.__instancecheck__(cls, obj) or (cls.__name__ == "Optimizer" and isinstance(obj, TensorOptimizer))

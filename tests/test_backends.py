@@ -1,0 +1,554 @@
+"""The PyTorch and JAX backends: the same rule, printed as torch / jax.numpy code, steps like the Numba kernel.
+
+Table-driven over ``tests/rule_db.py``: every built-in rule (defaults and its reference
+cases: every variant), a composed rule with global and tensor reductions, a user rule and a
+scheduled learning rate run 100 steps through the Numba kernels (``symopt.optimizer`` over
+NumPy arrays, the reference) and through
+
+* the torch backend, eager (``symopt.torch.Optimizer(..., backend="torch")``), on the CPU
+  and, in the tests marked ``cuda``, on a CUDA device;
+* the JAX backend (``symopt.jax.transform``), op by op over the first :data:`JAX_STEPS` steps for
+  the table, and for 100 steps under ``jax.jit`` for a few rules and op by op for composed and user rules;
+
+with the same gradients (computed from the Numba trajectory), and the params are compared
+after the last step with ``conftest.rel_err`` (max-norm): float64 ≤ 1e-9, float32 ≤ 1e-4.
+torch-compatible rules also match ``torch.optim`` through the torch backend (the table's
+torch cases), and Optax-defined rules match Optax through the JAX backend.
+"""
+import functools
+import types
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import rel_err
+from rule_db import RULE_DB, peer_cases, peer_grads, peer_problem
+
+import symopt
+
+torch = pytest.importorskip("torch")
+from symopt.torch import Optimizer, TensorOptimizer  # noqa: E402
+
+STEPS = 100
+#: Steps of the op-by-op JAX table (JAX dispatches every op from Python, ~0.1 s per step and rule
+#: here: the full 100-step trajectories run under jax.jit for a few rules and for every Optax case).
+JAX_STEPS = 10
+TOL = {np.float64: 1e-9, np.float32: 1e-4}
+TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
+
+
+def _heavy_ball():
+    p, g, m = sp.symbols("p g m")
+    lr, beta = sp.symbols("lr beta")
+    return symopt.Rule("heavy_ball", param=p, grad=g, state={m: 0}, hyper={lr: 1e-2, beta: 0.9},
+                       updates=[(m, beta * m + g), (p, p - lr * m)])
+
+
+def _composed():
+    from symopt import transforms as T
+
+    return symopt.compose("adam", T.cautious(), T.clip_global_norm(1.0))
+
+
+#: (id, rule, keywords): every built-in rule with its defaults and its reference cases (variants).
+CASES = [(name, name, {}) for name in RULE_DB]
+CASES += [(f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}", name, dict(kw))
+          for name, info in RULE_DB.items() for kw in info.reference_cases]
+EXTRA = [("compose-adam-cautious-clip", _composed, {}), ("user-heavy_ball", _heavy_ball, {"lr": 0.05}),
+         ("adamw-cosine-schedule", "adamw", {"lr": "cosine"})]
+
+
+def _kwargs(kw):
+    if kw.get("lr") == "cosine":
+        return {**kw, "lr": symopt.schedule.cosine(1e-2, total_steps=STEPS, warmup_steps=10)}
+    return kw
+
+
+def numba_trajectory(rule, kw, dtype, seed=0):
+    """The Numba kernels' run: ``(theta0, grads, params after JAX_STEPS, params after STEPS)``
+    (cached for built-in rules: the torch and JAX tests share it)."""
+    if isinstance(rule, str):
+        return _numba_cached(rule, tuple(sorted(kw.items())), dtype, seed)
+    return _numba_run(rule, kw, dtype, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_cached(rule, kw_items, dtype, seed):
+    return _numba_run(rule, dict(kw_items), dtype, seed)
+
+
+def _numba_run(rule, kw, dtype, seed):
+    theta0, target, curv, noise = peer_problem(seed)
+    params = [x.astype(dtype) for x in theta0]
+    opt = symopt.optimizer(rule, params, **kw)
+    grads, early = [], None
+    for t in range(STEPS):
+        g = [x.astype(dtype) for x in peer_grads(params, target, curv, noise[t])]
+        grads.append(g)
+        opt.step(g)
+        if t + 1 == JAX_STEPS:
+            early = [x.copy() for x in params]
+    return [x.astype(dtype) for x in theta0], grads, early, params
+
+
+def torch_run(rule, kw, dtype, theta0, grads, device="cpu", **options):
+    params = [torch.tensor(x, dtype=TORCH_DTYPE[dtype], device=device) for x in theta0]
+    opt = Optimizer(rule, params, backend="torch", **kw, **options)
+    assert isinstance(opt, TensorOptimizer) and isinstance(opt, Optimizer)
+    for g in grads:
+        for p, x in zip(params, g):
+            p.grad = torch.tensor(x, device=device)
+        opt.step()
+    return params, opt
+
+
+def _check_torch(rule, kw, dtype, device):
+    theta0, grads, _, ours = numba_trajectory(rule, kw, dtype)
+    params, _ = torch_run(rule, kw, dtype, theta0, grads, device=device)
+    err = max(rel_err(p.cpu(), x, floor=1.0) for p, x in zip(params, ours))
+    assert all(p.dtype == TORCH_DTYPE[dtype] for p in params)
+    assert err <= TOL[dtype], f"torch backend vs Numba: {err:.3e}"
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _device(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
+    return device
+
+
+#: Every case in float64; float32 for the defaults of every rule (the variants' float32 code is the same text).
+TABLE = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case,dtype", TABLE, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in TABLE])
+def test_torch_backend_matches_numba(case, dtype, device):
+    _check_torch(case[1], case[2], dtype, _device(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA], ids=[c[0] for c in EXTRA])
+def test_torch_backend_composed_user_scheduled(make, kw, device):
+    dtype = np.float64
+    rule = make() if callable(make) else make
+    _check_torch(rule, _kwargs(kw), dtype, _device(device))
+
+
+TORCH_CASES = [(info, k, case, d) for info, k, case in peer_cases("torch") for d in case.dtypes]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("info,k,case,dtype", TORCH_CASES,
+                         ids=[f"{i.name}-{k}-{np.dtype(d).name}" for i, k, _, d in TORCH_CASES])
+def test_torch_backend_matches_torch_optim(info, k, case, dtype, device):
+    """The torch backend against torch.optim, through ``test_torch_parity``'s runner (groups,
+    mid-run changes, final state under torch's names)."""
+    import test_torch_parity as tp
+
+    device = _device(device)
+
+    class OnDevice:  # symopt.optimizer's calling convention, stepping the torch backend
+        def __init__(self, name, groups, **kw):
+            self.tensors = []
+            tgroups = []
+            for g in (groups if isinstance(groups[0], dict) else [{"params": groups}]):
+                ts = [torch.tensor(a, device=device) for a in g["params"]]
+                self.tensors.append((g["params"], ts))
+                tgroups.append({**g, "params": ts})
+            self.opt = Optimizer(name, tgroups, backend="torch", **kw)
+            self.param_groups = self.opt.param_groups
+            self.flat = [a for arrays, _ in self.tensors for a in arrays]
+            self.ts = [t for _, ts in self.tensors for t in ts]
+
+        def step(self, grads):
+            for t, g in zip(self.ts, grads):
+                t.grad = torch.tensor(g, device=device)
+            self.opt.step()
+            for a, t in zip(self.flat, self.ts):
+                a[...] = t.detach().cpu().numpy()
+
+        @property
+        def state(self):
+            out = {}
+            for j, t in enumerate(self.ts):
+                entry = self.opt.state[t]
+                out[j] = {key: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
+            return out
+
+    worst, state_err, _, _ = _run_with(tp, info.name, case, dtype, k, OnDevice)
+    tol = info.tolerance["peer"][dtype]
+    assert worst <= tol and state_err <= tol, f"{info.name}: params {worst:.3e}, state {state_err:.3e}"
+
+
+def _run_with(tp, name, case, dtype, seed, factory):
+    """``test_torch_parity.run_parity`` with ``symopt.optimizer`` replaced by ``factory``."""
+    original = tp.symopt
+    tp.symopt = types.SimpleNamespace(optimizer=factory)
+    try:
+        return tp.run_parity(name, case, dtype, seed)
+    finally:
+        tp.symopt = original
+
+
+# ----------------------------------------------------------------------------- torch specifics
+def _adam_setup(dtype=torch.float32, **options):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, dtype=dtype), torch.randn(4, dtype=dtype)]
+    return params, Optimizer("adam", params, backend="torch", **options)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("policy", ["raise", "skip", "ignore"])
+def test_nonfinite_policy_writes_nothing(policy, mode):
+    """A NaN gradient: ``raise`` raises and ``skip`` skips, with params, state and step untouched;
+    ``ignore`` writes the NaN through (as torch.optim)."""
+    from torch._dynamo.testing import CompileCounter
+
+    options = {"compile": {"backend": CompileCounter()}} if mode == "compiled" else {}
+    params, opt = _adam_setup(on_nonfinite=policy, **options)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [p.clone() for p in params]
+    state = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()} for p in params]
+    params[1].grad = torch.tensor([1.0, float("nan"), 2.0, 3.0])
+    if policy == "raise":
+        with pytest.raises(symopt.NonFiniteGradientError, match="1 gradient value"):
+            opt.step()
+    else:
+        opt.step()
+    if policy == "ignore":
+        assert torch.isnan(params[1]).any()
+        return
+    assert opt.skipped_steps == (1 if policy == "skip" else 0)
+    for p, b, s in zip(params, before, state):
+        assert torch.equal(p, b)
+        assert opt.state[p]["step"] == s["step"] == 1
+        assert all(torch.equal(opt.state[p][k], s[k]) for k in ("exp_avg", "exp_avg_sq"))
+
+
+def test_compiled_step_never_recompiles_for_lr_or_steps():
+    """One dynamo graph for the whole step: changing ``lr`` and stepping never recompiles
+    (counted by a CompileCounter backend; the Inductor compile itself is tested below)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    params, opt = _adam_setup(compile={"backend": counter})
+    for t in range(6):
+        opt.param_groups[0]["lr"] = 1e-3 * (t + 1)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert counter.frame_count == 1
+
+
+def test_inductor_compiled_matches_eager():
+    """``compile=True`` (Inductor) computes the eager trajectory (float32, 20 steps with an lr change)."""
+    torch.manual_seed(1)
+    grads = [[torch.randn(5, 3), torch.randn(4)] for _ in range(20)]
+    results = []
+    for compiled in (False, True):
+        params, opt = _adam_setup(compile=compiled)
+        for t, g in enumerate(grads):
+            if t == 10:
+                opt.param_groups[0]["lr"] = 3e-3
+            for p, x in zip(params, g):
+                p.grad = x.clone()
+            opt.step()
+        results.append(params)
+    assert max(rel_err(a, b, floor=1.0) for a, b in zip(*results)) <= 1e-6
+
+
+def test_bfloat16_params_round_to_nearest_and_stochastically():
+    """bf16 params: float32 arithmetic and state; the new param is the float32 result rounded to
+    nearest, or (seeded) to one of its two bf16 neighbours."""
+    torch.manual_seed(2)
+    p32 = [torch.randn(64)]
+    p16 = [p32[0].bfloat16()]
+    ref = [p16[0].float()]
+    g = torch.randn(64)
+    o16 = Optimizer("adam", p16, lr=1e-2)                  # auto: bf16 goes to the torch backend
+    oref = Optimizer("adam", ref, backend="torch", lr=1e-2)
+    assert isinstance(o16, TensorOptimizer) and o16.state[p16[0]]["exp_avg"].dtype == torch.float32
+    p16[0].grad, ref[0].grad = g.bfloat16(), g.bfloat16().float()
+    o16.step()
+    oref.step()
+    assert torch.equal(p16[0], ref[0].bfloat16())
+    runs = []
+    for _ in range(2):
+        ps = [p32[0].bfloat16()]
+        opt = Optimizer("adam", ps, lr=1e-2, stochastic_rounding=7)
+        ps[0].grad = g.bfloat16()
+        opt.step()
+        runs.append(ps[0].clone())
+    assert torch.equal(runs[0], runs[1])                   # seeded: reproducible
+    bits = ref[0].view(torch.int32) & -65536                # the bf16 neighbour towards zero, and the other
+    toward_zero, away = bits.view(torch.float32), (bits + 65536).view(torch.float32)
+    got = runs[0].float()
+    assert bool(((got == toward_zero) | (got == away)).all())
+    assert not torch.equal(runs[0], ref[0].bfloat16())     # some values rounded the other way
+
+
+def test_auto_backend_choice():
+    cpu32 = [torch.zeros(3, requires_grad=True)]
+    assert not isinstance(Optimizer("adam", cpu32), TensorOptimizer)
+    assert isinstance(Optimizer("adam", [torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last)]),
+                      TensorOptimizer)
+    assert isinstance(Optimizer("adam", [torch.zeros(3, dtype=torch.float16)]), TensorOptimizer)
+    assert isinstance(Optimizer("adam", cpu32, compile=False), TensorOptimizer)
+    with pytest.raises(TypeError, match="torch backend only"):
+        Optimizer("adam", cpu32, backend="numba", compile=True)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Optimizer("adam", cpu32, backend="cuda")
+
+
+def test_channels_last_params_keep_their_layout():
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 4, 5)
+    cl = [x.clone().to(memory_format=torch.channels_last)]
+    dense = [x.clone()]
+    a, b = Optimizer("adamw", cl, lr=1e-2), Optimizer("adamw", dense, lr=1e-2)
+    g = torch.randn(2, 3, 4, 5)
+    for _ in range(3):
+        cl[0].grad, dense[0].grad = g.to(memory_format=torch.channels_last), g.clone()
+        a.step()
+        b.step()
+    assert cl[0].is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(cl[0], dense[0], floor=1.0) <= 1e-6
+
+
+@pytest.mark.parametrize("direction", ["numba->torch", "torch->numba"])
+def test_state_dict_moves_between_backends(direction):
+    """The same torch-format state_dict: a checkpoint of one backend resumes in the other (torch's
+    default dtype float64, so that NAdam's scalar ``mu_product`` keeps float64 in the dict)."""
+    import test_torch_parity as tp
+
+    with tp.torch_default_dtype(np.float64):
+        _resume_across(direction)
+
+
+def _resume_across(direction):
+    torch.manual_seed(4)
+    first, second = direction.split("->")
+    init = [torch.randn(5, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(10)]
+    ref = [p.clone() for p in init]
+    opt_ref = Optimizer("nadam", ref, backend=first, lr=1e-2)
+    for g in grads:
+        for p, x in zip(ref, g):
+            p.grad = x.clone()
+        opt_ref.step()
+    a = [p.clone() for p in init]
+    opt_a = Optimizer("nadam", a, backend=first, lr=1e-2)
+    for g in grads[:5]:
+        for p, x in zip(a, g):
+            p.grad = x.clone()
+        opt_a.step()
+    sd = opt_a.state_dict()
+    b = [p.clone() for p in a]
+    opt_b = Optimizer("nadam", b, backend=second, lr=1e-3)
+    opt_b.load_state_dict(sd)
+    assert opt_b.param_groups[0]["lr"] == 1e-2
+    for g in grads[5:]:
+        for p, x in zip(b, g):
+            p.grad = x.clone()
+        opt_b.step()
+    assert max(rel_err(x, y) for x, y in zip(b, ref)) <= 1e-12
+
+
+# ----------------------------------------------------------------------------- printers
+def test_printed_text_is_pinned():
+    """Golden text of the tensor printers (SymPy's printers change between versions: pinned)."""
+    from symopt.codegen.printers import JaxArrayPrinter, TorchArrayPrinter
+
+    x, y, s = sp.symbols("x y s", real=True)
+    names = {x: "x", y: "y", s: "s0"}
+    exprs = [sp.sqrt(x) * s, x**2 / y, sp.Max(x, y), sp.Max(x, sp.Float(1e-8)), sp.Min(x, 0),
+             sp.Piecewise((x, x > 0), (y, True)), sp.Piecewise((x, s), (y, True)), sp.erf(x),
+             (x > 0) & (y < 1), x ** sp.Rational(-1, 2), sp.Heaviside(x + y, 0)]
+    torch_text = [
+        "s0*torch.sqrt(x)", "(x * x)/y", "torch.maximum(x, y)", "torch.clamp(x, min=1e-08)",
+        "torch.clamp(x, max=0.0)", "torch.where((x > 0.0), x, y)", "torch.where((s0 != 0.0), x, y)",
+        "torch.erf(x)", "((x > 0.0) & (y < 1.0))", "(1.0 / torch.sqrt(x))",
+        "torch.heaviside(x + y, torch.as_tensor(0.0, dtype=(x + y).dtype))",
+    ]
+    jax_text = [
+        "s0*jnp.sqrt(x)", "(x * x)/y", "jnp.maximum(x, y)", "jnp.maximum(1e-08, x)", "jnp.minimum(0.0, x)",
+        "jnp.where((x > 0.0), x, y)", "jnp.where((s0 != 0.0), x, y)", "special.erf(x)",
+        "((x > 0.0) & (y < 1.0))", "(1.0 / jnp.sqrt(x))", "jnp.heaviside(x + y, 0.0)",
+    ]
+    assert [TorchArrayPrinter(names).doprint(e) for e in exprs] == torch_text
+    assert [JaxArrayPrinter(names).doprint(e) for e in exprs] == jax_text
+    with pytest.raises(Exception, match="acos"):
+        TorchArrayPrinter(names).doprint(sp.acos(x))
+
+
+# ----------------------------------------------------------------------------- JAX
+@pytest.fixture(scope="module")
+def jx():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    import symopt.jax  # noqa: F401  (symopt.jax for the tests below)
+
+    yield jax
+    jax.config.update("jax_enable_x64", old)
+
+
+def jax_run(jax, rule, kw, theta0, grads, jit=False, dtype=np.float64):
+    import jax.numpy as jnp
+
+    import symopt.jax
+
+    tx = symopt.jax.transform(rule, **kw)
+    params = {"a": jnp.asarray(theta0[0], dtype), "b": jnp.asarray(theta0[1], dtype)}
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    for g in grads:
+        updates, state = update({"a": jnp.asarray(g[0]), "b": jnp.asarray(g[1])}, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    return [np.asarray(params["a"]), np.asarray(params["b"])], state, update
+
+
+JAX_CASES = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
+
+
+@pytest.mark.parametrize("case,dtype", JAX_CASES, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in JAX_CASES])
+def test_jax_backend_matches_numba(jx, case, dtype):
+    _, rule, kw = case
+    theta0, grads, ours, _ = numba_trajectory(rule, kw, dtype)
+    params, state, _ = jax_run(jx, rule, kw, theta0, grads[:JAX_STEPS], dtype=dtype)
+    assert int(state.count) == JAX_STEPS
+    err = max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours))
+    assert err <= TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
+
+
+@pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA], ids=[c[0] for c in EXTRA])
+def test_jax_backend_composed_user_scheduled(jx, make, kw):
+    """100 steps of a composed rule, a user rule and a symopt.schedule (evaluated inside the update)."""
+    rule = make() if callable(make) else make
+    kw = _kwargs(kw)
+    theta0, grads, _, ours = numba_trajectory(rule, kw, np.float64)
+    params, _, _ = jax_run(jx, rule, kw, theta0, grads)
+    assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
+
+
+@pytest.mark.parametrize("rule", ["adam", "lamb"])
+def test_jax_jit_matches_numba(jx, rule):
+    theta0, grads, _, ours = numba_trajectory(rule, {}, np.float64)
+    params, _, update = jax_run(jx, rule, {}, theta0, grads, jit=True)
+    assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
+    assert update._cache_size() == 1
+
+
+OPTAX_CASES = peer_cases("optax")
+
+
+@pytest.mark.parametrize("info,k,case", OPTAX_CASES, ids=[f"{i.name}-{k}" for i, k, _ in OPTAX_CASES])
+def test_jax_backend_matches_optax(jx, info, k, case):
+    """Optax-defined rules: symopt.jax.transform steps as Optax's own transformation."""
+    import jax.numpy as jnp
+    import optax
+
+    if case.group0 is not None or case.change is not None:
+        pytest.skip("param-group cases are torch-style; the JAX transform has one set of hyperparameters")
+    theta0, target, curv, noise = peer_problem(k)
+    ours = symopt.jax.transform(info.name, **case.kwargs)
+    theirs = case.build(types.SimpleNamespace(optax=optax, jnp=jnp))
+    p1 = p2 = [jnp.asarray(x) for x in theta0]
+    s1, s2 = ours.init(p1), theirs.init(p2)
+    for t in range(STEPS):
+        g = [jnp.asarray(x) for x in peer_grads([np.asarray(x) for x in p2], target, curv, noise[t])]
+        u1, s1 = ours.update(g, s1, p1)
+        u2, s2 = theirs.update(g, s2, p2)
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    err = max(rel_err(a, b, floor=1.0) for a, b in zip(p1, p2))
+    assert err <= info.tolerance["peer"][np.float64], f"{info.name}: {err:.3e}"
+
+
+def test_jax_injected_hyperparams_chain_grad_and_skip(jx):
+    """lr changed in the state and an Optax schedule do not retrace; the transform chains with
+    Optax's own; jax.grad drives it; a NaN gradient is skipped as optax.apply_if_finite does."""
+    import jax.numpy as jnp
+    import optax
+
+    def loss(params, x):
+        return jnp.sum((params["w"] * x - 1.0) ** 2)
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     symopt.jax.transform("adamw", lr=optax.linear_schedule(1e-2, 1e-3, 50), weight_decay=0.1))
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+
+    @jx.jit
+    def train_step(params, state, x):
+        grads = jx.grad(loss)(params, x)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    x = jnp.asarray([0.5, 2.0, -1.0])
+    first = loss(params, x)
+    for _ in range(30):
+        params, state = train_step(params, state, x)
+    assert loss(params, x) < first
+    assert train_step._cache_size() == 1
+
+    single = symopt.jax.transform("adam", lr=1e-2)
+    st = single.init(params)
+    upd = jx.jit(single.update)
+    _, st = upd({"w": jnp.ones(3)}, st, params)
+    st.hyperparams["lr"] = jnp.full_like(st.hyperparams["lr"], 5e-3)
+    u, st = upd({"w": jnp.ones(3)}, st, params)
+    assert upd._cache_size() == 1
+    bad_u, st2 = upd({"w": jnp.asarray([1.0, jnp.nan, 0.0])}, st, params)
+    assert np.all(np.asarray(bad_u["w"]) == 0.0) and int(st2.count) == int(st.count) == 2
+    assert int(st2.notfinite_count) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(jx.tree.leaves(st2.state), jx.tree.leaves(st.state)))
+    with pytest.raises(ValueError, match="skip"):
+        symopt.jax.transform("adam", on_nonfinite="raise")
+
+
+
+def test_torch_backend_deepcopy_and_pickle_step_identically():
+    import copy
+    import pickle
+
+    params, opt = _adam_setup(dtype=torch.float64, on_nonfinite="skip")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        cparams = [p for g in clone.param_groups for p in g["params"]]
+        for p, c in zip(params, cparams):
+            c.grad = p.grad.clone()
+        clone.step()
+        assert clone.variant == "adam" and clone.on_nonfinite == "skip"
+        assert all(clone.state[c]["step"] == 2 for c in cparams)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(torch.equal(p, c) for p, c in zip(params, cparams))
+
+
+def test_params_without_gradients_keep_their_step_count():
+    """A param whose .grad is None is not stepped; afterwards the params are at different steps
+    (one batch of scalars per group and step count), as in the Numba-backed optimizer."""
+    torch.manual_seed(5)
+    init = [torch.randn(5, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    runs = []
+    for backend in ("numba", "torch"):
+        params = [p.clone() for p in init]
+        opt = Optimizer("adam", [{"params": params[:1], "lr": 1e-2}, {"params": params[1:]}], backend=backend)
+        gen = torch.Generator().manual_seed(6)
+        for t in range(6):
+            for j, p in enumerate(params):
+                p.grad = None if (j == 1 and t < 3) else torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        runs.append((params, [int(opt.state[p]["step"]) for p in params]))
+    (a, steps_a), (b, steps_b) = runs
+    assert steps_a == steps_b == [6, 3]
+    assert max(rel_err(x, y) for x, y in zip(b, a)) <= 1e-12
