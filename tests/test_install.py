@@ -200,7 +200,8 @@ def test_read_only_install_and_home_fall_back_to_a_private_temp_folder(site, tmp
         out = _run_child(site, folders, env, tmp_path, probes)
         assert len(out["warnings"]) == 1, out["warnings"]
         category, message = out["warnings"][0]
-        assert category == "CacheWarning" and str(fallback / "numba") in message, message
+        # one warning for the one fallback folder, whichever cache asks first (numba's or the user modules')
+        assert category == "CacheWarning" and str(fallback) in message, message
         assert out["user_module"].startswith(str(fallback / "kernels")), out["user_module"]
         kernels = out["adam_kernels"]
         assert kernels and all(k["cache"] == "FunctionCache" and k["path"].startswith(str(fallback / "numba"))

@@ -197,10 +197,19 @@ def test_checkpoints_of_dense_layouts_move_both_ways(rule):
                 assert rel_err(p, r, floor=1) <= RTOL[torch.float64]
 
 
-def test_params_that_are_not_dense_are_refused_clearly():
+def test_params_that_are_not_dense_go_to_the_torch_backend_or_are_refused_clearly():
     strided = torch.zeros(4, 6, dtype=torch.float64)[:, ::2].requires_grad_()
     with pytest.raises(ValueError, match="not dense"):
-        Optimizer("adam", [strided])
+        Optimizer("adam", [strided], backend="numba")
+    # backend="auto" steps it with the torch backend, as torch.optim.Adam does
+    ref = torch.zeros(4, 6, dtype=torch.float64)[:, ::2].requires_grad_()
+    opt, peer = Optimizer("adam", [strided], lr=0.1), torch.optim.Adam([ref], lr=0.1)
+    for k in range(3):
+        strided.grad = torch.full((4, 3), 1.0 + k, dtype=torch.float64)
+        ref.grad = strided.grad.clone()
+        opt.step()
+        peer.step()
+    assert rel_err(strided, ref) <= 1e-12 and strided.stride() == (6, 2)
     p = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
     opt = Optimizer("adam", [p])
     p.data = torch.zeros(3, 8, dtype=torch.float64)[:, ::2].t()       # replaced by a view with gaps

@@ -36,7 +36,8 @@ _SYMBOLS = {
 }
 _OPERATORS = {"cdot": "·", "times": "×", "prime": "′", "pm": "±", ",": "\u2009", ";": "\u2005", " ": " ",
               "{": "{", "}": "}", "_": "_", "%": "%", "$": "$", "#": "#", "&": "&", "\\": "\\"}
-_ACCENTS = {"hat": "^", "bar": "¯", "tilde": "~", "dot": "˙", "vec": "→", "overline": "¯"}
+_ACCENTS = {"hat": "^", "bar": "¯", "tilde": "~", "widetilde": "~", "widehat": "^", "dot": "˙", "vec": "→",
+            "overline": "¯"}
 _WORDS = {"min", "max", "log", "exp", "sqrt", "sign", "sgn", "lim", "sup", "inf", "arg"}
 _TEXT = {"text", "mathrm", "operatorname", "textrm", "mathit", "textit"}
 _TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}_^]|[^\W\d_]{2,}|.", re.DOTALL)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import sympy as sp
 
 from ..codegen.plan import KernelPlan, UpdatedValue, make_plan
+from ..codegen.plan_matrix import RESULT, WORK, MatrixPlan, is_matrix_rule, make_matrix_plan
 from ..provenance import PEER_TOLERANCE, RULE_PEERS, peer_label
 from ..rulebook.display import base_latex, subscripted, update_rows
 from ..rulebook.metadata import t as T_STEP
@@ -167,6 +169,47 @@ def derivation(plan: KernelPlan) -> dict:
     return out
 
 
+def matrix_derivation(plan: MatrixPlan) -> dict:
+    """A matrix rule's plan (:mod:`~symopt.codegen.plan_matrix`) in the form of :func:`derivation`:
+    pass 0 (updates before the iteration, the start value into the workspace W, its sums), the
+    per-tensor scalars, the iteration in BLAS, pass 1 (the update reading the result X_k)."""
+    rule = plan.rule
+    p0, p1 = plan.passes
+    syms = _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars], p0.element_temps, p0.stores, p0.sums,
+                       plan.tensor_scalars, p1.element_temps, p1.stores)
+    names = _display_names(rule, syms)
+    names.update({WORK: "W", RESULT: "X_{k}"})
+    lhs = lambda sym: _new_name(rule, sym) if sym in (rule.param, *rule.state) else names.get(sym, sp.latex(sym))
+    it = plan.iteration
+    n = sp.Symbol("n")
+    x, a = sp.MatrixSymbol("X", n, n), sp.MatrixSymbol("A", n, n)
+    poly = sp.MatAdd(*[sp.MatMul(q, sp.MatPow(a, k) if k else sp.Identity(n), x)
+                       for k, q in enumerate(it.coefficients) if q != 0])
+    iteration = [("X_{0}", "=", it.scale * sp.MatrixSymbol("W", n, n), names),
+                 ("A", "=", x * x.T, {**names, x: "X_{j}"}),
+                 ("X_{j+1}", "=", poly, {**names, x: "X_{j}"}),
+                 ("k", "=", it.count, names)]
+    body = lambda ps: ([(names.get(s, sp.latex(s)), "=", e, names) for s, e in ps.element_temps]
+                       + [(lhs(s), "=", e, names) for s, e in ps.stores])
+    return {
+        "substituted": equations(iteration),
+        "scalars": equations([(names.get(s, sp.latex(s)), "=", e, {**names, T_STEP: "t"})
+                              for s, e in [*plan.scalar_temps, *zip(plan.scalars, plan.scalar_exprs)]])
+        if plan.scalars else None,
+        "elements": equations(body(p0) + body(p1)),
+        "ops_before": plan.op_count, "ops_after": plan.op_count, "scalar_ops": 0,
+        "n_scalars": len(plan.scalars), "n_temps": len(p0.element_temps) + len(p1.element_temps),
+        "reads": ", ".join(sorted({rule.state_key(s) if s in rule.state else s.name for s in (*p0.reads, *p1.reads)})),
+        "reductions": {
+            "sums": [{"eq": equations([(names.get(r, sp.latex(r)), "=", e, names)]),
+                      "what": "Σ over the matrix" + (", mean" if op == "mean" else ""), "stage": 0}
+                     for (r, e), (_, op) in zip(p0.sums, plan.reductions)],
+            "tensor": equations([(names.get(u, sp.latex(u)), "=", e, names) for u, e in plan.tensor_scalars])
+            if plan.tensor_scalars else None,
+        },
+    }
+
+
 def _header(source: str) -> dict:
     """The generated module's header lines (``# key: value``) as a dict."""
     out = {}
@@ -213,14 +256,36 @@ def module_source(family: Family, builtin: bool) -> tuple:
     return render_family(family), "the user cache ($SYMOPT_CACHE_DIR), generated on first use"
 
 
+def backend_sources(family: Family, builtin: bool) -> list:
+    """``[{name, module, where, header}]`` of the array backends' modules of ``family`` (torch, JAX):
+    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix rule."""
+    from ..codegen.render import TARGETS, is_matrix_family, render_array_family
+
+    if is_matrix_family(family):
+        return []
+    out = []
+    for name, target in TARGETS.items():
+        if builtin:  # read as text: importing it would import torch or JAX
+            from .. import generated
+
+            path = Path(generated.__file__).parent / name / f"{generated.RULES[family.name]}.py"
+            source, where = path.read_text(encoding="utf-8"), f"generated/{name}/{path.name}"
+        else:
+            source, where = render_array_family(family, target), f"the user cache (kernels-{name}/)"
+        out.append({"name": {"torch": "PyTorch", "jax": "JAX"}.get(name, name), "module": highlight(source),
+                    "where": where, "header": _header(source)})
+    return out
+
+
 def verification(family: Family, samples: int) -> list:
     """``symopt verify``'s rows for every variant and dtype (mpmath at 50 digits)."""
-    from ..verify.check import verify_variant
+    from ..verify.check import verify_matrix_variant, verify_variant
 
     rows = []
     for _, rule in family.variants:
         for dtype in ("float32", "float64"):
-            r = verify_variant(family, rule, dtype, samples=samples)
+            r = (verify_matrix_variant(family, rule, dtype) if is_matrix_rule(rule)
+                 else verify_variant(family, rule, dtype, samples=samples))
             rows.append({"variant": r.variant, "dtype": r.dtype, "error": f"{r.max_error:.3e}",
                          "tolerance": f"{r.tolerance:.0e}", "ok": r.ok, "samples": r.samples})
     return rows
@@ -343,9 +408,12 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
     data = _family_data(source)
     variants = []
     for (when, rule), vdata in zip(family.variants, data["variants"]):
-        plan = make_plan(rule)
+        matrix = is_matrix_rule(rule)
+        plan = make_matrix_plan(rule) if matrix else make_plan(rule)
         prefix = vdata["prefix"]
-        fn_names = [f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64", f"{prefix}_reduce_f64"]
+        fn_names = ([f"{prefix}_scalars", f"{prefix}_tensor_scalars", f"{prefix}_f64_pass0", f"{prefix}_f64",
+                     f"{prefix}_f64_pass1"] if matrix else
+                    [f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64", f"{prefix}_reduce_f64"])
         cond_names = {s: base_latex(next((r for _, r in family.variants if s in r.hyper), rule), s)
                       if any(s in r.hyper for _, r in family.variants) else sp.latex(s) for s in when.free_symbols}
         variants.append({
@@ -353,17 +421,21 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
             "condition": None if when == sp.true else math(when, cond_names),
             "options": sorted({family.hyper[s].key or s.name for s in when.free_symbols}),
             "equations": update_equations(rule), "state": state_table(rule),
-            "derivation": derivation(plan), "kernel": highlight(_functions(source, fn_names)),
+            "derivation": matrix_derivation(plan) if matrix else derivation(plan),
+            "kernel": highlight(_functions(source, fn_names)),
         })
     others = siblings(family.name) if builtin else []
+    matrix_family = any(is_matrix_rule(r) for _, r in family.variants)
     return {
         "kind": "rule", "title": family.name, "family": family, "builtin": builtin,
         "doc_summary": family.doc.partition("\n\n")[0], "doc_more": family.doc.partition("\n\n")[2],
         "symbols": symbol_table(family), "variants": variants,
         "module": highlight(source), "module_where": where, "header": _header(source),
+        "backends": backend_sources(family, builtin),
         "verification": verification(family, samples) if samples else [], "samples": samples,
         "peers": peers(family),
-        "plot": figure(plots.trajectory(family, others), plots.TRAJECTORY_CAPTION) if plot else None,
+        "plot": (figure(plots.matrix_trajectory(family)) if matrix_family else
+                 figure(plots.trajectory(family, others), plots.TRAJECTORY_CAPTION)) if plot else None,
         "conventions": conventions(family, others) if others else [],
     }
 

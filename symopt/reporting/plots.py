@@ -118,6 +118,47 @@ def _loss(path) -> np.ndarray:
     return 0.5 * (CURVATURE * path ** 2).sum(axis=1)
 
 
+#: The matrix problem of a matrix rule's plot: f(W) = ½‖A W − B‖_F² with a fixed 6×4 A and 4×3 W.
+MATRIX_SHAPE = (4, 3)
+
+
+def _matrix_losses(target, kwargs, dtype) -> np.ndarray:
+    from ..runtime.optimizer import Optimizer
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    w = np.zeros(MATRIX_SHAPE, dtype=dtype)
+    opt = Optimizer(target, [w], **kwargs)
+    losses = []
+    for _ in range(STEPS + 1):
+        r = a @ w.astype(np.float64) - b
+        losses.append(0.5 * float((r ** 2).sum()))
+        opt.step([(a.T @ r).astype(dtype)])
+    best = 0.5 * float((np.linalg.lstsq(a, b, rcond=None)[1]).sum())
+    return np.array(losses) - best
+
+
+def matrix_trajectory(family):
+    """SVG of a matrix rule's excess loss over 100 steps on a small least-squares problem (float64
+    and float32 kernels)."""
+    plt = _pyplot()
+    if plt is None:
+        return MISSING
+    target = family.name if _builtin(family) else family
+    kwargs = _kwargs(family)
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=100)
+    for label, dtype, style in (("float64 kernel", np.float64, {"lw": 2.2, "color": "#1f77b4"}),
+                                ("float32 kernel", np.float32, {"lw": 1.2, "ls": "--", "color": "#ff7f0e"})):
+        ax.semilogy(np.arange(STEPS + 1), np.maximum(_matrix_losses(target, kwargs, dtype), 1e-16), label=label,
+                    **style)
+    ax.set(xlabel="step t", ylabel="f(W_t) − min f", title="½‖AW − B‖²_F, W of 4×3" + (
+        f", lr = {kwargs['lr']}" if kwargs else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return _svg(fig, plt)
+
+
 def trajectory(family, others=()):
     """SVG of the rule's path and loss over 100 steps beside its references (see the module doc)."""
     plt = _pyplot()

@@ -44,6 +44,7 @@ from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .interop import (
     IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, scalar_dtype, torch_format,
 )
+from .layout import is_dense, local
 
 __all__ = ["TensorOptimizer", "choose_backend", "BACKENDS"]
 
@@ -55,9 +56,10 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 def choose_backend(params, backend: str = "auto") -> str:
     """``"numba"`` or ``"torch"`` for these param tensors.
 
-    ``"auto"``: the Numba kernels for dense, contiguous CPU float32/float64 params of one dtype
-    (where they are measured fastest); the torch backend for everything else -- any other
-    device, bfloat16/float16, mixed dtypes, ``channels_last`` and other non-contiguous layouts.
+    ``"auto"``: the Numba kernels for dense CPU float32/float64 params of one dtype, in any dense
+    layout (``channels_last`` included: stepped in place as one run of memory), where they are
+    measured fastest; the torch backend for everything else -- any other device,
+    bfloat16/float16, mixed dtypes, params that are not dense (strided views with gaps).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -68,7 +70,7 @@ def choose_backend(params, backend: str = "auto") -> str:
         return "numba"  # nothing to decide on: the Numba path reports what is wrong
     numba_ok = (len({p.dtype for p in tensors}) == 1
                 and all(p.device.type == "cpu" and p.layout == torch.strided and p.dtype in _NUMBA_DTYPES
-                        and p.is_contiguous() for p in tensors))
+                        and is_dense(local(p)) for p in tensors))
     return "numba" if numba_ok else "torch"
 
 
@@ -490,7 +492,13 @@ class BackendDispatch(type):
     holds for both.
     """
 
-    def __call__(cls, rule, params, *args, backend: str = "auto", **kw):
+    def __call__(cls, rule, params=None, /, *args, backend: str = "auto", **kw):
+        if params is None:
+            # Optimizer(params, rule=...): the call torch's wrappers make (optimizer_class(params, **defaults))
+            if "rule" not in kw:
+                raise TypeError("symopt.torch.Optimizer needs a rule: Optimizer('adam', params, ...) or "
+                                "Optimizer(params, rule='adam', ...)")
+            rule, params = kw.pop("rule"), rule
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         params = _materialized(params)
