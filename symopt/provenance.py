@@ -37,7 +37,7 @@ RULE_PEERS = {
     "adan": _PO, "adopt": _PO, "laprop": _PO, "adabound": _PO, "amsbound": _PO, "adamod": _PO,
     "qhadam": _PO, "qhm": _PO, "sgd_schedulefree": _SF, "adamw_schedulefree": _SF,
     "mars_adamw": _PO, "cautious_adamw": (), "cautious_lion": _PO, "lamb": _OPTAX, "lars": _OPTAX,
-    "signsgd": _PO + _OPTAX, "signum": _PO + _OPTAX, "adafactor": _OPTAX, "adabelief_rectified": _PO,
+    "signsgd": _PO + _OPTAX, "signum": _PO + _OPTAX, "adafactor_unfactored": _OPTAX, "adabelief_rectified": _PO,
     "tiger": _PO, "madgrad": _PO, "diffgrad": _PO, "ademamix": _PO + _OPTAX, "stable_adamw": _PO,
     "fromage": _OPTAX,
     # matrix rules: compared with torch.optim.Muon (bfloat16) in tests/test_matrix.py, not a peer table

@@ -479,7 +479,7 @@ _RECORDS = [
         _po(lambda po, ps: po.SignSGD(ps, lr=1e-2, momentum=0.9, foreach=False), lr=1e-2),
         _ox(lambda ox, jnp: ox.signum(1e-2, beta=0.8), lr=1e-2, momentum=0.8),
     )),
-    RuleInfo("adafactor", research.adafactor, (dict(lr=0.05, weight_decay_rate=0.01, clipping_threshold=0.5),), (
+    RuleInfo("adafactor_unfactored", research.adafactor, (dict(lr=0.05, weight_decay_rate=0.01, clipping_threshold=0.5),), (
         _ox(lambda ox, jnp: _adafactor_f64(ox, jnp, 0.05), lr=0.05,
             note="decay 1 − t^-0.8 in float64 (Optax computes it in float32)"),
         _ox(lambda ox, jnp: _adafactor_f64(ox, jnp, 0.05, clipping_threshold=0.5, weight_decay_rate=0.01),

@@ -447,7 +447,7 @@ def signum() -> Rule:
                  SIGN_REFS + (f"{OX}: signum (beta)", f"{PT}: SignSGD"))
 
 
-def adafactor() -> Rule:
+def adafactor_unfactored() -> Rule:
     """Adafactor, unfactored (Shazeer & Stern 2018): v from a decaying β̂2,t, RMS clipping, param scale."""
     dr, dthr, e2 = sp.symbols("d_rate delta_thr eps_scale")
     hyper = {lr: _lr(1e-2, "learning rate α (relative step size ρ; the paper's ρ_t = min(1e-2, 1/√t))"),
@@ -456,7 +456,7 @@ def adafactor() -> Rule:
              eps: _eps(1e-30, "ε1, added to g²"), e2: _eps(1e-3, "ε2, floor of RMS(θ)", key="min_scale"),
              wd: Hyper(0.0, 0.0, key="weight_decay_rate", doc="λ, θ ← θ − λθ (not scaled by α)")}
     beta2t = 1 - t**(-dr)
-    return _rule("adafactor", [(v, beta2t * v + (1 - beta2t) * (g**2 + eps)), (u, g / sp.sqrt(v)),
+    return _rule("adafactor_unfactored", [(v, beta2t * v + (1 - beta2t) * (g**2 + eps)), (u, g / sp.sqrt(v)),
                                (u, u / sp.Max(1, tensor_rms(u) / dthr)),
                                (theta, theta - lr * sp.Max(tensor_rms(theta), e2) * u - wd * theta)],
                  {v: State(0, "v")}, hyper, ADAFACTOR_DOC,
@@ -632,7 +632,7 @@ def fromage() -> Rule:
 def families() -> list[Family]:
     rules = [adan(), adopt(), laprop(), _adabound(False), _adabound(True), adamod(), qhadam(), qhm(),
              _schedule_free(False), _schedule_free(True), mars_adamw(), cautious_adamw(), cautious_lion(),
-             lamb(), lars(), signsgd(), signum(), adafactor(), adabelief_rectified(), tiger(), madgrad(),
+             lamb(), lars(), signsgd(), signum(), adafactor_unfactored(), adabelief_rectified(), tiger(), madgrad(),
              diffgrad(), ademamix(), stable_adamw(), fromage()]
     return [Family(r.name, [(sp.true, r)], doc=r.doc, source=_source(r), references=r.references, group="research")
             for r in rules]

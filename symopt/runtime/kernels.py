@@ -33,6 +33,13 @@ def builtin_names() -> list:
     return list(generated.RULES)
 
 
+#: Names users reach for that are deliberately not built in, and why.
+NOT_BUILT_IN = {
+    "adafactor": ("torch.optim.Adafactor's factored algorithm (row and column statistics of g²) is not built in "
+                  "yet; 'adafactor_unfactored' is Optax's adafactor(factored=False), a different algorithm"),
+}
+
+
 def load_builtin(name: str):
     """The generated module of built-in rule ``name``."""
     if not isinstance(name, str):
@@ -43,7 +50,8 @@ def load_builtin(name: str):
         mod = generated.RULES[name]
     except KeyError:
         known = ", ".join(generated.RULES)
-        raise ValueError(f"unknown rule {name!r}; built-in rules are: {known}") from None
+        hint = NOT_BUILT_IN.get(name, "")
+        raise ValueError(f"unknown rule {name!r}{'; ' + hint if hint else ''}; built-in rules are: {known}") from None
     return importlib.import_module(f"symopt.generated.{mod}")
 
 
