@@ -42,7 +42,7 @@ from .._version import __version__
 from ..runtime import kernels, scheduled
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .interop import (
-    IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, scalar_dtype, torch_format,
+    IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, plain_value, scalar_dtype, torch_format,
 )
 from .layout import is_dense, local
 
@@ -73,17 +73,6 @@ def choose_backend(params, backend: str = "auto") -> str:
                         and is_dense(local(p)) for p in tensors))
     return "numba" if numba_ok else "torch"
 
-
-def _plain(value, key):
-    """A hyperparameter value as the scalar function takes it: Python numbers, tuples of them."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"hyperparameter {key!r} must be a number or a one-element tensor, "
-                            f"got a tensor of shape {tuple(value.shape)}")
-        return value.item()
-    if isinstance(value, (tuple, list)):
-        return tuple(_plain(v, key) for v in value)
-    return value
 
 
 def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
@@ -150,7 +139,7 @@ class TensorOptimizer(torch.optim.Optimizer):
             if key not in self._spec.defaults:
                 raise TypeError(f"{self.rule_name}: unknown hyperparameter {key!r}; "
                                 f"known: {', '.join(self._keys) or '(none)'}")
-        defaults = {**self._spec.defaults, **{k: _plain(v, k) for k, v in hyper.items()}}
+        defaults = {**self._spec.defaults, **{k: plain_value(v, k) for k, v in hyper.items()}}
         self._spec.values(defaults, self.rule_name)
         self.skipped_steps = 0
         super().__init__(params, defaults)
@@ -218,7 +207,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         super().add_param_group({**param_group, "params": params})
         group = self.param_groups[-1]
         try:
-            values = self._spec.values({k: _plain(group[k], k) for k in self._keys}, where)
+            values = self._spec.values({k: plain_value(group[k], k) for k in self._keys}, where)
             variant = self._spec.variant_index(values, where)
             if self._variant is not None and variant != self._variant:
                 raise ValueError(f"{where}: selects variant {self._spec.variants[variant]['name']!r}, the optimizer "
@@ -232,7 +221,7 @@ class TensorOptimizer(torch.optim.Optimizer):
 
     def _bind_variant(self) -> None:
         first = self.param_groups[0]
-        values = self._spec.values({k: _plain(first[k], k) for k in self._keys}, self.rule_name)
+        values = self._spec.values({k: plain_value(first[k], k) for k in self._keys}, self.rule_name)
         self._variant = self._spec.variant_index(values, self.rule_name)
         self._vinfo = self._spec.variants[self._variant]
         prefix = self._vinfo["prefix"]
@@ -269,7 +258,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         self.state[p] = entry
 
     def _group_values(self, group) -> dict:
-        raw = tuple(_plain(group[k], k) for k in self._keys)
+        raw = tuple(plain_value(group[k], k) for k in self._keys)
         cached = self._cache.get(id(group))
         if cached is not None and cached[0] == raw:
             return cached[1]
@@ -414,7 +403,7 @@ class TensorOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"state_dict param group {gi} does not match the optimizer's (number of params)")
             check_group_keys(saved, self._keys, self._fmt, f"state_dict param group {gi}", self.rule_name,
                              strict=False)
-            merged = {k: _plain(saved.get(k, group[k]), k) for k in self._keys}
+            merged = {k: plain_value(saved.get(k, group[k]), k) for k in self._keys}
             values = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(values, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")

@@ -257,3 +257,16 @@ def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtyp
         else:
             out[key] = torch.from_numpy(arr)
     return out or None
+
+
+def plain_value(value, key):
+    """A hyperparameter value as the runtime and the scalar functions take it: Python numbers (a
+    one-element tensor read once), tuples of them."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"hyperparameter {key!r} must be a number or a one-element tensor, "
+                            f"got a tensor of shape {tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return tuple(plain_value(v, key) for v in value)
+    return value

@@ -38,7 +38,7 @@ from .._version import __version__
 from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .backend import BackendDispatch
 from .interop import (
-    IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, scalar_dtype, torch_format,
+    IMPLEMENTATION_KEYS, check_group_keys, entry_from_torch, entry_to_torch, plain_value, scalar_dtype, torch_format,
 )
 from .layout import core_view, is_sharded, like, local, logical, memory_order, same_layout, to_core
 
@@ -62,17 +62,6 @@ def _cacheable(value) -> bool:
         return True
     return t is tuple and all(type(x) in _IMMUTABLE for x in value)
 
-
-def _plain(value, key):
-    """A hyperparameter value as the runtime takes it: Python numbers, tuples of them."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"hyperparameter {key!r} must be a number or a one-element tensor, "
-                            f"got a tensor of shape {tuple(value.shape)}")
-        return value.item()
-    if isinstance(value, (tuple, list)):
-        return tuple(_plain(v, key) for v in value)
-    return value
 
 
 def _check_tensor(p, where: str) -> None:
@@ -201,7 +190,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         _check_implementation_options(implementation)
         # validates the rule, on_nonfinite and every keyword; gives the rule's defaults
         probe = _RuntimeOptimizer(rule, [np.zeros((1, 1))], on_nonfinite=on_nonfinite,
-                                  **{k: _plain(v, k) for k, v in hyper.items()})
+                                  **{k: plain_value(v, k) for k, v in hyper.items()})
         self.rule_name = probe.rule_name
         self._keys = tuple(probe.defaults)
         self._fmt = torch_format(rule)
@@ -246,7 +235,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 views.append(core_view(local(p)))
                 params.append(p)
             try:
-                hyper = {k: _plain(group[k], k) for k in self._keys}
+                hyper = {k: plain_value(group[k], k) for k in self._keys}
             except KeyError as exc:
                 raise ValueError(f"{self.rule_name}: param group {gi} has no value for {exc.args[0]!r}") from None
             core_groups.append({"params": views, **hyper})
@@ -414,7 +403,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 for i, k in enumerate(keys):
                     v = tg[k]
                     if v is not seen[i]:
-                        cg[k] = _plain(v, k)
+                        cg[k] = plain_value(v, k)
                         seen[i] = v if _cacheable(v) else _UNSEEN
         except KeyError as exc:
             raise ValueError(f"{self.rule_name}: a param group lost its value for {exc.args[0]!r}") from None
@@ -455,7 +444,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         for group in self.param_groups:
             if bool(group.get("train_mode", True)) == train:
                 continue
-            beta = _plain(group[key], key)
+            beta = plain_value(group[key], key)
             beta = beta if index is None else beta[index]
             weight = 1 - beta if train else 1 - 1 / beta
             for p in group["params"]:
@@ -470,7 +459,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                                f"opt.train() before training and opt.eval() before evaluating, as with schedulefree")
         if self._lr_warned:
             return
-        lrs = [_plain(g["lr"], "lr") for g in self.param_groups]
+        lrs = [plain_value(g["lr"], "lr") for g in self.param_groups]
         scheduler = getattr(self.__dict__.get("step"), "_wrapped_by_lr_sched", False)  # set by torch's LRScheduler
         if not any(lrs) and not scheduler:
             return                      # an lr-0 step (DCP initializes a fresh optimizer's state so) changes nothing
