@@ -295,10 +295,6 @@ class _ArrayCode(_Registry):
     def _print_Exp1(self, expr):
         return repr(float(sp.E))
 
-    def _print_Relational(self, expr):
-        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
-        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
-
     def _print_And(self, expr):
         return "(" + " & ".join(self._condition(a) for a in expr.args) + ")"
 
