@@ -28,7 +28,7 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import checkpoint, kernels, layout, matrix, reduction, scheduled
+from . import checkpoint, kernels, layout, matrix, reduction, scheduled, threads
 
 __all__ = ["Optimizer", "NonFiniteGradientError", "save", "load"]
 
@@ -300,6 +300,7 @@ class Optimizer:
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
+        self._t_all = 0  # the step count of every param when they are all equal, else -1 (kept with _steps)
         self._step_counts = self._steps.view()
         self._step_counts.flags.writeable = False
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
@@ -325,6 +326,8 @@ class Optimizer:
         self._raw_values = (operator.itemgetter(*keys) if len(keys) > 1
                             else (lambda g, k=keys[0]: (g[k],)) if keys else (lambda g: ()))
         self._tables[(1, False, None)] = (self._chunks, self._work)
+        # step() takes _step_all when every param is at one step count and none of these applies
+        self._plain = self._matrix is None and self._reduce is None and self._flat is None
 
     def _init_state(self):
         mod = self._spec.module
@@ -435,6 +438,8 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
         off = layout.DATA_OFFSET
         if off is not None:
+            # Every grad an ndarray of the params' dtype object, shape and C order; every param still
+            # writable, at its address, with its shape.  Each grad's data pointer is read from its object.
             ndarray, dt, read = np.ndarray, self.dtype, layout._read_pointer
             addrs = []
             for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
@@ -486,7 +491,10 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        return self._step(self._check_grads(grads))
+        active = self._check_grads(grads)
+        if active is None and self._t_all >= 0 and self._plain:
+            return self._step_all()
+        return self._step(active)
 
     def step_at(self, addresses) -> None:
         """:meth:`step` with each gradient given by the address of its data (``None``: skip that param).
@@ -560,20 +568,58 @@ class Optimizer:
                                  f"param or another gradient (pass a copy)")
         self._grads_checked = gptr if mask is None else None
 
+    def _step_all(self) -> None:
+        """:meth:`_step` of every param when all are at one step count, for an elementwise rule on separate
+        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes."""
+        t = self._t_all + 1
+        pack, buf, rowbytes = self._scal_packer
+        cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
+        for gi in range(len(cache)):
+            cached = cache[gi]
+            if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
+                self._group_values(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                cached = cache[gi]
+            pack(buf, gi * rowbytes, *self._scalar_fn(t, *cached[2]))
+        nworkers = threads.current() if self._total >= self.parallel_threshold else 1
+        if nworkers > 1:
+            table = self._tables.get((nworkers, False, None))
+            if table is None:  # the first threaded step with this many threads plans the table
+                return self._step(None)
+            chunks, work = table
+            kernel = self._kernel_parallel
+        else:
+            chunks, work, kernel = self._chunks, self._work, self._kernel_serial
+        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
+                      self.on_nonfinite != "ignore")
+        if nbad:
+            return self._nonfinite(nbad)
+        self._steps.fill(t)
+        self._t_all = t
+        return None
+
+    def _nonfinite(self, nbad) -> None:
+        """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            return None
+        raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
+                                     f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
+
     def _step(self, active) -> None:
         """One step over the params marked in ``active`` (None: all), grads at ``_gptr`` (checked)."""
         if active is None:
             mask = self._all_active
             total = self._total
+            t0 = self._t_all
         else:
             if not active.any():
                 return None
             mask = active
             total = int(self._sizes[active].sum())
-        nworkers = _threads() if total >= self.parallel_threshold and self._matrix is None else 1
+            t0 = layout.uniform_step(self._steps, mask)
+        nworkers = threads.current() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
-        t0 = layout.uniform_step(self._steps, mask)
         if t0 >= 0:
             # Every stepped tensor is at step t0: one scalar row per group, cached tables.
             t = t0 + 1
@@ -612,12 +658,13 @@ class Optimizer:
         else:
             nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
-            if self.on_nonfinite == "skip":
-                self.skipped_steps += 1
-                return None
-            raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
-                                         f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
-        layout.advance(self._steps, mask)
+            return self._nonfinite(nbad)
+        if active is None and t0 >= 0:
+            self._steps.fill(t0 + 1)
+            self._t_all = t0 + 1
+        else:
+            layout.advance(self._steps, mask)
+            self._t_all = layout.uniform_step(self._steps, self._all_active)
         return None
 
     def _rows_by_step(self, active, nworkers):
@@ -737,6 +784,7 @@ class Optimizer:
             else:
                 self._reset_tensor_state(j, inits[int(self._group_of[j])])
                 self._steps[j] = 0
+        self._t_all = layout.uniform_step(self._steps, self._all_active)
         if meta is not None:
             self.skipped_steps = skipped
 
@@ -807,14 +855,3 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
     return opt
 
-
-_get_num_threads = None
-
-
-def _threads() -> int:
-    global _get_num_threads
-    if _get_num_threads is None:
-        import numba
-
-        _get_num_threads = numba.get_num_threads
-    return _get_num_threads()
