@@ -22,7 +22,13 @@ Measures, in one run and side by side, the targets of the performance issue:
 10. a training loop fused into one ``@numba.njit`` function with a rule's generated
     ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
     once per step (``bench_numba_loop.py``);
-11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes.
+11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes;
+12. every size at the limit -- Adam on one tensor of 1e4, 1e5, 1e6 elements against the best
+    same-traffic kernel at that size (serial or ``prange``), the fixed cost of ``step()``, one
+    fork/join of the threads, the warm start (``bench_midsize.py``).
+
+Phases that run alone: ``python -m symopt bench --only midsize`` (writes ``results_midsize.md``);
+:data:`ALONE` lists them.
 
 Timing: every candidate of a comparison is timed round-robin in the same
 process (so that a drift of the shared machine hits all alike); each timing is a
@@ -690,6 +696,45 @@ def phase_fused_loop(rounds, log, quick) -> list:
     return mod.measure(sizes=(16, 256), steps=100 if quick else 200, rounds=rounds + 3, log=log)
 
 
+def _bench_module(name: str):
+    """A benchmark module beside this file (bench_midsize.py...), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"symopt_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def phase_midsize(rounds, log) -> dict:
+    """Phase 12: Adam at 1e4-1e6 elements against the best same-traffic kernel, the fixed cost of step(),
+    one fork/join of the threads and the warm start (benchmarks/bench_midsize.py)."""
+    return _bench_module("bench_midsize").run(sys.modules[__name__], rounds, log)
+
+
+#: Phases ``--only NAME`` runs alone: (heading, run(rounds, log) -> result, report(result) -> markdown).
+ALONE = {"midsize": ("[12] every size at the limit: mid-size tensors, fixed cost, wake-up, warm start",
+                     phase_midsize, lambda res: _bench_module("bench_midsize").report(res))}
+
+
+def run_alone(name: str, args) -> int:
+    """``symopt bench --only NAME``: one phase in this process, its section written to ``results_NAME.md``."""
+    out_dir = Path(args.out) if getattr(args, "out", None) else HERE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "threads", None):
+        symopt.set_num_threads(args.threads)
+    heading, run, section = ALONE[name]
+    print(heading, flush=True)
+    load0 = os.getloadavg()[0]
+    text = section(run(5 if getattr(args, "quick", False) else 20, lambda m: print(m, flush=True)))
+    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads; load average {load0:.2f} "
+             f"before, {os.getloadavg()[0]:.2f} after (a load near or above the core count makes threaded rows noisy).\n")
+    print(text)
+    (out_dir / f"results_{name}.md").write_text(text, encoding="utf-8")
+    print(f"wrote {out_dir / f'results_{name}.md'}")
+    return 0
+
+
 def phase_memory(log) -> dict:
     out = {}
     for n in (10 ** 5, 10 ** 7):
@@ -813,6 +858,8 @@ def plot(sizes_res: dict, thr: dict, path: Path) -> None:
 def main(args) -> int:
     """Parent: cold-compile phase into a fresh cache folder, then the measuring child process
     (NUMBA_CACHE_DIR = that folder; OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed, as they slow NumPy)."""
+    if getattr(args, "only", None):
+        return run_alone(args.only, args)
     if os.environ.get("SYMOPT_BENCH_CHILD"):
         return measure_all(args)
     quick = bool(getattr(args, "quick", False))
@@ -901,6 +948,8 @@ def measure_all(args) -> int:
     mem = phase_memory(log)
     log("[9] a training loop fused into one njit function (symopt.kernel) against one optimizer step per iteration")
     fused = phase_fused_loop(rounds, log, quick)
+    log(ALONE["midsize"][0])
+    midsize = phase_midsize(rounds if quick else 20, log)
     info["load"].append(os.getloadavg()[0])
     info["OPENBLAS_CORETYPE"] = os.environ.get("SYMOPT_BENCH_OPENBLAS", info["OPENBLAS_CORETYPE"])
     png = out_dir / "time_per_element.png"
@@ -909,6 +958,7 @@ def measure_all(args) -> int:
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
                   incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
+    text += ALONE["midsize"][2](midsize)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
     return 0
