@@ -709,7 +709,10 @@ def _bench_module(name: str):
 def phase_midsize(rounds, log) -> dict:
     """Phase 12: Adam at 1e4-1e6 elements against the best same-traffic kernel, the fixed cost of step(),
     one fork/join of the threads and the warm start (benchmarks/bench_midsize.py)."""
-    return _bench_module("bench_midsize").run(sys.modules[__name__], rounds, log)
+    import types
+
+    tools = types.SimpleNamespace(measure=measure, DTYPES=DTYPES, _TRAFFIC=_TRAFFIC, _read_once=_read_once)
+    return _bench_module("bench_midsize").run(tools, rounds, log)
 
 
 #: Phases ``--only NAME`` runs alone: (heading, run(rounds, log) -> result, report(result) -> markdown).
