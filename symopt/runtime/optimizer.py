@@ -282,6 +282,7 @@ class Optimizer:
         self._tables: dict = {}
         self._all_active = np.ones(len(sizes), dtype=np.bool_)
         self._shapes = [p.shape for p in self._tensors]
+        self._grad_ids, self._grad_readers = None, []  # step(): ids of the last grads, a reader of each one's pointer
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -439,15 +440,22 @@ class Optimizer:
         off = layout.DATA_OFFSET
         if off is not None:
             # Every grad an ndarray of the params' dtype object, shape and C order; every param still
-            # writable, at its address, with its shape.  Each grad's data pointer is read from its object.
-            ndarray, dt, read = np.ndarray, self.dtype, layout._read_pointer
-            addrs = []
+            # writable, at its address, with its shape.
+            ndarray, dt = np.ndarray, self.dtype
             for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
                         or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
-                addrs.append(read(id(g) + off).value or 0)
             else:
+                # The grads' data pointers, read at every call through one ctypes reader per grad object:
+                # the readers are made again only when other objects come (an id is unique among live
+                # objects, the grads are alive here and all are plain ndarrays), so a grad moved to another
+                # buffer in place is read at its new address.
+                ids = list(map(id, grads))
+                if ids != self._grad_ids:
+                    self._grad_readers = [layout._read_pointer(a + off) for a in ids]
+                    self._grad_ids = ids
+                addrs = [r.value or 0 for r in self._grad_readers]
                 if addrs != self._grads_checked:  # other addresses than the last step's
                     key = tuple(addrs)
                     table = self._grads_seen.get(key)
