@@ -309,6 +309,9 @@ class Optimizer:
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
+        self._matrix_state = getattr(self._matrix, "state", None)
+        self._matrix_reset = getattr(self._matrix, "reset", None)
         if self._matrix is None:
             self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
             self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
@@ -343,6 +346,8 @@ class Optimizer:
                 buf[o:o + n] = self._tensors[j].reshape(-1)
             else:
                 buf[o:o + n] = init
+        if self._matrix_reset is not None:
+            self._matrix_reset(j)
 
     # -------------------------------------------------------------- stepping
     @property
@@ -383,6 +388,8 @@ class Optimizer:
             entry = {"step": int(self._steps[j])}
             for s, buf in zip(self._vinfo["state"], self._state):
                 entry[s["key"]] = buf[o:o + n].reshape(p.shape)
+            if self._matrix_state is not None:  # a preconditioned rule's matrix states (L, R, ...)
+                entry.update(self._matrix_state(j))
             out[j] = entry
         return out
 
