@@ -13,6 +13,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .matrix import Iterate
+from .preconditioned import Preconditioned
 from .reduction import GlobalSum, TensorSum
 
 
@@ -81,6 +82,8 @@ def rule_latex(rule) -> str:
     for left, arrow, rhs, names in update_rows(rule):
         for it in rhs.atoms(Iterate):
             lines += _iteration_lines(it, names)
+        for node in rhs.atoms(Preconditioned):
+            lines += _preconditioner_lines(node, names)
         lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
 
@@ -100,3 +103,18 @@ def _iteration_lines(it, symbol_names: dict) -> list:
     body = sp.latex(it.body.xreplace({var: cur}), symbol_names=symbol_names)
     return [f"{sp.latex(var)}_{{0}} &= {start}",
             rf"{sp.latex(step)} &= {body}, \quad j = 0, \dots, {count} - 1"]
+
+
+def _preconditioner_lines(node, symbol_names: dict) -> list:
+    """``G = start`` and each matrix state's update (``L_t = L_{t-1} + G Gᵀ``,
+    ``H_L = L_t^{-1/4}`` with its condition) of a :class:`Preconditioned` node."""
+    lines = [f"{sp.latex(node.var)} &= {sp.latex(_readable(node.start), symbol_names=symbol_names)}"]
+    timed = {st.sym: sp.MatrixSymbol(subscripted(sp.latex(st.sym), "t"), *st.sym.shape) for st in node.states}
+    before = {st.sym: sp.MatrixSymbol(subscripted(sp.latex(st.sym), "t-1"), *st.sym.shape) for st in node.states}
+    done: dict = {}
+    for st in node.states:
+        rhs = sp.latex(st.update.xreplace({**before, **done}), symbol_names=symbol_names)
+        cond = "" if st.when == sp.true else rf", \quad \text{{if }} {sp.latex(st.when, symbol_names=symbol_names)}"
+        lines.append(f"{sp.latex(timed[st.sym])} &= {rhs}{cond}")
+        done[st.sym] = timed[st.sym]
+    return lines
