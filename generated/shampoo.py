@@ -11,7 +11,7 @@ Shampoo: Kronecker-factored preconditioning L^{-1/4} G R^{-1/4} (pytorch_optimiz
 
 Variant shampoo:
 
-    \\begin{aligned}\\tilde{g} &= \\begin{cases} - g_{t} & \\text{for}\\: \\mathrm{max} = 1 \\\\g_{t} & \\text{otherwise} \\end{cases} \\\\ U &= \\tilde{g} + \\mu \\left(- \\tilde{g} + \\begin{cases} g_{t} & \\text{for}\\: t = 1 \\\\M_{t-1} & \\text{otherwise} \\end{cases}\\right) + \\begin{cases} \\theta_{t-1} \\lambda & \\text{for}\\: \\mathrm{decouple} = 0 \\\\0 & \\text{otherwise} \\end{cases} \\\\ M_{t} &= H_{L} G H_{R} \\\\ \\theta_{t} &= - M_{t} \\gamma + \\theta_{t-1} \\left(1 - \\begin{cases} \\lambda \\left(\\begin{cases} 1 & \\text{for}\\: \\mathrm{fixed} = 1 \\\\\\gamma & \\text{otherwise} \\end{cases}\\right) & \\text{for}\\: \\mathrm{decouple} = 1 \\\\0 & \\text{otherwise} \\end{cases}\\right)\\end{aligned}
+    \\begin{aligned}\\tilde{g} &= \\begin{cases} - g_{t} & \\text{for}\\: \\mathrm{max} = 1 \\\\g_{t} & \\text{otherwise} \\end{cases} \\\\ U &= \\tilde{g} + \\mu \\left(- \\tilde{g} + \\begin{cases} g_{t} & \\text{for}\\: t = 1 \\\\M_{t-1} & \\text{otherwise} \\end{cases}\\right) + \\begin{cases} \\theta_{t-1} \\lambda & \\text{for}\\: \\mathrm{decouple} = 0 \\\\0 & \\text{otherwise} \\end{cases} \\\\ G &= U \\\\ L_{t} &= G G^{T} + L_{t-1} \\\\ H_{L, t} &= L_{t}^{-1/4}, \\quad \\text{if } t \\bmod k = 0 \\\\ R_{t} &= R_{t-1} + G^{T} G \\\\ H_{R, t} &= R_{t}^{-1/4}, \\quad \\text{if } t \\bmod k = 0 \\\\ M_{t} &= H_{L, t} G H_{R, t} \\\\ \\theta_{t} &= - M_{t} \\gamma + \\theta_{t-1} \\left(1 - \\begin{cases} \\lambda \\left(\\begin{cases} 1 & \\text{for}\\: \\mathrm{fixed} = 1 \\\\\\gamma & \\text{otherwise} \\end{cases}\\right) & \\text{for}\\: \\mathrm{decouple} = 1 \\\\0 & \\text{otherwise} \\end{cases}\\right)\\end{aligned}
 
     hyperparameters: lr=0.001 in [0.0, inf], momentum=0.0 in [0.0, 1.0], weight_decay=0.0 in [0.0, inf], weight_decouple=False in {False, True}, fixed_decay=False in {False, True}, preconditioning_compute_steps=1 in [1.0, inf], matrix_eps=1e-06 in [0.0, inf], maximize=False in {False, True}
     state: momentum_buffer (init 0)
@@ -394,4 +394,4 @@ def shampoo_f64(pptr, gptr, n, momentum_buffer_c, work, tmp, result, mats, scal,
     blas.dgemm(1.0, mats[3], gt, 0.0, tt, 0, 0, 1)
     blas.dgemm(1.0, tt, mats[1], 0.0, rt, 0, 0, 1)
     shampoo_f64_pass1(pptr, gptr, n, momentum_buffer_c, result, scal)
-# content sha256: 31b8dbf52e94a8db486f1162ccb50799c771d61f81139bdbc9c8e91a581e5acf
+# content sha256: 1501d6c2cec89e19a147b746528bfb879cd6982436b1d1c246f4a1617d2bdad3

@@ -67,7 +67,7 @@ def test_verify_against_mpmath(dtype):
 def test_latex_writes_the_kronecker_factors():
     text = symopt.rule("shampoo").latex()
     for part in (r"L_{t} &= G G^{T} + L_{t-1}", r"R_{t} &= R_{t-1} + G^{T} G", r"L_{t}^{-1/4}", r"R_{t}^{-1/4}",
-                 r"H_{L} G H_{R}"):
+                 r"M_{t} &= H_{L, t} G H_{R, t}"):
         assert part in text, part
 
 
