@@ -112,3 +112,47 @@ def test_malformed_preconditioner_is_a_rule_error():
         InverseRoot(G, 4)
     with pytest.raises(RuleError, match="shape \\(rows, cols\\)"):
         Preconditioned(L, 1, [MatrixState(L, sp.Identity(rows), L + G * G.T, key="a")], L * G)
+
+
+def test_checkpoints_keep_the_matrix_states(tmp_path, libs):
+    """.npz (symopt.save/load) and torch-format (state_dict through torch.save) checkpoints resume
+    the same trajectory; the torch-format state has pytorch-optimizer's names and shapes."""
+    import io
+
+    torch = libs.torch
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal((5, 4)) for _ in range(6)]
+    w = rng.standard_normal((5, 4))
+    a = symopt.optimizer("shampoo", [w], momentum=0.5, preconditioning_compute_steps=2)
+    for g in grads[:3]:
+        a.step([g.copy()])
+    a.save(tmp_path / "ck.npz")
+    w2 = w.copy()
+    b = symopt.optimizer("shampoo", [w2], momentum=0.5, preconditioning_compute_steps=2)
+    b.load(tmp_path / "ck.npz")
+
+    tw = torch.tensor(w.copy(), requires_grad=True)
+    tw_ref = torch.tensor(w.copy(), requires_grad=True)
+    topt = symopt.torch.Optimizer("shampoo", [tw], momentum=0.5, preconditioning_compute_steps=2)
+    topt.load_state_dict({"state": {0: {"step": torch.tensor(3.0),
+                                        **{k: torch.tensor(v) for k, v in a.state[0].items() if k != "step"}}},
+                          "param_groups": [{**topt.param_groups[0], "params": [0]}]})
+    buf = io.BytesIO()
+    torch.save(topt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert {k: tuple(v.shape) for k, v in saved["state"][0].items()} == {
+        "step": (), "momentum_buffer": (5, 4), "pre_cond_0": (5, 5), "inv_pre_cond_0": (5, 5),
+        "pre_cond_1": (4, 4), "inv_pre_cond_1": (4, 4)}
+    topt2 = symopt.torch.Optimizer("shampoo", [tw_ref], momentum=0.5, preconditioning_compute_steps=2)
+    topt2.load_state_dict(saved)
+    for g in grads[3:]:
+        a.step([g.copy()])
+        b.step([g.copy()])
+        tw_ref.grad = torch.tensor(g.copy())
+        topt2.step()
+    np.testing.assert_array_equal(w2, w)
+    np.testing.assert_allclose(tw_ref.detach().numpy(), w, rtol=1e-14, atol=0)
+    bad = dict(saved["state"][0], pre_cond_0=torch.zeros(4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="its matrix state has"):
+        topt2.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})

@@ -380,6 +380,15 @@ class Optimizer:
         return self._step_counts
 
     @property
+    def matrix_state_keys(self) -> tuple:
+        """The names of a preconditioned rule's per-tensor matrix states (``pre_cond_0``...; else empty)."""
+        return self._matrix.keys if self._matrix_state is not None else ()
+
+    def matrix_state_shapes(self, j: int) -> tuple:
+        """The shapes of tensor ``j``'s matrix states, in :attr:`matrix_state_keys` order."""
+        return tuple(m.shape for m in self._matrix.mats[j]) if self._matrix_state is not None else ()
+
+    @property
     def state(self) -> dict:
         """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
         out = {}
@@ -719,8 +728,17 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
+            for key, shape in zip(self.matrix_state_keys, self.matrix_state_shapes(j)):
+                if key not in entry:
+                    raise ValueError(f"state of param {pid} is missing the matrix state {key!r} (rule "
+                                     f"{self.variant!r} needs {self.matrix_state_keys})")
+                arr = np.asarray(entry[key])
+                if arr.shape != shape or arr.dtype.kind not in "fiu":
+                    raise ValueError(f"matrix state {key!r} of param {pid} is a {arr.dtype} array of shape "
+                                     f"{arr.shape}; the param's is {shape}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),
-                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys])
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys],
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in self.matrix_state_keys])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
         init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
@@ -736,10 +754,12 @@ class Optimizer:
             self._cache[gi] = None
         for j in range(len(self._tensors)):
             if j in new_state:
-                step, arrays = new_state[j]
+                step, arrays, mats = new_state[j]
                 o, n = int(self._offs[j]), int(self._sizes[j])
                 for buf, arr in zip(self._state, arrays):
                     buf[o:o + n] = arr.reshape(-1)
+                if self.matrix_state_keys:
+                    self._matrix.load(j, mats, started=step > 0)
                 self._steps[j] = step
             else:
                 self._reset_tensor_state(j, inits[int(self._group_of[j])])

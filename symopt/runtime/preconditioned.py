@@ -47,6 +47,16 @@ class PreconditionedStep:
         for m in self.mats[j]:
             m[...] = 0
 
+    def load(self, j: int, arrays: list, *, started: bool) -> None:
+        """Tensor ``j``'s matrix states from ``arrays`` (checked shapes, in :attr:`keys` order); a tensor
+        not ``started`` (step count 0) takes the initial values at its next step instead."""
+        if not started:
+            self.reset(j)
+            return
+        for m, arr in zip(self.mats[j], arrays):
+            m[...] = arr
+        self.fresh[j] = False
+
     def state(self, j: int) -> dict:
         """Live views of tensor ``j``'s matrix states by key."""
         return dict(zip(self.keys, self.mats[j]))
