@@ -156,3 +156,12 @@ def test_checkpoints_keep_the_matrix_states(tmp_path, libs):
     bad = dict(saved["state"][0], pre_cond_0=torch.zeros(4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="its matrix state has"):
         topt2.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})
+
+
+def test_report_page_shows_the_plan_and_passes_verification():
+    from symopt.reporting import report
+
+    page = report("shampoo")
+    assert page.startswith("<!DOCTYPE html>") and "<math" in page and "<svg" in page
+    assert "_inverse_root" in page and "syevd" in page      # the generated root, shown as checked in
+    assert "FAIL" not in page
