@@ -165,3 +165,41 @@ def test_report_page_shows_the_plan_and_passes_verification():
     assert page.startswith("<!DOCTYPE html>") and "<math" in page and "<svg" in page
     assert "_inverse_root" in page and "syevd" in page      # the generated root, shown as checked in
     assert "FAIL" not in page
+
+
+@pytest.mark.parametrize("side", ["rows", "cols"])
+def test_user_rule_with_one_sided_preconditioner(side):
+    """A user's one-sided rule (an EMA statistic, its inverse square root on one side of G) against
+    a NumPy transcription in float64; the left and the right product take different BLAS calls."""
+    import sympy as sp
+
+    from symopt.rulebook.matrix import cols, rows
+    from symopt.rulebook.preconditioned import InverseRoot, MatrixState, Preconditioned
+
+    w, g, P = sp.symbols("w g P")
+    lr, eps = sp.symbols("lr eps")
+    G = sp.MatrixSymbol("G", rows, cols)
+    n = rows if side == "rows" else cols
+    S, H = sp.MatrixSymbol("S", n, n), sp.MatrixSymbol("H", n, n)
+    gram = G * G.T if side == "rows" else G.T * G
+    node = Preconditioned(G, 2 * g, [MatrixState(S, eps * sp.Identity(n), 0.9 * S + 0.1 * gram, key="stat"),
+                                     MatrixState(H, sp.ZeroMatrix(n, n), InverseRoot(S, 2), key="root")],
+                          H * G if side == "rows" else G * H)
+    rule = symopt.Rule(f"one_sided_{side}", param=w, grad=g, hyper={lr: 0.01, eps: 1e-3},
+                       updates=[(P, node), (w, w - lr * P)])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3))
+    ref = x.copy()
+    k = 6 if side == "rows" else 3
+    s = 1e-3 * np.eye(k)
+    opt = symopt.optimizer(rule, [x])
+    for _ in range(5):
+        g = rng.standard_normal((6, 3))
+        opt.step([g])
+        u = 2 * g
+        s = 0.9 * s + 0.1 * (u @ u.T if side == "rows" else u.T @ u)
+        lam, v = np.linalg.eigh(s)
+        h = (v / np.sqrt(lam)) @ v.T
+        ref -= 0.01 * (h @ u if side == "rows" else u @ h)
+    assert rel_err(x, ref) < 1e-12
+    assert rel_err(opt.state[0]["stat"], s, floor=1.0) < 1e-14
