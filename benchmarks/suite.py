@@ -539,9 +539,9 @@ def phase_preconditioned(rounds, log, shapes=PRECONDITIONED_SHAPES) -> list:
 def preconditioned_report(rows) -> str:
     """The Shampoo section of results.md."""
     L = ["\n## Kronecker-factored rules: Shampoo (float32)\n",
-         "Default keywords (inverse roots recomputed every step). symopt: statistics by ?syrk, roots by LAPACK's "
-         "?syevd and a ?syrk, the value by two ?gemm, elementwise parts in two Numba passes; pytorch-optimizer "
-         "4.1.0: addmm statistics, roots by SVD. vs peer: median of per-round time ratios (>1: symopt faster).\n",
+         ("Default keywords (inverse roots recomputed every step). symopt: statistics by ?syrk, roots by LAPACK's "
+          "?syevd and a ?syrk, the value by two ?gemm, elementwise parts in two Numba passes; pytorch-optimizer "
+          "4.1.0: addmm statistics, roots by SVD. vs peer: median of per-round time ratios (>1: symopt faster).\n"),
          "| rule | shape | symopt step | pytorch-optimizer | vs peer |", "|---|---|---|---|---|"]
     for r in rows:
         peer = f"{r['peer'] * 1e3:.1f} ms" if "peer" in r else "—"

@@ -34,7 +34,7 @@ from ..rulebook.rule import Rule
 from .plan import Hoister, _rename_scalars
 from .plan_matrix import RESULT, WORK, _pass, _straight_line
 
-__all__ = ["MatrixOp", "PreconditionedPlan", "make_preconditioned_plan", "is_preconditioned_rule"]
+__all__ = ["MatrixOp", "PreconditionedPlan", "is_preconditioned_rule", "make_preconditioned_plan"]
 
 
 class MatrixOp(NamedTuple):
