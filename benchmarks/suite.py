@@ -22,7 +22,8 @@ Measures, in one run and side by side, the targets of the performance issue:
 10. a training loop fused into one ``@numba.njit`` function with a rule's generated
     ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
     once per step (``bench_numba_loop.py``);
-11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes;
+11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes; Shampoo against
+    pytorch-optimizer's Shampoo;
 12. every size at the limit -- Adam on one tensor of 1e4, 1e5, 1e6 elements against the best
     same-traffic kernel at that size (serial or ``prange``), the fixed cost of ``step()``, one
     fork/join of the threads, the warm start (``bench_midsize.py``).
@@ -509,6 +510,52 @@ def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
     return rows_out
 
 
+PRECONDITIONED_SHAPES = ((512, 512), (512, 2048), (2048, 512))
+
+
+def phase_preconditioned(rounds, log, shapes=PRECONDITIONED_SHAPES) -> list:
+    """Shampoo (float32, defaults: roots recomputed every step): symopt's step against
+    pytorch-optimizer's ``Shampoo`` (SVD roots), median of per-round interleaved ratios."""
+    rng = np.random.default_rng(6)
+    rows_out = []
+    for shape in shapes:
+        p = rng.standard_normal(shape).astype(np.float32)
+        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+        fns = {}
+        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="shampoo")
+        if _have("pytorch_optimizer"):
+            import torch
+            from pytorch_optimizer import Shampoo
+
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())  # defaults: no momentum or decay, so the grad stays as set
+            fns["pytorch-optimizer"] = Shampoo([tp], lr=LR).step
+        res = measure(fns, rounds=rounds, min_batch=0, budget=30.0)
+        row = {"rule": "shampoo", "shape": shape, "symopt": res["symopt"]["median"]}
+        if "pytorch-optimizer" in res:
+            row["peer"] = res["pytorch-optimizer"]["median"]
+            row["vs_peer"] = paired_ratio(res, "pytorch-optimizer", "symopt")
+        rows_out.append(row)
+        log(f"  shampoo {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms"
+            + (f"; pytorch-optimizer {row['peer'] * 1e3:.1f} ms, symopt {row['vs_peer']:.2f}x faster"
+               if "peer" in row else ""))
+    return rows_out
+
+
+def preconditioned_report(rows) -> str:
+    """The Shampoo section of results.md."""
+    L = ["\n## Kronecker-factored rules: Shampoo (float32)\n",
+         ("Default keywords (inverse roots recomputed every step). symopt: statistics by ?syrk, roots by LAPACK's "
+          "?syevd and a ?syrk, the value by two ?gemm, elementwise parts in two Numba passes; pytorch-optimizer "
+          "4.1.0: addmm statistics, roots by SVD. vs peer: median of per-round time ratios (>1: symopt faster).\n"),
+         "| rule | shape | symopt step | pytorch-optimizer | vs peer |", "|---|---|---|---|---|"]
+    for r in rows:
+        peer = f"{r['peer'] * 1e3:.1f} ms" if "peer" in r else "—"
+        vs = f"{r['vs_peer']:.2f}×" if "vs_peer" in r else "—"
+        L.append(f"| {r['rule']} | {r['shape'][0]}×{r['shape'][1]} | {r['symopt'] * 1e3:.1f} ms | {peer} | {vs} |")
+    return "\n".join(L) + "\n"
+
+
 def phase_large(n, rounds, log) -> dict:
     """Target 5: one float32 tensor of ``n`` elements against torch fused."""
     rng = np.random.default_rng(4)
@@ -945,6 +992,9 @@ def measure_all(args) -> int:
     incache = phase_check_in_cache(rounds, log)
     log("[9] matrix rules: Muon, float32")
     matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
+    log("[9] Kronecker-factored rules: Shampoo against pytorch-optimizer, float32")
+    preconditioned = phase_preconditioned(3 if quick else 5, log,
+                                          ((128, 128), (128, 512), (512, 128)) if quick else PRECONDITIONED_SHAPES)
     log("[7] start-up")
     startup = phase_startup(log)
     log("[8] memory")
@@ -961,6 +1011,7 @@ def measure_all(args) -> int:
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
                   incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
+    text += preconditioned_report(preconditioned)
     text += ALONE["midsize"][2](midsize)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")

@@ -44,7 +44,7 @@ SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool",
 _IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np", ("torch", None): "torch",
             ("jax", None): "jax", ("jax.numpy", "jnp"): "jnp"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic",
-                 ("scipy.linalg", "blas", None): "blas", ("jax.scipy", "special", None): "special"}
+                 ("scipy.linalg", "blas", None): "blas", ("scipy.linalg", "lapack", None): "lapack", ("jax.scipy", "special", None): "special"}
 
 def _registry_calls(module: str) -> set:
     """The ``<module>.<name>`` calls the registry's templates print (Numba, scalar, torch, JAX)."""
@@ -63,6 +63,8 @@ MODULE_ATTRIBUTES = {
     "intrinsic": frozenset(),
     # the matrix rules' BLAS: symmetric rank-k products and general products (matrix_module template)
     "blas": frozenset({"ssyrk", "dsyrk", "sgemm", "dgemm"}),
+    # the preconditioned rules' symmetric eigendecompositions (preconditioned_module template)
+    "lapack": frozenset({"ssyevd", "dsyevd"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
     "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
     "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log"} | _registry_calls("jnp")),

@@ -49,10 +49,12 @@ from .names import comment_text, docstring_text, identifier, python_literal, str
 from .plan import KernelPlan, make_plan
 from .plan_gradients import SCALE, UPSTREAM
 from .plan_matrix import RESULT, WORK, is_matrix_rule, make_matrix_plan
+from .plan_preconditioned import is_preconditioned_rule, make_preconditioned_plan
 from .printers import JaxArrayPrinter, KernelPrinter, ScalarPrinter, TorchArrayPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
 MATRIX_TEMPLATE = "matrix_module.py.jinja"
+PRECONDITIONED_TEMPLATE = "preconditioned_module.py.jinja"
 ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
 ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
 GRADIENT_TEMPLATE = "gradient_module.py.jinja"
@@ -136,8 +138,9 @@ def _num(x):
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
     """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
-    matrix = is_matrix_family(family)
-    return input_hash(MATRIX_TEMPLATE if matrix else OPTIMIZER_TEMPLATE, family.fingerprint())
+    template = (PRECONDITIONED_TEMPLATE if is_preconditioned_family(family) else
+                MATRIX_TEMPLATE if is_matrix_family(family) else OPTIMIZER_TEMPLATE)
+    return input_hash(template, family.fingerprint())
 
 
 def hyper_identifiers(family: Family) -> dict:
@@ -508,6 +511,8 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
+    if is_preconditioned_family(family):
+        return render_preconditioned_family(family, source_label=source_label)
     if is_matrix_family(family):
         return render_matrix_family(family, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
@@ -629,6 +634,88 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
     }
     ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
     return environment().get_template(MATRIX_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- preconditioned rules
+def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> dict:
+    """Names and printed code of one preconditioned variant (:mod:`.plan_preconditioned`): the
+    scalar functions, the two element passes per dtype and the BLAS/LAPACK calls between them."""
+    state_ids = _state_identifiers(rule)
+    ns = len(plan.scalars)
+    table = {sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}
+
+    def scalar_arg(x):
+        return table[x] if x in table else repr(float(x))
+
+    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
+            **{s: f"{state_ids[s]}_i" for s in plan.state}, **{sym: f"s{k}" for k, sym in enumerate(plan.scalars)}}
+    for ps in plan.passes:
+        for sym, _ in ps.element_temps:
+            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
+    src = {rule.param: "param_c", rule.grad: "grad_c", RESULT: "result", WORK: "work",
+           **{s: f"{state_ids[s]}_c" for s in plan.state}}
+    ops = []
+    for op in plan.ops:
+        entry = {"kind": op.kind, "target": op.target, "source": op.source,
+                 "when": None if op.when is None else plan.scalars.index(op.when),
+                 "pad": "" if op.when is None else "    "}
+        if op.kind == "gram":  # the workspace is Gᵀ (column-major): G Gᵀ is trans=1, Gᵀ G trans=0
+            entry.update(alpha=scalar_arg(op.coefficients[0]), beta=scalar_arg(op.coefficients[1]),
+                         trans=1 if op.side == "rows" else 0)
+        else:
+            entry["root"] = scalar_arg(op.coefficients[0])
+        ops.append(entry)
+    kernels, helpers = [], set()
+    for suffix, dtype, ptr, itemsize in _DTYPES:
+        pr = KernelPrinter(elem, dtype, vector_math=True)
+        passes = [{
+            "index": index, "buffer": "work" if index == 0 else "result",
+            "loads": [(elem[s], src[s]) for s in ps.reads],
+            "temps": [(elem[s], pr.doprint(e)) for s, e in ps.element_temps],
+            "stores": [(src[tgt], pr.doprint(e)) for tgt, e in ps.stores],
+            "doc": docstring_text(f"Pass {index} of {rule.name} over one tensor ({dtype}): "
+                                  + ("the updates before the preconditioner, its start value G into work."
+                                     if index == 0 else "the updates from the preconditioned value on.")),
+        } for index, ps in enumerate(plan.passes)]
+        helpers |= pr.helpers
+        kernels.append({"name": f"{prefix}_{suffix}", "dtype": dtype, "ptr": ptr, "itemsize": itemsize,
+                        "ctor": pr.ctor, "zero": pr.const(0), "blas": _BLAS_PREFIX[dtype], "passes": passes,
+                        "scalar_loads": [(f"s{k}", k) for k in range(ns)]})
+    return {
+        **_scalar_context(rule, plan, hyper_ids),
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "state_args": [state_ids[s] for s in plan.state],
+        "matrix_keys": [key for key, _, _ in plan.matrix_states],
+        "ops": ops, "left": plan.left, "right": plan.right, "kernels": kernels, "helpers": helpers,
+    }
+
+
+def render_preconditioned_family(family: Family, *, source_label: str | None = None) -> str:
+    """Source text of the generated module of a family of preconditioned rules
+    (``preconditioned_module.py.jinja``)."""
+    plans = [make_preconditioned_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    data = _family_data(family, plans, hyper_ids, prefixes)
+    for info, plan in zip(data["variants"], plans):
+        # The runtime's description of the matrix states: key, side and initial diagonal (a per-step
+        # scalar's column, read at a tensor's first step, or a number).
+        info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "states": [
+            {"key": key, "side": side,
+             **({"init_column": plan.scalars.index(d)} if d in plan.scalars else {"init": float(d)})}
+            for key, side, d in plan.matrix_states]}
+    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
+    ctx = {
+        "header": header(family.name, source_label or family.source, PRECONDITIONED_TEMPLATE, family_hash(family)),
+        "docstring": _docstring(family),
+        "family_literal": python_literal(data, width=100),
+        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
+        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
+        "variants": [_preconditioned_variant_context(r, p, pre, hyper_ids)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    return environment().get_template(PRECONDITIONED_TEMPLATE).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- symopt.nn modules
@@ -954,8 +1041,14 @@ class ArrayTarget:
 
 
 def is_matrix_family(family: Family) -> bool:
-    """True if a variant of ``family`` iterates on the param as a matrix (:mod:`.plan_matrix`)."""
-    return any(is_matrix_rule(rule) for _, rule in family.variants)
+    """True if a variant of ``family`` reads the param as a matrix (:mod:`.plan_matrix`,
+    :mod:`.plan_preconditioned`)."""
+    return any(is_matrix_rule(rule) or is_preconditioned_rule(rule) for _, rule in family.variants)
+
+
+def is_preconditioned_family(family: Family) -> bool:
+    """True if a variant of ``family`` keeps matrix states (:mod:`.plan_preconditioned`)."""
+    return any(is_preconditioned_rule(rule) for _, rule in family.variants)
 
 
 ARRAY_TEMPLATE = "array_module.py.jinja"

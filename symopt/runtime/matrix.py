@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .preconditioned import PreconditionedStep
+
 __all__ = ["MatrixStep", "setup"]
 
 
@@ -55,5 +57,10 @@ class MatrixStep:
 
 
 def setup(module, vinfo: dict, tensors: list, suffix: str, name: str):
-    """A :class:`MatrixStep` for a matrix variant, None for an elementwise one."""
-    return MatrixStep(module, vinfo, tensors, suffix, name) if "matrix" in vinfo else None
+    """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
+    for one with matrix states), None for an elementwise one."""
+    if "matrix" not in vinfo:
+        return None
+    if vinfo["matrix"].get("kind") == "preconditioned":
+        return PreconditionedStep(module, vinfo, tensors, suffix, name)
+    return MatrixStep(module, vinfo, tensors, suffix, name)

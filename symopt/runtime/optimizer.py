@@ -311,6 +311,9 @@ class Optimizer:
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
+        self._matrix_state = getattr(self._matrix, "state", None)
+        self._matrix_reset = getattr(self._matrix, "reset", None)
         if self._matrix is None:
             self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
             self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
@@ -347,6 +350,8 @@ class Optimizer:
                 buf[o:o + n] = self._tensors[j].reshape(-1)
             else:
                 buf[o:o + n] = init
+        if self._matrix_reset is not None:
+            self._matrix_reset(j)
 
     # -------------------------------------------------------------- stepping
     @property
@@ -379,6 +384,15 @@ class Optimizer:
         return self._step_counts
 
     @property
+    def matrix_state_keys(self) -> tuple:
+        """The names of a preconditioned rule's per-tensor matrix states (``pre_cond_0``...; else empty)."""
+        return self._matrix.keys if self._matrix_state is not None else ()
+
+    def matrix_state_shapes(self, j: int) -> tuple:
+        """The shapes of tensor ``j``'s matrix states, in :attr:`matrix_state_keys` order."""
+        return tuple(m.shape for m in self._matrix.mats[j]) if self._matrix_state is not None else ()
+
+    @property
     def state(self) -> dict:
         """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
         out = {}
@@ -387,6 +401,8 @@ class Optimizer:
             entry = {"step": int(self._steps[j])}
             for s, buf in zip(self._vinfo["state"], self._state):
                 entry[s["key"]] = buf[o:o + n].reshape(p.shape)
+            if self._matrix_state is not None:  # a preconditioned rule's matrix states (L, R, ...)
+                entry.update(self._matrix_state(j))
             out[j] = entry
         return out
 
@@ -767,8 +783,17 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
+            for key, shape in zip(self.matrix_state_keys, self.matrix_state_shapes(j)):
+                if key not in entry:
+                    raise ValueError(f"state of param {pid} is missing the matrix state {key!r} (rule "
+                                     f"{self.variant!r} needs {self.matrix_state_keys})")
+                arr = np.asarray(entry[key])
+                if arr.shape != shape or arr.dtype.kind not in "fiu":
+                    raise ValueError(f"matrix state {key!r} of param {pid} is a {arr.dtype} array of shape "
+                                     f"{arr.shape}; the param's is {shape}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),
-                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys])
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys],
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in self.matrix_state_keys])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
         init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
@@ -784,10 +809,12 @@ class Optimizer:
             self._cache[gi] = None
         for j in range(len(self._tensors)):
             if j in new_state:
-                step, arrays = new_state[j]
+                step, arrays, mats = new_state[j]
                 o, n = int(self._offs[j]), int(self._sizes[j])
                 for buf, arr in zip(self._state, arrays):
                     buf[o:o + n] = arr.reshape(-1)
+                if self.matrix_state_keys:
+                    self._matrix.load(j, mats, started=step > 0)
                 self._steps[j] = step
             else:
                 self._reset_tensor_state(j, inits[int(self._group_of[j])])

@@ -520,8 +520,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             groups.append(packed)
         sdtype = scalar_dtype()
         state = {}
+        mkeys = self._core.matrix_state_keys    # a preconditioned rule's matrix states keep their own shape
         for j, entry in core_sd["state"].items():
-            arrays = {k: logical(v, *self._layouts[j]) for k, v in entry.items() if k != "step"}
+            arrays = {k: (v if k in mkeys else logical(v, *self._layouts[j])) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
@@ -588,9 +589,11 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             q = local(params[k])
             if isinstance(entry, dict):             # the state of a DTensor param: its local shards
                 entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
-            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label)
+            mshapes = dict(zip(core.matrix_state_keys, core.matrix_state_shapes(k)))
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes=mshapes)
             if got is not None:
-                converted[k] = {"step": got[0], **{key: to_core(a, q) for key, a in got[1].items()}}
+                converted[k] = {"step": got[0], **{key: (a if key in mshapes else to_core(a, q))
+                                                   for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:
             ids.append({"params": list(range(start, start + len(group["params"])))})
