@@ -55,7 +55,7 @@ def _registry_calls(module: str) -> set:
 #: The attributes of each imported module generated code may use (all of them a value or a call).
 MODULE_ATTRIBUTES = {
     "np": frozenset({"float32", "float64", "int32", "int64", "inf", "nan", "zeros", "empty", "full", "arange", "sqrt", "exp", "log",
-                     "multiply"}
+                     "multiply", "argsort", "sum"}
                     | _registry_calls("np")),
     "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e"} | _registry_calls("math")),
     "numba": frozenset({"njit", "carray", "prange"}),
@@ -63,8 +63,9 @@ MODULE_ATTRIBUTES = {
     "intrinsic": frozenset(),
     # the matrix rules' BLAS: symmetric rank-k products and general products (matrix_module template)
     "blas": frozenset({"ssyrk", "dsyrk", "sgemm", "dgemm"}),
-    # the preconditioned rules' symmetric eigendecompositions (preconditioned_module template)
-    "lapack": frozenset({"ssyevd", "dsyevd"}),
+    # the preconditioned rules' symmetric eigendecompositions and QR factorizations
+    # (preconditioned_module template)
+    "lapack": frozenset({"ssyevd", "dsyevd", "sgeqrf", "dgeqrf", "sorgqr", "dorgqr"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
     "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
     "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log"} | _registry_calls("jnp")),

@@ -1,24 +1,31 @@
-"""The plan of a preconditioned matrix rule (one :class:`~symopt.rulebook.preconditioned.Preconditioned`):
-two element passes around BLAS/LAPACK calls on per-tensor matrix states.
+"""The plan of a preconditioned matrix rule (:class:`~symopt.rulebook.preconditioned.Preconditioned`
+nodes): element passes around BLAS/LAPACK calls on per-tensor matrix states.
 
-Everything is SymPy, as in :mod:`.plan_matrix`, whose element passes this plan shares.  A step
-over one ``rows × cols`` tensor is
+Everything is SymPy, as in :mod:`.plan_matrix`.  A rule with ``K`` nodes (in update order) steps
+one ``rows × cols`` tensor in ``K + 1`` element passes, each followed by a matrix stage:
 
-1. *pass 0*, one loop over the elements: the updates before the ``Preconditioned`` node (element
-   temporaries, stores of the param and states) and its start value ``G`` into the workspace;
-2. the matrix states in order, each when its condition holds (a per-step flag):
+1. *pass k*, one loop over the elements: the updates from node ``k − 1``'s on (element
+   temporaries, stores of the param and states) and node ``k``'s start value into its workspace
+   ``work<k>``;
+2. *stage k* (k < K): node ``k``'s matrix states in order, each when its condition holds (a
+   per-step flag), then its value ``A G B`` into ``result<k>``:
 
    * ``β S + α G Gᵀ`` / ``β S + α Gᵀ G``: ``?syrk`` into ``S`` (upper triangle, then mirrored);
    * ``InverseRoot(S', p)``: ``?syevd`` of ``S'`` (``V Λ Vᵀ``), ``W = V Λ^{-1/(2p)}``, ``S = W Wᵀ``
      by ``?syrk``;
+   * ``Eigenbasis(S', Q, v, first)``: ``?syevd`` of ``S'`` where ``first`` holds, else
+     ``QR(S' Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``) and the state ``v`` reordered by ``Π``;
+   * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent) by two ``?gemm``:
+     with ``Gᵀ`` the C-order workspace read as a column-major ``cols × rows`` matrix,
+     ``(A G B)ᵀ = Bᵀ Gᵀ Aᵀ`` without copies;
 
-3. the value ``A G B`` (``A``, ``B`` states; either may be absent) by ``?gemm`` into the result
-   buffer; with ``Gᵀ`` the C-order workspace read as a column-major ``cols × rows`` matrix, the
-   symmetric states give ``(A G B)ᵀ = B Gᵀ A`` without copies;
-4. *pass 1*, one loop: the update holding the node and those after it.
+3. *stage K*, after the last pass: the states marked ``at_end``, in order.
 
-Per-step scalars (hyperparameters, ``t``, the conditions, the β/α/p coefficients and the
-states' initial diagonals) are hoisted out as in :func:`~symopt.codegen.plan.make_plan`.
+A pass reads the param, grad and states (stored values are read back as the new values) and the
+values ``result<j>`` of earlier nodes through the temporaries that hold them; other temporaries of
+an earlier pass are not available.  Per-step scalars (hyperparameters, ``t``, the conditions, the
+coefficients and the states' initial diagonals) are hoisted out as in
+:func:`~symopt.codegen.plan.make_plan`.
 """
 
 from __future__ import annotations
@@ -29,21 +36,48 @@ import sympy as sp
 
 from ..rulebook.matrix import rows
 from ..rulebook.metadata import RuleError
-from ..rulebook.preconditioned import InverseRoot, Preconditioned
+from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned
 from ..rulebook.rule import Rule
-from .plan import Hoister, _rename_scalars
-from .plan_matrix import RESULT, WORK, _pass, _straight_line
+from .plan import Hoister, PlanSymbol, _rename_scalars
+from .plan_matrix import MatrixPass, _straight_line
 
-__all__ = ["MatrixOp", "PreconditionedPlan", "is_preconditioned_rule", "make_preconditioned_plan"]
+__all__ = ["MatrixOp", "PreconditionedPlan", "Product", "Stage", "is_preconditioned_rule", "make_preconditioned_plan",
+           "result_buffer", "work_buffer"]
+
+_PREFIXES = "vwxyzabcdefghijk"
+
+
+def work_buffer(k: int) -> PlanSymbol:
+    """The workspace that holds node ``k``'s start value (its ``G``)."""
+    return PlanSymbol(f"work{k}", real=True)
+
+
+def result_buffer(k: int) -> PlanSymbol:
+    """The buffer that holds node ``k``'s value ``A G B``."""
+    return PlanSymbol(f"result{k}", real=True)
 
 
 class MatrixOp(NamedTuple):
-    kind: str               # "gram" (S ← β S + α G Gᵀ or α Gᵀ G) or "inverse_root" (S ← source^{-1/p})
+    kind: str               # "gram" (S ← β S + α G Gᵀ or α Gᵀ G), "inverse_root" (S ← source^{-1/p}),
+                            # "eigenbasis" (S ← the eigenvectors of source)
     target: int             # the state written
-    source: int             # inverse_root: the state rooted; gram: the target itself
+    source: int             # gram: the node whose G it reads; inverse_root, eigenbasis: the state decomposed
     side: str               # "rows" (rows × rows: G Gᵀ) or "cols" (cols × cols: Gᵀ G)
-    coefficients: tuple     # gram: (α, β); inverse_root: (p,) -- per-step scalars or numbers
+    coefficients: tuple     # gram: (α, β); inverse_root: (p,); eigenbasis: (flag of the exact eigh,)
     when: sp.Basic | None   # per-step flag (1.0 when the update runs), None when always
+    reorder: sp.Symbol | None = None   # eigenbasis: the elementwise state reordered with the basis
+
+
+class Product(NamedTuple):
+    left: int | None        # the value A G B: the state index of A (None: absent)
+    left_transposed: bool   # A is the transpose of that state
+    right: int | None       # ... of B
+    right_transposed: bool
+
+
+class Stage(NamedTuple):
+    ops: tuple              # MatrixOp, in order
+    product: Product | None  # the node's value (None: the stage after the last pass)
 
 
 class PreconditionedPlan(NamedTuple):
@@ -53,29 +87,37 @@ class PreconditionedPlan(NamedTuple):
     scalars: tuple          # per-step scalars s0..sk
     scalar_temps: tuple     # CSE temporaries of the scalar function
     scalar_exprs: tuple     # expressions of the per-step scalars
-    passes: tuple           # (pass 0, pass 1): plan_matrix.MatrixPass
+    passes: tuple           # K + 1 element passes (plan_matrix.MatrixPass; stores may target work<k>)
+    stages: tuple           # K + 1 Stage: stage k runs after pass k
     matrix_states: tuple    # ((key, side, initial diagonal: scalar or number), ...)
-    ops: tuple              # MatrixOp, in order
-    left: int | None        # the value A G B: the index of A (None: absent)
-    right: int | None       # ... of B
+    symmetric: tuple        # per matrix state: True when its updates keep it symmetric
     op_count: int
+
+    @property
+    def buffers(self) -> tuple:
+        """The flat buffers of a step: work0, result0, work1, result1, ..."""
+        return tuple(b for k in range(len(self.stages) - 1) for b in (work_buffer(k), result_buffer(k)))
 
 
 def is_preconditioned_rule(rule: Rule) -> bool:
     return any(rhs.has(Preconditioned) for _, rhs in rule.updates)
 
 
-def _split(rule: Rule):
+def _nodes(rule: Rule) -> list:
+    """``(update index, node)`` of each Preconditioned node, at most one per update."""
+    found = []
     for k, (_, rhs) in enumerate(rule.updates):
         nodes = rhs.atoms(Preconditioned)
+        if len(nodes) > 1:
+            raise RuleError(f"rule {rule.name!r}: one Preconditioned node per update")
         if nodes:
-            if len(nodes) > 1 or any(r.has(Preconditioned) for _, r in rule.updates[k + 1:]):
-                raise RuleError(f"rule {rule.name!r}: one Preconditioned node per rule")
-            return rule.updates[:k], rule.updates[k:], next(iter(nodes))
-    raise RuleError(f"rule {rule.name!r} holds no Preconditioned node")
+            found.append((k, next(iter(nodes))))
+    if not found:
+        raise RuleError(f"rule {rule.name!r} holds no Preconditioned node")
+    return found
 
 
-def _gram_op(k, st, var, scalar) -> MatrixOp:
+def _gram_op(k, st, var, node_index, scalar) -> MatrixOp:
     """``β S + α G Gᵀ`` (or ``Gᵀ G``) read off ``st.update``, else RuleError."""
     side = "rows" if st.sym.shape[0] == rows else "cols"
     gram = var * var.T if side == "rows" else var.T * var
@@ -91,85 +133,133 @@ def _gram_op(k, st, var, scalar) -> MatrixOp:
         else:
             raise RuleError(f"matrix state {st.sym.name}: the term {sp.sstr(term)} is neither a multiple of "
                             f"{st.sym.name} nor of {sp.sstr(gram)} (a statistic is β S + α {sp.sstr(gram)})")
-    return MatrixOp("gram", k, k, side, (scalar(alpha), scalar(beta)), None)
+    return MatrixOp("gram", k, node_index, side, (scalar(alpha), scalar(beta)), None)
 
 
-def _value_factors(value, var, index) -> tuple:
-    """``(A, B)`` state indices of ``value = A G B`` (None where absent)."""
+def _value_product(value, var, index) -> Product:
+    """The factors of ``value = A G B`` (A, B states or their transposes; None where absent)."""
     factors = list(value.args) if isinstance(value, sp.MatMul) else [value]
     if any(not isinstance(f, sp.MatrixExpr) for f in factors) or factors.count(var) != 1:
         raise RuleError(f"Preconditioned value {sp.sstr(value)}: must be a product A {var.name} B of matrix states "
                         f"around {var.name} (no scalar factors: scale the update outside)")
     pos = factors.index(var)
     left, right = factors[:pos], factors[pos + 1:]
-    if len(left) > 1 or len(right) > 1 or any(f not in index for f in left + right):
-        raise RuleError(f"Preconditioned value {sp.sstr(value)}: at most one matrix state on each side of "
-                        f"{var.name}")
-    return (index[left[0]] if left else None), (index[right[0]] if right else None)
+    strip = lambda f: (f.arg, True) if isinstance(f, sp.Transpose) else (f, False)
+    if len(left) > 1 or len(right) > 1 or any(strip(f)[0] not in index for f in left + right):
+        raise RuleError(f"Preconditioned value {sp.sstr(value)}: at most one matrix state (or its transpose) on "
+                        f"each side of {var.name}")
+    (a, at), (b, bt) = (strip(left[0]) if left else (None, False)), (strip(right[0]) if right else (None, False))
+    return Product(index.get(a), at, index.get(b), bt)
+
+
+def _element_pass(temps, stores, reads_from) -> MatrixPass:
+    used = set()
+    for e in [*(e for _, e in temps), *(e for _, e in stores)]:
+        used |= e.free_symbols
+    return MatrixPass(tuple(temps), tuple(stores), (), tuple(s for s in reads_from if s in used))
 
 
 def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
-    """Build the two passes, the matrix operations and the value of ``rule`` (module docstring)."""
-    before, after, node = _split(rule)
-    fixed = {rule.param, rule.grad, *rule.state}
-    arrays = set(fixed)
-    env: dict = {}
-    temps0 = _straight_line(before, env, arrays, "_v")
-    start = node.start.xreplace(env)
-    hoist = Hoister(arrays | {WORK, RESULT})
-    stores0 = [(s, env[s]) for s in (rule.param, *rule.state) if s in env]
-    pass0 = [hoist(e) for _, e in temps0] + [hoist(start)]
+    """Build the element passes, the matrix stages and the values of ``rule`` (module docstring)."""
+    nodes = _nodes(rule)
+    fixed = (rule.param, rule.grad, *rule.state)
+    works = [work_buffer(k) for k in range(len(nodes))]
+    results = [result_buffer(k) for k in range(len(nodes))]
+    hoist = Hoister({*fixed, *works, *results})
 
     def scalar(e):
         e = sp.sympify(e)
         return e if e.is_Number else hoist.scalar(e)
 
-    index = {st.sym: k for k, st in enumerate(node.states)}
-    ops, states = [], []
-    for k, st in enumerate(node.states):
+    # The matrix states of every node, indexed in declaration order.
+    states = [(node_k, st) for node_k, (_, node) in enumerate(nodes) for st in node.states]
+    index = {st.sym: j for j, (_, st) in enumerate(states)}
+    if len(index) != len(states) or len({st.key for _, st in states}) != len(states):
+        raise RuleError(f"rule {rule.name!r}: each matrix state (and its key) is declared by one node")
+    symmetric = [not isinstance(st.update, Eigenbasis) for _, st in states]
+    ops_of: list = [[] for _ in range(len(nodes) + 1)]
+    matrix_states = []
+    for j, (node_k, st) in enumerate(states):
+        node = nodes[node_k][1]
         side = "rows" if st.sym.shape[0] == rows else "cols"
-        states.append((st.key, side, scalar(st.init_diagonal())))
-        if isinstance(st.update, InverseRoot):
-            source = st.update.base
-            if source not in index or source.shape != st.sym.shape:
-                raise RuleError(f"matrix state {st.sym.name}: InverseRoot of {source.name}, which is not a matrix "
-                                f"state of the same shape")
-            op = MatrixOp("inverse_root", k, index[source], side, (scalar(st.update.root),), None)
+        matrix_states.append((st.key, side, scalar(st.init_diagonal())))
+        upd = st.update
+        if isinstance(upd, (InverseRoot, Eigenbasis)):
+            source = upd.base
+            if source not in index or source.shape != st.sym.shape or not symmetric[index[source]]:
+                raise RuleError(f"matrix state {st.sym.name}: {type(upd).__name__} of {source.name}, which is not "
+                                f"a symmetric matrix state of the same shape")
+            if isinstance(upd, InverseRoot):
+                op = MatrixOp("inverse_root", j, index[source], side, (scalar(upd.root),), None)
+            else:
+                if upd.basis != st.sym:
+                    raise RuleError(f"matrix state {st.sym.name}: Eigenbasis continues from its own last basis "
+                                    f"{st.sym.name}, got {upd.basis.name}")
+                if upd.reorder not in rule.state:
+                    raise RuleError(f"matrix state {st.sym.name}: Eigenbasis reorders an elementwise state, "
+                                    f"{upd.reorder} is not one")
+                flag = scalar(sp.Piecewise((sp.Integer(1), upd.first), (sp.Integer(0), True)))
+                op = MatrixOp("eigenbasis", j, index[source], side, (flag,), None, upd.reorder)
         else:
-            op = _gram_op(k, st, node.var, scalar)
+            op = _gram_op(j, st, node.var, node_k, scalar)
         when = None if st.when == sp.true else scalar(sp.Piecewise((sp.Integer(1), st.when), (sp.Integer(0), True)))
-        ops.append(op._replace(when=when))
-    left, right = _value_factors(node.value, node.var, index)
+        ops_of[len(nodes) if st.at_end else node_k].append(op._replace(when=when))
+    products = [_value_product(node.value, node.var, index) for _, node in nodes]
 
-    # Pass 1: stored values are read back as the new values; earlier temporaries are not available.
-    env1 = {s: s for s in env if s in fixed}
-    stale = set(env) - set(env1)
-    for lhs, rhs in after:
-        late = rhs.xreplace({node: RESULT}).free_symbols & stale
-        if late:
-            raise RuleError(f"update of {lhs}: {sorted(map(str, late))} are computed before the preconditioner; "
-                            f"after it, read the param, grad and state only")
-    temps1 = _straight_line([(lhs, rhs.xreplace({node: RESULT})) for lhs, rhs in after], env1, arrays, "_w")
-    hoist.arrays |= arrays
-    pass1 = [hoist(e) for _, e in temps1]
-    stores1 = [(s, env1[s]) for s in (rule.param, *rule.state) if s in env1 and env1[s] != s]
+    # The element passes: pass k holds the updates from node k-1's on, and node k's start value.
+    bounds = [0] + [u for u, _ in nodes] + [len(rule.updates)]
+    env: dict = {}
+    passes, late = [], set()
+    for k in range(len(nodes) + 1):
+        updates = list(rule.updates[bounds[k]:bounds[k + 1]])
+        if k > 0:  # the update holding node k-1 reads its value
+            node = nodes[k - 1][1]
+            lhs, rhs = updates[0]
+            updates[0] = (lhs, rhs.xreplace({node: results[k - 1]}))
+        # the values read back from arrays: the param and states, and earlier nodes' values
+        env = {s: s for s in fixed} | {s: v for s, v in env.items() if v in results}
+        for lhs, rhs in updates:
+            stale = (rhs.free_symbols & late) - set(env)
+            if stale:
+                raise RuleError(f"update of {lhs}: {sorted(map(str, stale))} are computed before a preconditioned "
+                                f"value; after it, read the param, grad, state and node values only")
+        arrays = set(fixed) | set(results)
+        temps = _straight_line(updates, env, arrays, f"_{_PREFIXES[k]}")
+        for (lhs, rhs), (sym, _) in zip(updates, temps):
+            late.add(lhs)
+            if rhs in results:
+                env[lhs] = rhs   # a node's value, readable in every later pass
+        stores = [(s, env[s]) for s in (rule.param, *rule.state) if s in env and env[s] != s]
+        if k < len(nodes):
+            stores.append((works[k], nodes[k][1].start.xreplace(env)))
+        hoist.arrays |= arrays
+        exprs = [hoist(e) for _, e in temps] + [hoist(e) for _, e in stores]
+        temps = [(s, e) for (s, _), e in zip(temps, exprs)]
+        stores = [(t, e) for (t, _), e in zip(stores, exprs[len(temps):])]
+        passes.append((temps, stores))
 
     # Canonical names s<k> for the per-step scalars, in the passes and the matrix operations alike.
-    n0, n1 = len(pass0), len(pass1)
-    extra = [sp.sympify(x) for x in [d for _, _, d in states]
-             + [c for op in ops for c in op.coefficients] + [op.when for op in ops if op.when is not None]]
-    scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, pass0 + pass1 + extra)
-    pass0, pass1, extra = renamed[:n0], renamed[n0:n0 + n1], list(renamed[n0 + n1:])
-    states = [(key, side, extra.pop(0)) for key, side, _ in states]
-    ops = [op._replace(coefficients=tuple(extra.pop(0) for _ in op.coefficients)) for op in ops]
-    ops = [op._replace(when=extra.pop(0)) if op.when is not None else op for op in ops]
+    flat = [e for temps, stores in passes for e in [*(e for _, e in temps), *(e for _, e in stores)]]
+    extra = [sp.sympify(d) for _, _, d in matrix_states]
+    for ops in ops_of:
+        for op in ops:
+            extra += [sp.sympify(c) for c in op.coefficients] + ([op.when] if op.when is not None else [])
+    scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, flat + extra)
+    out = iter(renamed)
+    passes = [([(s, next(out)) for s, _ in temps], [(t, next(out)) for t, _ in stores]) for temps, stores in passes]
+    matrix_states = [(key, side, next(out)) for key, side, _ in matrix_states]
+    stages = []
+    for k, ops in enumerate(ops_of):
+        new = []
+        for op in ops:
+            op = op._replace(coefficients=tuple(next(out) for _ in op.coefficients))
+            new.append(op._replace(when=next(out)) if op.when is not None else op)
+        stages.append(Stage(tuple(new), products[k] if k < len(nodes) else None))
 
     s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
-    nt0 = len(temps0)
-    out0 = _pass([(sym, e) for (sym, _), e in zip(temps0, pass0[:nt0])], stores0 + [(WORK, None)],
-                 pass0[nt0], [], rule)
-    out1 = _pass([(sym, e) for (sym, _), e in zip(temps1, pass1)], stores1, None, [], rule)
-    elem_ops = sum(sp.count_ops(e) for p in (out0, out1) for _, e in p.element_temps)
+    reads_from = (rule.param, rule.grad, *rule.state, *results)
+    element_passes = tuple(_element_pass(temps, stores, reads_from) for temps, stores in passes)
+    elem_ops = sum(sp.count_ops(e) for p in element_passes for _, e in p.element_temps)
     return PreconditionedPlan(rule, tuple(rule.hyper), tuple(rule.state), tuple(scalars), tuple(s_temps),
-                              tuple(s_reduced), (out0, out1), tuple(states), tuple(ops), left, right, int(elem_ops))
-
+                              tuple(s_reduced), element_passes, tuple(stages), tuple(matrix_states),
+                              tuple(symmetric), int(elem_ops))

@@ -639,7 +639,7 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
 # ----------------------------------------------------------------------------- preconditioned rules
 def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> dict:
     """Names and printed code of one preconditioned variant (:mod:`.plan_preconditioned`): the
-    scalar functions, the two element passes per dtype and the BLAS/LAPACK calls between them."""
+    scalar functions, the element passes per dtype and the BLAS/LAPACK calls between them."""
     state_ids = _state_identifiers(rule)
     ns = len(plan.scalars)
     table = {sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}
@@ -647,35 +647,55 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
     def scalar_arg(x):
         return table[x] if x in table else repr(float(x))
 
-    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
+    buffers = [b.name for b in plan.buffers]   # work<k>, result<k>: the planner's names
+    elem = {rule.param: "param_i", rule.grad: "grad_i", **{b: f"{b.name}_i" for b in plan.buffers},
             **{s: f"{state_ids[s]}_i" for s in plan.state}, **{sym: f"s{k}" for k, sym in enumerate(plan.scalars)}}
     for ps in plan.passes:
         for sym, _ in ps.element_temps:
-            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
-    src = {rule.param: "param_c", rule.grad: "grad_c", RESULT: "result", WORK: "work",
+            elem[sym] = sym.name  # _v<k>, _w<k>, ...: the planner's names, never user text
+    src = {rule.param: "param_c", rule.grad: "grad_c", **{b: b.name for b in plan.buffers},
            **{s: f"{state_ids[s]}_c" for s in plan.state}}
-    ops = []
-    for op in plan.ops:
-        entry = {"kind": op.kind, "target": op.target, "source": op.source,
-                 "when": None if op.when is None else plan.scalars.index(op.when),
-                 "pad": "" if op.when is None else "    "}
-        if op.kind == "gram":  # the workspace is Gᵀ (column-major): G Gᵀ is trans=1, Gᵀ G trans=0
-            entry.update(alpha=scalar_arg(op.coefficients[0]), beta=scalar_arg(op.coefficients[1]),
-                         trans=1 if op.side == "rows" else 0)
-        else:
-            entry["root"] = scalar_arg(op.coefficients[0])
-        ops.append(entry)
+    stages = []
+    for k, stage in enumerate(plan.stages):
+        ops = []
+        for op in stage.ops:
+            entry = {"kind": op.kind, "target": op.target, "source": op.source,
+                     "when": None if op.when is None else plan.scalars.index(op.when),
+                     "pad": "" if op.when is None else "    "}
+            if op.kind == "gram":  # the workspace is Gᵀ (column-major): G Gᵀ is trans=1, Gᵀ G trans=0
+                entry.update(alpha=scalar_arg(op.coefficients[0]), beta=scalar_arg(op.coefficients[1]),
+                             trans=1 if op.side == "rows" else 0, work=f"g{op.source}")
+            elif op.kind == "inverse_root":
+                entry["root"] = scalar_arg(op.coefficients[0])
+            else:   # eigenbasis: the reordered state's rows (L side, axis 0) or columns (R side, axis 1)
+                entry.update(first=scalar_arg(op.coefficients[0]), reorder=f"{state_ids[op.reorder]}_c",
+                             axis=0 if op.side == "rows" else 1)
+            ops.append(entry)
+        entry = {"ops": ops, "product": None}
+        pr = stage.product
+        if pr is not None:
+            # (A G B)ᵀ = Bᵀ Gᵀ Aᵀ on the column-major Gᵀ: a state's transpose is a gemm flag (none for a
+            # symmetric state)
+            flag = lambda j, transposed, want: int(want != transposed and not plan.symmetric[j])
+            entry["product"] = {"work": f"g{k}", "result": f"r{k}",
+                                "left": pr.left, "right": pr.right,
+                                "left_trans": None if pr.left is None else flag(pr.left, pr.left_transposed, True),
+                                "right_trans": None if pr.right is None else flag(pr.right, pr.right_transposed,
+                                                                                  True)}
+        stages.append(entry)
     kernels, helpers = [], set()
     for suffix, dtype, ptr, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
         passes = [{
-            "index": index, "buffer": "work" if index == 0 else "result",
+            "index": index,
             "loads": [(elem[s], src[s]) for s in ps.reads],
             "temps": [(elem[s], pr.doprint(e)) for s, e in ps.element_temps],
             "stores": [(src[tgt], pr.doprint(e)) for tgt, e in ps.stores],
             "doc": docstring_text(f"Pass {index} of {rule.name} over one tensor ({dtype}): "
-                                  + ("the updates before the preconditioner, its start value G into work."
-                                     if index == 0 else "the updates from the preconditioned value on.")),
+                                  + ("the updates before the first preconditioned value" if index == 0 else
+                                     f"the updates from preconditioned value {index - 1} on")
+                                  + (f", the start value of preconditioned value {index} into work{index}."
+                                     if index < len(plan.passes) - 1 else ".")),
         } for index, ps in enumerate(plan.passes)]
         helpers |= pr.helpers
         kernels.append({"name": f"{prefix}_{suffix}", "dtype": dtype, "ptr": ptr, "itemsize": itemsize,
@@ -684,9 +704,9 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
     return {
         **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
-        "state_args": [state_ids[s] for s in plan.state],
-        "matrix_keys": [key for key, _, _ in plan.matrix_states],
-        "ops": ops, "left": plan.left, "right": plan.right, "kernels": kernels, "helpers": helpers,
+        "npasses": len(plan.passes), "state_args": [state_ids[s] for s in plan.state],
+        "matrix_keys": [key for key, _, _ in plan.matrix_states], "buffers": buffers,
+        "stages": stages, "kernels": kernels, "helpers": helpers,
     }
 
 
@@ -700,7 +720,8 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
     for info, plan in zip(data["variants"], plans):
         # The runtime's description of the matrix states: key, side and initial diagonal (a per-step
         # scalar's column, read at a tensor's first step, or a number).
-        info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "states": [
+        info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "buffers": len(plan.buffers),
+                          "max_ndim": 2 if not all(plan.symmetric) else None, "states": [
             {"key": key, "side": side,
              **({"init_column": plan.scalars.index(d)} if d in plan.scalars else {"init": float(d)})}
             for key, side, d in plan.matrix_states]}
@@ -715,6 +736,7 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    ctx["eigenbasis"] = not all(all(p.symmetric) for p in plans)
     return environment().get_template(PRECONDITIONED_TEMPLATE).render(**ctx)
 
 

@@ -23,7 +23,8 @@ import sympy as sp
 
 from ..codegen.plan import KernelPlan, UpdatedValue, make_plan
 from ..codegen.plan_matrix import RESULT, WORK, MatrixPlan, is_matrix_rule, make_matrix_plan
-from ..codegen.plan_preconditioned import PreconditionedPlan, is_preconditioned_rule, make_preconditioned_plan
+from ..codegen.plan_preconditioned import (PreconditionedPlan, is_preconditioned_rule, make_preconditioned_plan,
+                                           result_buffer, work_buffer)
 from ..provenance import PEER_TOLERANCE, RULE_PEERS, peer_label
 from ..rulebook.display import base_latex, subscripted, update_rows
 from ..rulebook.metadata import t as T_STEP
@@ -213,42 +214,51 @@ def matrix_derivation(plan: MatrixPlan) -> dict:
 
 def preconditioned_derivation(plan: PreconditionedPlan) -> dict:
     """A preconditioned rule's plan (:mod:`~symopt.codegen.plan_preconditioned`) in the form of
-    :func:`derivation`: pass 0 (the updates before the preconditioner, G into the workspace), the
-    matrix states' BLAS/LAPACK operations in order, pass 1 (the updates reading the value P)."""
+    :func:`derivation`: the element passes (each ending with a value's start G_k into its workspace)
+    and, after each, the matrix states' BLAS/LAPACK operations and the value P_k."""
     rule = plan.rule
-    p0, p1 = plan.passes
-    syms = _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars], p0.element_temps, p0.stores,
-                       p1.element_temps, p1.stores)
+    syms = _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars],
+                       *[part for p in plan.passes for part in (p.element_temps, p.stores)])
     names = _display_names(rule, syms)
-    names.update({WORK: "G", RESULT: "P"})
+    nvalues = len(plan.stages) - 1
+    names.update({work_buffer(k): f"G_{{{k}}}" for k in range(nvalues)})
+    names.update({result_buffer(k): f"P_{{{k}}}" for k in range(nvalues)})
     lhs = lambda sym: _new_name(rule, sym) if sym in (rule.param, *rule.state) else names.get(sym, sp.latex(sym))
     r, c = sp.symbols("r c")
-    g = sp.MatrixSymbol("G", r, c)
+    gs = [sp.MatrixSymbol(f"G_{{{k}}}", r, c) for k in range(nvalues)]
     mats = [sp.MatrixSymbol(key.replace("_", r"\_"), *((r, r) if side == "rows" else (c, c)))
             for key, side, _ in plan.matrix_states]
-    ops = []
-    for op in plan.ops:
-        target = mats[op.target]
-        if op.kind == "gram":
-            alpha, beta = op.coefficients
-            rhs = beta * target + alpha * (g * g.T if op.side == "rows" else g.T * g)
-        else:
-            rhs = sp.MatPow(mats[op.source], -1 / op.coefficients[0])
-        ops.append((sp.latex(target), "=", rhs, {**names, T_STEP: "t"}))
-    left = [mats[plan.left]] if plan.left is not None else []
-    right = [mats[plan.right]] if plan.right is not None else []
-    ops.append(("P", "=", sp.MatMul(*left, g, *right), names))
     body = lambda ps: ([(names.get(s, sp.latex(s)), "=", e, names) for s, e in ps.element_temps]
                        + [(lhs(s), "=", e, names) for s, e in ps.stores])
+    rows_ = []
+    for k, (ps, stage) in enumerate(zip(plan.passes, plan.stages)):
+        rows_ += body(ps)
+        for op in stage.ops:
+            target = mats[op.target]
+            if op.kind == "gram":
+                alpha, beta = op.coefficients
+                g = gs[op.source]
+                rhs = beta * target + alpha * (g * g.T if op.side == "rows" else g.T * g)
+            elif op.kind == "inverse_root":
+                rhs = sp.MatPow(mats[op.source], -1 / op.coefficients[0])
+            else:
+                rhs = sp.Function("eigenbasis")(mats[op.source], target, op.reorder, op.coefficients[0])
+            rows_.append((sp.latex(target), "=", rhs, {**names, T_STEP: "t"}))
+        pr = stage.product
+        if pr is not None:
+            side = lambda j, tr: [] if j is None else [mats[j].T if tr else mats[j]]
+            rows_.append((f"P_{{{k}}}", "=", sp.MatMul(*side(pr.left, pr.left_transposed), gs[k],
+                                                       *side(pr.right, pr.right_transposed)), names))
     return {
-        "substituted": equations(ops),
+        "substituted": equations(rows_),
         "scalars": equations([(names.get(s, sp.latex(s)), "=", e, {**names, T_STEP: "t"})
                               for s, e in [*plan.scalar_temps, *zip(plan.scalars, plan.scalar_exprs)]])
         if plan.scalars else None,
-        "elements": equations(body(p0) + body(p1)),
+        "elements": equations([row for ps in plan.passes for row in body(ps)]),
         "ops_before": plan.op_count, "ops_after": plan.op_count, "scalar_ops": 0,
-        "n_scalars": len(plan.scalars), "n_temps": len(p0.element_temps) + len(p1.element_temps),
-        "reads": ", ".join(sorted({rule.state_key(s) if s in rule.state else s.name for s in (*p0.reads, *p1.reads)})),
+        "n_scalars": len(plan.scalars), "n_temps": sum(len(p.element_temps) for p in plan.passes),
+        "reads": ", ".join(sorted({rule.state_key(s) if s in rule.state else s.name
+                                   for p in plan.passes for s in p.reads if s not in plan.buffers})),
         "reductions": {"sums": [], "tensor": None},
     }
 
@@ -456,8 +466,9 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
         plan = (make_preconditioned_plan(rule) if preconditioned else make_matrix_plan(rule) if matrix
                 else make_plan(rule))
         prefix = vdata["prefix"]
-        fn_names = ([f"{prefix}_scalars", f"{prefix}_f64_pass0", "_inverse_root", f"{prefix}_f64",
-                     f"{prefix}_f64_pass1"] if preconditioned else
+        fn_names = ([f"{prefix}_scalars", *(f"{prefix}_f64_pass{k}" for k in range(len(plan.passes))),
+                     "_inverse_root", *(["_eigenbasis"] if not all(plan.symmetric) else []), f"{prefix}_f64"]
+                    if preconditioned else
                     [f"{prefix}_scalars", f"{prefix}_tensor_scalars", f"{prefix}_f64_pass0", f"{prefix}_f64",
                      f"{prefix}_f64_pass1"] if matrix else
                     [f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64", f"{prefix}_reduce_f64"])

@@ -22,10 +22,18 @@ planner maps to BLAS/LAPACK (``codegen/plan_preconditioned.py``) is:
   eigendecomposition ``S = V Λ Vᵀ`` (LAPACK ``?syevd``), then ``W = V Λ^{-1/(2p)}`` and
   ``S^{-1/p} = W Wᵀ`` (one ``?syrk``); an eigenvalue ≤ 0 gives inf/NaN, as the SVD of
   pytorch-optimizer's ``compute_power_svd`` gives for a zero singular value;
-* ``value = A G B`` (``A``, ``B`` states, either may be absent): two ``?gemm``.
+* ``Eigenbasis(S, Q, v, first)``, the eigenvectors of a symmetric ``S`` by descending eigenvalue
+  (SOAP's rotation): where ``first`` holds, exactly (LAPACK ``?syevd``); else one power-iteration
+  step from the last basis ``Q``, ``QR(S Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``), with ``Π`` the
+  columns sorted by their estimated eigenvalues ``diag(Qᵀ S Q)`` and the elementwise state ``v``
+  (read as ``rows × cols``) reordered along ``S``'s side by the same ``Π``;
+* ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``.
 
-The states' initial values are ``c·I`` or the zero matrix (``c`` a hyperparameter expression);
-``key`` is the state's name in ``state_dict()`` and checkpoints.
+A rule may hold several ``Preconditioned`` nodes (SOAP projects the gradient, the first moment
+and the update); a node's value may read the states another node declares.  A state marked
+``at_end`` is updated after the rule's last update (SOAP refreshes its statistics and basis after
+the param), from its node's ``G``.  The states' initial values are ``c·I`` or the zero matrix
+(``c`` a hyperparameter expression); ``key`` is the state's name in ``state_dict()`` and checkpoints.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from sympy.logic.boolalg import Boolean
 from .matrix import cols, rows
 from .metadata import RuleError
 
-__all__ = ["InverseRoot", "MatrixState", "Preconditioned", "preconditioners_in"]
+__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "matrix_states_of", "preconditioners_in"]
 
 
 class InverseRoot(sp.MatrixExpr):
@@ -70,11 +78,53 @@ class InverseRoot(sp.MatrixExpr):
         return f"InverseRoot({printer._print(self.base)}, {printer._print(self.root)})"
 
 
+class Eigenbasis(sp.MatrixExpr):
+    """The eigenvectors of the symmetric matrix state ``S`` as columns, by descending eigenvalue:
+    exactly where ``first`` holds, else ``QR(S Q Π)`` from the last basis ``Q`` (one power-iteration
+    step, columns ``Π``-sorted by ``diag(Qᵀ S Q)``), reordering the elementwise state ``v`` by ``Π``
+    along ``S``'s side."""
+
+    def __new__(cls, base, basis, reorder, first):
+        for m, what in ((base, "statistic"), (basis, "basis")):
+            if not isinstance(m, sp.MatrixSymbol) or m.shape[0] != m.shape[1]:
+                raise RuleError(f"Eigenbasis: the {what} must be a square MatrixSymbol (a matrix state), got {m!r}")
+        if base.shape != basis.shape:
+            raise RuleError("Eigenbasis: the statistic and the basis have the same shape")
+        if not isinstance(reorder, sp.Symbol):
+            raise RuleError(f"Eigenbasis: the reordered state must be an elementwise state symbol, got {reorder!r}")
+        first = sp.sympify(first)
+        if not isinstance(first, Boolean):
+            raise RuleError("Eigenbasis: the exact-eigendecomposition condition must be a SymPy boolean")
+        return sp.Basic.__new__(cls, base, basis, reorder, first)
+
+    base = property(lambda self: self.args[0])
+    basis = property(lambda self: self.args[1])
+    reorder = property(lambda self: self.args[2])
+    first = property(lambda self: self.args[3])
+
+    @property
+    def shape(self):
+        return self.base.shape
+
+    @property
+    def free_symbols(self):
+        return {self.reorder} | self.first.free_symbols
+
+    def _latex(self, printer, exp=None):
+        s, q = printer._print(self.base), printer._print(self.basis)
+        return (rf"\operatorname{{eig}}\left({s}\right) \text{{ if }} {printer._print(self.first)}"
+                rf" \text{{, else }} \operatorname{{QR}}\left({s} {q}\right)")
+
+    def _sympystr(self, printer):
+        return "Eigenbasis({})".format(", ".join(printer._print(a) for a in self.args))
+
+
 class MatrixState(sp.Basic):
     """A square matrix state ``sym`` of one tensor: initial value ``init`` (``c·I`` or zero),
-    update ``update`` applied when ``when`` holds, public name ``key``."""
+    update ``update`` applied when ``when`` holds (after the rule's last update if ``at_end``),
+    public name ``key``."""
 
-    def __new__(cls, sym, init, update, *, key: str, when=sp.true):
+    def __new__(cls, sym, init, update, *, key: str, when=sp.true, at_end: bool = False):
         if type(sym) is not sp.MatrixSymbol or sym.shape not in ((rows, rows), (cols, cols)):
             raise RuleError(f"MatrixState: the state must be a MatrixSymbol of shape (rows, rows) or (cols, cols), "
                             f"got {sym!r}")
@@ -89,13 +139,14 @@ class MatrixState(sp.Basic):
         when = sp.true if when is True else sp.sympify(when)
         if not isinstance(when, Boolean):
             raise RuleError(f"MatrixState {sym.name}: the condition must be a SymPy boolean")
-        return sp.Basic.__new__(cls, sym, init, update, when, Str(key))
+        return sp.Basic.__new__(cls, sym, init, update, when, Str(key), sp.true if at_end else sp.false)
 
     sym = property(lambda self: self.args[0])
     init = property(lambda self: self.args[1])
     update = property(lambda self: self.args[2])
     when = property(lambda self: self.args[3])
     key = property(lambda self: self.args[4].name)
+    at_end = property(lambda self: bool(self.args[5]))
 
     def init_diagonal(self) -> sp.Expr:
         """``c`` of the initial value ``c·I`` (0 for the zero matrix)."""
@@ -111,7 +162,8 @@ class MatrixState(sp.Basic):
 
 class Preconditioned(sp.Expr):
     """The element of ``value`` after the matrix ``states`` are updated; ``var`` (rows × cols) is
-    bound to the matrix of the elementwise ``start`` values."""
+    bound to the matrix of the elementwise ``start`` values.  ``states`` may be empty when
+    ``value`` reads the states of another node of the rule."""
 
     is_real = True
     is_commutative = True
@@ -123,8 +175,8 @@ class Preconditioned(sp.Expr):
         if not isinstance(start, sp.Expr) or isinstance(start, sp.MatrixExpr):
             raise RuleError("Preconditioned: the start value must be an elementwise (scalar) expression")
         states = tuple(states)
-        if not states or not all(isinstance(s, MatrixState) for s in states):
-            raise RuleError("Preconditioned: states must be a non-empty sequence of MatrixState")
+        if not all(isinstance(s, MatrixState) for s in states):
+            raise RuleError("Preconditioned: states must be a sequence of MatrixState")
         if len({s.sym for s in states}) != len(states) or len({s.key for s in states}) != len(states):
             raise RuleError("Preconditioned: each matrix state (and its key) appears once")
         if not isinstance(value, sp.MatrixExpr) or value.shape != (rows, cols):
@@ -145,6 +197,8 @@ class Preconditioned(sp.Expr):
             for part in (s.init, s.update, s.when):
                 free |= part.free_symbols
         free |= self.value.free_symbols
+        # another node's states read by the value are bound by that node
+        free -= {m for m in self.value.atoms(sp.MatrixSymbol)}
         return free - bound
 
     def _latex(self, printer, exp=None):
@@ -160,3 +214,8 @@ def preconditioners_in(expr) -> list:
     if not isinstance(expr, sp.Basic):
         return []
     return [n for n in sp.preorder_traversal(expr) if isinstance(n, Preconditioned)]
+
+
+def matrix_states_of(nodes) -> tuple:
+    """The matrix states declared by ``nodes`` (:class:`Preconditioned`), in order."""
+    return tuple(st for node in nodes for st in node.states)

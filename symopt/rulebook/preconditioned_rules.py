@@ -1,4 +1,4 @@
-"""Kronecker-factored rules: ``shampoo`` (pytorch-optimizer 4.1.0's ``Shampoo``).
+"""Kronecker-factored rules: ``shampoo`` and ``soap`` (pytorch-optimizer 4.1.0's ``Shampoo``, ``SOAP``).
 
 Shampoo (Gupta, Koren & Singer 2018) on a ``rows × cols`` param, as pytorch-optimizer writes it::
 
@@ -17,6 +17,19 @@ N-d tensor with the root ``−1/(2N)``; symopt reads a ``(d0, d1, …)`` param a
 matrix (as Muon does) and preconditions its two sides with ``−1/4``: equal for 2-D params.
 Symbols: γ ``lr``, μ ``momentum``, λ ``weight_decay``, ε ``matrix_eps``,
 k ``preconditioning_compute_steps``.
+
+SOAP (Vyas et al. 2024: Adam in the eigenbasis of Shampoo's preconditioner), as pytorch-optimizer
+writes it for a 2-D param; its first step only collects the statistics (``w = 0`` at t = 1, else 1)::
+
+    g ← −g                                       (maximize)
+    m ← m + w (1 − β₁)(g − m)                    exp_avg, in the param's basis
+    Ĝ = Q_Lᵀ G Q_R,  M̂ = Q_Lᵀ M Q_R              G, M: the matrices of g and m
+    v ← v + w (1 − β₂)(Ĝ² − v)                   exp_avg_sq, in the rotated basis
+    U = Q_L (M̂ / (√v + ε)) Q_Rᵀ
+    θ ← (θ − η U)(1 − w γ λ)                     η = γ √(1 − β₂^{t−1}) / (1 − β₁^{t−1}) (correct_bias)
+    L ← β_s L + (1 − β_s) G Gᵀ,  R ← β_s R + (1 − β_s) Gᵀ G      GG_0, GG_1 (β_s: shampoo_beta, else β₂)
+    Q_L, Q_R ← Eigenbasis(L), Eigenbasis(R)      Q_0, Q_1: exact (eigh) at t = 1, then every f steps
+                                                 one power-iteration step + QR, v reordered
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import sympy as sp
 
 from .matrix import cols, rows
 from .metadata import Hyper, State, t
-from .preconditioned import InverseRoot, MatrixState, Preconditioned
+from .preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned
 from .rule import Family, Rule
 
 theta, g, M, U, gs = sp.symbols("theta g M U g_s")
@@ -80,8 +93,85 @@ def shampoo() -> Rule:
     )
 
 
+m, v, gp, mp, u = sp.symbols("m v g_p m_p u")
+beta1, beta2, shampoo_beta, frequency, max_dim, merge, pre1d, correct_bias, normalize, data_format, eps = sp.symbols(
+    "beta1 beta2 shampoo_beta precondition_frequency max_precondition_dim merge_dims precondition_1d correct_bias "
+    "normalize_gradient data_format eps")
+Mm, N = sp.MatrixSymbol("M", rows, cols), sp.MatrixSymbol("N", rows, cols)
+QL, QR = sp.MatrixSymbol("Q_L", rows, rows), sp.MatrixSymbol("Q_R", cols, cols)
+_LATEX_SOAP = {"theta": r"\theta", "lr": r"\gamma", "beta1": r"\beta_1", "beta2": r"\beta_2",
+               "shampoo_beta": r"\beta_s", "weight_decay": r"\lambda", "eps": r"\epsilon",
+               "precondition_frequency": "f", "g_s": r"\tilde{g}", "g_p": r"\hat{g}", "m_p": r"\hat{m}",
+               "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}"}
+
+
+def soap() -> Rule:
+    first = sp.Eq(t, 1)
+    refresh = sp.Or(first, sp.Eq(sp.Mod(t - 1, frequency), 0))
+    sb = sp.Piecewise((beta2, shampoo_beta < 0), (shampoo_beta, True))
+    warm = sp.Piecewise((0, first), (1, True))       # the first step only collects the statistics
+    bc1 = sp.Piecewise((1, first), (1 - beta1 ** (t - 1), True))
+    eta = sp.Piecewise((0, first), (lr * sp.sqrt(1 - beta2 ** (t - 1)) / bc1, _on(correct_bias)), (lr, True))
+    rotate = Preconditioned(G, gs, [
+        MatrixState(L, sp.ZeroMatrix(rows, rows), sb * L + (1 - sb) * G * G.T, key="GG_0", at_end=True),
+        MatrixState(R, sp.ZeroMatrix(cols, cols), sb * R + (1 - sb) * G.T * G, key="GG_1", at_end=True),
+        MatrixState(QL, sp.ZeroMatrix(rows, rows), Eigenbasis(L, QL, v, first), key="Q_0", when=refresh,
+                    at_end=True),
+        MatrixState(QR, sp.ZeroMatrix(cols, cols), Eigenbasis(R, QR, v, first), key="Q_1", when=refresh,
+                    at_end=True),
+    ], QL.T * G * QR)
+    return Rule(
+        "soap", param=theta, grad=g, source=_SRC, latex_names=_LATEX_SOAP,
+        doc="SOAP: Adam's moments in the eigenbasis of Shampoo's preconditioner (pytorch_optimizer.SOAP).",
+        references=("https://arxiv.org/abs/2409.11321",
+                    "https://github.com/kozistr/pytorch_optimizer/blob/main/pytorch_optimizer/optimizer/soap.py"),
+        state={m: State(0, key="exp_avg", doc="first moment, in the param's basis"),
+               v: State(0, key="exp_avg_sq", doc="second moment, in the rotated basis Q_Lᵀ · Q_R")},
+        hyper={
+            lr: Hyper(3e-3, low=0.0, doc="γ, learning rate"),
+            beta1: Hyper(0.95, low=0.0, high=1.0, high_open=True, key="betas", index=0, doc="β₁, first moment decay"),
+            beta2: Hyper(0.95, low=0.0, high=1.0, high_open=True, key="betas", index=1,
+                         doc="β₂, second moment decay"),
+            shampoo_beta: Hyper(-1.0, low=-1.0, high=1.0, doc="β_s, the statistics' decay (-1: β₂, "
+                                "pytorch-optimizer's None)"),
+            weight_decay: Hyper(1e-2, low=0.0, doc="λ, decoupled weight decay θ ← θ(1 − γλ)"),
+            frequency: Hyper(10, low=1.0, doc="f, refresh the eigenbases every f steps (an integer)"),
+            max_dim: Hyper(10000, low=1.0, doc="the largest dimension preconditioned (larger ones are refused)"),
+            merge: Hyper(False, kind="bool", doc="merge small dimensions (only False)"),
+            pre1d: Hyper(False, kind="bool", doc="precondition 1-D params (only False)"),
+            correct_bias: Hyper(True, kind="bool", doc="Adam's bias corrections in the step size"),
+            normalize: Hyper(False, kind="bool", doc="normalize the update (only False)"),
+            data_format: Hyper(0, kind="choice", choices=("channels_first", "channels_last"),
+                               doc="layout for merge_dims (no effect without it)"),
+            eps: Hyper(1e-8, low=0.0, doc="ε, added to √v"),
+            maximize: Hyper(False, kind="bool", doc="maximize the objective (g ← −g)"),
+        },
+        updates=[
+            (gs, sp.Piecewise((-g, _on(maximize)), (g, True))),
+            (m, m + warm * (1 - beta1) * (gs - m)),
+            (gp, rotate),
+            (mp, Preconditioned(Mm, m, [], QL.T * Mm * QR)),
+            (v, v + warm * (1 - beta2) * (gp ** 2 - v)),
+            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], QL * N * QR.T)),
+            (theta, (theta - eta * u) * (1 - warm * lr * weight_decay)),
+        ],
+    )
+
+
 def families() -> list[Family]:
     rule = shampoo()
-    return [Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=_SRC, references=rule.references,
-                   group="matrix",
-                   constraints=[(sp.Eq(steps, sp.floor(steps)), "preconditioning_compute_steps must be an integer")])]
+    out = [Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=_SRC, references=rule.references,
+                  group="matrix",
+                  constraints=[(sp.Eq(steps, sp.floor(steps)), "preconditioning_compute_steps must be an integer")])]
+    rule = soap()
+    out.append(Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=_SRC, references=rule.references,
+                      group="matrix", constraints=[
+                          (sp.Eq(frequency, sp.floor(frequency)), "precondition_frequency must be an integer"),
+                          (sp.Or(shampoo_beta >= 0, sp.Eq(shampoo_beta, -1)),
+                           "shampoo_beta must be in [0, 1] (or -1 for beta2)"),
+                          (sp.Eq(merge, 0), "merge_dims=True is not supported (symopt preconditions the 2-D "
+                                            "param as it is)"),
+                          (sp.Eq(pre1d, 0), "precondition_1d=True is not supported (SOAP takes 2-D params)"),
+                          (sp.Eq(normalize, 0), "normalize_gradient=True is not supported"),
+                      ]))
+    return out

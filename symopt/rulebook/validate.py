@@ -42,7 +42,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..functions import REGISTRY, registered
 from .matrix import SHAPE_SYMBOLS, Iterate
-from .preconditioned import InverseRoot, Preconditioned
+from .preconditioned import Eigenbasis, InverseRoot, Preconditioned
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .metadata import Hyper, RuleError, State, t
 
@@ -167,29 +167,36 @@ def check_matrix_body(node, where: str) -> None:
 
 def check_preconditioned(node, where: str) -> None:
     """A :class:`Preconditioned` node: its states' initial values, updates and conditions and its
-    value are matrix sums and products of its variable and its states (and ``InverseRoot`` of a
-    state), with scalar coefficients that pass :func:`check_expression`."""
-    bound = {node.var, *(s.sym for s in node.states)}
-    allowed = _MATRIX_TYPES | {InverseRoot, sp.Identity, sp.ZeroMatrix}
+    value are matrix sums and products of its variable and matrix states (and ``InverseRoot`` /
+    ``Eigenbasis`` of a state), with scalar coefficients that pass :func:`check_expression`.
+    The value may read the states of another node of the rule (the planner checks that they exist)."""
+    allowed = _MATRIX_TYPES | {InverseRoot, Eigenbasis, sp.Identity, sp.ZeroMatrix}
+    square = {(m.shape[0], m.shape[0]) for m in (node.var, node.var.T)}
     for st in node.states:
         check_expression(st.init_diagonal(), f"{where}: initial value of {st.sym.name}")
         check_expression(st.when, f"{where}: condition of {st.sym.name}")
-        stack = [st.update, node.value]
+    for what, root in [*((f"the update of {st.sym.name}", st.update) for st in node.states), ("the value", node.value)]:
+        stack = [root]
         while stack:
             m = stack.pop()
             kind = type(m)
             if kind is sp.MatrixSymbol:
-                if m not in bound:
-                    raise RuleError(f"{where}: the matrix {m.name} is neither {node.var.name} nor a matrix state")
+                if m != node.var and m.shape not in square:
+                    raise RuleError(f"{where}: the matrix {m.name} in {what} is neither {node.var.name} nor a "
+                                    f"square matrix state")
                 continue
             if kind not in allowed:
-                raise RuleError(f"{where}: {kind.__name__} in a matrix state's update; allowed: MatAdd, MatMul, "
-                                f"Transpose, InverseRoot of {node.var.name} and the matrix states")
+                raise RuleError(f"{where}: {kind.__name__} in {what}; allowed: MatAdd, MatMul, Transpose, "
+                                f"InverseRoot and Eigenbasis of {node.var.name} and the matrix states")
+            if kind is Eigenbasis:
+                check_expression(m.first, f"{where}: condition of the exact eigenbasis in {what}")
+                stack.extend(m.args[:2])
+                continue
             for a in m.args:
                 if isinstance(a, sp.MatrixExpr):
                     stack.append(a)
                 elif kind is not sp.MatPow:
-                    check_expression(a, f"{where}: coefficient in the update of {st.sym.name}")
+                    check_expression(a, f"{where}: coefficient in {what}")
 
 
 def _is_real(x) -> bool:

@@ -7,7 +7,9 @@ Each param of shape ``(d0, d1, …)`` (at least 2-D) is the ``rows × cols = d0 
 its matrix states are column-major ``rows × rows`` or ``cols × cols`` arrays, set to their
 initial value ``c·I`` at the tensor's first step (``c`` a per-step scalar of the first step's
 hyperparameters, as pytorch-optimizer fills its state at the first step).  The workspaces are
-three flat buffers of the largest tensor's element count.  A step first counts the NaN/inf
+flat buffers of the largest tensor's element count: two per preconditioned value (its ``G`` and
+its value) and one for the products.  A rule that rotates into eigenbases (SOAP) takes 2-D
+params only (``max_ndim``).  A step first counts the NaN/inf
 gradient values of every stepped tensor and writes nothing if there is one.
 """
 
@@ -22,15 +24,20 @@ class PreconditionedStep:
     """Steps the tensors of ``chunks`` one after another through the generated per-tensor function."""
 
     def __init__(self, module, vinfo: dict, tensors: list, suffix: str, name: str):
+        max_ndim = vinfo["matrix"]["max_ndim"]
         for j, p in enumerate(tensors):
             if p.ndim < 2:
                 raise ValueError(f"{name}: params[{j}] has shape {p.shape}; {name} reads each param as a matrix "
                                  f"(at least 2-D: d0 × (d1⋯)); give 1-D params their own optimizer "
                                  f"(or a param group with another rule)")
+            if max_ndim is not None and p.ndim > max_ndim:
+                raise ValueError(f"{name}: params[{j}] has shape {p.shape}; {name} takes {max_ndim}-D params only "
+                                 f"(pytorch-optimizer rotates every axis of an N-d param, which symopt does not)")
         self.shapes = [(int(p.shape[0]), int(p.size // p.shape[0]) if p.shape[0] else 0) for p in tensors]
         dtype = tensors[0].dtype
         size = max(int(p.size) for p in tensors)
-        self.work, self.tmp, self.result = (np.empty(size, dtype) for _ in range(3))
+        self.bufs = [np.empty(size, dtype) for _ in range(int(vinfo["matrix"]["buffers"]))]
+        self.tmp = np.empty(size, dtype)
         self.specs = vinfo["matrix"]["states"]
         self.keys = tuple(s["key"] for s in self.specs)
         self.mats = [[np.zeros((r, r) if s["side"] == "rows" else (c, c), dtype=dtype, order="F")
@@ -79,6 +86,6 @@ class PreconditionedStep:
             if self.fresh[j]:
                 self._initialize(j, scal[row])
             o = int(offs[j])
-            self.tensor(int(pptr[j]), int(gptr[j]), n, *[buf[o:o + n] for buf in state], self.work[:n],
-                        self.tmp[:n], self.result[:n], self.mats[j], scal[row], rows, cols)
+            self.tensor(int(pptr[j]), int(gptr[j]), n, *[buf[o:o + n] for buf in state],
+                        [b[:n] for b in self.bufs], self.tmp[:n], self.mats[j], scal[row], rows, cols)
         return 0
