@@ -531,6 +531,19 @@ _RECORDS = [
                  lambda lib, ps: lib.po.Shampoo(ps, lr=1e-2, weight_decay=0.1, weight_decouple=True,
                                                 fixed_decay=True)),
     ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}}, matrix=True),
+    # SOAP: run on square 2-D params by tests/test_shampoo_soap.py.  Equal to rounding until the
+    # first power-iteration refresh of the eigenbases; from then on pytorch-optimizer's QR runs in
+    # float32 (its Q is orthonormal to ~6e-8), so the float64 trajectories part by ~1e-7 of the
+    # params' scale (max-norm): "peer" 1e-6, and 1e-12 before that refresh ("peer exact").
+    RuleInfo("soap", None, peer_cases=(
+        PeerCase("pytorch-optimizer", {}, lambda lib, ps: lib.po.SOAP(ps)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, precondition_frequency=3,
+                                           maximize=True, shampoo_beta=0.8, correct_bias=False),
+                 lambda lib, ps: lib.po.SOAP(ps, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1,
+                                             precondition_frequency=3, maximize=True, shampoo_beta=0.8,
+                                             correct_bias=False)),
+    ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}, "peer": {F64: 1e-6}, "peer exact": {F64: 1e-12}},
+        matrix=True),
 ]
 
 

@@ -1,10 +1,19 @@
-"""Kronecker-factored rules (``shampoo``): pytorch-optimizer 4.1.0's trajectories in float64, the
-mpmath check, the state names, the LaTeX, and bad input.
+"""Kronecker-factored rules (``shampoo``, ``soap``): pytorch-optimizer 4.1.0's trajectories in
+float64, the mpmath check, the state names, the LaTeX, and bad input.
 
-Tolerance: 1e-9 relative (params elementwise over a 30-step trajectory, matrix states max-norm),
-set by the eigensolvers: symopt roots the statistics by LAPACK's symmetric eigendecomposition,
-pytorch-optimizer by an SVD; on these 2-D params the statistics' condition numbers reach ~1e7
-(ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an inverse root.
+Shampoo's tolerance: 1e-9 relative (params elementwise over a 30-step trajectory, matrix states
+max-norm), set by the eigensolvers: symopt roots the statistics by LAPACK's symmetric
+eigendecomposition, pytorch-optimizer by an SVD; on these 2-D params the statistics' condition
+numbers reach ~1e7 (ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an
+inverse root.
+
+SOAP's tolerances (tests/rule_db.py): until the first power-iteration refresh of the eigenbases
+the trajectories agree to rounding (1e-12, params max-norm); from then on pytorch-optimizer runs
+that QR in float32 even for float64 params (its Q is orthonormal to ~6e-8), and symopt in the
+param's dtype, so they part by ~1e-7 of the params' scale: 1e-6, params max-norm (an element near
+zero keeps only its absolute error).  The params are square: a rectangular param's first
+statistic G Gᵀ is rank-deficient, and the eigenvectors of its null space are arbitrary (LAPACK
+builds differ), so the trajectories would differ by more than rounding.
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import symopt
 from symopt.rulebook.metadata import RuleError
 
 CASES = peer_cases("pytorch-optimizer", group="matrix")
+SHAMPOO_CASES = [c for c in CASES if c[0].name == "shampoo"]
+SOAP_CASES = [c for c in CASES if c[0].name == "soap"]
 SHAPES = [(5, 4), (3, 7)]
 STEPS = 30
 MATRIX_KEYS = ("pre_cond_0", "inv_pre_cond_0", "pre_cond_1", "inv_pre_cond_1")
@@ -31,7 +42,7 @@ def libs():
     return types.SimpleNamespace(torch=torch, po=po)
 
 
-@pytest.mark.parametrize("info, k, case", CASES, ids=[case_id(i.name, c) for i, _, c in CASES])
+@pytest.mark.parametrize("info, k, case", SHAMPOO_CASES, ids=[case_id(i.name, c) for i, _, c in SHAMPOO_CASES])
 def test_trajectory_equals_pytorch_optimizer(libs, info, k, case):
     torch = libs.torch
     rng = np.random.default_rng(k)
@@ -53,6 +64,77 @@ def test_trajectory_equals_pytorch_optimizer(libs, info, k, case):
         for key in (*MATRIX_KEYS, "momentum_buffer"):
             assert ours[key].shape == tuple(theirs[key].shape), key
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
+
+
+SOAP_SHAPES = [(6, 6), (4, 4)]
+SOAP_STEPS = 25
+
+
+@pytest.mark.parametrize("info, k, case", SOAP_CASES, ids=[case_id(i.name, c) for i, _, c in SOAP_CASES])
+def test_soap_trajectory_equals_pytorch_optimizer(libs, info, k, case):
+    """Params after every step, then the moments, statistics and eigenbases (up to the signs of the
+    eigenvectors, which both leave free) under pytorch-optimizer's names."""
+    torch = libs.torch
+    rng = np.random.default_rng(k)
+    params = [rng.standard_normal(s) for s in SOAP_SHAPES]
+    tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    opt = symopt.optimizer(info.name, params, **case.kwargs)
+    peer = case.build(libs, tparams)
+    frequency = case.kwargs.get("precondition_frequency", 10)
+    for step in range(1, SOAP_STEPS + 1):
+        grads = [rng.standard_normal(s) for s in SOAP_SHAPES]
+        opt.step([g.copy() for g in grads])
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.tensor(g.copy())
+        peer.step()
+        # the first power-iteration refresh ends step frequency + 1; its basis is used from the next
+        tol = info.tolerance["peer exact" if step <= frequency + 1 else "peer"][np.float64]
+        for j, tp in enumerate(tparams):
+            assert rel_err(params[j], tp.detach(), floor=1.0) < tol, (step, j)
+    tol = info.tolerance["peer"][np.float64]
+    for j, tp in enumerate(tparams):
+        ours, theirs = opt.state[j], peer.state[tp]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
+        for side in (0, 1):
+            assert rel_err(ours[f"GG_{side}"], theirs["GG"][side], floor=1.0) < tol, (j, side)
+            q, tq = ours[f"Q_{side}"], theirs["Q"][side].numpy()
+            assert rel_err(q * np.sign(np.sum(q * tq, axis=0)), tq, floor=1.0) < tol, (j, side)
+
+
+def test_soap_first_step_collects_statistics_only():
+    """At t = 1 SOAP leaves the param and the moments alone, sets GG = (1 − β_s) G Gᵀ and Q to its
+    eigenvectors by descending eigenvalue; the second step moves the param."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 4))
+    w0 = w.copy()
+    opt = symopt.optimizer("soap", [w], shampoo_beta=0.5)
+    g = rng.standard_normal((4, 4))
+    opt.step([g])
+    st = opt.state[0]
+    np.testing.assert_array_equal(w, w0)
+    assert not st["exp_avg"].any() and not st["exp_avg_sq"].any()
+    np.testing.assert_allclose(st["GG_0"], 0.5 * g @ g.T, rtol=1e-14)
+    lam = np.linalg.eigvalsh(st["GG_0"])[::-1]
+    np.testing.assert_allclose(np.diag(st["Q_0"].T @ st["GG_0"] @ st["Q_0"]), lam, rtol=1e-12)
+    np.testing.assert_allclose(st["Q_0"].T @ st["Q_0"], np.eye(4), atol=1e-14)
+    opt.step([g])
+    assert not np.array_equal(w, w0)
+
+
+def test_soap_refuses_what_it_does_not_do():
+    with pytest.raises(ValueError, match="merge_dims"):
+        symopt.optimizer("soap", [np.zeros((3, 3))], merge_dims=True)
+    with pytest.raises(ValueError, match="precondition_1d"):
+        symopt.optimizer("soap", [np.zeros((3, 3))], precondition_1d=True)
+    with pytest.raises(ValueError, match="normalize_gradient"):
+        symopt.optimizer("soap", [np.zeros((3, 3))], normalize_gradient=True)
+    with pytest.raises(ValueError, match="integer"):
+        symopt.optimizer("soap", [np.zeros((3, 3))], precondition_frequency=2.5)
+    with pytest.raises(ValueError, match="2-D params only"):
+        symopt.optimizer("soap", [np.zeros((3, 3, 2))])
+    with pytest.raises(ValueError, match="at least 2-D"):
+        symopt.optimizer("soap", [np.zeros(3)])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
