@@ -285,3 +285,44 @@ def test_user_rule_with_one_sided_preconditioner(side):
         ref -= 0.01 * (h @ u if side == "rows" else u @ h)
     assert rel_err(x, ref) < 1e-12
     assert rel_err(opt.state[0]["stat"], s, floor=1.0) < 1e-14
+
+
+def test_soap_torch_adapter_keeps_pytorch_optimizers_state_names(libs):
+    """symopt.torch.Optimizer("soap") on the Numba backend steps as pytorch_optimizer.SOAP, and its
+    state_dict holds pytorch-optimizer's names (GG and Q as lists, one matrix per side); resumed
+    from it through torch.save, it continues the same trajectory."""
+    import io
+
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((5, 5))
+    ours, ref, theirs = (torch.tensor(w0.copy(), requires_grad=True) for _ in range(3))
+    opt = symopt.torch.Optimizer("soap", [ours], lr=1e-2, precondition_frequency=2)
+    peer = po.SOAP([theirs], lr=1e-2, precondition_frequency=2)
+    grads = [torch.tensor(rng.standard_normal((5, 5))) for _ in range(6)]
+    for g in grads[:3]:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        peer.step()
+    assert rel_err(ours.detach(), theirs.detach(), floor=1.0) < RULE_DB["soap"].tolerance["peer exact"][np.float64]
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    entry = saved["state"][0]
+    assert sorted(entry) == ["GG", "Q", "exp_avg", "exp_avg_sq", "step"]
+    assert [tuple(m.shape) for m in entry["GG"] + entry["Q"]] == [(5, 5)] * 4
+    for side in (0, 1):
+        assert rel_err(entry["GG"][side], peer.state[theirs]["GG"][side], floor=1.0) < 1e-12
+    with torch.no_grad():
+        ref.copy_(ours)
+    resumed = symopt.torch.Optimizer("soap", [ref], lr=1e-2, precondition_frequency=2)
+    resumed.load_state_dict(saved)
+    for g in grads[3:]:
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        resumed.step()
+    np.testing.assert_array_equal(ref.detach().numpy(), ours.detach().numpy())
+    bad = dict(entry, GG=entry["GG"][:1] + [torch.zeros(4, 4, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="its matrix state has"):
+        resumed.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})

@@ -77,15 +77,23 @@ def update_rows(rule) -> list:
 
 
 def rule_latex(rule) -> str:
-    """All update equations of ``rule`` as one LaTeX ``aligned`` block."""
-    lines = []
+    """All update equations of ``rule`` as one LaTeX ``aligned`` block.  A matrix state reads
+    ``L_{t-1}`` until its update, ``L_t`` after; states updated at the end of the step are written
+    after the last update."""
+    lines, current, at_end = [], {}, []
     for left, arrow, rhs, names in update_rows(rule):
         for it in rhs.atoms(Iterate):
             lines += _iteration_lines(it, names)
         for node in rhs.atoms(Preconditioned):
-            lines += _preconditioner_lines(node, names)
-            rhs = rhs.xreplace({node: _MatrixValue(node.value.xreplace(_timed_states(node, "t")))})
+            for st in node.states:
+                current.setdefault(st.sym, _timed(st.sym, "t-1"))
+            lines.append(f"{sp.latex(node.var)} &= {sp.latex(_readable(node.start), symbol_names=names)}")
+            lines += _state_lines([st for st in node.states if not st.at_end], current, names)
+            at_end += [st for st in node.states if st.at_end]
+            rhs = rhs.xreplace({node: _MatrixValue(node.value.xreplace(current))})
         lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
+    if at_end:
+        lines += _state_lines(at_end, current, names)
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
 
 
@@ -116,20 +124,18 @@ class _MatrixValue(sp.Expr):
         return text if exp is None else rf"\left({text}\right)^{{{printer._print(exp)}}}"
 
 
-def _timed_states(node, sub: str) -> dict:
-    """Each matrix state of ``node`` -> the same matrix named with subscript ``sub`` (display only)."""
-    return {st.sym: sp.MatrixSymbol(subscripted(sp.latex(st.sym), sub), *st.sym.shape) for st in node.states}
+def _timed(sym, sub: str):
+    """The matrix ``sym`` named with subscript ``sub`` (display only)."""
+    return sp.MatrixSymbol(subscripted(sp.latex(sym), sub), *sym.shape)
 
 
-def _preconditioner_lines(node, symbol_names: dict) -> list:
-    """``G = start`` and each matrix state's update (``L_t = L_{t-1} + G Gᵀ``,
-    ``H_L = L_t^{-1/4}`` with its condition) of a :class:`Preconditioned` node."""
-    lines = [f"{sp.latex(node.var)} &= {sp.latex(_readable(node.start), symbol_names=symbol_names)}"]
-    timed, before = _timed_states(node, "t"), _timed_states(node, "t-1")
-    done: dict = {}
-    for st in node.states:
-        rhs = sp.latex(st.update.xreplace({**before, **done}), symbol_names=symbol_names)
+def _state_lines(states, current: dict, symbol_names: dict) -> list:
+    """Each matrix state's update (``L_t = L_{t-1} + G Gᵀ``, ``H_L = L_t^{-1/4}`` with its
+    condition), reading the other states' current names; ``current`` is updated."""
+    lines = []
+    for st in states:
+        rhs = sp.latex(st.update.xreplace(current), symbol_names=symbol_names)
         cond = "" if st.when == sp.true else rf", \quad \text{{if }} {sp.latex(st.when, symbol_names=symbol_names)}"
-        lines.append(f"{sp.latex(timed[st.sym])} &= {rhs}{cond}")
-        done[st.sym] = timed[st.sym]
+        current[st.sym] = _timed(st.sym, "t")
+        lines.append(f"{sp.latex(current[st.sym])} &= {rhs}{cond}")
     return lines

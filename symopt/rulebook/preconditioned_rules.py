@@ -93,7 +93,7 @@ def shampoo() -> Rule:
     )
 
 
-m, v, gp, mp, u = sp.symbols("m v g_p m_p u")
+m, v, gp, mp, u, step_size = sp.symbols("m v g_p m_p u eta")
 beta1, beta2, shampoo_beta, frequency, max_dim, merge, pre1d, correct_bias, normalize, data_format, eps = sp.symbols(
     "beta1 beta2 shampoo_beta precondition_frequency max_precondition_dim merge_dims precondition_1d correct_bias "
     "normalize_gradient data_format eps")
@@ -101,7 +101,7 @@ Mm, N = sp.MatrixSymbol("M", rows, cols), sp.MatrixSymbol("N", rows, cols)
 QL, QR = sp.MatrixSymbol("Q_L", rows, rows), sp.MatrixSymbol("Q_R", cols, cols)
 _LATEX_SOAP = {"theta": r"\theta", "lr": r"\gamma", "beta1": r"\beta_1", "beta2": r"\beta_2",
                "shampoo_beta": r"\beta_s", "weight_decay": r"\lambda", "eps": r"\epsilon",
-               "precondition_frequency": "f", "g_s": r"\tilde{g}", "g_p": r"\hat{g}", "m_p": r"\hat{m}",
+               "precondition_frequency": "f", "g_s": r"\tilde{g}", "g_p": r"\hat{g}", "m_p": r"\hat{m}", "eta": r"\eta",
                "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}"}
 
 
@@ -153,7 +153,8 @@ def soap() -> Rule:
             (mp, Preconditioned(Mm, m, [], QL.T * Mm * QR)),
             (v, v + warm * (1 - beta2) * (gp ** 2 - v)),
             (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], QL * N * QR.T)),
-            (theta, (theta - eta * u) * (1 - warm * lr * weight_decay)),
+            (step_size, eta),
+            (theta, (theta - step_size * u) * (1 - warm * lr * weight_decay)),
         ],
     )
 

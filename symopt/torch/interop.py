@@ -74,13 +74,15 @@ class TorchFormat:
     ``scalar_state``: keys torch keeps as one 0-d tensor per param in its default
     dtype (symopt keeps them per element); ``eager_state``: torch creates the state
     of every param at construction, so it appears in ``state_dict()`` before the
-    first step (Adagrad).
+    first step (Adagrad); ``list_state``: keys kept as one list of tensors per param
+    (pytorch-optimizer's SOAP: ``GG``, ``Q``), which symopt keeps as ``<key>_0``, ``<key>_1``, ...
     """
 
     torch_class: str | None
     step_in_state: bool = True
     scalar_state: tuple = ()
     eager_state: bool = False
+    list_state: tuple = ()
 
     def torch_defaults(self) -> dict:
         """The torch class's ``defaults`` (its keyword arguments with torch's default values)."""
@@ -110,6 +112,8 @@ TORCH_FORMATS = {
     "nadam": TorchFormat("NAdam", scalar_state=("mu_product",)),
     "radam": TorchFormat("RAdam"),
     "adadelta": TorchFormat("Adadelta"),
+    # pytorch-optimizer's SOAP: its statistics and eigenbases as lists, one matrix per side
+    "soap": TorchFormat(None, list_state=("GG", "Q")),
 }
 
 
@@ -209,6 +213,14 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
     shapes = shapes or {}
     if not isinstance(entry, dict):
         raise ValueError(f"state of param {pid} must be a dict, got {type(entry).__name__}")
+    entry = dict(entry)
+    for name in fmt.list_state:     # "GG": [a, b] -> "GG_0": a, "GG_1": b
+        value = entry.pop(name, None)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"state of param {pid}: {name!r} must be a list of tensors, got {type(value).__name__}")
+        entry.update({f"{name}_{k}": v for k, v in enumerate(value)})
     keys = list(keys)
     for key, value in entry.items():
         if key != "step" and key not in keys and value is not None:
@@ -260,6 +272,11 @@ def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtyp
             out[key] = torch.tensor(float(arr.reshape(-1)[0]) if arr.size else 1.0, dtype=sdtype)
         else:
             out[key] = torch.from_numpy(arr)
+    for name in fmt.list_state:     # "GG_0": a, "GG_1": b -> "GG": [a, b]
+        parts = sorted((k for k in out if k.startswith(f"{name}_") and k[len(name) + 1:].isdigit()),
+                       key=lambda k: int(k[len(name) + 1:]))
+        if parts:
+            out[name] = [out.pop(k) for k in parts]
     return out or None
 
 

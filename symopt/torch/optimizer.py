@@ -526,7 +526,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
-                state[j] = {k: (like(v, p) if v.dim() else v) for k, v in out.items()}
+                state[j] = {k: (like(v, p) if isinstance(v, torch.Tensor) and v.dim() else v)
+                            for k, v in out.items()}
         sd = {"state": state, "param_groups": groups, "symopt": core_sd["symopt"]}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, sd)
