@@ -84,7 +84,7 @@ def _cmd_show(args) -> int:
         plan = (make_preconditioned_plan if preconditioned else make_matrix_plan if matrix else make_plan)(rule)
         print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element"
               + (" in two passes around a matrix iteration (BLAS)" if matrix else "")
-              + (" in two passes around matrix states (BLAS/LAPACK: "
+              + (f" in {len(plan.passes)} passes around matrix states (BLAS/LAPACK: "
                  + ", ".join(f"{k} ({side}×{side}, init "
                              f"{sp.sstr(plan.scalar_exprs[plan.scalars.index(d)] if d in plan.scalars else d)}·I)"
                              for k, side, d in plan.matrix_states) + ")"

@@ -135,6 +135,11 @@ def test_soap_refuses_what_it_does_not_do():
         symopt.optimizer("soap", [np.zeros((3, 3, 2))])
     with pytest.raises(ValueError, match="at least 2-D"):
         symopt.optimizer("soap", [np.zeros(3)])
+    w = np.ones((4, 3))
+    opt = symopt.optimizer("soap", [w], max_precondition_dim=3)
+    with pytest.raises(ValueError, match="rows of length 4, above max_precondition_dim = 3"):
+        opt.step([np.ones((4, 3))])
+    assert np.array_equal(w, np.ones((4, 3))) and not opt.state[0]["GG_0"].any() and opt.step_counts[0] == 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,8 +13,9 @@ one ``rows × cols`` tensor in ``K + 1`` element passes, each followed by a matr
    * ``β S + α G Gᵀ`` / ``β S + α Gᵀ G``: ``?syrk`` into ``S`` (upper triangle, then mirrored);
    * ``InverseRoot(S', p)``: ``?syevd`` of ``S'`` (``V Λ Vᵀ``), ``W = V Λ^{-1/(2p)}``, ``S = W Wᵀ``
      by ``?syrk``;
-   * ``Eigenbasis(S', Q, v, first)``: ``?syevd`` of ``S'`` where ``first`` holds, else
-     ``QR(S' Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``) and the state ``v`` reordered by ``Π``;
+   * ``Eigenbasis(S', Q, v, first, limit)``: ``?syevd`` of ``S'`` where ``first`` holds, else
+     ``QR(S' Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``) and the state ``v`` reordered by ``Π``
+     (a side longer than ``limit`` is refused by the runtime before the step);
    * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent) by two ``?gemm``:
      with ``Gᵀ`` the C-order workspace read as a column-major ``cols × rows`` matrix,
      ``(A G B)ᵀ = Bᵀ Gᵀ Aᵀ`` without copies;
@@ -63,7 +64,7 @@ class MatrixOp(NamedTuple):
     target: int             # the state written
     source: int             # gram: the node whose G it reads; inverse_root, eigenbasis: the state decomposed
     side: str               # "rows" (rows × rows: G Gᵀ) or "cols" (cols × cols: Gᵀ G)
-    coefficients: tuple     # gram: (α, β); inverse_root: (p,); eigenbasis: (flag of the exact eigh,)
+    coefficients: tuple     # gram: (α, β); inverse_root: (p,); eigenbasis: (flag of the exact eigh, size limit)
     when: sp.Basic | None   # per-step flag (1.0 when the update runs), None when always
     reorder: sp.Symbol | None = None   # eigenbasis: the elementwise state reordered with the basis
 
@@ -199,7 +200,8 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
                     raise RuleError(f"matrix state {st.sym.name}: Eigenbasis reorders an elementwise state, "
                                     f"{upd.reorder} is not one")
                 flag = scalar(sp.Piecewise((sp.Integer(1), upd.first), (sp.Integer(0), True)))
-                op = MatrixOp("eigenbasis", j, index[source], side, (flag,), None, upd.reorder)
+                limit = sp.Float(1e300) if upd.limit == sp.oo else scalar(upd.limit)
+                op = MatrixOp("eigenbasis", j, index[source], side, (flag, limit), None, upd.reorder)
         else:
             op = _gram_op(j, st, node.var, node_k, scalar)
         when = None if st.when == sp.true else scalar(sp.Piecewise((sp.Integer(1), st.when), (sp.Integer(0), True)))

@@ -720,8 +720,12 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
     for info, plan in zip(data["variants"], plans):
         # The runtime's description of the matrix states: key, side and initial diagonal (a per-step
         # scalar's column, read at a tensor's first step, or a number).
+        # The sides an eigenbasis may rotate: the largest length (a per-step scalar's column or a number).
+        limits = [{"side": op.side, **({"column": plan.scalars.index(op.coefficients[1])}
+                                       if op.coefficients[1] in plan.scalars else {"value": float(op.coefficients[1])})}
+                  for stage in plan.stages for op in stage.ops if op.kind == "eigenbasis"]
         info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "buffers": len(plan.buffers),
-                          "max_ndim": 2 if not all(plan.symmetric) else None, "states": [
+                          "max_ndim": 2 if not all(plan.symmetric) else None, "limits": limits, "states": [
             {"key": key, "side": side,
              **({"init_column": plan.scalars.index(d)} if d in plan.scalars else {"init": float(d)})}
             for key, side, d in plan.matrix_states]}

@@ -82,9 +82,9 @@ class Eigenbasis(sp.MatrixExpr):
     """The eigenvectors of the symmetric matrix state ``S`` as columns, by descending eigenvalue:
     exactly where ``first`` holds, else ``QR(S Q Π)`` from the last basis ``Q`` (one power-iteration
     step, columns ``Π``-sorted by ``diag(Qᵀ S Q)``), reordering the elementwise state ``v`` by ``Π``
-    along ``S``'s side."""
+    along ``S``'s side.  A side longer than ``limit`` is refused (before the step changes anything)."""
 
-    def __new__(cls, base, basis, reorder, first):
+    def __new__(cls, base, basis, reorder, first, limit=sp.oo):
         for m, what in ((base, "statistic"), (basis, "basis")):
             if not isinstance(m, sp.MatrixSymbol) or m.shape[0] != m.shape[1]:
                 raise RuleError(f"Eigenbasis: the {what} must be a square MatrixSymbol (a matrix state), got {m!r}")
@@ -95,12 +95,16 @@ class Eigenbasis(sp.MatrixExpr):
         first = sp.sympify(first)
         if not isinstance(first, Boolean):
             raise RuleError("Eigenbasis: the exact-eigendecomposition condition must be a SymPy boolean")
-        return sp.Basic.__new__(cls, base, basis, reorder, first)
+        limit = sp.sympify(limit)
+        if isinstance(limit, sp.MatrixExpr) or not isinstance(limit, sp.Expr):
+            raise RuleError("Eigenbasis: the size limit must be a scalar expression")
+        return sp.Basic.__new__(cls, base, basis, reorder, first, limit)
 
     base = property(lambda self: self.args[0])
     basis = property(lambda self: self.args[1])
     reorder = property(lambda self: self.args[2])
     first = property(lambda self: self.args[3])
+    limit = property(lambda self: self.args[4])
 
     @property
     def shape(self):
@@ -108,7 +112,7 @@ class Eigenbasis(sp.MatrixExpr):
 
     @property
     def free_symbols(self):
-        return {self.reorder} | self.first.free_symbols
+        return {self.reorder} | self.first.free_symbols | self.limit.free_symbols
 
     def _latex(self, printer, exp=None):
         s, q = printer._print(self.base), printer._print(self.basis)

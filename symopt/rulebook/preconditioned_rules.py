@@ -115,9 +115,9 @@ def soap() -> Rule:
     rotate = Preconditioned(G, gs, [
         MatrixState(L, sp.ZeroMatrix(rows, rows), sb * L + (1 - sb) * G * G.T, key="GG_0", at_end=True),
         MatrixState(R, sp.ZeroMatrix(cols, cols), sb * R + (1 - sb) * G.T * G, key="GG_1", at_end=True),
-        MatrixState(QL, sp.ZeroMatrix(rows, rows), Eigenbasis(L, QL, v, first), key="Q_0", when=refresh,
+        MatrixState(QL, sp.ZeroMatrix(rows, rows), Eigenbasis(L, QL, v, first, max_dim), key="Q_0", when=refresh,
                     at_end=True),
-        MatrixState(QR, sp.ZeroMatrix(cols, cols), Eigenbasis(R, QR, v, first), key="Q_1", when=refresh,
+        MatrixState(QR, sp.ZeroMatrix(cols, cols), Eigenbasis(R, QR, v, first, max_dim), key="Q_1", when=refresh,
                     at_end=True),
     ], QL.T * G * QR)
     return Rule(
@@ -136,7 +136,7 @@ def soap() -> Rule:
                                 "pytorch-optimizer's None)"),
             weight_decay: Hyper(1e-2, low=0.0, doc="λ, decoupled weight decay θ ← θ(1 − γλ)"),
             frequency: Hyper(10, low=1.0, doc="f, refresh the eigenbases every f steps (an integer)"),
-            max_dim: Hyper(10000, low=1.0, doc="the largest dimension preconditioned (larger ones are refused)"),
+            max_dim: Hyper(10000, low=1.0, doc="the longest side rotated (a longer one is refused)"),
             merge: Hyper(False, kind="bool", doc="merge small dimensions (only False)"),
             pre1d: Hyper(False, kind="bool", doc="precondition 1-D params (only False)"),
             correct_bias: Hyper(True, kind="bool", doc="Adam's bias corrections in the step size"),

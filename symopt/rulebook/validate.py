@@ -190,6 +190,8 @@ def check_preconditioned(node, where: str) -> None:
                                 f"InverseRoot and Eigenbasis of {node.var.name} and the matrix states")
             if kind is Eigenbasis:
                 check_expression(m.first, f"{where}: condition of the exact eigenbasis in {what}")
+                if m.limit != sp.oo:
+                    check_expression(m.limit, f"{where}: size limit of the eigenbasis in {what}")
                 stack.extend(m.args[:2])
                 continue
             for a in m.args:

@@ -44,6 +44,8 @@ class PreconditionedStep:
                       for s in self.specs] for r, c in self.shapes]
         self.fresh = [True] * len(tensors)
         self.nscalars = int(vinfo["nscalars"])
+        self.limits = vinfo["matrix"]["limits"]
+        self.name = name
         prefix = vinfo["prefix"]
         self.check = getattr(module, f"{prefix}_{suffix}_check")
         self.tensor = getattr(module, f"{prefix}_{suffix}")
@@ -76,11 +78,20 @@ class PreconditionedStep:
 
     def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool) -> int:
         """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count."""
+        rows_of = chunks.tolist()
+        for j, _, _, row in rows_of:    # a side longer than an eigenbasis may rotate: refused, nothing changed
+            for lim in self.limits:
+                size = self.shapes[j][0 if lim["side"] == "rows" else 1]
+                limit = scal[row][lim["column"]] if "column" in lim else lim["value"]
+                if size > limit:
+                    raise ValueError(f"{self.name}: params[{j}] has {lim['side']} of length {size}, above "
+                                     f"max_precondition_dim = {limit:g}; a dimension left unrotated is not "
+                                     f"supported (raise max_precondition_dim)")
         if check:
             nbad = int(self.check(gptr, chunks))
             if nbad:
                 return nbad
-        for j, lo, hi, row in chunks.tolist():
+        for j, lo, hi, row in rows_of:
             n = hi - lo
             rows, cols = self.shapes[j]
             if self.fresh[j]:
