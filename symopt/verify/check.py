@@ -32,6 +32,8 @@ TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 #: Matrix rules: wide, tall and a 3-D param (read as 2 × 6), with the tolerances above
 #: (max-norm; muon measured 8e-8 in float32 and 1.2e-16 in float64).
 MATRIX_SHAPES = ((4, 6), (6, 4), (2, 3, 2))
+#: The shapes of the rules that rotate into eigenbases (SOAP): square (see verify_preconditioned_variant).
+SQUARE_SHAPES = ((4, 4), (5, 5))
 BANDS = {"float32": (1e-12, 1.0, 1e12), "float64": (1e-60, 1.0, 1e60)}
 _DPS = 50
 
@@ -229,7 +231,7 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
     import mpmath
 
     from ..rulebook.metadata import t as t_sym
-    from ..rulebook.preconditioned import preconditioners_in
+    from ..rulebook.preconditioned import Eigenbasis, matrix_states_of, preconditioners_in
     from ..runtime.optimizer import Optimizer
     from .matrix import exact_preconditioned_step
 
@@ -239,15 +241,18 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
     worst, worst_where, count = 0.0, "", 0
     mpmath.mp.dps = _DPS
     state_syms = {rule.state_key(s): s for s in rule.state}
-    node = next(n for _, rhs in rule.updates for n in preconditioners_in(rhs))
-    mat_keys = [st.key for st in node.states]
+    states = matrix_states_of(n for _, rhs in rule.updates for n in preconditioners_in(rhs))
+    mat_keys = [st.key for st in states]
+    # eigenvectors are compared up to their signs; a rectangular param's statistic is rank-deficient
+    # at first and the eigenvectors of its null space are arbitrary, so eigenbases run on square ones
+    bases = {st.key for st in states if isinstance(st.update, Eigenbasis)}
     if dt == np.float32:
-        for st in node.states:
+        for st in states:
             d = st.init_diagonal()
             if d in rule.hyper and rule.hyper[d].index is None:
                 key = rule.hyper_key(d)
                 kwargs[key] = max(float(kwargs.get(key, rule.hyper[d].default)), FLOAT32_MIN_DIAGONAL)
-    for shape in MATRIX_SHAPES:
+    for shape in SQUARE_SHAPES if bases else MATRIX_SHAPES:
         if len(shape) != 2:
             continue
         params = rng.standard_normal(shape).astype(dt)
@@ -272,7 +277,15 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
             envs, mats = exact_preconditioned_step(rule, values, shape, old_mats)
             outs = [("param", [env[rule.param] for env in envs], params.reshape(-1))]
             outs += [(key, [env[state_syms[key]] for env in envs], opt.state[0][key].reshape(-1)) for key in keys]
-            outs += [(key, list(mats[key]), opt.state[0][key].reshape(-1)) for key in mat_keys]
+            for key in mat_keys:
+                got = opt.state[0][key]
+                exact = mats[key]
+                if key in bases:    # each exact eigenvector with the sign of the computed one
+                    n = exact.rows
+                    signs = [1 if sum(float(exact[r, c]) * float(got[r, c]) for r in range(n)) >= 0 else -1
+                             for c in range(n)]
+                    exact = mpmath.matrix([[exact[r, c] * signs[c] for c in range(n)] for r in range(n)])
+                outs.append((key, list(exact), got.reshape(-1)))
             for label, exact, got in outs:
                 scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
                 for i, e in enumerate(exact):

@@ -119,16 +119,36 @@ def _mp_matrix_value(expr, mats: dict, scalars):
     raise TypeError(f"cannot evaluate {type(expr).__name__} in a preconditioned rule")
 
 
+def _mp_eigenbasis(op, mats: dict, scalars, first: bool):
+    """``Eigenbasis(S, Q, v, first)`` at 50 digits: the eigenvectors of ``S`` by descending
+    eigenvalue (``mpmath.eigsy``) where ``first``, else ``QR(S Q Π)`` (``mpmath.qr``) with ``Π``
+    the columns by descending ``diag(Qᵀ S Q)``.  Returns the basis and ``Π`` (None when first)."""
+    import mpmath
+
+    s = _mp_matrix_value(op.base, mats, scalars)
+    n = s.rows
+    if first:
+        e, q = mpmath.eigsy(s)
+        order = sorted(range(n), key=lambda i: -e[i])
+        return mpmath.matrix([[q[r, c] for c in order] for r in range(n)]), None
+    old = mats[op.basis]
+    p = s * old
+    est = [mpmath.fsum(old[r, c] * p[r, c] for r in range(n)) for c in range(n)]
+    order = sorted(range(n), key=lambda c: -est[c])
+    q, _ = mpmath.qr(mpmath.matrix([[p[r, c] for c in order] for r in range(n)]))
+    return q, order
+
+
 def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> tuple:
-    """Apply ``rule``'s updates (one :class:`~symopt.rulebook.preconditioned.Preconditioned`) to a
-    tensor of ``shape`` at 50 digits from the matrix states ``mats`` (key -> float array; None at
-    the tensor's first step: their initial values).  Returns the envs and the new matrix states
-    (key -> mpmath matrix)."""
+    """Apply ``rule``'s updates (its :class:`~symopt.rulebook.preconditioned.Preconditioned` nodes)
+    to a tensor of ``shape`` at 50 digits from the matrix states ``mats`` (key -> float array; None
+    at the tensor's first step: their initial values), the states marked ``at_end`` after the last
+    update.  Returns the envs and the new matrix states (key -> mpmath matrix)."""
     import mpmath
     import sympy as sp
 
     from ..rulebook.matrix import cols, rows
-    from ..rulebook.preconditioned import Preconditioned
+    from ..rulebook.preconditioned import Eigenbasis, Preconditioned
 
     nrows = shape[0]
     ncols = len(values) // nrows
@@ -139,6 +159,28 @@ def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> t
         syms = sorted(expr.free_symbols, key=lambda s: s.name)
         return sp.lambdify(syms, expr, modules="mpmath", dummify=True)(*[env[s] for s in syms])
 
+    def update(st, current):
+        if bool(scalars(sp.Piecewise((1, st.when), (0, True)))):
+            if isinstance(st.update, Eigenbasis):
+                first = bool(scalars(sp.Piecewise((1, st.update.first), (0, True))))
+                current[st.sym], order = _mp_eigenbasis(st.update, current, scalars, first)
+                if order is not None:   # the reordered elementwise state, along the statistic's side
+                    v = st.update.reorder
+                    old = [env[v] for env in envs]
+                    for i, env in enumerate(envs):
+                        r, c = divmod(i, ncols)
+                        env[v] = old[order[r] * ncols + c] if st.sym.shape[0] == rows else old[r * ncols + order[c]]
+            else:
+                current[st.sym] = _mp_matrix_value(st.update, current, scalars)
+        out_mats[st.key] = current[st.sym]
+
+    current: dict = {}
+    for node in {n for _, rhs in rule.updates for n in rhs.atoms(Preconditioned)}:
+        for st in node.states:
+            n = nrows if st.sym.shape[0] == rows else ncols
+            current[st.sym] = (mpmath.eye(n) * scalars(st.init_diagonal()) if mats is None
+                               else mpmath.matrix(mats[st.key].tolist()))
+    at_end = []
     for lhs, rhs in rule.updates:
         repl = {}
         for k, node in enumerate(rhs.atoms(Preconditioned)):
@@ -146,17 +188,12 @@ def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> t
             g = mpmath.matrix(nrows, ncols)
             for i, v in enumerate(start):
                 g[i // ncols, i % ncols] = v
-            current = {node.var: g}
+            current[node.var] = g
             for st in node.states:
-                n = nrows if st.sym.shape[0] == rows else ncols
-                if mats is None:
-                    current[st.sym] = mpmath.eye(n) * scalars(st.init_diagonal())
+                if st.at_end:
+                    at_end.append(st)
                 else:
-                    current[st.sym] = mpmath.matrix(mats[st.key].tolist())
-            for st in node.states:
-                if bool(scalars(sp.Piecewise((1, st.when), (0, True)))):
-                    current[st.sym] = _mp_matrix_value(st.update, current, scalars)
-                out_mats[st.key] = current[st.sym]
+                    update(st, current)
             value = _mp_matrix_value(node.value, current, scalars)
             sym = sp.Dummy(f"preconditioned{k}")
             for i, env in enumerate(envs):
@@ -164,4 +201,6 @@ def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> t
             repl[node] = sym
         for env, v in zip(envs, evaluate_elementwise(rhs.xreplace(repl), envs)):
             env[lhs] = v
+    for st in at_end:
+        update(st, current)
     return envs, out_mats
