@@ -514,40 +514,45 @@ PRECONDITIONED_SHAPES = ((512, 512), (512, 2048), (2048, 512))
 
 
 def phase_preconditioned(rounds, log, shapes=PRECONDITIONED_SHAPES) -> list:
-    """Shampoo (float32, defaults: roots recomputed every step): symopt's step against
-    pytorch-optimizer's ``Shampoo`` (SVD roots), median of per-round interleaved ratios."""
+    """Shampoo and SOAP (float32, defaults: Shampoo's roots recomputed every step, SOAP's eigenbases
+    every 10 steps): symopt's step against pytorch-optimizer's ``Shampoo`` (SVD roots) and ``SOAP``,
+    median of per-round interleaved ratios."""
     rng = np.random.default_rng(6)
     rows_out = []
-    for shape in shapes:
-        p = rng.standard_normal(shape).astype(np.float32)
-        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
-        fns = {}
-        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="shampoo")
-        if _have("pytorch_optimizer"):
-            import torch
-            from pytorch_optimizer import Shampoo
+    for rule, peer_class in (("shampoo", "Shampoo"), ("soap", "SOAP")):
+        for shape in shapes:
+            p = rng.standard_normal(shape).astype(np.float32)
+            g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+            fns = {}
+            fns["symopt"], _ = symopt_step([p.copy()], [g], rule=rule)
+            if _have("pytorch_optimizer"):
+                import pytorch_optimizer
+                import torch
 
-            tp = torch.from_numpy(p.copy())
-            tp.grad = torch.from_numpy(g.copy())  # defaults: no momentum or decay, so the grad stays as set
-            fns["pytorch-optimizer"] = Shampoo([tp], lr=LR).step
-        res = measure(fns, rounds=rounds, min_batch=0, budget=30.0)
-        row = {"rule": "shampoo", "shape": shape, "symopt": res["symopt"]["median"]}
-        if "pytorch-optimizer" in res:
-            row["peer"] = res["pytorch-optimizer"]["median"]
-            row["vs_peer"] = paired_ratio(res, "pytorch-optimizer", "symopt")
-        rows_out.append(row)
-        log(f"  shampoo {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms"
-            + (f"; pytorch-optimizer {row['peer'] * 1e3:.1f} ms, symopt {row['vs_peer']:.2f}x faster"
-               if "peer" in row else ""))
+                tp = torch.from_numpy(p.copy())
+                # Shampoo's defaults keep the grad as set; SOAP's maximize=False never writes it
+                tp.grad = torch.from_numpy(g.copy())
+                fns["pytorch-optimizer"] = getattr(pytorch_optimizer, peer_class)([tp], lr=LR).step
+            res = measure(fns, rounds=rounds, min_batch=0, budget=30.0)
+            row = {"rule": rule, "shape": shape, "symopt": res["symopt"]["median"]}
+            if "pytorch-optimizer" in res:
+                row["peer"] = res["pytorch-optimizer"]["median"]
+                row["vs_peer"] = paired_ratio(res, "pytorch-optimizer", "symopt")
+            rows_out.append(row)
+            log(f"  {rule} {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms"
+                + (f"; pytorch-optimizer {row['peer'] * 1e3:.1f} ms, symopt {row['vs_peer']:.2f}x faster"
+                   if "peer" in row else ""))
     return rows_out
 
 
 def preconditioned_report(rows) -> str:
-    """The Shampoo section of results.md."""
-    L = ["\n## Kronecker-factored rules: Shampoo (float32)\n",
-         ("Default keywords (inverse roots recomputed every step). symopt: statistics by ?syrk, roots by LAPACK's "
-          "?syevd and a ?syrk, the value by two ?gemm, elementwise parts in two Numba passes; pytorch-optimizer "
-          "4.1.0: addmm statistics, roots by SVD. vs peer: median of per-round time ratios (>1: symopt faster).\n"),
+    """The Shampoo and SOAP section of results.md."""
+    L = ["\n## Kronecker-factored rules: Shampoo and SOAP (float32)\n",
+         ("Default keywords (Shampoo's inverse roots recomputed every step, SOAP's eigenbases every 10). symopt: "
+          "statistics by ?syrk, Shampoo's roots by LAPACK's ?syevd and a ?syrk, SOAP's eigenbases by ?syevd once, "
+          "then ?gemm, ?geqrf and ?orgqr, each value by two ?gemm, elementwise parts in Numba passes between them; "
+          "pytorch-optimizer 4.1.0: addmm/tensordot statistics, roots by SVD, SOAP's QR in float32. vs peer: median "
+          "of per-round time ratios (>1: symopt faster).\n"),
          "| rule | shape | symopt step | pytorch-optimizer | vs peer |", "|---|---|---|---|---|"]
     for r in rows:
         peer = f"{r['peer'] * 1e3:.1f} ms" if "peer" in r else "—"
@@ -992,7 +997,7 @@ def measure_all(args) -> int:
     incache = phase_check_in_cache(rounds, log)
     log("[9] matrix rules: Muon, float32")
     matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
-    log("[9] Kronecker-factored rules: Shampoo against pytorch-optimizer, float32")
+    log("[9] Kronecker-factored rules: Shampoo and SOAP against pytorch-optimizer, float32")
     preconditioned = phase_preconditioned(3 if quick else 5, log,
                                           ((128, 128), (128, 512), (512, 128)) if quick else PRECONDITIONED_SHAPES)
     log("[7] start-up")

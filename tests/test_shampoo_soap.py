@@ -258,12 +258,14 @@ def test_checkpoints_keep_the_matrix_states(tmp_path, libs):
         topt2.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})
 
 
-def test_report_page_shows_the_plan_and_passes_verification():
+@pytest.mark.parametrize("name, helper, lapack", [("shampoo", "_inverse_root", "syevd"),
+                                                  ("soap", "_eigenbasis", "geqrf")])
+def test_report_page_shows_the_plan_and_passes_verification(name, helper, lapack):
     from symopt.reporting import report
 
-    page = report("shampoo")
+    page = report(name)
     assert page.startswith("<!DOCTYPE html>") and "<math" in page and "<svg" in page
-    assert "_inverse_root" in page and "syevd" in page      # the generated root, shown as checked in
+    assert helper in page and lapack in page      # the generated matrix stage, shown as checked in
     assert "FAIL" not in page
 
 
