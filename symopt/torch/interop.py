@@ -23,8 +23,10 @@ adadelta Adadelta   0-d tensor    --
 ======== ========== ============= =============== ============================================
 
 Any other rule (``notes.*``, Optax-defined, user rules) uses the generic format:
-``step`` as a 0-d tensor and every state entry shaped like its parameter, named
-by the rule's state keys.
+``step`` as a 0-d tensor and every state entry shaped like its parameter (a matrix
+state with its own shape), named by the rule's state keys; ``soap`` writes its matrix
+states ``GG_0, GG_1, Q_0, Q_1`` as pytorch-optimizer's lists ``GG`` and ``Q``
+(:data:`PEER_FORMATS`).
 
 Param groups are written with torch's keys: the rule's hyperparameters plus the
 torch class's implementation switches (``foreach``, ``fused``, ``capturable``,
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "TorchFormat", "TORCH_FORMATS", "GENERIC", "torch_format", "scalar_dtype", "IMPLEMENTATION_KEYS",
+    "TorchFormat", "TORCH_FORMATS", "PEER_FORMATS", "GENERIC", "torch_format", "scalar_dtype", "IMPLEMENTATION_KEYS",
     "PASSIVE_KEYS", "NEUTRAL", "check_group_keys", "entry_to_torch", "entry_from_torch",
 ]
 
@@ -112,14 +114,20 @@ TORCH_FORMATS = {
     "nadam": TorchFormat("NAdam", scalar_state=("mu_product",)),
     "radam": TorchFormat("RAdam"),
     "adadelta": TorchFormat("Adadelta"),
-    # pytorch-optimizer's SOAP: its statistics and eigenbases as lists, one matrix per side
+}
+#: Built-in rules that follow a class of another torch library: its state layout (not a torch.optim
+#: class, so no torch defaults).  pytorch-optimizer's SOAP keeps its statistics and eigenbases as
+#: lists, one matrix per side.
+PEER_FORMATS = {
     "soap": TorchFormat(None, list_state=("GG", "Q")),
 }
 
 
 def torch_format(rule) -> TorchFormat:
     """The layout for a built-in rule name; :data:`GENERIC` for other names and user rules."""
-    return TORCH_FORMATS.get(rule, GENERIC) if isinstance(rule, str) else GENERIC
+    if not isinstance(rule, str):
+        return GENERIC
+    return TORCH_FORMATS.get(rule) or PEER_FORMATS.get(rule, GENERIC)
 
 
 @functools.lru_cache(maxsize=None)
