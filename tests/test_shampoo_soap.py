@@ -346,3 +346,24 @@ def test_soap_torch_adapter_keeps_pytorch_optimizers_state_names(libs):
     bad = dict(entry, GG=entry["GG"][:1] + [torch.zeros(4, 4, dtype=torch.float64)])
     with pytest.raises(ValueError, match="its matrix state has"):
         resumed.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})
+
+
+def test_soap_npz_checkpoint_resumes_past_a_refresh(tmp_path):
+    """symopt.save/load keep the moments, statistics and eigenbases: a resumed run continues the
+    same trajectory through the next power-iteration refresh."""
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal((4, 4)) for _ in range(7)]
+    w = rng.standard_normal((4, 4))
+    a = symopt.optimizer("soap", [w], precondition_frequency=2)
+    for g in grads[:4]:
+        a.step([g.copy()])
+    a.save(tmp_path / "soap.npz")
+    w2 = w.copy()
+    b = symopt.optimizer("soap", [w2], precondition_frequency=2)
+    b.load(tmp_path / "soap.npz")
+    for g in grads[4:]:
+        a.step([g.copy()])
+        b.step([g.copy()])
+    np.testing.assert_array_equal(w2, w)
+    for key in ("exp_avg_sq", "Q_0", "Q_1"):
+        np.testing.assert_array_equal(b.state[0][key], a.state[0][key])

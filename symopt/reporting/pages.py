@@ -23,8 +23,13 @@ import sympy as sp
 
 from ..codegen.plan import KernelPlan, UpdatedValue, make_plan
 from ..codegen.plan_matrix import RESULT, WORK, MatrixPlan, is_matrix_rule, make_matrix_plan
-from ..codegen.plan_preconditioned import (PreconditionedPlan, is_preconditioned_rule, make_preconditioned_plan,
-                                           result_buffer, work_buffer)
+from ..codegen.plan_preconditioned import (
+    PreconditionedPlan,
+    is_preconditioned_rule,
+    make_preconditioned_plan,
+    result_buffer,
+    work_buffer,
+)
 from ..provenance import PEER_TOLERANCE, RULE_PEERS, peer_label
 from ..rulebook.display import base_latex, subscripted, update_rows
 from ..rulebook.metadata import t as T_STEP

@@ -132,8 +132,8 @@ def soap() -> Rule:
             beta1: Hyper(0.95, low=0.0, high=1.0, high_open=True, key="betas", index=0, doc="β₁, first moment decay"),
             beta2: Hyper(0.95, low=0.0, high=1.0, high_open=True, key="betas", index=1,
                          doc="β₂, second moment decay"),
-            shampoo_beta: Hyper(-1.0, low=-1.0, high=1.0, doc="β_s, the statistics' decay (-1: β₂, "
-                                "pytorch-optimizer's None)"),
+            shampoo_beta: Hyper(-1.0, low=-1.0, high=1.0,
+                                doc="β_s, the statistics' decay (-1: β₂, pytorch-optimizer's None)"),
             weight_decay: Hyper(1e-2, low=0.0, doc="λ, decoupled weight decay θ ← θ(1 − γλ)"),
             frequency: Hyper(10, low=1.0, doc="f, refresh the eigenbases every f steps (an integer)"),
             max_dim: Hyper(10000, low=1.0, doc="the longest side rotated (a longer one is refused)"),
@@ -170,8 +170,8 @@ def families() -> list[Family]:
                           (sp.Eq(frequency, sp.floor(frequency)), "precondition_frequency must be an integer"),
                           (sp.Or(shampoo_beta >= 0, sp.Eq(shampoo_beta, -1)),
                            "shampoo_beta must be in [0, 1] (or -1 for beta2)"),
-                          (sp.Eq(merge, 0), "merge_dims=True is not supported (symopt preconditions the 2-D "
-                                            "param as it is)"),
+                          (sp.Eq(merge, 0),
+                           "merge_dims=True is not supported (symopt rotates the 2-D param as it is)"),
                           (sp.Eq(pre1d, 0), "precondition_1d=True is not supported (SOAP takes 2-D params)"),
                           (sp.Eq(normalize, 0), "normalize_gradient=True is not supported"),
                       ]))

@@ -227,7 +227,7 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
         if value is None:
             continue
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"state of param {pid}: {name!r} must be a list of tensors, got {type(value).__name__}")
+            raise TypeError(f"state of param {pid}: {name!r} must be a list of tensors, got {type(value).__name__}")
         entry.update({f"{name}_{k}": v for k, v in enumerate(value)})
     keys = list(keys)
     for key, value in entry.items():
