@@ -202,7 +202,7 @@ def test_malformed_preconditioner_is_a_rule_error():
     import sympy as sp
 
     from symopt.rulebook.matrix import cols, rows
-    from symopt.rulebook.preconditioned import InverseRoot, MatrixState, Preconditioned
+    from symopt.rulebook.preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned
 
     G = sp.MatrixSymbol("G", rows, cols)
     L = sp.MatrixSymbol("L", rows, rows)
@@ -212,6 +212,11 @@ def test_malformed_preconditioner_is_a_rule_error():
         InverseRoot(G, 4)
     with pytest.raises(RuleError, match="shape \\(rows, cols\\)"):
         Preconditioned(L, 1, [MatrixState(L, sp.Identity(rows), L + G * G.T, key="a")], L * G)
+    R = sp.MatrixSymbol("R", cols, cols)
+    with pytest.raises(RuleError, match="square MatrixSymbol"):
+        Eigenbasis(L, G, sp.Symbol("v"), True)
+    with pytest.raises(RuleError, match="must have the same shape"):
+        Eigenbasis(L, R, sp.Symbol("v"), True)
 
 
 def test_checkpoints_keep_the_matrix_states(tmp_path, libs):

@@ -22,11 +22,12 @@ planner maps to BLAS/LAPACK (``codegen/plan_preconditioned.py``) is:
   eigendecomposition ``S = V Λ Vᵀ`` (LAPACK ``?syevd``), then ``W = V Λ^{-1/(2p)}`` and
   ``S^{-1/p} = W Wᵀ`` (one ``?syrk``); an eigenvalue ≤ 0 gives inf/NaN, as the SVD of
   pytorch-optimizer's ``compute_power_svd`` gives for a zero singular value;
-* ``Eigenbasis(S, Q, v, first)``, the eigenvectors of a symmetric ``S`` by descending eigenvalue
-  (SOAP's rotation): where ``first`` holds, exactly (LAPACK ``?syevd``); else one power-iteration
-  step from the last basis ``Q``, ``QR(S Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``), with ``Π`` the
-  columns sorted by their estimated eigenvalues ``diag(Qᵀ S Q)`` and the elementwise state ``v``
-  (read as ``rows × cols``) reordered along ``S``'s side by the same ``Π``;
+* ``Eigenbasis(S, Q, v, first, limit)``, the eigenvectors of a symmetric ``S`` by descending
+  eigenvalue (SOAP's rotation): where ``first`` holds, exactly (LAPACK ``?syevd``); else one
+  power-iteration step from the last basis ``Q``, ``QR(S Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``),
+  with ``Π`` the columns sorted by their estimated eigenvalues ``diag(Qᵀ S Q)`` and the elementwise
+  state ``v`` (read as ``rows × cols``) reordered along ``S``'s side by the same ``Π``; a side
+  longer than ``limit`` (a hyperparameter expression; default unbounded) is refused before the step;
 * ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``.
 
 A rule may hold several ``Preconditioned`` nodes (SOAP projects the gradient, the first moment
@@ -89,7 +90,7 @@ class Eigenbasis(sp.MatrixExpr):
             if not isinstance(m, sp.MatrixSymbol) or m.shape[0] != m.shape[1]:
                 raise RuleError(f"Eigenbasis: the {what} must be a square MatrixSymbol (a matrix state), got {m!r}")
         if base.shape != basis.shape:
-            raise RuleError("Eigenbasis: the statistic and the basis have the same shape")
+            raise RuleError("Eigenbasis: the statistic and the basis must have the same shape")
         if not isinstance(reorder, sp.Symbol):
             raise RuleError(f"Eigenbasis: the reordered state must be an elementwise state symbol, got {reorder!r}")
         first = sp.sympify(first)
