@@ -372,3 +372,28 @@ def test_soap_npz_checkpoint_resumes_past_a_refresh(tmp_path):
     np.testing.assert_array_equal(w2, w)
     for key in ("exp_avg_sq", "Q_0", "Q_1"):
         np.testing.assert_array_equal(b.state[0][key], a.state[0][key])
+
+
+def test_soap_resumes_from_pytorch_optimizers_own_checkpoint(libs):
+    """pytorch_optimizer.SOAP's state_dict (step per group, shampoo_beta=None, its per-param copies
+    of precondition_frequency and shampoo_beta) loads into symopt.torch.Optimizer("soap"), which
+    continues the peer's trajectory (through refreshes: the "peer" tolerance)."""
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(6)
+    w0 = rng.standard_normal((5, 5))
+    theirs = torch.tensor(w0, requires_grad=True)
+    peer = po.SOAP([theirs], lr=1e-2, precondition_frequency=2)
+    grads = [torch.tensor(rng.standard_normal((5, 5))) for _ in range(7)]
+    for g in grads[:3]:
+        theirs.grad = g.clone()
+        peer.step()
+    ours = theirs.detach().clone().requires_grad_(True)
+    opt = symopt.torch.Optimizer("soap", [ours], lr=1e-2)
+    opt.load_state_dict(peer.state_dict())
+    assert opt.param_groups[0]["precondition_frequency"] == 2 and opt.param_groups[0]["shampoo_beta"] == -1
+    assert int(opt.state[ours]["step"]) == 3
+    for g in grads[3:]:
+        theirs.grad, ours.grad = g.clone(), g.clone()
+        peer.step()
+        opt.step()
+    assert rel_err(ours.detach(), theirs.detach(), floor=1.0) < RULE_DB["soap"].tolerance["peer"][np.float64]

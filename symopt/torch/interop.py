@@ -26,7 +26,8 @@ Any other rule (``notes.*``, Optax-defined, user rules) uses the generic format:
 ``step`` as a 0-d tensor and every state entry shaped like its parameter (a matrix
 state with its own shape), named by the rule's state keys; ``soap`` writes its matrix
 states ``GG_0, GG_1, Q_0, Q_1`` as pytorch-optimizer's lists ``GG`` and ``Q``
-(:data:`PEER_FORMATS`).
+(:data:`PEER_FORMATS`), and loads pytorch-optimizer's own ``SOAP`` checkpoints (their step
+per group, ``shampoo_beta=None``, the per-param copies of two hyperparameters).
 
 Param groups are written with torch's keys: the rule's hyperparameters plus the
 torch class's implementation switches (``foreach``, ``fused``, ``capturable``,
@@ -78,6 +79,11 @@ class TorchFormat:
     of every param at construction, so it appears in ``state_dict()`` before the
     first step (Adagrad); ``list_state``: keys kept as one list of tensors per param
     (pytorch-optimizer's SOAP: ``GG``, ``Q``), which symopt keeps as ``<key>_0``, ``<key>_1``, ...
+    Loading the peer's own checkpoints: ``group_step``: it counts steps per param group
+    (``group["step"]``, pytorch-optimizer's ``BaseOptimizer``), the step of a state entry without
+    one; ``copied_state``: hyperparameters it also copies into each param's state (ignored, the
+    groups' values rule); ``none_values``: ``(key, value)``, a group's ``None`` for ``key`` is
+    symopt's ``value`` (SOAP's ``shampoo_beta=None``, β₂, is ``-1``).
     """
 
     torch_class: str | None
@@ -85,6 +91,19 @@ class TorchFormat:
     scalar_state: tuple = ()
     eager_state: bool = False
     list_state: tuple = ()
+    group_step: bool = False
+    copied_state: tuple = ()
+    none_values: tuple = ()
+
+    def peer_group(self, group: dict) -> tuple:
+        """A saved param group as symopt reads it, and its step count (None if it keeps none): the
+        group's ``step`` taken out (:attr:`group_step`), :attr:`none_values` filled in."""
+        group = dict(group)
+        step = group.pop("step", None) if self.group_step else None
+        for key, value in self.none_values:
+            if key in group and group[key] is None:
+                group[key] = value
+        return group, step
 
     def torch_defaults(self) -> dict:
         """The torch class's ``defaults`` (its keyword arguments with torch's default values)."""
@@ -119,7 +138,8 @@ TORCH_FORMATS = {
 #: class, so no torch defaults).  pytorch-optimizer's SOAP keeps its statistics and eigenbases as
 #: lists, one matrix per side.
 PEER_FORMATS = {
-    "soap": TorchFormat(None, list_state=("GG", "Q")),
+    "soap": TorchFormat(None, list_state=("GG", "Q"), group_step=True,
+                        copied_state=("precondition_frequency", "shampoo_beta"), none_values=(("shampoo_beta", -1.0),)),
 }
 
 
@@ -210,18 +230,22 @@ def _as_array(value, pid, key) -> np.ndarray:
     return arr
 
 
-def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shapes: dict | None = None):
+def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shapes: dict | None = None,
+                     group_step=None):
     """One param's torch-format state -> ``(step, {key: array})``, or None for "not started".
 
     ``keys`` are the state keys of the rule variant (e.g. ``exp_avg``,
     ``exp_avg_sq``); a missing one raises ``ValueError`` naming it.  Values of
     :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.  ``shapes``: the
     keys whose arrays have a shape of their own (a preconditioned rule's matrix states).
+    ``group_step``: the step of an entry without one (:attr:`TorchFormat.group_step`).
     """
     shapes = shapes or {}
     if not isinstance(entry, dict):
         raise ValueError(f"state of param {pid} must be a dict, got {type(entry).__name__}")
-    entry = dict(entry)
+    entry = {k: v for k, v in entry.items() if k not in fmt.copied_state}
+    if "step" not in entry and group_step is not None:
+        entry["step"] = group_step
     for name in fmt.list_state:     # "GG": [a, b] -> "GG_0": a, "GG_1": b
         value = entry.pop(name, None)
         if value is None:

@@ -559,10 +559,11 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(groups):
             n = len(saved_groups) if isinstance(saved_groups, (list, tuple)) else "?"
             raise ValueError(f"loaded state dict has {n} parameter groups, the optimizer has {len(groups)}")
-        id_map, new_groups, j = {}, [], 0
+        id_map, new_groups, group_steps, j = {}, [], {}, 0
         for gi, (group, saved) in enumerate(zip(groups, saved_groups)):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError(f"state_dict param group {gi} must be a dict with 'params'")
+            saved, step = self._fmt.peer_group(saved)   # a peer library's own group layout (SOAP)
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"state_dict param group {gi} has {len(saved['params'])} params, the optimizer's "
                                  f"has {len(group['params'])}")
@@ -574,6 +575,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             new_groups.append(merged)
             for pid in saved["params"]:
                 id_map[pid] = j
+                group_steps[pid] = step
                 j += 1
         # build the new runtime first: it validates every value and picks the variant
         core, params = self._make_core(new_groups)
@@ -591,7 +593,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             if isinstance(entry, dict):             # the state of a DTensor param: its local shards
                 entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
             mshapes = dict(zip(core.matrix_state_keys, core.matrix_state_shapes(k)))
-            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes=mshapes)
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes=mshapes,
+                                   group_step=group_steps[pid])
             if got is not None:
                 converted[k] = {"step": got[0], **{key: (a if key in mshapes else to_core(a, q))
                                                    for key, a in got[1].items()}}
