@@ -314,8 +314,9 @@ def test_user_rule_with_one_sided_preconditioner(side):
 
 def test_soap_torch_adapter_keeps_pytorch_optimizers_state_names(libs):
     """symopt.torch.Optimizer("soap") on the Numba backend steps as pytorch_optimizer.SOAP, and its
-    state_dict holds pytorch-optimizer's names (GG and Q as lists, one matrix per side); resumed
-    from it through torch.save, it continues the same trajectory."""
+    state_dict has pytorch-optimizer's layout (GG and Q as lists, one matrix per side, the step
+    per group, the copied hyperparameters); resumed from it through torch.save, symopt continues
+    the same trajectory, and so does pytorch_optimizer.SOAP."""
     import io
 
     torch, po = libs.torch, libs.po
@@ -335,19 +336,27 @@ def test_soap_torch_adapter_keeps_pytorch_optimizers_state_names(libs):
     buf.seek(0)
     saved = torch.load(buf)
     entry = saved["state"][0]
-    assert sorted(entry) == ["GG", "Q", "exp_avg", "exp_avg_sq", "step"]
+    assert sorted(entry) == ["GG", "Q", "exp_avg", "exp_avg_sq", "precondition_frequency", "shampoo_beta", "step"]
     assert [tuple(m.shape) for m in entry["GG"] + entry["Q"]] == [(5, 5)] * 4
+    assert (entry["precondition_frequency"], entry["shampoo_beta"]) == (2, 0.95)     # None: β₂
+    assert (saved["param_groups"][0]["step"], saved["param_groups"][0]["shampoo_beta"]) == (3, None)
     for side in (0, 1):
         assert rel_err(entry["GG"][side], peer.state[theirs]["GG"][side], floor=1.0) < 1e-12
+    # pytorch-optimizer loads it and continues the same trajectory
+    theirs2 = ours.detach().clone().requires_grad_(True)
+    peer2 = po.SOAP([theirs2], lr=1e-2, precondition_frequency=2)
+    peer2.load_state_dict(saved)
     with torch.no_grad():
         ref.copy_(ours)
     resumed = symopt.torch.Optimizer("soap", [ref], lr=1e-2, precondition_frequency=2)
     resumed.load_state_dict(saved)
     for g in grads[3:]:
-        ours.grad, ref.grad = g.clone(), g.clone()
+        ours.grad, ref.grad, theirs2.grad = g.clone(), g.clone(), g.clone()
         opt.step()
         resumed.step()
+        peer2.step()
     np.testing.assert_array_equal(ref.detach().numpy(), ours.detach().numpy())
+    assert rel_err(ours.detach(), theirs2.detach(), floor=1.0) < RULE_DB["soap"].tolerance["peer"][np.float64]
     bad = dict(entry, GG=entry["GG"][:1] + [torch.zeros(4, 4, dtype=torch.float64)])
     with pytest.raises(ValueError, match="its matrix state has"):
         resumed.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})

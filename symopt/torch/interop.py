@@ -26,8 +26,8 @@ Any other rule (``notes.*``, Optax-defined, user rules) uses the generic format:
 ``step`` as a 0-d tensor and every state entry shaped like its parameter (a matrix
 state with its own shape), named by the rule's state keys; ``soap`` writes its matrix
 states ``GG_0, GG_1, Q_0, Q_1`` as pytorch-optimizer's lists ``GG`` and ``Q``
-(:data:`PEER_FORMATS`), and loads pytorch-optimizer's own ``SOAP`` checkpoints (their step
-per group, ``shampoo_beta=None``, the per-param copies of two hyperparameters).
+(:data:`PEER_FORMATS`) with pytorch-optimizer's step per group, ``shampoo_beta=None`` and
+per-param copies of two hyperparameters, so that checkpoints load both ways.
 
 Param groups are written with torch's keys: the rule's hyperparameters plus the
 torch class's implementation switches (``foreach``, ``fused``, ``capturable``,
@@ -81,9 +81,11 @@ class TorchFormat:
     (pytorch-optimizer's SOAP: ``GG``, ``Q``), which symopt keeps as ``<key>_0``, ``<key>_1``, ...
     Loading the peer's own checkpoints: ``group_step``: it counts steps per param group
     (``group["step"]``, pytorch-optimizer's ``BaseOptimizer``), the step of a state entry without
-    one; ``copied_state``: hyperparameters it also copies into each param's state (ignored, the
-    groups' values rule); ``none_values``: ``(key, value)``, a group's ``None`` for ``key`` is
-    symopt's ``value`` (SOAP's ``shampoo_beta=None``, β₂, is ``-1``).
+    one; ``copied_state``: hyperparameters it also copies into each param's state (ignored when
+    loading, the groups' values rule); ``none_values``: ``(key, value, (fallback key, index))``, a
+    group's ``None`` for ``key`` is symopt's ``value`` and means the fallback's value (SOAP's
+    ``shampoo_beta=None``, β₂, is ``-1``).  :meth:`write_peer` writes that layout, so the peer
+    loads symopt's checkpoints too.
     """
 
     torch_class: str | None
@@ -100,10 +102,27 @@ class TorchFormat:
         group's ``step`` taken out (:attr:`group_step`), :attr:`none_values` filled in."""
         group = dict(group)
         step = group.pop("step", None) if self.group_step else None
-        for key, value in self.none_values:
+        for key, value, _ in self.none_values:
             if key in group and group[key] is None:
                 group[key] = value
         return group, step
+
+    def write_peer(self, groups: list, state: dict) -> None:
+        """The peer's own layout added to a torch-format ``groups`` and ``state`` (in place): each
+        group's ``step`` (the largest of its params'), :attr:`none_values` as ``None``, and the
+        :attr:`copied_state` hyperparameters in each param's state (``None``: its fallback's value)."""
+        for group in groups:
+            entries = [state[j] for j in group["params"] if j in state]
+            if self.group_step:
+                group["step"] = max((int(e["step"]) for e in entries if "step" in e), default=0)
+            copied = {key: group[key] for key in self.copied_state}
+            for key, value, (fallback, index) in self.none_values:
+                if key in group and _same(group[key], value):
+                    group[key] = None
+                    if key in copied:
+                        copied[key] = group[fallback][index] if index is not None else group[fallback]
+            for entry in entries:
+                entry.update(copied)
 
     def torch_defaults(self) -> dict:
         """The torch class's ``defaults`` (its keyword arguments with torch's default values)."""
@@ -139,7 +158,8 @@ TORCH_FORMATS = {
 #: lists, one matrix per side.
 PEER_FORMATS = {
     "soap": TorchFormat(None, list_state=("GG", "Q"), group_step=True,
-                        copied_state=("precondition_frequency", "shampoo_beta"), none_values=(("shampoo_beta", -1.0),)),
+                        copied_state=("precondition_frequency", "shampoo_beta"),
+                        none_values=(("shampoo_beta", -1.0, ("betas", 1)),)),
 }
 
 

@@ -528,6 +528,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
                 state[j] = {k: (like(v, p) if isinstance(v, torch.Tensor) and v.dim() else v)
                             for k, v in out.items()}
+        fmt.write_peer(groups, state)           # a peer library's own layout (SOAP), so that it loads this too
         sd = {"state": state, "param_groups": groups, "symopt": core_sd["symopt"]}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, sd)
