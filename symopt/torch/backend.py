@@ -83,7 +83,8 @@ def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _step_graph(step_fn, batches, masked: bool, rounding):
-    """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype)``; write the results.
+    """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype, static args)``; write the
+    results (a matrix rule's static argument: its iteration count, a Python int).
 
     With ``masked``, returns the one finiteness flag of all gradients and writes the old values
     where it is false (so nothing changes), without reading it on the host.
@@ -92,9 +93,9 @@ def _step_graph(step_fn, batches, masked: bool, rounding):
     if masked:
         flags = [torch.isfinite(g).all() for batch in batches for g in batch[1]]
         ok = torch.stack(flags).all()
-    for params, grads, states, scal, cd in batches:
+    for params, grads, states, scal, cd, static in batches:
         new = step_fn([p.to(cd) for p in params], [g.to(cd) for g in grads],
-                      *[[s.to(cd) for s in lst] for lst in states], scal)
+                      *[[s.to(cd) for s in lst] for lst in states], scal, *static)
         for j, values in enumerate(new):
             targets = [params[j], *[lst[j] for lst in states]]
             for k, (dst, val) in enumerate(zip(targets, values)):
@@ -163,6 +164,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._generators: dict = {}
         self._variant = None
         self._torch_module = kernels.load_backend(rule, "torch")
+        self._matrix = any("matrix" in v for v in self._spec.variants)
         self._compiled = None
         if compile is not False:
             # A private copy of the step's code object: dynamo caches graphs per code object, so
@@ -204,6 +206,10 @@ class TensorOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{where}: params[{i}] is a sparse tensor ({p.layout}); symopt steps dense tensors")
             if not p.dtype.is_floating_point or p.dtype.itemsize > 8:
                 raise TypeError(f"{where}: params[{i}] has dtype {p.dtype}; symopt steps float tensors")
+            if self._matrix and p.dim() < 2:
+                raise ValueError(f"{where}: params[{i}] has shape {tuple(p.shape)}; {self.rule_name} reads each param "
+                                 f"as a matrix (at least 2-D: d0 × (d1⋯)); give 1-D params a param group with "
+                                 f"another rule ({{'params': [...], 'rule': 'adamw'}})")
         super().add_param_group({**param_group, "params": params})
         group = self.param_groups[-1]
         try:
@@ -228,6 +234,8 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._scalar_fn = getattr(self._spec.module, f"{prefix}_scalars")
         self._init_fn = getattr(self._spec.module, f"{prefix}_state_init")
         self._step_fn = getattr(self._torch_module, f"{prefix}_step")
+        # a matrix rule: its iteration count, a Python int from the host's per-step scalars
+        self._count_fn = getattr(self._torch_module, f"{prefix}_count", None)
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         self._cache: dict = {}
 
@@ -296,9 +304,11 @@ class TensorOptimizer(torch.optim.Optimizer):
                 key = (id(group), t, self._compute_dtype(p), p.device)
                 batch = batches.get(key)
                 if batch is None:
-                    scal = torch.tensor(scalar_fn(t, *args), dtype=torch.float64)
+                    host = scalar_fn(t, *args)
+                    scal = torch.tensor(host, dtype=torch.float64)
+                    static = () if self._count_fn is None else (self._count_fn(host),)
                     batch = batches[key] = ([], [], [[] for _ in self._state_keys],
-                                            scal.to(p.device, non_blocking=True), key[2])
+                                            scal.to(p.device, non_blocking=True), key[2], static)
                 batch[0].append(p)
                 batch[1].append(g)
                 for lst, k in zip(batch[2], self._state_keys):
