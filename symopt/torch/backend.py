@@ -40,6 +40,7 @@ import torch
 
 from .._version import __version__
 from ..runtime import kernels, scheduled
+from ..runtime.grouped import names_other_rules
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .interop import (
     IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, plain_value, scalar_dtype, torch_format,
@@ -487,20 +488,31 @@ class BackendDispatch(type):
 
     ``Optimizer(rule, params, backend="auto" | "numba" | "torch", **kw)`` builds the Numba-backed
     optimizer or a :class:`TensorOptimizer` (:func:`choose_backend`; with ``"auto"``, a keyword
-    of :data:`TORCH_ONLY` chooses the torch backend); ``isinstance(opt, symopt.torch.Optimizer)``
-    holds for both.
+    of :data:`TORCH_ONLY` chooses the torch backend), or, when a param group names another rule
+    (``{"params": [...], "rule": "adamw"}``), a :class:`~symopt.torch.grouped.GroupedOptimizer` of one
+    such optimizer per rule; ``isinstance(opt, symopt.torch.Optimizer)`` holds for all three.
     """
 
-    def __call__(cls, rule, params=None, /, *args, backend: str = "auto", **kw):
+    def __call__(cls, rule=None, params=None, /, *args, backend: str = "auto", **kw):
+        if params is None and "params" in kw:
+            params = kw.pop("params")
         if params is None:
             # Optimizer(params, rule=...): the call torch's wrappers make (optimizer_class(params, **defaults))
+            rule, params = None, rule
+        if rule is None:
             if "rule" not in kw:
                 raise TypeError("symopt.torch.Optimizer needs a rule: Optimizer('adam', params, ...) or "
                                 "Optimizer(params, rule='adam', ...)")
-            rule, params = kw.pop("rule"), rule
+            rule = kw.pop("rule")
+        if params is None:
+            raise TypeError("symopt.torch.Optimizer needs params: Optimizer('adam', params, ...)")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         params = _materialized(params)
+        if names_other_rules(rule, params):
+            from .grouped import GroupedOptimizer  # (grouped.py builds its parts through this class)
+
+            return GroupedOptimizer(rule, params, *args, backend=backend, **kw)
         choice = backend
         if backend == "auto":
             choice = "torch" if TORCH_ONLY & set(kw) else choose_backend(_tensors(params))
@@ -513,4 +525,10 @@ class BackendDispatch(type):
         return super().__call__(rule, params, *args, **kw)
 
     def __instancecheck__(cls, obj) -> bool:
-        return type.__instancecheck__(cls, obj) or (cls.__name__ == "Optimizer" and isinstance(obj, TensorOptimizer))
+        if type.__instancecheck__(cls, obj):
+            return True
+        if cls.__name__ != "Optimizer":
+            return False
+        from .grouped import GroupedOptimizer
+
+        return isinstance(obj, (TensorOptimizer, GroupedOptimizer))
