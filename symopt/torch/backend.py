@@ -42,6 +42,7 @@ from .._version import __version__
 from ..runtime import kernels, scheduled
 from ..runtime.grouped import names_other_rules
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
+from .grouped import GroupedOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, plain_value, scalar_dtype, torch_format,
 )
@@ -510,9 +511,8 @@ class BackendDispatch(type):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         params = _materialized(params)
         if names_other_rules(rule, params):
-            from .grouped import GroupedOptimizer  # (grouped.py builds its parts through this class)
-
-            return GroupedOptimizer(rule, params, *args, backend=backend, **kw)
+            options = {k: kw.pop(k) for k in TORCH_ONLY & set(kw)}
+            return GroupedOptimizer(cls, rule, params, *args, backend=backend, options=options, **kw)
         choice = backend
         if backend == "auto":
             choice = "torch" if TORCH_ONLY & set(kw) else choose_backend(_tensors(params))
@@ -529,6 +529,4 @@ class BackendDispatch(type):
             return True
         if cls.__name__ != "Optimizer":
             return False
-        from .grouped import GroupedOptimizer
-
         return isinstance(obj, (TensorOptimizer, GroupedOptimizer))

@@ -27,8 +27,6 @@ from collections import OrderedDict
 import torch
 
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError
-from .backend import TORCH_ONLY
-from .optimizer import Optimizer
 
 __all__ = ["GroupedOptimizer"]
 
@@ -40,11 +38,13 @@ def _name(rule) -> str:
 class GroupedOptimizer(torch.optim.Optimizer):
     """Several symopt rules over their own param groups, as one torch optimizer (see the module docstring).
 
-    ``parts`` lists the optimizer of each rule (in the order the rules first appear);
-    ``rule_name`` is their names joined by ``+`` (``"muon+adamw"``).
+    Built by ``symopt.torch.Optimizer`` (``part``: that class, which builds each rule's optimizer;
+    ``options``: the backend keywords every part takes).  ``parts`` lists the optimizer of each rule
+    (in the order the rules first appear); ``rule_name`` is their names joined by ``+`` (``"muon+adamw"``).
     """
 
-    def __init__(self, rule, params, *, backend: str = "auto", on_nonfinite: str = "raise", **hyper):
+    def __init__(self, part, rule, params, *, backend: str = "auto", on_nonfinite: str = "raise",
+                 options: dict | None = None, **hyper):
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         groups = list(params)
@@ -53,7 +53,8 @@ class GroupedOptimizer(torch.optim.Optimizer):
                             "its rule")
         self._default_rule = rule
         self._backend = backend
-        self._options = {k: hyper.pop(k) for k in list(hyper) if k in TORCH_ONLY}
+        self._part = part
+        self._options = dict(options or {})
         self._hyper = hyper
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
@@ -87,7 +88,7 @@ class GroupedOptimizer(torch.optim.Optimizer):
         gradients (this class does, for all parts at once)."""
         kwargs = self._hyper if _name(rule) == _name(self._default_rule) else {}
         sub = [{k: v for k, v in g.items() if k != "rule"} for g in groups]
-        return Optimizer(rule, sub, backend=self._backend, on_nonfinite="ignore", **self._options, **kwargs)
+        return self._part(rule, sub, backend=self._backend, on_nonfinite="ignore", **self._options, **kwargs)
 
     def _refresh(self) -> None:
         """``param_groups``: the parts' live group dicts, in the user's order, each naming its rule."""
