@@ -121,8 +121,9 @@ def test_jax_transform_matches_optax_contrib_muon(jx):
 def test_torch_backend_within_bf16_of_torch_optim_muon():
     """float32 params: symopt iterates in float32, torch.optim.Muon in bfloat16 (tests/test_matrix.py's
     tolerance); bfloat16 params: symopt iterates in float32 and rounds the param to bfloat16 after every
-    step, so it is compared with the float64 transcription within bfloat16's rounding (2⁻⁸ relative per
-    write, 20 writes of an update ~lr: 2e-2 of the largest entry)."""
+    step, so it is compared with the float64 transcription within bfloat16's rounding (up to 2⁻⁹ of the
+    entry per write, 20 writes: measured 1.6e-2 of the largest entry; torch.optim.Muon on the same
+    bfloat16 params is 3.9e-2 away)."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn((8, 6), generator=gen)
     w_ref, w_bf = w.clone(), w.to(torch.bfloat16)
@@ -141,7 +142,7 @@ def test_torch_backend_within_bf16_of_torch_optim_muon():
         ref = ref * (1 - 0.02 * 0.1) - 0.02 * np.sqrt(8 / 6) * newton_schulz64(g64 + 0.95 * (buf - g64))
     assert rel_err(w.numpy(), w_ref.numpy(), floor=1) <= TORCH_BF16_TOL
     assert w_bf.dtype == torch.bfloat16 and low.state[w_bf]["momentum_buffer"].dtype == torch.float32
-    assert rel_err(w_bf.double().numpy(), ref, floor=1) <= 2e-2
+    assert rel_err(w_bf.double().numpy(), ref, floor=1) <= 2.5e-2
 
 
 def test_compiled_muon_one_graph_across_lr_changes():
