@@ -50,7 +50,7 @@ def _composed():
     return symopt.compose("adam", T.cautious(), T.clip_global_norm(1.0))
 
 
-#: (id, rule, keywords): every built-in elementwise rule (matrix rules have no array-backend module)
+#: (id, rule, keywords): every built-in elementwise rule (matrix rules: tests/test_matrix_backends.py)
 #: with its defaults and its reference cases (variants).
 CASES = [(name, name, {}) for name in ELEMENTWISE]
 CASES += [(f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}", name, dict(kw))

@@ -1136,10 +1136,12 @@ ARRAY_MATRIX_TEMPLATE = "array_matrix_module.py.jinja"
 #: makes a 0-d array of the accumulation dtype from a Python int (``rows``, ``cols`` in
 #: per-tensor scalars); ``count_arg``: the step takes the iteration count as a Python int (torch:
 #: from the host's per-step scalars, a ``for`` loop that ``torch.compile`` unrolls); else the count
-#: is read from the traced scalars (``int_count``) and the iteration is a ``jax.lax.fori_loop``.
+#: is read from the traced scalars (``int_count``) and the iteration is a ``lax.fori_loop``; ``imports``:
+#: the module's import lines beyond the target's.
 ARRAY_MATRIX_FORMS = {
-    "torch": {"shape": "scal.new_full((), {0})", "count_arg": True, "int_count": None},
-    "jax": {"shape": "jnp.asarray({0}, acc)", "count_arg": False, "int_count": "jnp.asarray({0}, jnp.int32)"},
+    "torch": {"shape": "scal.new_full((), {0})", "count_arg": True, "int_count": None, "imports": ()},
+    "jax": {"shape": "jnp.asarray({0}, acc)", "count_arg": False, "int_count": "jnp.asarray({0}, jnp.int32)",
+            "imports": ("from jax import lax",)},
 }
 
 
