@@ -6,13 +6,13 @@ References: the Numba kernels (``symopt.optimizer``), a float64 NumPy transcript
 
 import numpy as np
 import pytest
-
-import symopt
 from conftest import rel_err
 from test_matrix import SHAPES, TORCH_BF16_TOL, newton_schulz64
 
+import symopt
+
 torch = pytest.importorskip("torch")
-import symopt.torch  # noqa: E402
+import symopt.torch
 
 #: float64 after 20 steps: the same float64 arithmetic in another order (BLAS vs torch/XLA matmul).
 TOL64 = 1e-9

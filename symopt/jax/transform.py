@@ -20,6 +20,9 @@
   ``"ignore"`` checks nothing.  (``"raise"`` needs a value on the host: not inside ``jit``.)
 * **Dtypes**: float32 and float64 params compute in their own dtype; bfloat16/float16 params in
   float32, with state in float32.
+* **Matrix rules** (Muon): each leaf, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz
+  iteration runs in the compute dtype as a ``lax.fori_loop`` over the traced count.  A choice
+  keyword (``adjust_lr_fn``) is fixed at ``transform``; ``state.hyperparams`` holds its position.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   param is written back rounded to nearest (``Tensor.copy_``), or, for bfloat16 params with
   ``stochastic_rounding=<seed>``, rounded up or down with probability proportional to the
   distance (a seeded ``torch.Generator`` on the param's device).
+* **Matrix rules** (Muon, ``generated/torch/<rule>.py`` from ``array_matrix_module.py.jinja``): each
+  param, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz iteration runs in the compute
+  dtype (float32 for bfloat16/float16 params, where torch.optim.Muon uses bfloat16) for a count
+  the module's ``<v>_count`` reads from the host's per-step scalars, so a compiled step unrolls it.
 * **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
   gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
   read once per step (one host sync), before anything is written; compiled, the step computes

@@ -65,7 +65,7 @@ class GroupedOptimizer(torch.optim.Optimizer):
             r = g.get("rule", rule)
             by_rule.setdefault(_name(r), (r, []))[1].append(gi)
         placed = {}
-        for name, (r, indices) in by_rule.items():
+        for r, indices in by_rule.values():
             part = self._new_part(r, [groups[gi] for gi in indices])
             for k, gi in enumerate(indices):
                 placed[gi] = (len(self.parts), k)
