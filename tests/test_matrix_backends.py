@@ -313,3 +313,34 @@ def test_user_matrix_rule_through_the_torch_backend():
         w.grad = torch.tensor(g)
         opt.step()
     assert rel_err(w.detach().numpy(), ref, floor=1) <= 1e-12
+
+
+def test_grouped_add_param_group_deepcopy_and_hooks():
+    """A new group joins its rule's optimizer (or starts one for a new rule); step hooks run once per step;
+    a deep copy steps as the original."""
+    import copy
+
+    gen = torch.Generator().manual_seed(8)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in ((6, 4), (4,), (3, 5))]
+    extra = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    opt = symopt.torch.Optimizer("muon", [{"params": [params[0]]}, {"params": [params[1]], "rule": "adamw"}],
+                                 lr=0.02)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append(1))
+    opt.add_param_group({"params": [params[2]]})
+    opt.add_param_group({"params": [extra], "rule": "sgd", "lr": 0.1})
+    assert [g["rule"] for g in opt.param_groups] == ["muon", "adamw", "muon", "sgd"]
+    assert [part.rule_name for part in opt.parts] == ["muon", "adamw", "sgd"]
+    everything = [*params, extra]
+    for p in everything:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    opt.step()
+    assert calls == [1]
+    twins, twin_opt = copy.deepcopy((everything, opt))
+    for p, q in zip(everything, twins):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        q.grad = p.grad.clone()
+    opt.step()
+    twin_opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(everything, twins))
+    assert [g["params"] for g in opt.state_dict()["param_groups"]] == [[0], [1], [2], [3]]
