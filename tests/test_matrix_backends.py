@@ -344,3 +344,18 @@ def test_grouped_add_param_group_deepcopy_and_hooks():
     twin_opt.step()
     assert all(torch.equal(p, q) for p, q in zip(everything, twins))
     assert [g["params"] for g in opt.state_dict()["param_groups"]] == [[0], [1], [2], [3]]
+
+
+def test_matrix_plan_without_an_array_module_is_refused_by_name(monkeypatch):
+    """A built-in matrix rule whose plan kind has no array template gets no generated/torch|jax module
+    (codegen/render.py: has_array_module); both backends then refuse it naming the rule and the backend."""
+    from symopt.generated import jax as generated_jax
+    from symopt.generated import torch as generated_torch
+
+    for index in (generated_torch, generated_jax):
+        monkeypatch.setattr(index, "RULES", {k: v for k, v in index.RULES.items() if k != "muon"})
+    with pytest.raises(ValueError, match="rule 'muon' has no torch module"):
+        symopt.torch.Optimizer("muon", [torch.zeros(4, 4, requires_grad=True)], backend="torch")
+    transform = pytest.importorskip("symopt.jax").transform
+    with pytest.raises(ValueError, match="rule 'muon' has no jax module"):
+        transform("muon")
