@@ -1167,11 +1167,17 @@ def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hy
         ctx["tensor_loads"] = [(names[s], f"_u{k}") for k, s in enumerate(info.tensor_scalars)]
         ctx["reductions"] = _array_reductions(plan, target, names, src)
         ctx["reduction_doc"] = _reduction_doc(plan)
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def _array_scalar_context(plan, hyper_ids: dict, target: ArrayTarget) -> dict:
+    """The per-step scalar function printed for ``target`` (JAX: traced), either planner's plan; its doc lines."""
     resolved: dict = {}
     for sym, expr in plan.scalar_temps:
         resolved[sym] = expr.xreplace(resolved)
-    ctx["scalar_doc"] = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
-                         for i, e in enumerate(plan.scalar_exprs)]
+    ctx = {"scalar_doc": [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
+                          for i, e in enumerate(plan.scalar_exprs)]}
     if target.scalars:
         scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
         taken = set(scalar_names.values())
@@ -1198,9 +1204,8 @@ def _array_docstring(family: Family, target: ArrayTarget) -> str:
 
 def render_array_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
     """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``)."""
-    if is_matrix_family(family):
-        raise RuleError(f"{family.name}: a matrix rule has no {target.name} module yet (its iteration runs in BLAS "
-                        f"through the Numba kernels)")
+    if array_plan_kind(family) == "iterate":
+        return render_array_matrix_family(family, target, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
@@ -1216,3 +1221,129 @@ def render_array_family(family: Family, target: ArrayTarget, *, source_label: st
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     return environment().get_template(ARRAY_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- array backends: matrix rules
+ARRAY_MATRIX_TEMPLATE = "array_matrix_module.py.jinja"
+#: What the matrix template needs of each array target beyond :class:`ArrayTarget`: ``shape``
+#: makes a 0-d array of the accumulation dtype from a Python int (``rows``, ``cols`` in
+#: per-tensor scalars); ``count_arg``: the step takes the iteration count as a Python int (torch:
+#: from the host's per-step scalars, a ``for`` loop that ``torch.compile`` unrolls); else the count
+#: is read from the traced scalars (``int_count``) and the iteration is a ``lax.fori_loop``; ``imports``:
+#: the module's import lines beyond the target's.
+ARRAY_MATRIX_FORMS = {
+    "torch": {"shape": "scal.new_full((), {0})", "count_arg": True, "int_count": None, "imports": ()},
+    "jax": {"shape": "jnp.asarray({0}, acc)", "count_arg": False, "int_count": "jnp.asarray({0}, jnp.int32)",
+            "imports": ("from jax import lax",)},
+}
+
+
+def array_plan_kind(family: Family) -> str:
+    """``"elementwise"`` (:func:`~.plan.make_plan`, ``array_module.py.jinja``) or ``"iterate"``
+    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``); a RuleError
+    naming the rule for a matrix plan kind that has no array template."""
+    if not is_matrix_family(family):
+        return "elementwise"
+    other = [rule.name for _, rule in family.variants if not is_matrix_rule(rule)]
+    if other:
+        raise RuleError(f"{family.name}: variants {', '.join(other)} are matrix rules of a plan kind that has no "
+                        f"torch or JAX template yet (only Iterate rules such as muon have one); "
+                        f"they step through their Numba kernels (backend='numba')")
+    return "iterate"
+
+
+def has_array_module(family: Family) -> bool:
+    """Whether ``family`` has torch and JAX modules (see :func:`array_plan_kind`)."""
+    try:
+        array_plan_kind(family)
+    except RuleError:
+        return False
+    return True
+
+
+def _array_matrix_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target: ArrayTarget) -> dict:
+    """Printed code of one matrix variant for ``target``: pass 0 as whole-tensor ops, the reductions and
+    per-tensor scalars (accumulation dtype), the iteration as matrix products, pass 1 (see
+    :mod:`.plan_matrix`)."""
+    forms = ARRAY_MATRIX_FORMS[target.name]
+    state_ids = _state_identifiers(rule)
+    ns = len(plan.scalars)
+    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
+            **{s: f"{state_ids[s]}_i" for s in plan.state}}
+    for k, sym in enumerate(plan.scalars):
+        elem[sym] = f"s{k}"
+    for k, (sym, _) in enumerate(plan.tensor_scalars):
+        elem[sym] = f"s{ns + k}"
+    for ps in plan.passes:
+        for sym, _ in ps.element_temps:
+            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
+    pr = target.printer(elem)
+    lists = {rule.param: "params", rule.grad: "grads", **{s: state_ids[s] for s in plan.state}}
+    arrays = set(lists) | {RESULT, WORK} | {sym for ps in plan.passes for sym, _ in ps.element_temps}
+    pass0, pass1 = plan.passes
+    reduction_names = [f"_r{k}" for k in range(len(plan.reductions))]
+    sums = [(name, _array_sum(target, pr, e, arrays)
+             + (" / " + target.numel.format("params[j]") if op == "mean" else ""))
+            for name, (_, op), (_, e) in zip(reduction_names, plan.reductions, pass0.sums)]
+    tnames = {**{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: name for (sym, _), name in zip(plan.reductions, reduction_names)},
+              rows: "_rows", cols: "_cols"}
+    tp = target.printer(tnames)
+    it = plan.iteration
+
+    def scalar(x):
+        return elem[x] if x in elem else repr(float(x))
+
+    if it.count.is_Number:
+        count_host, count_traced = str(int(it.count)), str(int(it.count))
+    else:
+        col = plan.scalars.index(it.count)
+        count_host = f"int(s[{col}])"
+        count_traced = forms["int_count"].format(f"scal[{col}]") if forms["int_count"] else None
+    q = [scalar(x) for x in it.coefficients]
+    # Σ_{k≥1} q_k A^k by Horner from the top: H = q_d A, then H ← q_k A + H·A for k = d−1 … 1.
+    horner = [f"_h = {q[-1]} * _a"] + [f"_h = {q[k]} * _a + _h @ _a" for k in range(len(q) - 2, 0, -1)]
+    tensor_used = set()
+    for _, e in plan.tensor_scalars:
+        tensor_used |= e.free_symbols
+    ctx = {
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "nscalars": ns, "state_args": [state_ids[s] for s in plan.state],
+        "state_keys": [rule.state_key(s) for s in plan.state],
+        "scalar_loads": [(f"s{k}", k) for k in range(ns)],
+        "loads": [(elem[s], f"{lists[s]}[j]") for s in lists if s in {*pass0.reads, *pass1.reads}],
+        "temps0": [(elem[s], pr.doprint(e)) for s, e in pass0.element_temps],
+        "stores0": [(elem[tgt], pr.doprint(e)) for tgt, e in pass0.stores if tgt is not WORK],
+        "work": next(pr.doprint(e) for tgt, e in pass0.stores if tgt is WORK),
+        "sums": sums,
+        "uses_rows": rows in tensor_used, "uses_cols": cols in tensor_used,
+        "rows_code": forms["shape"].format("rows"), "cols_code": forms["shape"].format("cols"),
+        "tensor_codes": [(f"s{ns + k}", target.cast.format(f"({tp.doprint(e)})"))
+                         for k, (_, e) in enumerate(plan.tensor_scalars)],
+        "tensor_doc": [docstring_text(f"s{ns + k} = {sp.sstr(e)}") for k, (_, e) in enumerate(plan.tensor_scalars)],
+        "scale": scalar(it.scale), "count_host": count_host, "count_traced": count_traced,
+        "count_doc": sp.sstr(it.count), "coefficients": q, "q0": q[0], "horner": horner,
+        "temps1": [(elem[s], pr.doprint(e)) for s, e in pass1.element_temps],
+        "returns": [pr.doprint(dict(pass1.stores).get(s, s)) for s in (rule.param, *plan.state)],
+    }
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def render_array_matrix_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
+    """Source text of the ``target`` module of a family of Iterate rules (``array_matrix_module.py.jinja``)."""
+    plans = [make_matrix_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    ctx = {
+        "header": header(family.name, source_label or family.source, ARRAY_MATRIX_TEMPLATE,
+                         array_family_hash(family, target)),
+        "target": target, "forms": ARRAY_MATRIX_FORMS[target.name],
+        "docstring": _array_docstring(family, target),
+        "backend_literal": string_literal(target.name),
+        "family_literal": string_literal(family.name),
+        "formula_hash_literal": string_literal(family.fingerprint()),
+        "variants": [_array_matrix_variant(r, p, pre, hyper_ids, target)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    return environment().get_template(ARRAY_MATRIX_TEMPLATE).render(**ctx)

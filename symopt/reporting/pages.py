@@ -301,10 +301,11 @@ def module_source(family: Family, builtin: bool) -> tuple:
 
 def backend_sources(family: Family, builtin: bool) -> list:
     """``[{name, module, where, header}]`` of the array backends' modules of ``family`` (torch, JAX):
-    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix rule."""
-    from ..codegen.render import TARGETS, is_matrix_family, render_array_family
+    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix plan without an
+    array template."""
+    from ..codegen.render import TARGETS, has_array_module, render_array_family
 
-    if is_matrix_family(family):
+    if not has_array_module(family):
         return []
     out = []
     for name, target in TARGETS.items():
