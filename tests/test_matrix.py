@@ -12,7 +12,8 @@ from symopt.rulebook.metadata import RuleError
 
 from conftest import rel_err
 
-SHAPES = [(5, 4), (4, 6), (3, 2, 3)]
+#: (3, 10) and (9, 3) run the iteration in the Gram space (the larger side ≥ 3× the smaller).
+SHAPES = [(5, 4), (4, 6), (3, 2, 3), (3, 10), (9, 3)]
 #: float64: both sides iterate in float64 (summation order of BLAS only); float32: symopt
 #: iterates in float32 against the float64 reference.
 TOL = {np.float64: 1e-9, np.float32: 1e-5}
@@ -275,7 +276,7 @@ def test_septic_iteration_runs_horner_beyond_degree_two():
     body = coeffs[0] * X + (coeffs[1] * gram + coeffs[2] * gram**2 + coeffs[3] * gram**3) * X
     rule = symopt.Rule("septic", param=w, grad=g, updates=[(w, w - 0.1 * Iterate(X, body, g / frobenius_norm(g), 2))])
     rng = np.random.default_rng(7)
-    for shape in [(3, 5), (5, 3)]:
+    for shape in [(3, 5), (5, 3), (2, 7)]:          # (2, 7): in the Gram space
         p, grad = rng.standard_normal(shape), rng.standard_normal(shape)
         x = grad / np.linalg.norm(grad)
         for _ in range(2):

@@ -4,7 +4,8 @@
 
 Each param of shape ``(d0, d1, …)`` (at least 2-D) is the ``d0 × (d1⋯)`` matrix.  The
 workspaces are sized for the largest tensor and shared: two flat buffers of its element
-count and three of ``min(rows, cols)²``.  A step first counts the NaN/inf gradient values of
+count and one of ``square_buffers(rows, cols)`` (a function of the generated module: 3, or 6
+where the iteration runs in the Gram space) times ``min(rows, cols)²``.  A step first counts the NaN/inf gradient values of
 every stepped tensor (the generated ``<prefix>_<dtype>_check``) and writes nothing if there
 is one, as the elementwise kernels do.
 """
@@ -28,9 +29,9 @@ class MatrixStep:
         self.shapes = [(int(p.shape[0]), int(p.size // p.shape[0]) if p.shape[0] else 0) for p in tensors]
         dtype = tensors[0].dtype
         size = max(int(p.size) for p in tensors)
-        side = max(min(r, c) for r, c in self.shapes) ** 2
+        squares = max(module.square_buffers(r, c) * min(r, c) ** 2 for r, c in self.shapes)
         self.work, self.other = np.empty(size, dtype), np.empty(size, dtype)
-        self.gram, self.horner, self.spare = (np.empty(side, dtype) for _ in range(3))
+        self.squares = np.empty(squares, dtype)
         self.nscalars = int(vinfo["nscalars"])
         self.scal = np.zeros(self.nscalars + int(vinfo["matrix"]["ntensor_scalars"]), dtype=np.float64)
         prefix = vinfo["prefix"]
@@ -50,7 +51,7 @@ class MatrixStep:
             ext[:ns] = scal[row, :ns]
             o = int(offs[j])
             self.tensor(int(pptr[j]), int(gptr[j]), n, *[buf[o:o + n] for buf in state], self.work[:n],
-                        self.other[:n], self.gram, self.horner, self.spare, ext, rows, cols)
+                        self.other[:n], self.squares, ext, rows, cols)
         return 0
 
 
