@@ -39,9 +39,12 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
-#: The keys of a param group that are not hyperparameters: its params, and the rule it names
-#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
-GROUP_KEYS = ("params", "rule")
+#: The keys of a param group that are not hyperparameters: its params, the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups), and
+#: for a matrix rule how its params are read as matrices (Optax's ``MuonDimensionNumbers``:
+#: ``{"params": [...], "dimension_numbers": MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)}``;
+#: runtime/matrix.py).
+GROUP_KEYS = ("params", "rule", "dimension_numbers")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -171,6 +174,11 @@ class Optimizer:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            if "dimension_numbers" in full:
+                if not any("matrix" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers, but {spec.name!r} is an elementwise rule "
+                                     f"(only matrix rules read params as matrices)")
+                full["dimension_numbers"] = matrix.dimension_numbers(full["dimension_numbers"], where)
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
             if variant is None:
@@ -308,7 +316,8 @@ class Optimizer:
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, dims)
         if self._matrix is None:
             self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
             self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
@@ -687,6 +696,13 @@ class Optimizer:
             for key in merged:
                 if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
+            if "dimension_numbers" in merged or "dimension_numbers" in mine:
+                saved_dims = matrix.dimension_numbers(merged.get("dimension_numbers"), f"state_dict param group {gi}")
+                if saved_dims != mine.get("dimension_numbers"):
+                    raise ValueError(f"state_dict param group {gi} reads its params as matrices by dimension_numbers "
+                                     f"{saved_dims}, the optimizer by {mine.get('dimension_numbers')} (fixed when it "
+                                     f"was built)")
+                merged["dimension_numbers"] = saved_dims
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
