@@ -285,3 +285,81 @@ def test_septic_iteration_runs_horner_beyond_degree_two():
         ref = p - 0.1 * x
         symopt.optimizer(rule, [p]).step([grad])
         assert rel_err(p, ref, floor=1) <= 1e-13
+
+
+# Optax's MuonDimensionNumbers: (param shape, reduction_axis, output_axis, the NumPy reading of one
+# matrix: batch index -> matrix, and back).  Batch axes lead; reduction × output, or output first.
+DIMS = [
+    ((3, 4, 6), 1, 2, lambda x, k: x[k], lambda m: m),                       # stacked (L, rows, cols)
+    ((3, 4, 6), 2, 1, lambda x, k: x[k].T, lambda m: m.T),                   # output axis first
+    ((2, 3, 5, 2), (2, 3), 1, lambda x, k: x[k].reshape(3, 10).T, lambda m: m.T.reshape(3, 5, 2)),
+    ((2, 2, 3, 4), (0, 1, 2), 3, lambda x, k: x.reshape(12, 4), lambda m: m.reshape(2, 2, 3, 4)),  # conv HWIO
+]
+
+
+@pytest.mark.parametrize("shape, red, out, view, back", DIMS)
+def test_dimension_numbers_match_float64_transcription(shape, red, out, view, back):
+    """Each batch matrix is stepped as torch steps one 2-D param (its own norm and lr ratio)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(6)]
+    dims = SimpleNamespace(reduction_axis=red, output_axis=out)      # duck-typed MuonDimensionNumbers
+    q = p.copy()
+    opt = symopt.optimizer("muon", [{"params": [q], "dimension_numbers": dims}], lr=0.02)
+    for g in grads:
+        opt.step([g])
+    nbatch = p.size // view(p, 0).size
+    ref = np.stack([back(muon64(view(p, k), [view(g, k) for g in grads], lr=0.02)) for k in range(nbatch)])
+    assert rel_err(q, ref.reshape(shape)) <= TOL[np.float64]
+
+
+def test_dimension_numbers_match_optax_orthogonalization():
+    """With momentum 0 and no weight decay the step is −γρ·O(g): O against Optax's, batch axis 0."""
+    pytest.importorskip("jax")
+    optax_muon = pytest.importorskip("optax.contrib._muon")
+    import jax.numpy as jnp
+
+    dims = optax_muon.MuonDimensionNumbers(reduction_axis=(2, 3), output_axis=1)
+    rng = np.random.default_rng(12)
+    g = rng.standard_normal((2, 3, 5, 2)).astype(np.float32)
+    p = np.zeros_like(g)
+    symopt.optimizer("muon", [{"params": [p], "dimension_numbers": dims}], lr=1.0, momentum=0.0,
+                     weight_decay=0.0).step([g])
+    ortho = np.asarray(optax_muon.orthogonalize_via_newton_schulz(
+        jnp.asarray(g), jnp.asarray((3.4445, -4.7750, 2.0315)), 5, "frobenius", 1e-7, dims))
+    ratio = np.sqrt(max(1, 10 / 3))                                   # rows 5·2 (reduction), cols 3 (output)
+    # both in float32 (measured 3e-5: Newton–Schulz amplifies the rounding of small singular values);
+    # Optax adds ε to the norm where torch takes max(‖U‖, ε): 1e-8 relative here
+    assert rel_err(-p / ratio, ortho) <= 1e-4
+
+
+def test_dimension_numbers_bad_input_and_checkpoints(tmp_path):
+    rng = np.random.default_rng(13)
+    p = rng.standard_normal((3, 4, 6))
+    grads = [rng.standard_normal(p.shape) for _ in range(4)]
+    for dims, err in [({"reduction_axis": 0, "output_axis": 2}, "batch axes must be the leading"),
+                      ({"reduction_axis": 1, "output_axis": 1}, "disjoint"),
+                      ({"reduction_axis": 1, "output_axis": 5}, "outside a param"),
+                      ({"reduction_axis": 1.5, "output_axis": 2}, "integers"),
+                      ({"rows": 1}, "unknown keys"),
+                      ("rows", "dimension_numbers must be")]:
+        with pytest.raises((ValueError, TypeError), match=err):
+            symopt.optimizer("muon", [{"params": [p], "dimension_numbers": dims}])
+    with pytest.raises(ValueError, match="elementwise rule"):
+        symopt.optimizer("adamw", [{"params": [p], "dimension_numbers": (1, 2)}])
+    q = p.copy()
+    a = symopt.optimizer("muon", [{"params": [p], "dimension_numbers": (1, 2)}])
+    for g in grads[:2]:
+        a.step([g])
+    a.save(tmp_path / "dims.npz")
+    b = symopt.load(tmp_path / "dims.npz", [q])
+    assert b.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+    for g in grads[2:]:
+        a.step([g])
+        b.step([g])
+    np.testing.assert_array_equal(p, q)
+    c = symopt.optimizer("muon", [np.zeros_like(p)])                 # default d0 × (d1⋯): refused
+    with pytest.raises(ValueError, match="fixed when it was built"):
+        c.load_state_dict(a.state_dict())

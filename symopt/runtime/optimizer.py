@@ -813,7 +813,7 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         spec = _Spec(module)
         for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
             try:
-                unknown = sorted(k for k in h if k not in spec.defaults)
+                unknown = sorted(k for k in h if k not in spec.defaults and k not in GROUP_KEYS)
                 if unknown:
                     raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
                 spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")
