@@ -360,6 +360,55 @@ def test_dimension_numbers_bad_input_and_checkpoints(tmp_path):
         a.step([g])
         b.step([g])
     np.testing.assert_array_equal(p, q)
-    c = symopt.optimizer("muon", [np.zeros_like(p)])                 # default d0 × (d1⋯): refused
-    with pytest.raises(ValueError, match="fixed when it was built"):
-        c.load_state_dict(a.state_dict())
+    r = q.copy()
+    c = symopt.optimizer("muon", [r])                                # default d0 × (d1⋯) until loaded:
+    c.load_state_dict(a.state_dict())                                # the saved groups win
+    assert c.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+    a.step([grads[0]])
+    c.step([grads[0]])
+    np.testing.assert_array_equal(p, r)
+    bad = a.state_dict()
+    bad["param_groups"][0]["dimension_numbers"] = (0, 2)
+    with pytest.raises(ValueError, match="batch axes must be the leading"):
+        c.load_state_dict(bad)
+    assert c.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+
+
+def test_dimension_numbers_in_the_torch_adapter_and_its_checkpoints():
+    """symopt.torch.Optimizer takes a group's dimension_numbers (beside a group without), steps as
+    symopt.optimizer does, and keeps it as plain tuples in state_dict (torch.load(weights_only=True))."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from types import SimpleNamespace
+
+    import symopt.torch
+
+    rng = np.random.default_rng(14)
+    p, w = rng.standard_normal((3, 4, 6)), rng.standard_normal((5, 3))
+    grads = [(rng.standard_normal(p.shape), rng.standard_normal(w.shape)) for _ in range(4)]
+    q, v = p.copy(), w.copy()
+    ref = symopt.optimizer("muon", [{"params": [q], "dimension_numbers": (2, 1)}, {"params": [v]}], lr=0.02)
+    t, tw = torch.tensor(p, requires_grad=True), torch.tensor(w, requires_grad=True)
+    dims = SimpleNamespace(reduction_axis=2, output_axis=1)
+    opt = symopt.torch.Optimizer("muon", [{"params": [t], "dimension_numbers": dims}, {"params": [tw]}], lr=0.02)
+    for g, gw in grads[:2]:
+        ref.step([g, gw])
+        t.grad, tw.grad = torch.tensor(g), torch.tensor(gw)
+        opt.step()
+    np.testing.assert_array_equal(t.detach().numpy(), q)
+    np.testing.assert_array_equal(tw.detach().numpy(), v)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    t2, tw2 = torch.tensor(q, requires_grad=True), torch.tensor(v, requires_grad=True)
+    opt2 = symopt.torch.Optimizer("muon", [{"params": [t2]}, {"params": [tw2]}], lr=0.02)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    assert opt2.param_groups[0]["dimension_numbers"] == ((2,), (1,))
+    for g, gw in grads[2:]:
+        ref.step([g, gw])
+        t2.grad, tw2.grad = torch.tensor(g), torch.tensor(gw)
+        opt2.step()
+    np.testing.assert_array_equal(t2.detach().numpy(), q)
+    with pytest.raises(ValueError, match="elementwise rule"):
+        symopt.torch.Optimizer("adamw", [{"params": [t], "dimension_numbers": (1, 2)}])

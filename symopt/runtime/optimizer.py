@@ -696,13 +696,12 @@ class Optimizer:
             for key in merged:
                 if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
-            if "dimension_numbers" in merged or "dimension_numbers" in mine:
-                saved_dims = matrix.dimension_numbers(merged.get("dimension_numbers"), f"state_dict param group {gi}")
-                if saved_dims != mine.get("dimension_numbers"):
-                    raise ValueError(f"state_dict param group {gi} reads its params as matrices by dimension_numbers "
-                                     f"{saved_dims}, the optimizer by {mine.get('dimension_numbers')} (fixed when it "
-                                     f"was built)")
-                merged["dimension_numbers"] = saved_dims
+            if "dimension_numbers" in merged:
+                if self._matrix is None:
+                    raise ValueError(f"state_dict param group {gi} has dimension_numbers, but {self.rule_name!r} is an "
+                                     f"elementwise rule")
+                merged["dimension_numbers"] = matrix.dimension_numbers(merged["dimension_numbers"],
+                                                                       f"state_dict param group {gi}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
@@ -739,7 +738,14 @@ class Optimizer:
             if j not in new_state and gi not in inits:
                 first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
                 inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # the saved groups' dimension_numbers win, as their hyperparameters do: the matrix layouts are rebuilt
+        new_matrix = self._matrix
+        dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
+            new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
+                                      self.rule_name, dims)
         # -- everything checked and converted: now modify (nothing below can fail)
+        self._matrix = new_matrix
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
