@@ -474,6 +474,18 @@ def symopt_muon_flops(rows: int, cols: int, steps: int = 5) -> float:
     return steps * (3.0 * r * r * c + r ** 3)
 
 
+def _blas_threads(n: int):
+    """A context limiting the BLAS libraries' threads (SciPy's and NumPy's OpenBLAS) to ``n``; a no-op
+    without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
     """Muon (float32): symopt's step against torch.optim.Muon's (bfloat16 Newton–Schulz) and a
     plain sgemm (r×c)·(c×r) of the same sizes, interleaved; symopt's GFLOP/s: the flops its BLAS calls
@@ -500,7 +512,9 @@ def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
             tp.grad = torch.from_numpy(g.copy())
             topt = torch.optim.Muon([tp], lr=0.02)
             fns["torch.optim.Muon"] = topt.step
-        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        # SciPy's OpenBLAS (symopt's matrix products and the sgemm) with as many threads as every peer
+        with _blas_threads(numba.get_num_threads()):
+            res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
         gemm_rate = 2.0 * r * r * c / res["sgemm (r×c)·(c×r)"]["median"]
         rate = symopt_muon_flops(*shape) / res["symopt"]["median"]
         row = {"shape": shape, "symopt": res["symopt"]["median"], "gflops": rate / 1e9,
