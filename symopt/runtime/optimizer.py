@@ -39,9 +39,12 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
-#: The keys of a param group that are not hyperparameters: its params, and the rule it names
-#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
-GROUP_KEYS = ("params", "rule")
+#: The keys of a param group that are not hyperparameters: its params, the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups), and
+#: for a matrix rule how its params are read as matrices (Optax's ``MuonDimensionNumbers``:
+#: ``{"params": [...], "dimension_numbers": MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)}``;
+#: runtime/matrix.py).
+GROUP_KEYS = ("params", "rule", "dimension_numbers")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -171,6 +174,11 @@ class Optimizer:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            if "dimension_numbers" in full:
+                if not any("matrix" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers, but {spec.name!r} is an elementwise rule "
+                                     f"(only matrix rules read params as matrices)")
+                full["dimension_numbers"] = matrix.dimension_numbers(full["dimension_numbers"], where)
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
             if variant is None:
@@ -310,7 +318,8 @@ class Optimizer:
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, dims)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -758,6 +767,12 @@ class Optimizer:
             for key in merged:
                 if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
+            if "dimension_numbers" in merged:
+                if self._matrix is None:
+                    raise ValueError(f"state_dict param group {gi} has dimension_numbers, but {self.rule_name!r} is an "
+                                     f"elementwise rule")
+                merged["dimension_numbers"] = matrix.dimension_numbers(merged["dimension_numbers"],
+                                                                       f"state_dict param group {gi}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
@@ -803,7 +818,14 @@ class Optimizer:
             if j not in new_state and gi not in inits:
                 first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
                 inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # the saved groups' dimension_numbers win, as their hyperparameters do: the matrix layouts are rebuilt
+        new_matrix = self._matrix
+        dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
+            new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
+                                      self.rule_name, dims)
         # -- everything checked and converted: now modify (nothing below can fail)
+        self._matrix = new_matrix
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
@@ -880,7 +902,7 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         spec = _Spec(module)
         for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
             try:
-                unknown = sorted(k for k in h if k not in spec.defaults)
+                unknown = sorted(k for k in h if k not in spec.defaults and k not in GROUP_KEYS)
                 if unknown:
                     raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
                 spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")
