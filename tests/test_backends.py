@@ -319,19 +319,28 @@ def test_nonfinite_policy_writes_nothing(policy, mode):
         assert all(torch.equal(opt.state[p][k], s[k]) for k in ("exp_avg", "exp_avg_sq"))
 
 
-def test_compiled_step_never_recompiles_for_lr_or_steps():
-    """One dynamo graph for the whole step: changing ``lr`` and stepping never recompiles
-    (counted by a CompileCounter backend; the Inductor compile itself is tested below)."""
+def test_compiled_step_never_recompiles_for_lr_schedules_or_steps():
+    """Two param groups, float32 and float64 params, ``lr`` changed every step in one group and a
+    symopt.schedule in the other: the whole step is one dynamo graph, compiled once and never
+    again (torch._dynamo's counters: one frame, no recompilation, no graph break)."""
     from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
 
+    counters.clear()
     counter = CompileCounter()
-    params, opt = _adam_setup(compile={"backend": counter})
-    for t in range(6):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(4, dtype=torch.float64), torch.randn(6), torch.randn(2, dtype=torch.float64)]
+    cosine = symopt.schedule.cosine(1e-2, total_steps=10, warmup_steps=3)
+    opt = Optimizer("adamw", [{"params": params[:2]}, {"params": params[2:], "lr": cosine}], backend="torch",
+                    compile={"backend": counter})
+    for t in range(8):
         opt.param_groups[0]["lr"] = 1e-3 * (t + 1)
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()
     assert counter.frame_count == 1
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert all(opt.state[p]["step"] == 8 for p in params)
 
 
 def test_inductor_compiled_matches_eager():
@@ -351,34 +360,68 @@ def test_inductor_compiled_matches_eager():
     assert max(rel_err(a, b, floor=1.0) for a, b in zip(*results)) <= 1e-6
 
 
-def test_bfloat16_params_round_to_nearest_and_stochastically():
-    """bf16 params: float32 arithmetic and state; the new param is the float32 result rounded to
-    nearest, or (seeded) to one of its two bf16 neighbours."""
+def _float64_reference(rule, p, **kw):
+    """A float64 Numba optimizer over a copy of ``p`` and ``step(p, g)``: its new param from
+    ``p``'s current values (re-read every step) and the float64 state, as float64 tensors."""
+    ref = [p.detach().double().numpy().copy()]
+    opt = symopt.optimizer(rule, ref, **kw)
+
+    def step(p, g):
+        ref[0][...] = p.detach().double().numpy()
+        opt.step([g.double().numpy()])
+        return torch.from_numpy(ref[0].copy())
+    return step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state_dtype", [None, torch.float64])
+def test_low_precision_params_round_to_nearest(dtype, state_dtype):
+    """bf16/f16 params, float32 arithmetic: every step writes the float64 result (computed from the
+    same low-precision params and gradients, float64 state) rounded to nearest, up to float32's
+    error (an element within it of a midpoint may round either way); the state is kept in
+    ``state_dtype`` (default float32)."""
     torch.manual_seed(2)
-    p32 = [torch.randn(64)]
-    p16 = [p32[0].bfloat16()]
-    ref = [p16[0].float()]
-    g = torch.randn(64)
-    o16 = Optimizer("adam", p16, lr=1e-2)                  # auto: bf16 goes to the torch backend
-    oref = Optimizer("adam", ref, backend="torch", lr=1e-2)
-    assert isinstance(o16, TensorOptimizer) and o16.state[p16[0]]["exp_avg"].dtype == torch.float32
-    p16[0].grad, ref[0].grad = g.bfloat16(), g.bfloat16().float()
-    o16.step()
-    oref.step()
-    assert torch.equal(p16[0], ref[0].bfloat16())
+    params = [(torch.randn(4096) * 3).to(dtype)]
+    opt = Optimizer("adamw", params, lr=1e-2, weight_decay=0.1, state_dtype=state_dtype)  # auto: torch backend
+    assert isinstance(opt, TensorOptimizer)
+    reference = _float64_reference("adamw", params[0], lr=1e-2, weight_decay=0.1)
+    ties = 0
+    for _ in range(5):
+        params[0].grad = torch.randn(4096).to(dtype)
+        expected = reference(params[0], params[0].grad)
+        opt.step()
+        got, nearest = params[0].double(), expected.to(dtype).double()
+        assert params[0].dtype == dtype
+        assert bool(((got - expected).abs() <= (nearest - expected).abs() + 1e-6 * expected.abs()).all())
+        ties += int((got != nearest).sum())
+    assert ties <= 5, f"{ties} of {5 * 4096} values not the nearest {dtype}"
+    assert all(v.dtype == (state_dtype or torch.float32) for k, v in opt.state[params[0]].items() if k != "step")
+
+
+def test_bfloat16_stochastic_rounding_is_seeded_and_unbiased():
+    """``stochastic_rounding=seed``: reproducible, and each value rounds to one of its two bf16
+    neighbours, up with probability (y − lo)/(hi − lo) for the float64 result y (checked over 20000
+    copies of one value, within 5 binomial standard deviations)."""
+    n = 20000
+    x0, g0 = torch.tensor(1.2345).bfloat16(), torch.tensor(0.377).bfloat16()
+    expected = _float64_reference("adam", torch.full((1,), float(x0)), lr=1e-2)(
+        torch.full((1,), float(x0)), torch.full((1,), float(g0)))[0].item()
+    bits = torch.tensor(expected, dtype=torch.float32).view(torch.int32) & -65536  # y > 0: lo ≤ y < hi
+    lo, hi = bits.view(torch.float32).bfloat16(), (bits + 65536).view(torch.float32).bfloat16()
+    assert lo.double() < expected < hi.double()
     runs = []
     for _ in range(2):
-        ps = [p32[0].bfloat16()]
+        ps = [torch.full((n,), float(x0), dtype=torch.bfloat16)]
         opt = Optimizer("adam", ps, lr=1e-2, stochastic_rounding=7)
-        ps[0].grad = g.bfloat16()
+        ps[0].grad = torch.full((n,), float(g0), dtype=torch.bfloat16)
         opt.step()
         runs.append(ps[0].clone())
-    assert torch.equal(runs[0], runs[1])                   # seeded: reproducible
-    bits = ref[0].view(torch.int32) & -65536                # the bf16 neighbour towards zero, and the other
-    toward_zero, away = bits.view(torch.float32), (bits + 65536).view(torch.float32)
-    got = runs[0].float()
-    assert bool(((got == toward_zero) | (got == away)).all())
-    assert not torch.equal(runs[0], ref[0].bfloat16())     # some values rounded the other way
+    assert torch.equal(runs[0], runs[1])
+    got = runs[0]
+    assert bool(((got == lo) | (got == hi)).all())
+    up = (expected - lo.double().item()) / (hi.double().item() - lo.double().item())
+    frac = float((got == hi).double().mean())
+    assert abs(frac - up) <= 5 * (up * (1 - up) / n) ** 0.5 + 1e-4, f"rounded up {frac:.4f}, expected {up:.4f}"
 
 
 def test_auto_backend_choice():
