@@ -616,6 +616,16 @@ def test_jax_backend_matches_optax(jx, info, k, case):
     assert err <= info.tolerance["peer"][np.float64], f"{info.name}: {err:.3e}"
 
 
+def test_peer_tables_cover_every_torch_and_optax_rule():
+    """Every elementwise rule with torch.optim as its peer is in the torch-backend-vs-torch.optim
+    table, every rule with Optax as a peer in the JAX-backend-vs-Optax table."""
+    from symopt.provenance import RULE_PEERS
+
+    for library, table in (("torch", {i.name for i, *_ in TORCH_CASES}), ("optax", {i.name for i, *_ in OPTAX_CASES})):
+        expected = {n for n in ELEMENTWISE if library in RULE_PEERS[n]}
+        assert expected and expected <= table, f"{library}: no backend case for {sorted(expected - table)}"
+
+
 def test_jax_injected_hyperparams_chain_grad_and_skip(jx):
     """lr changed in the state and an Optax schedule do not retrace; the transform chains with
     Optax's own; jax.grad drives it; a NaN gradient is skipped as optax.apply_if_finite does."""
