@@ -138,13 +138,13 @@ def test_torch_backend_composed_user_scheduled(make, kw, device):
 
 
 # ----------------------------------------------------------------------------- compiled torch
-def _check_compiled(rule, kw, dtype, backend):
+def _check_compiled(rule, kw, dtype, backend, device="cpu"):
     """100 compiled steps against the Numba trajectory; the whole run is one dynamo graph
     (``fullgraph=True``: no graph break; one frame compiled: no recompilation across steps)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend(backend)
-    _check_torch(rule, kw, dtype, "cpu", compile={"backend": counter, "fullgraph": True})
+    _check_torch(rule, kw, dtype, device, compile={"backend": counter, "fullgraph": True})
     assert counter.frame_count == 1, f"{counter.frame_count} graphs compiled in {STEPS} steps"
 
 
@@ -190,11 +190,13 @@ def _case(case_id):
     return found[0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case_id,dtype", INDUCTOR_TABLE, ids=[f"{c}-{np.dtype(d).name}" for c, d in INDUCTOR_TABLE])
-def test_inductor_compiled_matches_numba(case_id, dtype):
+def test_inductor_compiled_matches_numba(case_id, dtype, device):
+    """Inductor's code (C++ on the CPU, Triton on CUDA), 100 steps against Numba."""
     _, make, kw = _case(case_id)
     rule = make() if callable(make) else make
-    _check_compiled(rule, _kwargs(kw), dtype, "inductor")
+    _check_compiled(rule, _kwargs(kw), dtype, "inductor", _device(device))
 
 
 def _generated_ops(rule, kw):
