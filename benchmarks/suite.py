@@ -545,7 +545,8 @@ def phase_backends(n, rounds, log) -> dict:
         fns.update(bench_devices.jax_candidates([(n,)]))
     res = measure(fns, rounds=rounds, budget=30.0)
     for k in res:
-        vs_optax = paired_ratio(res, k, "optax adamw") if "optax adamw" in res and ("jax" in k or "optax" in k) else None
+        jax_row = "optax adamw" in res and ("jax" in k or "optax" in k)
+        vs_optax = paired_ratio(res, k, "optax adamw") if jax_row else None
         out["rows"].append((k, paired_ratio(res, k, "torch fused"), vs_optax, res[k]["median"]))
     out["check"] = bench_devices.check_costs(res)
     for k, r, rj, t in out["rows"]:

@@ -7,10 +7,10 @@ NumPy arrays, the reference) and through
 
 * the torch backend, eager (``symopt.torch.Optimizer(..., backend="torch")``), on the CPU
   and, in the tests marked ``cuda``, on a CUDA device;
-* the torch backend compiled (``compile=``): every case through dynamo in one graph
+* the torch backend compiled (``compile=``): every variant through dynamo in one graph
   (``fullgraph=True``, AOTAutograd's ``aot_eager``: the graph Inductor would lower, run by
-  eager kernels) and, for :data:`INDUCTOR_RULES` (every torch function the printers emit and
-  every template branch), through Inductor's C++ code;
+  eager kernels) and, for :data:`INDUCTOR_CASES` (every torch function and operator the
+  generated steps use, every template branch), through Inductor's C++ (Triton on CUDA);
 * the JAX backend (``symopt.jax.transform``): the 100 steps as one ``jax.lax.scan`` under
   ``jax.jit`` (one trace per case);
 
@@ -331,7 +331,8 @@ def test_compiled_step_never_recompiles_for_lr_schedules_or_steps():
     counters.clear()
     counter = CompileCounter()
     torch.manual_seed(0)
-    params = [torch.randn(5, 3), torch.randn(4, dtype=torch.float64), torch.randn(6), torch.randn(2, dtype=torch.float64)]
+    params = [torch.randn(5, 3), torch.randn(4, dtype=torch.float64), torch.randn(6),
+              torch.randn(2, dtype=torch.float64)]
     cosine = symopt.schedule.cosine(1e-2, total_steps=10, warmup_steps=3)
     opt = Optimizer("adamw", [{"params": params[:2]}, {"params": params[2:], "lr": cosine}], backend="torch",
                     compile={"backend": counter})
