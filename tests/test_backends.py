@@ -157,6 +157,14 @@ def _variant(rule, kw):
 VARIANT_CASES = list({_variant(c[1], c[2]): c for c in reversed(CASES)}.values())[::-1]
 
 
+def test_variant_cases_cover_every_generated_step():
+    """The compiled table reaches every variant of every elementwise rule (each generated step function)."""
+    from symopt.runtime import kernels
+
+    every = {v["name"] for name in ELEMENTWISE for v in kernels.load(name).FAMILY["variants"]}
+    assert every == {_variant(c[1], c[2]) for c in VARIANT_CASES}
+
+
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
 def test_compiled_graph_matches_numba(case):
     """Every variant of every rule through dynamo and AOTAutograd (the functionalized graph
