@@ -419,8 +419,11 @@ def phase_many(rounds, log) -> dict:
     # Every row against torch fused is the median of the per-round ratios (candidates of one round run back to
     # back): a ratio of separate minimums once reported the checked step faster than the unchecked one.
     ratios = {k: paired_ratio(res, "torch fused", k) for k in res} if "torch fused" in res else {}
+    # The check's own cost, paired directly: checked / unchecked time in the same round.
+    check = {k: paired_ratio(res, k, f"{k} (ignore)") for k in ("symopt", "symopt flat")}
     log("  240 tensors: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out.items()))
-    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out, "ratios": ratios}
+    log("  cost of the check (checked / unchecked): " + "  ".join(f"{k} {v:.2f}x" for k, v in check.items()))
+    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out, "ratios": ratios, "check": check}
 
 
 def phase_small(rounds, log) -> dict:
@@ -610,22 +613,29 @@ def phase_large(n, rounds, log) -> dict:
 def phase_backends(n, rounds, log) -> dict:
     """Target 9: AdamW over one float32 tensor of ``n``: the Numba kernels, the torch backend (eager and
     ``compile=True``), the JAX backend, torch fused/foreach and optax.adamw (``bench_devices.py``'s
-    candidates, on this CPU); rows are medians of per-round ratios to torch fused / optax.adamw."""
-    out = {"n": n, "torch": [], "jax": []}
+    candidates, on this CPU), all timed round-robin in one ``measure``: every row is the median of
+    per-round ratios to torch fused (and, for the JAX rows, to optax.adamw), and the cost of the
+    finiteness check is the median of per-round checked / unchecked ratios."""
+    out = {"n": n, "rows": [], "check": {}}
     if not _have("torch"):
         return out
     import torch
 
     import bench_devices
 
-    res = measure(bench_devices.torch_candidates([(n,)], torch.float32, "cpu", numba=True), rounds=rounds,
-                  budget=20.0)
-    out["torch"] = [(k, paired_ratio(res, k, "torch fused"), res[k]["median"]) for k in res]
+    fns = bench_devices.torch_candidates([(n,)], torch.float32, "cpu", numba=True)
     if _have("optax"):
-        res = measure(bench_devices.jax_candidates([(n,)]), rounds=rounds, budget=20.0)
-        out["jax"] = [(k, paired_ratio(res, k, "optax adamw"), res[k]["median"]) for k in res]
-    for k, r, t in out["torch"] + out["jax"]:
-        log(f"  {k:32s} {r:.2f}x of its reference  ({t * 1e3:.2f} ms)")
+        fns.update(bench_devices.jax_candidates([(n,)]))
+    res = measure(fns, rounds=rounds, budget=30.0)
+    for k in res:
+        jax_row = "optax adamw" in res and ("jax" in k or "optax" in k)
+        vs_optax = paired_ratio(res, k, "optax adamw") if jax_row else None
+        out["rows"].append((k, paired_ratio(res, k, "torch fused"), vs_optax, res[k]["median"]))
+    out["check"] = bench_devices.check_costs(res)
+    for k, r, rj, t in out["rows"]:
+        log(f"  {k:32s} {r:5.2f}x torch fused" + (f"  {rj:5.2f}x optax adamw" if rj is not None else " " * 20)
+            + f"  ({t * 1e3:.2f} ms)")
+    log("  cost of the check (checked / unchecked): " + "  ".join(f"{k} {v:.2f}x" for k, v in out["check"].items()))
     return out
 
 
@@ -1216,6 +1226,8 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append("|---|---|---|")
     for k, v in mt.items():
         L.append(f"| {k} | {_fmt_t(v)} | {mr[k]:.2f} |" if torch_ok else f"| {k} | {_fmt_t(v)} | |")
+    L.append("\nCost of the finiteness check (median over rounds of checked / unchecked time in the same round): "
+             + ", ".join(f"{k} {v:.2f}×" for k, v in many["check"].items()) + ".")
     L.append("\n## 4. Small model: 3 tensors (100×110, 110, 390), float32\n")
     L.append("| candidate | time per step | peer / symopt |")
     L.append("|---|---|---|")
@@ -1231,12 +1243,13 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
              "Inductor graph) and the generated JAX module (`jax.jit`), beside torch.optim.AdamW and optax.adamw "
              "(`benchmarks/bench_devices.py`; on a GPU run that script). Ratio: median over rounds of the "
              "candidate's time / the reference's in the same round (< 1: faster than the reference).\n")
-    L.append("| candidate | time per step | time / reference |")
-    L.append("|---|---|---|")
-    for k, r, t in backends["torch"]:
-        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (torch fused) |")
-    for k, r, t in backends["jax"]:
-        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (optax adamw) |")
+    L.append("| candidate | time per step | time / torch fused | time / optax adamw |")
+    L.append("|---|---|---|---|")
+    for k, r, rj, t in backends["rows"]:
+        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} | {'' if rj is None else f'{rj:.2f}'} |")
+    if backends["check"]:
+        L.append("\nCost of the finiteness check (median over rounds of checked / unchecked time in the same round): "
+                 + ", ".join(f"{k} {v:.2f}×" for k, v in backends["check"].items()) + ".")
     L.append("\n## 6. Serial against threaded kernel (Adam, one tensor)\n")
     L.append("| dtype | n | serial | threaded | serial / threaded |")
     L.append("|---|---|---|---|---|")
