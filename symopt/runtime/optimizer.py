@@ -97,6 +97,9 @@ class _Spec:
                     raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")
                 out[h["name"]] = bool(raw)
                 continue
+            if h["kind"] == "optional" and raw is None:  # None: the rule's NONE_VALUE (rulebook/metadata.py)
+                out[h["name"]] = -1.0
+                continue
             if scheduled.is_schedule(raw):  # symopt.schedule: checked at t=1 here, every step when used
                 out[h["name"]] = scheduled.validated(raw, h, f"{where}: {label!r}")
                 continue
@@ -303,12 +306,20 @@ class Optimizer:
         self._step_counts = self._steps.view()
         self._step_counts.flags.writeable = False
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
+        # Each state's shape per param (None: not kept for that param; runtime/matrix.py) and its place
+        # in the state's flat buffer; a rule of full-shape states only lays them out as the params.
+        self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape) for p in self._tensors]
+                              for s in self._vinfo["state"]]
+        self._state_sizes = [np.array([0 if x is None else math.prod(x) for x in shapes], dtype=np.int64)
+                             for shapes in self._state_shapes]
+        self._state_offs = [np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
+                            for n in self._state_sizes]
         suffix = _DTYPE_SUFFIX[self.dtype]
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs)
         if self._matrix is None:
             self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
             self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
@@ -329,7 +340,7 @@ class Optimizer:
     def _init_state(self):
         mod = self._spec.module
         init_fn = getattr(mod, f"{self._vinfo['prefix']}_state_init")
-        self._state = [np.empty(self._total, dtype=self.dtype) for _ in self._vinfo["state"]]
+        self._state = [np.empty(int(n.sum()), dtype=self.dtype) for n in self._state_sizes]
         for gi, group in enumerate(self.param_groups):
             vals = self._spec.values(group, f"param group {gi}")
             inits = init_fn(*[scheduled.first_step(vals)[n] for n in self._vinfo["init_hyper"]])
@@ -337,8 +348,8 @@ class Optimizer:
                 self._reset_tensor_state(int(j), inits)
 
     def _reset_tensor_state(self, j, inits):
-        o, n = int(self._offs[j]), int(self._sizes[j])
-        for buf, init in zip(self._state, inits):
+        for buf, offs, sizes, init in zip(self._state, self._state_offs, self._state_sizes, inits):
+            o, n = int(offs[j]), int(sizes[j])
             if isinstance(init, str):
                 buf[o:o + n] = self._tensors[j].reshape(-1)
             else:
@@ -378,11 +389,12 @@ class Optimizer:
     def state(self) -> dict:
         """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
         out = {}
-        for j, p in enumerate(self._tensors):
-            o, n = int(self._offs[j]), int(self._sizes[j])
+        for j in range(len(self._tensors)):
             entry = {"step": int(self._steps[j])}
-            for s, buf in zip(self._vinfo["state"], self._state):
-                entry[s["key"]] = buf[o:o + n].reshape(p.shape)
+            for key, buf, offs, shapes in zip(self._state_keys, self._state, self._state_offs, self._state_shapes):
+                if shapes[j] is not None:  # a factored rule keeps some states for some params only
+                    o = int(offs[j])
+                    entry[key] = buf[o:o + math.prod(shapes[j])].reshape(shapes[j])
             out[j] = entry
         return out
 
@@ -703,17 +715,25 @@ class Optimizer:
             p = self._tensors[j]
             if not isinstance(entry, dict):
                 raise ValueError(f"state of param {pid} must be a dict")
-            for key in keys:
+            kept = [key for key, shapes in zip(keys, self._state_shapes) if shapes[j] is not None]
+            for key, shapes in zip(keys, self._state_shapes):
+                if shapes[j] is None:
+                    if entry.get(key) is not None:
+                        raise ValueError(f"state of param {pid} has {key!r}, which rule {self.variant!r} does not "
+                                         f"keep for a param of shape {p.shape} (it keeps {kept})")
+                    continue
                 if key not in entry:
                     raise ValueError(f"state of param {pid} is missing key {key!r} (rule {self.variant!r} needs "
-                                     f"{keys})")
+                                     f"{kept})")
                 arr = np.asarray(entry[key])
-                if arr.shape != p.shape:
-                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
+                if arr.shape != shapes[j]:
+                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, expected {shapes[j]} "
+                                     f"(the param has {p.shape})")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),
-                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys])
+                            [None if shapes[j] is None else np.array(entry[k], dtype=self.dtype, copy=True)
+                             for k, shapes in zip(keys, self._state_shapes)])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
         init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
@@ -730,9 +750,10 @@ class Optimizer:
         for j in range(len(self._tensors)):
             if j in new_state:
                 step, arrays = new_state[j]
-                o, n = int(self._offs[j]), int(self._sizes[j])
-                for buf, arr in zip(self._state, arrays):
-                    buf[o:o + n] = arr.reshape(-1)
+                for buf, offs, arr in zip(self._state, self._state_offs, arrays):
+                    if arr is not None:
+                        o = int(offs[j])
+                        buf[o:o + arr.size] = arr.reshape(-1)
                 self._steps[j] = step
             else:
                 self._reset_tensor_state(j, inits[int(self._group_of[j])])
