@@ -381,6 +381,12 @@ class Optimizer:
         return self._state_keys
 
     @property
+    def state_kinds(self) -> dict:
+        """Each state's shape by key: ``"full"`` (the param's), or a factored rule's ``"row"``, ``"col"``,
+        ``"vector"`` (:func:`symopt.runtime.matrix.state_shape`)."""
+        return {s["key"]: s.get("shape", "full") for s in self._vinfo["state"]}
+
+    @property
     def step_counts(self) -> np.ndarray:
         """The step count of every param (int64, read-only view, updated in place by each step)."""
         return self._step_counts

@@ -110,6 +110,7 @@ TORCH_FORMATS = {
     "nadam": TorchFormat("NAdam", scalar_state=("mu_product",)),
     "radam": TorchFormat("RAdam"),
     "adadelta": TorchFormat("Adadelta"),
+    "adafactor": TorchFormat("Adafactor"),
 }
 
 
@@ -198,13 +199,15 @@ def _as_array(value, pid, key) -> np.ndarray:
     return arr
 
 
-def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str):
+def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shapes=None):
     """One param's torch-format state -> ``(step, {key: array})``, or None for "not started".
 
     ``keys`` are the state keys of the rule variant (e.g. ``exp_avg``,
     ``exp_avg_sq``); a missing one raises ``ValueError`` naming it.  Values of
-    :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.
+    :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.  ``shapes``
+    gives the shape of the keys that are not of the param's (a factored rule's ``row_var``).
     """
+    shapes = shapes or {}
     if not isinstance(entry, dict):
         raise ValueError(f"state of param {pid} must be a dict, got {type(entry).__name__}")
     keys = list(keys)
@@ -233,8 +236,10 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str):
         arr = _as_array(entry[key], pid, key)
         if key in fmt.scalar_state and arr.size == 1 and arr.shape != tuple(shape):
             arr = np.full(shape, arr.reshape(()), dtype=arr.dtype)
-        if arr.shape != tuple(shape):
-            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {tuple(shape)}")
+        want = tuple(shapes.get(key, shape))
+        if arr.shape != want:
+            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, expected {want} (the param "
+                             f"has {tuple(shape)})")
         arrays[key] = arr
     return step, arrays
 
