@@ -37,7 +37,7 @@ __all__ = ["RowMean", "ColMean", "factored", "machine_eps", "FACTOR_SYMBOLS", "S
 #: True for a param read as a stack of matrices (at least 2-D), false for a vector or scalar.
 factored = sp.Symbol("factored")
 #: The machine epsilon of the param's dtype (2⁻²³ for float32, 2⁻⁵² for float64).
-machine_eps = sp.Symbol("machine_eps", positive=True)
+machine_eps = sp.Symbol("epsilon_mach", positive=True)
 FACTOR_SYMBOLS = (factored, machine_eps)
 #: A state's shape: the param's (``full``), one value per row / column of each matrix of a
 #: factored param (``row``: ``(…, m, 1)``, ``col``: ``(…, 1, n)``), or the param's shape for

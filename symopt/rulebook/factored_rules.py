@@ -32,7 +32,7 @@ lr, beta2_decay, eps1, eps2, d, weight_decay, maximize = sp.symbols(
 _SRC = "torch.optim 2.13"
 _LATEX = {"theta": r"\theta", "lr": r"\gamma", "weight_decay": r"\lambda", "beta2_decay": r"\beta_{2,\mathrm{decay}}",
           "eps1": r"\epsilon_1", "eps2": r"\epsilon_2", "vhat": r"\hat{v}", "A": r"\alpha", "maximize":
-          r"\text{maximize}", "machine_eps": r"\epsilon_{\mathrm{mach}}", "factored": r"\text{factored}"}
+          r"\text{maximize}"}
 
 
 def adafactor() -> Rule:

@@ -209,6 +209,10 @@ def _hyper_value(h, v):
 
     if h.kind == "choice":
         return h.position(v)
+    if h.kind == "optional" and v is None:
+        from ..rulebook.metadata import NONE_VALUE
+
+        return mpmath.mpf(NONE_VALUE)  # the rule's value of None
     return (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
 
 
@@ -216,6 +220,19 @@ def _is_matrix_rule(rule) -> bool:
     from ..rulebook.matrix import Iterate
 
     return any(rhs.has(Iterate) for _, rhs in rule.updates)
+
+
+def _is_factored_rule(rule) -> bool:
+    from ..rulebook.factored import is_factored_rule
+
+    return is_factored_rule(rule)
+
+
+def verify_factored_variant(family, rule, dtype: str, **kwargs) -> Result:
+    """Factored rules (row/column statistics): :func:`symopt.verify.factored.verify_factored_variant`."""
+    from .factored import verify_factored_variant as run
+
+    return run(family, rule, dtype, **kwargs)
 
 
 def _name_or_family(family):
@@ -282,7 +299,9 @@ def verify(names=None, *, samples: int = 200, steps: int = 3, seed: int = 0, dty
             raise ValueError(f"unknown rule {name!r}")
         for _, rule in fam.variants:
             for dtype in dtypes:
-                if _is_matrix_rule(rule):
+                if _is_factored_rule(rule):
+                    results.append(verify_factored_variant(fam, rule, dtype, steps=steps, seed=seed))
+                elif _is_matrix_rule(rule):
                     results.append(verify_matrix_variant(fam, rule, dtype, steps=steps, seed=seed))
                 else:
                     results.append(verify_variant(fam, rule, dtype, samples=samples, steps=steps, seed=seed))
