@@ -42,6 +42,7 @@ RULE_PEERS = {
     "fromage": _OPTAX,
     # matrix rules: compared with torch.optim.Muon (bfloat16) in tests/test_matrix.py, not a peer table
     "muon": (),
+    "adafactor": _TORCH,
 }
 
 
