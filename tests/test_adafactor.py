@@ -134,7 +134,7 @@ def test_bad_state_is_refused_and_changes_nothing():
     sd = opt.state_dict()
     before = opt.state_dict()
     sd["state"][0]["row_var"] = np.zeros((4, 6))
-    with pytest.raises(ValueError, match=r"state 'row_var' of param 0 has shape \(4, 6\), expected \(4, 1\)"):
+    with pytest.raises(ValueError, match=r"state 'row_var' of param 0 has shape \(4, 6\), expected \(4, 1\), the param has \(4, 6\)"):
         opt.load_state_dict(sd)
     sd = opt.state_dict()
     sd["state"][1]["row_var"] = np.zeros((5, 1))

@@ -733,8 +733,8 @@ class Optimizer:
                                      f"{kept})")
                 arr = np.asarray(entry[key])
                 if arr.shape != shapes[j]:
-                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, expected {shapes[j]} "
-                                     f"(the param has {p.shape})")
+                    want = "" if shapes[j] == p.shape else f"expected {shapes[j]}, "
+                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {want}the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),

@@ -238,8 +238,9 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
             arr = np.full(shape, arr.reshape(()), dtype=arr.dtype)
         want = tuple(shapes.get(key, shape))
         if arr.shape != want:
-            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, expected {want} (the param "
-                             f"has {tuple(shape)})")
+            expected = "" if want == tuple(shape) else f"expected {want}, "
+            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {expected}the param has "
+                             f"{tuple(shape)}")
         arrays[key] = arr
     return step, arrays
 
