@@ -42,7 +42,8 @@ __all__ = ["FactoredLoop", "FactoredStage", "FactoredLayout", "FactoredPlan", "m
 
 #: The layouts of a factored rule: the param's dimensionality decides.
 LAYOUTS = ("matrix", "vector")
-_ABSENT = {"matrix": "vector", "vector": ("row", "col")}
+#: The state shapes a layout does not keep.
+_ABSENT = {"matrix": ("vector",), "vector": ("row", "col")}
 
 
 class FactoredLoop(NamedTuple):
@@ -210,16 +211,15 @@ def make_factored_plan(rule: Rule) -> FactoredPlan:
     """Plan both layouts of ``rule`` (see the module doc)."""
     found: dict = {}
     planned = [_Layout(rule, name).plan() for name in LAYOUTS]
-    pieces = []  # per layout: (layout, hoister, raw parts)
+    pieces = []  # per layout: (layout, hoister, passes, stages) before the scalars are renamed
     exprs: list = []
     for lay in planned:
         arrays = {s for s, k in lay.kind.items() if k != "tensor"}
         tensor_syms = {s for s, k in lay.kind.items() if k == "tensor"}
         hoist = Hoister(arrays, tensor_syms, found=found)
-        nloops = max([*lay.loop_sums, *(l for l in lay.row_stores), *(l for l in lay.col_stores),
-                      *(l for l in lay.means), 0])
-        final = max([lay.level_of(e) for _, e in lay.stores] + [nloops])
-        nloops = final
+        # Passes 1..nloops accumulate the reductions; the final pass follows the last level anything needs.
+        nloops = max([*lay.loop_sums, *lay.row_stores, *lay.col_stores, *lay.means,
+                      *(lay.level_of(e) for _, e in lay.stores), 0])
         loops = []
         for k in range(1, nloops + 1):
             sums = [(sym, scope, op, hoist(arg)) for sym, scope, op, arg in lay.loop_sums.get(k, [])]
