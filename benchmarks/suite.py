@@ -22,8 +22,14 @@ Measures, in one run and side by side, the targets of the performance issue:
 10. a training loop fused into one ``@numba.njit`` function with a rule's generated
     ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
     once per step (``bench_numba_loop.py``);
-11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes; Adafactor
-    against torch.optim.Adafactor.
+11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes; Shampoo against
+    pytorch-optimizer's Shampoo; Adafactor against torch.optim.Adafactor;
+12. every size at the limit -- Adam on one tensor of 1e4, 1e5, 1e6 elements against the best
+    same-traffic kernel at that size (serial or ``prange``), the fixed cost of ``step()``, one
+    fork/join of the threads, the warm start (``bench_midsize.py``).
+
+Phases that run alone: ``python -m symopt bench --only midsize`` (writes ``results_midsize.md``);
+:data:`ALONE` lists them.
 
 Timing: every candidate of a comparison is timed round-robin in the same
 process (so that a drift of the shared machine hits all alike); each timing is a
@@ -464,10 +470,35 @@ def muon_flops(rows: int, cols: int, steps: int = 5) -> float:
     return steps * (4.0 * r * r * c + 2.0 * r ** 3)
 
 
+def symopt_muon_flops(rows: int, cols: int, steps: int = 5) -> float:
+    """Flops symopt's BLAS calls execute for Muon's Newton–Schulz (the generated ``_odd_iteration``; a
+    syrk counted as half its gemm): directly, per step XXᵀ (r²c, syrk), A² (r³, syrk) and H·X (2r²c);
+    in the Gram space (c ≥ 3r) A₀ (r²c) and X = P·X₀ (2r²c) once, A² (r³) per step and H² (r³),
+    A·H² (2r³), H·P (2r³) per step but the last."""
+    r, c = min(rows, cols), max(rows, cols)
+    if c >= 3 * r and steps >= 2:
+        return 3.0 * r * r * c + steps * r ** 3 + (steps - 1) * 5.0 * r ** 3
+    return steps * (3.0 * r * r * c + r ** 3)
+
+
+def _blas_threads(n: int):
+    """A context limiting the BLAS libraries' threads (SciPy's and NumPy's OpenBLAS) to ``n``; a no-op
+    without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
     """Muon (float32): symopt's step against torch.optim.Muon's (bfloat16 Newton–Schulz) and a
-    plain sgemm of the same sizes; symopt's achieved GFLOP/s (nominal flops of torch's
-    algorithm) as a fraction of that sgemm's."""
+    plain sgemm (r×c)·(c×r) of the same sizes, interleaved; symopt's GFLOP/s: the flops its BLAS calls
+    execute (:func:`symopt_muon_flops`) per second of a whole step (the element passes included), as a
+    fraction of that sgemm's GFLOP/s, and torch's algorithm's nominal flops (:func:`muon_flops`) per
+    second of symopt's step."""
     from scipy.linalg import blas
 
     rng = np.random.default_rng(5)
@@ -488,17 +519,22 @@ def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
             tp.grad = torch.from_numpy(g.copy())
             topt = torch.optim.Muon([tp], lr=0.02)
             fns["torch.optim.Muon"] = topt.step
-        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        # SciPy's OpenBLAS (symopt's matrix products and the sgemm) with as many threads as every peer
+        with _blas_threads(numba.get_num_threads()):
+            res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
         gemm_rate = 2.0 * r * r * c / res["sgemm (r×c)·(c×r)"]["median"]
-        rate = muon_flops(*shape) / res["symopt"]["median"]
+        rate = symopt_muon_flops(*shape) / res["symopt"]["median"]
         row = {"shape": shape, "symopt": res["symopt"]["median"], "gflops": rate / 1e9,
-               "sgemm_gflops": gemm_rate / 1e9, "fraction": rate / gemm_rate}
+               "nominal_gflops": muon_flops(*shape) / res["symopt"]["median"] / 1e9,
+               "sgemm_gflops": gemm_rate / 1e9, "fraction": rate / gemm_rate,
+               "gram": c >= 3 * r}
         if "torch.optim.Muon" in res:
             row["torch"] = res["torch.optim.Muon"]["median"]
             row["vs_torch"] = paired_ratio(res, "torch.optim.Muon", "symopt")
         rows_out.append(row)
-        log(f"  muon {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms, {row['gflops']:.0f} GFLOP/s = "
-            f"{row['fraction']:.2f} of sgemm ({row['sgemm_gflops']:.0f} GFLOP/s)"
+        log(f"  muon {shape[0]}x{shape[1]} f32 ({'Gram space' if row['gram'] else 'direct'}): symopt "
+            f"{row['symopt'] * 1e3:.1f} ms, {row['gflops']:.0f} GFLOP/s executed = {row['fraction']:.2f} of sgemm "
+            f"({row['sgemm_gflops']:.0f} GFLOP/s), {row['nominal_gflops']:.0f} GFLOP/s of torch's flops"
             + (f"; torch.optim.Muon (bf16) {row['torch'] * 1e3:.1f} ms, symopt {row['vs_torch']:.2f}x faster"
                if "torch" in row else ""))
     return rows_out
@@ -554,6 +590,52 @@ def adafactor_report(rows) -> str:
             name = f"torch foreach={fe}"
             cells += [f"{r[name] * 1e3:.2f} ms", f"{r['vs ' + name]:.2f}×"] if name in r else ["—", "—"]
         L.append(f"| {'×'.join(map(str, r['shape']))} | {r['symopt'] * 1e3:.2f} ms | " + " | ".join(cells) + " |")
+    return "\n".join(L) + "\n"
+
+
+PRECONDITIONED_SHAPES = ((512, 512), (512, 2048), (2048, 512))
+
+
+def phase_preconditioned(rounds, log, shapes=PRECONDITIONED_SHAPES) -> list:
+    """Shampoo (float32, defaults: roots recomputed every step): symopt's step against
+    pytorch-optimizer's ``Shampoo`` (SVD roots), median of per-round interleaved ratios."""
+    rng = np.random.default_rng(6)
+    rows_out = []
+    for shape in shapes:
+        p = rng.standard_normal(shape).astype(np.float32)
+        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+        fns = {}
+        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="shampoo")
+        if _have("pytorch_optimizer"):
+            import torch
+            from pytorch_optimizer import Shampoo
+
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())  # defaults: no momentum or decay, so the grad stays as set
+            fns["pytorch-optimizer"] = Shampoo([tp], lr=LR).step
+        res = measure(fns, rounds=rounds, min_batch=0, budget=30.0)
+        row = {"rule": "shampoo", "shape": shape, "symopt": res["symopt"]["median"]}
+        if "pytorch-optimizer" in res:
+            row["peer"] = res["pytorch-optimizer"]["median"]
+            row["vs_peer"] = paired_ratio(res, "pytorch-optimizer", "symopt")
+        rows_out.append(row)
+        log(f"  shampoo {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms"
+            + (f"; pytorch-optimizer {row['peer'] * 1e3:.1f} ms, symopt {row['vs_peer']:.2f}x faster"
+               if "peer" in row else ""))
+    return rows_out
+
+
+def preconditioned_report(rows) -> str:
+    """The Shampoo section of results.md."""
+    L = ["\n## Kronecker-factored rules: Shampoo (float32)\n",
+         ("Default keywords (inverse roots recomputed every step). symopt: statistics by ?syrk, roots by LAPACK's "
+          "?syevd and a ?syrk, the value by two ?gemm, elementwise parts in two Numba passes; pytorch-optimizer "
+          "4.1.0: addmm statistics, roots by SVD. vs peer: median of per-round time ratios (>1: symopt faster).\n"),
+         "| rule | shape | symopt step | pytorch-optimizer | vs peer |", "|---|---|---|---|---|"]
+    for r in rows:
+        peer = f"{r['peer'] * 1e3:.1f} ms" if "peer" in r else "—"
+        vs = f"{r['vs_peer']:.2f}×" if "vs_peer" in r else "—"
+        L.append(f"| {r['rule']} | {r['shape'][0]}×{r['shape'][1]} | {r['symopt'] * 1e3:.1f} ms | {peer} | {vs} |")
     return "\n".join(L) + "\n"
 
 
@@ -744,6 +826,48 @@ def phase_fused_loop(rounds, log, quick) -> list:
     return mod.measure(sizes=(16, 256), steps=100 if quick else 200, rounds=rounds + 3, log=log)
 
 
+def _bench_module(name: str):
+    """A benchmark module beside this file (bench_midsize.py...), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"symopt_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def phase_midsize(rounds, log) -> dict:
+    """Phase 12: Adam at 1e4-1e6 elements against the best same-traffic kernel, the fixed cost of step(),
+    one fork/join of the threads and the warm start (benchmarks/bench_midsize.py)."""
+    import types
+
+    tools = types.SimpleNamespace(measure=measure, DTYPES=DTYPES, _TRAFFIC=_TRAFFIC, _read_once=_read_once)
+    return _bench_module("bench_midsize").run(tools, rounds, log)
+
+
+#: Phases ``--only NAME`` runs alone: (heading, run(rounds, log) -> result, report(result) -> markdown).
+ALONE = {"midsize": ("[12] every size at the limit: mid-size tensors, fixed cost, wake-up, warm start",
+                     phase_midsize, lambda res: _bench_module("bench_midsize").report(res))}
+
+
+def run_alone(name: str, args) -> int:
+    """``symopt bench --only NAME``: one phase in this process, its section written to ``results_NAME.md``."""
+    out_dir = Path(args.out) if getattr(args, "out", None) else HERE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "threads", None):
+        symopt.set_num_threads(args.threads)
+    heading, run, section = ALONE[name]
+    print(heading, flush=True)
+    load0 = os.getloadavg()[0]
+    text = section(run(5 if getattr(args, "quick", False) else 20, lambda m: print(m, flush=True)))
+    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads; load average {load0:.2f} "
+             f"before, {os.getloadavg()[0]:.2f} after (a load near or above the core count makes threaded rows noisy).\n")
+    print(text)
+    (out_dir / f"results_{name}.md").write_text(text, encoding="utf-8")
+    print(f"wrote {out_dir / f'results_{name}.md'}")
+    return 0
+
+
 def phase_memory(log) -> dict:
     out = {}
     for n in (10 ** 5, 10 ** 7):
@@ -867,6 +991,8 @@ def plot(sizes_res: dict, thr: dict, path: Path) -> None:
 def main(args) -> int:
     """Parent: cold-compile phase into a fresh cache folder, then the measuring child process
     (NUMBA_CACHE_DIR = that folder; OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed, as they slow NumPy)."""
+    if getattr(args, "only", None):
+        return run_alone(args.only, args)
     if os.environ.get("SYMOPT_BENCH_CHILD"):
         return measure_all(args)
     quick = bool(getattr(args, "quick", False))
@@ -951,12 +1077,17 @@ def measure_all(args) -> int:
     matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
     log("[9] matrix rules: Adafactor, float32")
     adafactor = phase_adafactor(3 if quick else 5, log, ((256, 256), (4, 64, 64)) if quick else ADAFACTOR_SHAPES)
+    log("[9] Kronecker-factored rules: Shampoo against pytorch-optimizer, float32")
+    preconditioned = phase_preconditioned(3 if quick else 5, log,
+                                          ((128, 128), (128, 512), (512, 128)) if quick else PRECONDITIONED_SHAPES)
     log("[7] start-up")
     startup = phase_startup(log)
     log("[8] memory")
     mem = phase_memory(log)
     log("[9] a training loop fused into one njit function (symopt.kernel) against one optimizer step per iteration")
     fused = phase_fused_loop(rounds, log, quick)
+    log(ALONE["midsize"][0])
+    midsize = phase_midsize(rounds if quick else 20, log)
     info["load"].append(os.getloadavg()[0])
     info["OPENBLAS_CORETYPE"] = os.environ.get("SYMOPT_BENCH_OPENBLAS", info["OPENBLAS_CORETYPE"])
     png = out_dir / "time_per_element.png"
@@ -966,6 +1097,8 @@ def measure_all(args) -> int:
                   incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
     text += adafactor_report(adafactor)
+    text += preconditioned_report(preconditioned)
+    text += ALONE["midsize"][2](midsize)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     log(f"wrote {out_dir / 'results.md'} and {png} in {elapsed:.0f} s")
     return 0
@@ -978,17 +1111,21 @@ def _verdict(ok) -> str:
 def matrix_report(rows) -> str:
     """The Muon section of results.md."""
     L = ["\n## Matrix rules: Muon (float32)\n",
-         "symopt runs Newton–Schulz in float32 through SciPy's BLAS (syrk for XXᵀ, gemm for the rest), "
-         "torch.optim.Muon in bfloat16. GFLOP/s: nominal flops of torch's algorithm (5 steps of XXᵀ, A·A, B·X) "
-         "per second of a whole symopt step, against a plain sgemm (r×c)·(c×r) of the same sizes in the same "
-         "run. vs torch: median of per-round time ratios (>1: symopt faster).\n",
-         "| shape | symopt step | GFLOP/s | sgemm GFLOP/s | fraction of sgemm | torch.optim.Muon | vs torch |",
-         "|---|---|---|---|---|---|---|"]
+         "symopt runs Newton–Schulz in float32 through SciPy's BLAS (syrk for XXᵀ and A², gemm for the rest; "
+         "in the r×r Gram space when the larger side is ≥ 3× the smaller), torch.optim.Muon in bfloat16. "
+         "GFLOP/s: the flops symopt's BLAS calls execute per second of a whole symopt step (element passes "
+         "included); fraction: of a plain sgemm (r×c)·(c×r) of the same sizes in the same run; torch's flops: "
+         "the nominal flops of torch's algorithm (5 steps of XXᵀ, A·A, B·X) per second of the symopt step. "
+         "vs torch: median of per-round time ratios of interleaved rounds (>1: symopt faster).\n",
+         "| shape | path | symopt step | GFLOP/s | sgemm GFLOP/s | fraction of sgemm | torch's flops/s | "
+         "torch.optim.Muon | vs torch |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torch_t = f"{r['torch'] * 1e3:.1f} ms" if "torch" in r else "—"
         vs = f"{r['vs_torch']:.2f}×" if "vs_torch" in r else "—"
-        L.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['symopt'] * 1e3:.1f} ms | {r['gflops']:.0f} | "
-                 f"{r['sgemm_gflops']:.0f} | {r['fraction']:.2f} | {torch_t} | {vs} |")
+        L.append(f"| {r['shape'][0]}×{r['shape'][1]} | {'Gram' if r['gram'] else 'direct'} | "
+                 f"{r['symopt'] * 1e3:.1f} ms | {r['gflops']:.0f} | {r['sgemm_gflops']:.0f} | {r['fraction']:.2f} | "
+                 f"{r['nominal_gflops']:.0f} | {torch_t} | {vs} |")
     return "\n".join(L) + "\n"
 
 

@@ -24,6 +24,9 @@ def add_parser(p) -> None:
     p.add_argument("--no-compile-times", action="store_true",
                    help="skip the cold-compile phase (~4 min); the report reuses the stored compile_times.json")
     p.add_argument("--compile-only", action="store_true", help="only the cold-compile phase (writes compile_times.json)")
+    p.add_argument("--only", choices=("midsize",),
+                   help="run one phase alone (midsize: Adam at 1e4-1e6 elements, the fixed cost of step(), "
+                        "thread wake-up, warm start); writes results_<phase>.md")
     p.set_defaults(func=run)
 
 

@@ -50,6 +50,7 @@ def _cmd_show(args) -> int:
 
     from .codegen.plan import make_plan
     from .codegen.plan_matrix import is_matrix_rule, make_matrix_plan
+    from .codegen.plan_preconditioned import is_preconditioned_rule, make_preconditioned_plan
     from .rulebook.catalog import family
     from .runtime.kernels import load_builtin
 
@@ -79,9 +80,15 @@ def _cmd_show(args) -> int:
     for when, rule in fam.variants:
         cond = "" if when == sp.true else f" (when {sp.sstr(when)})"
         matrix = is_matrix_rule(rule)
-        plan = (make_matrix_plan if matrix else make_plan)(rule)
+        preconditioned = is_preconditioned_rule(rule)
+        plan = (make_preconditioned_plan if preconditioned else make_matrix_plan if matrix else make_plan)(rule)
         print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element"
               + (" in two passes around a matrix iteration (BLAS)" if matrix else "")
+              + (" in two passes around matrix states (BLAS/LAPACK: "
+                 + ", ".join(f"{k} ({side}×{side}, init "
+                             f"{sp.sstr(plan.scalar_exprs[plan.scalars.index(d)] if d in plan.scalars else d)}·I)"
+                             for k, side, d in plan.matrix_states) + ")"
+                 if preconditioned else "")
               + f", {len(plan.scalars)} per-step scalars")
         if rule.state:
             print("    state: " + ", ".join(f"{rule.state_key(s)} (init {sp.sstr(sp.sympify(v.init))})"

@@ -528,6 +528,20 @@ _RECORDS = [
                                 beta2_decay=-0.6),
               _torch_optim_case("Adafactor", group0=dict(lr=0.1, d=2.0), change=dict(lr=0.01, weight_decay=0.05))),
              tolerance={"peer": {F64: 1e-9, F32: 1e-5}}, torch_optim="Adafactor", matrix=True),
+    # Kronecker-factored rules: run on 2-D params by tests/test_shampoo_soap.py (float64: the
+    # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)
+    RuleInfo("shampoo", None, peer_cases=(
+        PeerCase("pytorch-optimizer", {}, lambda lib, ps: lib.po.Shampoo(ps)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, momentum=0.9, weight_decay=0.1),
+                 lambda lib, ps: lib.po.Shampoo(ps, lr=1e-2, momentum=0.9, weight_decay=0.1)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, momentum=0.5, weight_decay=0.1, weight_decouple=True,
+                                           preconditioning_compute_steps=3, maximize=True),
+                 lambda lib, ps: lib.po.Shampoo(ps, lr=1e-2, momentum=0.5, weight_decay=0.1, weight_decouple=True,
+                                                preconditioning_compute_steps=3, maximize=True)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, weight_decay=0.1, weight_decouple=True, fixed_decay=True),
+                 lambda lib, ps: lib.po.Shampoo(ps, lr=1e-2, weight_decay=0.1, weight_decouple=True,
+                                                fixed_decay=True)),
+    ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}}, matrix=True),
 ]
 
 

@@ -50,7 +50,7 @@ def _composed():
     return symopt.compose("adam", T.cautious(), T.clip_global_norm(1.0))
 
 
-#: (id, rule, keywords): every built-in elementwise rule (matrix rules have no array-backend module)
+#: (id, rule, keywords): every built-in elementwise rule (matrix rules: tests/test_matrix_backends.py)
 #: with its defaults and its reference cases (variants).
 CASES = [(name, name, {}) for name in ELEMENTWISE]
 CASES += [(f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}", name, dict(kw))
@@ -555,7 +555,3 @@ def test_params_without_gradients_keep_their_step_count():
     assert steps_a == steps_b == [6, 3]
     assert max(rel_err(x, y) for x, y in zip(b, a)) <= 1e-12
 
-
-def test_matrix_rule_has_no_array_backend():
-    with pytest.raises(ValueError, match="'muon' is a matrix rule"):
-        Optimizer("muon", [torch.zeros(4, 4, requires_grad=True)], backend="torch")

@@ -18,7 +18,7 @@ from symopt import provenance
 
 #: The parity test modules and their lists of the peer cases they run: (rule info, case index, case).
 PARITY_MODULES = {"test_torch_parity": "CASES", "test_optax_parity": "CASES", "test_notes": "CASES",
-                  "test_research_parity": ("TORCH_CASES", "OPTAX_CASES")}
+                  "test_research_parity": ("TORCH_CASES", "OPTAX_CASES"), "test_shampoo_soap": "CASES"}
 
 
 def test_every_builtin_rule_has_one_record():

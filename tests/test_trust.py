@@ -621,6 +621,89 @@ def test_a_param_whose_buffer_changed_is_refused(change):
     assert opt.step_counts.tolist() == [0, 0]
 
 
+@pytest.mark.parametrize("change", ["grad re-pointed at a param", "grad strides", "grad dtype", "grad reshaped",
+                                    "param read-only", "param reshaped", "param replaced buffer"])
+def test_changes_after_a_step_with_the_same_grads_are_caught(change):
+    """The fast path of step() remembers the grads it checked (their addresses); a change to the very
+    same grad or param objects after such a step is still refused, and nothing is written."""
+    base, params, opt = _two()
+    buf = np.zeros(40)
+    grads = [buf[:16].reshape(4, 4), buf[20:26]]
+    buf[:] = 1e-2
+    opt.step(grads)
+    opt.step(grads)  # the second call with the same arrays takes the remembered path
+    snapshot = [p.copy() for p in params]
+    before = opt.state_dict()
+    if change == "grad re-pointed at a param":
+        grads[1] = base[20:26]  # the same list, one entry now params[1] itself
+        match = r"grads\[1\] shares memory with params\[1\]"
+    elif change == "grad strides":
+        with warnings.catch_warnings():  # NumPy 2.4 deprecates setting strides; it still changes them in place
+            warnings.simplefilter("ignore", DeprecationWarning)
+            grads[1].strides = (16,)  # every other element of buf[20:32]: same shape, not contiguous
+        match = r"grads\[1\] is not C-contiguous"
+    elif change == "grad dtype":
+        grads[1].dtype = np.int64  # same itemsize and shape
+        match = r"grads\[1\] has dtype int64"
+    elif change == "grad reshaped":
+        grads[0].shape = (2, 8)
+        match = r"grads\[0\] has shape \(2, 8\)"
+    elif change == "param read-only":
+        params[0].flags.writeable = False
+        match = r"params\[0\] became read-only"
+    elif change == "param reshaped":
+        params[1].shape = (3, 2)
+        match = r"params\[1\] no longer uses the buffer"
+    else:
+        params[1].__setstate__((1, (6,), np.dtype(np.float64), False, np.arange(6.0).tobytes()))
+        match = r"params\[1\] no longer uses the buffer"
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.step(grads)
+    assert opt.step_counts.tolist() == [2, 2]
+    if change != "param replaced buffer":
+        assert all(np.array_equal(a.ravel(), b.ravel()) for a, b in zip(params, snapshot))
+    after = opt.state_dict()
+    assert all(np.array_equal(after["state"][j][k].ravel(), before["state"][j][k].ravel())
+               for j in (0, 1) for k in opt.state_keys)
+
+
+def test_a_grad_resized_in_place_is_read_at_its_new_address():
+    """A grad object that keeps its identity but moves to another buffer (same shape, dtype) after a
+    remembered step is read at its new address: the step equals one with a fresh copy."""
+    _, params, opt = _two()
+    ref = symopt.optimizer("adam", [p.copy() for p in params])
+    grads = [np.full((4, 4), 1e-2), np.full(6, 1e-2)]
+    for _ in range(2):
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+    new = np.linspace(-1, 1, 6)
+    grads[1].__setstate__((1, (6,), np.dtype(np.float64), False, new.tobytes()))
+    opt.step(grads)
+    ref.step([grads[0].copy(), new])
+    assert all(np.array_equal(a, b) for a, b in zip(opt.params, ref.params))
+
+
+def test_step_counts_that_differ_after_loading_step_each_param_at_its_own_count():
+    """The common step count kept beside the per-param counts follows load_state_dict and None grads."""
+    _, params, opt = _two()
+    sd = opt.state_dict()
+    sd["state"][0]["step"], sd["state"][1]["step"] = 7, 1
+    opt.load_state_dict(sd)
+    singles = [symopt.optimizer("adam", [p.copy()]) for p in params]
+    for s, n in zip(singles, (7, 1)):
+        one = s.state_dict()
+        one["state"][0]["step"] = n
+        s.load_state_dict(one)
+    g = [np.full((4, 4), 1e-2), np.full(6, -1e-2)]
+    for grads in (g, [g[0], None], g):
+        opt.step(grads)
+        for s, gj in zip(singles, grads):
+            if gj is not None:
+                s.step([gj])
+    assert opt.step_counts.tolist() == [10, 3]
+    assert all(np.array_equal(p, s.params[0]) for p, s in zip(opt.params, singles))
+
+
 def test_remembered_gradient_addresses_step_like_fresh_gradients():
     """Sets of grads reused in turn (their checked address tables are kept), a step with a None grad
     (the thorough path) and step_at in between: the same result as fresh copies at every step."""

@@ -20,6 +20,9 @@
   ``"ignore"`` checks nothing.  (``"raise"`` needs a value on the host: not inside ``jit``.)
 * **Dtypes**: float32 and float64 params compute in their own dtype; bfloat16/float16 params in
   float32, with state in float32.
+* **Matrix rules** (Muon): each leaf, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz
+  iteration runs in the compute dtype as a ``lax.fori_loop`` over the traced count.  A choice
+  keyword (``adjust_lr_fn``) is fixed at ``transform``; ``state.hyperparams`` holds its position.
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             schedules[k] = v
     fixed = {k: (float(values[k](1)) if scheduled.is_schedule(values[k]) else
                  schedules[k](0) if k in schedules else v) for k, v in values.items()}
+    choices = {h["key"]: h["name"] for h in spec.hyper if h["kind"] == "choice"}
     fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
-                 v if isinstance(v, bool) else float(v)) for k, v in fixed.items()}
+                 v if isinstance(v, bool) or k in choices else float(v)) for k, v in fixed.items()}
     checked = spec.values(fixed, spec.name)
     variant = spec.variant_index(checked, spec.name)
     vinfo = spec.variants[variant]
@@ -96,6 +100,11 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
 
     def init_fn(params):
         leaves, treedef = jax.tree.flatten(params)
+        if "matrix" in vinfo:
+            flat = [p for p in leaves if jnp.ndim(p) < 2]
+            if flat:
+                raise ValueError(f"{spec.name} reads each param as a matrix (at least 2-D: d0 × (d1⋯)), got shape "
+                                 f"{jnp.shape(flat[0])}; route other params to another transform (optax.partition)")
         state = []
         for init in inits:
             state.append(treedef.unflatten([
@@ -104,6 +113,9 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         hp = {}
         for k, v in values.items():
             if k in schedules:
+                continue
+            if k in choices:    # a choice keyword (Muon's adjust_lr_fn): the position of its value, as the rule reads it
+                hp[k] = jnp.asarray(checked[choices[k]], _float())
                 continue
             hp[k] = (tuple(jnp.asarray(x, _float()) for x in v) if isinstance(v, (tuple, list))
                      else jnp.asarray(v) if isinstance(v, bool) else jnp.asarray(v, _float()))

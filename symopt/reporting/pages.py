@@ -25,6 +25,7 @@ from ..codegen.plan import KernelPlan, UpdatedValue, make_plan
 from ..codegen.plan_factored import make_factored_plan
 from ..codegen.plan_matrix import RESULT, WORK, MatrixPlan, is_matrix_rule, make_matrix_plan
 from ..rulebook.factored import is_factored_rule
+from ..codegen.plan_preconditioned import PreconditionedPlan, is_preconditioned_rule, make_preconditioned_plan
 from ..provenance import PEER_TOLERANCE, RULE_PEERS, peer_label
 from ..rulebook.display import base_latex, subscripted, update_rows
 from ..rulebook.metadata import t as T_STEP
@@ -253,6 +254,48 @@ def factored_derivation(plan) -> dict:
     }
 
 
+def preconditioned_derivation(plan: PreconditionedPlan) -> dict:
+    """A preconditioned rule's plan (:mod:`~symopt.codegen.plan_preconditioned`) in the form of
+    :func:`derivation`: pass 0 (the updates before the preconditioner, G into the workspace), the
+    matrix states' BLAS/LAPACK operations in order, pass 1 (the updates reading the value P)."""
+    rule = plan.rule
+    p0, p1 = plan.passes
+    syms = _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars], p0.element_temps, p0.stores,
+                       p1.element_temps, p1.stores)
+    names = _display_names(rule, syms)
+    names.update({WORK: "G", RESULT: "P"})
+    lhs = lambda sym: _new_name(rule, sym) if sym in (rule.param, *rule.state) else names.get(sym, sp.latex(sym))
+    r, c = sp.symbols("r c")
+    g = sp.MatrixSymbol("G", r, c)
+    mats = [sp.MatrixSymbol(key.replace("_", r"\_"), *((r, r) if side == "rows" else (c, c)))
+            for key, side, _ in plan.matrix_states]
+    ops = []
+    for op in plan.ops:
+        target = mats[op.target]
+        if op.kind == "gram":
+            alpha, beta = op.coefficients
+            rhs = beta * target + alpha * (g * g.T if op.side == "rows" else g.T * g)
+        else:
+            rhs = sp.MatPow(mats[op.source], -1 / op.coefficients[0])
+        ops.append((sp.latex(target), "=", rhs, {**names, T_STEP: "t"}))
+    left = [mats[plan.left]] if plan.left is not None else []
+    right = [mats[plan.right]] if plan.right is not None else []
+    ops.append(("P", "=", sp.MatMul(*left, g, *right), names))
+    body = lambda ps: ([(names.get(s, sp.latex(s)), "=", e, names) for s, e in ps.element_temps]
+                       + [(lhs(s), "=", e, names) for s, e in ps.stores])
+    return {
+        "substituted": equations(ops),
+        "scalars": equations([(names.get(s, sp.latex(s)), "=", e, {**names, T_STEP: "t"})
+                              for s, e in [*plan.scalar_temps, *zip(plan.scalars, plan.scalar_exprs)]])
+        if plan.scalars else None,
+        "elements": equations(body(p0) + body(p1)),
+        "ops_before": plan.op_count, "ops_after": plan.op_count, "scalar_ops": 0,
+        "n_scalars": len(plan.scalars), "n_temps": len(p0.element_temps) + len(p1.element_temps),
+        "reads": ", ".join(sorted({rule.state_key(s) if s in rule.state else s.name for s in (*p0.reads, *p1.reads)})),
+        "reductions": {"sums": [], "tensor": None},
+    }
+
+
 def _header(source: str) -> dict:
     """The generated module's header lines (``# key: value``) as a dict."""
     out = {}
@@ -301,10 +344,11 @@ def module_source(family: Family, builtin: bool) -> tuple:
 
 def backend_sources(family: Family, builtin: bool) -> list:
     """``[{name, module, where, header}]`` of the array backends' modules of ``family`` (torch, JAX):
-    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix rule."""
-    from ..codegen.render import TARGETS, is_matrix_family, render_array_family
+    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix plan without an
+    array template."""
+    from ..codegen.render import TARGETS, has_array_module, render_array_family
 
-    if is_matrix_family(family):
+    if not has_array_module(family):
         return []
     out = []
     for name, target in TARGETS.items():
@@ -322,12 +366,14 @@ def backend_sources(family: Family, builtin: bool) -> list:
 
 def verification(family: Family, samples: int) -> list:
     """``symopt verify``'s rows for every variant and dtype (mpmath at 50 digits)."""
-    from ..verify.check import verify_factored_variant, verify_matrix_variant, verify_variant
+    from ..verify.check import (verify_factored_variant, verify_matrix_variant, verify_preconditioned_variant,
+                                verify_variant)
 
     rows = []
     for _, rule in family.variants:
         for dtype in ("float32", "float64"):
             r = (verify_factored_variant(family, rule, dtype) if is_factored_rule(rule)
+                 else verify_preconditioned_variant(family, rule, dtype) if is_preconditioned_rule(rule)
                  else verify_matrix_variant(family, rule, dtype) if is_matrix_rule(rule)
                  else verify_variant(family, rule, dtype, samples=samples))
             rows.append({"variant": r.variant, "dtype": r.dtype, "error": f"{r.max_error:.3e}",
@@ -452,11 +498,14 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
     data = _family_data(source)
     variants = []
     for (when, rule), vdata in zip(family.variants, data["variants"]):
-        matrix, factored = is_matrix_rule(rule), is_factored_rule(rule)
-        plan = make_factored_plan(rule) if factored else make_matrix_plan(rule) if matrix else make_plan(rule)
+        matrix, factored, preconditioned = is_matrix_rule(rule), is_factored_rule(rule), is_preconditioned_rule(rule)
+        plan = (make_factored_plan(rule) if factored else make_preconditioned_plan(rule) if preconditioned
+                else make_matrix_plan(rule) if matrix else make_plan(rule))
         prefix = vdata["prefix"]
         fn_names = ([f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64_matrix", f"{prefix}_f64_vector"]
                     if factored else
+                    [f"{prefix}_scalars", f"{prefix}_f64_pass0", "_inverse_root", f"{prefix}_f64",
+                     f"{prefix}_f64_pass1"] if preconditioned else
                     [f"{prefix}_scalars", f"{prefix}_tensor_scalars", f"{prefix}_f64_pass0", f"{prefix}_f64",
                      f"{prefix}_f64_pass1"] if matrix else
                     [f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64", f"{prefix}_reduce_f64"])
@@ -467,12 +516,14 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
             "condition": None if when == sp.true else math(when, cond_names),
             "options": sorted({family.hyper[s].key or s.name for s in when.free_symbols}),
             "equations": update_equations(rule), "state": state_table(rule),
-            "derivation": (factored_derivation(plan) if factored else matrix_derivation(plan) if matrix
+            "derivation": (factored_derivation(plan) if factored else preconditioned_derivation(plan) if preconditioned
+                           else matrix_derivation(plan) if matrix
                            else derivation(plan)),
             "kernel": highlight(_functions(source, fn_names)),
         })
     others = siblings(family.name) if builtin else []
-    matrix_family = any(is_matrix_rule(r) or is_factored_rule(r) for _, r in family.variants)
+    matrix_family = any(is_matrix_rule(r) or is_factored_rule(r) or is_preconditioned_rule(r)
+                        for _, r in family.variants)
     return {
         "kind": "rule", "title": family.name, "family": family, "builtin": builtin,
         "doc_summary": family.doc.partition("\n\n")[0], "doc_more": family.doc.partition("\n\n")[2],

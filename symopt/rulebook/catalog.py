@@ -17,6 +17,7 @@ CATALOG_MODULES = (
     "symopt.rulebook.research",
     "symopt.rulebook.matrix_rules",
     "symopt.rulebook.factored_rules",
+    "symopt.rulebook.preconditioned_rules",
 )
 
 

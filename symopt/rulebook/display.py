@@ -13,6 +13,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .matrix import Iterate
+from .preconditioned import Preconditioned
 from .reduction import GlobalSum, TensorSum
 
 
@@ -81,6 +82,9 @@ def rule_latex(rule) -> str:
     for left, arrow, rhs, names in update_rows(rule):
         for it in rhs.atoms(Iterate):
             lines += _iteration_lines(it, names)
+        for node in rhs.atoms(Preconditioned):
+            lines += _preconditioner_lines(node, names)
+            rhs = rhs.xreplace({node: _MatrixValue(node.value.xreplace(_timed_states(node, "t")))})
         lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
 
@@ -100,3 +104,32 @@ def _iteration_lines(it, symbol_names: dict) -> list:
     body = sp.latex(it.body.xreplace({var: cur}), symbol_names=symbol_names)
     return [f"{sp.latex(var)}_{{0}} &= {start}",
             rf"{sp.latex(step)} &= {body}, \quad j = 0, \dots, {count} - 1"]
+
+
+class _MatrixValue(sp.Expr):
+    """Display only: the value of a :class:`Preconditioned` node, its states at step t."""
+
+    is_commutative = True
+
+    def _latex(self, printer, exp=None):
+        text = printer._print(self.args[0])
+        return text if exp is None else rf"\left({text}\right)^{{{printer._print(exp)}}}"
+
+
+def _timed_states(node, sub: str) -> dict:
+    """Each matrix state of ``node`` -> the same matrix named with subscript ``sub`` (display only)."""
+    return {st.sym: sp.MatrixSymbol(subscripted(sp.latex(st.sym), sub), *st.sym.shape) for st in node.states}
+
+
+def _preconditioner_lines(node, symbol_names: dict) -> list:
+    """``G = start`` and each matrix state's update (``L_t = L_{t-1} + G Gᵀ``,
+    ``H_L = L_t^{-1/4}`` with its condition) of a :class:`Preconditioned` node."""
+    lines = [f"{sp.latex(node.var)} &= {sp.latex(_readable(node.start), symbol_names=symbol_names)}"]
+    timed, before = _timed_states(node, "t"), _timed_states(node, "t-1")
+    done: dict = {}
+    for st in node.states:
+        rhs = sp.latex(st.update.xreplace({**before, **done}), symbol_names=symbol_names)
+        cond = "" if st.when == sp.true else rf", \quad \text{{if }} {sp.latex(st.when, symbol_names=symbol_names)}"
+        lines.append(f"{sp.latex(timed[st.sym])} &= {rhs}{cond}")
+        done[st.sym] = timed[st.sym]
+    return lines

@@ -43,6 +43,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 from ..functions import REGISTRY, registered
 from .matrix import SHAPE_SYMBOLS, Iterate
 from .factored import FACTOR_SYMBOLS, ColMean, RowMean, is_factored_rule
+from .preconditioned import InverseRoot, Preconditioned
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .metadata import NONE_VALUE, Hyper, RuleError, State, t
 
@@ -95,6 +96,10 @@ def check_expression(expr, where: str) -> None:
         if kind is Iterate:  # its matrix body is checked on its own; start and count are scalar
             check_matrix_body(node, where)
             stack.extend((node.start, node.count))
+            continue
+        if kind is Preconditioned:  # its matrix states and value are checked on their own
+            check_preconditioned(node, where)
+            stack.append(node.start)
             continue
         stack.extend(reversed(node.args))
         if kind in SYMBOL_TYPES:
@@ -159,6 +164,33 @@ def check_matrix_body(node, where: str) -> None:
                 stack.append(a)
             elif not (kind is sp.MatPow and a is m.exp):
                 check_expression(a, f"{where}: coefficient in the iteration body")
+
+
+def check_preconditioned(node, where: str) -> None:
+    """A :class:`Preconditioned` node: its states' initial values, updates and conditions and its
+    value are matrix sums and products of its variable and its states (and ``InverseRoot`` of a
+    state), with scalar coefficients that pass :func:`check_expression`."""
+    bound = {node.var, *(s.sym for s in node.states)}
+    allowed = _MATRIX_TYPES | {InverseRoot, sp.Identity, sp.ZeroMatrix}
+    for st in node.states:
+        check_expression(st.init_diagonal(), f"{where}: initial value of {st.sym.name}")
+        check_expression(st.when, f"{where}: condition of {st.sym.name}")
+        stack = [st.update, node.value]
+        while stack:
+            m = stack.pop()
+            kind = type(m)
+            if kind is sp.MatrixSymbol:
+                if m not in bound:
+                    raise RuleError(f"{where}: the matrix {m.name} is neither {node.var.name} nor a matrix state")
+                continue
+            if kind not in allowed:
+                raise RuleError(f"{where}: {kind.__name__} in a matrix state's update; allowed: MatAdd, MatMul, "
+                                f"Transpose, InverseRoot of {node.var.name} and the matrix states")
+            for a in m.args:
+                if isinstance(a, sp.MatrixExpr):
+                    stack.append(a)
+                elif kind is not sp.MatPow:
+                    check_expression(a, f"{where}: coefficient in the update of {st.sym.name}")
 
 
 def _is_real(x) -> bool:

@@ -153,6 +153,10 @@ def write(path, opt, *, params: bool = True) -> None:
     kinds = opt.state_kinds
     if any(kind != "full" for kind in kinds.values()):  # a factored rule: row/col states of their own shapes
         meta["state_kinds"] = [kinds[key] for key in keys]
+    mkeys = list(opt.matrix_state_keys)
+    if mkeys:  # a preconditioned rule's matrix states, each of its own shape
+        meta["matrix_state_keys"] = mkeys
+        meta["matrix_state_shapes"] = [[list(s) for s in opt.matrix_state_shapes(j)] for j in range(len(tensors))]
     arrays = {"meta": np.array(json.dumps(meta)),
               "step": np.array([state[j]["step"] for j in range(len(tensors))], dtype=np.int64)}
     for j in range(len(tensors)):
@@ -160,6 +164,8 @@ def write(path, opt, *, params: bool = True) -> None:
             if key in state[j]:  # a factored rule keeps some states for some param shapes only
                 value = state[j][key]
                 arrays[f"state_{k}_{j}"] = np.ascontiguousarray(value).reshape(value.shape)  # 0-d stays 0-d
+        for k, key in enumerate(mkeys):
+            arrays[f"matrix_{k}_{j}"] = np.ascontiguousarray(state[j][key])
         if params:
             arrays[f"param_{j}"] = tensors[j]
     buffer = io.BytesIO()
@@ -321,6 +327,14 @@ def _check_meta(meta, path) -> None:
     kinds = meta.get("state_kinds", ["full"] * len(keys))
     if not isinstance(kinds, list) or len(kinds) != len(keys) or not all(k in STATE_KINDS for k in kinds):
         _fail(path, f"meta['state_kinds'] must list one of {STATE_KINDS} per state key")
+    mkeys, mshapes = meta.get("matrix_state_keys", []), meta.get("matrix_state_shapes", [])
+    if not isinstance(mkeys, list) or len(mkeys) > 64 or not all(_name_ok(k) for k in mkeys):
+        _fail(path, "matrix state keys must be a list of short printable strings")
+    if mkeys and (not isinstance(mshapes, list) or len(mshapes) != len(meta["shapes"]) or not all(
+            isinstance(ss, list) and len(ss) == len(mkeys) and all(
+                isinstance(s, list) and len(s) == 2 and all(type(d) is int and 0 <= d <= MAX_ELEMENTS for d in s)
+                and s[0] * s[1] <= MAX_ELEMENTS for s in ss) for ss in mshapes)):
+        _fail(path, "matrix state shapes are malformed")
     seen = []
     for gi, g in enumerate(meta["groups"]):
         if not isinstance(g, dict) or not isinstance(g.get("params"), list) or not isinstance(g.get("hyper"), dict):
@@ -386,6 +400,12 @@ class Reader:
                 if info is None:
                     _fail(self.path, f"state {key!r} of param {j} is missing")
                 entry[key] = _read_member(self._zip, info, dtype, want, f"state {key!r} of param {j}")
+            for k, key in enumerate(self.meta.get("matrix_state_keys", [])):
+                info = _member(self._zip, f"matrix_{k}_{j}")
+                if info is None:
+                    _fail(self.path, f"matrix state {key!r} of param {j} is missing")
+                mshape = tuple(self.meta["matrix_state_shapes"][j][k])
+                entry[key] = _read_member(self._zip, info, dtype, mshape, f"matrix state {key!r} of param {j}")
             state[j] = entry
             if saved is not None:
                 info = _member(self._zip, f"param_{j}")
@@ -459,6 +479,9 @@ def _check_fits(path, ck: dict, opt, tensors) -> None:
         _fail(path, "param groups differ (number of groups or params per group)")
     if meta["state_keys"] != list(opt.state_keys):
         _fail(path, f"state keys {meta['state_keys']} differ from the rule's")
+    if meta.get("matrix_state_keys", []) != list(opt.matrix_state_keys) or meta.get("matrix_state_shapes", []) != (
+            [[list(s) for s in opt.matrix_state_shapes(j)] for j in range(len(tensors))] if opt.matrix_state_keys else []):
+        _fail(path, "matrix states (keys or shapes) differ from the rule's")
 
 
 def _state_dict(ck, state: dict, opt, path) -> dict:

@@ -28,7 +28,7 @@ import struct
 import numpy as np
 
 from .._version import __version__
-from . import checkpoint, kernels, layout, matrix, reduction, scheduled
+from . import checkpoint, kernels, layout, matrix, reduction, scheduled, threads
 
 __all__ = ["Optimizer", "NonFiniteGradientError", "save", "load"]
 
@@ -39,9 +39,12 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
-#: The keys of a param group that are not hyperparameters: its params, and the rule it names
-#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
-GROUP_KEYS = ("params", "rule")
+#: The keys of a param group that are not hyperparameters: its params, the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups), and
+#: for a matrix rule how its params are read as matrices (Optax's ``MuonDimensionNumbers``:
+#: ``{"params": [...], "dimension_numbers": MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)}``;
+#: runtime/matrix.py).
+GROUP_KEYS = ("params", "rule", "dimension_numbers")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -174,6 +177,14 @@ class Optimizer:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            if "dimension_numbers" in full:
+                if any("factored" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers is for Newton–Schulz rules (muon); {spec.name!r} "
+                                     f"reads a param of shape (…, m, n) as a stack of m × n matrices")
+                if not any("matrix" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers, but {spec.name!r} is an elementwise rule "
+                                     f"(only matrix rules read params as matrices)")
+                full["dimension_numbers"] = matrix.dimension_numbers(full["dimension_numbers"], where)
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
             if variant is None:
@@ -285,6 +296,7 @@ class Optimizer:
         self._tables: dict = {}
         self._all_active = np.ones(len(sizes), dtype=np.bool_)
         self._shapes = [p.shape for p in self._tensors]
+        self._grad_ids, self._grad_readers = None, []  # step(): ids of the last grads, a reader of each one's pointer
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -303,6 +315,7 @@ class Optimizer:
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
+        self._t_all = 0  # the step count of every param when they are all equal, else -1 (kept with _steps)
         self._step_counts = self._steps.view()
         self._step_counts.flags.writeable = False
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
@@ -319,7 +332,11 @@ class Optimizer:
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs)
+        dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims)
+        # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
+        self._matrix_state = getattr(self._matrix, "state", None)
+        self._matrix_reset = getattr(self._matrix, "reset", None)
         if self._matrix is None:
             self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
             self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
@@ -336,6 +353,8 @@ class Optimizer:
         self._raw_values = (operator.itemgetter(*keys) if len(keys) > 1
                             else (lambda g, k=keys[0]: (g[k],)) if keys else (lambda g: ()))
         self._tables[(1, False, None)] = (self._chunks, self._work)
+        # step() takes _step_all when every param is at one step count and none of these applies
+        self._plain = self._matrix is None and self._reduce is None and self._flat is None
 
     def _init_state(self):
         mod = self._spec.module
@@ -354,6 +373,8 @@ class Optimizer:
                 buf[o:o + n] = self._tensors[j].reshape(-1)
             else:
                 buf[o:o + n] = init
+        if self._matrix_reset is not None:
+            self._matrix_reset(j)
 
     # -------------------------------------------------------------- stepping
     @property
@@ -392,6 +413,15 @@ class Optimizer:
         return self._step_counts
 
     @property
+    def matrix_state_keys(self) -> tuple:
+        """The names of a preconditioned rule's per-tensor matrix states (``pre_cond_0``...; else empty)."""
+        return self._matrix.keys if self._matrix_state is not None else ()
+
+    def matrix_state_shapes(self, j: int) -> tuple:
+        """The shapes of tensor ``j``'s matrix states, in :attr:`matrix_state_keys` order."""
+        return tuple(m.shape for m in self._matrix.mats[j]) if self._matrix_state is not None else ()
+
+    @property
     def state(self) -> dict:
         """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
         out = {}
@@ -401,6 +431,8 @@ class Optimizer:
                 if shapes[j] is not None:  # a factored rule keeps some states for some params only
                     o = int(offs[j])
                     entry[key] = buf[o:o + math.prod(shapes[j])].reshape(shapes[j])
+            if self._matrix_state is not None:  # a preconditioned rule's matrix states (L, R, ...)
+                entry.update(self._matrix_state(j))
             out[j] = entry
         return out
 
@@ -453,14 +485,23 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
         off = layout.DATA_OFFSET
         if off is not None:
-            ndarray, dt, read = np.ndarray, self.dtype, layout._read_pointer
-            addrs = []
+            # Every grad an ndarray of the params' dtype object, shape and C order; every param still
+            # writable, at its address, with its shape.
+            ndarray, dt = np.ndarray, self.dtype
             for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
                         or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
-                addrs.append(read(id(g) + off).value or 0)
             else:
+                # The grads' data pointers, read at every call through one ctypes reader per grad object:
+                # the readers are made again only when other objects come (an id is unique among live
+                # objects, the grads are alive here and all are plain ndarrays), so a grad moved to another
+                # buffer in place is read at its new address.
+                ids = list(map(id, grads))
+                if ids != self._grad_ids:
+                    self._grad_readers = [layout._read_pointer(a + off) for a in ids]
+                    self._grad_ids = ids
+                addrs = [r.value or 0 for r in self._grad_readers]
                 if addrs != self._grads_checked:  # other addresses than the last step's
                     key = tuple(addrs)
                     table = self._grads_seen.get(key)
@@ -504,7 +545,10 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        return self._step(self._check_grads(grads))
+        active = self._check_grads(grads)
+        if active is None and self._t_all >= 0 and self._plain:
+            return self._step_all()
+        return self._step(active)
 
     def step_at(self, addresses) -> None:
         """:meth:`step` with each gradient given by the address of its data (``None``: skip that param).
@@ -578,20 +622,58 @@ class Optimizer:
                                  f"param or another gradient (pass a copy)")
         self._grads_checked = gptr if mask is None else None
 
+    def _step_all(self) -> None:
+        """:meth:`_step` of every param when all are at one step count, for an elementwise rule on separate
+        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes."""
+        t = self._t_all + 1
+        pack, buf, rowbytes = self._scal_packer
+        cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
+        for gi in range(len(cache)):
+            cached = cache[gi]
+            if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
+                self._group_values(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                cached = cache[gi]
+            pack(buf, gi * rowbytes, *self._scalar_fn(t, *cached[2]))
+        nworkers = threads.current() if self._total >= self.parallel_threshold else 1
+        if nworkers > 1:
+            table = self._tables.get((nworkers, False, None))
+            if table is None:  # the first threaded step with this many threads plans the table
+                return self._step(None)
+            chunks, work = table
+            kernel = self._kernel_parallel
+        else:
+            chunks, work, kernel = self._chunks, self._work, self._kernel_serial
+        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
+                      self.on_nonfinite != "ignore")
+        if nbad:
+            return self._nonfinite(nbad)
+        self._steps.fill(t)
+        self._t_all = t
+        return None
+
+    def _nonfinite(self, nbad) -> None:
+        """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            return None
+        raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
+                                     f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
+
     def _step(self, active) -> None:
         """One step over the params marked in ``active`` (None: all), grads at ``_gptr`` (checked)."""
         if active is None:
             mask = self._all_active
             total = self._total
+            t0 = self._t_all
         else:
             if not active.any():
                 return None
             mask = active
             total = int(self._sizes[active].sum())
-        nworkers = _threads() if total >= self.parallel_threshold and self._matrix is None else 1
+            t0 = layout.uniform_step(self._steps, mask)
+        nworkers = threads.current() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
-        t0 = layout.uniform_step(self._steps, mask)
         if t0 >= 0:
             # Every stepped tensor is at step t0: one scalar row per group, cached tables.
             t = t0 + 1
@@ -630,12 +712,13 @@ class Optimizer:
         else:
             nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
         if nbad:
-            if self.on_nonfinite == "skip":
-                self.skipped_steps += 1
-                return None
-            raise NonFiniteGradientError(f"{nbad} gradient value(s) are NaN or inf; no param or state was modified "
-                                         f"(on_nonfinite='skip' skips such steps, 'ignore' does not check)")
-        layout.advance(self._steps, mask)
+            return self._nonfinite(nbad)
+        if active is None and t0 >= 0:
+            self._steps.fill(t0 + 1)
+            self._t_all = t0 + 1
+        else:
+            layout.advance(self._steps, mask)
+            self._t_all = layout.uniform_step(self._steps, self._all_active)
         return None
 
     def _rows_by_step(self, active, nworkers):
@@ -705,6 +788,12 @@ class Optimizer:
             for key in merged:
                 if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
+            if "dimension_numbers" in merged:
+                if self._matrix is None:
+                    raise ValueError(f"state_dict param group {gi} has dimension_numbers, but {self.rule_name!r} is an "
+                                     f"elementwise rule")
+                merged["dimension_numbers"] = matrix.dimension_numbers(merged["dimension_numbers"],
+                                                                       f"state_dict param group {gi}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
@@ -737,9 +826,18 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {want}the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
+            for key, shape in zip(self.matrix_state_keys, self.matrix_state_shapes(j)):
+                if key not in entry:
+                    raise ValueError(f"state of param {pid} is missing the matrix state {key!r} (rule "
+                                     f"{self.variant!r} needs {self.matrix_state_keys})")
+                arr = np.asarray(entry[key])
+                if arr.shape != shape or arr.dtype.kind not in "fiu":
+                    raise ValueError(f"matrix state {key!r} of param {pid} is a {arr.dtype} array of shape "
+                                     f"{arr.shape}; the param's is {shape}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),
                             [None if shapes[j] is None else np.array(entry[k], dtype=self.dtype, copy=True)
-                             for k, shapes in zip(keys, self._state_shapes)])
+                             for k, shapes in zip(keys, self._state_shapes)],
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in self.matrix_state_keys])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
         init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
@@ -749,21 +847,31 @@ class Optimizer:
             if j not in new_state and gi not in inits:
                 first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
                 inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # the saved groups' dimension_numbers win, as their hyperparameters do: the matrix layouts are rebuilt
+        new_matrix = self._matrix
+        dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
+            new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
+                                      self.rule_name, self._state_offs, dims)
         # -- everything checked and converted: now modify (nothing below can fail)
+        self._matrix = new_matrix
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
         for j in range(len(self._tensors)):
             if j in new_state:
-                step, arrays = new_state[j]
+                step, arrays, mats = new_state[j]
                 for buf, offs, arr in zip(self._state, self._state_offs, arrays):
                     if arr is not None:
                         o = int(offs[j])
                         buf[o:o + arr.size] = arr.reshape(-1)
+                if self.matrix_state_keys:
+                    self._matrix.load(j, mats, started=step > 0)
                 self._steps[j] = step
             else:
                 self._reset_tensor_state(j, inits[int(self._group_of[j])])
                 self._steps[j] = 0
+        self._t_all = layout.uniform_step(self._steps, self._all_active)
         if meta is not None:
             self.skipped_steps = skipped
 
@@ -824,7 +932,7 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         spec = _Spec(module)
         for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
             try:
-                unknown = sorted(k for k in h if k not in spec.defaults)
+                unknown = sorted(k for k in h if k not in spec.defaults and k not in GROUP_KEYS)
                 if unknown:
                     raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
                 spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")
@@ -834,14 +942,3 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         checkpoint.load_into(opt, path, restore_params=restore_params, checkpoint=ck)
     return opt
 
-
-_get_num_threads = None
-
-
-def _threads() -> int:
-    global _get_num_threads
-    if _get_num_threads is None:
-        import numba
-
-        _get_num_threads = numba.get_num_threads
-    return _get_num_threads()

@@ -36,8 +36,9 @@ import numbers
 
 import numpy as np
 
-from . import kernels, layout, scheduled
-from .optimizer import NonFiniteGradientError, _Spec, _threads
+from . import kernels, layout, scheduled, threads
+from .optimizer import NonFiniteGradientError, _Spec
+
 
 __all__ = ["kernel", "RuleKernel", "CheckedFunction"]
 
@@ -230,7 +231,7 @@ class RuleKernel:
         tensor: its elements split among numba's threads as the optimizer splits them."""
         param, grad, *state = arrays
         n = param.size
-        nworkers = _threads() if parallel else 1
+        nworkers = threads.current() if parallel else 1
         table = self._tables.get((n, nworkers))
         if table is None:
             if len(self._tables) > 64:

@@ -16,11 +16,29 @@ cores).
 from __future__ import annotations
 
 import numba
+from numba.np.ufunc import parallel as _parallel
+
+_read_count = None  # the threading layer's own reader of the calling thread's count, once the pool runs
 
 
 def get_num_threads() -> int:
     """Threads a threaded step uses when called from this thread."""
     return numba.get_num_threads()
+
+
+def current() -> int:
+    """:func:`get_num_threads` for the step itself: ~0.1 µs instead of ~1.5 µs.
+
+    ``numba.get_num_threads`` starts the thread pool if needed (under a lock) and then asks the
+    threading layer; after the first call this asks the layer directly (the same thread-local
+    count that ``numba.set_num_threads`` writes).
+    """
+    global _read_count
+    if _read_count is None:
+        n = numba.get_num_threads()  # starts the pool; binds the layer's functions
+        _read_count = getattr(_parallel, "_get_num_threads", None) or numba.get_num_threads
+        return n
+    return _read_count()
 
 
 def set_num_threads(n: int) -> None:

@@ -199,13 +199,14 @@ def _as_array(value, pid, key) -> np.ndarray:
     return arr
 
 
-def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shapes=None):
+def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shapes: dict | None = None):
     """One param's torch-format state -> ``(step, {key: array})``, or None for "not started".
 
     ``keys`` are the state keys of the rule variant (e.g. ``exp_avg``,
     ``exp_avg_sq``); a missing one raises ``ValueError`` naming it.  Values of
-    :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.  ``shapes``
-    gives the shape of the keys that are not of the param's (a factored rule's ``row_var``).
+    :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.  ``shapes``: the
+    keys whose arrays have a shape of their own (a factored rule's ``row_var``, a preconditioned
+    rule's matrix states).
     """
     shapes = shapes or {}
     if not isinstance(entry, dict):

@@ -35,6 +35,7 @@ import torch
 from torch.optim import optimizer as _torch_optimizer
 
 from .._version import __version__
+from ..runtime.matrix import dimension_numbers
 from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .backend import BackendDispatch
 from .interop import (
@@ -229,9 +230,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         if "rule" in param_group and param_group["rule"] not in (self._rule, self.rule_name):
             # torch's wrappers (ZeroRedundancyOptimizer) put the constructor's keywords, rule= too, in every group
             raise ValueError(f"{where}: rule {param_group['rule']!r}, but this optimizer runs {self.rule_name!r}")
-        check_group_keys({k: v for k, v in param_group.items() if k != "rule"}, self._keys, self._fmt, where,
-                         self.rule_name, strict=True)
+        check_group_keys({k: v for k, v in param_group.items() if k not in ("rule", "dimension_numbers")},
+                         self._keys, self._fmt, where, self.rule_name, strict=True)
         _check_implementation_options(param_group)
+        if "dimension_numbers" in param_group:
+            # Optax's MuonDimensionNumbers, kept as plain tuples: torch.load(weights_only=True) reads them back
+            param_group = {**param_group, "dimension_numbers": dimension_numbers(param_group["dimension_numbers"], where)}
         super().add_param_group(param_group)
         try:
             for i, p in enumerate(self.param_groups[-1]["params"]):
@@ -255,6 +259,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 hyper = {k: plain_value(group[k], k) for k in self._keys}
             except KeyError as exc:
                 raise ValueError(f"{self.rule_name}: param group {gi} has no value for {exc.args[0]!r}") from None
+            if group.get("dimension_numbers") is not None:     # a matrix rule's reading of its params
+                hyper["dimension_numbers"] = group["dimension_numbers"]
             core_groups.append({"params": views, **hyper})
         dtypes = sorted({str(p.dtype) for p in params})
         if len(dtypes) > 1:
@@ -585,8 +591,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"state_dict param group {gi} has {len(saved['params'])} params, the optimizer's "
                                  f"has {len(group['params'])}")
-            check_group_keys(saved, self._keys, self._fmt, f"state_dict param group {gi}", self.rule_name,
-                             strict=False)
+            check_group_keys({k: v for k, v in saved.items() if k != "dimension_numbers"}, self._keys, self._fmt,
+                             f"state_dict param group {gi}", self.rule_name, strict=False)
             merged = {**{k: v for k, v in group.items() if k != "params"},
                       **{k: v for k, v in saved.items() if k != "params"}}
             merged["params"] = group["params"]

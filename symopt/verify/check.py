@@ -216,6 +216,86 @@ def _hyper_value(h, v):
     return (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
 
 
+#: Tolerances of the preconditioned rules (relative to the largest exact value): the inverse roots
+#: of the statistics amplify rounding by their condition number (ε = 1e-6 against ‖L‖ ≈ 10 on the
+#: small shapes gives 1e-11 in float64).  In float32 an eigenvalue ε = 1e-6 lies below the
+#: eigensolver's resolution u‖L‖ ≈ 1e-6, so float32 is verified with initial diagonals of at
+#: least :data:`FLOAT32_MIN_DIAGONAL` (condition numbers ≤ 1e3).
+PRECONDITIONED_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+FLOAT32_MIN_DIAGONAL = 1e-2
+
+
+def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, seed: int = 0,
+                                  hyper: dict | None = None) -> Result:
+    """Compare the generated step of a preconditioned rule (:mod:`~symopt.rulebook.preconditioned`)
+    with mpmath on the 2-D :data:`MATRIX_SHAPES`: param, elementwise and matrix states, each step
+    from the generated code's own previous state."""
+    import mpmath
+
+    from ..rulebook.metadata import t as t_sym
+    from ..rulebook.preconditioned import preconditioners_in
+    from ..runtime.optimizer import Optimizer
+    from .matrix import exact_preconditioned_step
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    kwargs = {**_options_for(family, rule), **(hyper or {})}
+    worst, worst_where, count = 0.0, "", 0
+    mpmath.mp.dps = _DPS
+    state_syms = {rule.state_key(s): s for s in rule.state}
+    node = next(n for _, rhs in rule.updates for n in preconditioners_in(rhs))
+    mat_keys = [st.key for st in node.states]
+    if dt == np.float32:
+        for st in node.states:
+            d = st.init_diagonal()
+            if d in rule.hyper and rule.hyper[d].index is None:
+                key = rule.hyper_key(d)
+                kwargs[key] = max(float(kwargs.get(key, rule.hyper[d].default)), FLOAT32_MIN_DIAGONAL)
+    for shape in MATRIX_SHAPES:
+        if len(shape) != 2:
+            continue
+        params = rng.standard_normal(shape).astype(dt)
+        opt = Optimizer(_name_or_family(family), [params], **kwargs)
+        hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
+        for _ in range(int(rng.integers(0, 3))):
+            opt.step([rng.standard_normal(shape).astype(dt)])
+        keys = opt.state_keys
+        for k in range(steps):
+            grad = rng.standard_normal(shape).astype(dt)
+            old_p = params.reshape(-1).copy()
+            old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
+            t_val = int(opt.step_counts[0]) + 1
+            old_mats = None if t_val == 1 else {key: opt.state[0][key].copy() for key in mat_keys}
+            opt.step([grad])
+            values = []
+            for i, gi in enumerate(grad.reshape(-1)):
+                vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(gi)), t_sym: t_val,
+                        **hyper_by_sym}
+                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][i])) for key in keys})
+                values.append(vals)
+            envs, mats = exact_preconditioned_step(rule, values, shape, old_mats)
+            outs = [("param", [env[rule.param] for env in envs], params.reshape(-1))]
+            outs += [(key, [env[state_syms[key]] for env in envs], opt.state[0][key].reshape(-1)) for key in keys]
+            outs += [(key, list(mats[key]), opt.state[0][key].reshape(-1)) for key in mat_keys]
+            for label, exact, got in outs:
+                scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
+                for i, e in enumerate(exact):
+                    err = float(abs(mpmath.mpf(float(got[i])) - e)) / scale
+                    if not math.isfinite(float(got[i])):
+                        err = math.inf
+                    if err > worst:
+                        worst = err
+                        worst_where = f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, exact {float(e)!r}"
+            count += len(values)
+    return Result(family.name, rule.name, dtype, worst, PRECONDITIONED_TOLERANCE[dtype], worst_where, count)
+
+
+def _is_preconditioned_rule(rule) -> bool:
+    from ..rulebook.preconditioned import Preconditioned
+
+    return any(rhs.has(Preconditioned) for _, rhs in rule.updates)
+
+
 def _is_matrix_rule(rule) -> bool:
     from ..rulebook.matrix import Iterate
 
@@ -354,6 +434,8 @@ def verify(names=None, *, samples: int = 200, steps: int = 3, seed: int = 0, dty
             for dtype in dtypes:
                 if _is_factored_rule(rule):
                     results.append(verify_factored_variant(fam, rule, dtype, steps=steps, seed=seed))
+                elif _is_preconditioned_rule(rule):
+                    results.append(verify_preconditioned_variant(fam, rule, dtype, steps=steps, seed=seed))
                 elif _is_matrix_rule(rule):
                     results.append(verify_matrix_variant(fam, rule, dtype, steps=steps, seed=seed))
                 else:

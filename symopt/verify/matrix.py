@@ -78,3 +78,90 @@ def exact_matrix_step(rule, values: list, shape: tuple) -> list:
         for env, value in zip(envs, evaluate_elementwise(rhs.xreplace(repl), envs)):
             env[lhs] = value
     return envs
+
+
+def _mp_matrix_value(expr, mats: dict, scalars):
+    """A :class:`~symopt.rulebook.preconditioned.Preconditioned` matrix expression at the mpmath
+    matrices ``mats`` (symbol -> matrix): sums, products, transposes, ``InverseRoot`` by
+    ``mpmath.eigsy`` (``V diag(λ^{-1/p}) Vᵀ``)."""
+    import mpmath
+    import sympy as sp
+
+    from ..rulebook.preconditioned import InverseRoot
+
+    if expr in mats:
+        return mats[expr]
+    if isinstance(expr, sp.Transpose):
+        return _mp_matrix_value(expr.arg, mats, scalars).T
+    if isinstance(expr, sp.MatAdd):
+        parts = [_mp_matrix_value(a, mats, scalars) for a in expr.args]
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p
+        return out
+    if isinstance(expr, sp.MatMul):
+        coeff, out = mpmath.mpf(1), None
+        for f in expr.args:
+            if isinstance(f, sp.MatrixExpr):
+                value = _mp_matrix_value(f, mats, scalars)
+                out = value if out is None else out * value
+            else:
+                coeff *= scalars(f)
+        return out * coeff
+    if isinstance(expr, InverseRoot):
+        e, q = mpmath.eigsy(_mp_matrix_value(expr.base, mats, scalars))
+        p = scalars(expr.root)
+        n = e.rows
+        d = mpmath.matrix(n, n)
+        for i in range(n):
+            d[i, i] = e[i] ** (-1 / p)
+        return q * d * q.T
+    raise TypeError(f"cannot evaluate {type(expr).__name__} in a preconditioned rule")
+
+
+def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> tuple:
+    """Apply ``rule``'s updates (one :class:`~symopt.rulebook.preconditioned.Preconditioned`) to a
+    tensor of ``shape`` at 50 digits from the matrix states ``mats`` (key -> float array; None at
+    the tensor's first step: their initial values).  Returns the envs and the new matrix states
+    (key -> mpmath matrix)."""
+    import mpmath
+    import sympy as sp
+
+    from ..rulebook.matrix import cols, rows
+    from ..rulebook.preconditioned import Preconditioned
+
+    nrows = shape[0]
+    ncols = len(values) // nrows
+    envs = [{**v, rows: mpmath.mpf(nrows), cols: mpmath.mpf(ncols)} for v in values]
+    out_mats: dict = {}
+
+    def scalars(expr, env=envs[0]):
+        syms = sorted(expr.free_symbols, key=lambda s: s.name)
+        return sp.lambdify(syms, expr, modules="mpmath", dummify=True)(*[env[s] for s in syms])
+
+    for lhs, rhs in rule.updates:
+        repl = {}
+        for k, node in enumerate(rhs.atoms(Preconditioned)):
+            start = evaluate_elementwise(node.start, envs)
+            g = mpmath.matrix(nrows, ncols)
+            for i, v in enumerate(start):
+                g[i // ncols, i % ncols] = v
+            current = {node.var: g}
+            for st in node.states:
+                n = nrows if st.sym.shape[0] == rows else ncols
+                if mats is None:
+                    current[st.sym] = mpmath.eye(n) * scalars(st.init_diagonal())
+                else:
+                    current[st.sym] = mpmath.matrix(mats[st.key].tolist())
+            for st in node.states:
+                if bool(scalars(sp.Piecewise((1, st.when), (0, True)))):
+                    current[st.sym] = _mp_matrix_value(st.update, current, scalars)
+                out_mats[st.key] = current[st.sym]
+            value = _mp_matrix_value(node.value, current, scalars)
+            sym = sp.Dummy(f"preconditioned{k}")
+            for i, env in enumerate(envs):
+                env[sym] = value[i // ncols, i % ncols]
+            repl[node] = sym
+        for env, v in zip(envs, evaluate_elementwise(rhs.xreplace(repl), envs)):
+            env[lhs] = v
+    return envs, out_mats

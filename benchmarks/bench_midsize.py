@@ -1,0 +1,230 @@
+"""Every size at the limit: Adam on mid-size tensors, the fixed cost of ``step()``, thread wake-up, warm start.
+
+    python -m symopt bench --only midsize [--quick]     (or: python benchmarks/bench_midsize.py [--quick])
+
+1. Mid-size tensors -- one tensor of 1e4, 1e5, 1e6 elements, float32 and float64: the unchecked
+   (``on_nonfinite="ignore"``) and the checked Adam step against the *best same-traffic kernel* at
+   that size: a serial loop and a ``prange`` loop that read and write the very arrays the step does
+   (param, grad, the state buffers), whichever is faster in that round.  A cell is the median over
+   rounds of (step time / best same-traffic time in the same round).  Targets: unchecked within 1.5x
+   (1e4), 1.3x (1e5), 1.15x (1e6); checked at most one extra read of the grad beyond that (a read:
+   the faster of a serial and a ``prange`` loop that only reads the grad, same round).
+2. The fixed cost of ``step()``: 2 tensors, 650 float32 elements, the median over rounds of
+   (step time - time of the bare compiled kernel call on the same arrays).  Target <= 2 us.
+3. Thread wake-up: a ``prange`` loop over a few elements against the same loop serial (one
+   fork/join); a checked threaded step runs two parallel regions (the scan, then the update).
+4. Warm start: a fresh process with a warm numba cache imports symopt, builds Adam, steps once
+   (best of 3; target <= 0.5 s, no SymPy), and the imports that take longest (``python -X importtime``).
+
+Every candidate of a comparison runs round-robin in one process (benchmarks/suite.py's ``measure``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import numba
+import numpy as np
+
+import symopt
+
+SIZES = (10 ** 4, 10 ** 5, 10 ** 6)
+TARGET = {10 ** 4: 1.5, 10 ** 5: 1.3, 10 ** 6: 1.15}
+FIXED_TARGET_US = 2.0
+WARM_TARGET_S = 0.5
+
+
+def _serial(fn):
+    """The serial twin of a ``prange`` function of suite.py (``prange`` runs as ``range`` without parallel=True)."""
+    return numba.njit(error_model="numpy")(fn.py_func)
+
+
+@numba.njit(parallel=True)
+def _fork_join(x):
+    """One parallel region doing (almost) nothing: one element per thread."""
+    for i in numba.prange(x.shape[0]):
+        x[i] += 1.0
+
+
+def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
+    """Target 1: rows {"dtype", "n", "ignore", "check", "reads", "serial": bool (the step's kernel), "best": "serial"|"prange"}."""
+    rng = np.random.default_rng(7)
+    rows = []
+    read_serial = _serial(suite._read_once)
+    for dtype in suite.DTYPES:
+        dname = np.dtype(dtype).name
+        for n in sizes:
+            p0 = (rng.standard_normal(n)).astype(dtype)
+            g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+            opt_i = symopt.optimizer("adam", [p0.copy()], on_nonfinite="ignore")
+            opt_c = symopt.optimizer("adam", [p0.copy()])
+            tp, states = opt_i.param_groups[0]["params"][0], opt_i._state
+            par = suite._TRAFFIC[len(states)]
+            ser = _serial(par)
+            c = np.dtype(dtype).type(0.5)
+            opt_i.step([g])
+            # The bare compiled kernel the unchecked step calls, on its own arrays and tables: the step
+            # minus the Python around it (a miss of the kernel itself is arithmetic, not fixed cost).
+            threaded = n >= opt_i.parallel_threshold and symopt.get_num_threads() > 1
+            chunks, work = opt_i._tables[(symopt.get_num_threads(), False, None)] if threaded else (opt_i._chunks,
+                                                                                                     opt_i._work)
+            kern = opt_i._kernel_parallel if threaded else opt_i._kernel_serial
+            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, False)
+            res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
+                                 "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
+                                 "kernel": lambda: kern(*kargs),
+                                 "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
+                                rounds=rounds, budget=8.0)
+            s = {k: np.array(v["samples"]) for k, v in res.items()}
+            best = np.minimum(s["prange"], s["serial"])
+            read = np.minimum(s["read prange"], s["read serial"])
+            row = {"dtype": dname, "n": n, "ignore": float(np.median(s["ignore"] / best)),
+                   "check": float(np.median(s["check"] / best)),
+                   "reads": float(np.median((s["check"] - s["ignore"]) / read)),
+                   "read": float(np.median(read / best)),
+                   "kernel": float(np.median(s["kernel"] / best)),
+                   "best": "prange" if np.median(s["prange"] / s["serial"]) < 1 else "serial",
+                   "threaded": threaded,
+                   "best_us": float(np.median(best)) * 1e6}
+            rows.append(row)
+            log(f"  adam {dname} n={n:>8}: unchecked {row['ignore']:.2f}x  checked {row['check']:.2f}x of the best "
+                f"same-traffic kernel ({row['best']}, {row['best_us']:.1f} us); bare kernel call {row['kernel']:.2f}x; "
+                f"the check costs {row['reads']:.2f} grad reads; step {'threaded' if row['threaded'] else 'serial'}")
+    return rows
+
+
+def fixed_cost(suite, rounds: int, log) -> dict:
+    """Target 2: median over rounds of (step - bare kernel call), 2 tensors, 650 float32."""
+    rng = np.random.default_rng(8)
+    p = [rng.standard_normal((25, 25)).astype(np.float32), rng.standard_normal(25).astype(np.float32)]
+    g = [np.full_like(x, 1e-3) for x in p]
+    opt = symopt.optimizer("adam", p, lr=1e-3)
+    opt.step(g)
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, True)
+    kernel = opt._kernel_serial
+    res = suite.measure({"step": lambda: opt.step(g), "kernel": lambda: kernel(*args)}, rounds=rounds * 3, budget=8.0)
+    over = np.array(res["step"]["samples"]) - np.array(res["kernel"]["samples"])
+    out = {"step": res["step"]["median"], "kernel": res["kernel"]["median"], "fixed": float(np.median(over))}
+    log(f"  step() on 2 tensors / 650 float32: {out['step'] * 1e6:.2f} us, bare kernel call {out['kernel'] * 1e6:.2f} us, "
+        f"fixed cost {out['fixed'] * 1e6:.2f} us (median of per-round differences)")
+    return out
+
+
+def wake_up(suite, rounds: int, log) -> dict:
+    """Target 3: one fork/join of numba's threads (prange over one element per thread, minus the serial loop)."""
+    x = np.zeros(max(2, symopt.get_num_threads()))
+    serial = _serial(_fork_join)
+    res = suite.measure({"prange": lambda: _fork_join(x), "serial": lambda: serial(x)}, rounds=rounds * 2, budget=4.0)
+    diff = np.array(res["prange"]["samples"]) - np.array(res["serial"]["samples"])
+    cost, best = float(np.median(diff)), res["prange"]["min"] - res["serial"]["min"]
+    log(f"  one fork/join of {symopt.get_num_threads()} threads: {cost * 1e6:.2f} us (median), {best * 1e6:.2f} us "
+        f"(difference of the minimums); a checked threaded step runs 2 parallel regions, an unchecked one 1")
+    return {"fork_join": cost, "fork_join_min": best, "threads": symopt.get_num_threads(),
+            "layer": numba.threading_layer()}
+
+
+_WARM = textwrap.dedent("""
+    import sys, numpy as np, symopt
+    opt = symopt.optimizer("adam", [np.zeros((10, 10), np.float32), np.zeros(10, np.float32)], lr=1e-3)
+    opt.step([np.ones((10, 10), np.float32), np.ones(10, np.float32)])
+    print("sympy" in sys.modules)
+""")
+
+
+def warm_start(log) -> dict:
+    """Target 4: fresh process, warm cache (best of 3), and the slowest imports by -X importtime."""
+    subprocess.run([sys.executable, "-c", _WARM], check=True, capture_output=True)   # warm the cache
+    walls, sympy = [], None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", _WARM], check=True, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        sympy = out.stdout.strip() == "True"
+    base = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        base.append(time.perf_counter() - t0)
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", _WARM], check=True, capture_output=True,
+                         text=True).stderr
+    cum = {}
+    for line in err.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(3)) <= 3:   # top-level imports and their direct children
+            cum[m.group(4)] = int(m.group(2)) * 1e-6
+    top = sorted(cum.items(), key=lambda kv: -kv[1])[:6]
+    out = {"seconds": min(walls), "python": min(base), "sympy": sympy, "imports": top}
+    log(f"  fresh process, warm cache: {out['seconds']:.2f} s (bare python: {out['python']:.2f} s), SymPy imported: "
+        f"{sympy}; slowest imports (cumulative): " + ", ".join(f"{k} {v:.2f} s" for k, v in top))
+    return out
+
+
+def run(suite, rounds: int, log) -> dict:
+    log("  (mid-size tensors: Adam, one tensor)")
+    rows = midsize(suite, rounds, log)
+    fixed = fixed_cost(suite, rounds, log)
+    wake = wake_up(suite, rounds, log)
+    warm = warm_start(log)
+    return {"rows": rows, "fixed": fixed, "wake": wake, "warm": warm}
+
+
+def _cell(r) -> str:
+    t = TARGET[r["n"]]
+    ok_i = r["ignore"] <= t
+    ok_c = r["check"] <= t + r["read"]
+    return (f"{r['ignore']:.2f}× / {r['check']:.2f}× (kernel {r['kernel']:.2f}×, check {r['reads']:.2f} reads, "
+            f"{'threaded' if r['threaded'] else 'serial'})"
+            + ("" if ok_i and ok_c else " **missed**"))
+
+
+def report(res) -> str:
+    """The issue's table (size × dtype, unchecked / checked ratio to the best same-traffic kernel) and the rows after it."""
+    rows = {(r["n"], r["dtype"]): r for r in res["rows"]}
+    L = ["", "## Every size at the limit (mid-size tensors, fixed cost, warm start)", "",
+         "Adam, one tensor: unchecked / checked step time over the best same-traffic kernel at that size "
+         "(serial or `prange` loop over the same arrays, whichever is faster in the round); medians of "
+         "per-round ratios of interleaved candidates.  In parentheses: the bare compiled kernel call of the unchecked "
+         "step (the step without its Python), what the check costs in reads of the grad, and which kernel ran.  "
+         "Targets: unchecked ≤ 1.5× (1e4), 1.3× (1e5), 1.15× (1e6); checked ≤ that plus one read.", "",
+         "| size | target | float32 | float64 |", "|---|---|---|---|"]
+    for n in sorted({r["n"] for r in res["rows"]}):
+        cells = [_cell(rows[(n, d)]) if (n, d) in rows else "—" for d in ("float32", "float64")]
+        L.append(f"| {n:.0e} | {TARGET[n]}× | " + " | ".join(cells) + " |")
+    f, w, s = res["fixed"], res["wake"], res["warm"]
+    L += ["", "| row | measured | target |", "|---|---|---|",
+          f"| fixed cost of `step()` (2 tensors, 650 f32, minus the bare kernel call) | {f['fixed'] * 1e6:.2f} µs "
+          f"(step {f['step'] * 1e6:.2f} µs, kernel {f['kernel'] * 1e6:.2f} µs) | ≤ {FIXED_TARGET_US:g} µs"
+          + ("" if f["fixed"] * 1e6 <= FIXED_TARGET_US else " **missed**") + " |",
+          f"| one fork/join of {w['threads']} threads ({w['layer']}) | {w['fork_join'] * 1e6:.2f} µs median, "
+          f"{w['fork_join_min'] * 1e6:.2f} µs best | "
+          "one per unchecked threaded step, two per checked one |",
+          f"| warm start: fresh process, import + Adam + one step | {s['seconds']:.2f} s (bare python "
+          f"{s['python']:.2f} s), SymPy imported: {s['sympy']} | ≤ {WARM_TARGET_S:g} s, no SymPy"
+          + ("" if s["seconds"] <= WARM_TARGET_S and not s["sympy"] else " **missed**") + " |",
+          "", "Slowest imports of the warm start (cumulative, `python -X importtime`): "
+          + ", ".join(f"`{k}` {v:.2f} s" for k, v in s["imports"]) + ".", ""]
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="5 rounds instead of 20")
+    ap.add_argument("--out", help="folder of results_midsize.md (default: benchmarks/)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    spec = importlib.util.spec_from_file_location("symopt_benchmarks_suite", Path(__file__).with_name("suite.py"))
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite.run_alone("midsize", args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
