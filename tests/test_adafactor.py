@@ -156,8 +156,25 @@ def test_torch_adapter_refuses_what_it_cannot_step():
     w = torch.zeros(6, 4, dtype=torch.float64).t().requires_grad_()   # a transposed (not C-contiguous) matrix
     with pytest.raises(ValueError, match="not C-contiguous; a factored rule reads the last two axes"):
         symopt.torch.Optimizer("adafactor", [w])
-    with pytest.raises(ValueError, match="'adafactor' is a matrix rule"):
+    with pytest.raises(ValueError, match="rule 'adafactor' has no torch module: its factored plan has no torch template"):
         symopt.torch.Optimizer("adafactor", [torch.zeros(4, 3, requires_grad=True)], backend="torch")
+    from symopt.runtime.kernels import load_backend
+
+    with pytest.raises(ValueError, match="rule 'adafactor' has no jax module: its factored plan has no jax template"):
+        load_backend("adafactor", "jax")
+
+
+def test_dimension_numbers_are_refused():
+    """dimension_numbers (Muon's matrix layout) does not apply: a factored rule reads (…, m, n) as m × n matrices."""
+    p = np.zeros((4, 3, 2))
+    with pytest.raises(ValueError, match="dimension_numbers is for Newton–Schulz rules"):
+        symopt.optimizer("adafactor", [{"params": [p], "dimension_numbers": (0, (1, 2))}])
+    opt = symopt.optimizer("adafactor", [p])
+    sd = opt.state_dict()
+    sd["param_groups"][0]["dimension_numbers"] = (0, (1, 2))
+    with pytest.raises(ValueError, match="dimension_numbers is for Newton–Schulz rules"):
+        opt.load_state_dict(sd)
+    assert "dimension_numbers" not in opt.param_groups[0]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

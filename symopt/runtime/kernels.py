@@ -71,7 +71,8 @@ def load_backend(rule, backend: str):
     if isinstance(rule, str) or (_is_optimizer_module(rule) and generated.RULES.get(name) == rule.__name__.rpartition(".")[2]):
         if name not in importlib.import_module(f"symopt.generated.{backend}").RULES:
             # a matrix rule whose plan kind has no array template (codegen/render.py: array_plan_kind)
-            raise ValueError(f"rule {name!r} has no {backend} module: its matrix plan has no {backend} template yet; "
+            kind = "factored" if any("factored" in v for v in main.FAMILY["variants"]) else "matrix"
+            raise ValueError(f"rule {name!r} has no {backend} module: its {kind} plan has no {backend} template yet; "
                              f"it steps through its Numba kernels (backend='numba', CPU)")
         mod = importlib.import_module(f"symopt.generated.{backend}.{generated.RULES[name]}")
     elif _is_optimizer_module(rule):
