@@ -23,7 +23,7 @@ Measures, in one run and side by side, the targets of the performance issue:
     ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
     once per step (``bench_numba_loop.py``);
 11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes; Shampoo against
-    pytorch-optimizer's Shampoo;
+    pytorch-optimizer's Shampoo; Adafactor against torch.optim.Adafactor;
 12. every size at the limit -- Adam on one tensor of 1e4, 1e5, 1e6 elements against the best
     same-traffic kernel at that size (serial or ``prange``), the fixed cost of ``step()``, one
     fork/join of the threads, the warm start (``bench_midsize.py``).
@@ -304,7 +304,7 @@ def _arrays(sizes, dtype, rng, scale=1.0):
 # ---------------------------------------------------------------------------- phases
 def elementwise_rules() -> list:
     """The built-in rules that step any array elementwise (matrix rules have phase_matrix)."""
-    return [n for n in symopt.rules() if "matrix" not in _kernels.load_builtin(n).FAMILY["variants"][0]]
+    return [n for n in symopt.rules() if not {"matrix", "factored"} & set(_kernels.load_builtin(n).FAMILY["variants"][0])]
 
 
 def phase_limit(size: int, rounds: int, log, names=None) -> list:
@@ -541,6 +541,59 @@ def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
             + (f"; torch.optim.Muon (bf16) {row['torch'] * 1e3:.1f} ms, symopt {row['vs_torch']:.2f}x faster"
                if "torch" in row else ""))
     return rows_out
+
+
+ADAFACTOR_SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024), (16, 256, 256))
+
+
+def phase_adafactor(rounds, log, shapes=ADAFACTOR_SHAPES) -> list:
+    """Adafactor (float32): symopt's factored step against torch.optim.Adafactor (its single-tensor
+    and foreach paths) on one param of each shape; medians of per-round time ratios."""
+    rng = np.random.default_rng(6)
+    rows_out = []
+    for shape in shapes:
+        p = rng.standard_normal(shape).astype(np.float32)
+        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+        fns = {}
+        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="adafactor")
+        if _have("torch"):
+            import torch
+
+            for foreach in (False, True):
+                tp = torch.from_numpy(p.copy())
+                tp.grad = torch.from_numpy(g.copy())
+                fns[f"torch foreach={foreach}"] = torch.optim.Adafactor([tp], lr=LR, foreach=foreach).step
+        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        row = {"shape": shape, "symopt": res["symopt"]["median"]}
+        for foreach in (False, True):
+            name = f"torch foreach={foreach}"
+            if name in res:
+                row[name] = res[name]["median"]
+                row[f"vs {name}"] = paired_ratio(res, name, "symopt")
+        rows_out.append(row)
+        log(f"  adafactor {'x'.join(map(str, shape))} f32: symopt {row['symopt'] * 1e3:.2f} ms"
+            + "".join(f"; torch.optim.Adafactor foreach={fe} {row[f'torch foreach={fe}'] * 1e3:.2f} ms, "
+                      f"symopt {row[f'vs torch foreach={fe}']:.2f}x faster"
+                      for fe in (False, True) if f"torch foreach={fe}" in row))
+    return rows_out
+
+
+def adafactor_report(rows) -> str:
+    """The Adafactor section of results.md."""
+    L = ["\n## Matrix rules: Adafactor (float32)\n",
+         "symopt's factored step (two read-only passes for the row/column means and the update's RMS, "
+         "then one writing pass) against torch.optim.Adafactor's single-tensor (foreach=False) and foreach "
+         "paths, one param per shape. vs torch: median of per-round time ratios (>1: symopt faster); "
+         "target ≥ 1.5×.\n",
+         "| shape | symopt step | torch foreach=False | vs torch | torch foreach=True | vs torch |",
+         "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for fe in (False, True):
+            name = f"torch foreach={fe}"
+            cells += [f"{r[name] * 1e3:.2f} ms", f"{r['vs ' + name]:.2f}×"] if name in r else ["—", "—"]
+        L.append(f"| {'×'.join(map(str, r['shape']))} | {r['symopt'] * 1e3:.2f} ms | " + " | ".join(cells) + " |")
+    return "\n".join(L) + "\n"
 
 
 PRECONDITIONED_SHAPES = ((512, 512), (512, 2048), (2048, 512))
@@ -1032,6 +1085,8 @@ def measure_all(args) -> int:
     incache = phase_check_in_cache(rounds, log)
     log("[9] matrix rules: Muon, float32")
     matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
+    log("[9] matrix rules: Adafactor, float32")
+    adafactor = phase_adafactor(3 if quick else 5, log, ((256, 256), (4, 64, 64)) if quick else ADAFACTOR_SHAPES)
     log("[9] Kronecker-factored rules: Shampoo against pytorch-optimizer, float32")
     preconditioned = phase_preconditioned(3 if quick else 5, log,
                                           ((128, 128), (128, 512), (512, 128)) if quick else PRECONDITIONED_SHAPES)
@@ -1051,6 +1106,7 @@ def measure_all(args) -> int:
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
                   incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
+    text += adafactor_report(adafactor)
     text += preconditioned_report(preconditioned)
     text += ALONE["midsize"][2](midsize)
     (out_dir / "results.md").write_text(text, encoding="utf-8")

@@ -42,6 +42,7 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
+from ..rulebook.factored import is_factored_rule, machine_eps
 from ..rulebook.matrix import cols, rows
 from ..rulebook.metadata import RuleError, t
 from ..rulebook.rule import Family, Rule
@@ -49,11 +50,13 @@ from .names import comment_text, docstring_text, identifier, python_literal, str
 from .plan import KernelPlan, make_plan
 from .plan_gradients import SCALE, UPSTREAM
 from .plan_matrix import RESULT, WORK, is_matrix_rule, make_matrix_plan
+from .plan_factored import make_factored_plan
 from .plan_preconditioned import is_preconditioned_rule, make_preconditioned_plan
 from .printers import JaxArrayPrinter, KernelPrinter, ScalarPrinter, TorchArrayPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
 MATRIX_TEMPLATE = "matrix_module.py.jinja"
+FACTORED_TEMPLATE = "factored_module.py.jinja"
 PRECONDITIONED_TEMPLATE = "preconditioned_module.py.jinja"
 ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
 ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
@@ -138,7 +141,8 @@ def _num(x):
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
     """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
-    template = (PRECONDITIONED_TEMPLATE if is_preconditioned_family(family) else
+    template = (FACTORED_TEMPLATE if is_factored_family(family) else
+                PRECONDITIONED_TEMPLATE if is_preconditioned_family(family) else
                 MATRIX_TEMPLATE if is_matrix_family(family) else OPTIMIZER_TEMPLATE)
     return input_hash(template, family.fingerprint())
 
@@ -511,6 +515,8 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
+    if is_factored_family(family):
+        return render_factored_family(family, source_label=source_label)
     if is_preconditioned_family(family):
         return render_preconditioned_family(family, source_label=source_label)
     if is_matrix_family(family):
@@ -634,6 +640,139 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
     }
     ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
     return environment().get_template(MATRIX_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- factored rules
+# Names in a factored kernel: ``s<k>`` per-step scalars (kernel dtype), ``_t<k>``/``_k<k>`` per-tensor
+# scalars (float64 / kernel dtype), ``_r<k>``/``_m<k>`` reductions and per-matrix means, ``_p<n>e<k>``
+# CSE temporaries, ``_a*``/``_q*`` accumulators -- never a user name (user identifiers never start with ``_``).
+def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict) -> dict:
+    """Printed code of one layout (``matrix``/``vector``) of a factored variant, per dtype."""
+    ns = len(plan.scalars)
+    wrow, wcol = lay.workspace["row"], lay.workspace["col"]
+    offset = {"row": lambda k: f"{k} * nb * nr", "col": lambda k: f"{wrow} * nb * nr + {k} * nb * nc",
+              "matrix": lambda k: f"{wrow} * nb * nr + {wcol} * nb * nc + {k} * nb"}
+    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b"}
+    names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
+    for s in lay.states:
+        names[s] = f"{state_ids[s]}_i"
+    for k, sym in enumerate(plan.scalars):
+        names[sym] = f"s{k}"
+    tensor_syms = [sym for st in lay.stages for sym, _ in st.tensor_scalars]
+    for k, sym in enumerate(tensor_syms):
+        names[sym] = f"_k{k}"
+    for sym in lay.kinds:
+        if sym not in names:
+            names[sym] = f"_{sym.name}"  # reductions r<k>, per-matrix means m<k>
+    for loop in lay.loops:
+        for sym, _ in loop.temps:
+            names[sym] = sym.name
+    tnames = {**{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: f"_t{k}" for k, sym in enumerate(tensor_syms)},
+              **{sym: names[sym] for sym, kind in lay.kinds.items() if kind == "tensor"}, machine_eps: "_meps"}
+    tp = KernelPrinter(tnames, "float64")
+
+    def source(sym, dtype_ctor):
+        kind = lay.kinds[sym]
+        if sym in lay.slots:
+            part, k = lay.slots[sym]
+            return f"{dtype_ctor}(ws[{offset[part](k)} + {index[kind]}])"
+        if sym == rule.param:
+            return "param_c[e]"
+        if sym == rule.grad:
+            return "grad_c[e]"
+        return f"{state_ids[sym]}_c[{index[kind]}]"
+
+    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [],
+           "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
+                          for sym, e in st.tensor_scalars] or ["(none)"]}
+    for suffix, dtype, ptr, itemsize in _DTYPES:
+        pr = KernelPrinter(names, dtype, vector_math=True)
+
+        def loads(syms, kinds):
+            return [(names[s], source(s, pr.ctor)) for s in syms if lay.kinds.get(s) in kinds]
+
+        stages = []
+        for k, st in enumerate(lay.stages):
+            first = sum(len(x.tensor_scalars) for x in lay.stages[:k])
+            stage = {"tensor": [(f"_t{first + i}", f"_k{first + i}", tp.doprint(e))
+                                for i, (_, e) in enumerate(st.tensor_scalars)],
+                     "rows": [], "cols": [], "means": []}
+            for kind, stores, key in (("row", st.row_stores, "rows"), ("col", st.col_stores, "cols")):
+                for target, e in stores:
+                    syms = sorted(e.free_symbols, key=sp.default_sort_key)
+                    stage[key].append({"loads": loads(syms, (kind,)) + loads(syms, ("matrix",)),
+                                       "target": f"{state_ids[target]}_c", "code": pr.doprint(e)})
+            for sym, scope, e in st.means:
+                syms = sorted(e.free_symbols, key=sp.default_sort_key)
+                part, k2 = lay.slots[sym]
+                stage["means"].append({"scope": scope, "loads": loads(syms, (scope,)), "code": pr.doprint(e),
+                                       "target": f"ws[{offset[part](k2)} + b]"})
+            stages.append(stage)
+        loops = []
+        for k, loop in enumerate(lay.loops):
+            sums = {"tensor": [], "row": [], "col": []}
+            for i, (sym, scope, op, e) in enumerate(loop.sums):
+                acc = f"_a{k}_{i}"
+                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean"}
+                if scope != "tensor":
+                    part, k2 = lay.slots[sym]
+                    entry["target"] = f"ws[{offset[part](k2)} + {index[scope]}]"
+                    entry["base"] = offset[part](k2)
+                sums[scope].append(entry)
+            loops.append({
+                "matrix_loads": loads(loop.reads, ("matrix",)), "row_loads": loads(loop.reads, ("row",)),
+                "inner_loads": loads(loop.reads, ("col", "element")),
+                "temps": [(names[s], pr.doprint(e)) for s, e in loop.temps],
+                "stores": [(f"{'param' if s == rule.param else state_ids[s]}_c[e]", pr.doprint(e))
+                           for s, e in loop.stores],
+                "sums": sums,
+            })
+        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "suffix": suffix, "dtype": dtype, "ptr": ptr,
+                               "itemsize": itemsize, "ctor": pr.ctor, "meps": repr(float(_MACHINE_EPS[dtype])),
+                               "zero": pr.const(0), "stages": stages, "loops": loops})
+        out.setdefault("helpers", set()).update(pr.helpers)
+    return out
+
+
+_MACHINE_EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
+
+
+def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> dict:
+    state_ids = _state_identifiers(rule)
+    layouts = [_factored_layout_context(rule, plan, lay, prefix, state_ids) for lay in plan.layouts]
+    return {
+        **_scalar_context(rule, plan, hyper_ids),
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
+        "suffixes": [suffix for suffix, *_ in _DTYPES],
+        "helpers": set().union(*(lay["helpers"] for lay in layouts)),
+    }
+
+
+def render_factored_family(family: Family, *, source_label: str | None = None) -> str:
+    """Source text of the generated module of a family of factored rules (``factored_module.py.jinja``)."""
+    plans = [make_factored_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    data = _family_data(family, plans, hyper_ids, prefixes)
+    for info, plan, (_, rule) in zip(data["variants"], plans, family.variants):
+        for entry, sym in zip(info["state"], plan.state):
+            entry["shape"] = rule.state[sym].shape
+        info["factored"] = {lay.name: {"states": [rule.state_key(s) for s in lay.states], **lay.workspace}
+                            for lay in plan.layouts}
+    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
+    ctx = {
+        "header": header(family.name, source_label or family.source, FACTORED_TEMPLATE, family_hash(family)),
+        "docstring": _docstring(family),
+        "family_literal": python_literal(data, width=100),
+        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
+        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
+        "variants": [_factored_variant_context(r, p, pre, hyper_ids)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    return environment().get_template(FACTORED_TEMPLATE).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- preconditioned rules
@@ -1041,9 +1180,15 @@ class ArrayTarget:
 
 
 def is_matrix_family(family: Family) -> bool:
-    """True if a variant of ``family`` reads the param as a matrix (:mod:`.plan_matrix`,
-    :mod:`.plan_preconditioned`)."""
-    return any(is_matrix_rule(rule) or is_preconditioned_rule(rule) for _, rule in family.variants)
+    """True if a variant of ``family`` reads the param as a matrix: it iterates on it (:mod:`.plan_matrix`),
+    keeps matrix states (:mod:`.plan_preconditioned`) or row and column statistics (:mod:`.plan_factored`)."""
+    return any(is_matrix_rule(rule) or is_preconditioned_rule(rule) or is_factored_rule(rule)
+               for _, rule in family.variants)
+
+
+def is_factored_family(family: Family) -> bool:
+    """True if a variant of ``family`` keeps row/column statistics (:mod:`.plan_factored`)."""
+    return any(is_factored_rule(rule) for _, rule in family.variants)
 
 
 def is_preconditioned_family(family: Family) -> bool:

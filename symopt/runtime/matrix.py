@@ -14,11 +14,13 @@ is one, as the elementwise kernels do.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .preconditioned import PreconditionedStep
 
-__all__ = ["MatrixStep", "setup", "dimension_numbers", "matrix_layout"]
+__all__ = ["MatrixStep", "FactoredStep", "state_shape", "setup", "dimension_numbers", "matrix_layout"]
 
 
 def dimension_numbers(value, where: str):
@@ -131,10 +133,83 @@ class MatrixStep:
         return 0
 
 
-def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, dims=None):
+class FactoredStep:
+    """Steps the tensors of ``chunks`` one after another through a factored rule's generated functions.
+
+    A param of at least two dimensions, shape ``(…, nr, nc)``, is ``nb`` stacked ``nr × nc``
+    matrices (the ``matrix`` layout: ``<prefix>_<dtype>_matrix``); one of fewer is one ``1 × n``
+    matrix (``<prefix>_<dtype>_vector``).  Each layout keeps its own states (``state_shape``);
+    the float64 workspace of row/column means and per-matrix values is sized once for the largest
+    tensor.
+    """
+
+    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list):
+        prefix = vinfo["prefix"]
+        info = vinfo["factored"]
+        keys = [s["key"] for s in vinfo["state"]]
+        self.calls = []     # per tensor: (function, nb, nr, nc, [(state index, size)...])
+        need = 1
+        for j, p in enumerate(tensors):
+            layout = "matrix" if p.ndim >= 2 else "vector"
+            if layout == "matrix":
+                nr, nc = int(p.shape[-2]), int(p.shape[-1])
+                nb = int(p.size // (nr * nc)) if nr * nc else 0
+            else:
+                nb, nr, nc = 1, 1, int(p.size)
+            lay = info[layout]
+            need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + lay["matrix"] * nb)
+            states = []
+            for key in lay["states"]:
+                k = keys.index(key)
+                shape = state_shape(vinfo["state"][k].get("shape", "full"), p.shape)
+                states.append((k, int(state_offs[k][j]), math.prod(shape)))
+            self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, states))
+        self.ws = np.empty(need, dtype=np.float64)
+        self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
+        self.check = getattr(module, f"{prefix}_{suffix}_check")
+        self.nscalars = int(vinfo["nscalars"])
+
+    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool) -> int:
+        """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count."""
+        rows = chunks.tolist()
+        if check:
+            js = [r[0] for r in rows]
+            nbad = int(self.check(gptr[js], self.sizes[js]))
+            if nbad:
+                return nbad
+        ws, ns = self.ws, self.nscalars
+        for j, lo, hi, row in rows:
+            fn, nb, nr, nc, states = self.calls[j]
+            if hi > lo:
+                fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, *[state[k][o:o + n] for k, o, n in states], ws,
+                   scal[row, :ns])
+        return 0
+
+
+def state_shape(kind: str, shape: tuple):
+    """The shape of a state of ``kind`` (``full``/``row``/``col``/``vector``: FAMILY's ``"shape"``) for a
+    param of ``shape``, or None when such a param does not keep it (torch.optim.Adafactor's
+    ``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)`` for ≥2-D params, ``variance`` for the others)."""
+    shape = tuple(shape)
+    if kind == "full":
+        return shape
+    if kind == "vector":
+        return shape if len(shape) < 2 else None
+    if len(shape) < 2:
+        return None
+    return shape[:-1] + (1,) if kind == "row" else shape[:-2] + (1, shape[-1])
+
+
+def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None):
     """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
-    for one with matrix states), None for an elementwise one (``dims``: per tensor,
+    for one with matrix states), a :class:`FactoredStep` for a factored one, None for an elementwise
+    one (``state_offs``: per state, each tensor's offset in its flat buffer; ``dims``: per tensor,
     :func:`dimension_numbers` or None)."""
+    if "factored" in vinfo:
+        if any(d is not None for d in (dims or ())):
+            raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads a param "
+                             f"of shape (…, m, n) as a stack of m × n matrices")
+        return FactoredStep(module, vinfo, tensors, suffix, state_offs)
     if "matrix" not in vinfo:
         return None
     if vinfo["matrix"].get("kind") == "preconditioned":

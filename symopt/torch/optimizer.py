@@ -86,6 +86,23 @@ def _check_tensor(p, where: str) -> None:
                          f"the optimizer")
 
 
+def _full_keys(core) -> set:
+    """The state keys of ``core`` laid out as the param (the others: a factored rule's row/col states)."""
+    return {key for key, kind in core.state_kinds.items() if kind in ("full", "vector")}
+
+
+def _check_factored_layouts(core, params, name) -> None:
+    """A factored rule reads each param's last two axes: its params must be C-contiguous and whole."""
+    if _full_keys(core) == set(core.state_kinds):
+        return
+    for j, p in enumerate(params):
+        q = local(p)
+        if is_sharded(p) or not q.is_contiguous():
+            raise ValueError(f"{name}: params[{j}] (shape {tuple(q.shape)}, strides {q.stride()}) is "
+                             f"{'sharded' if is_sharded(p) else 'not C-contiguous'}; a factored rule reads the last "
+                             f"two axes of each param in C order (pass .contiguous() params, unsharded)")
+
+
 def _check_implementation_options(options: dict) -> None:
     for key in ("capturable", "differentiable"):
         if options.get(key):
@@ -251,6 +268,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                             f"steps one dtype (make one optimizer per dtype)")
         core = _RuntimeOptimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
         _check_sharded_reductions(core, params)
+        _check_factored_layouts(core, params, self.rule_name)
         if state or meta:
             ids, start = [], 0
             for group in core_groups:
@@ -274,8 +292,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             if j is None or memory_order(q) is None:    # a param that is not dense is refused by _make_core
                 continue
             shape, stride = self._layouts[j]
+            full = _full_keys(self._core)
             carried[k] = {key: (to_core(logical(v, shape, stride), q) if isinstance(v, np.ndarray)
-                                and tuple(q.shape) == shape else v) for key, v in live[j].items()}
+                                and tuple(q.shape) == shape and key in full else v) for key, v in live[j].items()}
         return carried
 
     def _install(self, core, params) -> None:
@@ -297,11 +316,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         self._steps_np[:] = core.step_counts
         live = core.state
         state = _LiveState(steps)
+        full = _full_keys(core)
         for j, p in enumerate(params):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
-                if key != "step":
-                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j])), p)   # the param's layout
+                if key != "step":               # the param's layout (a row/col state: its own shape)
+                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j]) if key in full else view), p)
             state[p] = entry
         self.state = state
 
@@ -526,9 +546,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             groups.append(packed)
         sdtype = scalar_dtype()
         state = {}
-        mkeys = self._core.matrix_state_keys    # a preconditioned rule's matrix states keep their own shape
+        full = _full_keys(self._core)
         for j, entry in core_sd["state"].items():
-            arrays = {k: (v if k in mkeys else logical(v, *self._layouts[j])) for k, v in entry.items() if k != "step"}
+            arrays = {k: (logical(v, *self._layouts[j]) if k in full else v) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
@@ -582,7 +602,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 j += 1
         # build the new runtime first: it validates every value and picks the variant
         core, params = self._make_core(new_groups)
-        keys = [k for k in core.state[0] if k != "step"] if params else []
+        live = core.state
+        full = _full_keys(core)
         label = f"rule {self.rule_name!r} (variant {core.variant!r})"
         converted = {}
         saved_state = state_dict["state"]
@@ -595,10 +616,11 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             q = local(params[k])
             if isinstance(entry, dict):             # the state of a DTensor param: its local shards
                 entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
-            mshapes = dict(zip(core.matrix_state_keys, core.matrix_state_shapes(k)))
-            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes=mshapes)
+            keys = [key for key in live[k] if key != "step"]      # a factored rule keeps some per param shape
+            shapes = {key: live[k][key].shape for key in keys if key not in full}
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes)
             if got is not None:
-                converted[k] = {"step": got[0], **{key: (a if key in mshapes else to_core(a, q))
+                converted[k] = {"step": got[0], **{key: (to_core(a, q) if key in full else np.array(a))
                                                    for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:
