@@ -135,25 +135,33 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         ok = None
         if check:
             ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in g_leaves])) if g_leaves else jnp.bool_(True)
-        new_updates = [None] * len(g_leaves)
-        new_state = [list(s) for s in s_leaves]
-        by_dtype: dict = {}
-        for j, p in enumerate(p_leaves):
-            by_dtype.setdefault(_compute_dtype(p), []).append(j)
-        for cd, idx in by_dtype.items():
-            out = step_fn([jnp.asarray(p_leaves[j], cd) for j in idx], [jnp.asarray(g_leaves[j], cd) for j in idx],
-                          *[[jnp.asarray(s[j], cd) for j in idx] for s in s_leaves],
-                          [jnp.asarray(x, fdt) for x in scal], fdt)
-            for j, new in zip(idx, out):
-                p = p_leaves[j]
-                upd = (new[0] - jnp.asarray(p, cd)).astype(p.dtype)
-                states = list(new[1:])
-                if ok is not None:
-                    upd = jnp.where(ok, upd, jnp.zeros_like(upd))
-                    states = [jnp.where(ok, n, o) for n, o in zip(states, (s[j] for s in s_leaves))]
-                new_updates[j] = upd
-                for k, n in enumerate(states):
-                    new_state[k][j] = n.astype(s_leaves[k][j].dtype)
+
+        def run(operands):
+            """The rule's step over every leaf, grouped by compute dtype: (updates, new state leaves)."""
+            ps, gs, ss, sc = operands
+            outs = [None] * len(ps)
+            states = [list(x) for x in ss]
+            by_dtype: dict = {}
+            for j, p in enumerate(ps):
+                by_dtype.setdefault(_compute_dtype(p), []).append(j)
+            for cd, idx in by_dtype.items():
+                out = step_fn([jnp.asarray(ps[j], cd) for j in idx], [jnp.asarray(gs[j], cd) for j in idx],
+                              *[[jnp.asarray(x[j], cd) for j in idx] for x in ss],
+                              [jnp.asarray(x, fdt) for x in sc], fdt)
+                for j, new in zip(idx, out):
+                    outs[j] = (new[0] - jnp.asarray(ps[j], cd)).astype(ps[j].dtype)
+                    for k, n in enumerate(new[1:]):
+                        states[k][j] = n.astype(ss[k][j].dtype)
+            return outs, states
+
+        def skip(operands):
+            """A non-finite gradient: zero updates, the state as it was (optax.apply_if_finite)."""
+            ps, _, ss, _ = operands
+            return [jnp.zeros_like(p) for p in ps], [list(x) for x in ss]
+
+        operands = (p_leaves, g_leaves, s_leaves, list(scal))
+        # lax.cond runs one branch: the check costs one read of the grads, not a select over every output.
+        new_updates, new_state = run(operands) if ok is None else jax.lax.cond(ok, run, skip, operands)
         count = state.count + (1 if ok is None else ok.astype(jnp.int32))
         bad = state.notfinite_count + (0 if ok is None else (~ok).astype(jnp.int32))
         new = SymoptState(count, state.hyperparams, tuple(treedef.unflatten(s) for s in new_state), bad)
