@@ -113,12 +113,21 @@ def jax_candidates(shapes, dtype=np.float32) -> dict:
     return out
 
 
+def check_costs(res: dict) -> dict:
+    """{candidate: median over rounds of its checked / unchecked time in the same round}."""
+    return {name: paired_ratio(res, f"{name}, checked", name) for name in res if f"{name}, checked" in res}
+
+
 def table(title: str, fns: dict, reference: str, rounds: int, log) -> list:
     res = measure(fns, rounds=rounds, budget=30.0)
     rows = [(name, paired_ratio(res, name, reference), res[name]["median"]) for name in fns]
     log(f"\n{title}: time / {reference} time (median of per-round ratios), median time per step")
     for name, ratio, t in rows:
         log(f"  {name:34s} {ratio:6.2f}   {t * 1e3:9.3f} ms")
+    costs = check_costs(res)
+    if costs:
+        log("  cost of the check (checked / unchecked, median of per-round ratios): "
+            + "  ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     return rows
 
 

@@ -23,7 +23,7 @@ Measures, in one run and side by side, the targets of the performance issue:
     ``element`` (``symopt.kernel``), against the same loop calling ``symopt.optimizer``
     once per step (``bench_numba_loop.py``);
 11. matrix rules -- Muon against torch.optim.Muon and a plain sgemm of the same sizes; Shampoo against
-    pytorch-optimizer's Shampoo;
+    pytorch-optimizer's Shampoo; Adafactor against torch.optim.Adafactor;
 12. every size at the limit -- Adam on one tensor of 1e4, 1e5, 1e6 elements against the best
     same-traffic kernel at that size (serial or ``prange``), the fixed cost of ``step()``, one
     fork/join of the threads, the warm start (``bench_midsize.py``).
@@ -304,7 +304,7 @@ def _arrays(sizes, dtype, rng, scale=1.0):
 # ---------------------------------------------------------------------------- phases
 def elementwise_rules() -> list:
     """The built-in rules that step any array elementwise (matrix rules have phase_matrix)."""
-    return [n for n in symopt.rules() if "matrix" not in _kernels.load_builtin(n).FAMILY["variants"][0]]
+    return [n for n in symopt.rules() if not {"matrix", "factored"} & set(_kernels.load_builtin(n).FAMILY["variants"][0])]
 
 
 def phase_limit(size: int, rounds: int, log, names=None) -> list:
@@ -419,8 +419,11 @@ def phase_many(rounds, log) -> dict:
     # Every row against torch fused is the median of the per-round ratios (candidates of one round run back to
     # back): a ratio of separate minimums once reported the checked step faster than the unchecked one.
     ratios = {k: paired_ratio(res, "torch fused", k) for k in res} if "torch fused" in res else {}
+    # The check's own cost, paired directly: checked / unchecked time in the same round.
+    check = {k: paired_ratio(res, k, f"{k} (ignore)") for k in ("symopt", "symopt flat")}
     log("  240 tensors: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out.items()))
-    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out, "ratios": ratios}
+    log("  cost of the check (checked / unchecked): " + "  ".join(f"{k} {v:.2f}x" for k, v in check.items()))
+    return {"ntensors": len(shapes), "nparams": sum(sizes), "times": out, "ratios": ratios, "check": check}
 
 
 def phase_small(rounds, log) -> dict:
@@ -470,10 +473,35 @@ def muon_flops(rows: int, cols: int, steps: int = 5) -> float:
     return steps * (4.0 * r * r * c + 2.0 * r ** 3)
 
 
+def symopt_muon_flops(rows: int, cols: int, steps: int = 5) -> float:
+    """Flops symopt's BLAS calls execute for Muon's Newton–Schulz (the generated ``_odd_iteration``; a
+    syrk counted as half its gemm): directly, per step XXᵀ (r²c, syrk), A² (r³, syrk) and H·X (2r²c);
+    in the Gram space (c ≥ 3r) A₀ (r²c) and X = P·X₀ (2r²c) once, A² (r³) per step and H² (r³),
+    A·H² (2r³), H·P (2r³) per step but the last."""
+    r, c = min(rows, cols), max(rows, cols)
+    if c >= 3 * r and steps >= 2:
+        return 3.0 * r * r * c + steps * r ** 3 + (steps - 1) * 5.0 * r ** 3
+    return steps * (3.0 * r * r * c + r ** 3)
+
+
+def _blas_threads(n: int):
+    """A context limiting the BLAS libraries' threads (SciPy's and NumPy's OpenBLAS) to ``n``; a no-op
+    without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
     """Muon (float32): symopt's step against torch.optim.Muon's (bfloat16 Newton–Schulz) and a
-    plain sgemm of the same sizes; symopt's achieved GFLOP/s (nominal flops of torch's
-    algorithm) as a fraction of that sgemm's."""
+    plain sgemm (r×c)·(c×r) of the same sizes, interleaved; symopt's GFLOP/s: the flops its BLAS calls
+    execute (:func:`symopt_muon_flops`) per second of a whole step (the element passes included), as a
+    fraction of that sgemm's GFLOP/s, and torch's algorithm's nominal flops (:func:`muon_flops`) per
+    second of symopt's step."""
     from scipy.linalg import blas
 
     rng = np.random.default_rng(5)
@@ -494,20 +522,78 @@ def phase_matrix(rounds, log, shapes=MUON_SHAPES) -> list:
             tp.grad = torch.from_numpy(g.copy())
             topt = torch.optim.Muon([tp], lr=0.02)
             fns["torch.optim.Muon"] = topt.step
-        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        # SciPy's OpenBLAS (symopt's matrix products and the sgemm) with as many threads as every peer
+        with _blas_threads(numba.get_num_threads()):
+            res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
         gemm_rate = 2.0 * r * r * c / res["sgemm (r×c)·(c×r)"]["median"]
-        rate = muon_flops(*shape) / res["symopt"]["median"]
+        rate = symopt_muon_flops(*shape) / res["symopt"]["median"]
         row = {"shape": shape, "symopt": res["symopt"]["median"], "gflops": rate / 1e9,
-               "sgemm_gflops": gemm_rate / 1e9, "fraction": rate / gemm_rate}
+               "nominal_gflops": muon_flops(*shape) / res["symopt"]["median"] / 1e9,
+               "sgemm_gflops": gemm_rate / 1e9, "fraction": rate / gemm_rate,
+               "gram": c >= 3 * r}
         if "torch.optim.Muon" in res:
             row["torch"] = res["torch.optim.Muon"]["median"]
             row["vs_torch"] = paired_ratio(res, "torch.optim.Muon", "symopt")
         rows_out.append(row)
-        log(f"  muon {shape[0]}x{shape[1]} f32: symopt {row['symopt'] * 1e3:.1f} ms, {row['gflops']:.0f} GFLOP/s = "
-            f"{row['fraction']:.2f} of sgemm ({row['sgemm_gflops']:.0f} GFLOP/s)"
+        log(f"  muon {shape[0]}x{shape[1]} f32 ({'Gram space' if row['gram'] else 'direct'}): symopt "
+            f"{row['symopt'] * 1e3:.1f} ms, {row['gflops']:.0f} GFLOP/s executed = {row['fraction']:.2f} of sgemm "
+            f"({row['sgemm_gflops']:.0f} GFLOP/s), {row['nominal_gflops']:.0f} GFLOP/s of torch's flops"
             + (f"; torch.optim.Muon (bf16) {row['torch'] * 1e3:.1f} ms, symopt {row['vs_torch']:.2f}x faster"
                if "torch" in row else ""))
     return rows_out
+
+
+ADAFACTOR_SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024), (16, 256, 256))
+
+
+def phase_adafactor(rounds, log, shapes=ADAFACTOR_SHAPES) -> list:
+    """Adafactor (float32): symopt's factored step against torch.optim.Adafactor (its single-tensor
+    and foreach paths) on one param of each shape; medians of per-round time ratios."""
+    rng = np.random.default_rng(6)
+    rows_out = []
+    for shape in shapes:
+        p = rng.standard_normal(shape).astype(np.float32)
+        g = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+        fns = {}
+        fns["symopt"], _ = symopt_step([p.copy()], [g], rule="adafactor")
+        if _have("torch"):
+            import torch
+
+            for foreach in (False, True):
+                tp = torch.from_numpy(p.copy())
+                tp.grad = torch.from_numpy(g.copy())
+                fns[f"torch foreach={foreach}"] = torch.optim.Adafactor([tp], lr=LR, foreach=foreach).step
+        res = measure(fns, rounds=rounds, min_batch=0, budget=20.0)
+        row = {"shape": shape, "symopt": res["symopt"]["median"]}
+        for foreach in (False, True):
+            name = f"torch foreach={foreach}"
+            if name in res:
+                row[name] = res[name]["median"]
+                row[f"vs {name}"] = paired_ratio(res, name, "symopt")
+        rows_out.append(row)
+        log(f"  adafactor {'x'.join(map(str, shape))} f32: symopt {row['symopt'] * 1e3:.2f} ms"
+            + "".join(f"; torch.optim.Adafactor foreach={fe} {row[f'torch foreach={fe}'] * 1e3:.2f} ms, "
+                      f"symopt {row[f'vs torch foreach={fe}']:.2f}x faster"
+                      for fe in (False, True) if f"torch foreach={fe}" in row))
+    return rows_out
+
+
+def adafactor_report(rows) -> str:
+    """The Adafactor section of results.md."""
+    L = ["\n## Matrix rules: Adafactor (float32)\n",
+         "symopt's factored step (two read-only passes for the row/column means and the update's RMS, "
+         "then one writing pass) against torch.optim.Adafactor's single-tensor (foreach=False) and foreach "
+         "paths, one param per shape. vs torch: median of per-round time ratios (>1: symopt faster); "
+         "target ≥ 1.5×.\n",
+         "| shape | symopt step | torch foreach=False | vs torch | torch foreach=True | vs torch |",
+         "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for fe in (False, True):
+            name = f"torch foreach={fe}"
+            cells += [f"{r[name] * 1e3:.2f} ms", f"{r['vs ' + name]:.2f}×"] if name in r else ["—", "—"]
+        L.append(f"| {'×'.join(map(str, r['shape']))} | {r['symopt'] * 1e3:.2f} ms | " + " | ".join(cells) + " |")
+    return "\n".join(L) + "\n"
 
 
 PRECONDITIONED_SHAPES = ((512, 512), (512, 2048), (2048, 512))
@@ -585,22 +671,29 @@ def phase_large(n, rounds, log) -> dict:
 def phase_backends(n, rounds, log) -> dict:
     """Target 9: AdamW over one float32 tensor of ``n``: the Numba kernels, the torch backend (eager and
     ``compile=True``), the JAX backend, torch fused/foreach and optax.adamw (``bench_devices.py``'s
-    candidates, on this CPU); rows are medians of per-round ratios to torch fused / optax.adamw."""
-    out = {"n": n, "torch": [], "jax": []}
+    candidates, on this CPU), all timed round-robin in one ``measure``: every row is the median of
+    per-round ratios to torch fused (and, for the JAX rows, to optax.adamw), and the cost of the
+    finiteness check is the median of per-round checked / unchecked ratios."""
+    out = {"n": n, "rows": [], "check": {}}
     if not _have("torch"):
         return out
     import torch
 
     import bench_devices
 
-    res = measure(bench_devices.torch_candidates([(n,)], torch.float32, "cpu", numba=True), rounds=rounds,
-                  budget=20.0)
-    out["torch"] = [(k, paired_ratio(res, k, "torch fused"), res[k]["median"]) for k in res]
+    fns = bench_devices.torch_candidates([(n,)], torch.float32, "cpu", numba=True)
     if _have("optax"):
-        res = measure(bench_devices.jax_candidates([(n,)]), rounds=rounds, budget=20.0)
-        out["jax"] = [(k, paired_ratio(res, k, "optax adamw"), res[k]["median"]) for k in res]
-    for k, r, t in out["torch"] + out["jax"]:
-        log(f"  {k:32s} {r:.2f}x of its reference  ({t * 1e3:.2f} ms)")
+        fns.update(bench_devices.jax_candidates([(n,)]))
+    res = measure(fns, rounds=rounds, budget=30.0)
+    for k in res:
+        jax_row = "optax adamw" in res and ("jax" in k or "optax" in k)
+        vs_optax = paired_ratio(res, k, "optax adamw") if jax_row else None
+        out["rows"].append((k, paired_ratio(res, k, "torch fused"), vs_optax, res[k]["median"]))
+    out["check"] = bench_devices.check_costs(res)
+    for k, r, rj, t in out["rows"]:
+        log(f"  {k:32s} {r:5.2f}x torch fused" + (f"  {rj:5.2f}x optax adamw" if rj is not None else " " * 20)
+            + f"  ({t * 1e3:.2f} ms)")
+    log("  cost of the check (checked / unchecked): " + "  ".join(f"{k} {v:.2f}x" for k, v in out["check"].items()))
     return out
 
 
@@ -997,6 +1090,8 @@ def measure_all(args) -> int:
     incache = phase_check_in_cache(rounds, log)
     log("[9] matrix rules: Muon, float32")
     matrix = phase_matrix(3 if quick else 5, log, ((256, 256), (256, 1024), (1024, 256)) if quick else MUON_SHAPES)
+    log("[9] matrix rules: Adafactor, float32")
+    adafactor = phase_adafactor(3 if quick else 5, log, ((256, 256), (4, 64, 64)) if quick else ADAFACTOR_SHAPES)
     log("[9] Kronecker-factored rules: Shampoo and SOAP against pytorch-optimizer, float32")
     preconditioned = phase_preconditioned(3 if quick else 5, log,
                                           ((128, 128), (128, 512), (512, 128)) if quick else PRECONDITIONED_SHAPES)
@@ -1016,6 +1111,7 @@ def measure_all(args) -> int:
     text = report(info, limit, sizes_res, many, small, large, thr, compile_rows, startup, mem, elapsed, quick,
                   incache, fused, sizes_ratio, backends)
     text += matrix_report(matrix)
+    text += adafactor_report(adafactor)
     text += preconditioned_report(preconditioned)
     text += ALONE["midsize"][2](midsize)
     (out_dir / "results.md").write_text(text, encoding="utf-8")
@@ -1030,17 +1126,21 @@ def _verdict(ok) -> str:
 def matrix_report(rows) -> str:
     """The Muon section of results.md."""
     L = ["\n## Matrix rules: Muon (float32)\n",
-         "symopt runs Newton–Schulz in float32 through SciPy's BLAS (syrk for XXᵀ, gemm for the rest), "
-         "torch.optim.Muon in bfloat16. GFLOP/s: nominal flops of torch's algorithm (5 steps of XXᵀ, A·A, B·X) "
-         "per second of a whole symopt step, against a plain sgemm (r×c)·(c×r) of the same sizes in the same "
-         "run. vs torch: median of per-round time ratios (>1: symopt faster).\n",
-         "| shape | symopt step | GFLOP/s | sgemm GFLOP/s | fraction of sgemm | torch.optim.Muon | vs torch |",
-         "|---|---|---|---|---|---|---|"]
+         "symopt runs Newton–Schulz in float32 through SciPy's BLAS (syrk for XXᵀ and A², gemm for the rest; "
+         "in the r×r Gram space when the larger side is ≥ 3× the smaller), torch.optim.Muon in bfloat16. "
+         "GFLOP/s: the flops symopt's BLAS calls execute per second of a whole symopt step (element passes "
+         "included); fraction: of a plain sgemm (r×c)·(c×r) of the same sizes in the same run; torch's flops: "
+         "the nominal flops of torch's algorithm (5 steps of XXᵀ, A·A, B·X) per second of the symopt step. "
+         "vs torch: median of per-round time ratios of interleaved rounds (>1: symopt faster).\n",
+         "| shape | path | symopt step | GFLOP/s | sgemm GFLOP/s | fraction of sgemm | torch's flops/s | "
+         "torch.optim.Muon | vs torch |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torch_t = f"{r['torch'] * 1e3:.1f} ms" if "torch" in r else "—"
         vs = f"{r['vs_torch']:.2f}×" if "vs_torch" in r else "—"
-        L.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['symopt'] * 1e3:.1f} ms | {r['gflops']:.0f} | "
-                 f"{r['sgemm_gflops']:.0f} | {r['fraction']:.2f} | {torch_t} | {vs} |")
+        L.append(f"| {r['shape'][0]}×{r['shape'][1]} | {'Gram' if r['gram'] else 'direct'} | "
+                 f"{r['symopt'] * 1e3:.1f} ms | {r['gflops']:.0f} | {r['sgemm_gflops']:.0f} | {r['fraction']:.2f} | "
+                 f"{r['nominal_gflops']:.0f} | {torch_t} | {vs} |")
     return "\n".join(L) + "\n"
 
 
@@ -1187,6 +1287,8 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append("|---|---|---|")
     for k, v in mt.items():
         L.append(f"| {k} | {_fmt_t(v)} | {mr[k]:.2f} |" if torch_ok else f"| {k} | {_fmt_t(v)} | |")
+    L.append("\nCost of the finiteness check (median over rounds of checked / unchecked time in the same round): "
+             + ", ".join(f"{k} {v:.2f}×" for k, v in many["check"].items()) + ".")
     L.append("\n## 4. Small model: 3 tensors (100×110, 110, 390), float32\n")
     L.append("| candidate | time per step | peer / symopt |")
     L.append("|---|---|---|")
@@ -1202,12 +1304,13 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
              "Inductor graph) and the generated JAX module (`jax.jit`), beside torch.optim.AdamW and optax.adamw "
              "(`benchmarks/bench_devices.py`; on a GPU run that script). Ratio: median over rounds of the "
              "candidate's time / the reference's in the same round (< 1: faster than the reference).\n")
-    L.append("| candidate | time per step | time / reference |")
-    L.append("|---|---|---|")
-    for k, r, t in backends["torch"]:
-        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (torch fused) |")
-    for k, r, t in backends["jax"]:
-        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} (optax adamw) |")
+    L.append("| candidate | time per step | time / torch fused | time / optax adamw |")
+    L.append("|---|---|---|---|")
+    for k, r, rj, t in backends["rows"]:
+        L.append(f"| {k} | {_fmt_t(t)} | {r:.2f} | {'' if rj is None else f'{rj:.2f}'} |")
+    if backends["check"]:
+        L.append("\nCost of the finiteness check (median over rounds of checked / unchecked time in the same round): "
+                 + ", ".join(f"{k} {v:.2f}×" for k, v in backends["check"].items()) + ".")
     L.append("\n## 6. Serial against threaded kernel (Adam, one tensor)\n")
     L.append("| dtype | n | serial | threaded | serial / threaded |")
     L.append("|---|---|---|---|---|")

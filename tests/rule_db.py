@@ -81,7 +81,7 @@ class RuleInfo:
     tolerance: Mapping | None = None
     known_issues: tuple = ()
     torch_optim: str | None = None
-    matrix: bool = False    # a matrix rule (an Iterate): >=2-D params, tests/test_matrix.py
+    matrix: bool = False    # reads params as matrices (an Iterate, row/col statistics): not in ELEMENTWISE
 
     @property
     def group(self) -> str:
@@ -517,6 +517,17 @@ _RECORDS = [
     # Matrix rules read >=2-D params as matrices; their parity, checkpoint and bad-input tests
     # are tests/test_matrix.py (the elementwise tables below step 1-D params).
     RuleInfo("muon", None, matrix=True),
+    # torch.optim.Adafactor: factored for >=2-D params (row/col means of g²), full for the others; the
+    # torch table and the reference steps run it on a (5, 3) and a (4,) tensor; tests/test_adafactor.py
+    # runs stacks of matrices, the torch adapter and checkpoints.  float32: the per-tensor norms and the
+    # row/column means are float64 sums here, float32 reductions in torch (measured ~1e-6).
+    RuleInfo("adafactor", torch_compat.adafactor,
+             (dict(lr=0.05, weight_decay=0.1, maximize=True, eps=(1e-6, 1e-2), d=1.5, beta2_decay=-0.6),),
+             (_torch_optim_case("Adafactor", lr=0.05),
+              _torch_optim_case("Adafactor", lr=0.02, weight_decay=0.1, maximize=True, eps=(1e-6, 1e-2), d=1.5,
+                                beta2_decay=-0.6),
+              _torch_optim_case("Adafactor", group0=dict(lr=0.1, d=2.0), change=dict(lr=0.01, weight_decay=0.05))),
+             tolerance={"peer": {F64: 1e-9, F32: 1e-5}}, torch_optim="Adafactor", matrix=True),
     # Kronecker-factored rules: run on 2-D params by tests/test_shampoo_soap.py (float64: the
     # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)
     RuleInfo("shampoo", None, peer_cases=(

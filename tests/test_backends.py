@@ -7,8 +7,12 @@ NumPy arrays, the reference) and through
 
 * the torch backend, eager (``symopt.torch.Optimizer(..., backend="torch")``), on the CPU
   and, in the tests marked ``cuda``, on a CUDA device;
-* the JAX backend (``symopt.jax.transform``), op by op over the first :data:`JAX_STEPS` steps for
-  the table, and for 100 steps under ``jax.jit`` for a few rules and op by op for composed and user rules;
+* the torch backend compiled (``compile=``): every variant through dynamo in one graph
+  (``fullgraph=True``, AOTAutograd's ``aot_eager``: the graph Inductor would lower, run by
+  eager kernels) and, for :data:`INDUCTOR_CASES` (every torch function and operator the
+  generated steps use, every template branch), through Inductor's C++ (Triton on CUDA);
+* the JAX backend (``symopt.jax.transform``): the 100 steps as one ``jax.lax.scan`` under
+  ``jax.jit`` (one trace per case);
 
 with the same gradients (computed from the Numba trajectory), and the params are compared
 after the last step with ``conftest.rel_err`` (max-norm): float64 ≤ 1e-9, float32 ≤ 1e-4.
@@ -30,9 +34,6 @@ torch = pytest.importorskip("torch")
 from symopt.torch import Optimizer, TensorOptimizer  # noqa: E402
 
 STEPS = 100
-#: Steps of the op-by-op JAX table (JAX dispatches every op from Python, ~0.1 s per step and rule
-#: here: the full 100-step trajectories run under jax.jit for a few rules and for every Optax case).
-JAX_STEPS = 10
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 
@@ -50,7 +51,7 @@ def _composed():
     return symopt.compose("adam", T.cautious(), T.clip_global_norm(1.0))
 
 
-#: (id, rule, keywords): every built-in elementwise rule (matrix rules have no array-backend module)
+#: (id, rule, keywords): every built-in elementwise rule (matrix rules: tests/test_matrix_backends.py)
 #: with its defaults and its reference cases (variants).
 CASES = [(name, name, {}) for name in ELEMENTWISE]
 CASES += [(f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}", name, dict(kw))
@@ -66,8 +67,8 @@ def _kwargs(kw):
 
 
 def numba_trajectory(rule, kw, dtype, seed=0):
-    """The Numba kernels' run: ``(theta0, grads, params after JAX_STEPS, params after STEPS)``
-    (cached for built-in rules: the torch and JAX tests share it)."""
+    """The Numba kernels' run: ``(theta0, grads, params after STEPS)`` (cached for built-in rules:
+    the torch and JAX tests share it)."""
     if isinstance(rule, str):
         return _numba_cached(rule, tuple(sorted(kw.items())), dtype, seed)
     return _numba_run(rule, kw, dtype, seed)
@@ -82,14 +83,12 @@ def _numba_run(rule, kw, dtype, seed):
     theta0, target, curv, noise = peer_problem(seed)
     params = [x.astype(dtype) for x in theta0]
     opt = symopt.optimizer(rule, params, **kw)
-    grads, early = [], None
+    grads = []
     for t in range(STEPS):
         g = [x.astype(dtype) for x in peer_grads(params, target, curv, noise[t])]
         grads.append(g)
         opt.step(g)
-        if t + 1 == JAX_STEPS:
-            early = [x.copy() for x in params]
-    return [x.astype(dtype) for x in theta0], grads, early, params
+    return [x.astype(dtype) for x in theta0], grads, params
 
 
 def torch_run(rule, kw, dtype, theta0, grads, device="cpu", **options):
@@ -103,9 +102,9 @@ def torch_run(rule, kw, dtype, theta0, grads, device="cpu", **options):
     return params, opt
 
 
-def _check_torch(rule, kw, dtype, device):
-    theta0, grads, _, ours = numba_trajectory(rule, kw, dtype)
-    params, _ = torch_run(rule, kw, dtype, theta0, grads, device=device)
+def _check_torch(rule, kw, dtype, device, **options):
+    theta0, grads, ours = numba_trajectory(rule, kw, dtype)
+    params, _ = torch_run(rule, kw, dtype, theta0, grads, device=device, **options)
     err = max(rel_err(p.cpu(), x, floor=1.0) for p, x in zip(params, ours))
     assert all(p.dtype == TORCH_DTYPE[dtype] for p in params)
     assert err <= TOL[dtype], f"torch backend vs Numba: {err:.3e}"
@@ -136,6 +135,105 @@ def test_torch_backend_composed_user_scheduled(make, kw, device):
     dtype = np.float64
     rule = make() if callable(make) else make
     _check_torch(rule, _kwargs(kw), dtype, _device(device))
+
+
+# ----------------------------------------------------------------------------- compiled torch
+def _check_compiled(rule, kw, dtype, backend, device="cpu"):
+    """100 compiled steps against the Numba trajectory; the whole run is one dynamo graph
+    (``fullgraph=True``: no graph break; one frame compiled: no recompilation across steps)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend(backend)
+    _check_torch(rule, kw, dtype, device, compile={"backend": counter, "fullgraph": True})
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs compiled in {STEPS} steps"
+
+
+def _variant(rule, kw):
+    return symopt.optimizer(rule, [np.zeros(2)], **kw).variant
+
+
+#: One case per variant (distinct generated step function) of every rule: the cases that share a
+#: variant compile the same graph (hyperparameters and flags are data), which the eager table runs.
+VARIANT_CASES = list({_variant(c[1], c[2]): c for c in reversed(CASES)}.values())[::-1]
+
+
+def test_variant_cases_cover_every_generated_step():
+    """The compiled table reaches every variant of every elementwise rule (each generated step function)."""
+    from symopt.runtime import kernels
+
+    every = {v["name"] for name in ELEMENTWISE for v in kernels.load(name).FAMILY["variants"]}
+    assert every == {_variant(c[1], c[2]) for c in VARIANT_CASES}
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
+def test_compiled_graph_matches_numba(case):
+    """Every variant of every rule through dynamo and AOTAutograd (the functionalized graph
+    Inductor lowers) run by ``aot_eager``, float64: each generated step is captured whole and its
+    100 compiled steps agree with Numba."""
+    _check_compiled(case[1], case[2], np.float64, "aot_eager")
+
+
+@pytest.mark.parametrize("make,kw", [c[1:] for c in EXTRA], ids=[c[0] for c in EXTRA])
+def test_compiled_graph_composed_user_scheduled(make, kw):
+    rule = make() if callable(make) else make
+    _check_compiled(rule, _kwargs(kw), np.float64, "aot_eager")
+
+
+#: The cases compiled by Inductor (C++ on this CPU: 2-3 s of g++ per graph, so not all 50 variants):
+#: together they hold every torch function and operator the generated step modules use
+#: (``test_inductor_cases_cover_every_generated_op`` keeps it so) and every template branch: plain
+#: elementwise, ``torch.where`` of Piecewise/flags, per-tensor reductions (cautious_lion, lamb)
+#: and global reductions (the composed rule's clip_global_norm).
+INDUCTOR_CASES = ["adam-lr=0.01-amsgrad=True-weight_decay=0.1-maximize=True", "adopt", "cautious_lion", "diffgrad",
+                  "madgrad", "lamb", "compose-adam-cautious-clip"]
+#: float32 for the cases whose float32 code Inductor writes differently (vectorized transcendental
+#: functions, float32 reductions); every case in float64.
+INDUCTOR_TABLE = [(c, np.float64) for c in INDUCTOR_CASES] + [
+    (c, np.float32) for c in INDUCTOR_CASES[:1] + ["cautious_lion", "diffgrad", "madgrad"]]
+
+
+def _case(case_id):
+    found = [c for c in CASES + EXTRA if c[0] == case_id]
+    assert found, f"no case {case_id!r}"
+    return found[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case_id,dtype", INDUCTOR_TABLE, ids=[f"{c}-{np.dtype(d).name}" for c, d in INDUCTOR_TABLE])
+def test_inductor_compiled_matches_numba(case_id, dtype, device):
+    """Inductor's code (C++ on the CPU, Triton on CUDA), 100 steps against Numba."""
+    _, make, kw = _case(case_id)
+    rule = make() if callable(make) else make
+    _check_compiled(rule, _kwargs(kw), dtype, "inductor", _device(device))
+
+
+def _generated_ops(rule, kw):
+    """The torch functions (``torch.<name>``) and Python operators in the step function that
+    ``rule`` with keywords ``kw`` runs, read from the generated module's syntax tree."""
+    import ast
+    import inspect
+
+    opt = Optimizer(rule, [torch.zeros(2, dtype=torch.float64)], backend="torch", **kw)
+    tree = ast.parse(inspect.getsource(opt._step_fn))
+    ops = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            ops.add(f"torch.{node.func.attr}")
+        elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+            op = node.ops[0] if isinstance(node, ast.Compare) else node.op
+            ops.add(type(op).__name__)
+    return ops
+
+
+def test_inductor_cases_cover_every_generated_op():
+    """Every torch function and operator in any generated step runs through Inductor in the table above."""
+    def ops_of(cases):
+        return set().union(*(_generated_ops(make() if callable(make) else make, _kwargs(kw)) for _, make, kw in cases))
+
+    covered = ops_of([_case(c) for c in INDUCTOR_CASES])
+    missing = ops_of(CASES) - covered
+    assert not missing, f"no Inductor case runs {sorted(missing)}: add a case that does to INDUCTOR_CASES"
 
 
 TORCH_CASES = [(info, k, case, d) for info, k, case in peer_cases("torch") if not info.matrix for d in case.dtypes]
@@ -231,19 +329,29 @@ def test_nonfinite_policy_writes_nothing(policy, mode):
         assert all(torch.equal(opt.state[p][k], s[k]) for k in ("exp_avg", "exp_avg_sq"))
 
 
-def test_compiled_step_never_recompiles_for_lr_or_steps():
-    """One dynamo graph for the whole step: changing ``lr`` and stepping never recompiles
-    (counted by a CompileCounter backend; the Inductor compile itself is tested below)."""
+def test_compiled_step_never_recompiles_for_lr_schedules_or_steps():
+    """Two param groups, float32 and float64 params, ``lr`` changed every step in one group and a
+    symopt.schedule in the other: the whole step is one dynamo graph, compiled once and never
+    again (torch._dynamo's counters: one frame, no recompilation, no graph break)."""
     from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
 
+    counters.clear()
     counter = CompileCounter()
-    params, opt = _adam_setup(compile={"backend": counter})
-    for t in range(6):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(4, dtype=torch.float64), torch.randn(6),
+              torch.randn(2, dtype=torch.float64)]
+    cosine = symopt.schedule.cosine(1e-2, total_steps=10, warmup_steps=3)
+    opt = Optimizer("adamw", [{"params": params[:2]}, {"params": params[2:], "lr": cosine}], backend="torch",
+                    compile={"backend": counter})
+    for t in range(8):
         opt.param_groups[0]["lr"] = 1e-3 * (t + 1)
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()
     assert counter.frame_count == 1
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert all(opt.state[p]["step"] == 8 for p in params)
 
 
 def test_inductor_compiled_matches_eager():
@@ -263,34 +371,68 @@ def test_inductor_compiled_matches_eager():
     assert max(rel_err(a, b, floor=1.0) for a, b in zip(*results)) <= 1e-6
 
 
-def test_bfloat16_params_round_to_nearest_and_stochastically():
-    """bf16 params: float32 arithmetic and state; the new param is the float32 result rounded to
-    nearest, or (seeded) to one of its two bf16 neighbours."""
+def _float64_reference(rule, p, **kw):
+    """A float64 Numba optimizer over a copy of ``p`` and ``step(p, g)``: its new param from
+    ``p``'s current values (re-read every step) and the float64 state, as float64 tensors."""
+    ref = [p.detach().double().numpy().copy()]
+    opt = symopt.optimizer(rule, ref, **kw)
+
+    def step(p, g):
+        ref[0][...] = p.detach().double().numpy()
+        opt.step([g.double().numpy()])
+        return torch.from_numpy(ref[0].copy())
+    return step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state_dtype", [None, torch.float64])
+def test_low_precision_params_round_to_nearest(dtype, state_dtype):
+    """bf16/f16 params, float32 arithmetic: every step writes the float64 result (computed from the
+    same low-precision params and gradients, float64 state) rounded to nearest, up to float32's
+    error (an element within it of a midpoint may round either way); the state is kept in
+    ``state_dtype`` (default float32)."""
     torch.manual_seed(2)
-    p32 = [torch.randn(64)]
-    p16 = [p32[0].bfloat16()]
-    ref = [p16[0].float()]
-    g = torch.randn(64)
-    o16 = Optimizer("adam", p16, lr=1e-2)                  # auto: bf16 goes to the torch backend
-    oref = Optimizer("adam", ref, backend="torch", lr=1e-2)
-    assert isinstance(o16, TensorOptimizer) and o16.state[p16[0]]["exp_avg"].dtype == torch.float32
-    p16[0].grad, ref[0].grad = g.bfloat16(), g.bfloat16().float()
-    o16.step()
-    oref.step()
-    assert torch.equal(p16[0], ref[0].bfloat16())
+    params = [(torch.randn(4096) * 3).to(dtype)]
+    opt = Optimizer("adamw", params, lr=1e-2, weight_decay=0.1, state_dtype=state_dtype)  # auto: torch backend
+    assert isinstance(opt, TensorOptimizer)
+    reference = _float64_reference("adamw", params[0], lr=1e-2, weight_decay=0.1)
+    ties = 0
+    for _ in range(5):
+        params[0].grad = torch.randn(4096).to(dtype)
+        expected = reference(params[0], params[0].grad)
+        opt.step()
+        got, nearest = params[0].double(), expected.to(dtype).double()
+        assert params[0].dtype == dtype
+        assert bool(((got - expected).abs() <= (nearest - expected).abs() + 1e-6 * expected.abs()).all())
+        ties += int((got != nearest).sum())
+    assert ties <= 5, f"{ties} of {5 * 4096} values not the nearest {dtype}"
+    assert all(v.dtype == (state_dtype or torch.float32) for k, v in opt.state[params[0]].items() if k != "step")
+
+
+def test_bfloat16_stochastic_rounding_is_seeded_and_unbiased():
+    """``stochastic_rounding=seed``: reproducible, and each value rounds to one of its two bf16
+    neighbours, up with probability (y − lo)/(hi − lo) for the float64 result y (checked over 20000
+    copies of one value, within 5 binomial standard deviations)."""
+    n = 20000
+    x0, g0 = torch.tensor(1.2345).bfloat16(), torch.tensor(0.377).bfloat16()
+    expected = _float64_reference("adam", torch.full((1,), float(x0)), lr=1e-2)(
+        torch.full((1,), float(x0)), torch.full((1,), float(g0)))[0].item()
+    bits = torch.tensor(expected, dtype=torch.float32).view(torch.int32) & -65536  # y > 0: lo ≤ y < hi
+    lo, hi = bits.view(torch.float32).bfloat16(), (bits + 65536).view(torch.float32).bfloat16()
+    assert lo.double() < expected < hi.double()
     runs = []
     for _ in range(2):
-        ps = [p32[0].bfloat16()]
+        ps = [torch.full((n,), float(x0), dtype=torch.bfloat16)]
         opt = Optimizer("adam", ps, lr=1e-2, stochastic_rounding=7)
-        ps[0].grad = g.bfloat16()
+        ps[0].grad = torch.full((n,), float(g0), dtype=torch.bfloat16)
         opt.step()
         runs.append(ps[0].clone())
-    assert torch.equal(runs[0], runs[1])                   # seeded: reproducible
-    bits = ref[0].view(torch.int32) & -65536                # the bf16 neighbour towards zero, and the other
-    toward_zero, away = bits.view(torch.float32), (bits + 65536).view(torch.float32)
-    got = runs[0].float()
-    assert bool(((got == toward_zero) | (got == away)).all())
-    assert not torch.equal(runs[0], ref[0].bfloat16())     # some values rounded the other way
+    assert torch.equal(runs[0], runs[1])
+    got = runs[0]
+    assert bool(((got == lo) | (got == hi)).all())
+    up = (expected - lo.double().item()) / (hi.double().item() - lo.double().item())
+    frac = float((got == hi).double().mean())
+    assert abs(frac - up) <= 5 * (up * (1 - up) / n) ** 0.5 + 1e-4, f"rounded up {frac:.4f}, expected {up:.4f}"
 
 
 def test_auto_backend_choice():
@@ -402,19 +544,29 @@ def jx():
     jax.config.update("jax_enable_x64", old)
 
 
-def jax_run(jax, rule, kw, theta0, grads, jit=False, dtype=np.float64):
+def jax_run(jax, rule, kw, theta0, grads, dtype=np.float64):
+    """``(params after the steps, final state, the jitted run)``: ``init`` and every step of
+    ``grads`` as one ``jax.lax.scan`` inside one ``jax.jit`` (one trace covers all steps)."""
     import jax.numpy as jnp
 
     import symopt.jax
 
     tx = symopt.jax.transform(rule, **kw)
     params = {"a": jnp.asarray(theta0[0], dtype), "b": jnp.asarray(theta0[1], dtype)}
-    state = tx.init(params)
-    update = jax.jit(tx.update) if jit else tx.update
-    for g in grads:
-        updates, state = update({"a": jnp.asarray(g[0]), "b": jnp.asarray(g[1])}, state, params)
-        params = jax.tree.map(lambda p, u: p + u, params, updates)
-    return [np.asarray(params["a"]), np.asarray(params["b"])], state, update
+    stacked = {"a": jnp.asarray(np.stack([g[0] for g in grads])), "b": jnp.asarray(np.stack([g[1] for g in grads]))}
+
+    @jax.jit
+    def run(params, stacked):
+        def one_step(carry, g):
+            params, state = carry
+            updates, state = tx.update(g, state, params)
+            return (jax.tree.map(lambda p, u: p + u, params, updates), state), None
+
+        (params, state), _ = jax.lax.scan(one_step, (params, tx.init(params)), stacked)
+        return params, state
+
+    params, state = run(params, stacked)
+    return [np.asarray(params["a"]), np.asarray(params["b"])], state, run
 
 
 JAX_CASES = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
@@ -422,10 +574,12 @@ JAX_CASES = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES i
 
 @pytest.mark.parametrize("case,dtype", JAX_CASES, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in JAX_CASES])
 def test_jax_backend_matches_numba(jx, case, dtype):
+    """100 steps under jax.jit, one trace (the scan's body is traced once for all steps)."""
     _, rule, kw = case
-    theta0, grads, ours, _ = numba_trajectory(rule, kw, dtype)
-    params, state, _ = jax_run(jx, rule, kw, theta0, grads[:JAX_STEPS], dtype=dtype)
-    assert int(state.count) == JAX_STEPS
+    theta0, grads, ours = numba_trajectory(rule, kw, dtype)
+    params, state, run = jax_run(jx, rule, kw, theta0, grads, dtype=dtype)
+    assert int(state.count) == STEPS and run._cache_size() == 1
+    assert all(p.dtype == dtype for p in params)
     err = max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours))
     assert err <= TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
 
@@ -435,17 +589,9 @@ def test_jax_backend_composed_user_scheduled(jx, make, kw):
     """100 steps of a composed rule, a user rule and a symopt.schedule (evaluated inside the update)."""
     rule = make() if callable(make) else make
     kw = _kwargs(kw)
-    theta0, grads, _, ours = numba_trajectory(rule, kw, np.float64)
+    theta0, grads, ours = numba_trajectory(rule, kw, np.float64)
     params, _, _ = jax_run(jx, rule, kw, theta0, grads)
     assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
-
-
-@pytest.mark.parametrize("rule", ["adam", "lamb"])
-def test_jax_jit_matches_numba(jx, rule):
-    theta0, grads, _, ours = numba_trajectory(rule, {}, np.float64)
-    params, _, update = jax_run(jx, rule, {}, theta0, grads, jit=True)
-    assert max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours)) <= TOL[np.float64]
-    assert update._cache_size() == 1
 
 
 #: Optax's cases with one set of hyperparameters (param-group cases are torch-style: a JAX transform has one set).
@@ -454,22 +600,41 @@ OPTAX_CASES = [(i, k, c) for i, k, c in peer_cases("optax") if c.group0 is None 
 
 @pytest.mark.parametrize("info,k,case", OPTAX_CASES, ids=[f"{i.name}-{k}" for i, k, _ in OPTAX_CASES])
 def test_jax_backend_matches_optax(jx, info, k, case):
-    """Optax-defined rules: symopt.jax.transform steps as Optax's own transformation."""
+    """Optax-defined rules: symopt.jax.transform steps as Optax's own transformation (100 steps,
+    both in one ``jax.lax.scan`` under ``jax.jit``; the gradients are taken at Optax's params)."""
     import jax.numpy as jnp
     import optax
 
     theta0, target, curv, noise = peer_problem(k)
     ours = symopt.jax.transform(info.name, **case.kwargs)
     theirs = case.build(types.SimpleNamespace(optax=optax, jnp=jnp))
-    p1 = p2 = [jnp.asarray(x) for x in theta0]
-    s1, s2 = ours.init(p1), theirs.init(p2)
-    for t in range(STEPS):
-        g = [jnp.asarray(x) for x in peer_grads([np.asarray(x) for x in p2], target, curv, noise[t])]
-        u1, s1 = ours.update(g, s1, p1)
-        u2, s2 = theirs.update(g, s2, p2)
-        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    err = max(rel_err(a, b, floor=1.0) for a, b in zip(p1, p2))
+    stacked = [jnp.asarray(np.stack([n[j] for n in noise])) for j in range(len(theta0))]
+
+    @jx.jit
+    def run(p0):
+        def one_step(carry, noise_t):
+            p1, s1, p2, s2 = carry
+            g = peer_grads(p2, target, curv, noise_t)
+            u1, s1 = ours.update(g, s1, p1)
+            u2, s2 = theirs.update(g, s2, p2)
+            return (optax.apply_updates(p1, u1), s1, optax.apply_updates(p2, u2), s2), None
+
+        (p1, _, p2, _), _ = jx.lax.scan(one_step, (p0, ours.init(p0), p0, theirs.init(p0)), stacked)
+        return p1, p2
+
+    p1, p2 = run([jnp.asarray(x) for x in theta0])
+    err = max(rel_err(np.asarray(a), np.asarray(b), floor=1.0) for a, b in zip(p1, p2))
     assert err <= info.tolerance["peer"][np.float64], f"{info.name}: {err:.3e}"
+
+
+def test_peer_tables_cover_every_torch_and_optax_rule():
+    """Every elementwise rule with torch.optim as its peer is in the torch-backend-vs-torch.optim
+    table, every rule with Optax as a peer in the JAX-backend-vs-Optax table."""
+    from symopt.provenance import RULE_PEERS
+
+    for library, table in (("torch", {i.name for i, *_ in TORCH_CASES}), ("optax", {i.name for i, *_ in OPTAX_CASES})):
+        expected = {n for n in ELEMENTWISE if library in RULE_PEERS[n]}
+        assert expected and expected <= table, f"{library}: no backend case for {sorted(expected - table)}"
 
 
 def test_jax_injected_hyperparams_chain_grad_and_skip(jx):
@@ -555,7 +720,3 @@ def test_params_without_gradients_keep_their_step_count():
     assert steps_a == steps_b == [6, 3]
     assert max(rel_err(x, y) for x, y in zip(b, a)) <= 1e-12
 
-
-def test_matrix_rule_has_no_array_backend():
-    with pytest.raises(ValueError, match="'muon' is a matrix rule"):
-        Optimizer("muon", [torch.zeros(4, 4, requires_grad=True)], backend="torch")

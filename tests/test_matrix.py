@@ -12,7 +12,8 @@ from symopt.rulebook.metadata import RuleError
 
 from conftest import rel_err
 
-SHAPES = [(5, 4), (4, 6), (3, 2, 3)]
+#: (3, 10) and (9, 3) run the iteration in the Gram space (the larger side ≥ 3× the smaller).
+SHAPES = [(5, 4), (4, 6), (3, 2, 3), (3, 10), (9, 3)]
 #: float64: both sides iterate in float64 (summation order of BLAS only); float32: symopt
 #: iterates in float32 against the float64 reference.
 TOL = {np.float64: 1e-9, np.float32: 1e-5}
@@ -275,7 +276,7 @@ def test_septic_iteration_runs_horner_beyond_degree_two():
     body = coeffs[0] * X + (coeffs[1] * gram + coeffs[2] * gram**2 + coeffs[3] * gram**3) * X
     rule = symopt.Rule("septic", param=w, grad=g, updates=[(w, w - 0.1 * Iterate(X, body, g / frobenius_norm(g), 2))])
     rng = np.random.default_rng(7)
-    for shape in [(3, 5), (5, 3)]:
+    for shape in [(3, 5), (5, 3), (2, 7)]:          # (2, 7): in the Gram space
         p, grad = rng.standard_normal(shape), rng.standard_normal(shape)
         x = grad / np.linalg.norm(grad)
         for _ in range(2):
@@ -284,3 +285,145 @@ def test_septic_iteration_runs_horner_beyond_degree_two():
         ref = p - 0.1 * x
         symopt.optimizer(rule, [p]).step([grad])
         assert rel_err(p, ref, floor=1) <= 1e-13
+
+
+# Optax's MuonDimensionNumbers: (param shape, reduction_axis, output_axis, the NumPy reading of one
+# matrix: batch index -> matrix, and back).  Batch axes lead; reduction × output, or output first.
+DIMS = [
+    ((3, 4, 6), 1, 2, lambda x, k: x[k], lambda m: m),                       # stacked (L, rows, cols)
+    ((3, 4, 6), 2, 1, lambda x, k: x[k].T, lambda m: m.T),                   # output axis first
+    ((2, 3, 5, 2), (2, 3), 1, lambda x, k: x[k].reshape(3, 10).T, lambda m: m.T.reshape(3, 5, 2)),
+    ((2, 2, 3, 4), (0, 1, 2), 3, lambda x, k: x.reshape(12, 4), lambda m: m.reshape(2, 2, 3, 4)),  # conv HWIO
+]
+
+
+@pytest.mark.parametrize("shape, red, out, view, back", DIMS)
+def test_dimension_numbers_match_float64_transcription(shape, red, out, view, back):
+    """Each batch matrix is stepped as torch steps one 2-D param (its own norm and lr ratio)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(6)]
+    dims = SimpleNamespace(reduction_axis=red, output_axis=out)      # duck-typed MuonDimensionNumbers
+    q = p.copy()
+    opt = symopt.optimizer("muon", [{"params": [q], "dimension_numbers": dims}], lr=0.02)
+    for g in grads:
+        opt.step([g])
+    nbatch = p.size // view(p, 0).size
+    ref = np.stack([back(muon64(view(p, k), [view(g, k) for g in grads], lr=0.02)) for k in range(nbatch)])
+    assert rel_err(q, ref.reshape(shape)) <= TOL[np.float64]
+
+
+def test_dimension_numbers_match_optax_orthogonalization():
+    """With momentum 0 and no weight decay the step is −γρ·O(g): O against Optax's, batch axis 0."""
+    pytest.importorskip("jax")
+    optax_muon = pytest.importorskip("optax.contrib._muon")
+    import jax.numpy as jnp
+
+    dims = optax_muon.MuonDimensionNumbers(reduction_axis=(2, 3), output_axis=1)
+    rng = np.random.default_rng(12)
+    g = rng.standard_normal((2, 3, 5, 2)).astype(np.float32)
+    p = np.zeros_like(g)
+    symopt.optimizer("muon", [{"params": [p], "dimension_numbers": dims}], lr=1.0, momentum=0.0,
+                     weight_decay=0.0).step([g])
+    ortho = np.asarray(optax_muon.orthogonalize_via_newton_schulz(
+        jnp.asarray(g), jnp.asarray((3.4445, -4.7750, 2.0315)), 5, "frobenius", 1e-7, dims))
+    ratio = np.sqrt(max(1, 10 / 3))                                   # rows 5·2 (reduction), cols 3 (output)
+    # both in float32 (measured 3e-5: Newton–Schulz amplifies the rounding of small singular values);
+    # Optax adds ε to the norm where torch takes max(‖U‖, ε): 1e-8 relative here
+    assert rel_err(-p / ratio, ortho) <= 1e-4
+
+
+def test_dimension_numbers_bad_input_and_checkpoints(tmp_path):
+    rng = np.random.default_rng(13)
+    p = rng.standard_normal((3, 4, 6))
+    grads = [rng.standard_normal(p.shape) for _ in range(4)]
+    for dims, err in [({"reduction_axis": 0, "output_axis": 2}, "batch axes must be the leading"),
+                      ({"reduction_axis": 1, "output_axis": 1}, "disjoint"),
+                      ({"reduction_axis": 1, "output_axis": 5}, "outside a param"),
+                      ({"reduction_axis": 1.5, "output_axis": 2}, "integers"),
+                      ({"rows": 1}, "unknown keys"),
+                      ("rows", "dimension_numbers must be")]:
+        with pytest.raises((ValueError, TypeError), match=err):
+            symopt.optimizer("muon", [{"params": [p], "dimension_numbers": dims}])
+    with pytest.raises(ValueError, match="elementwise rule"):
+        symopt.optimizer("adamw", [{"params": [p], "dimension_numbers": (1, 2)}])
+    q = p.copy()
+    a = symopt.optimizer("muon", [{"params": [p], "dimension_numbers": (1, 2)}])
+    for g in grads[:2]:
+        a.step([g])
+    a.save(tmp_path / "dims.npz")
+    b = symopt.load(tmp_path / "dims.npz", [q])
+    assert b.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+    for g in grads[2:]:
+        a.step([g])
+        b.step([g])
+    np.testing.assert_array_equal(p, q)
+    r = q.copy()
+    c = symopt.optimizer("muon", [r])                                # default d0 × (d1⋯) until loaded:
+    c.load_state_dict(a.state_dict())                                # the saved groups win
+    assert c.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+    a.step([grads[0]])
+    c.step([grads[0]])
+    np.testing.assert_array_equal(p, r)
+    bad = a.state_dict()
+    bad["param_groups"][0]["dimension_numbers"] = (0, 2)
+    with pytest.raises(ValueError, match="batch axes must be the leading"):
+        c.load_state_dict(bad)
+    assert c.param_groups[0]["dimension_numbers"] == ((1,), (2,))
+
+
+def test_dimension_numbers_in_the_torch_adapter_and_its_checkpoints():
+    """symopt.torch.Optimizer takes a group's dimension_numbers (beside a group without), steps as
+    symopt.optimizer does, and keeps it as plain tuples in state_dict (torch.load(weights_only=True))."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from types import SimpleNamespace
+
+    import symopt.torch
+
+    rng = np.random.default_rng(14)
+    p, w = rng.standard_normal((3, 4, 6)), rng.standard_normal((5, 3))
+    grads = [(rng.standard_normal(p.shape), rng.standard_normal(w.shape)) for _ in range(4)]
+    q, v = p.copy(), w.copy()
+    ref = symopt.optimizer("muon", [{"params": [q], "dimension_numbers": (2, 1)}, {"params": [v]}], lr=0.02)
+    t, tw = torch.tensor(p, requires_grad=True), torch.tensor(w, requires_grad=True)
+    dims = SimpleNamespace(reduction_axis=2, output_axis=1)
+    opt = symopt.torch.Optimizer("muon", [{"params": [t], "dimension_numbers": dims}, {"params": [tw]}], lr=0.02)
+    for g, gw in grads[:2]:
+        ref.step([g, gw])
+        t.grad, tw.grad = torch.tensor(g), torch.tensor(gw)
+        opt.step()
+    np.testing.assert_array_equal(t.detach().numpy(), q)
+    np.testing.assert_array_equal(tw.detach().numpy(), v)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    t2, tw2 = torch.tensor(q, requires_grad=True), torch.tensor(v, requires_grad=True)
+    opt2 = symopt.torch.Optimizer("muon", [{"params": [t2]}, {"params": [tw2]}], lr=0.02)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    assert opt2.param_groups[0]["dimension_numbers"] == ((2,), (1,))
+    for g, gw in grads[2:]:
+        ref.step([g, gw])
+        t2.grad, tw2.grad = torch.tensor(g), torch.tensor(gw)
+        opt2.step()
+    np.testing.assert_array_equal(t2.detach().numpy(), q)
+    with pytest.raises(ValueError, match="elementwise rule"):
+        symopt.torch.Optimizer("adamw", [{"params": [t], "dimension_numbers": (1, 2)}])
+
+
+def test_gram_space_float32_on_a_low_rank_gradient():
+    """The Gram-space iteration (64×256) in float32 on a rank-8 gradient plus noise: its small singular
+    values are where float32 rounding of A = XXᵀ shows.  Norm-wise against float64 it measured 3e-4
+    (the direct float32 iteration 1.5e-5, torch's bfloat16 one 0.4); the singular values stay Muon's."""
+    rng = np.random.default_rng(15)
+    g = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 256))
+         + 1e-4 * rng.standard_normal((64, 256))).astype(np.float32)
+    p = np.zeros_like(g)
+    symopt.optimizer("muon", [p], lr=1.0, momentum=0.0, weight_decay=0.0).step([g])
+    ref = newton_schulz64(g.astype(np.float64))
+    assert np.linalg.norm(-p - ref) <= 2e-3 * np.linalg.norm(ref)
+    s, s_ref = np.linalg.svd(-p.astype(np.float64), compute_uv=False), np.linalg.svd(ref, compute_uv=False)
+    assert np.abs(s - s_ref).max() <= 2e-3

@@ -194,7 +194,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("shampoo", [np.zeros((2, 2))], preconditioning_compute_steps=1.5)
     torch = pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="matrix rule"):
+    with pytest.raises(ValueError, match="no torch module"):
         symopt.torch.Optimizer("shampoo", [torch.zeros(2, 2, requires_grad=True)], backend="torch")
 
 
@@ -259,7 +259,7 @@ def test_checkpoints_keep_the_matrix_states(tmp_path, libs):
     np.testing.assert_array_equal(w2, w)
     np.testing.assert_allclose(tw_ref.detach().numpy(), w, rtol=1e-14, atol=0)
     bad = dict(saved["state"][0], pre_cond_0=torch.zeros(4, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="its matrix state has"):
+    with pytest.raises(ValueError, match=r"'pre_cond_0' of param 0 has shape \(4, 4\), expected \(5, 5\)"):
         topt2.load_state_dict({"state": {0: bad}, "param_groups": saved["param_groups"]})
 
 

@@ -188,11 +188,14 @@ def _assert_dict_equal(a, b):
 
 
 def test_table_covers_every_torch_compatible_rule():
-    """Every built-in rule of the torch group has a format entry whose keys are torch's."""
+    """Every built-in rule of the torch group has a format entry whose keys are torch's (matrix rules
+    with a torch.optim class too: adafactor)."""
     from symopt.runtime import kernels
 
     torch_rules = [n for n in symopt.rules() if kernels.load(n).FAMILY["group"] == "torch"]
-    assert sorted(torch_rules) == sorted(TORCH_FORMATS)
+    matrix_rules = [n for n in TORCH_FORMATS if kernels.load(n).FAMILY["group"] == "matrix"]
+    assert "adafactor" in matrix_rules
+    assert sorted(torch_rules + matrix_rules) == sorted(TORCH_FORMATS)
     for name, fmt in TORCH_FORMATS.items():
         keys = set(symopt.optimizer(name, [np.zeros(1)]).defaults)
         torch_keys = set(fmt.torch_defaults())

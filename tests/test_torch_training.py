@@ -323,10 +323,3 @@ def test_params_first_with_a_rule_keyword():
     with pytest.raises(TypeError, match="needs a rule"):
         Optimizer([p], lr=0.5)
 
-
-def test_adafactor_is_not_silently_another_algorithm():
-    """torch.optim.Adafactor's name never runs Optax's unfactored rule: it is refused with the reason."""
-    with pytest.raises(ValueError, match="torch.optim.Adafactor's factored algorithm .* not built in"):
-        Optimizer("adafactor", [torch.zeros(4, 3, requires_grad=True)])
-    opt = Optimizer("adafactor_unfactored", [torch.zeros(4, 3, requires_grad=True)])
-    assert opt.rule_name == "adafactor_unfactored"

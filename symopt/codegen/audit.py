@@ -8,7 +8,7 @@ audit proves it on the result, without running anything (``compile`` and
 * ``import math``, ``import numba``, ``import numpy as np``, ``from numba import
   types``, ``from numba.extending import intrinsic``, ``from scipy.linalg import blas``
   (matrix rules); for the array backends ``import torch``, ``import jax``, ``import
-  jax.numpy as jnp``, ``from jax.scipy import special``;
+  jax.numpy as jnp``, ``from jax.scipy import special``, ``from jax import lax`` (matrix rules);
 * assignments of a *literal* (``ast.literal_eval`` reads it) to a plain name;
 * function definitions decorated with ``intrinsic`` or ``numba.njit(<constants>)``.
 
@@ -44,7 +44,9 @@ SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool",
 _IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np", ("torch", None): "torch",
             ("jax", None): "jax", ("jax.numpy", "jnp"): "jnp"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic",
-                 ("scipy.linalg", "blas", None): "blas", ("scipy.linalg", "lapack", None): "lapack", ("jax.scipy", "special", None): "special"}
+                 ("scipy.linalg", "blas", None): "blas", ("scipy.linalg", "lapack", None): "lapack",
+                 ("jax.scipy", "special", None): "special", ("jax", "lax", None): "lax"}
+
 
 def _registry_calls(module: str) -> set:
     """The ``<module>.<name>`` calls the registry's templates print (Numba, scalar, torch, JAX)."""
@@ -68,8 +70,9 @@ MODULE_ATTRIBUTES = {
     "lapack": frozenset({"ssyevd", "dsyevd", "sgeqrf", "dgeqrf", "sorgqr", "dorgqr"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
     "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
-    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log"} | _registry_calls("jnp")),
+    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32"} | _registry_calls("jnp")),
     "jax": frozenset(),
+    "lax": frozenset({"fori_loop"}),   # the matrix rules' iteration (array_matrix_module template)
     "special": frozenset(_registry_calls("special")),
 }
 #: Attributes of locals generated code uses: array shapes, the LLVM builder and context of the
@@ -78,7 +81,9 @@ MODULE_ATTRIBUTES = {
 #: (``params[0].dtype``, ``scal[0].to(dt)``): none of them reaches code.
 VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size",
                               # tensors and arrays of the array backends
-                              "dtype", "to", "numel", "device"})
+                              "dtype", "to", "numel", "device",
+                              # the matrix rules of the array backends: a transpose, a 0-d tensor like scal
+                              "T", "new_full"})
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
     ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
@@ -252,7 +257,7 @@ def audit_module(text: str, filename: str = "<generated>") -> None:
             _fail(stmt, f"a module-level {type(stmt).__name__} statement")
     # Names no function may rebind: the imports, and module-level names some function reads.
     protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic", "blas", "torch", "jax",
-                                                  "jnp", "special"}}
+                                                  "jnp", "special", "lax"}}
     for fn in functions:
         for node in _own_nodes(fn):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in module_names:

@@ -53,7 +53,7 @@ from ..rulebook.rule import Family, check_family
 from .audit import AuditError, audit_module
 from .names import comment_text, module_name
 from .plan_gradients import plan_elementwise, plan_rowwise
-from .render import (TARGETS, array_family_hash, family_hash, is_matrix_family, gradient_hash, nn_module_name, render_array_family,
+from .render import (TARGETS, array_family_hash, family_hash, has_array_module, gradient_hash, nn_module_name, render_array_family,
                      render_elementwise, render_family, render_gradient, render_index, render_rowwise)
 
 #: Module kinds of the user cache: sub-folder and what the cache warnings call them.
@@ -82,7 +82,7 @@ def backend_modules(target: str, names: list | None = None) -> dict:
     ``target`` (``"torch"``, ``"jax"``: ``generated/<target>/``), with their ``RULES`` index."""
     fams = builtin_families()
     selected = list(fams) if names is None else list(names)
-    fams = {name: fam for name, fam in fams.items() if not is_matrix_family(fam)}   # Numba only (render_array_family)
+    fams = {name: fam for name, fam in fams.items() if has_array_module(fam)}   # others: Numba only
     out = {module_name(name): seal(render_array_family(fams[name], TARGETS[target], source_label=fams[name].source))
            for name in fams if name in selected}
     if names is None:

@@ -42,6 +42,7 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
+from ..rulebook.factored import is_factored_rule, machine_eps
 from ..rulebook.matrix import cols, rows
 from ..rulebook.metadata import RuleError, t
 from ..rulebook.rule import Family, Rule
@@ -49,11 +50,13 @@ from .names import comment_text, docstring_text, identifier, python_literal, str
 from .plan import KernelPlan, make_plan
 from .plan_gradients import SCALE, UPSTREAM
 from .plan_matrix import RESULT, WORK, is_matrix_rule, make_matrix_plan
+from .plan_factored import make_factored_plan
 from .plan_preconditioned import is_preconditioned_rule, make_preconditioned_plan
 from .printers import JaxArrayPrinter, KernelPrinter, ScalarPrinter, TorchArrayPrinter
 
 OPTIMIZER_TEMPLATE = "optimizer_module.py.jinja"
 MATRIX_TEMPLATE = "matrix_module.py.jinja"
+FACTORED_TEMPLATE = "factored_module.py.jinja"
 PRECONDITIONED_TEMPLATE = "preconditioned_module.py.jinja"
 ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
 ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
@@ -138,7 +141,8 @@ def _num(x):
 # ----------------------------------------------------------------------------- optimizer families
 def family_hash(family: Family) -> str:
     """The input hash of ``family``'s module: its template, formulas (fingerprint) and the generator."""
-    template = (PRECONDITIONED_TEMPLATE if is_preconditioned_family(family) else
+    template = (FACTORED_TEMPLATE if is_factored_family(family) else
+                PRECONDITIONED_TEMPLATE if is_preconditioned_family(family) else
                 MATRIX_TEMPLATE if is_matrix_family(family) else OPTIMIZER_TEMPLATE)
     return input_hash(template, family.fingerprint())
 
@@ -511,6 +515,8 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
 
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
+    if is_factored_family(family):
+        return render_factored_family(family, source_label=source_label)
     if is_preconditioned_family(family):
         return render_preconditioned_family(family, source_label=source_label)
     if is_matrix_family(family):
@@ -634,6 +640,139 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
     }
     ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
     return environment().get_template(MATRIX_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- factored rules
+# Names in a factored kernel: ``s<k>`` per-step scalars (kernel dtype), ``_t<k>``/``_k<k>`` per-tensor
+# scalars (float64 / kernel dtype), ``_r<k>``/``_m<k>`` reductions and per-matrix means, ``_p<n>e<k>``
+# CSE temporaries, ``_a*``/``_q*`` accumulators -- never a user name (user identifiers never start with ``_``).
+def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict) -> dict:
+    """Printed code of one layout (``matrix``/``vector``) of a factored variant, per dtype."""
+    ns = len(plan.scalars)
+    wrow, wcol = lay.workspace["row"], lay.workspace["col"]
+    offset = {"row": lambda k: f"{k} * nb * nr", "col": lambda k: f"{wrow} * nb * nr + {k} * nb * nc",
+              "matrix": lambda k: f"{wrow} * nb * nr + {wcol} * nb * nc + {k} * nb"}
+    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b"}
+    names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
+    for s in lay.states:
+        names[s] = f"{state_ids[s]}_i"
+    for k, sym in enumerate(plan.scalars):
+        names[sym] = f"s{k}"
+    tensor_syms = [sym for st in lay.stages for sym, _ in st.tensor_scalars]
+    for k, sym in enumerate(tensor_syms):
+        names[sym] = f"_k{k}"
+    for sym in lay.kinds:
+        if sym not in names:
+            names[sym] = f"_{sym.name}"  # reductions r<k>, per-matrix means m<k>
+    for loop in lay.loops:
+        for sym, _ in loop.temps:
+            names[sym] = sym.name
+    tnames = {**{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: f"_t{k}" for k, sym in enumerate(tensor_syms)},
+              **{sym: names[sym] for sym, kind in lay.kinds.items() if kind == "tensor"}, machine_eps: "_meps"}
+    tp = KernelPrinter(tnames, "float64")
+
+    def source(sym, dtype_ctor):
+        kind = lay.kinds[sym]
+        if sym in lay.slots:
+            part, k = lay.slots[sym]
+            return f"{dtype_ctor}(ws[{offset[part](k)} + {index[kind]}])"
+        if sym == rule.param:
+            return "param_c[e]"
+        if sym == rule.grad:
+            return "grad_c[e]"
+        return f"{state_ids[sym]}_c[{index[kind]}]"
+
+    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [],
+           "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
+                          for sym, e in st.tensor_scalars] or ["(none)"]}
+    for suffix, dtype, ptr, itemsize in _DTYPES:
+        pr = KernelPrinter(names, dtype, vector_math=True)
+
+        def loads(syms, kinds):
+            return [(names[s], source(s, pr.ctor)) for s in syms if lay.kinds.get(s) in kinds]
+
+        stages = []
+        for k, st in enumerate(lay.stages):
+            first = sum(len(x.tensor_scalars) for x in lay.stages[:k])
+            stage = {"tensor": [(f"_t{first + i}", f"_k{first + i}", tp.doprint(e))
+                                for i, (_, e) in enumerate(st.tensor_scalars)],
+                     "rows": [], "cols": [], "means": []}
+            for kind, stores, key in (("row", st.row_stores, "rows"), ("col", st.col_stores, "cols")):
+                for target, e in stores:
+                    syms = sorted(e.free_symbols, key=sp.default_sort_key)
+                    stage[key].append({"loads": loads(syms, (kind,)) + loads(syms, ("matrix",)),
+                                       "target": f"{state_ids[target]}_c", "code": pr.doprint(e)})
+            for sym, scope, e in st.means:
+                syms = sorted(e.free_symbols, key=sp.default_sort_key)
+                part, k2 = lay.slots[sym]
+                stage["means"].append({"scope": scope, "loads": loads(syms, (scope,)), "code": pr.doprint(e),
+                                       "target": f"ws[{offset[part](k2)} + b]"})
+            stages.append(stage)
+        loops = []
+        for k, loop in enumerate(lay.loops):
+            sums = {"tensor": [], "row": [], "col": []}
+            for i, (sym, scope, op, e) in enumerate(loop.sums):
+                acc = f"_a{k}_{i}"
+                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean"}
+                if scope != "tensor":
+                    part, k2 = lay.slots[sym]
+                    entry["target"] = f"ws[{offset[part](k2)} + {index[scope]}]"
+                    entry["base"] = offset[part](k2)
+                sums[scope].append(entry)
+            loops.append({
+                "matrix_loads": loads(loop.reads, ("matrix",)), "row_loads": loads(loop.reads, ("row",)),
+                "inner_loads": loads(loop.reads, ("col", "element")),
+                "temps": [(names[s], pr.doprint(e)) for s, e in loop.temps],
+                "stores": [(f"{'param' if s == rule.param else state_ids[s]}_c[e]", pr.doprint(e))
+                           for s, e in loop.stores],
+                "sums": sums,
+            })
+        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "suffix": suffix, "dtype": dtype, "ptr": ptr,
+                               "itemsize": itemsize, "ctor": pr.ctor, "meps": repr(float(_MACHINE_EPS[dtype])),
+                               "zero": pr.const(0), "stages": stages, "loops": loops})
+        out.setdefault("helpers", set()).update(pr.helpers)
+    return out
+
+
+_MACHINE_EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
+
+
+def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> dict:
+    state_ids = _state_identifiers(rule)
+    layouts = [_factored_layout_context(rule, plan, lay, prefix, state_ids) for lay in plan.layouts]
+    return {
+        **_scalar_context(rule, plan, hyper_ids),
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
+        "suffixes": [suffix for suffix, *_ in _DTYPES],
+        "helpers": set().union(*(lay["helpers"] for lay in layouts)),
+    }
+
+
+def render_factored_family(family: Family, *, source_label: str | None = None) -> str:
+    """Source text of the generated module of a family of factored rules (``factored_module.py.jinja``)."""
+    plans = [make_factored_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    data = _family_data(family, plans, hyper_ids, prefixes)
+    for info, plan, (_, rule) in zip(data["variants"], plans, family.variants):
+        for entry, sym in zip(info["state"], plan.state):
+            entry["shape"] = rule.state[sym].shape
+        info["factored"] = {lay.name: {"states": [rule.state_key(s) for s in lay.states], **lay.workspace}
+                            for lay in plan.layouts}
+    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
+    ctx = {
+        "header": header(family.name, source_label or family.source, FACTORED_TEMPLATE, family_hash(family)),
+        "docstring": _docstring(family),
+        "family_literal": python_literal(data, width=100),
+        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
+        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
+        "variants": [_factored_variant_context(r, p, pre, hyper_ids)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    return environment().get_template(FACTORED_TEMPLATE).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- preconditioned rules
@@ -1067,9 +1206,15 @@ class ArrayTarget:
 
 
 def is_matrix_family(family: Family) -> bool:
-    """True if a variant of ``family`` reads the param as a matrix (:mod:`.plan_matrix`,
-    :mod:`.plan_preconditioned`)."""
-    return any(is_matrix_rule(rule) or is_preconditioned_rule(rule) for _, rule in family.variants)
+    """True if a variant of ``family`` reads the param as a matrix: it iterates on it (:mod:`.plan_matrix`),
+    keeps matrix states (:mod:`.plan_preconditioned`) or row and column statistics (:mod:`.plan_factored`)."""
+    return any(is_matrix_rule(rule) or is_preconditioned_rule(rule) or is_factored_rule(rule)
+               for _, rule in family.variants)
+
+
+def is_factored_family(family: Family) -> bool:
+    """True if a variant of ``family`` keeps row/column statistics (:mod:`.plan_factored`)."""
+    return any(is_factored_rule(rule) for _, rule in family.variants)
 
 
 def is_preconditioned_family(family: Family) -> bool:
@@ -1193,11 +1338,17 @@ def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hy
         ctx["tensor_loads"] = [(names[s], f"_u{k}") for k, s in enumerate(info.tensor_scalars)]
         ctx["reductions"] = _array_reductions(plan, target, names, src)
         ctx["reduction_doc"] = _reduction_doc(plan)
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def _array_scalar_context(plan, hyper_ids: dict, target: ArrayTarget) -> dict:
+    """The per-step scalar function printed for ``target`` (JAX: traced), either planner's plan; its doc lines."""
     resolved: dict = {}
     for sym, expr in plan.scalar_temps:
         resolved[sym] = expr.xreplace(resolved)
-    ctx["scalar_doc"] = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
-                         for i, e in enumerate(plan.scalar_exprs)]
+    ctx = {"scalar_doc": [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
+                          for i, e in enumerate(plan.scalar_exprs)]}
     if target.scalars:
         scalar_names = {t: "t", **{s: hyper_ids[s] for s in plan.hyper}}
         taken = set(scalar_names.values())
@@ -1224,9 +1375,8 @@ def _array_docstring(family: Family, target: ArrayTarget) -> str:
 
 def render_array_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
     """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``)."""
-    if is_matrix_family(family):
-        raise RuleError(f"{family.name}: a matrix rule has no {target.name} module yet (its iteration runs in BLAS "
-                        f"through the Numba kernels)")
+    if array_plan_kind(family) == "iterate":
+        return render_array_matrix_family(family, target, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
@@ -1242,3 +1392,129 @@ def render_array_family(family: Family, target: ArrayTarget, *, source_label: st
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     return environment().get_template(ARRAY_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- array backends: matrix rules
+ARRAY_MATRIX_TEMPLATE = "array_matrix_module.py.jinja"
+#: What the matrix template needs of each array target beyond :class:`ArrayTarget`: ``shape``
+#: makes a 0-d array of the accumulation dtype from a Python int (``rows``, ``cols`` in
+#: per-tensor scalars); ``count_arg``: the step takes the iteration count as a Python int (torch:
+#: from the host's per-step scalars, a ``for`` loop that ``torch.compile`` unrolls); else the count
+#: is read from the traced scalars (``int_count``) and the iteration is a ``lax.fori_loop``; ``imports``:
+#: the module's import lines beyond the target's.
+ARRAY_MATRIX_FORMS = {
+    "torch": {"shape": "scal.new_full((), {0})", "count_arg": True, "int_count": None, "imports": ()},
+    "jax": {"shape": "jnp.asarray({0}, acc)", "count_arg": False, "int_count": "jnp.asarray({0}, jnp.int32)",
+            "imports": ("from jax import lax",)},
+}
+
+
+def array_plan_kind(family: Family) -> str:
+    """``"elementwise"`` (:func:`~.plan.make_plan`, ``array_module.py.jinja``) or ``"iterate"``
+    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``); a RuleError
+    naming the rule for a matrix plan kind that has no array template."""
+    if not is_matrix_family(family):
+        return "elementwise"
+    other = [rule.name for _, rule in family.variants if not is_matrix_rule(rule)]
+    if other:
+        raise RuleError(f"{family.name}: variants {', '.join(other)} are matrix rules of a plan kind that has no "
+                        f"torch or JAX template yet (only Iterate rules such as muon have one); "
+                        f"they step through their Numba kernels (backend='numba')")
+    return "iterate"
+
+
+def has_array_module(family: Family) -> bool:
+    """Whether ``family`` has torch and JAX modules (see :func:`array_plan_kind`)."""
+    try:
+        array_plan_kind(family)
+    except RuleError:
+        return False
+    return True
+
+
+def _array_matrix_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target: ArrayTarget) -> dict:
+    """Printed code of one matrix variant for ``target``: pass 0 as whole-tensor ops, the reductions and
+    per-tensor scalars (accumulation dtype), the iteration as matrix products, pass 1 (see
+    :mod:`.plan_matrix`)."""
+    forms = ARRAY_MATRIX_FORMS[target.name]
+    state_ids = _state_identifiers(rule)
+    ns = len(plan.scalars)
+    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
+            **{s: f"{state_ids[s]}_i" for s in plan.state}}
+    for k, sym in enumerate(plan.scalars):
+        elem[sym] = f"s{k}"
+    for k, (sym, _) in enumerate(plan.tensor_scalars):
+        elem[sym] = f"s{ns + k}"
+    for ps in plan.passes:
+        for sym, _ in ps.element_temps:
+            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
+    pr = target.printer(elem)
+    lists = {rule.param: "params", rule.grad: "grads", **{s: state_ids[s] for s in plan.state}}
+    arrays = set(lists) | {RESULT, WORK} | {sym for ps in plan.passes for sym, _ in ps.element_temps}
+    pass0, pass1 = plan.passes
+    reduction_names = [f"_r{k}" for k in range(len(plan.reductions))]
+    sums = [(name, _array_sum(target, pr, e, arrays)
+             + (" / " + target.numel.format("params[j]") if op == "mean" else ""))
+            for name, (_, op), (_, e) in zip(reduction_names, plan.reductions, pass0.sums)]
+    tnames = {**{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: name for (sym, _), name in zip(plan.reductions, reduction_names)},
+              rows: "_rows", cols: "_cols"}
+    tp = target.printer(tnames)
+    it = plan.iteration
+
+    def scalar(x):
+        return elem[x] if x in elem else repr(float(x))
+
+    if it.count.is_Number:
+        count_host, count_traced = str(int(it.count)), str(int(it.count))
+    else:
+        col = plan.scalars.index(it.count)
+        count_host = f"int(s[{col}])"
+        count_traced = forms["int_count"].format(f"scal[{col}]") if forms["int_count"] else None
+    q = [scalar(x) for x in it.coefficients]
+    # Σ_{k≥1} q_k A^k by Horner from the top: H = q_d A, then H ← q_k A + H·A for k = d−1 … 1.
+    horner = [f"_h = {q[-1]} * _a"] + [f"_h = {q[k]} * _a + _h @ _a" for k in range(len(q) - 2, 0, -1)]
+    tensor_used = set()
+    for _, e in plan.tensor_scalars:
+        tensor_used |= e.free_symbols
+    ctx = {
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "nscalars": ns, "state_args": [state_ids[s] for s in plan.state],
+        "state_keys": [rule.state_key(s) for s in plan.state],
+        "scalar_loads": [(f"s{k}", k) for k in range(ns)],
+        "loads": [(elem[s], f"{lists[s]}[j]") for s in lists if s in {*pass0.reads, *pass1.reads}],
+        "temps0": [(elem[s], pr.doprint(e)) for s, e in pass0.element_temps],
+        "stores0": [(elem[tgt], pr.doprint(e)) for tgt, e in pass0.stores if tgt is not WORK],
+        "work": next(pr.doprint(e) for tgt, e in pass0.stores if tgt is WORK),
+        "sums": sums,
+        "uses_rows": rows in tensor_used, "uses_cols": cols in tensor_used,
+        "rows_code": forms["shape"].format("rows"), "cols_code": forms["shape"].format("cols"),
+        "tensor_codes": [(f"s{ns + k}", target.cast.format(f"({tp.doprint(e)})"))
+                         for k, (_, e) in enumerate(plan.tensor_scalars)],
+        "tensor_doc": [docstring_text(f"s{ns + k} = {sp.sstr(e)}") for k, (_, e) in enumerate(plan.tensor_scalars)],
+        "scale": scalar(it.scale), "count_host": count_host, "count_traced": count_traced,
+        "count_doc": sp.sstr(it.count), "coefficients": q, "q0": q[0], "horner": horner,
+        "temps1": [(elem[s], pr.doprint(e)) for s, e in pass1.element_temps],
+        "returns": [pr.doprint(dict(pass1.stores).get(s, s)) for s in (rule.param, *plan.state)],
+    }
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def render_array_matrix_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
+    """Source text of the ``target`` module of a family of Iterate rules (``array_matrix_module.py.jinja``)."""
+    plans = [make_matrix_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    ctx = {
+        "header": header(family.name, source_label or family.source, ARRAY_MATRIX_TEMPLATE,
+                         array_family_hash(family, target)),
+        "target": target, "forms": ARRAY_MATRIX_FORMS[target.name],
+        "docstring": _array_docstring(family, target),
+        "backend_literal": string_literal(target.name),
+        "family_literal": string_literal(family.name),
+        "formula_hash_literal": string_literal(family.fingerprint()),
+        "variants": [_array_matrix_variant(r, p, pre, hyper_ids, target)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    return environment().get_template(ARRAY_MATRIX_TEMPLATE).render(**ctx)

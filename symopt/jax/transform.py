@@ -20,6 +20,9 @@
   ``"ignore"`` checks nothing.  (``"raise"`` needs a value on the host: not inside ``jit``.)
 * **Dtypes**: float32 and float64 params compute in their own dtype; bfloat16/float16 params in
   float32, with state in float32.
+* **Matrix rules** (Muon): each leaf, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz
+  iteration runs in the compute dtype as a ``lax.fori_loop`` over the traced count.  A choice
+  keyword (``adjust_lr_fn``) is fixed at ``transform``; ``state.hyperparams`` holds its position.
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             schedules[k] = v
     fixed = {k: (float(values[k](1)) if scheduled.is_schedule(values[k]) else
                  schedules[k](0) if k in schedules else v) for k, v in values.items()}
+    choices = {h["key"]: h["name"] for h in spec.hyper if h["kind"] == "choice"}
     fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
-                 v if isinstance(v, bool) else float(v)) for k, v in fixed.items()}
+                 v if isinstance(v, bool) or k in choices else float(v)) for k, v in fixed.items()}
     checked = spec.values(fixed, spec.name)
     variant = spec.variant_index(checked, spec.name)
     vinfo = spec.variants[variant]
@@ -96,6 +100,11 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
 
     def init_fn(params):
         leaves, treedef = jax.tree.flatten(params)
+        if "matrix" in vinfo:
+            flat = [p for p in leaves if jnp.ndim(p) < 2]
+            if flat:
+                raise ValueError(f"{spec.name} reads each param as a matrix (at least 2-D: d0 × (d1⋯)), got shape "
+                                 f"{jnp.shape(flat[0])}; route other params to another transform (optax.partition)")
         state = []
         for init in inits:
             state.append(treedef.unflatten([
@@ -104,6 +113,9 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         hp = {}
         for k, v in values.items():
             if k in schedules:
+                continue
+            if k in choices:    # a choice keyword (Muon's adjust_lr_fn): the position of its value, as the rule reads it
+                hp[k] = jnp.asarray(checked[choices[k]], _float())
                 continue
             hp[k] = (tuple(jnp.asarray(x, _float()) for x in v) if isinstance(v, (tuple, list))
                      else jnp.asarray(v) if isinstance(v, bool) else jnp.asarray(v, _float()))
@@ -123,25 +135,33 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         ok = None
         if check:
             ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in g_leaves])) if g_leaves else jnp.bool_(True)
-        new_updates = [None] * len(g_leaves)
-        new_state = [list(s) for s in s_leaves]
-        by_dtype: dict = {}
-        for j, p in enumerate(p_leaves):
-            by_dtype.setdefault(_compute_dtype(p), []).append(j)
-        for cd, idx in by_dtype.items():
-            out = step_fn([jnp.asarray(p_leaves[j], cd) for j in idx], [jnp.asarray(g_leaves[j], cd) for j in idx],
-                          *[[jnp.asarray(s[j], cd) for j in idx] for s in s_leaves],
-                          [jnp.asarray(x, fdt) for x in scal], fdt)
-            for j, new in zip(idx, out):
-                p = p_leaves[j]
-                upd = (new[0] - jnp.asarray(p, cd)).astype(p.dtype)
-                states = list(new[1:])
-                if ok is not None:
-                    upd = jnp.where(ok, upd, jnp.zeros_like(upd))
-                    states = [jnp.where(ok, n, o) for n, o in zip(states, (s[j] for s in s_leaves))]
-                new_updates[j] = upd
-                for k, n in enumerate(states):
-                    new_state[k][j] = n.astype(s_leaves[k][j].dtype)
+
+        def run(operands):
+            """The rule's step over every leaf, grouped by compute dtype: (updates, new state leaves)."""
+            ps, gs, ss, sc = operands
+            outs = [None] * len(ps)
+            states = [list(x) for x in ss]
+            by_dtype: dict = {}
+            for j, p in enumerate(ps):
+                by_dtype.setdefault(_compute_dtype(p), []).append(j)
+            for cd, idx in by_dtype.items():
+                out = step_fn([jnp.asarray(ps[j], cd) for j in idx], [jnp.asarray(gs[j], cd) for j in idx],
+                              *[[jnp.asarray(x[j], cd) for j in idx] for x in ss],
+                              [jnp.asarray(x, fdt) for x in sc], fdt)
+                for j, new in zip(idx, out):
+                    outs[j] = (new[0] - jnp.asarray(ps[j], cd)).astype(ps[j].dtype)
+                    for k, n in enumerate(new[1:]):
+                        states[k][j] = n.astype(ss[k][j].dtype)
+            return outs, states
+
+        def skip(operands):
+            """A non-finite gradient: zero updates, the state as it was (optax.apply_if_finite)."""
+            ps, _, ss, _ = operands
+            return [jnp.zeros_like(p) for p in ps], [list(x) for x in ss]
+
+        operands = (p_leaves, g_leaves, s_leaves, list(scal))
+        # lax.cond runs one branch: the check costs one read of the grads, not a select over every output.
+        new_updates, new_state = run(operands) if ok is None else jax.lax.cond(ok, run, skip, operands)
         count = state.count + (1 if ok is None else ok.astype(jnp.int32))
         bad = state.notfinite_count + (0 if ok is None else (~ok).astype(jnp.int32))
         new = SymoptState(count, state.hyperparams, tuple(treedef.unflatten(s) for s in new_state), bad)

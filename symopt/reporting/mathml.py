@@ -275,7 +275,8 @@ def _print_reduction(self, expr):
     op = doc.createElement("mo")
     op.appendChild(_text(doc, "Σ" if expr.op == "sum" else "mean"))
     scope = doc.createElement("mtext")
-    scope.appendChild(_text(doc, "tensor" if expr.scope == "tensor" else "all tensors"))
+    scope.appendChild(_text(doc, {"tensor": "tensor", "global": "all tensors", "row": "row j",
+                                  "col": "column i"}[expr.scope]))
     under.appendChild(op)
     under.appendChild(scope)
     row = doc.createElement("mrow")
@@ -289,5 +290,5 @@ def _print_reduction(self, expr):
 
 
 # SymPy dispatches a Function subclass by its own class name only (not by a base such as Reduction).
-for _name in ("TensorSum", "TensorMean", "GlobalSum", "GlobalMean"):
+for _name in ("TensorSum", "TensorMean", "GlobalSum", "GlobalMean", "RowMean", "ColMean"):
     setattr(MathPrinter, f"_print_{_name}", _print_reduction)

@@ -22,6 +22,7 @@ from pathlib import Path
 import sympy as sp
 
 from ..codegen.plan import KernelPlan, UpdatedValue, make_plan
+from ..codegen.plan_factored import make_factored_plan
 from ..codegen.plan_matrix import RESULT, WORK, MatrixPlan, is_matrix_rule, make_matrix_plan
 from ..codegen.plan_preconditioned import (
     PreconditionedPlan,
@@ -30,6 +31,7 @@ from ..codegen.plan_preconditioned import (
     result_buffer,
     work_buffer,
 )
+from ..rulebook.factored import is_factored_rule
 from ..provenance import PEER_TOLERANCE, RULE_PEERS, peer_label
 from ..rulebook.display import base_latex, subscripted, update_rows
 from ..rulebook.metadata import t as T_STEP
@@ -217,6 +219,47 @@ def matrix_derivation(plan: MatrixPlan) -> dict:
     }
 
 
+def factored_derivation(plan) -> dict:
+    """A factored rule's plan (:mod:`~symopt.codegen.plan_factored`) in the form of :func:`derivation`:
+    per layout, each pass's sums, the row/column updates and per-matrix means after it, the
+    per-tensor scalars and the final pass's stores."""
+    rule = plan.rule
+    rows, sums, tensor = [], [], []
+    for lay in plan.layouts:
+        syms = _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars],
+                           *[lp.temps for lp in lay.loops], *[lp.stores for lp in lay.loops],
+                           *[[(s, e) for s, _, _, e in lp.sums] for lp in lay.loops],
+                           *[st.row_stores + st.col_stores + st.tensor_scalars for st in lay.stages],
+                           *[[(s, e) for s, _, e in st.means] for st in lay.stages])
+        names = _display_names(rule, syms)
+        lhs = lambda sym: _new_name(rule, sym) if sym in (rule.param, *rule.state) else names.get(sym, sp.latex(sym))
+        for k, lp in enumerate(lay.loops):
+            for s, scope, op, e in lp.sums:
+                what = {"tensor": "over the tensor", "row": "over each row", "col": "over each column"}[scope]
+                sums.append({"eq": equations([(names.get(s, sp.latex(s)), "=", e, names)]),
+                             "what": f"{lay.name} params: {'mean' if op == 'mean' else 'Σ'} {what}", "stage": k})
+            rows += [(names.get(s, sp.latex(s)), "=", e, names) for s, e in lp.temps]
+            rows += [(lhs(s), "=", e, names) for s, e in lp.stores]
+            if k < len(lay.stages):
+                st = lay.stages[k]
+                tensor += [(names.get(s, sp.latex(s)), "=", e, names) for s, e in st.tensor_scalars]
+                rows += [(lhs(s), "=", e, names) for s, e in st.row_stores + st.col_stores]
+                rows += [(names.get(s, sp.latex(s)), "=", e, names) for s, _, e in st.means]
+    names = _display_names(rule, _symbols_of(plan.scalar_temps, [(s,) for s in plan.scalars]))
+    return {
+        "substituted": equations(rows),
+        "scalars": equations([(names.get(s, sp.latex(s)), "=", e, {**names, T_STEP: "t"})
+                              for s, e in [*plan.scalar_temps, *zip(plan.scalars, plan.scalar_exprs)]])
+        if plan.scalars else None,
+        "elements": equations(rows),
+        "ops_before": plan.op_count, "ops_after": plan.op_count, "scalar_ops": 0,
+        "n_scalars": len(plan.scalars), "n_temps": sum(len(lp.temps) for lay in plan.layouts for lp in lay.loops),
+        "reads": ", ".join(sorted({rule.state_key(s) if s in rule.state else s.name for lay in plan.layouts
+                                   for lp in lay.loops for s in lp.reads if s in (rule.param, rule.grad, *rule.state)})),
+        "reductions": {"sums": sums, "tensor": equations(tensor) if tensor else None},
+    }
+
+
 def preconditioned_derivation(plan: PreconditionedPlan) -> dict:
     """A preconditioned rule's plan (:mod:`~symopt.codegen.plan_preconditioned`) in the form of
     :func:`derivation`: the element passes (each ending with a value's start G_k into its workspace)
@@ -316,10 +359,11 @@ def module_source(family: Family, builtin: bool) -> tuple:
 
 def backend_sources(family: Family, builtin: bool) -> list:
     """``[{name, module, where, header}]`` of the array backends' modules of ``family`` (torch, JAX):
-    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix rule."""
-    from ..codegen.render import TARGETS, is_matrix_family, render_array_family
+    the checked-in ones of a built-in rule, else what the generator renders; none for a matrix plan without an
+    array template."""
+    from ..codegen.render import TARGETS, has_array_module, render_array_family
 
-    if is_matrix_family(family):
+    if not has_array_module(family):
         return []
     out = []
     for name, target in TARGETS.items():
@@ -337,12 +381,14 @@ def backend_sources(family: Family, builtin: bool) -> list:
 
 def verification(family: Family, samples: int) -> list:
     """``symopt verify``'s rows for every variant and dtype (mpmath at 50 digits)."""
-    from ..verify.check import verify_matrix_variant, verify_preconditioned_variant, verify_variant
+    from ..verify.check import (verify_factored_variant, verify_matrix_variant, verify_preconditioned_variant,
+                                verify_variant)
 
     rows = []
     for _, rule in family.variants:
         for dtype in ("float32", "float64"):
-            r = (verify_preconditioned_variant(family, rule, dtype) if is_preconditioned_rule(rule)
+            r = (verify_factored_variant(family, rule, dtype) if is_factored_rule(rule)
+                 else verify_preconditioned_variant(family, rule, dtype) if is_preconditioned_rule(rule)
                  else verify_matrix_variant(family, rule, dtype) if is_matrix_rule(rule)
                  else verify_variant(family, rule, dtype, samples=samples))
             rows.append({"variant": r.variant, "dtype": r.dtype, "error": f"{r.max_error:.3e}",
@@ -467,11 +513,13 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
     data = _family_data(source)
     variants = []
     for (when, rule), vdata in zip(family.variants, data["variants"]):
-        matrix, preconditioned = is_matrix_rule(rule), is_preconditioned_rule(rule)
-        plan = (make_preconditioned_plan(rule) if preconditioned else make_matrix_plan(rule) if matrix
-                else make_plan(rule))
+        matrix, factored, preconditioned = is_matrix_rule(rule), is_factored_rule(rule), is_preconditioned_rule(rule)
+        plan = (make_factored_plan(rule) if factored else make_preconditioned_plan(rule) if preconditioned
+                else make_matrix_plan(rule) if matrix else make_plan(rule))
         prefix = vdata["prefix"]
-        fn_names = ([f"{prefix}_scalars", *(f"{prefix}_f64_pass{k}" for k in range(len(plan.passes))),
+        fn_names = ([f"{prefix}_scalars", f"{prefix}_state_init", f"{prefix}_f64_matrix", f"{prefix}_f64_vector"]
+                    if factored else
+                    [f"{prefix}_scalars", *(f"{prefix}_f64_pass{k}" for k in range(len(plan.passes))),
                      "_inverse_root", *(["_eigenbasis"] if not all(plan.symmetric) else []), f"{prefix}_f64"]
                     if preconditioned else
                     [f"{prefix}_scalars", f"{prefix}_tensor_scalars", f"{prefix}_f64_pass0", f"{prefix}_f64",
@@ -484,12 +532,14 @@ def family_page(family: Family, *, builtin: bool, samples: int = 50, plot: bool 
             "condition": None if when == sp.true else math(when, cond_names),
             "options": sorted({family.hyper[s].key or s.name for s in when.free_symbols}),
             "equations": update_equations(rule), "state": state_table(rule),
-            "derivation": (preconditioned_derivation(plan) if preconditioned else matrix_derivation(plan) if matrix
+            "derivation": (factored_derivation(plan) if factored else preconditioned_derivation(plan) if preconditioned
+                           else matrix_derivation(plan) if matrix
                            else derivation(plan)),
             "kernel": highlight(_functions(source, fn_names)),
         })
     others = siblings(family.name) if builtin else []
-    matrix_family = any(is_matrix_rule(r) or is_preconditioned_rule(r) for _, r in family.variants)
+    matrix_family = any(is_matrix_rule(r) or is_factored_rule(r) or is_preconditioned_rule(r)
+                        for _, r in family.variants)
     return {
         "kind": "rule", "title": family.name, "family": family, "builtin": builtin,
         "doc_summary": family.doc.partition("\n\n")[0], "doc_more": family.doc.partition("\n\n")[2],

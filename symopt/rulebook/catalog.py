@@ -16,6 +16,7 @@ CATALOG_MODULES = (
     "symopt.rulebook.optax_compat",
     "symopt.rulebook.research",
     "symopt.rulebook.matrix_rules",
+    "symopt.rulebook.factored_rules",
     "symopt.rulebook.preconditioned_rules",
 )
 

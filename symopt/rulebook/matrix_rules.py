@@ -12,7 +12,8 @@ orthogonalization, five quintic Newton–Schulz steps (:mod:`.matrix`)::
 
 torch runs the iteration in bfloat16; symopt runs it in the param's dtype (float32
 or float64).  torch requires 2-D params; symopt reads a ``(d0, d1, …)`` param as the
-``d0 × (d1⋯)`` matrix (conv kernels as in Keller Jordan's Muon).  ``adjust_lr_fn`` is a choice keyword
+``d0 × (d1⋯)`` matrix (conv kernels as in Keller Jordan's Muon), or as its param group's
+``dimension_numbers`` select (Optax's ``MuonDimensionNumbers``; runtime/matrix.py).  ``adjust_lr_fn`` is a choice keyword
 (``Hyper(kind="choice")``): any other value than torch's three is refused.  Symbols: γ ``lr``, λ ``weight_decay``,
 μ ``momentum``, (a, b, c) ``ns_coefficients``, ε ``eps``, k ``ns_steps``.
 """

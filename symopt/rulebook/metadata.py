@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-__all__ = ["t", "Hyper", "State", "RuleError"]
+__all__ = ["t", "Hyper", "State", "RuleError", "NONE_VALUE"]
 
 #: The 1-based step counter.  Use it in per-step scalars (bias corrections, schedules).
 t = sp.Symbol("t", positive=True, integer=True)
@@ -33,7 +33,10 @@ class Hyper:
     ``betas=(beta1, beta2)`` does.  ``kind`` is ``"float"``, ``"bool"`` or ``"choice"``: one
     of ``choices`` (``None`` or strings, as torch's ``adjust_lr_fn``), whose *position* is
     the symbol's value in the rule (``default`` is that position; conditions read
-    ``Eq(sym, k)``) while users pass and see the choice itself.
+    ``Eq(sym, k)``) while users pass and see the choice itself.  ``"optional"`` is a number
+    or ``None`` (torch's ``eps=(None, 1e-3)``): the rule sees ``None`` as :data:`NONE_VALUE`
+    (below ``low``, which must be at least 0, so a rule tells it apart: ``Piecewise((…, x < 0), …)``);
+    ``default`` is the rule's value (:data:`NONE_VALUE` for a default of ``None``).
     """
 
     default: float | bool
@@ -48,8 +51,11 @@ class Hyper:
     choices: tuple = ()
 
     def __post_init__(self):
-        if self.kind not in ("float", "bool", "choice"):
-            raise RuleError(f"Hyper.kind must be 'float', 'bool' or 'choice', got {self.kind!r}")
+        if self.kind not in ("float", "bool", "choice", "optional"):
+            raise RuleError(f"Hyper.kind must be 'float', 'bool', 'choice' or 'optional', got {self.kind!r}")
+        if self.kind == "optional" and not (self.low >= 0 and (self.default == NONE_VALUE or self.default >= self.low)):
+            raise RuleError(f"an optional hyperparameter needs low >= 0 and a default of NONE_VALUE (None) or in "
+                            f"range, got low={self.low!r}, default={self.default!r}")
         if self.kind == "choice":
             if not isinstance(self.choices, tuple) or len(self.choices) < 2 or \
                     not all(c is None or isinstance(c, str) for c in self.choices) or \
@@ -64,7 +70,7 @@ class Hyper:
             raise RuleError("only a choice hyperparameter has choices")
         if self.kind == "bool" and not isinstance(self.default, bool):
             raise RuleError(f"a bool hyperparameter needs a bool default, got {self.default!r}")
-        if self.kind == "float":
+        if self.kind in ("float", "optional"):
             if isinstance(self.default, bool) or not isinstance(self.default, (int, float)):
                 raise RuleError(f"hyperparameter default must be a number, got {self.default!r}")
             if not math.isfinite(self.default):
@@ -73,6 +79,8 @@ class Hyper:
     @property
     def user_default(self):
         """The default as users pass it (the choice itself for a choice hyperparameter)."""
+        if self.kind == "optional" and self.default == NONE_VALUE:
+            return None
         return self.choices[self.default] if self.kind == "choice" else self.default
 
     def position(self, value) -> int:
@@ -93,6 +101,10 @@ class Hyper:
         return f"{lo}{fmt(self.low)}, {fmt(self.high)}{hi}"
 
 
+#: The value a rule sees for an ``optional`` hyperparameter set to ``None``.
+NONE_VALUE = -1.0
+
+
 @dataclass(frozen=True)
 class State:
     """A state variable's metadata: its initial value and public name.
@@ -100,8 +112,16 @@ class State:
     ``init`` is a number, an expression in hyperparameters, or the parameter
     symbol itself (the state starts as a copy of the parameter).  ``key`` is the
     name used in ``state_dict()`` (torch's names: ``exp_avg``, ``exp_avg_sq``...).
+    ``shape`` is ``"full"`` (the param's shape) or, in a factored rule
+    (:mod:`.factored`), ``"row"``/``"col"`` (one value per row/column of each matrix of a
+    param of at least two dimensions) or ``"vector"`` (the param's shape, for params of fewer).
     """
 
     init: object = 0
     key: str | None = None
     doc: str = ""
+    shape: str = "full"
+
+    def __post_init__(self):
+        if self.shape not in ("full", "row", "col", "vector"):
+            raise RuleError(f"State.shape must be 'full', 'row', 'col' or 'vector', got {self.shape!r}")

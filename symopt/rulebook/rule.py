@@ -134,7 +134,7 @@ class Rule:
             if h.index is None:
                 out[key] = h.user_default
             else:
-                tuples.setdefault(key, {})[h.index] = h.default
+                tuples.setdefault(key, {})[h.index] = h.user_default
                 out[key] = None
         for key, d in tuples.items():
             out[key] = tuple(d[i] for i in sorted(d))
@@ -144,7 +144,8 @@ class Rule:
         """A hash of everything that determines the generated kernel."""
         parts = [
             "name", self.name, "param", sp.srepr(self.param), "grad", sp.srepr(self.grad),
-            "state", *[f"{sp.srepr(k)}={sp.srepr(sp.sympify(v.init))}|{v.key}" for k, v in self.state.items()],
+            "state", *[f"{sp.srepr(k)}={sp.srepr(sp.sympify(v.init))}|{v.key}" + ("" if v.shape == "full" else f"|{v.shape}")
+                       for k, v in self.state.items()],
             "hyper", *[f"{sp.srepr(k)}={v!r}" for k, v in self.hyper.items()],
             "updates", *[f"{sp.srepr(k)}:={sp.srepr(v)}" for k, v in self.updates],
         ]

@@ -42,15 +42,16 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..functions import REGISTRY, registered
 from .matrix import SHAPE_SYMBOLS, Iterate
+from .factored import FACTOR_SYMBOLS, ColMean, RowMean, is_factored_rule
 from .preconditioned import Eigenbasis, InverseRoot, Preconditioned
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
-from .metadata import Hyper, RuleError, State, t
+from .metadata import NONE_VALUE, Hyper, RuleError, State, t
 
 #: Functions a rule may use (the registry's ``in_rules``); anything else is rejected.
 RULE_FUNCTIONS = tuple(f.sympy for f in REGISTRY if f.in_rules)
 #: Sums/means over a tensor or over all tensors: the plan turns them into reduction passes
 #: (reduction.py, codegen/plan.py); they never reach a printer.
-_REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean})
+_REDUCTION_TYPES = frozenset({TensorSum, TensorMean, GlobalSum, GlobalMean, RowMean, ColMean})
 _NUMBER_TYPES = frozenset({
     _numbers.Integer, _numbers.Rational, _numbers.Float, _numbers.Zero, _numbers.One,
     _numbers.NegativeOne, _numbers.Half, _numbers.Pi, _numbers.Exp1,
@@ -242,8 +243,8 @@ def check_hyper(sym, h, where: str = "") -> None:
             raise RuleError(f"{label}: {side} bound must be a number (inf allowed), got {v!r}")
         if not isinstance(getattr(h, f"{side}_open"), bool):
             raise RuleError(f"{label}: {side}_open must be True or False")
-    if h.kind in ("bool", "choice"):  # choices are checked by Hyper itself
-        return
+    if h.kind in ("bool", "choice") or (h.kind == "optional" and h.default == NONE_VALUE):
+        return  # choices are checked by Hyper itself; None is outside the range on purpose
     if h.low > h.high:
         raise RuleError(f"{label}: low bound {h.low!r} is above high bound {h.high!r}")
     d = h.default
@@ -335,7 +336,7 @@ def check_rule(rule) -> None:
             if bad:
                 raise RuleError(f"state variable {sym}: initial value may use only hyperparameters "
                                 f"(or be the param itself); it uses {sorted(map(str, bad))}")
-    known = set(arrays) | hypers | {t, *SHAPE_SYMBOLS}
+    known = set(arrays) | hypers | {t, *SHAPE_SYMBOLS, *FACTOR_SYMBOLS}
     updated_param = False
     iterations = 0
     for i, (lhs, rhs) in enumerate(rule.updates):
@@ -366,6 +367,12 @@ def check_rule(rule) -> None:
     if shape_used and not iterations:
         raise RuleError(f"rule {rule.name!r} uses {sorted(map(str, shape_used))}, the shape of a matrix view, "
                         f"but holds no Iterate (only matrix rules read params as matrices)")
+    factor_used = set(FACTOR_SYMBOLS) & set().union(*(rhs.free_symbols for _, rhs in rule.updates))
+    if factor_used and not is_factored_rule(rule):
+        raise RuleError(f"rule {rule.name!r} uses {sorted(map(str, factor_used))}, which only factored rules "
+                        f"(RowMean/ColMean, row/col states) know")
+    if is_factored_rule(rule) and iterations:
+        raise RuleError(f"rule {rule.name!r}: a rule is either factored (RowMean/ColMean) or iterates on a matrix")
     for sym in rule.state:
         if not any(lhs == sym for lhs, _ in rule.updates):
             raise RuleError(f"state variable {sym} is never updated; make it a hyperparameter or drop it")

@@ -11,7 +11,9 @@ text.  It holds
   number of skipped steps;
 * ``step``: the int64 step count of every param;
 * ``state_<k>_<j>``: state buffer ``k`` (the ``k``-th entry of ``meta["state_keys"]``)
-  of param ``j``, in the optimizer's dtype;
+  of param ``j``, in the optimizer's dtype; a factored rule's ``meta["state_kinds"]`` gives
+  each one's shape (``row``: ``(…, m, 1)``...), and a state the param's shape does not keep
+  is absent;
 * ``param_<j>``: the values of param ``j`` when the checkpoint was written (unless
   ``save(..., params=False)``).
 
@@ -48,12 +50,15 @@ import numpy as np
 from .._version import __version__
 from ..files import atomic_write
 from . import scheduled
+from .matrix import state_shape
 
 __all__ = ["CheckpointError", "Reader", "load_into", "read", "regroup", "saved_groups", "saved_rule", "set_schedule_codec",
            "write"]
 
 FORMAT = "symopt-checkpoint"
 FORMAT_VERSION = 1
+#: State shapes a checkpoint may declare (``meta["state_kinds"]``, written for factored rules only).
+STATE_KINDS = ("full", "row", "col", "vector")
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
@@ -145,6 +150,9 @@ def write(path, opt, *, params: bool = True) -> None:
         "state_keys": keys, "on_nonfinite": opt.on_nonfinite, "skipped_steps": int(opt.skipped_steps),
         "has_params": bool(params),
     }
+    kinds = opt.state_kinds
+    if any(kind != "full" for kind in kinds.values()):  # a factored rule: row/col states of their own shapes
+        meta["state_kinds"] = [kinds[key] for key in keys]
     mkeys = list(opt.matrix_state_keys)
     if mkeys:  # a preconditioned rule's matrix states, each of its own shape
         meta["matrix_state_keys"] = mkeys
@@ -153,7 +161,9 @@ def write(path, opt, *, params: bool = True) -> None:
               "step": np.array([state[j]["step"] for j in range(len(tensors))], dtype=np.int64)}
     for j in range(len(tensors)):
         for k, key in enumerate(keys):
-            arrays[f"state_{k}_{j}"] = np.ascontiguousarray(state[j][key])
+            if key in state[j]:  # a factored rule keeps some states for some param shapes only
+                value = state[j][key]
+                arrays[f"state_{k}_{j}"] = np.ascontiguousarray(value).reshape(value.shape)  # 0-d stays 0-d
         for k, key in enumerate(mkeys):
             arrays[f"matrix_{k}_{j}"] = np.ascontiguousarray(state[j][key])
         if params:
@@ -314,6 +324,9 @@ def _check_meta(meta, path) -> None:
     keys = meta["state_keys"]
     if len(keys) > 64 or not all(_name_ok(k) for k in keys):
         _fail(path, "state keys must be short printable strings")
+    kinds = meta.get("state_kinds", ["full"] * len(keys))
+    if not isinstance(kinds, list) or len(kinds) != len(keys) or not all(k in STATE_KINDS for k in kinds):
+        _fail(path, f"meta['state_kinds'] must list one of {STATE_KINDS} per state key")
     mkeys, mshapes = meta.get("matrix_state_keys", []), meta.get("matrix_state_shapes", [])
     if not isinstance(mkeys, list) or len(mkeys) > 64 or not all(_name_ok(k) for k in mkeys):
         _fail(path, "matrix state keys must be a list of short printable strings")
@@ -373,13 +386,20 @@ class Reader:
         """``(state, params)``: ``{j: {key: array}}`` and ``{j: array}`` (None unless ``params`` and saved)."""
         dtype = _DTYPES[self.meta["dtype"]]
         state, saved = {}, ({} if params and self.meta["has_params"] else None)
+        kinds = self.meta.get("state_kinds", ["full"] * len(self.meta["state_keys"]))
         for j, shape in enumerate(self.meta["shapes"]):
             entry = {}
-            for k, key in enumerate(self.meta["state_keys"]):
+            for k, (key, kind) in enumerate(zip(self.meta["state_keys"], kinds)):
+                want = state_shape(kind, shape)
                 info = _member(self._zip, f"state_{k}_{j}")
+                if want is None:  # not kept for this param's shape (a factored rule)
+                    if info is not None:
+                        _fail(self.path, f"state {key!r} of param {j} is stored, but a param of shape {shape} "
+                                         f"does not keep it")
+                    continue
                 if info is None:
                     _fail(self.path, f"state {key!r} of param {j} is missing")
-                entry[key] = _read_member(self._zip, info, dtype, tuple(shape), f"state {key!r} of param {j}")
+                entry[key] = _read_member(self._zip, info, dtype, want, f"state {key!r} of param {j}")
             for k, key in enumerate(self.meta.get("matrix_state_keys", [])):
                 info = _member(self._zip, f"matrix_{k}_{j}")
                 if info is None:

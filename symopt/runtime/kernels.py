@@ -33,13 +33,6 @@ def builtin_names() -> list:
     return list(generated.RULES)
 
 
-#: Names users reach for that are deliberately not built in, and why.
-NOT_BUILT_IN = {
-    "adafactor": ("torch.optim.Adafactor's factored algorithm (row and column statistics of g²) is not built in "
-                  "yet; 'adafactor_unfactored' is Optax's adafactor(factored=False), a different algorithm"),
-}
-
-
 def load_builtin(name: str):
     """The generated module of built-in rule ``name``."""
     if not isinstance(name, str):
@@ -50,8 +43,7 @@ def load_builtin(name: str):
         mod = generated.RULES[name]
     except KeyError:
         known = ", ".join(generated.RULES)
-        hint = NOT_BUILT_IN.get(name, "")
-        raise ValueError(f"unknown rule {name!r}{'; ' + hint if hint else ''}; built-in rules are: {known}") from None
+        raise ValueError(f"unknown rule {name!r}; built-in rules are: {known}") from None
     return importlib.import_module(f"symopt.generated.{mod}")
 
 
@@ -74,12 +66,14 @@ def load_backend(rule, backend: str):
         raise ValueError(f"unknown backend {backend!r}; array backends are: {', '.join(BACKENDS)}")
     main = load(rule)
     name = main.FAMILY["name"]
-    if any("matrix" in v for v in main.FAMILY["variants"]):
-        raise ValueError(f"{name!r} is a matrix rule: the {backend} backend covers elementwise rules and rules with "
-                         f"reductions; a matrix rule steps through its Numba kernels (backend='numba', CPU)")
     from .. import generated
 
     if isinstance(rule, str) or (_is_optimizer_module(rule) and generated.RULES.get(name) == rule.__name__.rpartition(".")[2]):
+        if name not in importlib.import_module(f"symopt.generated.{backend}").RULES:
+            # a matrix rule whose plan kind has no array template (codegen/render.py: array_plan_kind)
+            kind = "factored" if any("factored" in v for v in main.FAMILY["variants"]) else "matrix"
+            raise ValueError(f"rule {name!r} has no {backend} module: its {kind} plan has no {backend} template yet; "
+                             f"it steps through its Numba kernels (backend='numba', CPU)")
         mod = importlib.import_module(f"symopt.generated.{backend}.{generated.RULES[name]}")
     elif _is_optimizer_module(rule):
         raise TypeError(f"the {backend} backend of user rule {name!r} needs the rule itself (a symopt.Rule or "

@@ -2,37 +2,112 @@
 ``matrix_module.py.jinja``): per tensor, one call of the generated ``<prefix>_<dtype>``
 (pass 0, the iteration in BLAS, pass 1), with workspaces allocated once.
 
-Each param of shape ``(d0, d1, …)`` (at least 2-D) is the ``d0 × (d1⋯)`` matrix.  The
+Each param of shape ``(d0, d1, …)`` (at least 2-D) is the ``d0 × (d1⋯)`` matrix, or the
+matrices its param group's ``dimension_numbers`` select (Optax's ``MuonDimensionNumbers``:
+reduction axes × output axes, the other axes batch axes; :func:`matrix_layout`).  The
 workspaces are sized for the largest tensor and shared: two flat buffers of its element
-count and three of ``min(rows, cols)²``.  A step first counts the NaN/inf gradient values of
+count and one of ``square_buffers(rows, cols)`` (a function of the generated module: 3, or 6
+where the iteration runs in the Gram space) times ``min(rows, cols)²``.  A step first counts the NaN/inf gradient values of
 every stepped tensor (the generated ``<prefix>_<dtype>_check``) and writes nothing if there
 is one, as the elementwise kernels do.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .preconditioned import PreconditionedStep
 
-__all__ = ["MatrixStep", "setup"]
+__all__ = ["MatrixStep", "FactoredStep", "state_shape", "setup", "dimension_numbers", "matrix_layout"]
+
+
+def dimension_numbers(value, where: str):
+    """``(reduction_axes, output_axes)``, two tuples of ints, from Optax's ``MuonDimensionNumbers``
+    (``reduction_axis``, ``output_axis``: an int or a sequence of ints each), a dict with those keys,
+    or a pair; None stays None (the default ``d0 × (d1⋯)``)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        extra = set(value) - {"reduction_axis", "output_axis"}
+        if extra:
+            raise ValueError(f"{where}: dimension_numbers has unknown keys {sorted(extra)}; "
+                             f"give reduction_axis and output_axis")
+        pair = (value.get("reduction_axis", 0), value.get("output_axis", 1))
+    elif hasattr(value, "reduction_axis") and hasattr(value, "output_axis"):
+        pair = (value.reduction_axis, value.output_axis)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise TypeError(f"{where}: dimension_numbers must be a MuonDimensionNumbers, a dict with reduction_axis "
+                        f"and output_axis, or a (reduction_axis, output_axis) pair, got {value!r}")
+    out = []
+    for name, axes in zip(("reduction_axis", "output_axis"), pair):
+        axes = axes if isinstance(axes, (tuple, list)) else (axes,)
+        norm = []
+        for ax in axes:
+            # ints, and integral floats as a JSON checkpoint reads them back
+            if isinstance(ax, bool) or not isinstance(ax, (int, float, np.integer, np.floating)) or ax != int(ax):
+                raise TypeError(f"{where}: dimension_numbers {name} must hold integers, got {ax!r}")
+            norm.append(int(ax))
+        if not norm:
+            raise ValueError(f"{where}: dimension_numbers {name} is empty")
+        out.append(tuple(norm))
+    return tuple(out)
+
+
+def matrix_layout(shape, dims, where: str):
+    """``(batch, rows, cols, flip)`` of a param of ``shape`` read as matrices by ``dims`` (see
+    :func:`dimension_numbers`).
+
+    As in Optax, the axes in neither ``reduction_axes`` nor ``output_axes`` are batch axes (each
+    batch element a matrix of its own: its own norm and iteration), and the matrix is
+    ``rows × cols`` = (product of the reduction axes) × (product of the output axes).  The
+    iteration reads each matrix in place, so the batch axes must lead and the reduction and output
+    axes must each be one run of consecutive axes after them; ``flip`` when the output axes come
+    first (the memory holds the matrix transposed; the order of the axes inside a run does not
+    matter: the iteration commutes with permutations of rows and columns).  None: ``d0 × (d1⋯)``.
+    """
+    nd = len(shape)
+    if dims is None:
+        return 1, int(shape[0]), int(np.prod(shape[1:], dtype=np.int64)), False
+    red, outp = ([ax % nd if -nd <= ax < nd else None for ax in axes] for axes in dims)
+    if None in red or None in outp:
+        raise ValueError(f"{where}: dimension_numbers {dims} name an axis outside a param of shape {shape}")
+    if len(set(red)) != len(red) or len(set(outp)) != len(outp) or set(red) & set(outp):
+        raise ValueError(f"{where}: dimension_numbers {dims} must name distinct axes, reduction and output axes "
+                         f"disjoint (param shape {shape})")
+    nb = nd - len(red) - len(outp)
+    first, second = (outp, red) if min(outp) < min(red) else (red, outp)
+    if (sorted(first) != list(range(nb, nb + len(first)))
+            or sorted(second) != list(range(nb + len(first), nd))):
+        raise ValueError(f"{where}: dimension_numbers {dims} on a param of shape {shape}: symopt reads each matrix "
+                         f"in place, so the batch axes must be the leading ones and the reduction and output axes "
+                         f"each one run of consecutive axes after them (move the axes of the param)")
+    size = lambda axes: int(np.prod([shape[a] for a in axes], dtype=np.int64))
+    return size(range(nb)), size(red), size(outp), first is outp
 
 
 class MatrixStep:
-    """Steps the tensors of ``chunks`` one after another through the generated per-tensor function."""
+    """Steps the tensors of ``chunks`` one after another (each batch matrix of a tensor in turn)
+    through the generated per-tensor function."""
 
-    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, name: str):
+    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, name: str, dims=None):
         for j, p in enumerate(tensors):
             if p.ndim < 2:
                 raise ValueError(f"{name}: params[{j}] has shape {p.shape}; {name} reads each param as a matrix "
                                  f"(at least 2-D: d0 × (d1⋯)); give 1-D params their own optimizer "
                                  f"(or a param group with another rule)")
-        self.shapes = [(int(p.shape[0]), int(p.size // p.shape[0]) if p.shape[0] else 0) for p in tensors]
+        dims = dims or [None] * len(tensors)
+        #: (batch, rows, cols, flip) per tensor
+        self.layouts = [matrix_layout(p.shape, d, f"{name}: params[{j}]") for j, (p, d) in enumerate(zip(tensors, dims))]
         dtype = tensors[0].dtype
-        size = max(int(p.size) for p in tensors)
-        side = max(min(r, c) for r, c in self.shapes) ** 2
+        self.itemsize = dtype.itemsize
+        size = max(r * c for _, r, c, _ in self.layouts)
+        squares = max(module.square_buffers(r, c) * min(r, c) ** 2 for _, r, c, _ in self.layouts)
         self.work, self.other = np.empty(size, dtype), np.empty(size, dtype)
-        self.gram, self.horner, self.spare = (np.empty(side, dtype) for _ in range(3))
+        self.squares = np.empty(squares, dtype)
         self.nscalars = int(vinfo["nscalars"])
         self.scal = np.zeros(self.nscalars + int(vinfo["matrix"]["ntensor_scalars"]), dtype=np.float64)
         prefix = vinfo["prefix"]
@@ -45,22 +120,101 @@ class MatrixStep:
             nbad = int(self.check(gptr, chunks))
             if nbad:
                 return nbad
-        ns, ext = self.nscalars, self.scal
+        ns, ext, item = self.nscalars, self.scal, self.itemsize
         for j, lo, hi, row in chunks.tolist():
-            n = hi - lo
-            rows, cols = self.shapes[j]
+            batch, rows, cols, flip = self.layouts[j]
+            n = rows * cols
             ext[:ns] = scal[row, :ns]
-            o = int(offs[j])
-            self.tensor(int(pptr[j]), int(gptr[j]), n, *[buf[o:o + n] for buf in state], self.work[:n],
-                        self.other[:n], self.gram, self.horner, self.spare, ext, rows, cols)
+            o, p0, g0 = int(offs[j]), int(pptr[j]), int(gptr[j])
+            for k in range(batch):
+                at = k * n
+                self.tensor(p0 + item * at, g0 + item * at, n, *[buf[o + at:o + at + n] for buf in state],
+                            self.work[:n], self.other[:n], self.squares, ext, rows, cols, flip)
         return 0
 
 
-def setup(module, vinfo: dict, tensors: list, suffix: str, name: str):
+class FactoredStep:
+    """Steps the tensors of ``chunks`` one after another through a factored rule's generated functions.
+
+    A param of at least two dimensions, shape ``(…, nr, nc)``, is ``nb`` stacked ``nr × nc``
+    matrices (the ``matrix`` layout: ``<prefix>_<dtype>_matrix``); one of fewer is one ``1 × n``
+    matrix (``<prefix>_<dtype>_vector``).  Each layout keeps its own states (``state_shape``);
+    the float64 workspace of row/column means and per-matrix values is sized once for the largest
+    tensor.
+    """
+
+    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list):
+        prefix = vinfo["prefix"]
+        info = vinfo["factored"]
+        keys = [s["key"] for s in vinfo["state"]]
+        self.calls = []     # per tensor: (function, nb, nr, nc, [(state index, size)...])
+        need = 1
+        for j, p in enumerate(tensors):
+            layout = "matrix" if p.ndim >= 2 else "vector"
+            if layout == "matrix":
+                nr, nc = int(p.shape[-2]), int(p.shape[-1])
+                nb = int(p.size // (nr * nc)) if nr * nc else 0
+            else:
+                nb, nr, nc = 1, 1, int(p.size)
+            lay = info[layout]
+            need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + lay["matrix"] * nb)
+            states = []
+            for key in lay["states"]:
+                k = keys.index(key)
+                shape = state_shape(vinfo["state"][k].get("shape", "full"), p.shape)
+                states.append((k, int(state_offs[k][j]), math.prod(shape)))
+            self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, states))
+        self.ws = np.empty(need, dtype=np.float64)
+        self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
+        self.check = getattr(module, f"{prefix}_{suffix}_check")
+        self.nscalars = int(vinfo["nscalars"])
+
+    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool) -> int:
+        """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count."""
+        rows = chunks.tolist()
+        if check:
+            js = [r[0] for r in rows]
+            nbad = int(self.check(gptr[js], self.sizes[js]))
+            if nbad:
+                return nbad
+        ws, ns = self.ws, self.nscalars
+        for j, lo, hi, row in rows:
+            fn, nb, nr, nc, states = self.calls[j]
+            if hi > lo:
+                fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, *[state[k][o:o + n] for k, o, n in states], ws,
+                   scal[row, :ns])
+        return 0
+
+
+def state_shape(kind: str, shape: tuple):
+    """The shape of a state of ``kind`` (``full``/``row``/``col``/``vector``: FAMILY's ``"shape"``) for a
+    param of ``shape``, or None when such a param does not keep it (torch.optim.Adafactor's
+    ``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)`` for ≥2-D params, ``variance`` for the others)."""
+    shape = tuple(shape)
+    if kind == "full":
+        return shape
+    if kind == "vector":
+        return shape if len(shape) < 2 else None
+    if len(shape) < 2:
+        return None
+    return shape[:-1] + (1,) if kind == "row" else shape[:-2] + (1, shape[-1])
+
+
+def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None):
     """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
-    for one with matrix states), None for an elementwise one."""
+    for one with matrix states), a :class:`FactoredStep` for a factored one, None for an elementwise
+    one (``state_offs``: per state, each tensor's offset in its flat buffer; ``dims``: per tensor,
+    :func:`dimension_numbers` or None)."""
+    if "factored" in vinfo:
+        if any(d is not None for d in (dims or ())):
+            raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads a param "
+                             f"of shape (…, m, n) as a stack of m × n matrices")
+        return FactoredStep(module, vinfo, tensors, suffix, state_offs)
     if "matrix" not in vinfo:
         return None
     if vinfo["matrix"].get("kind") == "preconditioned":
+        if any(d is not None for d in (dims or ())):
+            raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads each "
+                             f"param as d0 × (d1⋯)")
         return PreconditionedStep(module, vinfo, tensors, suffix, name)
-    return MatrixStep(module, vinfo, tensors, suffix, name)
+    return MatrixStep(module, vinfo, tensors, suffix, name, dims)

@@ -39,9 +39,12 @@ _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: measures (benchmarks/results.md): below it, waking the threads costs more than they save.
 PARALLEL_THRESHOLD_BYTES = 1 << 18
 ON_NONFINITE = ("raise", "skip", "ignore")
-#: The keys of a param group that are not hyperparameters: its params, and the rule it names
-#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups).
-GROUP_KEYS = ("params", "rule")
+#: The keys of a param group that are not hyperparameters: its params, the rule it names
+#: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups), and
+#: for a matrix rule how its params are read as matrices (Optax's ``MuonDimensionNumbers``:
+#: ``{"params": [...], "dimension_numbers": MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)}``;
+#: runtime/matrix.py).
+GROUP_KEYS = ("params", "rule", "dimension_numbers")
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -96,6 +99,9 @@ class _Spec:
                 if not isinstance(raw, (bool, np.bool_)):
                     raise TypeError(f"{where}: {label!r} must be True or False, got {raw!r}")
                 out[h["name"]] = bool(raw)
+                continue
+            if h["kind"] == "optional" and raw is None:  # None: the rule's NONE_VALUE (rulebook/metadata.py)
+                out[h["name"]] = -1.0
                 continue
             if scheduled.is_schedule(raw):  # symopt.schedule: checked at t=1 here, every step when used
                 out[h["name"]] = scheduled.validated(raw, h, f"{where}: {label!r}")
@@ -171,6 +177,14 @@ class Optimizer:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
             full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            if "dimension_numbers" in full:
+                if any("factored" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers is for Newton–Schulz rules (muon); {spec.name!r} "
+                                     f"reads a param of shape (…, m, n) as a stack of m × n matrices")
+                if not any("matrix" in v for v in spec.variants):
+                    raise ValueError(f"{where}: dimension_numbers, but {spec.name!r} is an elementwise rule "
+                                     f"(only matrix rules read params as matrices)")
+                full["dimension_numbers"] = matrix.dimension_numbers(full["dimension_numbers"], where)
             vals = spec.values(full, where)
             k = spec.variant_index(vals, where)
             if variant is None:
@@ -305,12 +319,21 @@ class Optimizer:
         self._step_counts = self._steps.view()
         self._step_counts.flags.writeable = False
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
+        # Each state's shape per param (None: not kept for that param; runtime/matrix.py) and its place
+        # in the state's flat buffer; a rule of full-shape states only lays them out as the params.
+        self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape) for p in self._tensors]
+                              for s in self._vinfo["state"]]
+        self._state_sizes = [np.array([0 if x is None else math.prod(x) for x in shapes], dtype=np.int64)
+                             for shapes in self._state_shapes]
+        self._state_offs = [np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
+                            for n in self._state_sizes]
         suffix = _DTYPE_SUFFIX[self.dtype]
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name)
+        dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -336,7 +359,7 @@ class Optimizer:
     def _init_state(self):
         mod = self._spec.module
         init_fn = getattr(mod, f"{self._vinfo['prefix']}_state_init")
-        self._state = [np.empty(self._total, dtype=self.dtype) for _ in self._vinfo["state"]]
+        self._state = [np.empty(int(n.sum()), dtype=self.dtype) for n in self._state_sizes]
         for gi, group in enumerate(self.param_groups):
             vals = self._spec.values(group, f"param group {gi}")
             inits = init_fn(*[scheduled.first_step(vals)[n] for n in self._vinfo["init_hyper"]])
@@ -344,8 +367,8 @@ class Optimizer:
                 self._reset_tensor_state(int(j), inits)
 
     def _reset_tensor_state(self, j, inits):
-        o, n = int(self._offs[j]), int(self._sizes[j])
-        for buf, init in zip(self._state, inits):
+        for buf, offs, sizes, init in zip(self._state, self._state_offs, self._state_sizes, inits):
+            o, n = int(offs[j]), int(sizes[j])
             if isinstance(init, str):
                 buf[o:o + n] = self._tensors[j].reshape(-1)
             else:
@@ -379,6 +402,12 @@ class Optimizer:
         return self._state_keys
 
     @property
+    def state_kinds(self) -> dict:
+        """Each state's shape by key: ``"full"`` (the param's), or a factored rule's ``"row"``, ``"col"``,
+        ``"vector"`` (:func:`symopt.runtime.matrix.state_shape`)."""
+        return {s["key"]: s.get("shape", "full") for s in self._vinfo["state"]}
+
+    @property
     def step_counts(self) -> np.ndarray:
         """The step count of every param (int64, read-only view, updated in place by each step)."""
         return self._step_counts
@@ -396,11 +425,12 @@ class Optimizer:
     def state(self) -> dict:
         """Per-param views of the state: ``{i: {"step": n, "exp_avg": view, ...}}`` (live, do not resize)."""
         out = {}
-        for j, p in enumerate(self._tensors):
-            o, n = int(self._offs[j]), int(self._sizes[j])
+        for j in range(len(self._tensors)):
             entry = {"step": int(self._steps[j])}
-            for s, buf in zip(self._vinfo["state"], self._state):
-                entry[s["key"]] = buf[o:o + n].reshape(p.shape)
+            for key, buf, offs, shapes in zip(self._state_keys, self._state, self._state_offs, self._state_shapes):
+                if shapes[j] is not None:  # a factored rule keeps some states for some params only
+                    o = int(offs[j])
+                    entry[key] = buf[o:o + math.prod(shapes[j])].reshape(shapes[j])
             if self._matrix_state is not None:  # a preconditioned rule's matrix states (L, R, ...)
                 entry.update(self._matrix_state(j))
             out[j] = entry
@@ -758,6 +788,12 @@ class Optimizer:
             for key in merged:
                 if key not in GROUP_KEYS and key not in self._spec.defaults:
                     raise ValueError(f"state_dict param group {gi} has unknown hyperparameter {key!r}")
+            if "dimension_numbers" in merged:
+                if self._matrix is None:
+                    raise ValueError(f"state_dict param group {gi} has dimension_numbers, but {self.rule_name!r} is an "
+                                     f"elementwise rule")
+                merged["dimension_numbers"] = matrix.dimension_numbers(merged["dimension_numbers"],
+                                                                       f"state_dict param group {gi}")
             vals = self._spec.values(merged, f"state_dict param group {gi}")
             if self._spec.variant_index(vals, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
@@ -774,13 +810,20 @@ class Optimizer:
             p = self._tensors[j]
             if not isinstance(entry, dict):
                 raise ValueError(f"state of param {pid} must be a dict")
-            for key in keys:
+            kept = [key for key, shapes in zip(keys, self._state_shapes) if shapes[j] is not None]
+            for key, shapes in zip(keys, self._state_shapes):
+                if shapes[j] is None:
+                    if entry.get(key) is not None:
+                        raise ValueError(f"state of param {pid} has {key!r}, which rule {self.variant!r} does not "
+                                         f"keep for a param of shape {p.shape} (it keeps {kept})")
+                    continue
                 if key not in entry:
                     raise ValueError(f"state of param {pid} is missing key {key!r} (rule {self.variant!r} needs "
-                                     f"{keys})")
+                                     f"{kept})")
                 arr = np.asarray(entry[key])
-                if arr.shape != p.shape:
-                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, the param has {p.shape}")
+                if arr.shape != shapes[j]:
+                    want = "" if shapes[j] == p.shape else f"expected {shapes[j]}, "
+                    raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {want}the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
             for key, shape in zip(self.matrix_state_keys, self.matrix_state_shapes(j)):
@@ -792,7 +835,8 @@ class Optimizer:
                     raise ValueError(f"matrix state {key!r} of param {pid} is a {arr.dtype} array of shape "
                                      f"{arr.shape}; the param's is {shape}")
             new_state[j] = (_step_count(entry.get("step", 0), pid),
-                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in keys],
+                            [None if shapes[j] is None else np.array(entry[k], dtype=self.dtype, copy=True)
+                             for k, shapes in zip(keys, self._state_shapes)],
                             [np.array(entry[k], dtype=self.dtype, copy=True) for k in self.matrix_state_keys])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
@@ -803,16 +847,24 @@ class Optimizer:
             if j not in new_state and gi not in inits:
                 first = scheduled.first_step(self._spec.values(new_groups[gi], f"state_dict param group {gi}"))
                 inits[gi] = init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
+        # the saved groups' dimension_numbers win, as their hyperparameters do: the matrix layouts are rebuilt
+        new_matrix = self._matrix
+        dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
+        if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
+            new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
+                                      self.rule_name, self._state_offs, dims)
         # -- everything checked and converted: now modify (nothing below can fail)
+        self._matrix = new_matrix
         for gi, merged in enumerate(new_groups):
             self.param_groups[gi].update({k: v for k, v in merged.items() if k != "params"})
             self._cache[gi] = None
         for j in range(len(self._tensors)):
             if j in new_state:
                 step, arrays, mats = new_state[j]
-                o, n = int(self._offs[j]), int(self._sizes[j])
-                for buf, arr in zip(self._state, arrays):
-                    buf[o:o + n] = arr.reshape(-1)
+                for buf, offs, arr in zip(self._state, self._state_offs, arrays):
+                    if arr is not None:
+                        o = int(offs[j])
+                        buf[o:o + arr.size] = arr.reshape(-1)
                 if self.matrix_state_keys:
                     self._matrix.load(j, mats, started=step > 0)
                 self._steps[j] = step
@@ -880,7 +932,7 @@ def load(path, params, rule=None, *, restore_params: bool = True, on_nonfinite: 
         spec = _Spec(module)
         for gi, h in enumerate(hyper):  # the saved hyperparameters, checked as the optimizer will
             try:
-                unknown = sorted(k for k in h if k not in spec.defaults)
+                unknown = sorted(k for k in h if k not in spec.defaults and k not in GROUP_KEYS)
                 if unknown:
                     raise ValueError(f"unknown hyperparameter(s) {unknown} for {spec.name}")
                 spec.variant_index(spec.values({**spec.defaults, **h}, f"param group {gi}"), f"param group {gi}")

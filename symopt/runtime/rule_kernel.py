@@ -163,7 +163,7 @@ class RuleKernel:
         values = spec.values(self.defaults, spec.name)
         self._variant = spec.variant_index(values, spec.name)
         info = spec.variants[self._variant]
-        if "matrix" in info:
+        if "matrix" in info or "factored" in info:
             raise TypeError(f"{spec.name} is a matrix rule (its update reads the whole matrix, not one element "
                             "at a time): it has no element or one-tensor kernel; step it with symopt.optimizer")
         self._info = info

@@ -14,7 +14,8 @@ format, so a checkpoint moves between ``torch.optim.Adam`` and ``Optimizer("adam
 (see :mod:`symopt.torch.interop` for the format table).  Any other tensors -- CUDA or
 any device, bfloat16/float16, ``channels_last`` -- are stepped by the generated torch
 code (:mod:`symopt.torch.backend`, ``backend="torch"``, optionally ``compile=True``),
-with the same checkpoint format.
+with the same checkpoint format.  Param groups may name their own rule
+(``{"params": [...], "rule": "adamw"}``: Muon for matrices, AdamW for the rest; :mod:`symopt.torch.grouped`).
 
 This subpackage is the only part of symopt that imports torch (an optional extra:
 ``pip install 'symopt[torch]'``, which pins ``torch==2.13.0``); ``import symopt``
@@ -27,7 +28,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("symopt.torch needs PyTorch: pip install 'symopt[torch]' (pins torch==2.13.0)") from exc
 
 from .backend import TensorOptimizer, choose_backend
+from .grouped import GroupedOptimizer
 from .interop import TORCH_FORMATS, TorchFormat, torch_format
 from .optimizer import Optimizer
 
-__all__ = ["Optimizer", "TensorOptimizer", "choose_backend", "TORCH_FORMATS", "TorchFormat", "torch_format"]
+__all__ = ["Optimizer", "TensorOptimizer", "GroupedOptimizer", "choose_backend", "TORCH_FORMATS", "TorchFormat", "torch_format"]

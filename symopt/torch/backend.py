@@ -15,6 +15,10 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   param is written back rounded to nearest (``Tensor.copy_``), or, for bfloat16 params with
   ``stochastic_rounding=<seed>``, rounded up or down with probability proportional to the
   distance (a seeded ``torch.Generator`` on the param's device).
+* **Matrix rules** (Muon, ``generated/torch/<rule>.py`` from ``array_matrix_module.py.jinja``): each
+  param, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz iteration runs in the compute
+  dtype (float32 for bfloat16/float16 params, where torch.optim.Muon uses bfloat16) for a count
+  the module's ``<v>_count`` reads from the host's per-step scalars, so a compiled step unrolls it.
 * **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
   gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
   read once per step (one host sync), before anything is written; compiled, the step computes
@@ -40,7 +44,9 @@ import torch
 
 from .._version import __version__
 from ..runtime import kernels, scheduled
+from ..runtime.grouped import names_other_rules
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
+from .grouped import GroupedOptimizer
 from .interop import (
     IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, plain_value, scalar_dtype, torch_format,
 )
@@ -83,7 +89,8 @@ def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _step_graph(step_fn, batches, masked: bool, rounding):
-    """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype)``; write the results.
+    """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype, static args)``; write the
+    results (a matrix rule's static argument: its iteration count, a Python int).
 
     With ``masked``, returns the one finiteness flag of all gradients and writes the old values
     where it is false (so nothing changes), without reading it on the host.
@@ -92,9 +99,9 @@ def _step_graph(step_fn, batches, masked: bool, rounding):
     if masked:
         flags = [torch.isfinite(g).all() for batch in batches for g in batch[1]]
         ok = torch.stack(flags).all()
-    for params, grads, states, scal, cd in batches:
+    for params, grads, states, scal, cd, static in batches:
         new = step_fn([p.to(cd) for p in params], [g.to(cd) for g in grads],
-                      *[[s.to(cd) for s in lst] for lst in states], scal)
+                      *[[s.to(cd) for s in lst] for lst in states], scal, *static)
         for j, values in enumerate(new):
             targets = [params[j], *[lst[j] for lst in states]]
             for k, (dst, val) in enumerate(zip(targets, values)):
@@ -163,6 +170,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._generators: dict = {}
         self._variant = None
         self._torch_module = kernels.load_backend(rule, "torch")
+        self._matrix = any("matrix" in v for v in self._spec.variants)
         self._compiled = None
         if compile is not False:
             # A private copy of the step's code object: dynamo caches graphs per code object, so
@@ -204,6 +212,10 @@ class TensorOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{where}: params[{i}] is a sparse tensor ({p.layout}); symopt steps dense tensors")
             if not p.dtype.is_floating_point or p.dtype.itemsize > 8:
                 raise TypeError(f"{where}: params[{i}] has dtype {p.dtype}; symopt steps float tensors")
+            if self._matrix and p.dim() < 2:
+                raise ValueError(f"{where}: params[{i}] has shape {tuple(p.shape)}; {self.rule_name} reads each param "
+                                 f"as a matrix (at least 2-D: d0 × (d1⋯)); give 1-D params a param group with "
+                                 f"another rule ({{'params': [...], 'rule': 'adamw'}})")
         super().add_param_group({**param_group, "params": params})
         group = self.param_groups[-1]
         try:
@@ -228,6 +240,8 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._scalar_fn = getattr(self._spec.module, f"{prefix}_scalars")
         self._init_fn = getattr(self._spec.module, f"{prefix}_state_init")
         self._step_fn = getattr(self._torch_module, f"{prefix}_step")
+        # a matrix rule: its iteration count, a Python int from the host's per-step scalars
+        self._count_fn = getattr(self._torch_module, f"{prefix}_count", None)
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         self._cache: dict = {}
 
@@ -296,9 +310,11 @@ class TensorOptimizer(torch.optim.Optimizer):
                 key = (id(group), t, self._compute_dtype(p), p.device)
                 batch = batches.get(key)
                 if batch is None:
-                    scal = torch.tensor(scalar_fn(t, *args), dtype=torch.float64)
+                    host = scalar_fn(t, *args)
+                    scal = torch.tensor(host, dtype=torch.float64)
+                    static = () if self._count_fn is None else (self._count_fn(host),)
                     batch = batches[key] = ([], [], [[] for _ in self._state_keys],
-                                            scal.to(p.device, non_blocking=True), key[2])
+                                            scal.to(p.device, non_blocking=True), key[2], static)
                 batch[0].append(p)
                 batch[1].append(g)
                 for lst, k in zip(batch[2], self._state_keys):
@@ -477,20 +493,30 @@ class BackendDispatch(type):
 
     ``Optimizer(rule, params, backend="auto" | "numba" | "torch", **kw)`` builds the Numba-backed
     optimizer or a :class:`TensorOptimizer` (:func:`choose_backend`; with ``"auto"``, a keyword
-    of :data:`TORCH_ONLY` chooses the torch backend); ``isinstance(opt, symopt.torch.Optimizer)``
-    holds for both.
+    of :data:`TORCH_ONLY` chooses the torch backend), or, when a param group names another rule
+    (``{"params": [...], "rule": "adamw"}``), a :class:`~symopt.torch.grouped.GroupedOptimizer` of one
+    such optimizer per rule; ``isinstance(opt, symopt.torch.Optimizer)`` holds for all three.
     """
 
-    def __call__(cls, rule, params=None, /, *args, backend: str = "auto", **kw):
+    def __call__(cls, rule=None, params=None, /, *args, backend: str = "auto", **kw):
+        if params is None and "params" in kw:
+            params = kw.pop("params")
         if params is None:
             # Optimizer(params, rule=...): the call torch's wrappers make (optimizer_class(params, **defaults))
+            rule, params = None, rule
+        if rule is None:
             if "rule" not in kw:
                 raise TypeError("symopt.torch.Optimizer needs a rule: Optimizer('adam', params, ...) or "
                                 "Optimizer(params, rule='adam', ...)")
-            rule, params = kw.pop("rule"), rule
+            rule = kw.pop("rule")
+        if params is None:
+            raise TypeError("symopt.torch.Optimizer needs params: Optimizer('adam', params, ...)")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         params = _materialized(params)
+        if names_other_rules(rule, params):
+            options = {k: kw.pop(k) for k in TORCH_ONLY & set(kw)}
+            return GroupedOptimizer(cls, rule, params, *args, backend=backend, options=options, **kw)
         choice = backend
         if backend == "auto":
             choice = "torch" if TORCH_ONLY & set(kw) else choose_backend(_tensors(params))
@@ -503,4 +529,8 @@ class BackendDispatch(type):
         return super().__call__(rule, params, *args, **kw)
 
     def __instancecheck__(cls, obj) -> bool:
-        return type.__instancecheck__(cls, obj) or (cls.__name__ == "Optimizer" and isinstance(obj, TensorOptimizer))
+        if type.__instancecheck__(cls, obj):
+            return True
+        if cls.__name__ != "Optimizer":
+            return False
+        return isinstance(obj, (TensorOptimizer, GroupedOptimizer))

@@ -152,6 +152,7 @@ TORCH_FORMATS = {
     "nadam": TorchFormat("NAdam", scalar_state=("mu_product",)),
     "radam": TorchFormat("RAdam"),
     "adadelta": TorchFormat("Adadelta"),
+    "adafactor": TorchFormat("Adafactor"),
 }
 #: Built-in rules that follow a class of another torch library: its state layout (not a torch.optim
 #: class, so no torch defaults).  pytorch-optimizer's SOAP keeps its statistics and eigenbases as
@@ -257,8 +258,9 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
     ``keys`` are the state keys of the rule variant (e.g. ``exp_avg``,
     ``exp_avg_sq``); a missing one raises ``ValueError`` naming it.  Values of
     :attr:`TorchFormat.scalar_state` keys are broadcast to the param's shape.  ``shapes``: the
-    keys whose arrays have a shape of their own (a preconditioned rule's matrix states).
-    ``group_step``: the step of an entry without one (:attr:`TorchFormat.group_step`).
+    keys whose arrays have a shape of their own (a factored rule's ``row_var``, a preconditioned
+    rule's matrix states).  ``group_step``: the step of an entry without one
+    (:attr:`TorchFormat.group_step`).
     """
     shapes = shapes or {}
     if not isinstance(entry, dict):
@@ -301,8 +303,9 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
             arr = np.full(shape, arr.reshape(()), dtype=arr.dtype)
         want = tuple(shapes.get(key, shape))
         if arr.shape != want:
-            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, "
-                             + (f"its matrix state has {want}" if key in shapes else f"the param has {want}"))
+            expected = "" if want == tuple(shape) else f"expected {want}, "
+            raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {expected}the param has "
+                             f"{tuple(shape)}")
         arrays[key] = arr
     return step, arrays
 

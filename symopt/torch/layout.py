@@ -90,7 +90,7 @@ def logical(arr: np.ndarray, shape: tuple, stride: tuple) -> np.ndarray:
 def to_core(arr: np.ndarray, t: torch.Tensor) -> np.ndarray:
     """A new runtime-layout array of ``t`` holding ``arr`` (an array shaped like ``t``, any strides)."""
     if t.is_contiguous():
-        return np.ascontiguousarray(arr)
+        return np.ascontiguousarray(arr).reshape(arr.shape)  # a 0-d array stays 0-d
     order = memory_order(t)
     if order is None:
         raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is not dense")

@@ -35,6 +35,7 @@ import torch
 from torch.optim import optimizer as _torch_optimizer
 
 from .._version import __version__
+from ..runtime.matrix import dimension_numbers
 from ..runtime.optimizer import Optimizer as _RuntimeOptimizer
 from .backend import BackendDispatch
 from .interop import (
@@ -83,6 +84,23 @@ def _check_tensor(p, where: str) -> None:
                          f"its elements fill (any dense layout, channels_last included): give it one "
                          f"(p.data = p.data.contiguous(), or .contiguous(memory_format=...)) before building "
                          f"the optimizer")
+
+
+def _full_keys(core) -> set:
+    """The state keys of ``core`` laid out as the param (the others: a factored rule's row/col states)."""
+    return {key for key, kind in core.state_kinds.items() if kind in ("full", "vector")}
+
+
+def _check_factored_layouts(core, params, name) -> None:
+    """A factored rule reads each param's last two axes: its params must be C-contiguous and whole."""
+    if _full_keys(core) == set(core.state_kinds):
+        return
+    for j, p in enumerate(params):
+        q = local(p)
+        if is_sharded(p) or not q.is_contiguous():
+            raise ValueError(f"{name}: params[{j}] (shape {tuple(q.shape)}, strides {q.stride()}) is "
+                             f"{'sharded' if is_sharded(p) else 'not C-contiguous'}; a factored rule reads the last "
+                             f"two axes of each param in C order (pass .contiguous() params, unsharded)")
 
 
 def _check_implementation_options(options: dict) -> None:
@@ -212,9 +230,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         if "rule" in param_group and param_group["rule"] not in (self._rule, self.rule_name):
             # torch's wrappers (ZeroRedundancyOptimizer) put the constructor's keywords, rule= too, in every group
             raise ValueError(f"{where}: rule {param_group['rule']!r}, but this optimizer runs {self.rule_name!r}")
-        check_group_keys({k: v for k, v in param_group.items() if k != "rule"}, self._keys, self._fmt, where,
-                         self.rule_name, strict=True)
+        check_group_keys({k: v for k, v in param_group.items() if k not in ("rule", "dimension_numbers")},
+                         self._keys, self._fmt, where, self.rule_name, strict=True)
         _check_implementation_options(param_group)
+        if "dimension_numbers" in param_group:
+            # Optax's MuonDimensionNumbers, kept as plain tuples: torch.load(weights_only=True) reads them back
+            param_group = {**param_group, "dimension_numbers": dimension_numbers(param_group["dimension_numbers"], where)}
         super().add_param_group(param_group)
         try:
             for i, p in enumerate(self.param_groups[-1]["params"]):
@@ -238,6 +259,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 hyper = {k: plain_value(group[k], k) for k in self._keys}
             except KeyError as exc:
                 raise ValueError(f"{self.rule_name}: param group {gi} has no value for {exc.args[0]!r}") from None
+            if group.get("dimension_numbers") is not None:     # a matrix rule's reading of its params
+                hyper["dimension_numbers"] = group["dimension_numbers"]
             core_groups.append({"params": views, **hyper})
         dtypes = sorted({str(p.dtype) for p in params})
         if len(dtypes) > 1:
@@ -245,6 +268,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                             f"steps one dtype (make one optimizer per dtype)")
         core = _RuntimeOptimizer(self._rule, core_groups, on_nonfinite=self._on_nonfinite)
         _check_sharded_reductions(core, params)
+        _check_factored_layouts(core, params, self.rule_name)
         if state or meta:
             ids, start = [], 0
             for group in core_groups:
@@ -268,8 +292,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             if j is None or memory_order(q) is None:    # a param that is not dense is refused by _make_core
                 continue
             shape, stride = self._layouts[j]
+            full = _full_keys(self._core)
             carried[k] = {key: (to_core(logical(v, shape, stride), q) if isinstance(v, np.ndarray)
-                                and tuple(q.shape) == shape else v) for key, v in live[j].items()}
+                                and tuple(q.shape) == shape and key in full else v) for key, v in live[j].items()}
         return carried
 
     def _install(self, core, params) -> None:
@@ -291,11 +316,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         self._steps_np[:] = core.step_counts
         live = core.state
         state = _LiveState(steps)
+        full = _full_keys(core)
         for j, p in enumerate(params):
             entry = {"step": steps[j]}          # a 0-d view, refreshed after every step
             for key, view in live[j].items():
-                if key != "step":
-                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j])), p)   # the param's layout
+                if key != "step":               # the param's layout (a row/col state: its own shape)
+                    entry[key] = like(torch.from_numpy(logical(view, *self._layouts[j]) if key in full else view), p)
             state[p] = entry
         self.state = state
 
@@ -520,9 +546,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             groups.append(packed)
         sdtype = scalar_dtype()
         state = {}
-        mkeys = self._core.matrix_state_keys    # a preconditioned rule's matrix states keep their own shape
+        full = _full_keys(self._core)
         for j, entry in core_sd["state"].items():
-            arrays = {k: (v if k in mkeys else logical(v, *self._layouts[j])) for k, v in entry.items() if k != "step"}
+            arrays = {k: (logical(v, *self._layouts[j]) if k in full else v) for k, v in entry.items() if k != "step"}
             out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
             if out is not None:
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
@@ -568,8 +594,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"state_dict param group {gi} has {len(saved['params'])} params, the optimizer's "
                                  f"has {len(group['params'])}")
-            check_group_keys(saved, self._keys, self._fmt, f"state_dict param group {gi}", self.rule_name,
-                             strict=False)
+            check_group_keys({k: v for k, v in saved.items() if k != "dimension_numbers"}, self._keys, self._fmt,
+                             f"state_dict param group {gi}", self.rule_name, strict=False)
             merged = {**{k: v for k, v in group.items() if k != "params"},
                       **{k: v for k, v in saved.items() if k != "params"}}
             merged["params"] = group["params"]
@@ -580,7 +606,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
                 j += 1
         # build the new runtime first: it validates every value and picks the variant
         core, params = self._make_core(new_groups)
-        keys = [k for k in core.state[0] if k != "step"] if params else []
+        live = core.state
+        full = _full_keys(core)
         label = f"rule {self.rule_name!r} (variant {core.variant!r})"
         converted = {}
         saved_state = state_dict["state"]
@@ -593,11 +620,12 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
             q = local(params[k])
             if isinstance(entry, dict):             # the state of a DTensor param: its local shards
                 entry = {key: (local(v) if isinstance(v, torch.Tensor) else v) for key, v in entry.items()}
-            mshapes = dict(zip(core.matrix_state_keys, core.matrix_state_shapes(k)))
-            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes=mshapes,
+            keys = [key for key in live[k] if key != "step"]      # a factored rule keeps some per param shape
+            shapes = {key: live[k][key].shape for key in keys if key not in full}
+            got = entry_from_torch(entry, pid, keys, tuple(q.shape), self._fmt, label, shapes,
                                    group_step=group_steps[pid])
             if got is not None:
-                converted[k] = {"step": got[0], **{key: (a if key in mshapes else to_core(a, q))
+                converted[k] = {"step": got[0], **{key: (to_core(a, q) if key in full else np.array(a))
                                                    for key, a in got[1].items()}}
         ids, start = [], 0
         for group in new_groups:

@@ -211,6 +211,10 @@ def _hyper_value(h, v):
 
     if h.kind == "choice":
         return h.position(v)
+    if h.kind == "optional" and v is None:
+        from ..rulebook.metadata import NONE_VALUE
+
+        return mpmath.mpf(NONE_VALUE)  # the rule's value of None
     return (1 if v else 0) if isinstance(v, (bool, np.bool_)) else mpmath.mpf(float(v))
 
 
@@ -311,6 +315,72 @@ def _is_matrix_rule(rule) -> bool:
     return any(rhs.has(Iterate) for _, rhs in rule.updates)
 
 
+def _is_factored_rule(rule) -> bool:
+    from ..rulebook.factored import is_factored_rule
+
+    return is_factored_rule(rule)
+
+
+def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: int = 0, hyper: dict | None = None):
+    """Compare the generated step of factored rule ``rule`` with mpmath on :data:`FACTORED_SHAPES`
+    (errors relative to the largest exact value of each output, as for matrix rules)."""
+    import mpmath
+
+    from ..rulebook.metadata import t as t_sym
+    from ..runtime.optimizer import Optimizer
+    from .factored import FACTORED_SHAPES, _layout, exact_factored_step, state_index
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    kwargs = {**_options_for(family, rule), **(hyper or {})}
+    worst, worst_where, count = 0.0, "", 0
+    mpmath.mp.dps = _DPS
+    state_syms = {rule.state_key(s): s for s in rule.state}
+    kinds = {rule.state_key(s): spec.shape for s, spec in rule.state.items()}
+    for shape in FACTORED_SHAPES:
+        _, _, nr, nc = _layout(shape)
+        params = np.asarray(rng.standard_normal(shape)).astype(dt)
+        opt = Optimizer(_name_or_family(family), [params], **kwargs)
+        hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
+        for _ in range(int(rng.integers(1, 3))):
+            opt.step([np.asarray(rng.standard_normal(shape)).astype(dt)])
+        keys = [key for key in opt.state[0] if key != "step"]
+        for k in range(steps):
+            grad = np.asarray(rng.standard_normal(shape)).astype(dt)
+            old_p = params.reshape(-1).copy()
+            old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
+            t_val = int(opt.step_counts[0]) + 1
+            opt.step([grad])
+            values = []
+            for e, ge in enumerate(grad.reshape(-1)):
+                vals = {rule.param: mpmath.mpf(float(old_p[e])), rule.grad: mpmath.mpf(float(ge)), t_sym: t_val,
+                        **hyper_by_sym}
+                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][state_index(kinds[key], e, nr, nc)]))
+                             for key in keys})
+                values.append(vals)
+            envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps))
+            outs = [("param", rule.param, params.reshape(-1), list(range(len(envs))))]
+            for key in keys:
+                got = opt.state[0][key].reshape(-1)
+                first = {}
+                for e in range(len(envs)):
+                    first.setdefault(state_index(kinds[key], e, nr, nc), e)
+                outs.append((key, state_syms[key], got, [first[i] for i in range(got.size)]))
+            for label, sym, got, where in outs:
+                exact = [envs[e][sym] for e in where]
+                scale = max([float(abs(x)) for x in exact] + [0.0]) or float(np.finfo(dt).tiny)
+                for i, x in enumerate(exact):
+                    err = float(abs(mpmath.mpf(float(got[i])) - x)) / scale
+                    if not math.isfinite(float(got[i])):
+                        err = math.inf
+                    if err > worst:
+                        worst = err
+                        worst_where = (f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, "
+                                       f"exact {float(x)!r}")
+            count += len(values)
+    return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, count)
+
+
 def _name_or_family(family):
     from ..runtime.kernels import builtin_names
 
@@ -375,7 +445,9 @@ def verify(names=None, *, samples: int = 200, steps: int = 3, seed: int = 0, dty
             raise ValueError(f"unknown rule {name!r}")
         for _, rule in fam.variants:
             for dtype in dtypes:
-                if _is_preconditioned_rule(rule):
+                if _is_factored_rule(rule):
+                    results.append(verify_factored_variant(fam, rule, dtype, steps=steps, seed=seed))
+                elif _is_preconditioned_rule(rule):
                     results.append(verify_preconditioned_variant(fam, rule, dtype, steps=steps, seed=seed))
                 elif _is_matrix_rule(rule):
                     results.append(verify_matrix_variant(fam, rule, dtype, steps=steps, seed=seed))

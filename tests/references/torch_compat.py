@@ -214,3 +214,34 @@ def adadelta(params, grads, state, t, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay
         acc_delta *= rho
         acc_delta += (1 - rho) * delta * delta
         p += -lr * delta
+
+
+def adafactor(params, grads, state, t, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+              maximize=False):
+    """``_single_tensor_adafactor``: row/column means of g² over the last two axes for ≥2-D params
+    (``row_var`` (…, m, 1), ``col_var`` (…, 1, n)), the full ``variance`` for the others."""
+    eps1, eps2 = eps
+    if not state:
+        state["row_var"] = [np.zeros(p.shape[:-1] + (1,)) if p.ndim > 1 else None for p in params]
+        state["col_var"] = [np.zeros(p.shape[:-2] + (1, p.shape[-1])) if p.ndim > 1 else None for p in params]
+        state["variance"] = [np.zeros_like(p) if p.ndim <= 1 else None for p in params]
+    for j, (p, g) in enumerate(zip(params, grads)):
+        g = -g if maximize else g
+        e1 = np.finfo(p.dtype).eps if eps1 is None else eps1
+        beta_t = t ** beta2_decay
+        rho = min(lr, 1 / t ** 0.5)
+        alpha = max(eps2, np.linalg.norm(p) / p.size ** 0.5) * rho
+        if weight_decay != 0:
+            p *= 1 - lr * weight_decay
+        if p.ndim > 1:
+            row, col = state["row_var"][j], state["col_var"][j]
+            row += beta_t * ((g * g).mean(axis=-1, keepdims=True) - row)
+            col += beta_t * ((g * g).mean(axis=-2, keepdims=True) - col)
+            var = row @ col / np.maximum(row.mean(axis=-2, keepdims=True), e1)
+        else:
+            v = state["variance"][j]
+            v += beta_t * (g * g - v)
+            var = v.copy()
+        u = g / np.sqrt(np.maximum(var, e1 * e1))
+        denom = max(1.0, np.linalg.norm(u) / (u.size ** 0.5 * d))
+        p += -alpha / denom * u

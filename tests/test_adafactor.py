@@ -1,0 +1,233 @@
+"""Factored rules (row/column statistics, ``symopt.rulebook.factored``): ``adafactor`` against
+``torch.optim.Adafactor`` 2.13 beyond the torch table of ``tests/rule_db.py`` (which runs a
+(5, 3) and a (4,) tensor): stacks of matrices, 1-row/1-column matrices and 0-d params, the torch
+adapter, both checkpoint formats, 50-digit verification and a user-written factored rule.
+
+Tolerances (``conftest.rel_err``, per tensor after every step): float64 1e-9 elementwise; float32
+1e-5 max-norm (symopt sums the norms and row/column means in float64, torch in float32).
+"""
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import rel_err
+
+import symopt
+from symopt.rulebook.factored import ColMean, RowMean
+from symopt.rulebook.metadata import RuleError
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(4, 6), (2, 3, 5), (1, 7), (7, 1), (5,), ()]
+TOL = {np.float64: (1e-9, 0.0), np.float32: (1e-5, 1.0)}   # (tolerance, rel_err floor)
+STEPS = 12
+
+
+def _data(dtype, seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    params = [np.asarray(rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)).astype(dtype) for s in shapes]
+    grads = [[np.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-2, 0, s)).astype(dtype) for s in shapes]
+             for _ in range(STEPS)]
+    return params, grads
+
+
+def _torch_run(params, grads, steps, **kw):
+    tp = [torch.tensor(p.copy()) for p in params]
+    opt = torch.optim.Adafactor(tp, foreach=False, **kw)
+    for k in range(steps):
+        for t, g in zip(tp, grads[k]):
+            t.grad = torch.from_numpy(g.copy())
+        opt.step()
+    return tp, opt
+
+
+def test_latex_reads_as_the_paper():
+    text = symopt.rule("adafactor").latex()
+    assert r"\operatorname{mean}_{j}\left(g_{t}^{2}\right)" in text      # row means of g²
+    assert r"\operatorname{mean}_{i}\left(g_{t}^{2}\right)" in text      # column means
+    assert r"\operatorname{mean}_{i}\left(R_{t}\right)" in text          # v̂ = R C / mean_i R
+    assert r"\epsilon_{mach}" in text
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kw", [{}, dict(lr=0.05, weight_decay=0.1, maximize=True, eps=(1e-6, 1e-2), d=1.5)],
+                         ids=["defaults", "options"])
+def test_numpy_path_matches_torch_on_every_shape(dtype, kw):
+    params, grads = _data(dtype)
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor", ours, **kw)
+    tp = [torch.tensor(p.copy()) for p in params]
+    topt = torch.optim.Adafactor(tp, foreach=False, **kw)
+    tol, floor = TOL[dtype]
+    for k in range(STEPS):
+        opt.step(grads[k])
+        for t, g in zip(tp, grads[k]):
+            t.grad = torch.from_numpy(g.copy())
+        topt.step()
+        for a, t in zip(ours, tp):
+            assert rel_err(a, t.numpy(), floor=floor) <= tol
+    for j, t in enumerate(tp):
+        theirs = topt.state[t]
+        assert set(opt.state[j]) == set(theirs), (SHAPES[j], sorted(opt.state[j]), sorted(theirs))
+        for key, v in theirs.items():
+            if key != "step":
+                assert opt.state[j][key].shape == tuple(v.shape)
+                assert rel_err(opt.state[j][key], v.numpy(), floor=floor) <= tol, key
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_torch_adapter_and_torch_format_checkpoint_both_ways(dtype):
+    """symopt.torch.Optimizer steps as torch.optim.Adafactor; each loads the other's state_dict mid-run."""
+    params, grads = _data(np.float64 if dtype == torch.float64 else np.float32, seed=1)
+    tol, floor = TOL[np.float64 if dtype == torch.float64 else np.float32]
+    a = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    b = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    ours = symopt.torch.Optimizer("adafactor", a, lr=0.03, weight_decay=0.01)
+    theirs = torch.optim.Adafactor(b, lr=0.03, weight_decay=0.01, foreach=False)
+
+    def run(opts, tensors, steps):
+        for k in steps:
+            for ts in tensors:
+                for t, g in zip(ts, grads[k]):
+                    t.grad = torch.from_numpy(g.copy())
+            for o in opts:
+                o.step()
+
+    run([ours, theirs], [a, b], range(4))
+    sd = ours.state_dict()
+    assert {k: tuple(v.shape) for k, v in sd["state"][1].items()} == {"step": (), "row_var": (2, 3, 1),
+                                                                      "col_var": (2, 1, 5)}
+    # torch resumes from symopt's checkpoint, symopt from torch's
+    c = [t.detach().clone().requires_grad_() for t in a]
+    d = [t.detach().clone().requires_grad_() for t in b]
+    torch_from_ours = torch.optim.Adafactor(c, foreach=False)
+    torch_from_ours.load_state_dict(sd)
+    ours_from_torch = symopt.torch.Optimizer("adafactor", d)
+    ours_from_torch.load_state_dict(theirs.state_dict())
+    run([ours, theirs, torch_from_ours, ours_from_torch], [a, b, c, d], range(4, STEPS))
+    for ts in (a, c, d):
+        for x, y in zip(ts, b):
+            assert rel_err(x.detach().numpy(), y.detach().numpy(), floor=floor) <= tol
+
+
+def test_npz_checkpoint_resumes_exactly(tmp_path):
+    params, grads = _data(np.float64, seed=2)
+    opt = symopt.optimizer("adafactor", params, lr=0.05)
+    for k in range(3):
+        opt.step(grads[k])
+    opt.save(tmp_path / "ada.npz")
+    copies = [p.copy() for p in params]
+    resumed = symopt.load(tmp_path / "ada.npz", copies)
+    assert {k: v.shape for k, v in resumed.state[1].items() if k != "step"} == {"row_var": (2, 3, 1),
+                                                                                 "col_var": (2, 1, 5)}
+    assert set(resumed.state[4]) == {"step", "variance"} and resumed.state[5]["variance"].shape == ()
+    for k in range(3, 6):
+        opt.step(grads[k])
+        resumed.step([g.copy() for g in grads[k]])
+    for x, y in zip(params, copies):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_state_is_refused_and_changes_nothing():
+    params, grads = _data(np.float64, seed=3, shapes=[(4, 6), (5,)])
+    opt = symopt.optimizer("adafactor", params)
+    opt.step(grads[0])
+    sd = opt.state_dict()
+    before = opt.state_dict()
+    sd["state"][0]["row_var"] = np.zeros((4, 6))
+    with pytest.raises(ValueError, match=r"state 'row_var' of param 0 has shape \(4, 6\), expected \(4, 1\), the param has \(4, 6\)"):
+        opt.load_state_dict(sd)
+    sd = opt.state_dict()
+    sd["state"][1]["row_var"] = np.zeros((5, 1))
+    with pytest.raises(ValueError, match="has 'row_var', which rule 'adafactor' does not keep for a param of shape"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    for j in (0, 1):
+        for key, v in before["state"][j].items():
+            np.testing.assert_array_equal(after["state"][j][key], v)
+    with pytest.raises(TypeError, match=r"'eps\[0\]' must be a real number, got str"):
+        symopt.optimizer("adafactor", params, eps=("x", 1e-3))
+    with pytest.raises(ValueError, match=r"invalid 'eps\[0\]' = -1e-06: must be >= 0.0"):
+        symopt.optimizer("adafactor", params, eps=(-1e-6, 1e-3))
+    with pytest.raises(ValueError, match="invalid 'd' = 0.5: must be >= 1.0"):
+        symopt.optimizer("adafactor", params, d=0.5)
+
+
+def test_torch_adapter_refuses_what_it_cannot_step():
+    w = torch.zeros(6, 4, dtype=torch.float64).t().requires_grad_()   # a transposed (not C-contiguous) matrix
+    with pytest.raises(ValueError, match="not C-contiguous; a factored rule reads the last two axes"):
+        symopt.torch.Optimizer("adafactor", [w])
+    with pytest.raises(ValueError, match="rule 'adafactor' has no torch module: its factored plan has no torch template"):
+        symopt.torch.Optimizer("adafactor", [torch.zeros(4, 3, requires_grad=True)], backend="torch")
+    from symopt.runtime.kernels import load_backend
+
+    with pytest.raises(ValueError, match="rule 'adafactor' has no jax module: its factored plan has no jax template"):
+        load_backend("adafactor", "jax")
+
+
+def test_dimension_numbers_are_refused():
+    """dimension_numbers (Muon's matrix layout) does not apply: a factored rule reads (…, m, n) as m × n matrices."""
+    p = np.zeros((4, 3, 2))
+    with pytest.raises(ValueError, match="dimension_numbers is for Newton–Schulz rules"):
+        symopt.optimizer("adafactor", [{"params": [p], "dimension_numbers": (0, (1, 2))}])
+    opt = symopt.optimizer("adafactor", [p])
+    sd = opt.state_dict()
+    sd["param_groups"][0]["dimension_numbers"] = (0, (1, 2))
+    with pytest.raises(ValueError, match="dimension_numbers is for Newton–Schulz rules"):
+        opt.load_state_dict(sd)
+    assert "dimension_numbers" not in opt.param_groups[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_verify_against_mpmath(dtype):
+    from symopt.verify.check import verify
+
+    (result,) = verify(["adafactor"], dtypes=(dtype,), steps=2)
+    assert result.ok, (result.max_error, result.worst)
+
+
+def factored_rmsprop():
+    """A user's factored RMSprop: v̂ = R C / mean_i R, θ ← θ − γ g / (√v̂ + ε)."""
+    w, g, R, C, V, vhat = sp.symbols("w g R C V vhat")
+    lr, beta, eps = sp.symbols("lr beta eps")
+    from symopt.rulebook.factored import factored
+
+    return symopt.Rule(
+        "factored_rmsprop", param=w, grad=g,
+        state={R: symopt.State(0, shape="row"), C: symopt.State(0, shape="col"), V: symopt.State(0, shape="vector")},
+        hyper={lr: 0.01, beta: 0.9, eps: 1e-8},
+        updates=[(R, beta * R + (1 - beta) * RowMean(g**2)), (C, beta * C + (1 - beta) * ColMean(g**2)),
+                 (V, beta * V + (1 - beta) * g**2),
+                 (vhat, sp.Piecewise((R * C / ColMean(R), factored), (V, True))),
+                 (w, w - lr * g / (sp.sqrt(vhat) + eps))])
+
+
+def test_user_factored_rule_runs_and_matches_numpy():
+    params, grads = _data(np.float64, seed=4, shapes=[(3, 4), (2, 2, 3), (6,)])
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer(factored_rmsprop(), ours, lr=0.02, beta=0.8)
+    ref = [p.copy() for p in params]
+    rows = [np.zeros(p.shape[:-1] + (1,)) for p in params[:2]]
+    cols = [np.zeros(p.shape[:-2] + (1, p.shape[-1])) for p in params[:2]]
+    v = np.zeros(6)
+    for k in range(STEPS):
+        opt.step(grads[k])
+        for j in range(2):
+            g = grads[k][j]
+            rows[j] = 0.8 * rows[j] + 0.2 * (g * g).mean(axis=-1, keepdims=True)
+            cols[j] = 0.8 * cols[j] + 0.2 * (g * g).mean(axis=-2, keepdims=True)
+            vhat = rows[j] * cols[j] / rows[j].mean(axis=-2, keepdims=True)
+            ref[j] -= 0.02 * g / (np.sqrt(vhat) + 1e-8)
+        v = 0.8 * v + 0.2 * grads[k][2] ** 2
+        ref[2] -= 0.02 * grads[k][2] / (np.sqrt(v) + 1e-8)
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) <= 1e-12
+    assert sorted(opt.state[0]) == ["C", "R", "step"] and sorted(opt.state[2]) == ["V", "step"]
+
+
+def test_factored_rule_errors_name_the_problem():
+    w, g, R = sp.symbols("w g R")
+    with pytest.raises(RuleError, match="a row/column state may be read only after its update"):
+        symopt.optimizer(symopt.Rule("bad", param=w, grad=g, state={R: symopt.State(0, shape="row")},
+                                     hyper={}, updates=[(w, w - R * g), (R, RowMean(g**2))]), [np.zeros((2, 3))])
+    with pytest.raises(RuleError, match="State.shape must be"):
+        symopt.State(0, shape="diagonal")
