@@ -303,7 +303,7 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
             arr = np.full(shape, arr.reshape(()), dtype=arr.dtype)
         want = tuple(shapes.get(key, shape))
         if arr.shape != want:
-            expected = "" if want == tuple(shape) else f"expected {want}, "
+            expected = f"expected {want}, " if key in shapes else ""     # a state of a shape of its own
             raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {expected}the param has "
                              f"{tuple(shape)}")
         arrays[key] = arr
