@@ -185,6 +185,18 @@ def test_verify_against_mpmath(dtype):
     assert result.ok, (result.max_error, result.worst)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("min_dim", [2, 128], ids=["factored", "full_v"])
+def test_optax_rule_verifies_against_mpmath_in_both_layouts(dtype, min_dim):
+    from symopt.rulebook.catalog import family
+    from symopt.verify.check import verify_factored_variant
+
+    fam = family("adafactor_optax")
+    result = verify_factored_variant(fam, fam.variants[0][1], dtype, steps=2,
+                                     hyper={"min_dim_size_to_factor": min_dim})
+    assert result.ok, (result.max_error, result.worst)
+
+
 def factored_rmsprop():
     """A user's factored RMSprop: v̂ = R C / mean_i R, θ ← θ − γ g / (√v̂ + ε)."""
     w, g, R, C, V, vhat = sp.symbols("w g R C V vhat")
