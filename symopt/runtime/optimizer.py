@@ -270,7 +270,7 @@ class Optimizer:
         if key is None:
             return None
         values = {group.get(key, self._spec.defaults[key]) for group in groups}
-        if len(values) != 1 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if len(values) != 1 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
             raise ValueError(f"{where}: {key} must be one number shared by every param group (it fixes which params "
                              f"are factored), got {sorted(map(repr, values))}")
         return float(values.pop())
