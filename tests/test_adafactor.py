@@ -5,6 +5,10 @@ adapter, both checkpoint formats, 50-digit verification and a user-written facto
 
 Tolerances (``conftest.rel_err``, per tensor after every step): float64 1e-9 elementwise; float32
 1e-5 max-norm (symopt sums the norms and row/column means in float64, torch in float32).
+
+``adafactor_optax`` against ``optax.adafactor`` (factored=True): float64 1e-9 elementwise against
+Optax's chain with its decay computed in float64 (measured 5e-16; Optax's own float32 decay
+moves float64 trajectories by ~2e-8), float32 2e-6 max-norm against ``optax.adafactor`` itself.
 """
 import numpy as np
 import pytest
@@ -306,7 +310,8 @@ def test_optax_adafactor_float64_on_every_shape(kw, ox):
 
 
 def test_optax_adafactor_itself_float32(ox):
-    """Against optax.adafactor in float32 (its decay in float32 too): 1e-5 max-norm after every step."""
+    """Against optax.adafactor in float32 (its decay in float32 too): 2e-6 max-norm after every step
+    (measured 3.4e-7: symopt's norms and row/column means are float64 sums, Optax's float32)."""
     optax, jnp = ox
     params, grads = _data(np.float32, seed=6, shapes=OX_SHAPES)
     ours = [p.copy() for p in params]
@@ -316,7 +321,7 @@ def test_optax_adafactor_itself_float32(ox):
         opt.step(grads[k])
         for a, b in zip(ours, theirs[k]):
             assert b.dtype == np.float32
-            assert rel_err(a, b, floor=1.0) <= 1e-5
+            assert rel_err(a, b, floor=1.0) <= 2e-6
 
 
 def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
