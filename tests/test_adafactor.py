@@ -348,6 +348,17 @@ def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
         resumed.step([g.copy() for g in grads[k]])
     for x, y in zip(ref, copies):
         np.testing.assert_array_equal(x, y)
+    # a checkpoint whose layouts do not fit its shapes is refused
+    import json
+
+    with np.load(tmp_path / "ox.npz") as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    meta["layouts"][2] = "matrix"          # the (5,) param
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"meta\['layouts'\] must give 'matrix' \(only for a param of two or more"):
+        symopt.load(tmp_path / "bad.npz", [p.copy() for p in ref])
 
 
 def test_optax_adafactor_refuses_what_it_cannot_do():
