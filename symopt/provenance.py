@@ -43,6 +43,7 @@ RULE_PEERS = {
     # matrix rules: compared with torch.optim.Muon (bfloat16) in tests/test_matrix.py, not a peer table
     "muon": (),
     "adafactor": _TORCH,
+    "adafactor_optax": _OPTAX,
     # Kronecker-factored rules: pytorch-optimizer's trajectories on 2-D params (tests/test_shampoo_soap.py)
     "shampoo": _PO, "soap": _PO,
 }

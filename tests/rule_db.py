@@ -265,6 +265,25 @@ def _adafactor_f64(optax, jnp, lr, **kw):
     )
 
 
+def _adafactor_optax_f64(optax, jnp, lr, min_dim, **kw):
+    """optax.adafactor(factored=True) as its chain, with the decay 1 − t^(−c) in float64 (Optax: float32)."""
+    from optax._src import factorized
+
+    def decay64(i, exponent=0.8):
+        return 1.0 - jnp.asarray(i + 1, jnp.float64) ** (-exponent)
+
+    tx = [factorized.scale_by_factored_rms(True, kw.get("decay_rate", 0.8), kw.get("decay_offset", 0), min_dim,
+                                           kw.get("eps", 1e-30), decay_rate_fn=decay64)]
+    if kw.get("clipping_threshold", 1.0) is not None:
+        tx.append(optax.clip_by_block_rms(kw.get("clipping_threshold", 1.0)))
+    tx.append(optax.scale_by_learning_rate(lr, flip_sign=False))
+    if kw.get("multiply_by_parameter_scale", True):
+        tx.append(optax.scale_by_param_block_rms())
+    if kw.get("weight_decay_rate") is not None:
+        tx.append(optax.add_decayed_weights(kw["weight_decay_rate"]))
+    return optax.chain(*tx, optax.scale(-1.0))
+
+
 def _torch_rule(name, cls, reference, reference_cases, cases, known_issues=()):
     """A torch-compatible rule: ``torch.optim.<cls>`` runs every case of ``cases``."""
     return RuleInfo(name, reference, tuple(reference_cases), tuple(_torch_optim_case(cls, **kw) for kw in cases),
@@ -528,6 +547,16 @@ _RECORDS = [
                                 beta2_decay=-0.6),
               _torch_optim_case("Adafactor", group0=dict(lr=0.1, d=2.0), change=dict(lr=0.01, weight_decay=0.05))),
              tolerance={"peer": {F64: 1e-9, F32: 1e-5}}, torch_optim="Adafactor", matrix=True),
+    # optax.adafactor (factored=True): the (3, 4) peer tensor is factored with min_dim_size_to_factor=3,
+    # the (5,) one keeps a full v (tests/test_research_parity.py); tests/test_adafactor.py runs more shapes.
+    RuleInfo("adafactor_optax", None, (), (
+        _ox(lambda ox, jnp: _adafactor_optax_f64(ox, jnp, 0.05, 3), lr=0.05, min_dim_size_to_factor=3,
+            note="decay 1 − t^-0.8 in float64 (Optax computes it in float32)"),
+        _ox(lambda ox, jnp: _adafactor_optax_f64(ox, jnp, 0.05, 3, clipping_threshold=None, decay_rate=0.6, eps=1e-6,
+                                                 multiply_by_parameter_scale=False, weight_decay_rate=0.01),
+            lr=0.05, min_dim_size_to_factor=3, clipping_threshold=None, decay_rate=0.6, eps=1e-6,
+            multiply_by_parameter_scale=False, weight_decay_rate=0.01, note="float64 decay"),
+    ), tolerance={"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}}, matrix=True),
     # Kronecker-factored rules: run on 2-D params by tests/test_shampoo_soap.py (float64: the
     # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)
     RuleInfo("shampoo", None, peer_cases=(

@@ -5,6 +5,10 @@ adapter, both checkpoint formats, 50-digit verification and a user-written facto
 
 Tolerances (``conftest.rel_err``, per tensor after every step): float64 1e-9 elementwise; float32
 1e-5 max-norm (symopt sums the norms and row/column means in float64, torch in float32).
+
+``adafactor_optax`` against ``optax.adafactor`` (factored=True): float64 1e-9 elementwise against
+Optax's chain with its decay computed in float64 (measured 5e-16; Optax's own float32 decay
+moves float64 trajectories by ~2e-8), float32 2e-6 max-norm against ``optax.adafactor`` itself.
 """
 import numpy as np
 import pytest
@@ -185,6 +189,18 @@ def test_verify_against_mpmath(dtype):
     assert result.ok, (result.max_error, result.worst)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("min_dim", [2, 128], ids=["factored", "full_v"])
+def test_optax_rule_verifies_against_mpmath_in_both_layouts(dtype, min_dim):
+    from symopt.rulebook.catalog import family
+    from symopt.verify.check import verify_factored_variant
+
+    fam = family("adafactor_optax")
+    result = verify_factored_variant(fam, fam.variants[0][1], dtype, steps=2,
+                                     hyper={"min_dim_size_to_factor": min_dim})
+    assert result.ok, (result.max_error, result.worst)
+
+
 def factored_rmsprop():
     """A user's factored RMSprop: v̂ = R C / mean_i R, θ ← θ − γ g / (√v̂ + ε)."""
     w, g, R, C, V, vhat = sp.symbols("w g R C V vhat")
@@ -231,3 +247,148 @@ def test_factored_rule_errors_name_the_problem():
                                      hyper={}, updates=[(w, w - R * g), (R, RowMean(g**2))]), [np.zeros((2, 3))])
     with pytest.raises(RuleError, match="State.shape must be"):
         symopt.State(0, shape="diagonal")
+
+
+# -- adafactor_optax: optax.adafactor (factored=True) ------------------------------------------------------
+#: Shapes against Optax with min_dim_size_to_factor=3: factored with rows ≤ / > columns (Optax swaps
+#: which axis it calls the row), a stack, 1-row and too-small matrices (a full v), a vector and a scalar.
+OX_SHAPES = [(4, 6), (6, 4), (2, 3, 5), (3, 3), (1, 7), (2, 2), (5,), ()]
+
+
+@pytest.fixture(scope="module")
+def ox():
+    optax = pytest.importorskip("optax")
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    return optax, jnp
+
+
+def _ox_run(tx, jnp, params, grads):
+    """Optax's params after every step (numpy arrays)."""
+    ps = [jnp.asarray(p) for p in params]
+    state = tx.init(ps)
+    out = []
+    for gs in grads:
+        updates, state = tx.update([jnp.asarray(g) for g in gs], state, ps)
+        ps = [p + u for p, u in zip(ps, updates)]
+        out.append([np.asarray(p) for p in ps])
+    return out, state
+
+
+@pytest.mark.parametrize("kw", [dict(min_dim_size_to_factor=3, lr=0.05),
+                                dict(min_dim_size_to_factor=3, lr=0.05, clipping_threshold=None, decay_rate=0.6,
+                                     eps=1e-6, multiply_by_parameter_scale=False, weight_decay_rate=0.01),
+                                dict(lr=0.05, clipping_threshold=0.5, decay_offset=0.0)],
+                         ids=["factored", "options", "min_dim_128"])
+def test_optax_adafactor_float64_on_every_shape(kw, ox):
+    """≤ 1e-9 elementwise after every step against Optax's chain with its decay 1 − t^-c in float64."""
+    from rule_db import _adafactor_optax_f64
+
+    optax, jnp = ox
+    params, grads = _data(np.float64, seed=5, shapes=OX_SHAPES)
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor_optax", ours, **kw)
+    min_dim = kw.get("min_dim_size_to_factor", 128)
+    assert opt.factored_layouts == tuple("matrix" if len(s) >= 2 and min(s[-2:]) >= min_dim else "vector"
+                                         for s in OX_SHAPES)
+    rest = {k: v for k, v in kw.items() if k not in ("lr", "min_dim_size_to_factor")}
+    theirs, state = _ox_run(_adafactor_optax_f64(optax, jnp, kw["lr"], min_dim, **rest), jnp, params, grads)
+    for k in range(STEPS):
+        opt.step(grads[k])
+        for a, b in zip(ours, theirs[k]):
+            assert rel_err(a, b) <= 1e-9
+    # the full v of unfactored params, and the row/column means where Optax's v_row is the rows' (m ≤ n)
+    fs = state[0]
+    for j, s in enumerate(OX_SHAPES):
+        if opt.factored_layouts[j] == "vector":
+            assert rel_err(opt.state[j]["v"], np.asarray(fs.v[j])) <= 1e-9
+        elif s[-2] <= s[-1]:
+            assert rel_err(opt.state[j]["v_row"][..., 0], np.asarray(fs.v_row[j])) <= 1e-9
+            assert rel_err(opt.state[j]["v_col"][..., 0, :], np.asarray(fs.v_col[j])) <= 1e-9
+
+
+def test_optax_adafactor_itself_float32(ox):
+    """Against optax.adafactor in float32 (its decay in float32 too): 2e-6 max-norm after every step
+    (measured 3.4e-7: symopt's norms and row/column means are float64 sums, Optax's float32)."""
+    optax, jnp = ox
+    params, grads = _data(np.float32, seed=6, shapes=OX_SHAPES)
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor_optax", ours, lr=0.05, min_dim_size_to_factor=3, weight_decay_rate=0.01)
+    theirs, _ = _ox_run(optax.adafactor(0.05, min_dim_size_to_factor=3, weight_decay_rate=0.01), jnp, params, grads)
+    for k in range(STEPS):
+        opt.step(grads[k])
+        for a, b in zip(ours, theirs[k]):
+            assert b.dtype == np.float32
+            assert rel_err(a, b, floor=1.0) <= 2e-6
+
+
+def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
+    params, grads = _data(np.float64, seed=7, shapes=[(4, 6), (2, 2), (5,)])
+    ref = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor_optax", ref, min_dim_size_to_factor=3)
+    ts = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    topt = symopt.torch.Optimizer("adafactor_optax", ts, min_dim_size_to_factor=3)
+    for k in range(4):
+        opt.step(grads[k])
+        for t, g in zip(ts, grads[k]):
+            t.grad = torch.from_numpy(g.copy())
+        topt.step()
+    for a, t in zip(ref, ts):
+        np.testing.assert_array_equal(a, t.detach().numpy())
+    opt.save(tmp_path / "ox.npz")
+    copies = [p.copy() for p in ref]
+    resumed = symopt.load(tmp_path / "ox.npz", copies)
+    assert resumed.factored_layouts == ("matrix", "vector", "vector")
+    assert {k: v.shape for k, v in resumed.state[0].items() if k != "step"} == {"v_row": (4, 1), "v_col": (1, 6)}
+    assert {k: v.shape for k, v in resumed.state[1].items() if k != "step"} == {"v": (2, 2)}
+    for k in range(4, 8):
+        opt.step(grads[k])
+        resumed.step([g.copy() for g in grads[k]])
+    for x, y in zip(ref, copies):
+        np.testing.assert_array_equal(x, y)
+    # a checkpoint whose layouts do not fit its shapes is refused
+    import json
+
+    with np.load(tmp_path / "ox.npz") as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    meta["layouts"][2] = "matrix"          # the (5,) param
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"meta\['layouts'\] must give 'matrix' \(only for a param of two or more"):
+        symopt.load(tmp_path / "bad.npz", [p.copy() for p in ref])
+
+
+def test_optax_adafactor_refuses_what_it_cannot_do():
+    p = np.ones((5, 6, 3))
+    with pytest.raises(ValueError, match=r"params\[0\]: a param of shape \(5, 6, 3\) is factored over its two largest "
+                                         r"axes \[0, 1\].*symopt factors the last two axes only"):
+        symopt.optimizer("adafactor_optax", [p], min_dim_size_to_factor=3)
+    symopt.optimizer("adafactor_optax", [p])                   # 5 < 128: a full v, accepted
+    with pytest.raises(ValueError, match="momentum is not supported"):
+        symopt.optimizer("adafactor_optax", [np.ones(3)], momentum=0.9)
+    with pytest.raises(TypeError, match="unknown hyperparameter 'weight_decay_mask'"):
+        symopt.optimizer("adafactor_optax", [np.ones(3)], weight_decay_mask=None)
+    with pytest.raises(ValueError, match="min_dim_size_to_factor must be one number shared by every param group"):
+        symopt.optimizer("adafactor_optax", [{"params": [np.ones((3, 3))]},
+                                             {"params": [np.ones(3)], "min_dim_size_to_factor": 2}])
+    w = np.ones((4, 4))
+    opt = symopt.optimizer("adafactor_optax", [w], min_dim_size_to_factor=3)
+    opt.step([np.full((4, 4), 0.5)])
+    opt.param_groups[0]["min_dim_size_to_factor"] = 8
+    with pytest.raises(ValueError, match="min_dim_size_to_factor cannot change after construction"):
+        opt.step([np.full((4, 4), 0.5)])
+    sd = opt.state_dict()
+    opt.param_groups[0]["min_dim_size_to_factor"] = 3
+    with pytest.raises(ValueError, match="state_dict has another min_dim_size_to_factor"):
+        opt.load_state_dict(sd)
+
+
+def test_show_prints_the_optax_rule(capsys):
+    from symopt.cli import main
+
+    assert main(["show", "adafactor_optax"]) == 0
+    out = capsys.readouterr().out
+    assert "min_dim_size_to_factor" in out and "optax" in out

@@ -25,9 +25,10 @@ from rule_db import PEER_SHAPES, PEER_STEPS, case_id, peer_cases, peer_grads, pe
 import symopt
 from symopt.rulebook import transforms as T
 
-#: (rule info, case index, case) of the table's research-rule cases, per library kind.
+#: (rule info, case index, case) of the table's research-rule cases, per library kind (and the Optax cases
+#: of matrix rules: adafactor_optax).
 TORCH_CASES = peer_cases("pytorch-optimizer", "schedulefree", group="research")
-OPTAX_CASES = peer_cases("optax", group="research")
+OPTAX_CASES = peer_cases("optax", group="research") + peer_cases("optax", group="matrix")
 #: Composed rules (not built in, so not in the table): params and displacement, float64.
 COMPOSED_TOL = 1e-9
 

@@ -42,7 +42,7 @@ import sympy as sp
 
 from .._version import __version__
 from ..rulebook.display import expr_latex
-from ..rulebook.factored import is_factored_rule, machine_eps
+from ..rulebook.factored import is_factored_rule, machine_eps, min_dim_to_factor
 from ..rulebook.matrix import cols, rows
 from ..rulebook.metadata import RuleError, t
 from ..rulebook.rule import Family, Rule
@@ -761,6 +761,9 @@ def render_factored_family(family: Family, *, source_label: str | None = None) -
             entry["shape"] = rule.state[sym].shape
         info["factored"] = {lay.name: {"states": [rule.state_key(s) for s in lay.states], **lay.workspace}
                             for lay in plan.layouts}
+        # the hyperparameter that decides, per param, between the two layouts (None: the param's ndim)
+        info["factored"]["min_dim_key"] = (rule.hyper_key(min_dim_to_factor) if min_dim_to_factor in rule.hyper
+                                           else None)
     cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
     ctx = {
         "header": header(family.name, source_label or family.source, FACTORED_TEMPLATE, family_hash(family)),

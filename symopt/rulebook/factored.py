@@ -16,7 +16,8 @@ of a row value (or ``RowMean`` of a column value) is one number per matrix.  The
 reductions of :mod:`.reduction` (``TensorSum``, ``TensorMean``) remain over the whole
 tensor.
 
-Params of fewer than two dimensions are not factored: for them :data:`factored` is false,
+Params of fewer than two dimensions are not factored (nor, in a rule with the hyperparameter
+:data:`min_dim_to_factor`, params whose last two axes are not both at least that long): for them :data:`factored` is false,
 ``shape="row"``/``"col"`` states do not exist and ``shape="vector"`` states (the param's shape,
 only for such params) do; a rule chooses between the two with ``Piecewise(..., (…, factored))``.
 :data:`machine_eps` is the machine epsilon of the param's dtype (torch's ``eps1=None``).
@@ -32,12 +33,17 @@ import sympy as sp
 
 from .reduction import Reduction
 
-__all__ = ["RowMean", "ColMean", "factored", "machine_eps", "FACTOR_SYMBOLS", "STATE_SHAPES", "is_factored_rule"]
+__all__ = ["RowMean", "ColMean", "factored", "machine_eps", "min_dim_to_factor", "FACTOR_SYMBOLS", "STATE_SHAPES",
+           "is_factored_rule"]
 
 #: True for a param read as a stack of matrices (at least 2-D), false for a vector or scalar.
 factored = sp.Symbol("factored")
 #: The machine epsilon of the param's dtype (2⁻²³ for float32, 2⁻⁵² for float64).
 machine_eps = sp.Symbol("epsilon_mach", positive=True)
+#: A rule that has this symbol as a hyperparameter factors a param only when both of its matrix
+#: axes have at least that many entries (Optax's ``min_dim_size_to_factor``); the others, matrices
+#: included, take the ``vector`` layout (full-shape states).  Without it every ≥2-D param is factored.
+min_dim_to_factor = sp.Symbol("min_dim_to_factor")
 FACTOR_SYMBOLS = (factored, machine_eps)
 #: A state's shape: the param's (``full``), one value per row / column of each matrix of a
 #: factored param (``row``: ``(…, m, 1)``, ``col``: ``(…, 1, n)``), or the param's shape for

@@ -12,8 +12,9 @@ text.  It holds
 * ``step``: the int64 step count of every param;
 * ``state_<k>_<j>``: state buffer ``k`` (the ``k``-th entry of ``meta["state_keys"]``)
   of param ``j``, in the optimizer's dtype; a factored rule's ``meta["state_kinds"]`` gives
-  each one's shape (``row``: ``(…, m, 1)``...), and a state the param's shape does not keep
-  is absent;
+  each one's shape (``row``: ``(…, m, 1)``...) and ``meta["layouts"]`` each param's layout
+  (``matrix``: row/column states, ``vector``: full-shape), and a state the param's layout does
+  not keep is absent;
 * ``param_<j>``: the values of param ``j`` when the checkpoint was written (unless
   ``save(..., params=False)``).
 
@@ -153,6 +154,7 @@ def write(path, opt, *, params: bool = True) -> None:
     kinds = opt.state_kinds
     if any(kind != "full" for kind in kinds.values()):  # a factored rule: row/col states of their own shapes
         meta["state_kinds"] = [kinds[key] for key in keys]
+        meta["layouts"] = list(opt.factored_layouts)  # per param: "matrix" (row/col states) or "vector"
     mkeys = list(opt.matrix_state_keys)
     if mkeys:  # a preconditioned rule's matrix states, each of its own shape
         meta["matrix_state_keys"] = mkeys
@@ -327,6 +329,12 @@ def _check_meta(meta, path) -> None:
     kinds = meta.get("state_kinds", ["full"] * len(keys))
     if not isinstance(kinds, list) or len(kinds) != len(keys) or not all(k in STATE_KINDS for k in kinds):
         _fail(path, f"meta['state_kinds'] must list one of {STATE_KINDS} per state key")
+    layouts = meta.get("layouts", [None] * len(meta["shapes"]))
+    if not isinstance(layouts, list) or len(layouts) != len(meta["shapes"]) or not all(
+            lay is None or lay == ("matrix" if len(s) >= 2 else "vector") or lay == "vector"
+            for lay, s in zip(layouts, meta["shapes"])):
+        _fail(path, "meta['layouts'] must give 'matrix' (only for a param of two or more dimensions) or 'vector' "
+                    "per param")
     mkeys, mshapes = meta.get("matrix_state_keys", []), meta.get("matrix_state_shapes", [])
     if not isinstance(mkeys, list) or len(mkeys) > 64 or not all(_name_ok(k) for k in mkeys):
         _fail(path, "matrix state keys must be a list of short printable strings")
@@ -387,10 +395,11 @@ class Reader:
         dtype = _DTYPES[self.meta["dtype"]]
         state, saved = {}, ({} if params and self.meta["has_params"] else None)
         kinds = self.meta.get("state_kinds", ["full"] * len(self.meta["state_keys"]))
+        layouts = self.meta.get("layouts", [None] * len(self.meta["shapes"]))
         for j, shape in enumerate(self.meta["shapes"]):
             entry = {}
             for k, (key, kind) in enumerate(zip(self.meta["state_keys"], kinds)):
-                want = state_shape(kind, shape)
+                want = state_shape(kind, shape, layouts[j])
                 info = _member(self._zip, f"state_{k}_{j}")
                 if want is None:  # not kept for this param's shape (a factored rule)
                     if info is not None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .preconditioned import PreconditionedStep
 
-__all__ = ["MatrixStep", "FactoredStep", "state_shape", "setup", "dimension_numbers", "matrix_layout"]
+__all__ = ["MatrixStep", "FactoredStep", "factored_layout", "state_shape", "setup", "dimension_numbers", "matrix_layout"]
 
 
 def dimension_numbers(value, where: str):
@@ -143,14 +143,13 @@ class FactoredStep:
     tensor.
     """
 
-    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list):
+    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list, layouts: list):
         prefix = vinfo["prefix"]
         info = vinfo["factored"]
         keys = [s["key"] for s in vinfo["state"]]
         self.calls = []     # per tensor: (function, nb, nr, nc, [(state index, size)...])
         need = 1
-        for j, p in enumerate(tensors):
-            layout = "matrix" if p.ndim >= 2 else "vector"
+        for j, (p, layout) in enumerate(zip(tensors, layouts)):
             if layout == "matrix":
                 nr, nc = int(p.shape[-2]), int(p.shape[-1])
                 nb = int(p.size // (nr * nc)) if nr * nc else 0
@@ -161,7 +160,7 @@ class FactoredStep:
             states = []
             for key in lay["states"]:
                 k = keys.index(key)
-                shape = state_shape(vinfo["state"][k].get("shape", "full"), p.shape)
+                shape = state_shape(vinfo["state"][k].get("shape", "full"), p.shape, layout)
                 states.append((k, int(state_offs[k][j]), math.prod(shape)))
             self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, states))
         self.ws = np.empty(need, dtype=np.float64)
@@ -186,30 +185,55 @@ class FactoredStep:
         return 0
 
 
-def state_shape(kind: str, shape: tuple):
+def factored_layout(shape: tuple, min_dim=None, where: str = "") -> str:
+    """The layout of a factored rule's param of ``shape``: ``"matrix"`` (row/column states over the
+    last two axes) or ``"vector"`` (full-shape states).  ``min_dim`` None: every ≥2-D param is a
+    matrix (torch.optim.Adafactor); else, as Optax's ``_factored_dims``, a ≥2-D param is a matrix
+    when the second largest of its axes has at least ``min_dim`` entries -- Optax reduces over its
+    two largest axes, which must be the last two here (ValueError otherwise)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return "vector"
+    if min_dim is None:
+        return "matrix"
+    order = np.argsort(shape)
+    if shape[order[-2]] < min_dim:
+        return "vector"
+    if {int(order[-2]), int(order[-1])} != {len(shape) - 2, len(shape) - 1}:
+        raise ValueError(f"{where}: a param of shape {shape} is factored over its two largest axes "
+                         f"{sorted((int(order[-2]), int(order[-1])))} (min_dim_size_to_factor {min_dim:g}); symopt "
+                         f"factors the last two axes only: move the two largest axes last, or raise "
+                         f"min_dim_size_to_factor above {shape[order[-2]]}")
+    return "matrix"
+
+
+def state_shape(kind: str, shape: tuple, layout: str | None = None):
     """The shape of a state of ``kind`` (``full``/``row``/``col``/``vector``: FAMILY's ``"shape"``) for a
-    param of ``shape``, or None when such a param does not keep it (torch.optim.Adafactor's
-    ``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)`` for ≥2-D params, ``variance`` for the others)."""
+    param of ``shape`` in ``layout`` (:func:`factored_layout`; None: by the param's ndim), or None when
+    such a param does not keep it (torch.optim.Adafactor's ``row_var`` ``(…, m, 1)``, ``col_var``
+    ``(…, 1, n)`` for ≥2-D params, ``variance`` for the others)."""
     shape = tuple(shape)
     if kind == "full":
         return shape
+    layout = layout or factored_layout(shape)
     if kind == "vector":
-        return shape if len(shape) < 2 else None
-    if len(shape) < 2:
+        return shape if layout == "vector" else None
+    if layout == "vector":
         return None
     return shape[:-1] + (1,) if kind == "row" else shape[:-2] + (1, shape[-1])
 
 
-def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None):
+def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None, layouts=None):
     """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
     for one with matrix states), a :class:`FactoredStep` for a factored one, None for an elementwise
     one (``state_offs``: per state, each tensor's offset in its flat buffer; ``dims``: per tensor,
-    :func:`dimension_numbers` or None)."""
+    :func:`dimension_numbers` or None; ``layouts``: per tensor, a factored rule's :func:`factored_layout`)."""
     if "factored" in vinfo:
         if any(d is not None for d in (dims or ())):
             raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads a param "
                              f"of shape (…, m, n) as a stack of m × n matrices")
-        return FactoredStep(module, vinfo, tensors, suffix, state_offs)
+        return FactoredStep(module, vinfo, tensors, suffix, state_offs,
+                            layouts or [factored_layout(p.shape) for p in tensors])
     if "matrix" not in vinfo:
         return None
     if vinfo["matrix"].get("kind") == "preconditioned":

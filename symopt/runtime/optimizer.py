@@ -263,6 +263,18 @@ class Optimizer:
             if a1 < b0:
                 raise ValueError(f"params[{i0}] and params[{i1}] share memory; each param must appear once")
 
+    def _factor_min_dim(self, groups, where: str):
+        """A factored rule's ``min_dim_size_to_factor`` (one value for all ``groups``), or None when its
+        rule factors every ≥2-D param."""
+        key = self._vinfo["factored"].get("min_dim_key")
+        if key is None:
+            return None
+        values = {group.get(key, self._spec.defaults[key]) for group in groups}
+        if len(values) != 1 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{where}: {key} must be one number shared by every param group (it fixes which params "
+                             f"are factored), got {sorted(map(repr, values))}")
+        return float(values.pop())
+
     def _setup_layout(self):
         sizes = np.array([p.size for p in self._tensors], dtype=np.int64)
         self._sizes = sizes
@@ -321,7 +333,15 @@ class Optimizer:
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         # Each state's shape per param (None: not kept for that param; runtime/matrix.py) and its place
         # in the state's flat buffer; a rule of full-shape states only lays them out as the params.
-        self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape) for p in self._tensors]
+        # A factored rule's layout per param (runtime/matrix.py: factored_layout), fixed at construction.
+        factored = self._vinfo.get("factored")
+        self._factor_min = self._factor_min_dim(self.param_groups, self.rule_name) if factored else None
+        self._layouts = None if factored is None else [
+            matrix.factored_layout(p.shape, self._factor_min, f"{self.rule_name}: params[{j}]")
+            for j, p in enumerate(self._tensors)]
+        self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape,
+                                                  self._layouts[j] if self._layouts else None)
+                               for j, p in enumerate(self._tensors)]
                               for s in self._vinfo["state"]]
         self._state_sizes = [np.array([0 if x is None else math.prod(x) for x in shapes], dtype=np.int64)
                              for shapes in self._state_shapes]
@@ -333,7 +353,8 @@ class Optimizer:
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
-        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims)
+        self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims,
+                                    self._layouts)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -408,6 +429,12 @@ class Optimizer:
         return {s["key"]: s.get("shape", "full") for s in self._vinfo["state"]}
 
     @property
+    def factored_layouts(self) -> tuple:
+        """A factored rule's layout of each param (``"matrix"``: row/column states, ``"vector"``:
+        full-shape states; :func:`symopt.runtime.matrix.factored_layout`); empty for other rules."""
+        return tuple(self._layouts or ())
+
+    @property
     def step_counts(self) -> np.ndarray:
         """The step count of every param (int64, read-only view, updated in place by each step)."""
         return self._step_counts
@@ -447,6 +474,9 @@ class Optimizer:
             if key not in GROUP_KEYS and key not in self._spec.defaults:
                 raise TypeError(f"{where}: unknown hyperparameter {key!r}")
         vals = self._spec.values(group, where)
+        if self._factor_min is not None and self._factor_min_dim([group], where) != self._factor_min:
+            raise ValueError(f"{where}: {self._vinfo['factored']['min_dim_key']} cannot change after construction "
+                             f"(it fixes which params are factored and their state shapes; was {self._factor_min:g})")
         k = self._spec.variant_index(vals, where)
         if k != self._variant:
             raise ValueError(f"{where}: these values select variant {self._spec.variants[k]['name']!r}, but this "
@@ -852,7 +882,11 @@ class Optimizer:
         dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
         if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
             new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
-                                      self.rule_name, self._state_offs, dims)
+                                      self.rule_name, self._state_offs, dims, self._layouts)
+        if self._layouts is not None and self._factor_min_dim(new_groups, "state_dict") != self._factor_min:
+            raise ValueError(f"state_dict has another {self._vinfo['factored']['min_dim_key']} than this optimizer "
+                             f"({self._factor_min:g}), which fixes which params are factored; build the optimizer "
+                             f"with the saved value")
         # -- everything checked and converted: now modify (nothing below can fail)
         self._matrix = new_matrix
         for gi, merged in enumerate(new_groups):

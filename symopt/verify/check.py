@@ -338,9 +338,10 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
     state_syms = {rule.state_key(s): s for s in rule.state}
     kinds = {rule.state_key(s): spec.shape for s, spec in rule.state.items()}
     for shape in FACTORED_SHAPES:
-        _, _, nr, nc = _layout(shape)
         params = np.asarray(rng.standard_normal(shape)).astype(dt)
         opt = Optimizer(_name_or_family(family), [params], **kwargs)
+        layout = opt.factored_layouts[0]
+        _, _, nr, nc = _layout(shape, layout)
         hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
         for _ in range(int(rng.integers(1, 3))):
             opt.step([np.asarray(rng.standard_normal(shape)).astype(dt)])
@@ -358,7 +359,7 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
                 vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][state_index(kinds[key], e, nr, nc)]))
                              for key in keys})
                 values.append(vals)
-            envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps))
+            envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps), layout)
             outs = [("param", rule.param, params.reshape(-1), list(range(len(envs))))]
             for key in keys:
                 got = opt.state[0][key].reshape(-1)

@@ -3,7 +3,8 @@
 
 The updates are evaluated for every element of one small tensor at 50 digits, as for
 reductions (:mod:`.reductions`), straight from the rule: a param of shape ``(…, m, n)``
-(at least 2-D) is a stack of ``m × n`` matrices and ``factored`` is true; a row state's value
+(at least 2-D, and in a rule with ``min_dim_to_factor`` both axes at least that long: the
+optimizer's layout) is a stack of ``m × n`` matrices and ``factored`` is true; a row state's value
 at an element is that of its row, a column state's that of its column.  Each reduction node,
 innermost first, is replaced per element by its exact value: ``RowMean`` the mean over the
 element's row, ``ColMean`` over its column, ``TensorSum``/``TensorMean`` over the tensor
@@ -18,9 +19,10 @@ import numpy as np
 FACTORED_SHAPES = ((4, 6), (6, 4), (2, 3, 4), (5,), ())
 
 
-def _layout(shape):
-    """``(factored, nb, nr, nc)`` of a param of ``shape`` (torch.optim.Adafactor's view)."""
-    if len(shape) >= 2:
+def _layout(shape, layout: str | None = None):
+    """``(factored, nb, nr, nc)`` of a param of ``shape`` in ``layout`` (the optimizer's
+    ``factored_layouts``; None: factored when at least 2-D, torch.optim.Adafactor's view)."""
+    if (layout or ("matrix" if len(shape) >= 2 else "vector")) == "matrix":
         nr, nc = shape[-2], shape[-1]
         return True, int(np.prod(shape[:-2], dtype=np.int64)), nr, nc
     return False, 1, 1, int(np.prod(shape, dtype=np.int64))
@@ -35,17 +37,18 @@ def state_index(kind: str, e: int, nr: int, nc: int) -> int:
     return e
 
 
-def exact_factored_step(rule, values: list, shape: tuple, eps: float) -> list:
-    """Apply ``rule``'s updates to every element of a tensor of ``shape`` at 50 digits;
-    ``values[i]`` maps the symbols to element i's mpmath values (C order; a row/col state's
-    entry: its row's/column's value), ``eps`` is the dtype's machine epsilon.  Returns the envs."""
+def exact_factored_step(rule, values: list, shape: tuple, eps: float, layout: str | None = None) -> list:
+    """Apply ``rule``'s updates to every element of a tensor of ``shape`` (in ``layout``, see
+    :func:`_layout`) at 50 digits; ``values[i]`` maps the symbols to element i's mpmath values
+    (C order; a row/col state's entry: its row's/column's value), ``eps`` is the dtype's machine
+    epsilon.  Returns the envs."""
     import mpmath
     import sympy as sp
 
     from ..rulebook.factored import ColMean, RowMean, factored, machine_eps
     from ..rulebook.reduction import Reduction
 
-    fact, nb, nr, nc = _layout(shape)
+    fact, nb, nr, nc = _layout(shape, layout)
     kept = {s for s, spec in rule.state.items() if spec.shape in (("full", "row", "col") if fact else ("full", "vector"))}
     envs = [{**v, factored: fact, machine_eps: mpmath.mpf(eps)} for v in values]
 
