@@ -289,6 +289,7 @@ class Optimizer:
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
+        self._serial_args = (None, None)  # _step_all(): the serial kernel's arguments for one _gptr
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -296,7 +297,10 @@ class Optimizer:
         self._tables: dict = {}
         self._all_active = np.ones(len(sizes), dtype=np.bool_)
         self._shapes = [p.shape for p in self._tensors]
-        self._grad_ids, self._grad_readers = None, []  # step(): ids of the last grads, a reader of each one's pointer
+        # step(): the ids of the last grads and a reader of each one's data pointer (-1, None: none yet), and
+        # per param what its fast path compares: (param, reader of its data pointer, that address, shape)
+        self._grad_ids, self._grad_readers = [-1] * len(sizes), [None] * len(sizes)
+        self._fast_rows = None if self._pdata is None else list(zip(self._tensors, self._pdata, self._paddr, self._shapes))
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -485,10 +489,23 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
         off = layout.DATA_OFFSET
         if off is not None:
+            ndarray, dt = np.ndarray, self.dtype
+            checked = self._grads_checked
+            if checked is not None:
+                # The last call's grad objects again (same ids, readers made for them), each an ndarray
+                # of the params' dtype object, shape and C order, at the address _gptr holds checked;
+                # every param still writable, at its address, with its shape: nothing to write.
+                for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
+                                                              self._fast_rows):
+                    if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
+                            or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
+                            or pd.value != pa or p.shape != shape):
+                        break
+                else:
+                    return None
             # Every grad an ndarray of the params' dtype object, shape and C order; every param still
             # writable, at its address, with its shape.
-            ndarray, dt = np.ndarray, self.dtype
-            for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
+            for g, (p, pd, pa, shape) in zip(grads, self._fast_rows):
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
                         or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
@@ -640,11 +657,15 @@ class Optimizer:
             if table is None:  # the first threaded step with this many threads plans the table
                 return self._step(None)
             chunks, work = table
-            kernel = self._kernel_parallel
+            nbad = self._kernel_parallel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
+                                         self.on_nonfinite != "ignore")
         else:
-            chunks, work, kernel = self._chunks, self._work, self._kernel_serial
-        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
-                      self.on_nonfinite != "ignore")
+            # the serial kernel's arguments but the last, kept while _gptr is the same address table
+            kargs = self._serial_args
+            if kargs[1] is not self._gptr:
+                kargs = self._serial_args = (self._pptr, self._gptr, *self._state, self._offs, self._chunks,
+                                             self._work, self._scal)
+            nbad = self._kernel_serial(*kargs, self.on_nonfinite != "ignore")
         if nbad:
             return self._nonfinite(nbad)
         self._steps.fill(t)
