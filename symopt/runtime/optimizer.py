@@ -289,7 +289,7 @@ class Optimizer:
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
-        self._serial_args = (None, None)  # _step_all(): the serial kernel's arguments for one _gptr
+        self._serial_args: dict = {}  # _step_all(): id of an address table -> the serial kernel's arguments
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -491,7 +491,7 @@ class Optimizer:
         if off is not None:
             ndarray, dt = np.ndarray, self.dtype
             checked = self._grads_checked
-            if checked is not None:
+            if checked is not None and id(grads[0]) == self._grad_ids[0]:
                 # The last call's grad objects again (same ids, readers made for them), each an ndarray
                 # of the params' dtype object, shape and C order, at the address _gptr holds checked;
                 # every param still writable, at its address, with its shape: nothing to write.
@@ -660,11 +660,14 @@ class Optimizer:
             nbad = self._kernel_parallel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
                                          self.on_nonfinite != "ignore")
         else:
-            # the serial kernel's arguments but the last, kept while _gptr is the same address table
-            kargs = self._serial_args
-            if kargs[1] is not self._gptr:
-                kargs = self._serial_args = (self._pptr, self._gptr, *self._state, self._offs, self._chunks,
-                                             self._work, self._scal)
+            # the serial kernel's arguments but the last, kept per address table (grads passed in turn)
+            gptr = self._gptr
+            kargs = self._serial_args.get(id(gptr))
+            if kargs is None or kargs[1] is not gptr:
+                if len(self._serial_args) >= 16:
+                    self._serial_args.clear()
+                kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
+                                                       self._work, self._scal)
             nbad = self._kernel_serial(*kargs, self.on_nonfinite != "ignore")
         if nbad:
             return self._nonfinite(nbad)
