@@ -490,19 +490,6 @@ class Optimizer:
         off = layout.DATA_OFFSET
         if off is not None:
             ndarray, dt = np.ndarray, self.dtype
-            checked = self._grads_checked
-            if checked is not None and id(grads[0]) == self._grad_ids[0]:
-                # The last call's grad objects again (same ids, readers made for them), each an ndarray
-                # of the params' dtype object, shape and C order, at the address _gptr holds checked;
-                # every param still writable, at its address, with its shape: nothing to write.
-                for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
-                                                              self._fast_rows):
-                    if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
-                            or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
-                            or pd.value != pa or p.shape != shape):
-                        break
-                else:
-                    return None
             # Every grad an ndarray of the params' dtype object, shape and C order; every param still
             # writable, at its address, with its shape.
             for g, (p, pd, pa, shape) in zip(grads, self._fast_rows):
@@ -562,6 +549,22 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
+        checked = self._grads_checked
+        if (checked is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(checked)
+                and id(grads[0]) == self._grad_ids[0]):
+            # The last call's grad objects again (same ids, the readers made for them: only the fast
+            # path of _check_grads sets _grad_ids), each an ndarray of the params' dtype object, shape and
+            # C order, at the address _gptr holds checked; every param still writable, at its address,
+            # with its shape: _gptr stands as it is.
+            ndarray, dt = np.ndarray, self.dtype
+            for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
+                                                          self._fast_rows):
+                if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
+                        or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
+                        or pd.value != pa or p.shape != shape):
+                    break
+            else:
+                return self._step_all() if self._t_all >= 0 and self._plain else self._step(None)
         active = self._check_grads(grads)
         if active is None and self._t_all >= 0 and self._plain:
             return self._step_all()
