@@ -300,6 +300,7 @@ class Optimizer:
         # step(): the ids of the last grads and a reader of each one's data pointer (-1, None: none yet), and
         # per param what its fast path compares: (param, reader of its data pointer, that address, shape)
         self._grad_ids, self._grad_readers = [-1] * len(sizes), [None] * len(sizes)
+        self._readers_by_id: dict = {}
         self._fast_rows = None if self._pdata is None else list(zip(self._tensors, self._pdata, self._paddr, self._shapes))
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
@@ -498,12 +499,23 @@ class Optimizer:
                     break
             else:
                 # The grads' data pointers, read at every call through one ctypes reader per grad object:
-                # the readers are made again only when other objects come (an id is unique among live
+                # the readers are looked up again only when other objects come (an id is unique among live
                 # objects, the grads are alive here and all are plain ndarrays), so a grad moved to another
                 # buffer in place is read at its new address.
                 ids = list(map(id, grads))
                 if ids != self._grad_ids:
-                    self._grad_readers = [layout._read_pointer(a + off) for a in ids]
+                    # a reader reads whatever ndarray lives at its id, so readers are kept by id (a few
+                    # sets of grads in turn, or new grads each step at recycled ids, find theirs)
+                    made = self._readers_by_id
+                    if len(made) > 64:
+                        made.clear()
+                    readers = []
+                    for a in ids:
+                        r = made.get(a)
+                        if r is None:
+                            r = made[a] = layout._read_pointer(a + off)
+                        readers.append(r)
+                    self._grad_readers = readers
                     self._grad_ids = ids
                 addrs = [r.value or 0 for r in self._grad_readers]
                 if addrs != self._grads_checked:  # other addresses than the last step's
