@@ -683,6 +683,31 @@ def test_a_grad_resized_in_place_is_read_at_its_new_address():
     assert all(np.array_equal(a, b) for a, b in zip(opt.params, ref.params))
 
 
+def test_grad_sets_in_turn_are_read_at_their_addresses_and_checked_after_a_move():
+    """Two sets of grads passed in turn (their pointer readers are kept by id): each step reads the set
+    it is given, a grad of one set moved to another buffer in place is read at its new address, and a
+    set re-pointed at a param is refused with nothing written."""
+    base, params, opt = _two()
+    ref = symopt.optimizer("adam", [p.copy() for p in params])
+    a = [np.full((4, 4), 1e-2), np.full(6, -2e-2)]
+    b = [np.full((4, 4), -3e-2), np.full(6, 4e-2)]
+    for grads in (a, b, a, b):
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+    assert all(np.array_equal(x, y) for x, y in zip(opt.params, ref.params))
+    new = np.linspace(-1, 1, 6)
+    a[1].__setstate__((1, (6,), np.dtype(np.float64), False, new.tobytes()))
+    for grads in (a, b):
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+    assert all(np.array_equal(x, y) for x, y in zip(opt.params, ref.params))
+    snapshot = [p.copy() for p in params]
+    b[1] = base[20:26]
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with params\[1\]"):
+        opt.step(b)
+    assert all(np.array_equal(x, y) for x, y in zip(params, snapshot))
+
+
 def test_step_counts_that_differ_after_loading_step_each_param_at_its_own_count():
     """The common step count kept beside the per-param counts follows load_state_dict and None grads."""
     _, params, opt = _two()

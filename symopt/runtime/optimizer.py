@@ -301,6 +301,7 @@ class Optimizer:
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
+        self._serial_args: dict = {}  # _step_all(): id of an address table -> the serial kernel's arguments
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -308,7 +309,11 @@ class Optimizer:
         self._tables: dict = {}
         self._all_active = np.ones(len(sizes), dtype=np.bool_)
         self._shapes = [p.shape for p in self._tensors]
-        self._grad_ids, self._grad_readers = None, []  # step(): ids of the last grads, a reader of each one's pointer
+        # step(): the ids of the last grads and a reader of each one's data pointer (-1, None: none yet), and
+        # per param what its fast path compares: (param, reader of its data pointer, that address, shape)
+        self._grad_ids, self._grad_readers = [-1] * len(sizes), [None] * len(sizes)
+        self._readers_by_id: dict = {}
+        self._fast_rows = None if self._pdata is None else list(zip(self._tensors, self._pdata, self._paddr, self._shapes))
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -515,21 +520,32 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(tensors)} params")
         off = layout.DATA_OFFSET
         if off is not None:
+            ndarray, dt = np.ndarray, self.dtype
             # Every grad an ndarray of the params' dtype object, shape and C order; every param still
             # writable, at its address, with its shape.
-            ndarray, dt = np.ndarray, self.dtype
-            for g, p, pd, pa, shape in zip(grads, tensors, self._pdata, self._paddr, self._shapes):
+            for g, (p, pd, pa, shape) in zip(grads, self._fast_rows):
                 if (type(g) is not ndarray or g.dtype is not dt or g.shape != shape or not g.flags.c_contiguous
                         or not p.flags.writeable or pd.value != pa or p.shape != shape):
                     break
             else:
                 # The grads' data pointers, read at every call through one ctypes reader per grad object:
-                # the readers are made again only when other objects come (an id is unique among live
+                # the readers are looked up again only when other objects come (an id is unique among live
                 # objects, the grads are alive here and all are plain ndarrays), so a grad moved to another
                 # buffer in place is read at its new address.
                 ids = list(map(id, grads))
                 if ids != self._grad_ids:
-                    self._grad_readers = [layout._read_pointer(a + off) for a in ids]
+                    # a reader reads whatever ndarray lives at its id, so readers are kept by id (a few
+                    # sets of grads in turn, or new grads each step at recycled ids, find theirs)
+                    made = self._readers_by_id
+                    if len(made) > 64:
+                        made.clear()
+                    readers = []
+                    for a in ids:
+                        r = made.get(a)
+                        if r is None:
+                            r = made[a] = layout._read_pointer(a + off)
+                        readers.append(r)
+                    self._grad_readers = readers
                     self._grad_ids = ids
                 addrs = [r.value or 0 for r in self._grad_readers]
                 if addrs != self._grads_checked:  # other addresses than the last step's
@@ -575,6 +591,22 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
+        checked = self._grads_checked
+        if (checked is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(checked)
+                and id(grads[0]) == self._grad_ids[0]):
+            # The last call's grad objects again (same ids, the readers made for them: only the fast
+            # path of _check_grads sets _grad_ids), each an ndarray of the params' dtype object, shape and
+            # C order, at the address _gptr holds checked; every param still writable, at its address,
+            # with its shape: _gptr stands as it is.
+            ndarray, dt = np.ndarray, self.dtype
+            for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
+                                                          self._fast_rows):
+                if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
+                        or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
+                        or pd.value != pa or p.shape != shape):
+                    break
+            else:
+                return self._step_all() if self._t_all >= 0 and self._plain else self._step(None)
         active = self._check_grads(grads)
         if active is None and self._t_all >= 0 and self._plain:
             return self._step_all()
@@ -670,11 +702,18 @@ class Optimizer:
             if table is None:  # the first threaded step with this many threads plans the table
                 return self._step(None)
             chunks, work = table
-            kernel = self._kernel_parallel
+            nbad = self._kernel_parallel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
+                                         self.on_nonfinite != "ignore")
         else:
-            chunks, work, kernel = self._chunks, self._work, self._kernel_serial
-        nbad = kernel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
-                      self.on_nonfinite != "ignore")
+            # the serial kernel's arguments but the last, kept per address table (grads passed in turn)
+            gptr = self._gptr
+            kargs = self._serial_args.get(id(gptr))
+            if kargs is None or kargs[1] is not gptr:
+                if len(self._serial_args) >= 16:
+                    self._serial_args.clear()
+                kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
+                                                       self._work, self._scal)
+            nbad = self._kernel_serial(*kargs, self.on_nonfinite != "ignore")
         if nbad:
             return self._nonfinite(nbad)
         self._steps.fill(t)
