@@ -166,6 +166,10 @@ def test_torch_adapter_refuses_what_it_cannot_step():
 
     with pytest.raises(ValueError, match="rule 'adafactor' has no jax module: its factored plan has no jax template"):
         load_backend("adafactor", "jax")
+    jax = pytest.importorskip("symopt.jax", reason="the JAX backend needs jax and optax (the test extra)")
+    for name in ("adafactor", "adafactor_optax"):    # refused by name before any hyperparameter is read
+        with pytest.raises(ValueError, match=f"rule '{name}' has no jax module: its factored plan"):
+            jax.transform(name)
 
 
 def test_dimension_numbers_are_refused():

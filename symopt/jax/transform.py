@@ -67,6 +67,7 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         raise ValueError(f"on_nonfinite must be 'skip' or 'ignore' in JAX (a NaN cannot raise inside jax.jit), "
                          f"got {on_nonfinite!r}")
     module = kernels.load(rule)
+    jmod = kernels.load_backend(rule, "jax")      # refuses, by name, a rule with no generated JAX module
     spec = _Spec(module)
     for key in hyper:
         if key not in spec.defaults:
@@ -90,7 +91,6 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     variant = spec.variant_index(checked, spec.name)
     vinfo = spec.variants[variant]
     prefix = vinfo["prefix"]
-    jmod = kernels.load_backend(rule, "jax")
     scalar_fn = getattr(jmod, f"{prefix}_scalars")
     step_fn = getattr(jmod, f"{prefix}_step")
     inits = getattr(module, f"{prefix}_state_init")(*[checked[n] for n in vinfo["init_hyper"]])
