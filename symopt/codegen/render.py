@@ -513,6 +513,22 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
     }
 
 
+def _module_context(family: Family, template: str, data: dict, variants: list, source_label: str | None) -> dict:
+    """The context every family template shares: header, docstring, FAMILY literal, the variant
+    conditions and constraint checks (printed over ``h[...]``), the variants and their vector math."""
+    hyper_ids = hyper_identifiers(family)
+    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
+    return {
+        "header": header(family.name, source_label or family.source, template, family_hash(family)),
+        "docstring": _docstring(family),
+        "family_literal": python_literal(data, width=100),
+        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
+        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
+        "variants": variants,
+        "vector_math": sorted(set().union(*(v["helpers"] for v in variants))),
+    }
+
+
 def render_family(family: Family, *, source_label: str | None = None) -> str:
     """Source text of the generated module for ``family`` (a matrix family: :func:`render_matrix_family`)."""
     if is_factored_family(family):
@@ -525,18 +541,9 @@ def render_family(family: Family, *, source_label: str | None = None) -> str:
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
     data = _family_data(family, plans, hyper_ids, prefixes)
-    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
     state_ids = [_state_identifiers(rule) for _, rule in family.variants]
-    ctx = {
-        "header": header(family.name, source_label or family.source, OPTIMIZER_TEMPLATE, family_hash(family)),
-        "docstring": _docstring(family),
-        "family_literal": python_literal(data, width=100),
-        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
-        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
-        "variants": [_variant_context(family, r, p, pre, hyper_ids)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    ctx = _module_context(family, OPTIMIZER_TEMPLATE, data, [_variant_context(family, r, p, pre, hyper_ids)
+                          for (_, r), p, pre in zip(family.variants, plans, prefixes)], source_label)
     ctx["reduction_variants"] = [_reduction_context(rule, plan, prefix, ids)
                                  for (_, rule), plan, prefix, ids in zip(family.variants, plans, prefixes, state_ids)
                                  if plan.reduction is not None]
@@ -628,17 +635,8 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
     data = _family_data(family, plans, hyper_ids, prefixes)
     for info, plan in zip(data["variants"], plans):
         info["matrix"] = {"ntensor_scalars": len(plan.tensor_scalars)}
-    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
-    ctx = {
-        "header": header(family.name, source_label or family.source, MATRIX_TEMPLATE, family_hash(family)),
-        "docstring": _docstring(family),
-        "family_literal": python_literal(data, width=100),
-        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
-        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
-        "variants": [_matrix_variant_context(r, p, pre, hyper_ids)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    ctx = _module_context(family, MATRIX_TEMPLATE, data, [_matrix_variant_context(r, p, pre, hyper_ids)
+                          for (_, r), p, pre in zip(family.variants, plans, prefixes)], source_label)
     return environment().get_template(MATRIX_TEMPLATE).render(**ctx)
 
 
@@ -648,7 +646,6 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
 # CSE temporaries, ``_a*``/``_q*`` accumulators -- never a user name (user identifiers never start with ``_``).
 def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict) -> dict:
     """Printed code of one layout (``matrix``/``vector``) of a factored variant, per dtype."""
-    ns = len(plan.scalars)
     wrow, wcol = lay.workspace["row"], lay.workspace["col"]
     offset = {"row": lambda k: f"{k} * nb * nr", "col": lambda k: f"{wrow} * nb * nr + {k} * nb * nc",
               "matrix": lambda k: f"{wrow} * nb * nr + {wcol} * nb * nc + {k} * nb"}
@@ -764,17 +761,8 @@ def render_factored_family(family: Family, *, source_label: str | None = None) -
         # the hyperparameter that decides, per param, between the two layouts (None: the param's ndim)
         info["factored"]["min_dim_key"] = (rule.hyper_key(min_dim_to_factor) if min_dim_to_factor in rule.hyper
                                            else None)
-    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
-    ctx = {
-        "header": header(family.name, source_label or family.source, FACTORED_TEMPLATE, family_hash(family)),
-        "docstring": _docstring(family),
-        "family_literal": python_literal(data, width=100),
-        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
-        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
-        "variants": [_factored_variant_context(r, p, pre, hyper_ids)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    ctx = _module_context(family, FACTORED_TEMPLATE, data, [_factored_variant_context(r, p, pre, hyper_ids)
+                          for (_, r), p, pre in zip(family.variants, plans, prefixes)], source_label)
     return environment().get_template(FACTORED_TEMPLATE).render(**ctx)
 
 
@@ -871,17 +859,8 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
             {"key": key, "side": side,
              **({"init_column": plan.scalars.index(d)} if d in plan.scalars else {"init": float(d)})}
             for key, side, d in plan.matrix_states]}
-    cond_printer = ScalarPrinter({s: f"h[{hyper_ids[s]!r}]" for s in family.hyper})
-    ctx = {
-        "header": header(family.name, source_label or family.source, PRECONDITIONED_TEMPLATE, family_hash(family)),
-        "docstring": _docstring(family),
-        "family_literal": python_literal(data, width=100),
-        "variant_conditions": [cond_printer.doprint(w) for w, _ in family.variants],
-        "constraint_checks": [(cond_printer.doprint(c), string_literal(m)) for c, m in family.constraints],
-        "variants": [_preconditioned_variant_context(r, p, pre, hyper_ids)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    ctx["vector_math"] = sorted(set().union(*(v["helpers"] for v in ctx["variants"])))
+    ctx = _module_context(family, PRECONDITIONED_TEMPLATE, data, [_preconditioned_variant_context(r, p, pre, hyper_ids)
+                          for (_, r), p, pre in zip(family.variants, plans, prefixes)], source_label)
     ctx["eigenbasis"] = not all(all(p.symmetric) for p in plans)
     return environment().get_template(PRECONDITIONED_TEMPLATE).render(**ctx)
 
