@@ -152,6 +152,21 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, n * steps)
 
 
+def _worst_of(outs, dt, where: str, worst: float, worst_where: str):
+    """The largest error max|got − exact| / max|exact| over ``outs`` ((label, exact values, got)), or the
+    incoming one if larger; a non-finite value counts as an infinite error."""
+    import mpmath
+
+    for label, exact, got in outs:
+        scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
+        for i, e in enumerate(exact):
+            value = float(got[i])
+            err = float(abs(mpmath.mpf(value) - e)) / scale if math.isfinite(value) else math.inf
+            if err > worst:
+                worst, worst_where = err, f"{where}, {label}[{i}]: got {value!r}, exact {float(e)!r}"
+    return worst, worst_where
+
+
 def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int = 0,
                           hyper: dict | None = None) -> Result:
     """Compare the generated step of matrix rule ``rule`` with mpmath on :data:`MATRIX_SHAPES`."""
@@ -191,16 +206,8 @@ def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int
             envs = exact_matrix_step(rule, values, shape)
             outs = [("param", rule.param, params.reshape(-1))]
             outs += [(key, state_syms[key], opt.state[0][key].reshape(-1)) for key in keys]
-            for label, sym, got in outs:
-                exact = [env[sym] for env in envs]
-                scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
-                for i, e in enumerate(exact):
-                    err = float(abs(mpmath.mpf(float(got[i])) - e)) / scale
-                    if not math.isfinite(float(got[i])):
-                        err = math.inf
-                    if err > worst:
-                        worst = err
-                        worst_where = f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, exact {float(e)!r}"
+            worst, worst_where = _worst_of([(label, [env[sym] for env in envs], got) for label, sym, got in outs],
+                                           dt, f"shape {shape}, step {k + 1}", worst, worst_where)
             count += len(values)
     return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, count)
 
@@ -290,15 +297,7 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
                              for c in range(n)]
                     exact = mpmath.matrix([[exact[r, c] * signs[c] for c in range(n)] for r in range(n)])
                 outs.append((key, list(exact), got.reshape(-1)))
-            for label, exact, got in outs:
-                scale = max(float(abs(e)) for e in exact) or float(np.finfo(dt).tiny)
-                for i, e in enumerate(exact):
-                    err = float(abs(mpmath.mpf(float(got[i])) - e)) / scale
-                    if not math.isfinite(float(got[i])):
-                        err = math.inf
-                    if err > worst:
-                        worst = err
-                        worst_where = f"shape {shape}, step {k + 1}, {label}[{i}]: got {float(got[i])!r}, exact {float(e)!r}"
+            worst, worst_where = _worst_of(outs, dt, f"shape {shape}, step {k + 1}", worst, worst_where)
             count += len(values)
     return Result(family.name, rule.name, dtype, worst, PRECONDITIONED_TOLERANCE[dtype], worst_where, count)
 
