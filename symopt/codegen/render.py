@@ -578,17 +578,8 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
     def scalar_arg(x):
         return table[x] if x in table else repr(float(x))
 
-    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i"}
-    for s in plan.state:
-        elem[s] = f"{state_ids[s]}_i"
+    elem = _matrix_element_names(rule, plan, state_ids)
     nsc = ns + len(plan.tensor_scalars)
-    for k, sym in enumerate(plan.scalars):
-        elem[sym] = f"s{k}"
-    for k, (sym, _) in enumerate(plan.tensor_scalars):
-        elem[sym] = f"s{ns + k}"
-    for ps in plan.passes:
-        for sym, _ in ps.element_temps:
-            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
     src = {rule.param: "param_c", rule.grad: "grad_c", RESULT: "result", WORK: "work",
            **{s: f"{state_ids[s]}_c" for s in plan.state}}
     kernels = []
@@ -625,6 +616,19 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
         "coefficients": [scalar_arg(q) for q in it.coefficients],
         "kernels": kernels, "helpers": helpers,
     }
+
+
+def _matrix_element_names(rule: Rule, plan, state_ids: dict) -> dict:
+    """Names of a matrix plan's per-element values in printed code: ``param_i``, ``grad_i``,
+    ``result_i``, ``<state>_i``, ``s<k>`` for the per-step then per-tensor scalars, and the
+    planner's own temporaries (``_v<k>``, ``_w<k>``: never user text)."""
+    ns = len(plan.scalars)
+    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
+            **{s: f"{state_ids[s]}_i" for s in plan.state}}
+    elem.update({sym: f"s{k}" for k, sym in enumerate(plan.scalars)})
+    elem.update({sym: f"s{ns + k}" for k, (sym, _) in enumerate(plan.tensor_scalars)})
+    elem.update({sym: sym.name for ps in plan.passes for sym, _ in ps.element_temps})
+    return elem
 
 
 def render_matrix_family(family: Family, *, source_label: str | None = None) -> str:
@@ -1421,15 +1425,7 @@ def _array_matrix_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target
     forms = ARRAY_MATRIX_FORMS[target.name]
     state_ids = _state_identifiers(rule)
     ns = len(plan.scalars)
-    elem = {rule.param: "param_i", rule.grad: "grad_i", RESULT: "result_i",
-            **{s: f"{state_ids[s]}_i" for s in plan.state}}
-    for k, sym in enumerate(plan.scalars):
-        elem[sym] = f"s{k}"
-    for k, (sym, _) in enumerate(plan.tensor_scalars):
-        elem[sym] = f"s{ns + k}"
-    for ps in plan.passes:
-        for sym, _ in ps.element_temps:
-            elem[sym] = sym.name  # _v<k>, _w<k>: the planner's names, never user text
+    elem = _matrix_element_names(rule, plan, state_ids)
     pr = target.printer(elem)
     lists = {rule.param: "params", rule.grad: "grads", **{s: state_ids[s] for s in plan.state}}
     arrays = set(lists) | {RESULT, WORK} | {sym for ps in plan.passes for sym, _ in ps.element_temps}
