@@ -152,6 +152,23 @@ def verify_variant(family, rule, dtype: str, *, samples: int = 200, steps: int =
     return Result(family.name, rule.name, dtype, worst, TOLERANCE[dtype], worst_where, n * steps)
 
 
+def _element_values(rule, old_p, grad, t_val, hyper_by_sym: dict, old_state: dict, index=None) -> list:
+    """Per element ``e``, the exact inputs of one step: param, grad, ``t``, hyperparameters and each
+    state symbol's old value (``old_state``: symbol -> flat array, read at ``index(sym, e)``, default ``e``)."""
+    import mpmath
+
+    from ..rulebook.metadata import t as t_sym
+
+    values = []
+    for e, ge in enumerate(grad.reshape(-1)):
+        vals = {rule.param: mpmath.mpf(float(old_p[e])), rule.grad: mpmath.mpf(float(ge)), t_sym: t_val,
+                **hyper_by_sym}
+        vals.update({sym: mpmath.mpf(float(arr[e if index is None else index(sym, e)]))
+                     for sym, arr in old_state.items()})
+        values.append(vals)
+    return values
+
+
 def _worst_of(outs, dt, where: str, worst: float, worst_where: str):
     """The largest error max|got − exact| / max|exact| over ``outs`` ((label, exact values, got)), or the
     incoming one if larger; a non-finite value counts as an infinite error."""
@@ -172,7 +189,6 @@ def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int
     """Compare the generated step of matrix rule ``rule`` with mpmath on :data:`MATRIX_SHAPES`."""
     import mpmath
 
-    from ..rulebook.metadata import t as t_sym
     from ..runtime.optimizer import Optimizer
     from .matrix import exact_matrix_step
 
@@ -197,12 +213,8 @@ def verify_matrix_variant(family, rule, dtype: str, *, steps: int = 3, seed: int
             old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
             t_val = int(opt.step_counts[0]) + 1
             opt.step([grad])
-            values = []
-            for i, gi in enumerate(grad.reshape(-1)):
-                vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(gi)), t_sym: t_val,
-                        **hyper_by_sym}
-                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][i])) for key in keys})
-                values.append(vals)
+            values = _element_values(rule, old_p, grad, t_val, hyper_by_sym, {state_syms[key]: old_state[key]
+                                                                                for key in keys})
             envs = exact_matrix_step(rule, values, shape)
             outs = [("param", rule.param, params.reshape(-1))]
             outs += [(key, state_syms[key], opt.state[0][key].reshape(-1)) for key in keys]
@@ -241,7 +253,6 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
     from the generated code's own previous state."""
     import mpmath
 
-    from ..rulebook.metadata import t as t_sym
     from ..rulebook.preconditioned import Eigenbasis, matrix_states_of, preconditioners_in
     from ..runtime.optimizer import Optimizer
     from .matrix import exact_preconditioned_step
@@ -279,12 +290,8 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
             t_val = int(opt.step_counts[0]) + 1
             old_mats = None if t_val == 1 else {key: opt.state[0][key].copy() for key in mat_keys}
             opt.step([grad])
-            values = []
-            for i, gi in enumerate(grad.reshape(-1)):
-                vals = {rule.param: mpmath.mpf(float(old_p[i])), rule.grad: mpmath.mpf(float(gi)), t_sym: t_val,
-                        **hyper_by_sym}
-                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][i])) for key in keys})
-                values.append(vals)
+            values = _element_values(rule, old_p, grad, t_val, hyper_by_sym, {state_syms[key]: old_state[key]
+                                                                                for key in keys})
             envs, mats = exact_preconditioned_step(rule, values, shape, old_mats)
             outs = [("param", [env[rule.param] for env in envs], params.reshape(-1))]
             outs += [(key, [env[state_syms[key]] for env in envs], opt.state[0][key].reshape(-1)) for key in keys]
@@ -325,7 +332,6 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
     (errors relative to the largest exact value of each output, as for matrix rules)."""
     import mpmath
 
-    from ..rulebook.metadata import t as t_sym
     from ..runtime.optimizer import Optimizer
     from .factored import FACTORED_SHAPES, _layout, exact_factored_step, state_index
 
@@ -351,13 +357,9 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
             old_state = {key: opt.state[0][key].reshape(-1).copy() for key in keys}
             t_val = int(opt.step_counts[0]) + 1
             opt.step([grad])
-            values = []
-            for e, ge in enumerate(grad.reshape(-1)):
-                vals = {rule.param: mpmath.mpf(float(old_p[e])), rule.grad: mpmath.mpf(float(ge)), t_sym: t_val,
-                        **hyper_by_sym}
-                vals.update({state_syms[key]: mpmath.mpf(float(old_state[key][state_index(kinds[key], e, nr, nc)]))
-                             for key in keys})
-                values.append(vals)
+            values = _element_values(rule, old_p, grad, t_val, hyper_by_sym,
+                                     {state_syms[key]: old_state[key] for key in keys},
+                                     lambda sym, e: state_index(rule.state[sym].shape, e, nr, nc))
             envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps), layout)
             outs = [("param", rule.param, params.reshape(-1), list(range(len(envs))))]
             for key in keys:
