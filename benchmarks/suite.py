@@ -711,11 +711,13 @@ def phase_threshold(rounds, log, exps=range(10, 23)) -> dict:
             fp, op = symopt_step([p[0].copy()], g)
             op.parallel_threshold = 0
             res = measure({"serial": fs, "threaded": fp}, rounds=rounds, budget=1.5)
-            out[(dname, n)] = (res["serial"]["min"], res["threaded"]["min"])
+            # (serial median, threaded median, median of per-round serial / threaded): the ratio decides
+            out[(dname, n)] = (res["serial"]["median"], res["threaded"]["median"],
+                               paired_ratio(res, "serial", "threaded"))
         # crossover: the smallest size from which the threaded kernel wins at every larger size
         mine = [(n, v) for (d, n), v in out.items() if d == dname and n != "crossover"]
-        wins = [n for n, (s, t) in mine if t < s]
-        loses = [n for n, (s, t) in mine if t >= s]
+        wins = [n for n, v in mine if v[2] > 1]
+        loses = [n for n, v in mine if v[2] <= 1]
         cross = min([n for n in wins if all(m < n for m in loses)], default=None)
         out[(dname, "crossover")] = cross
         log(f"  {dname}: threaded kernel faster from {cross} elements on "
@@ -1312,11 +1314,13 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
         L.append("\nCost of the finiteness check (median over rounds of checked / unchecked time in the same round): "
                  + ", ".join(f"{k} {v:.2f}×" for k, v in backends["check"].items()) + ".")
     L.append("\n## 6. Serial against threaded kernel (Adam, one tensor)\n")
+    L.append("Medians over rounds; the last column is the median of per-round serial / threaded ratios, "
+             "from which the crossover is read.\n")
     L.append("| dtype | n | serial | threaded | serial / threaded |")
     L.append("|---|---|---|---|---|")
     for (d, n), v in thr.items():
         if n != "crossover":
-            L.append(f"| {d} | {n} | {_fmt_t(v[0])} | {_fmt_t(v[1])} | {v[0] / v[1]:.2f} |")
+            L.append(f"| {d} | {n} | {_fmt_t(v[0])} | {_fmt_t(v[1])} | {v[2]:.2f} |")
     L.append("\n## 10. A training loop fused into one njit function (`symopt.kernel`)\n")
     L.append("`examples/numba_loop.py`: a 2-16-1 tanh MLP (81 float64 weights, full batch of n points), its "
              "gradient and Adam's generated `element` for every weight inside one `@numba.njit` function, against "
