@@ -94,6 +94,12 @@ def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
     return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
+def _graph_input(x):
+    """``x`` as the step reads and writes it: a 0-d tensor as its 1-element view.  (dynamo, torch 2.13,
+    reads a 0-d float64 input as a Python float: it restarts its analysis and drops a ``copy_`` into it.)"""
+    return x.view(1) if x is not None and x.dim() == 0 else x
+
+
 def _step_graph(step_fn, batches, masked: bool, rounding):
     """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype, static args)``; write the
     results (a matrix rule's static argument: its iteration count, a Python int).
@@ -114,9 +120,6 @@ def _step_graph(step_fn, batches, masked: bool, rounding):
             for k, (dst, val) in enumerate(zip(targets, values)):
                 if dst is None:
                     continue
-                if dst.dim() == 0:
-                    # dynamo (torch 2.13) drops a copy_ into a 0-d float64 input; into its 1-element view it keeps it
-                    dst, val = dst.view(1), val.reshape(1)
                 if ok is not None:
                     val = torch.where(ok, val, dst.to(val.dtype))
                 if k == 0 and rounding is not None and dst.dtype == torch.bfloat16:
@@ -378,10 +381,11 @@ class TensorOptimizer(torch.optim.Optimizer):
                     static = () if self._count_fn is None else (self._count_fn(host),)
                     batch = batches[key] = ([], [], [[] for _ in self._state_keys],
                                             scal.to(p.device, non_blocking=True), key[2], static)
-                batch[0].append(p)
-                batch[1].append(g)
+                batch[0].append(_graph_input(p))
+                batch[1].append(_graph_input(g))
                 for lst, k in zip(batch[2], self._state_keys):
-                    lst.append(entry.get(k))   # None: a state a factored rule does not keep for this param
+                    # None: a state a factored rule does not keep for this param
+                    lst.append(_graph_input(entry.get(k)))
                 stepped.append(p)
         if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
             return [(*b[:5], (tuple(self._layout(p) for p in b[0]), tuple(torch.finfo(p.dtype).eps for p in b[0])))
