@@ -521,8 +521,8 @@ class TensorOptimizer(torch.optim.Optimizer):
                     step, arrays = converted[p]
                     sd = self._state_dtype(p)
                     entry = {"step": step}
-                    for key in arrays:
-                        entry[key] = torch.as_tensor(np.ascontiguousarray(arrays[key])).to(p.device, sd)
+                    for key in arrays:  # a copy: the dict's tensors stay the caller's (a live optimizer's state)
+                        entry[key] = torch.as_tensor(np.ascontiguousarray(arrays[key])).to(p.device, sd, copy=True)
                     self.state[p] = entry
                 else:
                     self._init_param_state(p, group)
