@@ -26,8 +26,9 @@
 * **Factored rules** (Adafactor): each leaf's layout (:func:`~symopt.runtime.matrix.factored_layout`:
   a stack of matrices over its last two axes, or full-shape states) follows from its shape and
   ``min_dim_size_to_factor``, which is therefore fixed at ``transform`` (not in ``state.hyperparams``).
-  A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; ``row_var``
-  is ``(…, m, 1)``, ``col_var`` ``(…, 1, n)``.  ``eps=(None, …)`` is the machine epsilon of the leaf's dtype.
+  A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; row states
+  are ``(…, m, 1)``, column states ``(…, 1, n)``.  ``eps=(None, …)`` is the machine epsilon of the leaf's
+  dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
 """
 
 from __future__ import annotations
