@@ -914,3 +914,5 @@ def test_factored_cli_shows_the_generated_modules(capsys):
     assert main(["show", "adafactor_optax", "--backend", "jax"]) == 0
     out = capsys.readouterr().out
     assert "def adafactor_optax_scalars(" in out and "axis=-2, keepdims=True" in out
+    assert main(["show", "shampoo", "--backend", "torch"]) == 2     # matrix states: no array template yet
+    assert "rule 'shampoo' has no torch module" in capsys.readouterr().err
