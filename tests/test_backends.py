@@ -776,7 +776,7 @@ def _check_factored_torch(case, dtype, **options):
     _, rule, kw = case
     theta0, grads, ours = _factored_numba(rule, tuple(sorted(kw.items())), dtype)
     params, opt = torch_run(rule, kw, dtype, theta0, grads, **options)
-    err = max(rel_err(p.numpy(), x, floor=1.0) for p, x in zip(params, ours))
+    err = max(rel_err(p.cpu().numpy(), x, floor=1.0) for p, x in zip(params, ours))
     assert err <= TOL[dtype], f"torch backend vs Numba: {err:.3e}"
     numba_state = symopt.optimizer(rule, [x.copy() for x in theta0], **kw).state
     for j, p in enumerate(params):  # each param keeps its layout's states, of their shapes (torch.optim.Adafactor's)
@@ -784,9 +784,10 @@ def _check_factored_torch(case, dtype, **options):
             k: v.shape for k, v in numba_state[j].items() if k != "step"}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case,dtype", FACTORED_TABLE, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in FACTORED_TABLE])
-def test_factored_torch_backend_matches_numba(case, dtype):
-    _check_factored_torch(case, dtype)
+def test_factored_torch_backend_matches_numba(case, dtype, device):
+    _check_factored_torch(case, dtype, device=_device(device))
 
 
 #: One case per factored rule that factors a matrix (adafactor_optax's defaults factor none of these shapes).
@@ -804,6 +805,18 @@ def test_factored_compiled_graph_matches_numba(case, dtype):
     counter = CompileCounterWithBackend("aot_eager")
     _check_factored_torch(case, dtype, compile={"backend": counter, "fullgraph": True})
     assert counter.frame_count == 1, f"{counter.frame_count} graphs compiled in {FACTORED_STEPS} steps"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_factored_inductor_compiled_matches_numba(device):
+    """Inductor's code (C++ on the CPU, Triton on CUDA) of adafactor's step over both layouts (keepdim sums
+    along the last two axes, broadcasting row and column values), float64, against Numba."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    _check_factored_torch(FACTORED_COMPILED[0], np.float64, device=_device(device),
+                          compile={"backend": counter, "fullgraph": True})
+    assert counter.frame_count == 1
 
 
 FACTORED_JAX = [(c, np.float64) for c in FACTORED_CASES] + [(c, np.float32) for c in FACTORED_COMPILED]
