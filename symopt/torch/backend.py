@@ -49,8 +49,8 @@ import torch
 
 from .._version import __version__
 from ..runtime import kernels, scheduled
-from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.grouped import names_other_rules
+from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .grouped import GroupedOptimizer
 from .interop import (
