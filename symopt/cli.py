@@ -63,6 +63,9 @@ def _cmd_show(args) -> int:
         from . import generated
 
         path = Path(generated.__path__[0]) / args.backend / f"{generated.RULES[fam.name]}.py"
+        if not path.is_file():  # a matrix plan kind without an array template (codegen/render.py: array_plan_kind)
+            raise ValueError(f"rule {fam.name!r} has no {args.backend} module (its plan kind has no {args.backend} "
+                             f"template); it steps through its Numba kernels")
         print(f"# {path}")
         print(path.read_text(encoding="utf-8"), end="")
         return 0

@@ -33,6 +33,7 @@ from references import notes, optax_compat, research, torch_compat
 
 import symopt
 from symopt.provenance import PEER_TOLERANCE, RULE_PEERS
+from symopt.rulebook.factored import is_factored_rule
 
 F32, F64 = np.float32, np.float64
 
@@ -598,6 +599,10 @@ def _complete(info: RuleInfo) -> RuleInfo:
 RULE_DB = {info.name: _complete(info) for info in _RECORDS}
 #: The elementwise rules: the tables that step 1-D params run over these (matrix rules: test_matrix.py).
 ELEMENTWISE = [name for name, info in RULE_DB.items() if not info.matrix]
+#: The factored rules (row/column statistics: tests/test_adafactor.py; their torch and JAX modules:
+#: tests/test_backends.py).
+FACTORED = [name for name, info in RULE_DB.items()
+            if any(is_factored_rule(rule) for _, rule in symopt.family(name).variants)]
 
 
 def peer_cases(*libraries, group=None):

@@ -16,8 +16,10 @@ NumPy arrays, the reference) and through
 
 with the same gradients (computed from the Numba trajectory), and the params are compared
 after the last step with ``conftest.rel_err`` (max-norm): float64 ≤ 1e-9, float32 ≤ 1e-4.
-torch-compatible rules also match ``torch.optim`` through the torch backend (the table's
-torch cases), and Optax-defined rules match Optax through the JAX backend.
+The factored rules (``rule_db.FACTORED``: adafactor, adafactor_optax) run the same comparisons
+on params of every layout (2-D and 3-D stacks of matrices, a matrix too small to factor, 1-D and
+0-d params).  torch-compatible rules also match ``torch.optim`` through the torch backend (the
+table's torch cases), and Optax-defined rules match Optax through the JAX backend.
 """
 import functools
 import types
@@ -26,9 +28,11 @@ import numpy as np
 import pytest
 import sympy as sp
 from conftest import rel_err
-from rule_db import ELEMENTWISE, RULE_DB, peer_cases, peer_grads, peer_problem
+from rule_db import ELEMENTWISE, FACTORED, RULE_DB, peer_cases, peer_grads, peer_problem
 
 import symopt
+from symopt.generated import jax as generated_jax
+from symopt.generated import torch as generated_torch
 
 torch = pytest.importorskip("torch")
 from symopt.torch import Optimizer, TensorOptimizer  # noqa: E402
@@ -236,7 +240,9 @@ def test_inductor_cases_cover_every_generated_op():
     assert not missing, f"no Inductor case runs {sorted(missing)}: add a case that does to INDUCTOR_CASES"
 
 
-TORCH_CASES = [(info, k, case, d) for info, k, case in peer_cases("torch") if not info.matrix for d in case.dtypes]
+#: torch.optim's cases of the rules with a generated torch module (elementwise and factored: adafactor).
+TORCH_CASES = [(info, k, case, d) for info, k, case in peer_cases("torch") if info.name in generated_torch.RULES
+               for d in case.dtypes]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -552,8 +558,8 @@ def jax_run(jax, rule, kw, theta0, grads, dtype=np.float64):
     import symopt.jax
 
     tx = symopt.jax.transform(rule, **kw)
-    params = {"a": jnp.asarray(theta0[0], dtype), "b": jnp.asarray(theta0[1], dtype)}
-    stacked = {"a": jnp.asarray(np.stack([g[0] for g in grads])), "b": jnp.asarray(np.stack([g[1] for g in grads]))}
+    params = [jnp.asarray(x, dtype) for x in theta0]
+    stacked = [jnp.asarray(np.stack([g[j] for g in grads])) for j in range(len(theta0))]
 
     @jax.jit
     def run(params, stacked):
@@ -566,7 +572,7 @@ def jax_run(jax, rule, kw, theta0, grads, dtype=np.float64):
         return params, state
 
     params, state = run(params, stacked)
-    return [np.asarray(params["a"]), np.asarray(params["b"])], state, run
+    return [np.asarray(p) for p in params], state, run
 
 
 JAX_CASES = [(c, np.float64) for c in CASES] + [(c, np.float32) for c in CASES if not c[2]]
@@ -595,9 +601,9 @@ def test_jax_backend_composed_user_scheduled(jx, make, kw):
 
 
 #: Optax's cases with one set of hyperparameters (param-group cases are torch-style: a JAX transform has one set),
-#: for the rules with a generated JAX module (the factored adafactor_optax has none: the JAX backend refuses it).
+#: for the rules with a generated JAX module (elementwise and factored: adafactor_optax).
 OPTAX_CASES = [(i, k, c) for i, k, c in peer_cases("optax")
-               if c.group0 is None and c.change is None and i.name in ELEMENTWISE]
+               if c.group0 is None and c.change is None and i.name in generated_jax.RULES]
 
 
 @pytest.mark.parametrize("info,k,case", OPTAX_CASES, ids=[f"{i.name}-{k}" for i, k, _ in OPTAX_CASES])
@@ -630,13 +636,27 @@ def test_jax_backend_matches_optax(jx, info, k, case):
 
 
 def test_peer_tables_cover_every_torch_and_optax_rule():
-    """Every elementwise rule with torch.optim as its peer is in the torch-backend-vs-torch.optim
-    table, every rule with Optax as a peer in the JAX-backend-vs-Optax table."""
+    """Every rule with a generated torch module and torch.optim as its peer is in the
+    torch-backend-vs-torch.optim table, every rule with a JAX module and Optax as a peer in the
+    JAX-backend-vs-Optax table."""
     from symopt.provenance import RULE_PEERS
 
-    for library, table in (("torch", {i.name for i, *_ in TORCH_CASES}), ("optax", {i.name for i, *_ in OPTAX_CASES})):
-        expected = {n for n in ELEMENTWISE if library in RULE_PEERS[n]}
+    for library, modules, table in (("torch", generated_torch.RULES, {i.name for i, *_ in TORCH_CASES}),
+                                    ("optax", generated_jax.RULES, {i.name for i, *_ in OPTAX_CASES})):
+        expected = {n for n in RULE_DB if n in modules and library in RULE_PEERS[n]}
         assert expected and expected <= table, f"{library}: no backend case for {sorted(expected - table)}"
+
+
+#: The matrix rules whose torch and JAX modules tests/test_matrix_backends.py compares with Numba.
+ITERATE_RULES = ("muon",)
+
+
+def test_numba_tables_cover_every_generated_module():
+    """Every rule with a generated torch or JAX module is compared with its Numba kernels: the
+    elementwise tables above, the factored table below, tests/test_matrix_backends.py (muon)."""
+    covered = set(ELEMENTWISE) | set(FACTORED) | set(ITERATE_RULES)
+    for modules in (generated_torch.RULES, generated_jax.RULES):
+        assert set(modules) == covered, sorted(set(modules) ^ covered)
 
 
 def test_jax_injected_hyperparams_chain_grad_and_skip(jx):
@@ -722,3 +742,190 @@ def test_params_without_gradients_keep_their_step_count():
     assert steps_a == steps_b == [6, 3]
     assert max(rel_err(x, y) for x, y in zip(b, a)) <= 1e-12
 
+
+
+# ----------------------------------------------------------------------------- factored rules
+#: Every layout of a factored rule: stacks of matrices over the last two axes (2-D, 3-D), a matrix too small
+#: to factor at min_dim_size_to_factor=3 (adafactor_optax; adafactor factors it), a vector and a 0-d param.
+FACTORED_SHAPES = [(4, 6), (2, 3, 5), (7,), (2, 2), ()]
+FACTORED_STEPS = 30
+#: (id, rule, keywords): the defaults and the peer cases with one set of hyperparameters of each factored rule.
+FACTORED_CASES = [(name, name, {}) for name in FACTORED] + [
+    (f"{name}-{'-'.join(f'{k}={v}' for k, v in case.kwargs.items())}", name, dict(case.kwargs))
+    for name in FACTORED for case in RULE_DB[name].peer_cases if case.group0 is None and case.change is None]
+FACTORED_TABLE = [(c, d) for c in FACTORED_CASES for d in (np.float64, np.float32)]
+
+
+@functools.lru_cache(maxsize=None)
+def _factored_numba(rule, kw_items, dtype):
+    """``(theta0, grads, params after FACTORED_STEPS)`` of the Numba kernels: |θ₀| in [0.5, 2], gradients
+    N(0, 1) scaled by 10^U(-2, 0) per element (so that row and column means differ)."""
+    rng = np.random.default_rng(11)
+    theta0 = [np.asarray(rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)).astype(dtype)
+              for s in FACTORED_SHAPES]
+    grads = [[np.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-2, 0, s)).astype(dtype) for s in FACTORED_SHAPES]
+             for _ in range(FACTORED_STEPS)]
+    params = [x.copy() for x in theta0]
+    opt = symopt.optimizer(rule, params, **dict(kw_items))
+    for g in grads:
+        opt.step(g)
+    return theta0, grads, params
+
+
+def _check_factored_torch(case, dtype, **options):
+    _, rule, kw = case
+    theta0, grads, ours = _factored_numba(rule, tuple(sorted(kw.items())), dtype)
+    params, opt = torch_run(rule, kw, dtype, theta0, grads, **options)
+    err = max(rel_err(p.cpu().numpy(), x, floor=1.0) for p, x in zip(params, ours))
+    assert err <= TOL[dtype], f"torch backend vs Numba: {err:.3e}"
+    numba_state = symopt.optimizer(rule, [x.copy() for x in theta0], **kw).state
+    for j, p in enumerate(params):  # each param keeps its layout's states, of their shapes (torch.optim.Adafactor's)
+        assert {k: tuple(v.shape) for k, v in opt.state[p].items() if k != "step"} == {
+            k: v.shape for k, v in numba_state[j].items() if k != "step"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case,dtype", FACTORED_TABLE, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in FACTORED_TABLE])
+def test_factored_torch_backend_matches_numba(case, dtype, device):
+    _check_factored_torch(case, dtype, device=_device(device))
+
+
+#: One case per factored rule that factors a matrix (adafactor_optax's defaults factor none of these shapes).
+FACTORED_COMPILED = [next(c for c in FACTORED_CASES if c[1] == name and (name == "adafactor" or c[2]))
+                     for name in FACTORED]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", FACTORED_COMPILED, ids=[c[0] for c in FACTORED_COMPILED])
+def test_factored_compiled_graph_matches_numba(case, dtype):
+    """dynamo + AOTAutograd (``aot_eager``), ``fullgraph=True``: the step over every layout is one graph,
+    compiled once for all the steps, and agrees with Numba."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    _check_factored_torch(case, dtype, compile={"backend": counter, "fullgraph": True})
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs compiled in {FACTORED_STEPS} steps"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_factored_inductor_compiled_matches_numba(device):
+    """Inductor's code (C++ on the CPU, Triton on CUDA) of adafactor's step over both layouts (keepdim sums
+    along the last two axes, broadcasting row and column values), float64, against Numba."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    _check_factored_torch(FACTORED_COMPILED[0], np.float64, device=_device(device),
+                          compile={"backend": counter, "fullgraph": True})
+    assert counter.frame_count == 1
+
+
+FACTORED_JAX = [(c, np.float64) for c in FACTORED_CASES] + [(c, np.float32) for c in FACTORED_COMPILED]
+
+
+@pytest.mark.parametrize("case,dtype", FACTORED_JAX, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in FACTORED_JAX])
+def test_factored_jax_backend_matches_numba(jx, case, dtype):
+    """The steps as one ``jax.lax.scan`` under ``jax.jit`` (one trace); a state a leaf's layout does not keep
+    is an empty array."""
+    _, rule, kw = case
+    theta0, grads, ours = _factored_numba(rule, tuple(sorted(kw.items())), dtype)
+    params, state, run = jax_run(jx, rule, kw, theta0, grads, dtype=dtype)
+    assert int(state.count) == FACTORED_STEPS and run._cache_size() == 1
+    err = max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours))
+    assert err <= TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
+    numba_state = symopt.optimizer(rule, [x.copy() for x in theta0], **kw).state
+    keys = [s["key"] for s in symopt.runtime.kernels.load(rule).FAMILY["variants"][0]["state"]]
+    for k, key in enumerate(keys):
+        assert [tuple(np.shape(x)) for x in state.state[k]] == [
+            numba_state[j][key].shape if key in numba_state[j] else (0,) for j in range(len(theta0))]
+
+
+def test_factored_jax_within_float32_of_optax_adafactor(jx):
+    """Against ``optax.adafactor`` itself in float32 (its decay 1 − t^-0.8 in float32 too), on every
+    layout: 2e-6 max-norm, as the Numba kernels (tests/test_adafactor.py: symopt sums the norms and the
+    row/column means in float64, Optax in float32; Optax's float32 decay is why the float64 table above
+    compares with its chain with a float64 decay)."""
+    import jax.numpy as jnp
+    import optax
+
+    kw = dict(min_dim_size_to_factor=3, weight_decay_rate=0.01)
+    theta0, grads, _ = _factored_numba("adafactor_optax", tuple(sorted({"lr": 0.05, **kw}.items())), np.float32)
+    ours, theirs = symopt.jax.transform("adafactor_optax", lr=0.05, **kw), optax.adafactor(0.05, **kw)
+    stacked = [jnp.asarray(np.stack([g[j] for g in grads])) for j in range(len(theta0))]
+
+    @jx.jit
+    def run(p0):
+        def one_step(carry, g):
+            p1, s1, p2, s2 = carry
+            u1, s1 = ours.update(g, s1, p1)
+            u2, s2 = theirs.update(g, s2, p2)
+            return (optax.apply_updates(p1, u1), s1, optax.apply_updates(p2, u2), s2), None
+
+        (p1, _, p2, _), _ = jx.lax.scan(one_step, (p0, ours.init(p0), p0, theirs.init(p0)), stacked)
+        return p1, p2
+
+    p1, p2 = run([jnp.asarray(x) for x in theta0])
+    assert all(np.asarray(a).dtype == np.float32 for a in p1)
+    err = max(rel_err(np.asarray(a), np.asarray(b), floor=1.0) for a, b in zip(p1, p2))
+    assert err <= 2e-6, f"adafactor_optax vs optax.adafactor, float32: {err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_factored_low_precision_params(dtype):
+    """bf16/f16 params through the torch backend: float32 arithmetic and state (row_var (…, m, 1),
+    col_var (…, 1, n)), the param rounded to nearest after each step, and eps=(None, …) the machine
+    epsilon of the param's dtype (as torch.optim.Adafactor): gradients of 1e-3 put v̂ under ε1², so each
+    step is compared with a float64 step from the same params taking ε1 = finfo(dtype).eps."""
+    torch.manual_seed(3)
+    shapes = [(16, 12), (40,)]
+    params = [(torch.randn(s) * 2).to(dtype) for s in shapes]
+    opt = Optimizer("adafactor", params, lr=0.05)   # auto: the torch backend for low-precision params
+    assert isinstance(opt, TensorOptimizer)
+    eps1 = torch.finfo(dtype).eps
+    references = [_float64_reference("adafactor", p, lr=0.05, eps=(eps1, 1e-3)) for p in params]
+    for _ in range(5):
+        for p in params:
+            p.grad = (torch.randn(p.shape) * 1e-3).to(dtype)
+        expected = [ref(p, p.grad) for ref, p in zip(references, params)]
+        opt.step()
+        for p, e in zip(params, expected):
+            assert p.dtype == dtype
+            # float32 against float64 arithmetic: a value within float32's error of a midpoint may round either way
+            assert rel_err(p.double().numpy(), e.to(dtype).double().numpy(), floor=1.0) <= 2 * torch.finfo(dtype).eps
+    assert {k: (tuple(v.shape), v.dtype) for k, v in opt.state[params[0]].items() if k != "step"} == {
+        "row_var": ((16, 1), torch.float32), "col_var": ((1, 12), torch.float32)}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in opt.state[params[1]].items() if k != "step"} == {
+        "variance": ((40,), torch.float32)}
+
+
+def test_factored_min_dim_is_fixed_and_layouts_refused_by_name(jx):
+    """adafactor_optax's min_dim_size_to_factor fixes each param's layout and state shapes: one value for
+    every group, never changed after construction (torch), not traced (JAX); a param whose two largest axes
+    are not its last two is refused as the Numba kernels refuse it."""
+    w = torch.ones(4, 4, dtype=torch.float64)
+    opt = Optimizer("adafactor_optax", [w], backend="torch", min_dim_size_to_factor=3)
+    w.grad = torch.full_like(w, 0.5)
+    opt.step()
+    opt.param_groups[0]["min_dim_size_to_factor"] = 8
+    with pytest.raises(ValueError, match="min_dim_size_to_factor must be one number shared by every param group"):
+        opt.step()
+    with pytest.raises(ValueError, match=r"params\[0\]: a param of shape \(5, 6, 3\) is factored over its two largest"):
+        Optimizer("adafactor_optax", [torch.ones(5, 6, 3)], backend="torch", min_dim_size_to_factor=3)
+    tx = symopt.jax.transform("adafactor_optax", min_dim_size_to_factor=3)
+    assert "min_dim_size_to_factor" not in tx.init([jx.numpy.ones((4, 4))]).hyperparams
+    with pytest.raises(ValueError, match=r"a param of shape \(5, 6, 3\) is factored over its two largest"):
+        tx.init([jx.numpy.ones((5, 6, 3))])
+    with pytest.raises(TypeError, match="min_dim_size_to_factor fixes which params are factored"):
+        symopt.jax.transform("adafactor_optax", min_dim_size_to_factor=lambda count: 3.0)
+
+
+def test_factored_cli_shows_the_generated_modules(capsys):
+    from symopt.cli import main
+
+    assert main(["show", "adafactor", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "def adafactor_step(" in out and 'if layouts[j] == "matrix":' in out and "dim=-1, keepdim=True" in out
+    assert main(["show", "adafactor_optax", "--backend", "jax"]) == 0
+    out = capsys.readouterr().out
+    assert "def adafactor_optax_scalars(" in out and "axis=-2, keepdims=True" in out
+    assert main(["show", "shampoo", "--backend", "torch"]) == 2     # matrix states: no array template yet
+    assert "rule 'shampoo' has no torch module" in capsys.readouterr().err

@@ -1361,8 +1361,11 @@ def _array_docstring(family: Family, target: ArrayTarget) -> str:
 
 def render_array_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
     """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``)."""
-    if array_plan_kind(family) == "iterate":
+    kind = array_plan_kind(family)
+    if kind == "iterate":
         return render_array_matrix_family(family, target, source_label=source_label)
+    if kind == "factored":
+        return render_array_factored_family(family, target, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
@@ -1396,16 +1399,20 @@ ARRAY_MATRIX_FORMS = {
 
 
 def array_plan_kind(family: Family) -> str:
-    """``"elementwise"`` (:func:`~.plan.make_plan`, ``array_module.py.jinja``) or ``"iterate"``
-    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``); a RuleError
-    naming the rule for a matrix plan kind that has no array template."""
+    """``"elementwise"`` (:func:`~.plan.make_plan`, ``array_module.py.jinja``), ``"iterate"``
+    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``) or ``"factored"``
+    (:func:`~.plan_factored.make_factored_plan`, ``array_factored_module.py.jinja``); a RuleError
+    naming the rule for a matrix plan kind that has no array template (matrix states:
+    :mod:`.plan_preconditioned`)."""
     if not is_matrix_family(family):
         return "elementwise"
+    if is_factored_family(family):
+        return "factored"
     other = [rule.name for _, rule in family.variants if not is_matrix_rule(rule)]
     if other:
         raise RuleError(f"{family.name}: variants {', '.join(other)} are matrix rules of a plan kind that has no "
-                        f"torch or JAX template yet (only Iterate rules such as muon have one); "
-                        f"they step through their Numba kernels (backend='numba')")
+                        f"torch or JAX template yet (Iterate rules such as muon and factored rules such as "
+                        f"adafactor have one); they step through their Numba kernels (backend='numba')")
     return "iterate"
 
 
@@ -1496,3 +1503,116 @@ def render_array_matrix_family(family: Family, target: ArrayTarget, *, source_la
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     return environment().get_template(ARRAY_MATRIX_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- array backends: factored rules
+ARRAY_FACTORED_TEMPLATE = "array_factored_module.py.jinja"
+#: What the factored template needs of each array target beyond :class:`ArrayTarget`: ``axis_sum``
+#: sums an element expression (``{0}``) along one axis (``{1}``: -1 for a row's mean over the columns,
+#: -2 for a column's over the rows), kept as an axis of length 1, in the accumulation dtype; ``shape``
+#: makes a 0-d array of the accumulation dtype from a Python float (the machine epsilon of a param's dtype).
+ARRAY_FACTORED_FORMS = {
+    "torch": {"axis_sum": "torch.sum({0}, dim={1}, keepdim=True, dtype=torch.float64)",
+              "shape": "scal.new_full((), {0})"},
+    "jax": {"axis_sum": "jnp.sum({0}, axis={1}, keepdims=True, dtype=acc)", "shape": "jnp.asarray({0}, acc)"},
+}
+
+
+def _array_factored_layout(rule: Rule, plan, lay, state_ids: dict, target: ArrayTarget) -> dict:
+    """Printed code of one layout (``matrix``/``vector``) of a factored variant as whole-tensor
+    statements, in the order of the Numba kernel (:func:`_factored_layout_context`): each pass's
+    temporaries and reductions, then the stage after it (per-tensor scalars, row and column states,
+    per-matrix means), then the final pass.  Row values have the shape ``(…, nr, 1)``, column values
+    ``(…, 1, nc)``, per-matrix values ``(…, 1, 1)``: broadcasting does what the Numba loops index."""
+    forms = ARRAY_FACTORED_FORMS[target.name]
+    names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
+    names.update({s: f"{state_ids[s]}_i" for s in lay.states})
+    names.update({sym: f"s{k}" for k, sym in enumerate(plan.scalars)})
+    tensor_syms = [sym for st in lay.stages for sym, _ in st.tensor_scalars]
+    names.update({sym: f"_k{k}" for k, sym in enumerate(tensor_syms)})
+    for sym in lay.kinds:
+        if sym not in names:
+            names[sym] = f"_{sym.name}"  # reductions r<k>, per-matrix means m<k>
+    for loop in lay.loops:
+        names.update({sym: sym.name for sym, _ in loop.temps})
+    # per-tensor scalars: float64 (JAX: the accumulation dtype) from the float64 per-step scalars
+    tnames = {**{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)},
+              **{sym: f"_t{k}" for k, sym in enumerate(tensor_syms)},
+              **{sym: names[sym] for sym, kind in lay.kinds.items() if kind == "tensor"}, machine_eps: "_meps"}
+    pr, tp = target.printer(names), target.printer(tnames)
+    arrays = {sym for sym, kind in lay.kinds.items() if kind != "tensor"} | {sym for lp in lay.loops for sym, _ in lp.temps}
+
+    def mean_along(code: str, axis: int) -> str:
+        return target.cast.format(f"({forms['axis_sum'].format(code, axis)} / {'nc' if axis == -1 else 'nr'})")
+
+    blocks = []
+    for k, st in enumerate(lay.stages):
+        if k:
+            loop = lay.loops[k - 1]
+            lines = [(names[sym], pr.doprint(e)) for sym, e in loop.temps]
+            for sym, scope, op, e in loop.sums:
+                if scope == "tensor":
+                    code = _array_sum(target, pr, e, arrays) + (" / max(n, 1)" if op == "mean" else "")
+                else:  # a row's mean over the columns (RowMean), a column's over the rows (ColMean)
+                    code = mean_along(pr.doprint(e), -1 if scope == "row" else -2)
+                lines.append((names[sym], code))
+            blocks.append((f"pass {k}: the reductions", lines))
+        first = sum(len(x.tensor_scalars) for x in lay.stages[:k])
+        lines = []
+        for i, (_, e) in enumerate(st.tensor_scalars):
+            lines += [(f"_t{first + i}", tp.doprint(e)), (f"_k{first + i}", target.cast.format(f"_t{first + i}"))]
+        lines += [(names[s], pr.doprint(e)) for s, e in (*st.row_stores, *st.col_stores)]
+        # a mean over the rows of a row value (over the columns of a column value): one number per matrix
+        lines += [(names[sym], mean_along(pr.doprint(e), -2 if scope == "row" else -1)) for sym, scope, e in st.means]
+        if lines:
+            blocks.append(("per-tensor scalars, row and column states, per-matrix means", lines))
+    final = lay.loops[-1]
+    outputs = {s: f"_o{k}" for k, (s, _) in enumerate(final.stores)}
+    lines = [(names[sym], pr.doprint(e)) for sym, e in final.temps]
+    lines += [(outputs[s], pr.doprint(e)) for s, e in final.stores]
+    blocks.append(("final pass: the param and its full-shape states", lines))
+    kept = set(lay.states)
+    returns = [outputs[s] if s in outputs else names[s] if s in kept else f"{state_ids[s]}[j]"
+               for s in (rule.param, *plan.state)]
+    # the layouts are planned in the order of LAYOUTS ("matrix" first): an if/else on each tensor's layout
+    return {"name": lay.name, "matrix": lay.name == "matrix",
+            "branch": 'if layouts[j] == "matrix":' if lay.name == "matrix" else "else:",
+            "loads": [(names[s], f"{state_ids[s]}[j]") for s in lay.states],
+            "blocks": blocks, "returns": returns,
+            "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
+                           for sym, e in st.tensor_scalars] or ["(none)"]}
+
+
+def _array_factored_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target: ArrayTarget) -> dict:
+    state_ids = _state_identifiers(rule)
+    ns = len(plan.scalars)
+    ctx = {
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "nscalars": ns, "state_args": [state_ids[s] for s in plan.state],
+        "state_keys": [rule.state_key(s) for s in plan.state],
+        "scalar_loads": [(f"s{k}", k) for k in range(ns)],
+        "uses_meps": any(rhs.has(machine_eps) for _, rhs in rule.updates),
+        "meps_code": ARRAY_FACTORED_FORMS[target.name]["shape"].format("meps[j]"),
+        "layouts": [_array_factored_layout(rule, plan, lay, state_ids, target) for lay in plan.layouts],
+    }
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def render_array_factored_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
+    """Source text of the ``target`` module of a family of factored rules (``array_factored_module.py.jinja``)."""
+    plans = [make_factored_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    ctx = {
+        "header": header(family.name, source_label or family.source, ARRAY_FACTORED_TEMPLATE,
+                         array_family_hash(family, target)),
+        "target": target,
+        "docstring": _array_docstring(family, target),
+        "backend_literal": string_literal(target.name),
+        "family_literal": string_literal(family.name),
+        "formula_hash_literal": string_literal(family.fingerprint()),
+        "variants": [_array_factored_variant(r, p, pre, hyper_ids, target)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    return environment().get_template(ARRAY_FACTORED_TEMPLATE).render(**ctx)

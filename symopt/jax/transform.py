@@ -23,6 +23,12 @@
 * **Matrix rules** (Muon): each leaf, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz
   iteration runs in the compute dtype as a ``lax.fori_loop`` over the traced count.  A choice
   keyword (``adjust_lr_fn``) is fixed at ``transform``; ``state.hyperparams`` holds its position.
+* **Factored rules** (Adafactor): each leaf's layout (:func:`~symopt.runtime.matrix.factored_layout`:
+  a stack of matrices over its last two axes, or full-shape states) follows from its shape and
+  ``min_dim_size_to_factor``, which is therefore fixed at ``transform`` (not in ``state.hyperparams``).
+  A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; row states
+  are ``(…, m, 1)``, column states ``(…, 1, n)``.  ``eps=(None, …)`` is the machine epsilon of the leaf's
+  dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from ..runtime import kernels, scheduled
+from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.optimizer import _Spec
 
 __all__ = ["transform", "SymoptState"]
@@ -85,8 +92,10 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     fixed = {k: (float(values[k](1)) if scheduled.is_schedule(values[k]) else
                  schedules[k](0) if k in schedules else v) for k, v in values.items()}
     choices = {h["key"]: h["name"] for h in spec.hyper if h["kind"] == "choice"}
-    fixed = {k: (tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else
-                 v if isinstance(v, bool) or k in choices else float(v)) for k, v in fixed.items()}
+    # None (an optional hyperparameter left out, e.g. Adafactor's eps=(None, 1e-3)) stays None
+    number = lambda x: None if x is None else float(x)
+    fixed = {k: (tuple(number(x) for x in v) if isinstance(v, (tuple, list)) else
+                 v if isinstance(v, bool) or k in choices else number(v)) for k, v in fixed.items()}
     checked = spec.values(fixed, spec.name)
     variant = spec.variant_index(checked, spec.name)
     vinfo = spec.variants[variant]
@@ -95,8 +104,18 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     step_fn = getattr(jmod, f"{prefix}_step")
     inits = getattr(module, f"{prefix}_state_init")(*[checked[n] for n in vinfo["init_hyper"]])
     by_name = {h["name"]: h for h in spec.hyper}
-    hyper_args = [(by_name[n]["key"], by_name[n]["index"]) for n in vinfo["hyper"]]
+    hyper_args = [(by_name[n]["key"], by_name[n]["index"], n) for n in vinfo["hyper"]]
     check = on_nonfinite == "skip"
+    # a factored rule: the hyperparameter that fixes each leaf's layout (and state shapes) is not traced
+    factored = vinfo.get("factored")
+    min_key = factored and factored.get("min_dim_key")
+    if min_key is not None and min_key in schedules:
+        raise TypeError(f"{spec.name}: {min_key} fixes which params are factored and their state shapes; give a "
+                        f"number, not a schedule")
+    min_dim = None if min_key is None else float(fixed[min_key])
+
+    def layout(p, where="") -> str:
+        return factored_layout(jnp.shape(p), min_dim, where or spec.name)
 
     def init_fn(params):
         leaves, treedef = jax.tree.flatten(params)
@@ -106,19 +125,26 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
                 raise ValueError(f"{spec.name} reads each param as a matrix (at least 2-D: d0 × (d1⋯)), got shape "
                                  f"{jnp.shape(flat[0])}; route other params to another transform (optax.partition)")
         state = []
-        for init in inits:
+        layouts = [layout(p, f"{spec.name}: params leaf {j}") for j, p in enumerate(leaves)] if factored else None
+        for k, init in enumerate(inits):
+            kind = vinfo["state"][k].get("shape", "full")
+            shapes = [jnp.shape(p) if layouts is None else state_shape(kind, jnp.shape(p), layouts[j])
+                      for j, p in enumerate(leaves)]
+            shapes = [(0,) if shape is None else shape for shape in shapes]   # a state this leaf's layout does not keep
             state.append(treedef.unflatten([
                 (jnp.asarray(p, _compute_dtype(p)) if isinstance(init, str)
-                 else jnp.full(jnp.shape(p), init, _compute_dtype(p))) for p in leaves]))
+                 else jnp.full(shape, init, _compute_dtype(p))) for p, shape in zip(leaves, shapes)]))
         hp = {}
         for k, v in values.items():
-            if k in schedules:
+            if k in schedules or k == min_key:
                 continue
             if k in choices:    # a choice keyword (Muon's adjust_lr_fn): the position of its value, as the rule reads it
                 hp[k] = jnp.asarray(checked[choices[k]], _float())
                 continue
-            hp[k] = (tuple(jnp.asarray(x, _float()) for x in v) if isinstance(v, (tuple, list))
-                     else jnp.asarray(v) if isinstance(v, bool) else jnp.asarray(v, _float()))
+            # an optional hyperparameter given as None is None here too (no leaf): the rule reads its NONE value
+            array = lambda x: None if x is None else jnp.asarray(x, _float())
+            hp[k] = (tuple(array(x) for x in v) if isinstance(v, (tuple, list))
+                     else jnp.asarray(v) if isinstance(v, bool) else array(v))
         return SymoptState(jnp.zeros((), jnp.int32), hp, tuple(state), jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None):
@@ -128,8 +154,10 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         p_leaves = treedef.flatten_up_to(params)
         s_leaves = [treedef.flatten_up_to(s) for s in state.state]
         fdt = _float()
-        hp = {k: (schedules[k](state.count) if k in schedules else state.hyperparams[k]) for k in values}
-        args = [hp[k] if i is None else hp[k][i] for k, i in hyper_args]
+        hp = {k: (schedules[k](state.count) if k in schedules else min_dim if k == min_key else state.hyperparams[k])
+              for k in values}
+        args = [hp[k] if i is None else hp[k][i] for k, i, _ in hyper_args]
+        args = [checked[n] if a is None else a for a, (_, _, n) in zip(args, hyper_args)]   # None: NONE value
         t = (state.count + 1).astype(fdt)
         scal = scalar_fn(t, *[jnp.asarray(a, fdt) if not isinstance(a, bool) else a for a in args])
         ok = None
@@ -145,9 +173,12 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             for j, p in enumerate(ps):
                 by_dtype.setdefault(_compute_dtype(p), []).append(j)
             for cd, idx in by_dtype.items():
+                # a factored rule: each leaf's layout and its dtype's machine epsilon (static Python data)
+                static = (() if factored is None else
+                          (tuple(layout(ps[j]) for j in idx), tuple(float(jnp.finfo(ps[j].dtype).eps) for j in idx)))
                 out = step_fn([jnp.asarray(ps[j], cd) for j in idx], [jnp.asarray(gs[j], cd) for j in idx],
                               *[[jnp.asarray(x[j], cd) for j in idx] for x in ss],
-                              [jnp.asarray(x, fdt) for x in sc], fdt)
+                              [jnp.asarray(x, fdt) for x in sc], fdt, *static)
                 for j, new in zip(idx, out):
                     outs[j] = (new[0] - jnp.asarray(ps[j], cd)).astype(ps[j].dtype)
                     for k, n in enumerate(new[1:]):

@@ -71,7 +71,7 @@ def load_backend(rule, backend: str):
     if isinstance(rule, str) or (_is_optimizer_module(rule) and generated.RULES.get(name) == rule.__name__.rpartition(".")[2]):
         if name not in importlib.import_module(f"symopt.generated.{backend}").RULES:
             # a matrix rule whose plan kind has no array template (codegen/render.py: array_plan_kind)
-            kind = "factored" if any("factored" in v for v in main.FAMILY["variants"]) else "matrix"
+            kind = next((v["matrix"].get("kind", "matrix") for v in main.FAMILY["variants"] if "matrix" in v), "matrix")
             raise ValueError(f"rule {name!r} has no {backend} module: its {kind} plan has no {backend} template yet; "
                              f"it steps through its Numba kernels (backend='numba', CPU)")
         mod = importlib.import_module(f"symopt.generated.{backend}.{generated.RULES[name]}")

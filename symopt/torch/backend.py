@@ -19,6 +19,11 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   param, at least 2-D, is the matrix ``d0 × (d1⋯)``; the Newton–Schulz iteration runs in the compute
   dtype (float32 for bfloat16/float16 params, where torch.optim.Muon uses bfloat16) for a count
   the module's ``<v>_count`` reads from the host's per-step scalars, so a compiled step unrolls it.
+* **Factored rules** (Adafactor, ``array_factored_module.py.jinja``): each param's layout
+  (:func:`~symopt.runtime.matrix.factored_layout`: a stack of matrices over its last two axes, or
+  full-shape states) is fixed when its state is made; a param keeps only its layout's states, of
+  their own shapes (``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)``, as torch.optim.Adafactor),
+  and the step receives each tensor's layout and its dtype's machine epsilon (``eps=(None, …)``).
 * **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
   gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
   read once per step (one host sync), before anything is written; compiled, the step computes
@@ -45,6 +50,7 @@ import torch
 from .._version import __version__
 from ..runtime import kernels, scheduled
 from ..runtime.grouped import names_other_rules
+from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .grouped import GroupedOptimizer
 from .interop import (
@@ -88,6 +94,12 @@ def _stochastic_bf16(x: torch.Tensor, generator) -> torch.Tensor:
     return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
+def _graph_input(x):
+    """``x`` as the step reads and writes it: a 0-d tensor as its 1-element view.  (dynamo, torch 2.13,
+    reads a 0-d float64 input as a Python float: it restarts its analysis and drops a ``copy_`` into it.)"""
+    return x.view(1) if x is not None and x.dim() == 0 else x
+
+
 def _step_graph(step_fn, batches, masked: bool, rounding):
     """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype, static args)``; write the
     results (a matrix rule's static argument: its iteration count, a Python int).
@@ -100,11 +112,14 @@ def _step_graph(step_fn, batches, masked: bool, rounding):
         flags = [torch.isfinite(g).all() for batch in batches for g in batch[1]]
         ok = torch.stack(flags).all()
     for params, grads, states, scal, cd, static in batches:
+        # a state None: one a factored rule does not keep for that param (passed through by the step)
         new = step_fn([p.to(cd) for p in params], [g.to(cd) for g in grads],
-                      *[[s.to(cd) for s in lst] for lst in states], scal, *static)
+                      *[[None if s is None else s.to(cd) for s in lst] for lst in states], scal, *static)
         for j, values in enumerate(new):
             targets = [params[j], *[lst[j] for lst in states]]
             for k, (dst, val) in enumerate(zip(targets, values)):
+                if dst is None:
+                    continue
                 if ok is not None:
                     val = torch.where(ok, val, dst.to(val.dtype))
                 if k == 0 and rounding is not None and dst.dtype == torch.bfloat16:
@@ -224,6 +239,8 @@ class TensorOptimizer(torch.optim.Optimizer):
             if self._variant is not None and variant != self._variant:
                 raise ValueError(f"{where}: selects variant {self._spec.variants[variant]['name']!r}, the optimizer "
                                  f"runs {self.variant!r}; all groups must share structural options")
+            if self._variant is not None:
+                self._check_factored([group], where)
         except BaseException:
             self.param_groups.pop()
             raise
@@ -244,6 +261,51 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._count_fn = getattr(self._torch_module, f"{prefix}_count", None)
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         self._cache: dict = {}
+        # a factored rule: each state's shape kind, the layout of each param shape (fixed by the one
+        # min_dim_size_to_factor of every group, or None: every ≥2-D param is factored)
+        self._factored = self._vinfo.get("factored")
+        self._state_kinds = {s["key"]: s.get("shape", "full") for s in self._vinfo["state"]}
+        self._layouts: dict = {}
+        self._factor_min = None
+        if self._factored is not None and self._factored.get("min_dim_key") is not None:
+            self._factor_min = self._min_dim(self.param_groups[0])
+        self._check_factored(self.param_groups, self.rule_name)
+
+    def _min_dim(self, group) -> float:
+        key = self._factored["min_dim_key"]
+        value = plain_value(group[key], key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{self.rule_name}: {key} must be a number, got {value!r}")
+        return float(value)
+
+    def _check_factored(self, groups, where: str) -> None:
+        """A factored rule: every group has this optimizer's min_dim_size_to_factor (it fixes each
+        param's layout and state shapes) and every param has a layout (ValueError naming it otherwise)."""
+        if self._factored is None:
+            return
+        key = self._factored.get("min_dim_key")
+        for group in groups:
+            if key is not None and self._min_dim(group) != self._factor_min:
+                raise ValueError(f"{where}: {key} must be one number shared by every param group and cannot change "
+                                 f"after construction (it fixes which params are factored and their state shapes; "
+                                 f"this optimizer's is {self._factor_min:g})")
+            for i, p in enumerate(group["params"]):
+                self._layout(p, f"{where}: params[{i}]")
+
+    def _layout(self, p, where: str = "") -> str:
+        """A factored rule's layout of param ``p``: ``"matrix"`` or ``"vector"`` (by its shape)."""
+        shape = tuple(p.shape)
+        if shape not in self._layouts:
+            self._layouts[shape] = factored_layout(shape, self._factor_min, where or self.rule_name)
+        return self._layouts[shape]
+
+    def _state_shapes(self, p) -> dict:
+        """``{key: shape}`` of the states param ``p`` keeps (a factored rule keeps some per layout)."""
+        if self._factored is None:
+            return {key: tuple(p.shape) for key in self._state_keys}
+        layout = self._layout(p)
+        shapes = {key: state_shape(self._state_kinds[key], tuple(p.shape), layout) for key in self._state_keys}
+        return {key: shape for key, shape in shapes.items() if shape is not None}
 
     @property
     def variant(self) -> str:
@@ -265,10 +327,13 @@ class TensorOptimizer(torch.optim.Optimizer):
         inits = self._init_fn(*[first[n] for n in self._vinfo["init_hyper"]])
         entry = {"step": 0}
         sd = self._state_dtype(p)
+        shapes = self._state_shapes(p)
         with torch.no_grad():
             for key, init in zip(self._state_keys, inits):
+                if key not in shapes:
+                    continue            # a state a factored rule does not keep for this param's layout
                 entry[key] = (p.detach().to(sd).clone() if isinstance(init, str)
-                              else torch.full_like(p, float(init), dtype=sd))
+                              else torch.full(shapes[key], float(init), dtype=sd, device=p.device))
         self.state[p] = entry
 
     def _group_values(self, group) -> dict:
@@ -279,6 +344,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         index = next((i for i, g in enumerate(self.param_groups) if g is group), len(self.param_groups))
         where = f"{self.rule_name}: param group {index}"
         values = self._spec.values(dict(zip(self._keys, raw)), where)
+        self._check_factored([group], where)
         if self._spec.variant_index(values, where) != self._variant:
             raise ValueError(f"{where}: these values select another variant than {self.variant!r}; structural "
                              f"options cannot change after construction (build a new optimizer)")
@@ -315,11 +381,15 @@ class TensorOptimizer(torch.optim.Optimizer):
                     static = () if self._count_fn is None else (self._count_fn(host),)
                     batch = batches[key] = ([], [], [[] for _ in self._state_keys],
                                             scal.to(p.device, non_blocking=True), key[2], static)
-                batch[0].append(p)
-                batch[1].append(g)
+                batch[0].append(_graph_input(p))
+                batch[1].append(_graph_input(g))
                 for lst, k in zip(batch[2], self._state_keys):
-                    lst.append(entry[k])
+                    # None: a state a factored rule does not keep for this param
+                    lst.append(_graph_input(entry.get(k)))
                 stepped.append(p)
+        if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
+            return [(*b[:5], (tuple(self._layout(p) for p in b[0]), tuple(torch.finfo(p.dtype).eps for p in b[0])))
+                    for b in batches.values()], stepped
         return list(batches.values()), stepped
 
     def _generator(self, device):
@@ -389,6 +459,8 @@ class TensorOptimizer(torch.optim.Optimizer):
             if fmt.step_in_state:
                 out["step"] = torch.tensor(float(entry["step"]), dtype=sdtype)
             for key in self._state_keys:
+                if key not in entry:
+                    continue                # a state a factored rule does not keep for this param
                 value = entry[key]
                 if key in fmt.scalar_state:
                     out[key] = torch.tensor(float(value.reshape(-1)[0]) if value.numel() else 1.0, dtype=sdtype)
@@ -421,6 +493,7 @@ class TensorOptimizer(torch.optim.Optimizer):
                              strict=False)
             merged = {k: plain_value(saved.get(k, group[k]), k) for k in self._keys}
             values = self._spec.values(merged, f"state_dict param group {gi}")
+            self._check_factored([{**merged, "params": group["params"]}], f"state_dict param group {gi}")
             if self._spec.variant_index(values, f"state_dict param group {gi}") != self._variant:
                 raise ValueError(f"state_dict param group {gi} selects another variant than {self.variant!r}")
             new_values.append({k: saved[k] for k in saved if k != "params" and k not in IMPLEMENTATION_KEYS
@@ -433,7 +506,9 @@ class TensorOptimizer(torch.optim.Optimizer):
             if pid not in params:
                 raise ValueError(f"state_dict has state for param {pid!r}, which no param group lists")
             p = params[pid]
-            got = entry_from_torch(entry, pid, self._state_keys, tuple(p.shape), self._fmt, label)
+            shapes = self._state_shapes(p)      # a factored rule: the layout's states, of their own shapes
+            got = entry_from_torch(entry, pid, list(shapes), tuple(p.shape), self._fmt, label,
+                                   {k: v for k, v in shapes.items() if v != tuple(p.shape)})
             if got is not None:
                 converted[p] = got
         # -- everything checked: install
@@ -446,8 +521,8 @@ class TensorOptimizer(torch.optim.Optimizer):
                     step, arrays = converted[p]
                     sd = self._state_dtype(p)
                     entry = {"step": step}
-                    for key in self._state_keys:
-                        entry[key] = torch.as_tensor(np.ascontiguousarray(arrays[key])).to(p.device, sd)
+                    for key in arrays:  # a copy: the dict's tensors stay the caller's (a live optimizer's state)
+                        entry[key] = torch.as_tensor(np.ascontiguousarray(arrays[key])).to(p.device, sd, copy=True)
                     self.state[p] = entry
                 else:
                     self._init_param_state(p, group)

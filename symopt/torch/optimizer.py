@@ -99,8 +99,9 @@ def _check_factored_layouts(core, params, name) -> None:
         q = local(p)
         if is_sharded(p) or not q.is_contiguous():
             raise ValueError(f"{name}: params[{j}] (shape {tuple(q.shape)}, strides {q.stride()}) is "
-                             f"{'sharded' if is_sharded(p) else 'not C-contiguous'}; a factored rule reads the last "
-                             f"two axes of each param in C order (pass .contiguous() params, unsharded)")
+                             f"{'sharded' if is_sharded(p) else 'not C-contiguous'}; a factored rule's Numba kernels "
+                             f"read the last two axes of each param in C order (pass .contiguous() params, unsharded, "
+                             f"or backend='torch', which reads any strided layout)")
 
 
 def _check_implementation_options(options: dict) -> None:
