@@ -427,14 +427,21 @@ def _install_locator() -> None:
         Candidates, in numba's order: ``NUMBA_CACHE_DIR`` (then the private folder), else the
         source's ``__pycache__``, numba's user-wide folder, the private folder.  The first that
         :func:`trusted_folder` accepts is used (an untrusted ``NUMBA_CACHE_DIR`` gets one
-        :class:`CacheWarning`); before numba reads anything there, :func:`_clean_entries` removes the
-        function's files that are not this user's own or not complete.
+        :class:`CacheWarning`).  numba reads a function's files only when it loads an overload
+        (before compiling one and saving it): each load first runs :meth:`check_files`
+        (:func:`_install_cached_loading`), so a module's functions that are never called cost no
+        reading at import.
         """
 
         def __init__(self, py_func, py_file, cache_path):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
             self._cache_path = cache_path
+            self._base = ""   # the function's file names, "<module>.<qualname>-<line>.pyXY" (from_function)
+
+        def check_files(self):
+            """Remove the function's cache files that numba must not read (:func:`_clean_entries`)."""
+            _clean_entries(self._cache_path, self._base)
 
         def get_cache_path(self):
             return self._cache_path
@@ -473,10 +480,9 @@ def _install_locator() -> None:
                 if told:
                     warn_fallback("numba's compiled kernels", told, Path(path), stacklevel=2)
                 modname = os.path.splitext(os.path.basename(py_file))[0]
-                base = (f"{modname}.{py_func.__qualname__}".replace("<", "").replace(">", "")
-                        + f"-{locator.get_disambiguator()}.py{sys.version_info[0]}{sys.version_info[1]}"
-                        + getattr(sys, "abiflags", ""))
-                _clean_entries(path, base)
+                locator._base = (f"{modname}.{py_func.__qualname__}".replace("<", "").replace(">", "")
+                                 + f"-{locator.get_disambiguator()}.py{sys.version_info[0]}{sys.version_info[1]}"
+                                 + getattr(sys, "abiflags", ""))
                 return locator
             # numba's own locators would try the same folders without these checks: refuse, as numba
             # does when no folder is writable (configure_numba_cache then turns the disk cache off).
@@ -491,9 +497,10 @@ def _install_locator() -> None:
 
 def _install_cached_loading() -> None:
     """Load the cached overloads of functions that :class:`TrustedCacheLocator` locates (symopt's
-    files) with numba's runtime only: ``rtsys.initialize`` (NRT, which the kernels link against),
-    then numba's own ``_load_overload`` (index, source stamp and target checks, unpickling, linking;
-    a miss returns None and numba compiles, refreshing its contexts first).  numba's
+    files): first :meth:`~TrustedCacheLocator.check_files` (numba unpickles the index it reads next),
+    then numba's runtime only, ``rtsys.initialize`` (NRT, which the kernels link against), then
+    numba's own ``_load_overload`` (index, source stamp and target checks, unpickling, linking; a
+    miss returns None and numba compiles, refreshing its contexts first, and saves).  numba's
     ``load_overload`` would first run ``target_context.refresh()``: the import of all its typing and
     lowering registries, which only compilation reads.  Every other function loads as numba does."""
     from numba.core import caching
@@ -504,8 +511,10 @@ def _install_cached_loading() -> None:
         return
 
     def load_overload(self, sig, target_context):
-        if not isinstance(getattr(self._impl, "locator", None), TrustedCacheLocator):
+        locator = getattr(self._impl, "locator", None)
+        if not isinstance(locator, TrustedCacheLocator):
             return numba_load(self, sig, target_context)
+        locator.check_files()
         rtsys.initialize(target_context)
         with self._guard_against_spurious_io_errors():   # as numba's: None (compile) on a spurious I/O error
             return self._load_overload(sig, target_context)
