@@ -800,21 +800,8 @@ def phase_compile(log, cache_dir: str, workers: int = 2) -> list:
 
 
 def phase_startup(log) -> dict:
-    script = textwrap.dedent(f"""
-        import sys, numpy as np, symopt
-        opt = symopt.optimizer({RULE!r}, [np.zeros((10, 10), np.float32), np.zeros(10, np.float32)], lr=1e-3)
-        opt.step([np.ones((10, 10), np.float32), np.ones(10, np.float32)])
-        print("sympy" in sys.modules)
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)   # warm the cache
-    walls, sympy = [], None
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
-        walls.append(time.perf_counter() - t0)
-        sympy = out.stdout.strip() == "True"
-    log(f"  fresh process, warm cache: {min(walls):.2f} s (best of 3), sympy imported: {sympy}")
-    return {"seconds": min(walls), "sympy": sympy}
+    """A fresh process with warm caches: import, Adam, one step (benchmarks/bench_midsize.py's warm start)."""
+    return _bench_module("bench_midsize").warm_start(log)
 
 
 def phase_check_in_cache(rounds, log, n=10 ** 4) -> dict:

@@ -27,6 +27,13 @@ numba unpickles its index before checking anything, so the locator picks a trust
 folder and removes files of the function there that another user could have written
 or that a crash truncated, before numba reads them.
 
+Loading a cached kernel of those files skips numba's registry refresh (:func:`_install_cached_loading`):
+numba's ``Cache.load_overload`` first imports and installs every typing and lowering registry it has
+(``numba.np.arraymath``, ``numba.np.linalg`` and with them ``scipy.linalg``, unicode, typed
+containers...), about 0.3 s of compiler machinery on the first load of a process.  Running machine
+code from the cache needs only numba's runtime (NRT) in the target context; numba's compiler
+refreshes both contexts itself before it compiles anything.
+
 Whatever falls back, one :class:`CacheWarning` per process names the folders that could
 not be used and why, and where things go instead (:func:`warn_fallback`: one per
 destination).  This module imports neither SymPy nor the code generator.
@@ -286,6 +293,7 @@ def configure_numba_cache() -> str:
     from numba.core import config
 
     _install_locator()
+    _install_cached_loading()
 
     files = [f for f in _kernel_files() if f.exists()]
     blocked = [f for f in files if not _numba_can_cache(f)]
@@ -419,14 +427,21 @@ def _install_locator() -> None:
         Candidates, in numba's order: ``NUMBA_CACHE_DIR`` (then the private folder), else the
         source's ``__pycache__``, numba's user-wide folder, the private folder.  The first that
         :func:`trusted_folder` accepts is used (an untrusted ``NUMBA_CACHE_DIR`` gets one
-        :class:`CacheWarning`); before numba reads anything there, :func:`_clean_entries` removes the
-        function's files that are not this user's own or not complete.
+        :class:`CacheWarning`).  numba reads a function's files only when it loads an overload
+        (before compiling one and saving it): each load first runs :meth:`check_files`
+        (:func:`_install_cached_loading`), so a module's functions that are never called cost no
+        reading at import.
         """
 
         def __init__(self, py_func, py_file, cache_path):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
             self._cache_path = cache_path
+            self._base = ""   # the function's file names, "<module>.<qualname>-<line>.pyXY" (from_function)
+
+        def check_files(self):
+            """Remove the function's cache files that numba must not read (:func:`_clean_entries`)."""
+            _clean_entries(self._cache_path, self._base)
 
         def get_cache_path(self):
             return self._cache_path
@@ -465,10 +480,9 @@ def _install_locator() -> None:
                 if told:
                     warn_fallback("numba's compiled kernels", told, Path(path), stacklevel=2)
                 modname = os.path.splitext(os.path.basename(py_file))[0]
-                base = (f"{modname}.{py_func.__qualname__}".replace("<", "").replace(">", "")
-                        + f"-{locator.get_disambiguator()}.py{sys.version_info[0]}{sys.version_info[1]}"
-                        + getattr(sys, "abiflags", ""))
-                _clean_entries(path, base)
+                locator._base = (f"{modname}.{py_func.__qualname__}".replace("<", "").replace(">", "")
+                                 + f"-{locator.get_disambiguator()}.py{sys.version_info[0]}{sys.version_info[1]}"
+                                 + getattr(sys, "abiflags", ""))
                 return locator
             # numba's own locators would try the same folders without these checks: refuse, as numba
             # does when no folder is writable (configure_numba_cache then turns the disk cache off).
@@ -479,3 +493,32 @@ def _install_locator() -> None:
     _Locator.__module__ = __name__
     TrustedCacheLocator = _Locator
     caching.CacheImpl._locator_classes.insert(0, _Locator)
+
+
+def _install_cached_loading() -> None:
+    """Load the cached overloads of functions that :class:`TrustedCacheLocator` locates (symopt's
+    files): first :meth:`~TrustedCacheLocator.check_files` (numba unpickles the index it reads next),
+    then numba's runtime only, ``rtsys.initialize`` (NRT, which the kernels link against), then
+    numba's own ``_load_overload`` (index, source stamp and target checks, unpickling, linking; a
+    miss returns None and numba compiles, refreshing its contexts first, and saves).  numba's
+    ``load_overload`` would first run ``target_context.refresh()``: the import of all its typing and
+    lowering registries, which only compilation reads.  Every other function loads as numba does."""
+    from numba.core import caching
+    from numba.core.runtime import rtsys
+
+    numba_load = caching.Cache.load_overload
+    if getattr(numba_load, "_symopt", False):
+        return
+
+    def load_overload(self, sig, target_context):
+        locator = getattr(self._impl, "locator", None)
+        if not isinstance(locator, TrustedCacheLocator):
+            return numba_load(self, sig, target_context)
+        locator.check_files()
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():   # as numba's: None (compile) on a spurious I/O error
+            return self._load_overload(sig, target_context)
+
+    load_overload._symopt = True
+    load_overload.__doc__ = numba_load.__doc__
+    caching.Cache.load_overload = load_overload
