@@ -1,19 +1,22 @@
 """Kronecker-factored rules (``shampoo``, ``soap``): pytorch-optimizer 4.1.0's trajectories in
-float64, the mpmath check, the state names, the LaTeX, and bad input.
+float64 on 1-D to 4-D params (every axis preconditioned), the mpmath check, the state names, the
+LaTeX, and bad input.
 
 Shampoo's tolerance: 1e-9 relative (params elementwise over a 30-step trajectory, matrix states
 max-norm), set by the eigensolvers: symopt roots the statistics by LAPACK's symmetric
-eigendecomposition, pytorch-optimizer by an SVD; on these 2-D params the statistics' condition
-numbers reach ~1e7 (ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an
-inverse root.
+eigendecomposition, pytorch-optimizer by an SVD; the statistics' condition numbers reach ~1e7
+(ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an inverse root.
 
 SOAP's tolerances (tests/rule_db.py): until the first power-iteration refresh of the eigenbases
 the trajectories agree to rounding (1e-12, params max-norm); from then on pytorch-optimizer runs
 that QR in float32 even for float64 params (its Q is orthonormal to ~6e-8), and symopt in the
 param's dtype, so they part by ~1e-7 of the params' scale: 1e-6, params max-norm (an element near
-zero keeps only its absolute error).  The params are square: a rectangular param's first
-statistic G Gᵀ is rank-deficient, and the eigenvectors of its null space are arbitrary (LAPACK
-builds differ), so the trajectories would differ by more than rounding.
+zero keeps only its absolute error).  The params' statistics are full rank: no axis longer than
+the product of the others (a 2-D param square), since the first statistic G_(k) G_(k)ᵀ of a
+longer axis is rank-deficient and the eigenvectors of its null space are arbitrary (LAPACK builds
+differ), so the trajectories would differ by more than rounding.  For the same reason a 1-D param
+under ``precondition_1d=True`` (its statistic g gᵀ has rank 1) is compared with the same param
+read as a ``d × 1`` matrix, not with pytorch-optimizer.
 """
 from __future__ import annotations
 
@@ -30,9 +33,12 @@ from symopt.rulebook.metadata import RuleError
 CASES = peer_cases("pytorch-optimizer", group="matrix")
 SHAMPOO_CASES = [c for c in CASES if c[0].name == "shampoo"]
 SOAP_CASES = [c for c in CASES if c[0].name == "soap"]
-SHAPES = [(5, 4), (3, 7)]
+# A 1-D param is full-matrix AdaGrad (one d × d statistic, root −1/2).  Under the maximize case below
+# (momentum lerps the negated gradient toward the last preconditioned one) one direction of a vector's
+# statistic keeps growing: at d ≥ 3 its condition number reaches ~1e9 within 30 steps and the SVD and
+# the eigensolver part by more than 1e-9 (at d = 4 the trajectories diverge); at d = 2 it stays ≤ 1e3.
+SHAPES = [(5, 4), (3, 7), (2,), (3, 4, 5), (2, 3, 2, 3)]
 STEPS = 30
-MATRIX_KEYS = ("pre_cond_0", "inv_pre_cond_0", "pre_cond_1", "inv_pre_cond_1")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +67,15 @@ def test_trajectory_equals_pytorch_optimizer(libs, info, k, case):
             assert rel_err(params[j], tp.detach()) < tol, (step, j)
     for j, tp in enumerate(tparams):
         ours, theirs = opt.state[j], peer.state[tp]
-        for key in (*MATRIX_KEYS, "momentum_buffer"):
+        keys = [f"{name}_{k}" for k in range(tp.dim()) for name in ("pre_cond", "inv_pre_cond")]
+        assert sorted(ours) == sorted(["step", "momentum_buffer", *keys])
+        assert sorted(theirs) == sorted(["momentum_buffer", *keys])
+        for key in (*keys, "momentum_buffer"):
             assert ours[key].shape == tuple(theirs[key].shape), key
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
 
 
-SOAP_SHAPES = [(6, 6), (4, 4)]
+SOAP_SHAPES = [(6, 6), (4, 4), (5,), (3, 3, 3), (5, 2, 3), (2, 3, 2, 3)]
 SOAP_STEPS = 25
 
 
@@ -96,10 +105,14 @@ def test_soap_trajectory_equals_pytorch_optimizer(libs, info, k, case):
         ours, theirs = opt.state[j], peer.state[tp]
         for key in ("exp_avg", "exp_avg_sq"):
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
-        for side in (0, 1):
-            assert rel_err(ours[f"GG_{side}"], theirs["GG"][side], floor=1.0) < tol, (j, side)
-            q, tq = ours[f"Q_{side}"], theirs["Q"][side].numpy()
-            assert rel_err(q * np.sign(np.sum(q * tq, axis=0)), tq, floor=1.0) < tol, (j, side)
+        assert len(theirs["GG"]) == tp.dim()
+        for axis, (gg, tq) in enumerate(zip(theirs["GG"], theirs["Q"])):
+            if len(gg) == 0:    # an axis pytorch-optimizer leaves as it is keeps no state here either
+                assert f"GG_{axis}" not in ours and f"Q_{axis}" not in ours, (j, axis)
+                continue
+            assert rel_err(ours[f"GG_{axis}"], gg, floor=1.0) < tol, (j, axis)
+            q, tq = ours[f"Q_{axis}"], tq.numpy()
+            assert rel_err(q * np.sign(np.sum(q * tq, axis=0)), tq, floor=1.0) < tol, (j, axis)
 
 
 def test_soap_first_step_collects_statistics_only():
@@ -125,21 +138,37 @@ def test_soap_first_step_collects_statistics_only():
 def test_soap_refuses_what_it_does_not_do():
     with pytest.raises(ValueError, match="merge_dims"):
         symopt.optimizer("soap", [np.zeros((3, 3))], merge_dims=True)
-    with pytest.raises(ValueError, match="precondition_1d"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], precondition_1d=True)
     with pytest.raises(ValueError, match="normalize_gradient"):
         symopt.optimizer("soap", [np.zeros((3, 3))], normalize_gradient=True)
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("soap", [np.zeros((3, 3))], precondition_frequency=2.5)
-    with pytest.raises(ValueError, match="2-D params only"):
-        symopt.optimizer("soap", [np.zeros((3, 3, 2))])
-    with pytest.raises(ValueError, match="at least 2-D"):
-        symopt.optimizer("soap", [np.zeros(3)])
+    # which axes are rotated is fixed when the optimizer is built (the state's shapes follow it)
     w = np.ones((4, 3))
     opt = symopt.optimizer("soap", [w], max_precondition_dim=3)
-    with pytest.raises(ValueError, match="rows of length 4, above max_precondition_dim = 3"):
+    assert sorted(opt.state[0]) == ["GG_1", "Q_1", "exp_avg", "exp_avg_sq", "step"]
+    opt.param_groups[0]["max_precondition_dim"] = 4
+    with pytest.raises(ValueError, match="change which axes keep matrix states"):
         opt.step([np.ones((4, 3))])
-    assert np.array_equal(w, np.ones((4, 3))) and not opt.state[0]["GG_0"].any() and opt.step_counts[0] == 0
+    assert np.array_equal(w, np.ones((4, 3))) and not opt.state[0]["GG_1"].any() and opt.step_counts[0] == 0
+
+
+def test_soap_precondition_1d_rotates_a_vector_as_a_column():
+    """precondition_1d=True: a 1-D param keeps one statistic and basis (d × d), and steps exactly as
+    the same values read as a d × 1 matrix (whose second axis has the 1 × 1 basis 1); without it the
+    vector keeps none and SOAP is Adam from the second step (checked against pytorch-optimizer above)."""
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal(5)
+    col = v.reshape(5, 1).copy()
+    a = symopt.optimizer("soap", [v], precondition_1d=True, precondition_frequency=2)
+    b = symopt.optimizer("soap", [col], precondition_frequency=2)
+    for _ in range(6):
+        g = rng.standard_normal(5)
+        a.step([g.copy()])
+        b.step([g.reshape(5, 1).copy()])
+    np.testing.assert_allclose(v, col.reshape(5), rtol=1e-13, atol=1e-15)
+    assert sorted(a.state[0]) == ["GG_0", "Q_0", "exp_avg", "exp_avg_sq", "step"]
+    np.testing.assert_allclose(a.state[0]["GG_0"], b.state[0]["GG_0"], rtol=1e-13, atol=1e-15)
+    assert sorted(symopt.optimizer("soap", [np.zeros(5)]).state[0]) == ["exp_avg", "exp_avg_sq", "step"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -166,8 +195,8 @@ def test_verify_against_mpmath(dtype):
 
 def test_latex_writes_the_kronecker_factors():
     text = symopt.rule("shampoo").latex()
-    for part in (r"L_{t} &= G G^{T} + L_{t-1}", r"R_{t} &= R_{t-1} + G^{T} G", r"L_{t}^{-1/4}", r"R_{t}^{-1/4}",
-                 r"M_{t} &= H_{L, t} G H_{R, t}"):
+    for part in (r"L_{i, t} &= G_{(i)} G_{(i)}^{T} + L_{i, t-1}", r"H_{i, t} &= L_{i, t}^{-1/(2 n)}",
+                 r"M_{t} &= G \times_{i} H_{i, t} \ (i = 0, \dots, n - 1)"):
         assert part in text, part
 
 
@@ -189,8 +218,6 @@ def test_matrix_states_start_at_eps_identity_and_stay_symmetric():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="at least 2-D"):
-        symopt.optimizer("shampoo", [np.zeros(3)])
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("shampoo", [np.zeros((2, 2))], preconditioning_compute_steps=1.5)
     torch = pytest.importorskip("torch")

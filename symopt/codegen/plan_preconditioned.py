@@ -22,6 +22,12 @@ one ``rows × cols`` tensor in ``K + 1`` element passes, each followed by a matr
 
 3. *stage K*, after the last pass: the states marked ``at_end``, in order.
 
+In a rule of ``every_axis`` nodes (:class:`~symopt.rulebook.preconditioned.Preconditioned`) a
+state is a list of matrices, one per kept axis (``side`` ``"axes"``), each operation runs for every
+kept axis k on the unfolding ``G_(k)``, and the value ``A G`` is the mode-k product of each axis in
+turn; an inverse root's order may hold ``n_axes`` (the coefficients ``(c, e)``: order ``c·n_axes^e``),
+and ``keep`` (of the axis length ``rows``, ``n_axes`` and per-step scalars) says which axes keep states.
+
 A pass reads the param, grad and states (stored values are read back as the new values) and the
 values ``result<j>`` of earlier nodes through the temporaries that hold them; other temporaries of
 an earlier pass are not available.  Per-step scalars (hyperparameters, ``t``, the conditions, the
@@ -37,7 +43,7 @@ import sympy as sp
 
 from ..rulebook.matrix import rows
 from ..rulebook.metadata import RuleError
-from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned
+from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned, n_axes
 from ..rulebook.rule import Rule
 from .plan import Hoister, PlanSymbol, _rename_scalars
 from .plan_matrix import MatrixPass, _straight_line
@@ -63,8 +69,9 @@ class MatrixOp(NamedTuple):
                             # "eigenbasis" (S ← the eigenvectors of source)
     target: int             # the state written
     source: int             # gram: the node whose G it reads; inverse_root, eigenbasis: the state decomposed
-    side: str               # "rows" (rows × rows: G Gᵀ) or "cols" (cols × cols: Gᵀ G)
-    coefficients: tuple     # gram: (α, β); inverse_root: (p,); eigenbasis: (flag of the exact eigh, size limit)
+    side: str               # "rows" (rows × rows: G Gᵀ), "cols" (cols × cols: Gᵀ G) or "axes" (every kept axis)
+    coefficients: tuple     # gram: (α, β); inverse_root: (c, e), the order c·n_axes^e; eigenbasis: (flag of
+                            # the exact eigh, size limit)
     when: sp.Basic | None   # per-step flag (1.0 when the update runs), None when always
     reorder: sp.Symbol | None = None   # eigenbasis: the elementwise state reordered with the basis
 
@@ -93,6 +100,8 @@ class PreconditionedPlan(NamedTuple):
     matrix_states: tuple    # ((key, side, initial diagonal: scalar or number), ...)
     symmetric: tuple        # per matrix state: True when its updates keep it symmetric
     op_count: int
+    every_axis: bool        # the nodes precondition every axis (states per kept axis), else the d0 × (d1⋯) matrix
+    keep: sp.Basic          # every_axis: which axes keep states (a boolean of rows, n_axes, s<k>); else true
 
     @property
     def buffers(self) -> tuple:
@@ -163,6 +172,10 @@ def _element_pass(temps, stores, reads_from) -> MatrixPass:
 def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     """Build the element passes, the matrix stages and the values of ``rule`` (module docstring)."""
     nodes = _nodes(rule)
+    every_axis = nodes[0][1].every_axis
+    if any(node.every_axis != every_axis or node.keep != nodes[0][1].keep for _, node in nodes):
+        raise RuleError(f"rule {rule.name!r}: its Preconditioned nodes read the param one way (every_axis and "
+                        f"keep alike)")
     fixed = (rule.param, rule.grad, *rule.state)
     works = [work_buffer(k) for k in range(len(nodes))]
     results = [result_buffer(k) for k in range(len(nodes))]
@@ -182,7 +195,7 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     matrix_states = []
     for j, (node_k, st) in enumerate(states):
         node = nodes[node_k][1]
-        side = "rows" if st.sym.shape[0] == rows else "cols"
+        side = "axes" if every_axis else "rows" if st.sym.shape[0] == rows else "cols"
         matrix_states.append((st.key, side, scalar(st.init_diagonal())))
         upd = st.update
         if isinstance(upd, (InverseRoot, Eigenbasis)):
@@ -191,7 +204,13 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
                 raise RuleError(f"matrix state {st.sym.name}: {type(upd).__name__} of {source.name}, which is not "
                                 f"a symmetric matrix state of the same shape")
             if isinstance(upd, InverseRoot):
-                op = MatrixOp("inverse_root", j, index[source], side, (scalar(upd.root),), None)
+                c, e = upd.root, sp.Integer(0)
+                if c.has(n_axes):
+                    c, e = sp.simplify(c / n_axes), sp.Integer(1)
+                    if c.has(n_axes):
+                        raise RuleError(f"matrix state {st.sym.name}: the root order {sp.sstr(upd.root)} is not "
+                                        f"c · n_axes (c free of n_axes)")
+                op = MatrixOp("inverse_root", j, index[source], side, (scalar(c), e), None)
             else:
                 if upd.basis != st.sym:
                     raise RuleError(f"matrix state {st.sym.name}: Eigenbasis continues from its own last basis "
@@ -199,11 +218,14 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
                 if upd.reorder not in rule.state:
                     raise RuleError(f"matrix state {st.sym.name}: Eigenbasis reorders an elementwise state, "
                                     f"{upd.reorder} is not one")
+                if every_axis and upd.limit != sp.oo:
+                    raise RuleError(f"matrix state {st.sym.name}: an every_axis node limits the rotated axes by "
+                                    f"its keep condition, not by an Eigenbasis size limit")
                 flag = scalar(sp.Piecewise((sp.Integer(1), upd.first), (sp.Integer(0), True)))
                 limit = sp.Float(1e300) if upd.limit == sp.oo else scalar(upd.limit)
                 op = MatrixOp("eigenbasis", j, index[source], side, (flag, limit), None, upd.reorder)
         else:
-            op = _gram_op(j, st, node.var, node_k, scalar)
+            op = _gram_op(j, st, node.var, node_k, scalar)._replace(side=side)
         when = None if st.when == sp.true else scalar(sp.Piecewise((sp.Integer(1), st.when), (sp.Integer(0), True)))
         ops_of[len(nodes) if st.at_end else node_k].append(op._replace(when=when))
     products = [_value_product(node.value, node.var, index) for _, node in nodes]
@@ -240,14 +262,18 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
         stores = [(t, e) for (t, _), e in zip(stores, exprs[len(temps):])]
         passes.append((temps, stores))
 
+    # Which axes keep states: its array-free parts hoisted, the axis length and n_axes left in place.
+    keep = Hoister({rows, n_axes}, found=hoist.found)(nodes[0][1].keep) if every_axis else sp.true
+
     # Canonical names s<k> for the per-step scalars, in the passes and the matrix operations alike.
     flat = [e for temps, stores in passes for e in [*(e for _, e in temps), *(e for _, e in stores)]]
-    extra = [sp.sympify(d) for _, _, d in matrix_states]
+    extra = [keep] + [sp.sympify(d) for _, _, d in matrix_states]
     for ops in ops_of:
         for op in ops:
             extra += [sp.sympify(c) for c in op.coefficients] + ([op.when] if op.when is not None else [])
     scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, flat + extra)
-    out = iter(renamed)
+    keep = renamed[len(flat)]
+    out = iter(renamed[:len(flat)] + renamed[len(flat) + 1:])
     passes = [([(s, next(out)) for s, _ in temps], [(t, next(out)) for t, _ in stores]) for temps, stores in passes]
     matrix_states = [(key, side, next(out)) for key, side, _ in matrix_states]
     stages = []
@@ -264,4 +290,4 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     elem_ops = sum(sp.count_ops(e) for p in element_passes for _, e in p.element_temps)
     return PreconditionedPlan(rule, tuple(rule.hyper), tuple(rule.state), tuple(scalars), tuple(s_temps),
                               tuple(s_reduced), element_passes, tuple(stages), tuple(matrix_states),
-                              tuple(symmetric), int(elem_ops))
+                              tuple(symmetric), int(elem_ops), every_axis, keep)

@@ -35,6 +35,17 @@ and the update); a node's value may read the states another node declares.  A st
 ``at_end`` is updated after the rule's last update (SOAP refreshes its statistics and basis after
 the param), from its node's ``G``.  The states' initial values are ``c·I`` or the zero matrix
 (``c`` a hyperparameter expression); ``key`` is the state's name in ``state_dict()`` and checkpoints.
+
+A node built with ``every_axis=True`` preconditions every axis of an N-d param in turn, as
+pytorch-optimizer's Shampoo and SOAP do: ``G`` (``rows × cols``) stands for the mode-k unfolding
+``G_(k)`` (``rows`` the length ``d_k`` of axis k, ``cols`` the product of the others), its states
+are ``rows × rows`` and kept once per axis (keys ``<key>_0``, ``<key>_1``, …), and its value is
+``A G`` (``A`` a state or its transpose), the mode-k product applied for k = 0, 1, … (a 2-D
+param: ``A₀ G A₁ᵀ``).  ``n_axes`` (the param's number of axes) may appear in a root order (Shampoo's
+``L_k^{-1/(2n)}``).  ``keep``, a condition of ``rows`` (the axis length), ``n_axes`` and the
+hyperparameters, says which axes keep states (fixed when the optimizer is built); an axis without
+them is left as it is (SOAP's ``max_precondition_dim`` and ``precondition_1d``).  A 0-D param has
+no axes: its value is ``G``.  The nodes of one rule all read the param one way.
 """
 
 from __future__ import annotations
@@ -46,7 +57,11 @@ from sympy.logic.boolalg import Boolean
 from .matrix import cols, rows
 from .metadata import RuleError
 
-__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "matrix_states_of", "preconditioners_in"]
+__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "matrix_states_of", "n_axes",
+           "preconditioners_in"]
+
+#: The number of axes of the param (per tensor): in the root order of an ``every_axis`` node.
+n_axes = sp.Symbol("n_axes", nonnegative=True, integer=True)
 
 
 class InverseRoot(sp.MatrixExpr):
@@ -73,7 +88,8 @@ class InverseRoot(sp.MatrixExpr):
         return self.base.shape
 
     def _latex(self, printer, exp=None):
-        return rf"{printer._print(self.base)}^{{-1/{printer._print(self.root)}}}"
+        root = printer._print(self.root)
+        return rf"{printer._print(self.base)}^{{-1/{root if self.root.is_Atom else f'({root})'}}}"
 
     def _sympystr(self, printer):
         return f"InverseRoot({printer._print(self.base)}, {printer._print(self.root)})"
@@ -168,12 +184,13 @@ class MatrixState(sp.Basic):
 class Preconditioned(sp.Expr):
     """The element of ``value`` after the matrix ``states`` are updated; ``var`` (rows × cols) is
     bound to the matrix of the elementwise ``start`` values.  ``states`` may be empty when
-    ``value`` reads the states of another node of the rule."""
+    ``value`` reads the states of another node of the rule.  ``every_axis``: ``var`` is the
+    unfolding along each axis in turn and ``keep`` says which axes keep states (module docstring)."""
 
     is_real = True
     is_commutative = True
 
-    def __new__(cls, var, start, states, value):
+    def __new__(cls, var, start, states, value, *, every_axis: bool = False, keep=sp.true):
         if type(var) is not sp.MatrixSymbol or var.shape != (rows, cols):
             raise RuleError(f"Preconditioned: the variable must be a MatrixSymbol of shape (rows, cols), got {var!r}")
         start = sp.sympify(start)
@@ -186,18 +203,33 @@ class Preconditioned(sp.Expr):
             raise RuleError("Preconditioned: each matrix state (and its key) appears once")
         if not isinstance(value, sp.MatrixExpr) or value.shape != (rows, cols):
             raise RuleError("Preconditioned: the value must be a (rows, cols) matrix expression")
-        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value)
+        keep = sp.true if keep is True else sp.sympify(keep)
+        if not isinstance(keep, Boolean):
+            raise RuleError("Preconditioned: keep must be a SymPy boolean (of rows, n_axes and hyperparameters)")
+        if every_axis:
+            if any(s.sym.shape != (rows, rows) for s in states):
+                raise RuleError("Preconditioned(every_axis=True): the states are rows × rows (one per axis)")
+            if not (isinstance(value, sp.MatMul) and len(value.args) == 2 and value.args[1] == var):
+                raise RuleError(f"Preconditioned(every_axis=True): the value must be A {var.name} (the mode "
+                                f"product of each axis), got {sp.sstr(value)}")
+        elif keep != sp.true:
+            raise RuleError("Preconditioned: keep is for every_axis nodes")
+        elif any(s.update.has(n_axes) for s in states):
+            raise RuleError("Preconditioned: n_axes is for every_axis nodes")
+        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value, sp.true if every_axis else sp.false, keep)
 
     var = property(lambda self: self.args[0])
     start = property(lambda self: self.args[1])
     states = property(lambda self: tuple(self.args[2]))
     value = property(lambda self: self.args[3])
+    every_axis = property(lambda self: bool(self.args[4]))
+    keep = property(lambda self: self.args[5])
 
     @property
     def free_symbols(self):
         # The variable, the states and the shape are bound inside; conditions and coefficients are not.
-        bound = {self.var, rows, cols, *(s.sym for s in self.states)}
-        free = set(self.start.free_symbols)
+        bound = {self.var, rows, cols, n_axes, *(s.sym for s in self.states)}
+        free = set(self.start.free_symbols) | self.keep.free_symbols
         for s in self.states:
             for part in (s.init, s.update, s.when):
                 free |= part.free_symbols
