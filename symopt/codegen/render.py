@@ -813,8 +813,7 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
             def factor(j, transposed, axis="0"):
                 return f"(mats[{j}][{axis}], {int(transposed)}, {plan.symmetric[j]})"
             if plan.every_axis:
-                product = (f"[None if m is None else (m, {int(pr.left_transposed)}, {plan.symmetric[pr.left]}) "
-                           f"for m in mats[{pr.left}]]")
+                product = f"_factors(mats[{pr.left}], {int(pr.left_transposed)}, {plan.symmetric[pr.left]})"
             else:
                 product = "({}, {})".format(
                     "None" if pr.left is None else factor(pr.left, pr.left_transposed, "0"),
