@@ -433,3 +433,87 @@ def test_soap_resumes_from_pytorch_optimizers_own_checkpoint(libs):
         peer.step()
         opt.step()
     assert rel_err(ours.detach(), theirs.detach(), floor=1.0) < RULE_DB["soap"].tolerance["peer"][np.float64]
+
+
+def test_nd_checkpoints_keep_a_state_per_axis(tmp_path, libs):
+    """1-D and 3-D params: symopt.save/load and the torch format resume Shampoo's trajectory, with
+    one pre_cond_k / inv_pre_cond_k per axis under pytorch-optimizer's names and shapes."""
+    import io
+
+    torch = libs.torch
+    rng = np.random.default_rng(8)
+    shapes = [(3, 4, 2), (2,)]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+    w = [rng.standard_normal(s) for s in shapes]
+    a = symopt.optimizer("shampoo", w, momentum=0.5)
+    for g in grads[:3]:
+        a.step([x.copy() for x in g])
+    a.save(tmp_path / "nd.npz")
+    w2 = [x.copy() for x in w]
+    b = symopt.optimizer("shampoo", w2, momentum=0.5)
+    b.load(tmp_path / "nd.npz")
+    tw = [torch.tensor(x.copy(), requires_grad=True) for x in w]
+    topt = symopt.torch.Optimizer("shampoo", tw, momentum=0.5)
+    topt.load_state_dict({"state": {j: {"step": torch.tensor(3.0),
+                                        **{k: torch.tensor(v) for k, v in a.state[j].items() if k != "step"}}
+                                    for j in range(2)},
+                          "param_groups": [{**topt.param_groups[0], "params": [0, 1]}]})
+    buf = io.BytesIO()
+    torch.save(topt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert {k: tuple(v.shape) for k, v in saved["state"][1].items()} == {
+        "step": (), "momentum_buffer": (2,), "pre_cond_0": (2, 2), "inv_pre_cond_0": (2, 2)}
+    assert [tuple(saved["state"][0][f"pre_cond_{k}"].shape) for k in range(3)] == [(3, 3), (4, 4), (2, 2)]
+    for g in grads[3:]:
+        a.step([x.copy() for x in g])
+        b.step([x.copy() for x in g])
+        for t, x in zip(tw, g):
+            t.grad = torch.tensor(x.copy())
+        topt.step()
+    for j in range(2):
+        np.testing.assert_array_equal(w2[j], w[j])
+        np.testing.assert_array_equal(tw[j].detach().numpy(), w[j])
+
+
+def test_soap_nd_state_dict_in_pytorch_optimizers_layout(libs):
+    """SOAP on a vector (not rotated), a cube and a 5 × 2 × 3 param whose first axis is longer than
+    max_precondition_dim: the torch-format state keeps GG and Q as one entry per axis, [] where the
+    axis is left as it is, as pytorch-optimizer does; each side loads the other's state_dict and
+    continues its trajectory."""
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(9)
+    shapes = [(5,), (3, 3, 3), (5, 2, 3)]
+    kw = dict(lr=1e-2, precondition_frequency=2, max_precondition_dim=4)
+    ours = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt, peer = symopt.torch.Optimizer("soap", ours, **kw), po.SOAP(theirs, **kw)
+    grads = [[torch.tensor(rng.standard_normal(s)) for s in shapes] for _ in range(7)]
+    for g in grads[:3]:
+        for p, q, x in zip(ours, theirs, g):
+            p.grad, q.grad = x.clone(), x.clone()
+        opt.step()
+        peer.step()
+    sd, psd = opt.state_dict(), peer.state_dict()
+    for j in range(3):
+        mine, its = sd["state"][j], psd["state"][j]
+        assert sorted(k for k in mine if k != "step") == sorted(its)     # symopt keeps the step per param too
+        for name in ("GG", "Q"):
+            assert [tuple(m.shape) if len(m) else () for m in mine[name]] == \
+                   [tuple(m.shape) if len(m) else () for m in its[name]], (j, name)
+    resumed_peer = po.SOAP([p.detach().clone().requires_grad_(True) for p in ours], **kw)
+    resumed_peer.load_state_dict(sd)
+    resumed = symopt.torch.Optimizer("soap", [p.detach().clone().requires_grad_(True) for p in theirs], **kw)
+    resumed.load_state_dict(psd)
+    for g in grads[3:]:
+        for params in (theirs, resumed_peer.param_groups[0]["params"], resumed.param_groups[0]["params"]):
+            for p, x in zip(params, g):
+                p.grad = x.clone()
+        peer.step()
+        resumed_peer.step()
+        resumed.step()
+    tol = RULE_DB["soap"].tolerance["peer"][np.float64]
+    for j in range(3):
+        ref = theirs[j].detach()
+        assert rel_err(resumed.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
+        assert rel_err(resumed_peer.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
