@@ -136,8 +136,6 @@ def test_soap_first_step_collects_statistics_only():
 
 
 def test_soap_refuses_what_it_does_not_do():
-    with pytest.raises(ValueError, match="merge_dims"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], merge_dims=True)
     with pytest.raises(ValueError, match="normalize_gradient"):
         symopt.optimizer("soap", [np.zeros((3, 3))], normalize_gradient=True)
     with pytest.raises(ValueError, match="integer"):
@@ -517,3 +515,36 @@ def test_soap_nd_state_dict_in_pytorch_optimizers_layout(libs):
         ref = theirs[j].detach()
         assert rel_err(resumed.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
         assert rel_err(resumed_peer.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
+
+
+def test_soap_merge_dims_equals_pytorch_optimizer(libs):
+    """merge_dims=True reads each param with adjacent axes merged while their product stays within
+    max_precondition_dim (pytorch-optimizer's merge_small_dims: (2, 3, 4, 5) → (6, 4, 5) at 8): the
+    trajectory, and the torch-format GG/Q with one entry per merged axis, equal pytorch-optimizer's."""
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(10)
+    shapes = [(2, 3, 4, 5), (6, 6), (3, 3, 3)]
+    kw = dict(lr=1e-2, merge_dims=True, max_precondition_dim=8, precondition_frequency=3)
+    ours = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt, peer = symopt.torch.Optimizer("soap", ours, **kw), po.SOAP(theirs, **kw)
+    for step in range(1, 9):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.tensor(rng.standard_normal(p.shape))
+            q.grad = p.grad.clone()
+        opt.step()
+        peer.step()
+        tol = RULE_DB["soap"].tolerance["peer exact" if step <= 4 else "peer"][np.float64]
+        for j in range(3):
+            assert rel_err(ours[j].detach(), theirs[j].detach(), floor=1.0) < tol, (step, j)
+    sd = opt.state_dict()
+    assert [tuple(m.shape) for m in sd["state"][0]["GG"]] == [(6, 6), (4, 4), (5, 5)]
+    for j in range(3):
+        assert [tuple(m.shape) for m in sd["state"][j]["Q"]] == [tuple(m.shape) for m in peer.state[theirs[j]]["Q"]]
+
+
+def test_soap_merge_dims_refusals():
+    with pytest.raises(ValueError, match="channels_last"):
+        symopt.optimizer("soap", [np.zeros((2, 3, 2, 2))], merge_dims=True, data_format="channels_last")
+    with pytest.raises(ValueError, match="one axis of 6"):    # pytorch-optimizer fails to reshape it too
+        symopt.optimizer("soap", [np.zeros((2, 3))], merge_dims=True)

@@ -102,6 +102,7 @@ class PreconditionedPlan(NamedTuple):
     op_count: int
     every_axis: bool        # the nodes precondition every axis (states per kept axis), else the d0 × (d1⋯) matrix
     keep: sp.Basic          # every_axis: which axes keep states (a boolean of rows, n_axes, s<k>); else true
+    merge: sp.Basic         # every_axis: merge_small_dims' limit (a scalar s<k> or a number; ≤ 0: no merging)
 
     @property
     def buffers(self) -> tuple:
@@ -173,9 +174,10 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     """Build the element passes, the matrix stages and the values of ``rule`` (module docstring)."""
     nodes = _nodes(rule)
     every_axis = nodes[0][1].every_axis
-    if any(node.every_axis != every_axis or node.keep != nodes[0][1].keep for _, node in nodes):
-        raise RuleError(f"rule {rule.name!r}: its Preconditioned nodes read the param one way (every_axis and "
-                        f"keep alike)")
+    if any((node.every_axis, node.keep, node.merge) != (every_axis, nodes[0][1].keep, nodes[0][1].merge)
+           for _, node in nodes):
+        raise RuleError(f"rule {rule.name!r}: its Preconditioned nodes read the param one way (every_axis, "
+                        f"keep and merge alike)")
     fixed = (rule.param, rule.grad, *rule.state)
     works = [work_buffer(k) for k in range(len(nodes))]
     results = [result_buffer(k) for k in range(len(nodes))]
@@ -264,16 +266,17 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
 
     # Which axes keep states: its array-free parts hoisted, the axis length and n_axes left in place.
     keep = Hoister({rows, n_axes}, found=hoist.found)(nodes[0][1].keep) if every_axis else sp.true
+    merge = scalar(nodes[0][1].merge)
 
     # Canonical names s<k> for the per-step scalars, in the passes and the matrix operations alike.
     flat = [e for temps, stores in passes for e in [*(e for _, e in temps), *(e for _, e in stores)]]
-    extra = [keep] + [sp.sympify(d) for _, _, d in matrix_states]
+    extra = [keep, merge] + [sp.sympify(d) for _, _, d in matrix_states]
     for ops in ops_of:
         for op in ops:
             extra += [sp.sympify(c) for c in op.coefficients] + ([op.when] if op.when is not None else [])
     scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, flat + extra)
-    keep = renamed[len(flat)]
-    out = iter(renamed[:len(flat)] + renamed[len(flat) + 1:])
+    keep, merge = renamed[len(flat)], renamed[len(flat) + 1]
+    out = iter(renamed[:len(flat)] + renamed[len(flat) + 2:])
     passes = [([(s, next(out)) for s, _ in temps], [(t, next(out)) for t, _ in stores]) for temps, stores in passes]
     matrix_states = [(key, side, next(out)) for key, side, _ in matrix_states]
     stages = []
@@ -290,4 +293,4 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     elem_ops = sum(sp.count_ops(e) for p in element_passes for _, e in p.element_temps)
     return PreconditionedPlan(rule, tuple(rule.hyper), tuple(rule.state), tuple(scalars), tuple(s_temps),
                               tuple(s_reduced), element_passes, tuple(stages), tuple(matrix_states),
-                              tuple(symmetric), int(elem_ops), every_axis, keep)
+                              tuple(symmetric), int(elem_ops), every_axis, keep, merge)

@@ -865,6 +865,8 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
                   for stage in plan.stages for op in stage.ops if op.kind == "eigenbasis" and not plan.every_axis]
         info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "buffers": len(plan.buffers),
                           "every_axis": plan.every_axis, "keep_all": plan.keep == sp.true,
+                          "merge": ({"column": plan.scalars.index(plan.merge)} if plan.merge in plan.scalars
+                                    else {"value": float(plan.merge)}),
                           "max_ndim": 2 if not (plan.every_axis or all(plan.symmetric)) else None,
                           "limits": limits, "states": [
             {"key": key, "side": side,

@@ -44,8 +44,10 @@ are ``rows × rows`` and kept once per axis (keys ``<key>_0``, ``<key>_1``, …)
 param: ``A₀ G A₁ᵀ``).  ``n_axes`` (the param's number of axes) may appear in a root order (Shampoo's
 ``L_k^{-1/(2n)}``).  ``keep``, a condition of ``rows`` (the axis length), ``n_axes`` and the
 hyperparameters, says which axes keep states (fixed when the optimizer is built); an axis without
-them is left as it is (SOAP's ``max_precondition_dim`` and ``precondition_1d``).  A 0-D param has
-no axes: its value is ``G``.  The nodes of one rule all read the param one way.
+them is left as it is (SOAP's ``max_precondition_dim`` and ``precondition_1d``).  ``merge``, a
+scalar expression of hyperparameters, merges adjacent axes first where it is positive: the param is
+read with pytorch-optimizer's ``merge_small_dims(shape, merge)`` (SOAP's ``merge_dims``).  A 0-D
+param has no axes: its value is ``G``.  The nodes of one rule all read the param one way.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ class Preconditioned(sp.Expr):
     is_real = True
     is_commutative = True
 
-    def __new__(cls, var, start, states, value, *, every_axis: bool = False, keep=sp.true):
+    def __new__(cls, var, start, states, value, *, every_axis: bool = False, keep=sp.true, merge=0):
         if type(var) is not sp.MatrixSymbol or var.shape != (rows, cols):
             raise RuleError(f"Preconditioned: the variable must be a MatrixSymbol of shape (rows, cols), got {var!r}")
         start = sp.sympify(start)
@@ -212,11 +214,17 @@ class Preconditioned(sp.Expr):
             if not (isinstance(value, sp.MatMul) and len(value.args) == 2 and value.args[1] == var):
                 raise RuleError(f"Preconditioned(every_axis=True): the value must be A {var.name} (the mode "
                                 f"product of each axis), got {sp.sstr(value)}")
-        elif keep != sp.true:
+        merge = sp.sympify(merge)
+        if isinstance(merge, sp.MatrixExpr) or not isinstance(merge, sp.Expr) or merge.has(rows, cols, n_axes):
+            raise RuleError("Preconditioned: merge must be a scalar expression of hyperparameters")
+        if not every_axis and merge != 0:
+            raise RuleError("Preconditioned: merge is for every_axis nodes")
+        if not every_axis and keep != sp.true:
             raise RuleError("Preconditioned: keep is for every_axis nodes")
-        elif any(s.update.has(n_axes) for s in states):
+        if not every_axis and any(s.update.has(n_axes) for s in states):
             raise RuleError("Preconditioned: n_axes is for every_axis nodes")
-        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value, sp.true if every_axis else sp.false, keep)
+        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value, sp.true if every_axis else sp.false, keep,
+                                merge)
 
     var = property(lambda self: self.args[0])
     start = property(lambda self: self.args[1])
@@ -224,12 +232,13 @@ class Preconditioned(sp.Expr):
     value = property(lambda self: self.args[3])
     every_axis = property(lambda self: bool(self.args[4]))
     keep = property(lambda self: self.args[5])
+    merge = property(lambda self: self.args[6])
 
     @property
     def free_symbols(self):
         # The variable, the states and the shape are bound inside; conditions and coefficients are not.
         bound = {self.var, rows, cols, n_axes, *(s.sym for s in self.states)}
-        free = set(self.start.free_symbols) | self.keep.free_symbols
+        free = set(self.start.free_symbols) | self.keep.free_symbols | self.merge.free_symbols
         for s in self.states:
             for part in (s.init, s.update, s.when):
                 free |= part.free_symbols

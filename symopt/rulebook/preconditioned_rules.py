@@ -36,7 +36,9 @@ first step only collects the statistics (``w = 0`` at t = 1, else 1)::
 
 An axis longer than ``max_precondition_dim``, and the axis of a 1-D param unless
 ``precondition_1d``, keeps no statistic and no basis: it is left as it is (a 1-D param's default
-SOAP is Adam with the first step skipped).  ``merge_dims`` and ``normalize_gradient`` are refused.
+SOAP is Adam with the first step skipped).  ``merge_dims`` reads the param with adjacent axes merged
+while their product stays within ``max_precondition_dim`` (pytorch-optimizer's ``merge_small_dims``;
+with ``data_format="channels_last"`` refused); ``normalize_gradient`` is refused.
 """
 
 from __future__ import annotations
@@ -117,11 +119,13 @@ def soap() -> Rule:
     bc1 = sp.Piecewise((1, first), (1 - beta1 ** (t - 1), True))
     eta = sp.Piecewise((0, first), (lr * sp.sqrt(1 - beta2 ** (t - 1)) / bc1, _on(correct_bias)), (lr, True))
     # pytorch-optimizer rotates an axis no longer than max_precondition_dim, a 1-D param's only if asked
+    # (merge_dims: adjacent axes merged while their product stays within max_precondition_dim)
     keep = sp.And(rows <= max_dim, sp.Or(n_axes >= 2, _on(pre1d)))
+    merged = sp.Piecewise((max_dim, _on(merge)), (0, True))
     rotate = Preconditioned(G, gs, [
         MatrixState(L, sp.ZeroMatrix(rows, rows), sb * L + (1 - sb) * G * G.T, key="GG", at_end=True),
         MatrixState(Q, sp.ZeroMatrix(rows, rows), Eigenbasis(L, Q, v, first), key="Q", when=refresh, at_end=True),
-    ], Q.T * G, every_axis=True, keep=keep)
+    ], Q.T * G, every_axis=True, keep=keep, merge=merged)
     return Rule(
         "soap", param=theta, grad=g, source=_SRC, latex_names=_LATEX_SOAP,
         doc="SOAP: Adam's moments in the eigenbasis of Shampoo's preconditioner (pytorch_optimizer.SOAP).",
@@ -139,12 +143,12 @@ def soap() -> Rule:
             weight_decay: Hyper(1e-2, low=0.0, doc="λ, decoupled weight decay θ ← θ(1 − γλ)"),
             frequency: Hyper(10, low=1.0, doc="f, refresh the eigenbases every f steps (an integer)"),
             max_dim: Hyper(10000, low=1.0, doc="the longest axis rotated (a longer one is left as it is)"),
-            merge: Hyper(False, kind="bool", doc="merge small dimensions (only False)"),
+            merge: Hyper(False, kind="bool", doc="merge adjacent axes up to max_precondition_dim (channels_first)"),
             pre1d: Hyper(False, kind="bool", doc="rotate 1-D params too"),
             correct_bias: Hyper(True, kind="bool", doc="Adam's bias corrections in the step size"),
             normalize: Hyper(False, kind="bool", doc="normalize the update (only False)"),
             data_format: Hyper(0, kind="choice", choices=("channels_first", "channels_last"),
-                               doc="layout for merge_dims (no effect without it)"),
+                               doc="layout for merge_dims (no effect without it; channels_last refused with it)"),
             eps: Hyper(1e-8, low=0.0, doc="ε, added to √v"),
             maximize: Hyper(False, kind="bool", doc="maximize the objective (g ← −g)"),
         },
@@ -152,9 +156,9 @@ def soap() -> Rule:
             (gs, sp.Piecewise((-g, _on(maximize)), (g, True))),
             (m, m + warm * (1 - beta1) * (gs - m)),
             (gp, rotate),
-            (mp, Preconditioned(Mm, m, [], Q.T * Mm, every_axis=True, keep=keep)),
+            (mp, Preconditioned(Mm, m, [], Q.T * Mm, every_axis=True, keep=keep, merge=merged)),
             (v, v + warm * (1 - beta2) * (gp ** 2 - v)),
-            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], Q * N, every_axis=True, keep=keep)),
+            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], Q * N, every_axis=True, keep=keep, merge=merged)),
             (step_size, eta),
             (theta, (theta - step_size * u) * (1 - warm * lr * weight_decay)),
         ],
@@ -172,8 +176,9 @@ def families() -> list[Family]:
                           (sp.Eq(frequency, sp.floor(frequency)), "precondition_frequency must be an integer"),
                           (sp.Or(shampoo_beta >= 0, sp.Eq(shampoo_beta, -1)),
                            "shampoo_beta must be in [0, 1] (or -1 for beta2)"),
-                          (sp.Eq(merge, 0),
-                           "merge_dims=True is not supported (symopt rotates every axis of the param as it is)"),
+                          (sp.Or(sp.Eq(merge, 0), sp.Eq(data_format, 0)),
+                           "merge_dims=True with data_format='channels_last' is not supported (symopt merges the "
+                           "axes in the param's own order)"),
                           (sp.Eq(normalize, 0), "normalize_gradient=True is not supported"),
                       ]))
     return out

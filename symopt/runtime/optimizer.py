@@ -454,6 +454,11 @@ class Optimizer:
         kept axis...; else empty)."""
         return tuple(self._matrix.keys[j]) if self._matrix_state is not None else ()
 
+    def matrix_axes(self, j: int) -> tuple | None:
+        """The axes a preconditioned rule reads tensor ``j`` as (its shape, merged where the rule merges
+        axes; ``(d0, d1⋯)`` for a matrix-form rule); None for other rules."""
+        return tuple(self._matrix.dims[j]) if self._matrix_state is not None else None
+
     def matrix_state_shapes(self, j: int) -> tuple:
         """The shapes of tensor ``j``'s matrix states, in :meth:`matrix_state_keys` order."""
         return self._matrix.shapes(j) if self._matrix_state is not None else ()

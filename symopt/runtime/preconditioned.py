@@ -9,7 +9,9 @@ A rule reads each param one way (``every_axis`` in the variant's ``"matrix"`` re
   (a 0-D param has none); each matrix state ``key`` is kept once per axis ``k`` that the generated
   ``<prefix>_kept_axes`` keeps, as ``key_k`` (``d_k × d_k``).  Which axes keep states is fixed when
   the optimizer is built, from the first step's hyperparameters (pytorch-optimizer decides it at a
-  param's first step); a step whose hyperparameters would change it is refused;
+  param's first step); a step whose hyperparameters would change it is refused.  A rule may merge
+  adjacent axes first (:func:`merge_small_dims`, SOAP's ``merge_dims``): ``dims`` is then the
+  merged shape, a reshape of the C-order tensor;
 * as a matrix (at least 2-D): ``dims = (d0, d1⋯)``, each state on the side its rule declares
   (``rows``: axis 0, ``cols``: axis 1), under its own key; a rule that rotates into eigenbases takes
   2-D params only (``max_ndim``), and a side longer than its size limit is refused before the step.
@@ -24,9 +26,24 @@ the NaN/inf gradient values of every stepped tensor and writes nothing if there 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["PreconditionedStep"]
+__all__ = ["PreconditionedStep", "merge_small_dims"]
+
+
+def merge_small_dims(shape: tuple, limit: float) -> tuple:
+    """pytorch-optimizer's ``merge_small_dims``: adjacent axes merged while their product stays at
+    most ``limit`` (``(1, 2, 768, 1, 2048)`` → ``(2, 768, 2048)`` with 1024)."""
+    merged, product = [], 1
+    for d in shape:
+        product *= d
+        if product > limit:
+            merged.append(product // d)
+            product = d
+    merged.append(product)
+    return tuple(merged)
 
 
 class PreconditionedStep:
@@ -50,13 +67,21 @@ class PreconditionedStep:
                                      f"only")
         prefix = vinfo["prefix"]
         self.kept_axes = getattr(module, f"{prefix}_kept_axes")
-        self.dims = [tuple(int(d) for d in p.shape) if self.every_axis
-                     else (int(p.shape[0]), int(p.size // p.shape[0]) if p.shape[0] else 0) for p in tensors]
+        self.merge = info.get("merge", {"value": 0.0})
+        self.name = name
+        self.shapes_in = [tuple(int(d) for d in p.shape) for p in tensors]
+        # every axis: the tensor's axes (merged where the rule merges them) and which keep states,
+        # fixed now from the first step's scalars; as a matrix: (d0, d1⋯)
+        self.fixed_layout = self.every_axis and (not self.keep_all or "column" in self.merge
+                                                 or self.merge["value"] > 0)
+        if self.every_axis:
+            layouts = [self._layout(j, first_scalars(j)) for j in range(len(tensors))]
+            self.dims, self.kept = [d for d, _ in layouts], [k for _, k in layouts]
+        else:
+            self.dims = [(int(p.shape[0]), int(p.size // p.shape[0]) if p.shape[0] else 0) for p in tensors]
+            self.kept = [None] * len(tensors)
         self.specs = info["states"]
         dtype = tensors[0].dtype
-        # per tensor: per state, a list over the axes of dims (None where the axis keeps no state)
-        self.kept = [self.kept_axes(first_scalars(j), dims) if self.every_axis else None
-                     for j, dims in enumerate(self.dims)]
         self.mats = []
         for j, dims in enumerate(self.dims):
             per_state = []
@@ -77,9 +102,22 @@ class PreconditionedStep:
         self.square = np.empty(side * side, dtype)
         self.fresh = [True] * len(tensors)
         self.limits = info["limits"]
-        self.name = name
         self.check = getattr(module, f"{prefix}_{suffix}_check")
         self.tensor = getattr(module, f"{prefix}_{suffix}")
+
+    def _layout(self, j: int, scal_row) -> tuple:
+        """Tensor ``j``'s axes (merged by :func:`merge_small_dims` where the rule's merge limit is
+        positive) and, per axis, whether it keeps matrix states, for the per-step scalars ``scal_row``."""
+        shape = self.shapes_in[j]
+        limit = float(scal_row[self.merge["column"]]) if "column" in self.merge else self.merge["value"]
+        dims = shape
+        if limit > 0:
+            dims = merge_small_dims(shape, limit)
+            if len(dims) < 2 and math.prod(shape) != 1:
+                raise ValueError(f"{self.name}: params[{j}] has shape {shape}, which merging axes up to {limit:g} "
+                                 f"makes one axis of {math.prod(shape)}: pytorch-optimizer cannot reshape it "
+                                 f"either (merge_dims needs at least two merged axes)")
+        return dims, self.kept_axes(scal_row, dims)
 
     def _arrays(self, j: int) -> list:
         """Tensor ``j``'s matrix states in :attr:`keys` order."""
@@ -121,10 +159,10 @@ class PreconditionedStep:
         """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count."""
         rows_of = chunks.tolist()
         for j, _, _, row in rows_of:    # checked before anything changes
-            if not self.keep_all and self.kept_axes(scal[row], self.dims[j]) != self.kept[j]:
-                raise ValueError(f"{self.name}: params[{j}] of shape {self.dims[j]}: these hyperparameters change "
-                                 f"which axes keep matrix states, which is fixed when the optimizer is built "
-                                 f"(build a new optimizer)")
+            if self.fixed_layout and self._layout(j, scal[row]) != (self.dims[j], self.kept[j]):
+                raise ValueError(f"{self.name}: params[{j}] of shape {self.shapes_in[j]}: these hyperparameters "
+                                 f"change which axes keep matrix states (or how axes merge), which is fixed when "
+                                 f"the optimizer is built (build a new optimizer)")
             for lim in self.limits:     # a side longer than an eigenbasis may rotate
                 size = self.dims[j][0 if lim["side"] == "rows" else 1]
                 limit = scal[row][lim["column"]] if "column" in lim else lim["value"]
