@@ -1,5 +1,5 @@
 """Kronecker-factored rules (``shampoo``, ``soap``): pytorch-optimizer 4.1.0's trajectories in
-float64 on 1-D to 4-D params (every axis preconditioned), the mpmath check, the state names, the
+float64 on 0-D to 4-D params (every axis preconditioned), the mpmath check, the state names, the
 LaTeX, and bad input.
 
 Shampoo's tolerance: 1e-9 relative (params elementwise over a 30-step trajectory, matrix states
@@ -37,7 +37,7 @@ SOAP_CASES = [c for c in CASES if c[0].name == "soap"]
 # (momentum lerps the negated gradient toward the last preconditioned one) one direction of a vector's
 # statistic keeps growing: at d ≥ 3 its condition number reaches ~1e9 within 30 steps and the SVD and
 # the eigensolver part by more than 1e-9 (at d = 4 the trajectories diverge); at d = 2 it stays ≤ 1e3.
-SHAPES = [(5, 4), (3, 7), (2,), (3, 4, 5), (2, 3, 2, 3)]
+SHAPES = [(5, 4), (3, 7), (2,), (3, 4, 5), (2, 3, 2, 3), ()]
 STEPS = 30
 
 
@@ -75,7 +75,7 @@ def test_trajectory_equals_pytorch_optimizer(libs, info, k, case):
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
 
 
-SOAP_SHAPES = [(6, 6), (4, 4), (5,), (3, 3, 3), (5, 2, 3), (2, 3, 2, 3)]
+SOAP_SHAPES = [(6, 6), (4, 4), (5,), (3, 3, 3), (5, 2, 3), (2, 3, 2, 3), ()]
 SOAP_STEPS = 25
 
 
