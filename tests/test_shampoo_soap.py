@@ -242,6 +242,16 @@ def test_malformed_preconditioner_is_a_rule_error():
         Eigenbasis(L, G, sp.Symbol("v"), True)
     with pytest.raises(RuleError, match="must have the same shape"):
         Eigenbasis(L, R, sp.Symbol("v"), True)
+    # every axis: rows × rows states, the value A G, keep and merge only there
+    stat = MatrixState(L, sp.Identity(rows), L + G * G.T, key="a")
+    with pytest.raises(RuleError, match="states are rows × rows"):
+        Preconditioned(G, 1, [MatrixState(R, sp.Identity(cols), R + G.T * G, key="b")], G * R, every_axis=True)
+    with pytest.raises(RuleError, match="the value must be A G"):
+        Preconditioned(G, 1, [stat], L * G * R, every_axis=True)
+    with pytest.raises(RuleError, match="keep is for every_axis nodes"):
+        Preconditioned(G, 1, [stat], L * G, keep=rows <= 3)
+    with pytest.raises(RuleError, match="merge is for every_axis nodes"):
+        Preconditioned(G, 1, [stat], L * G, merge=4)
 
 
 def test_checkpoints_keep_the_matrix_states(tmp_path, libs):

@@ -173,6 +173,8 @@ def check_preconditioned(node, where: str) -> None:
     The value may read the states of another node of the rule (the planner checks that they exist)."""
     allowed = _MATRIX_TYPES | {InverseRoot, Eigenbasis, sp.Identity, sp.ZeroMatrix}
     square = {(m.shape[0], m.shape[0]) for m in (node.var, node.var.T)}
+    check_expression(node.keep, f"{where}: the condition of the axes that keep states")
+    check_expression(node.merge, f"{where}: the limit of merged axes")
     for st in node.states:
         check_expression(st.init_diagonal(), f"{where}: initial value of {st.sym.name}")
         check_expression(st.when, f"{where}: condition of {st.sym.name}")
