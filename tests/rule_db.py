@@ -585,6 +585,8 @@ _RECORDS = [
                                              correct_bias=False)),
         PeerCase("pytorch-optimizer", dict(precondition_frequency=2, max_precondition_dim=4),
                  lambda lib, ps: lib.po.SOAP(ps, precondition_frequency=2, max_precondition_dim=4)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, normalize_gradient=True),
+                 lambda lib, ps: lib.po.SOAP(ps, lr=1e-2, normalize_gradient=True)),
     ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}, "peer": {F64: 1e-6}, "peer exact": {F64: 1e-12}},
         matrix=True),
 ]

@@ -136,8 +136,6 @@ def test_soap_first_step_collects_statistics_only():
 
 
 def test_soap_refuses_what_it_does_not_do():
-    with pytest.raises(ValueError, match="normalize_gradient"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], normalize_gradient=True)
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("soap", [np.zeros((3, 3))], precondition_frequency=2.5)
     # which axes are rotated is fixed when the optimizer is built (the state's shapes follow it)
@@ -169,15 +167,16 @@ def test_soap_precondition_1d_rotates_a_vector_as_a_column():
     assert sorted(symopt.optimizer("soap", [np.zeros(5)]).state[0]) == ["exp_avg", "exp_avg_sq", "step"]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_soap_verify_against_mpmath(dtype):
+@pytest.mark.parametrize("dtype, normalize", [("float32", False), ("float64", False), ("float64", True)])
+def test_soap_verify_against_mpmath(dtype, normalize):
     """Every step refreshes the eigenbases (precondition_frequency=1): the exact eigh at t = 1 and
-    the power-iteration QR with the reordered second moment after, against mpmath at 50 digits."""
+    the power-iteration QR with the reordered second moment after, against mpmath at 50 digits
+    (and with the update divided by its root mean square, normalize_gradient)."""
     from symopt.verify.check import verify_preconditioned_variant
 
     family = symopt.family("soap")
     result = verify_preconditioned_variant(family, family.variants[0][1], dtype, steps=3,
-                                           hyper={"precondition_frequency": 1})
+                                           hyper={"precondition_frequency": 1, "normalize_gradient": normalize})
     assert result.tolerance == RULE_DB["soap"].tolerance["verify"][np.dtype(dtype).type]
     assert result.samples and result.max_error < result.tolerance, result.worst
 

@@ -16,7 +16,8 @@ one ``rows × cols`` tensor in ``K + 1`` element passes, each followed by a matr
    * ``Eigenbasis(S', Q, v, first, limit)``: ``?syevd`` of ``S'`` where ``first`` holds, else
      ``QR(S' Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``) and the state ``v`` reordered by ``Π``
      (a side longer than ``limit`` is refused by the runtime before the step);
-   * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent) by two ``?gemm``:
+   * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent; ``RMSNormalized``:
+     then divided by its root mean square plus ε where a flag holds) by two ``?gemm``:
      with ``Gᵀ`` the C-order workspace read as a column-major ``cols × rows`` matrix,
      ``(A G B)ᵀ = Bᵀ Gᵀ Aᵀ`` without copies;
 
@@ -43,7 +44,7 @@ import sympy as sp
 
 from ..rulebook.matrix import rows
 from ..rulebook.metadata import RuleError
-from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned, n_axes
+from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned, RMSNormalized, n_axes
 from ..rulebook.rule import Rule
 from .plan import Hoister, PlanSymbol, _rename_scalars
 from .plan_matrix import MatrixPass, _straight_line
@@ -81,6 +82,7 @@ class Product(NamedTuple):
     left_transposed: bool   # A is the transpose of that state
     right: int | None       # ... of B
     right_transposed: bool
+    normalize: tuple | None = None   # RMSNormalized: (ε, flag): the value divided by √mean(value²) + ε
 
 
 class Stage(NamedTuple):
@@ -230,7 +232,13 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
             op = _gram_op(j, st, node.var, node_k, scalar)._replace(side=side)
         when = None if st.when == sp.true else scalar(sp.Piecewise((sp.Integer(1), st.when), (sp.Integer(0), True)))
         ops_of[len(nodes) if st.at_end else node_k].append(op._replace(when=when))
-    products = [_value_product(node.value, node.var, index) for _, node in nodes]
+    products = []
+    for _, node in nodes:
+        value, normalize = node.value, None
+        if isinstance(value, RMSNormalized):    # (ε, flag): the value divided by √mean(value²) + ε
+            normalize = (scalar(value.eps), scalar(sp.Piecewise((sp.Integer(1), value.when), (sp.Integer(0), True))))
+            value = value.arg
+        products.append(_value_product(value, node.var, index)._replace(normalize=normalize))
 
     # The element passes: pass k holds the updates from node k-1's on, and node k's start value.
     bounds = [0] + [u for u, _ in nodes] + [len(rule.updates)]
@@ -271,9 +279,11 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     # Canonical names s<k> for the per-step scalars, in the passes and the matrix operations alike.
     flat = [e for temps, stores in passes for e in [*(e for _, e in temps), *(e for _, e in stores)]]
     extra = [keep, merge] + [sp.sympify(d) for _, _, d in matrix_states]
-    for ops in ops_of:
+    for k, ops in enumerate(ops_of):
         for op in ops:
             extra += [sp.sympify(c) for c in op.coefficients] + ([op.when] if op.when is not None else [])
+        if k < len(nodes) and products[k].normalize is not None:
+            extra += [sp.sympify(c) for c in products[k].normalize]
     scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, flat + extra)
     keep, merge = renamed[len(flat)], renamed[len(flat) + 1]
     out = iter(renamed[:len(flat)] + renamed[len(flat) + 2:])
@@ -285,7 +295,10 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
         for op in ops:
             op = op._replace(coefficients=tuple(next(out) for _ in op.coefficients))
             new.append(op._replace(when=next(out)) if op.when is not None else op)
-        stages.append(Stage(tuple(new), products[k] if k < len(nodes) else None))
+        product = products[k] if k < len(nodes) else None
+        if product is not None and product.normalize is not None:
+            product = product._replace(normalize=tuple(next(out) for _ in product.normalize))
+        stages.append(Stage(tuple(new), product))
 
     s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
     reads_from = (rule.param, rule.grad, *rule.state, *results)

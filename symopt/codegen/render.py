@@ -818,7 +818,13 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
                 product = "({}, {})".format(
                     "None" if pr.left is None else factor(pr.left, pr.left_transposed, "0"),
                     "None" if pr.right is None else factor(pr.right, not pr.right_transposed, "1"))
-        stages.append({"ops": ops, "product": product})
+        normalize = None
+        if pr is not None and pr.normalize is not None:    # RMSNormalized: (ε, the flag's column)
+            normalize = {"eps": scalar_arg(pr.normalize[0]),
+                         "when": scalar_arg(pr.normalize[1]) if pr.normalize[1] in table else None}
+            if normalize["when"] is None and float(pr.normalize[1]) == 0.0:
+                normalize = None
+        stages.append({"ops": ops, "product": product, "normalize": normalize})
     keep = ScalarPrinter({rows: "d", n_axes: "ndim", **{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}})
     kernels, helpers = [], set()
     for suffix, dtype, ptr, itemsize in _DTYPES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .matrix import Iterate
-from .preconditioned import Preconditioned, n_axes
+from .preconditioned import Preconditioned, RMSNormalized, n_axes
 from .reduction import GlobalSum, TensorSum
 
 
@@ -97,8 +97,11 @@ def rule_latex(rule) -> str:
             at_end += [st for st in node.states if st.at_end]
             value = node.value.xreplace(current)
             if node.every_axis:
-                factor = sp.latex(value.args[0])
+                norm = value if isinstance(value, RMSNormalized) else None
+                factor = sp.latex((norm.arg if norm is not None else value).args[0])
                 value = sp.Symbol(rf"{sp.latex(node.var)} \times_{{i}} {factor} \ (i = 0, \dots, n - 1)")
+                if norm is not None:
+                    value = RMSNormalized(sp.MatrixSymbol(sp.latex(value), *node.var.shape), norm.eps, norm.when)
             rhs = rhs.xreplace({node: _MatrixValue(value)})
         lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
     if at_end:

@@ -28,7 +28,9 @@ planner maps to BLAS/LAPACK (``codegen/plan_preconditioned.py``) is:
   with ``Π`` the columns sorted by their estimated eigenvalues ``diag(Qᵀ S Q)`` and the elementwise
   state ``v`` (read as ``rows × cols``) reordered along ``S``'s side by the same ``Π``; a side
   longer than ``limit`` (a hyperparameter expression; default unbounded) is refused before the step;
-* ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``.
+* ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``;
+  ``RMSNormalized(A G B, ε, when)`` divides it by its root mean square over the tensor plus ε
+  (one more pass over the value) where ``when`` holds.
 
 A rule may hold several ``Preconditioned`` nodes (SOAP projects the gradient, the first moment
 and the update); a node's value may read the states another node declares.  A state marked
@@ -59,7 +61,7 @@ from sympy.logic.boolalg import Boolean
 from .matrix import cols, rows
 from .metadata import RuleError
 
-__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "matrix_states_of", "n_axes",
+__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "RMSNormalized", "matrix_states_of", "n_axes",
            "preconditioners_in"]
 
 #: The number of axes of the param (per tensor): in the root order of an ``every_axis`` node.
@@ -142,6 +144,43 @@ class Eigenbasis(sp.MatrixExpr):
         return "Eigenbasis({})".format(", ".join(printer._print(a) for a in self.args))
 
 
+class RMSNormalized(sp.MatrixExpr):
+    """``X / (√mean(X²) + ε)`` where ``when`` holds, else ``X``: a node's value divided by its root
+    mean square over the whole tensor (SOAP's ``normalize_gradient``)."""
+
+    def __new__(cls, arg, eps, when=sp.true):
+        if not isinstance(arg, sp.MatrixExpr):
+            raise RuleError("RMSNormalized: the argument must be a matrix expression (a node's value)")
+        eps = sp.sympify(eps)
+        if isinstance(eps, sp.MatrixExpr) or not isinstance(eps, sp.Expr):
+            raise RuleError("RMSNormalized: ε must be a scalar expression")
+        when = sp.true if when is True else sp.sympify(when)
+        if not isinstance(when, Boolean):
+            raise RuleError("RMSNormalized: the condition must be a SymPy boolean")
+        return sp.Basic.__new__(cls, arg, eps, when)
+
+    arg = property(lambda self: self.args[0])
+    eps = property(lambda self: self.args[1])
+    when = property(lambda self: self.args[2])
+
+    @property
+    def shape(self):
+        return self.arg.shape
+
+    @property
+    def free_symbols(self):
+        return self.arg.free_symbols | self.eps.free_symbols | self.when.free_symbols
+
+    def _latex(self, printer, exp=None):
+        x = printer._print(self.arg)
+        cond = "" if self.when == sp.true else rf" \text{{ if }} {printer._print(self.when)}"
+        return (rf"\frac{{{x}}}{{\sqrt{{\operatorname{{mean}}\left(\left({x}\right)^{{2}}\right)}} + "
+                rf"{printer._print(self.eps)}}}{cond}")
+
+    def _sympystr(self, printer):
+        return "RMSNormalized({})".format(", ".join(printer._print(a) for a in self.args))
+
+
 class MatrixState(sp.Basic):
     """A square matrix state ``sym`` of one tensor: initial value ``init`` (``c·I`` or zero),
     update ``update`` applied when ``when`` holds (after the rule's last update if ``at_end``),
@@ -208,10 +247,11 @@ class Preconditioned(sp.Expr):
         keep = sp.true if keep is True else sp.sympify(keep)
         if not isinstance(keep, Boolean):
             raise RuleError("Preconditioned: keep must be a SymPy boolean (of rows, n_axes and hyperparameters)")
+        product = value.arg if isinstance(value, RMSNormalized) else value
         if every_axis:
             if any(s.sym.shape != (rows, rows) for s in states):
                 raise RuleError("Preconditioned(every_axis=True): the states are rows × rows (one per axis)")
-            if not (isinstance(value, sp.MatMul) and len(value.args) == 2 and value.args[1] == var):
+            if not (isinstance(product, sp.MatMul) and len(product.args) == 2 and product.args[1] == var):
                 raise RuleError(f"Preconditioned(every_axis=True): the value must be A {var.name} (the mode "
                                 f"product of each axis), got {sp.sstr(value)}")
         merge = sp.sympify(merge)

@@ -38,7 +38,8 @@ An axis longer than ``max_precondition_dim``, and the axis of a 1-D param unless
 ``precondition_1d``, keeps no statistic and no basis: it is left as it is (a 1-D param's default
 SOAP is Adam with the first step skipped).  ``merge_dims`` reads the param with adjacent axes merged
 while their product stays within ``max_precondition_dim`` (pytorch-optimizer's ``merge_small_dims``;
-with ``data_format="channels_last"`` refused); ``normalize_gradient`` is refused.
+with ``data_format="channels_last"`` refused); ``normalize_gradient`` divides ``U`` by
+``√mean(U²) + ε`` (over the whole tensor) before the step.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import sympy as sp
 
 from .matrix import cols, rows
 from .metadata import Hyper, State, t
-from .preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned, n_axes
+from .preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned, RMSNormalized, n_axes
 from .rule import Family, Rule
 
 theta, g, M, U, gs = sp.symbols("theta g M U g_s")
@@ -108,7 +109,8 @@ Q = sp.MatrixSymbol("Q", rows, rows)
 _LATEX_SOAP = {"theta": r"\theta", "lr": r"\gamma", "beta1": r"\beta_1", "beta2": r"\beta_2",
                "shampoo_beta": r"\beta_s", "weight_decay": r"\lambda", "eps": r"\epsilon",
                "precondition_frequency": "f", "g_s": r"\tilde{g}", "g_p": r"\hat{g}", "m_p": r"\hat{m}", "eta": r"\eta",
-               "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}"}
+               "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}",
+               "normalize_gradient": r"\mathrm{normalize}"}
 
 
 def soap() -> Rule:
@@ -146,7 +148,7 @@ def soap() -> Rule:
             merge: Hyper(False, kind="bool", doc="merge adjacent axes up to max_precondition_dim (channels_first)"),
             pre1d: Hyper(False, kind="bool", doc="rotate 1-D params too"),
             correct_bias: Hyper(True, kind="bool", doc="Adam's bias corrections in the step size"),
-            normalize: Hyper(False, kind="bool", doc="normalize the update (only False)"),
+            normalize: Hyper(False, kind="bool", doc="divide the update by its root mean square (+ ε)"),
             data_format: Hyper(0, kind="choice", choices=("channels_first", "channels_last"),
                                doc="layout for merge_dims (no effect without it; channels_last refused with it)"),
             eps: Hyper(1e-8, low=0.0, doc="ε, added to √v"),
@@ -158,7 +160,8 @@ def soap() -> Rule:
             (gp, rotate),
             (mp, Preconditioned(Mm, m, [], Q.T * Mm, every_axis=True, keep=keep, merge=merged)),
             (v, v + warm * (1 - beta2) * (gp ** 2 - v)),
-            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], Q * N, every_axis=True, keep=keep, merge=merged)),
+            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], RMSNormalized(Q * N, eps, _on(normalize)),
+                               every_axis=True, keep=keep, merge=merged)),
             (step_size, eta),
             (theta, (theta - step_size * u) * (1 - warm * lr * weight_decay)),
         ],
@@ -179,6 +182,5 @@ def families() -> list[Family]:
                           (sp.Or(sp.Eq(merge, 0), sp.Eq(data_format, 0)),
                            "merge_dims=True with data_format='channels_last' is not supported (symopt merges the "
                            "axes in the param's own order)"),
-                          (sp.Eq(normalize, 0), "normalize_gradient=True is not supported"),
                       ]))
     return out

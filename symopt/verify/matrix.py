@@ -166,7 +166,7 @@ def _exact_every_axis_step(rule, values: list, shape: tuple, mats: dict, nodes: 
     import sympy as sp
 
     from ..rulebook.matrix import rows
-    from ..rulebook.preconditioned import Eigenbasis, Preconditioned, n_axes
+    from ..rulebook.preconditioned import Eigenbasis, Preconditioned, RMSNormalized, n_axes
 
     dims = tuple(int(d) for d in shape)
     envs = [{**v, n_axes: mpmath.mpf(len(dims))} for v in values]
@@ -218,10 +218,15 @@ def _exact_every_axis_step(rule, values: list, shape: tuple, mats: dict, nodes: 
                 else:
                     for k in axes:
                         update(st, k, (node.var, g))
+            product = node.value.arg if isinstance(node.value, RMSNormalized) else node.value
             value = g
             for k in axes:      # the mode product of each kept axis in turn
-                factor = _mp_matrix_value(node.value.args[0], current[k], scalars)
+                factor = _mp_matrix_value(product.args[0], current[k], scalars)
                 value = _fold(factor * _unfold(value, k), dims, k)
+            if product is not node.value and bool(scalars(sp.Piecewise((1, node.value.when), (0, True)))):
+                flat = list(value.reshape(-1))
+                d = mpmath.sqrt(mpmath.fsum(x * x for x in flat) / len(flat)) + scalars(node.value.eps)
+                value = tensor([x / d for x in flat])
             sym = sp.Dummy(f"preconditioned{j}")
             for env, x in zip(envs, value.reshape(-1)):
                 env[sym] = x
