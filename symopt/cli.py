@@ -88,8 +88,8 @@ def _cmd_show(args) -> int:
         print(f"\n  variant {rule.name}{cond}: {plan.op_count} ops/element"
               + (" in two passes around a matrix iteration (BLAS)" if matrix else "")
               + (f" in {len(plan.passes)} passes around matrix states (BLAS/LAPACK: "
-                 + ", ".join(f"{k} ({side}×{side}, init "
-                             f"{sp.sstr(plan.scalar_exprs[plan.scalars.index(d)] if d in plan.scalars else d)}·I)"
+                 + ", ".join((f"{k}_<k> (d_k×d_k per axis k, init " if side == "axes" else f"{k} ({side}×{side}, init ")
+                             + f"{sp.sstr(plan.scalar_exprs[plan.scalars.index(d)] if d in plan.scalars else d)}·I)"
                              for k, side, d in plan.matrix_states) + ")"
                  if preconditioned else "")
               + f", {len(plan.scalars)} per-step scalars")

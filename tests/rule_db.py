@@ -558,7 +558,7 @@ _RECORDS = [
             lr=0.05, min_dim_size_to_factor=3, clipping_threshold=None, decay_rate=0.6, eps=1e-6,
             multiply_by_parameter_scale=False, weight_decay_rate=0.01, note="float64 decay"),
     ), tolerance={"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}}, matrix=True),
-    # Kronecker-factored rules: run on 2-D params by tests/test_shampoo_soap.py (float64: the
+    # Kronecker-factored rules: run on 1-D to 4-D params by tests/test_shampoo_soap.py (float64: the
     # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)
     RuleInfo("shampoo", None, peer_cases=(
         PeerCase("pytorch-optimizer", {}, lambda lib, ps: lib.po.Shampoo(ps)),
@@ -572,7 +572,8 @@ _RECORDS = [
                  lambda lib, ps: lib.po.Shampoo(ps, lr=1e-2, weight_decay=0.1, weight_decouple=True,
                                                 fixed_decay=True)),
     ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}}, matrix=True),
-    # SOAP: run on square 2-D params by tests/test_shampoo_soap.py.  Equal to rounding until the
+    # SOAP: run by tests/test_shampoo_soap.py on params whose statistics are full rank (square 2-D,
+    # 1-D unrotated, 3-D and 4-D with no axis longer than the others' product).  Equal to rounding until the
     # first power-iteration refresh of the eigenbases; from then on pytorch-optimizer's QR runs in
     # float32 (its Q is orthonormal to ~6e-8), so the float64 trajectories part by ~1e-7 of the
     # params' scale (max-norm): "peer" 1e-6, and 1e-12 before that refresh ("peer exact").
@@ -583,6 +584,10 @@ _RECORDS = [
                  lambda lib, ps: lib.po.SOAP(ps, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1,
                                              precondition_frequency=3, maximize=True, shampoo_beta=0.8,
                                              correct_bias=False)),
+        PeerCase("pytorch-optimizer", dict(precondition_frequency=2, max_precondition_dim=4),
+                 lambda lib, ps: lib.po.SOAP(ps, precondition_frequency=2, max_precondition_dim=4)),
+        PeerCase("pytorch-optimizer", dict(lr=1e-2, normalize_gradient=True),
+                 lambda lib, ps: lib.po.SOAP(ps, lr=1e-2, normalize_gradient=True)),
     ), tolerance={"verify": {F32: 1e-4, F64: 1e-9}, "peer": {F64: 1e-6}, "peer exact": {F64: 1e-12}},
         matrix=True),
 ]

@@ -1,19 +1,22 @@
 """Kronecker-factored rules (``shampoo``, ``soap``): pytorch-optimizer 4.1.0's trajectories in
-float64, the mpmath check, the state names, the LaTeX, and bad input.
+float64 on 0-D to 4-D params (every axis preconditioned), the mpmath check, the state names, the
+LaTeX, and bad input.
 
 Shampoo's tolerance: 1e-9 relative (params elementwise over a 30-step trajectory, matrix states
 max-norm), set by the eigensolvers: symopt roots the statistics by LAPACK's symmetric
-eigendecomposition, pytorch-optimizer by an SVD; on these 2-D params the statistics' condition
-numbers reach ~1e7 (ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an
-inverse root.
+eigendecomposition, pytorch-optimizer by an SVD; the statistics' condition numbers reach ~1e7
+(ε = 1e-6 against ‖L‖ ≈ 30), which turns rounding of ~1e-16 into ~1e-10 of an inverse root.
 
 SOAP's tolerances (tests/rule_db.py): until the first power-iteration refresh of the eigenbases
 the trajectories agree to rounding (1e-12, params max-norm); from then on pytorch-optimizer runs
 that QR in float32 even for float64 params (its Q is orthonormal to ~6e-8), and symopt in the
 param's dtype, so they part by ~1e-7 of the params' scale: 1e-6, params max-norm (an element near
-zero keeps only its absolute error).  The params are square: a rectangular param's first
-statistic G Gᵀ is rank-deficient, and the eigenvectors of its null space are arbitrary (LAPACK
-builds differ), so the trajectories would differ by more than rounding.
+zero keeps only its absolute error).  The params' statistics are full rank: no axis longer than
+the product of the others (a 2-D param square), since the first statistic G_(k) G_(k)ᵀ of a
+longer axis is rank-deficient and the eigenvectors of its null space are arbitrary (LAPACK builds
+differ), so the trajectories would differ by more than rounding.  For the same reason a 1-D param
+under ``precondition_1d=True`` (its statistic g gᵀ has rank 1) is compared with the same param
+read as a ``d × 1`` matrix, not with pytorch-optimizer.
 """
 from __future__ import annotations
 
@@ -30,9 +33,12 @@ from symopt.rulebook.metadata import RuleError
 CASES = peer_cases("pytorch-optimizer", group="matrix")
 SHAMPOO_CASES = [c for c in CASES if c[0].name == "shampoo"]
 SOAP_CASES = [c for c in CASES if c[0].name == "soap"]
-SHAPES = [(5, 4), (3, 7)]
+# A 1-D param is full-matrix AdaGrad (one d × d statistic, root −1/2).  Under the maximize case below
+# (momentum lerps the negated gradient toward the last preconditioned one) one direction of a vector's
+# statistic keeps growing: at d ≥ 3 its condition number reaches ~1e9 within 30 steps and the SVD and
+# the eigensolver part by more than 1e-9 (at d = 4 the trajectories diverge); at d = 2 it stays ≤ 1e3.
+SHAPES = [(5, 4), (3, 7), (2,), (3, 4, 5), (2, 3, 2, 3), ()]
 STEPS = 30
-MATRIX_KEYS = ("pre_cond_0", "inv_pre_cond_0", "pre_cond_1", "inv_pre_cond_1")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +67,15 @@ def test_trajectory_equals_pytorch_optimizer(libs, info, k, case):
             assert rel_err(params[j], tp.detach()) < tol, (step, j)
     for j, tp in enumerate(tparams):
         ours, theirs = opt.state[j], peer.state[tp]
-        for key in (*MATRIX_KEYS, "momentum_buffer"):
+        keys = [f"{name}_{k}" for k in range(tp.dim()) for name in ("pre_cond", "inv_pre_cond")]
+        assert sorted(ours) == sorted(["step", "momentum_buffer", *keys])
+        assert sorted(theirs) == sorted(["momentum_buffer", *keys])
+        for key in (*keys, "momentum_buffer"):
             assert ours[key].shape == tuple(theirs[key].shape), key
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
 
 
-SOAP_SHAPES = [(6, 6), (4, 4)]
+SOAP_SHAPES = [(6, 6), (4, 4), (5,), (3, 3, 3), (5, 2, 3), (2, 3, 2, 3), ()]
 SOAP_STEPS = 25
 
 
@@ -96,10 +105,14 @@ def test_soap_trajectory_equals_pytorch_optimizer(libs, info, k, case):
         ours, theirs = opt.state[j], peer.state[tp]
         for key in ("exp_avg", "exp_avg_sq"):
             assert rel_err(ours[key], theirs[key], floor=1.0) < tol, (j, key)
-        for side in (0, 1):
-            assert rel_err(ours[f"GG_{side}"], theirs["GG"][side], floor=1.0) < tol, (j, side)
-            q, tq = ours[f"Q_{side}"], theirs["Q"][side].numpy()
-            assert rel_err(q * np.sign(np.sum(q * tq, axis=0)), tq, floor=1.0) < tol, (j, side)
+        assert len(theirs["GG"]) == tp.dim()
+        for axis, (gg, tq) in enumerate(zip(theirs["GG"], theirs["Q"])):
+            if len(gg) == 0:    # an axis pytorch-optimizer leaves as it is keeps no state here either
+                assert f"GG_{axis}" not in ours and f"Q_{axis}" not in ours, (j, axis)
+                continue
+            assert rel_err(ours[f"GG_{axis}"], gg, floor=1.0) < tol, (j, axis)
+            q, tq = ours[f"Q_{axis}"], tq.numpy()
+            assert rel_err(q * np.sign(np.sum(q * tq, axis=0)), tq, floor=1.0) < tol, (j, axis)
 
 
 def test_soap_first_step_collects_statistics_only():
@@ -123,34 +136,47 @@ def test_soap_first_step_collects_statistics_only():
 
 
 def test_soap_refuses_what_it_does_not_do():
-    with pytest.raises(ValueError, match="merge_dims"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], merge_dims=True)
-    with pytest.raises(ValueError, match="precondition_1d"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], precondition_1d=True)
-    with pytest.raises(ValueError, match="normalize_gradient"):
-        symopt.optimizer("soap", [np.zeros((3, 3))], normalize_gradient=True)
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("soap", [np.zeros((3, 3))], precondition_frequency=2.5)
-    with pytest.raises(ValueError, match="2-D params only"):
-        symopt.optimizer("soap", [np.zeros((3, 3, 2))])
-    with pytest.raises(ValueError, match="at least 2-D"):
-        symopt.optimizer("soap", [np.zeros(3)])
+    # which axes are rotated is fixed when the optimizer is built (the state's shapes follow it)
     w = np.ones((4, 3))
     opt = symopt.optimizer("soap", [w], max_precondition_dim=3)
-    with pytest.raises(ValueError, match="rows of length 4, above max_precondition_dim = 3"):
+    assert sorted(opt.state[0]) == ["GG_1", "Q_1", "exp_avg", "exp_avg_sq", "step"]
+    opt.param_groups[0]["max_precondition_dim"] = 4
+    with pytest.raises(ValueError, match="change which axes keep matrix states"):
         opt.step([np.ones((4, 3))])
-    assert np.array_equal(w, np.ones((4, 3))) and not opt.state[0]["GG_0"].any() and opt.step_counts[0] == 0
+    assert np.array_equal(w, np.ones((4, 3))) and not opt.state[0]["GG_1"].any() and opt.step_counts[0] == 0
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_soap_verify_against_mpmath(dtype):
+def test_soap_precondition_1d_rotates_a_vector_as_a_column():
+    """precondition_1d=True: a 1-D param keeps one statistic and basis (d × d), and steps exactly as
+    the same values read as a d × 1 matrix (whose second axis has the 1 × 1 basis 1); without it the
+    vector keeps none and SOAP is Adam from the second step (checked against pytorch-optimizer above)."""
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal(5)
+    col = v.reshape(5, 1).copy()
+    a = symopt.optimizer("soap", [v], precondition_1d=True, precondition_frequency=2)
+    b = symopt.optimizer("soap", [col], precondition_frequency=2)
+    for _ in range(6):
+        g = rng.standard_normal(5)
+        a.step([g.copy()])
+        b.step([g.reshape(5, 1).copy()])
+    np.testing.assert_allclose(v, col.reshape(5), rtol=1e-13, atol=1e-15)
+    assert sorted(a.state[0]) == ["GG_0", "Q_0", "exp_avg", "exp_avg_sq", "step"]
+    np.testing.assert_allclose(a.state[0]["GG_0"], b.state[0]["GG_0"], rtol=1e-13, atol=1e-15)
+    assert sorted(symopt.optimizer("soap", [np.zeros(5)]).state[0]) == ["exp_avg", "exp_avg_sq", "step"]
+
+
+@pytest.mark.parametrize("dtype, normalize", [("float32", False), ("float64", False), ("float64", True)])
+def test_soap_verify_against_mpmath(dtype, normalize):
     """Every step refreshes the eigenbases (precondition_frequency=1): the exact eigh at t = 1 and
-    the power-iteration QR with the reordered second moment after, against mpmath at 50 digits."""
+    the power-iteration QR with the reordered second moment after, against mpmath at 50 digits
+    (and with the update divided by its root mean square, normalize_gradient)."""
     from symopt.verify.check import verify_preconditioned_variant
 
     family = symopt.family("soap")
     result = verify_preconditioned_variant(family, family.variants[0][1], dtype, steps=3,
-                                           hyper={"precondition_frequency": 1})
+                                           hyper={"precondition_frequency": 1, "normalize_gradient": normalize})
     assert result.tolerance == RULE_DB["soap"].tolerance["verify"][np.dtype(dtype).type]
     assert result.samples and result.max_error < result.tolerance, result.worst
 
@@ -166,8 +192,8 @@ def test_verify_against_mpmath(dtype):
 
 def test_latex_writes_the_kronecker_factors():
     text = symopt.rule("shampoo").latex()
-    for part in (r"L_{t} &= G G^{T} + L_{t-1}", r"R_{t} &= R_{t-1} + G^{T} G", r"L_{t}^{-1/4}", r"R_{t}^{-1/4}",
-                 r"M_{t} &= H_{L, t} G H_{R, t}"):
+    for part in (r"L_{i, t} &= G_{(i)} G_{(i)}^{T} + L_{i, t-1}", r"H_{i, t} &= L_{i, t}^{-1/(2 n)}",
+                 r"M_{t} &= G \times_{i} H_{i, t} \ (i = 0, \dots, n - 1)"):
         assert part in text, part
 
 
@@ -189,8 +215,6 @@ def test_matrix_states_start_at_eps_identity_and_stay_symmetric():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="at least 2-D"):
-        symopt.optimizer("shampoo", [np.zeros(3)])
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("shampoo", [np.zeros((2, 2))], preconditioning_compute_steps=1.5)
     torch = pytest.importorskip("torch")
@@ -217,6 +241,16 @@ def test_malformed_preconditioner_is_a_rule_error():
         Eigenbasis(L, G, sp.Symbol("v"), True)
     with pytest.raises(RuleError, match="must have the same shape"):
         Eigenbasis(L, R, sp.Symbol("v"), True)
+    # every axis: rows × rows states, the value A G, keep and merge only there
+    stat = MatrixState(L, sp.Identity(rows), L + G * G.T, key="a")
+    with pytest.raises(RuleError, match="states are rows × rows"):
+        Preconditioned(G, 1, [MatrixState(R, sp.Identity(cols), R + G.T * G, key="b")], G * R, every_axis=True)
+    with pytest.raises(RuleError, match="the value must be A G"):
+        Preconditioned(G, 1, [stat], L * G * R, every_axis=True)
+    with pytest.raises(RuleError, match="keep is for every_axis nodes"):
+        Preconditioned(G, 1, [stat], L * G, keep=rows <= 3)
+    with pytest.raises(RuleError, match="merge is for every_axis nodes"):
+        Preconditioned(G, 1, [stat], L * G, merge=4)
 
 
 def test_checkpoints_keep_the_matrix_states(tmp_path, libs):
@@ -406,3 +440,120 @@ def test_soap_resumes_from_pytorch_optimizers_own_checkpoint(libs):
         peer.step()
         opt.step()
     assert rel_err(ours.detach(), theirs.detach(), floor=1.0) < RULE_DB["soap"].tolerance["peer"][np.float64]
+
+
+def test_nd_checkpoints_keep_a_state_per_axis(tmp_path, libs):
+    """1-D and 3-D params: symopt.save/load and the torch format resume Shampoo's trajectory, with
+    one pre_cond_k / inv_pre_cond_k per axis under pytorch-optimizer's names and shapes."""
+    import io
+
+    torch = libs.torch
+    rng = np.random.default_rng(8)
+    shapes = [(3, 4, 2), (2,)]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+    w = [rng.standard_normal(s) for s in shapes]
+    a = symopt.optimizer("shampoo", w, momentum=0.5)
+    for g in grads[:3]:
+        a.step([x.copy() for x in g])
+    a.save(tmp_path / "nd.npz")
+    w2 = [x.copy() for x in w]
+    b = symopt.optimizer("shampoo", w2, momentum=0.5)
+    b.load(tmp_path / "nd.npz")
+    tw = [torch.tensor(x.copy(), requires_grad=True) for x in w]
+    topt = symopt.torch.Optimizer("shampoo", tw, momentum=0.5)
+    topt.load_state_dict({"state": {j: {"step": torch.tensor(3.0),
+                                        **{k: torch.tensor(v) for k, v in a.state[j].items() if k != "step"}}
+                                    for j in range(2)},
+                          "param_groups": [{**topt.param_groups[0], "params": [0, 1]}]})
+    buf = io.BytesIO()
+    torch.save(topt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert {k: tuple(v.shape) for k, v in saved["state"][1].items()} == {
+        "step": (), "momentum_buffer": (2,), "pre_cond_0": (2, 2), "inv_pre_cond_0": (2, 2)}
+    assert [tuple(saved["state"][0][f"pre_cond_{k}"].shape) for k in range(3)] == [(3, 3), (4, 4), (2, 2)]
+    for g in grads[3:]:
+        a.step([x.copy() for x in g])
+        b.step([x.copy() for x in g])
+        for t, x in zip(tw, g):
+            t.grad = torch.tensor(x.copy())
+        topt.step()
+    for j in range(2):
+        np.testing.assert_array_equal(w2[j], w[j])
+        np.testing.assert_array_equal(tw[j].detach().numpy(), w[j])
+
+
+def test_soap_nd_state_dict_in_pytorch_optimizers_layout(libs):
+    """SOAP on a vector (not rotated), a cube and a 5 × 2 × 3 param whose first axis is longer than
+    max_precondition_dim: the torch-format state keeps GG and Q as one entry per axis, [] where the
+    axis is left as it is, as pytorch-optimizer does; each side loads the other's state_dict and
+    continues its trajectory."""
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(9)
+    shapes = [(5,), (3, 3, 3), (5, 2, 3)]
+    kw = dict(lr=1e-2, precondition_frequency=2, max_precondition_dim=4)
+    ours = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt, peer = symopt.torch.Optimizer("soap", ours, **kw), po.SOAP(theirs, **kw)
+    grads = [[torch.tensor(rng.standard_normal(s)) for s in shapes] for _ in range(7)]
+    for g in grads[:3]:
+        for p, q, x in zip(ours, theirs, g):
+            p.grad, q.grad = x.clone(), x.clone()
+        opt.step()
+        peer.step()
+    sd, psd = opt.state_dict(), peer.state_dict()
+    for j in range(3):
+        mine, its = sd["state"][j], psd["state"][j]
+        assert sorted(k for k in mine if k != "step") == sorted(its)     # symopt keeps the step per param too
+        for name in ("GG", "Q"):
+            assert [tuple(m.shape) if len(m) else () for m in mine[name]] == \
+                   [tuple(m.shape) if len(m) else () for m in its[name]], (j, name)
+    resumed_peer = po.SOAP([p.detach().clone().requires_grad_(True) for p in ours], **kw)
+    resumed_peer.load_state_dict(sd)
+    resumed = symopt.torch.Optimizer("soap", [p.detach().clone().requires_grad_(True) for p in theirs], **kw)
+    resumed.load_state_dict(psd)
+    for g in grads[3:]:
+        for params in (theirs, resumed_peer.param_groups[0]["params"], resumed.param_groups[0]["params"]):
+            for p, x in zip(params, g):
+                p.grad = x.clone()
+        peer.step()
+        resumed_peer.step()
+        resumed.step()
+    tol = RULE_DB["soap"].tolerance["peer"][np.float64]
+    for j in range(3):
+        ref = theirs[j].detach()
+        assert rel_err(resumed.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
+        assert rel_err(resumed_peer.param_groups[0]["params"][j].detach(), ref, floor=1.0) < tol, j
+
+
+def test_soap_merge_dims_equals_pytorch_optimizer(libs):
+    """merge_dims=True reads each param with adjacent axes merged while their product stays within
+    max_precondition_dim (pytorch-optimizer's merge_small_dims: (2, 3, 4, 5) → (6, 4, 5) at 8): the
+    trajectory, and the torch-format GG/Q with one entry per merged axis, equal pytorch-optimizer's."""
+    torch, po = libs.torch, libs.po
+    rng = np.random.default_rng(10)
+    shapes = [(2, 3, 4, 5), (6, 6), (3, 3, 3)]
+    kw = dict(lr=1e-2, merge_dims=True, max_precondition_dim=8, precondition_frequency=3)
+    ours = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt, peer = symopt.torch.Optimizer("soap", ours, **kw), po.SOAP(theirs, **kw)
+    for step in range(1, 9):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.tensor(rng.standard_normal(p.shape))
+            q.grad = p.grad.clone()
+        opt.step()
+        peer.step()
+        tol = RULE_DB["soap"].tolerance["peer exact" if step <= 4 else "peer"][np.float64]
+        for j in range(3):
+            assert rel_err(ours[j].detach(), theirs[j].detach(), floor=1.0) < tol, (step, j)
+    sd = opt.state_dict()
+    assert [tuple(m.shape) for m in sd["state"][0]["GG"]] == [(6, 6), (4, 4), (5, 5)]
+    for j in range(3):
+        assert [tuple(m.shape) for m in sd["state"][j]["Q"]] == [tuple(m.shape) for m in peer.state[theirs[j]]["Q"]]
+
+
+def test_soap_merge_dims_refusals():
+    with pytest.raises(ValueError, match="channels_last"):
+        symopt.optimizer("soap", [np.zeros((2, 3, 2, 2))], merge_dims=True, data_format="channels_last")
+    with pytest.raises(ValueError, match="one axis of 6"):    # pytorch-optimizer fails to reshape it too
+        symopt.optimizer("soap", [np.zeros((2, 3))], merge_dims=True)

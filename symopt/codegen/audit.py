@@ -57,9 +57,9 @@ def _registry_calls(module: str) -> set:
 #: The attributes of each imported module generated code may use (all of them a value or a call).
 MODULE_ATTRIBUTES = {
     "np": frozenset({"float32", "float64", "int32", "int64", "inf", "nan", "zeros", "empty", "full", "arange", "sqrt", "exp", "log",
-                     "multiply", "argsort", "sum"}
+                     "multiply", "argsort", "sum", "take"}
                     | _registry_calls("np")),
-    "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e"} | _registry_calls("math")),
+    "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e", "prod"} | _registry_calls("math")),
     "numba": frozenset({"njit", "carray", "prange"}),
     "types": frozenset({"CPointer", "float32", "float64", "int32", "int64"}),
     "intrinsic": frozenset(),

@@ -16,11 +16,18 @@ one ``rows × cols`` tensor in ``K + 1`` element passes, each followed by a matr
    * ``Eigenbasis(S', Q, v, first, limit)``: ``?syevd`` of ``S'`` where ``first`` holds, else
      ``QR(S' Q Π)`` (``?gemm``, ``?geqrf``, ``?orgqr``) and the state ``v`` reordered by ``Π``
      (a side longer than ``limit`` is refused by the runtime before the step);
-   * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent) by two ``?gemm``:
+   * the value ``A G B`` (``A``, ``B`` states or transposes; either may be absent; ``RMSNormalized``:
+     then divided by its root mean square plus ε where a flag holds) by two ``?gemm``:
      with ``Gᵀ`` the C-order workspace read as a column-major ``cols × rows`` matrix,
      ``(A G B)ᵀ = Bᵀ Gᵀ Aᵀ`` without copies;
 
 3. *stage K*, after the last pass: the states marked ``at_end``, in order.
+
+In a rule of ``every_axis`` nodes (:class:`~symopt.rulebook.preconditioned.Preconditioned`) a
+state is a list of matrices, one per kept axis (``side`` ``"axes"``), each operation runs for every
+kept axis k on the unfolding ``G_(k)``, and the value ``A G`` is the mode-k product of each axis in
+turn; an inverse root's order may hold ``n_axes`` (the coefficients ``(c, e)``: order ``c·n_axes^e``),
+and ``keep`` (of the axis length ``rows``, ``n_axes`` and per-step scalars) says which axes keep states.
 
 A pass reads the param, grad and states (stored values are read back as the new values) and the
 values ``result<j>`` of earlier nodes through the temporaries that hold them; other temporaries of
@@ -37,7 +44,7 @@ import sympy as sp
 
 from ..rulebook.matrix import rows
 from ..rulebook.metadata import RuleError
-from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned
+from ..rulebook.preconditioned import Eigenbasis, InverseRoot, Preconditioned, RMSNormalized, n_axes
 from ..rulebook.rule import Rule
 from .plan import Hoister, PlanSymbol, _rename_scalars
 from .plan_matrix import MatrixPass, _straight_line
@@ -63,8 +70,9 @@ class MatrixOp(NamedTuple):
                             # "eigenbasis" (S ← the eigenvectors of source)
     target: int             # the state written
     source: int             # gram: the node whose G it reads; inverse_root, eigenbasis: the state decomposed
-    side: str               # "rows" (rows × rows: G Gᵀ) or "cols" (cols × cols: Gᵀ G)
-    coefficients: tuple     # gram: (α, β); inverse_root: (p,); eigenbasis: (flag of the exact eigh, size limit)
+    side: str               # "rows" (rows × rows: G Gᵀ), "cols" (cols × cols: Gᵀ G) or "axes" (every kept axis)
+    coefficients: tuple     # gram: (α, β); inverse_root: (c, e), the order c·n_axes^e; eigenbasis: (flag of
+                            # the exact eigh, size limit)
     when: sp.Basic | None   # per-step flag (1.0 when the update runs), None when always
     reorder: sp.Symbol | None = None   # eigenbasis: the elementwise state reordered with the basis
 
@@ -74,6 +82,7 @@ class Product(NamedTuple):
     left_transposed: bool   # A is the transpose of that state
     right: int | None       # ... of B
     right_transposed: bool
+    normalize: tuple | None = None   # RMSNormalized: (ε, flag): the value divided by √mean(value²) + ε
 
 
 class Stage(NamedTuple):
@@ -93,6 +102,9 @@ class PreconditionedPlan(NamedTuple):
     matrix_states: tuple    # ((key, side, initial diagonal: scalar or number), ...)
     symmetric: tuple        # per matrix state: True when its updates keep it symmetric
     op_count: int
+    every_axis: bool        # the nodes precondition every axis (states per kept axis), else the d0 × (d1⋯) matrix
+    keep: sp.Basic          # every_axis: which axes keep states (a boolean of rows, n_axes, s<k>); else true
+    merge: sp.Basic         # every_axis: merge_small_dims' limit (a scalar s<k> or a number; ≤ 0: no merging)
 
     @property
     def buffers(self) -> tuple:
@@ -163,6 +175,11 @@ def _element_pass(temps, stores, reads_from) -> MatrixPass:
 def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     """Build the element passes, the matrix stages and the values of ``rule`` (module docstring)."""
     nodes = _nodes(rule)
+    every_axis = nodes[0][1].every_axis
+    if any((node.every_axis, node.keep, node.merge) != (every_axis, nodes[0][1].keep, nodes[0][1].merge)
+           for _, node in nodes):
+        raise RuleError(f"rule {rule.name!r}: its Preconditioned nodes read the param one way (every_axis, "
+                        f"keep and merge alike)")
     fixed = (rule.param, rule.grad, *rule.state)
     works = [work_buffer(k) for k in range(len(nodes))]
     results = [result_buffer(k) for k in range(len(nodes))]
@@ -182,7 +199,7 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     matrix_states = []
     for j, (node_k, st) in enumerate(states):
         node = nodes[node_k][1]
-        side = "rows" if st.sym.shape[0] == rows else "cols"
+        side = "axes" if every_axis else "rows" if st.sym.shape[0] == rows else "cols"
         matrix_states.append((st.key, side, scalar(st.init_diagonal())))
         upd = st.update
         if isinstance(upd, (InverseRoot, Eigenbasis)):
@@ -191,7 +208,13 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
                 raise RuleError(f"matrix state {st.sym.name}: {type(upd).__name__} of {source.name}, which is not "
                                 f"a symmetric matrix state of the same shape")
             if isinstance(upd, InverseRoot):
-                op = MatrixOp("inverse_root", j, index[source], side, (scalar(upd.root),), None)
+                c, e = upd.root, sp.Integer(0)
+                if c.has(n_axes):
+                    c, e = sp.simplify(c / n_axes), sp.Integer(1)
+                    if c.has(n_axes):
+                        raise RuleError(f"matrix state {st.sym.name}: the root order {sp.sstr(upd.root)} is not "
+                                        f"c · n_axes (c free of n_axes)")
+                op = MatrixOp("inverse_root", j, index[source], side, (scalar(c), e), None)
             else:
                 if upd.basis != st.sym:
                     raise RuleError(f"matrix state {st.sym.name}: Eigenbasis continues from its own last basis "
@@ -199,14 +222,23 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
                 if upd.reorder not in rule.state:
                     raise RuleError(f"matrix state {st.sym.name}: Eigenbasis reorders an elementwise state, "
                                     f"{upd.reorder} is not one")
+                if every_axis and upd.limit != sp.oo:
+                    raise RuleError(f"matrix state {st.sym.name}: an every_axis node limits the rotated axes by "
+                                    f"its keep condition, not by an Eigenbasis size limit")
                 flag = scalar(sp.Piecewise((sp.Integer(1), upd.first), (sp.Integer(0), True)))
                 limit = sp.Float(1e300) if upd.limit == sp.oo else scalar(upd.limit)
                 op = MatrixOp("eigenbasis", j, index[source], side, (flag, limit), None, upd.reorder)
         else:
-            op = _gram_op(j, st, node.var, node_k, scalar)
+            op = _gram_op(j, st, node.var, node_k, scalar)._replace(side=side)
         when = None if st.when == sp.true else scalar(sp.Piecewise((sp.Integer(1), st.when), (sp.Integer(0), True)))
         ops_of[len(nodes) if st.at_end else node_k].append(op._replace(when=when))
-    products = [_value_product(node.value, node.var, index) for _, node in nodes]
+    products = []
+    for _, node in nodes:
+        value, normalize = node.value, None
+        if isinstance(value, RMSNormalized):    # (ε, flag): the value divided by √mean(value²) + ε
+            normalize = (scalar(value.eps), scalar(sp.Piecewise((sp.Integer(1), value.when), (sp.Integer(0), True))))
+            value = value.arg
+        products.append(_value_product(value, node.var, index)._replace(normalize=normalize))
 
     # The element passes: pass k holds the updates from node k-1's on, and node k's start value.
     bounds = [0] + [u for u, _ in nodes] + [len(rule.updates)]
@@ -240,14 +272,21 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
         stores = [(t, e) for (t, _), e in zip(stores, exprs[len(temps):])]
         passes.append((temps, stores))
 
+    # Which axes keep states: its array-free parts hoisted, the axis length and n_axes left in place.
+    keep = Hoister({rows, n_axes}, found=hoist.found)(nodes[0][1].keep) if every_axis else sp.true
+    merge = scalar(nodes[0][1].merge)
+
     # Canonical names s<k> for the per-step scalars, in the passes and the matrix operations alike.
     flat = [e for temps, stores in passes for e in [*(e for _, e in temps), *(e for _, e in stores)]]
-    extra = [sp.sympify(d) for _, _, d in matrix_states]
-    for ops in ops_of:
+    extra = [keep, merge] + [sp.sympify(d) for _, _, d in matrix_states]
+    for k, ops in enumerate(ops_of):
         for op in ops:
             extra += [sp.sympify(c) for c in op.coefficients] + ([op.when] if op.when is not None else [])
+        if k < len(nodes) and products[k].normalize is not None:
+            extra += [sp.sympify(c) for c in products[k].normalize]
     scalars, scalar_exprs, renamed = _rename_scalars(hoist.found, flat + extra)
-    out = iter(renamed)
+    keep, merge = renamed[len(flat)], renamed[len(flat) + 1]
+    out = iter(renamed[:len(flat)] + renamed[len(flat) + 2:])
     passes = [([(s, next(out)) for s, _ in temps], [(t, next(out)) for t, _ in stores]) for temps, stores in passes]
     matrix_states = [(key, side, next(out)) for key, side, _ in matrix_states]
     stages = []
@@ -256,7 +295,10 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
         for op in ops:
             op = op._replace(coefficients=tuple(next(out) for _ in op.coefficients))
             new.append(op._replace(when=next(out)) if op.when is not None else op)
-        stages.append(Stage(tuple(new), products[k] if k < len(nodes) else None))
+        product = products[k] if k < len(nodes) else None
+        if product is not None and product.normalize is not None:
+            product = product._replace(normalize=tuple(next(out) for _ in product.normalize))
+        stages.append(Stage(tuple(new), product))
 
     s_temps, s_reduced = sp.cse(scalar_exprs, symbols=sp.numbered_symbols("_c"), order="canonical")
     reads_from = (rule.param, rule.grad, *rule.state, *results)
@@ -264,4 +306,4 @@ def make_preconditioned_plan(rule: Rule) -> PreconditionedPlan:
     elem_ops = sum(sp.count_ops(e) for p in element_passes for _, e in p.element_temps)
     return PreconditionedPlan(rule, tuple(rule.hyper), tuple(rule.state), tuple(scalars), tuple(s_temps),
                               tuple(s_reduced), element_passes, tuple(stages), tuple(matrix_states),
-                              tuple(symmetric), int(elem_ops))
+                              tuple(symmetric), int(elem_ops), every_axis, keep, merge)

@@ -45,6 +45,7 @@ from ..rulebook.display import expr_latex
 from ..rulebook.factored import is_factored_rule, machine_eps, min_dim_to_factor
 from ..rulebook.matrix import cols, rows
 from ..rulebook.metadata import RuleError, t
+from ..rulebook.preconditioned import n_axes
 from ..rulebook.rule import Family, Rule
 from .names import comment_text, docstring_text, identifier, python_literal, string_literal
 from .plan import KernelPlan, make_plan
@@ -796,27 +797,35 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
             entry = {"kind": op.kind, "target": op.target, "source": op.source,
                      "when": None if op.when is None else plan.scalars.index(op.when),
                      "pad": "" if op.when is None else "    "}
-            if op.kind == "gram":  # the workspace is Gᵀ (column-major): G Gᵀ is trans=1, Gᵀ G trans=0
-                entry.update(alpha=scalar_arg(op.coefficients[0]), beta=scalar_arg(op.coefficients[1]),
-                             trans=1 if op.side == "rows" else 0, work=f"g{op.source}")
-            elif op.kind == "inverse_root":
-                entry["root"] = scalar_arg(op.coefficients[0])
-            else:   # eigenbasis: the reordered state's rows (L side, axis 0) or columns (R side, axis 1)
-                entry.update(first=scalar_arg(op.coefficients[0]), reorder=f"{state_ids[op.reorder]}_c",
-                             axis=0 if op.side == "rows" else 1)
+            if op.kind == "gram":
+                entry.update(alpha=scalar_arg(op.coefficients[0]), beta=scalar_arg(op.coefficients[1]))
+            elif op.kind == "inverse_root":   # the order c · n_axes^e
+                c, e = op.coefficients
+                entry["root"] = scalar_arg(c) + (" * len(dims)" if e else "")
+            else:   # eigenbasis: the reordered state
+                entry.update(first=scalar_arg(op.coefficients[0]), reorder=f"{state_ids[op.reorder]}_c")
             ops.append(entry)
-        entry = {"ops": ops, "product": None}
         pr = stage.product
+        product = None
         if pr is not None:
-            # (A G B)ᵀ = Bᵀ Gᵀ Aᵀ on the column-major Gᵀ: a state's transpose is a gemm flag (none for a
-            # symmetric state)
-            flag = lambda j, transposed, want: int(want != transposed and not plan.symmetric[j])
-            entry["product"] = {"work": f"g{k}", "result": f"r{k}",
-                                "left": pr.left, "right": pr.right,
-                                "left_trans": None if pr.left is None else flag(pr.left, pr.left_transposed, True),
-                                "right_trans": None if pr.right is None else flag(pr.right, pr.right_transposed,
-                                                                                  True)}
-        stages.append(entry)
+            # The mode product's factor of each axis: (matrix, transposed, symmetric).  Every axis: the
+            # left factor A.  The d0 × (d1⋯) matrix A G B: A on axis 0, Bᵀ on axis 1 ((G B)ᵀ = Bᵀ Gᵀ).
+            def factor(j, transposed, axis="0"):
+                return f"(mats[{j}][{axis}], {int(transposed)}, {plan.symmetric[j]})"
+            if plan.every_axis:
+                product = f"_factors(mats[{pr.left}], {int(pr.left_transposed)}, {plan.symmetric[pr.left]})"
+            else:
+                product = "({}, {})".format(
+                    "None" if pr.left is None else factor(pr.left, pr.left_transposed, "0"),
+                    "None" if pr.right is None else factor(pr.right, not pr.right_transposed, "1"))
+        normalize = None
+        if pr is not None and pr.normalize is not None:    # RMSNormalized: (ε, the flag's column)
+            normalize = {"eps": scalar_arg(pr.normalize[0]),
+                         "when": scalar_arg(pr.normalize[1]) if pr.normalize[1] in table else None}
+            if normalize["when"] is None and float(pr.normalize[1]) == 0.0:
+                normalize = None
+        stages.append({"ops": ops, "product": product, "normalize": normalize})
+    keep = ScalarPrinter({rows: "d", n_axes: "ndim", **{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}})
     kernels, helpers = [], set()
     for suffix, dtype, ptr, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
@@ -840,7 +849,9 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
         "npasses": len(plan.passes), "state_args": [state_ids[s] for s in plan.state],
         "matrix_keys": [key for key, _, _ in plan.matrix_states], "buffers": buffers,
-        "stages": stages, "kernels": kernels, "helpers": helpers,
+        "stages": stages, "kernels": kernels, "helpers": helpers, "keep": keep.doprint(plan.keep),
+        "dims_doc": ("the tensor's shape (every axis preconditioned)" if plan.every_axis
+                 else "(d0, d1⋯), the param read as a matrix"),
     }
 
 
@@ -857,9 +868,13 @@ def render_preconditioned_family(family: Family, *, source_label: str | None = N
         # The sides an eigenbasis may rotate: the largest length (a per-step scalar's column or a number).
         limits = [{"side": op.side, **({"column": plan.scalars.index(op.coefficients[1])}
                                        if op.coefficients[1] in plan.scalars else {"value": float(op.coefficients[1])})}
-                  for stage in plan.stages for op in stage.ops if op.kind == "eigenbasis"]
+                  for stage in plan.stages for op in stage.ops if op.kind == "eigenbasis" and not plan.every_axis]
         info["matrix"] = {"kind": "preconditioned", "ntensor_scalars": 0, "buffers": len(plan.buffers),
-                          "max_ndim": 2 if not all(plan.symmetric) else None, "limits": limits, "states": [
+                          "every_axis": plan.every_axis, "keep_all": plan.keep == sp.true,
+                          "merge": ({"column": plan.scalars.index(plan.merge)} if plan.merge in plan.scalars
+                                    else {"value": float(plan.merge)}),
+                          "max_ndim": 2 if not (plan.every_axis or all(plan.symmetric)) else None,
+                          "limits": limits, "states": [
             {"key": key, "side": side,
              **({"init_column": plan.scalars.index(d)} if d in plan.scalars else {"init": float(d)})}
             for key, side, d in plan.matrix_states]}

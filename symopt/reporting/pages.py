@@ -274,7 +274,9 @@ def preconditioned_derivation(plan: PreconditionedPlan) -> dict:
     lhs = lambda sym: _new_name(rule, sym) if sym in (rule.param, *rule.state) else names.get(sym, sp.latex(sym))
     r, c = sp.symbols("r c")
     gs = [sp.MatrixSymbol(f"G_{{{k}}}", r, c) for k in range(nvalues)]
-    mats = [sp.MatrixSymbol(key.replace("_", r"\_"), *((r, r) if side == "rows" else (c, c)))
+    # a state kept per axis k is shown as <key>_k, d_k × d_k, against the unfolding G_(k)
+    mats = [sp.MatrixSymbol(key.replace("_", r"\_") + ("_{k}" if side == "axes" else ""),
+                            *((c, c) if side == "cols" else (r, r)))
             for key, side, _ in plan.matrix_states]
     body = lambda ps: ([(names.get(s, sp.latex(s)), "=", e, names) for s, e in ps.element_temps]
                        + [(lhs(s), "=", e, names) for s, e in ps.stores])
@@ -286,9 +288,10 @@ def preconditioned_derivation(plan: PreconditionedPlan) -> dict:
             if op.kind == "gram":
                 alpha, beta = op.coefficients
                 g = gs[op.source]
-                rhs = beta * target + alpha * (g * g.T if op.side == "rows" else g.T * g)
-            elif op.kind == "inverse_root":
-                rhs = sp.MatPow(mats[op.source], -1 / op.coefficients[0])
+                rhs = beta * target + alpha * (g.T * g if op.side == "cols" else g * g.T)
+            elif op.kind == "inverse_root":   # the order c · n^e (n: the param's number of axes)
+                c_root, e_root = op.coefficients
+                rhs = sp.MatPow(mats[op.source], -1 / (c_root * sp.Symbol("n") ** e_root))
             else:
                 rhs = sp.Function("eigenbasis")(mats[op.source], target, op.reorder, op.coefficients[0])
             rows_.append((sp.latex(target), "=", rhs, {**names, T_STEP: "t"}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .matrix import Iterate
-from .preconditioned import Preconditioned
+from .preconditioned import Preconditioned, RMSNormalized, n_axes
 from .reduction import GlobalSum, TensorSum
 
 
@@ -80,20 +80,32 @@ def rule_latex(rule) -> str:
     """All update equations of ``rule`` as one LaTeX ``aligned`` block.  A matrix state reads
     ``L_{t-1}`` until its update, ``L_t`` after; states updated at the end of the step are written
     after the last update."""
-    lines, current, at_end = [], {}, []
+    lines, current, at_end, bases = [], {}, [], {}
     for left, arrow, rhs, names in update_rows(rule):
         for it in rhs.atoms(Iterate):
             lines += _iteration_lines(it, names)
+        names = {**names, n_axes: "n"}
         for node in rhs.atoms(Preconditioned):
+            if node.every_axis:     # per axis i: the unfolding G_(i), the states L_i, the mode product ×_i
+                current[node.var] = sp.MatrixSymbol(f"{sp.latex(node.var)}_{{(i)}}", *node.var.shape)
+                for st in node.states:
+                    bases[st.sym] = sp.MatrixSymbol(subscripted(sp.latex(st.sym), "i"), *st.sym.shape)
             for st in node.states:
-                current.setdefault(st.sym, _timed(st.sym, "t-1"))
+                current.setdefault(st.sym, _timed(bases.get(st.sym, st.sym), "t-1"))
             lines.append(f"{sp.latex(node.var)} &= {sp.latex(_readable(node.start), symbol_names=names)}")
-            lines += _state_lines([st for st in node.states if not st.at_end], current, names)
+            lines += _state_lines([st for st in node.states if not st.at_end], current, names, bases)
             at_end += [st for st in node.states if st.at_end]
-            rhs = rhs.xreplace({node: _MatrixValue(node.value.xreplace(current))})
+            value = node.value.xreplace(current)
+            if node.every_axis:
+                norm = value if isinstance(value, RMSNormalized) else None
+                factor = sp.latex((norm.arg if norm is not None else value).args[0])
+                value = sp.Symbol(rf"{sp.latex(node.var)} \times_{{i}} {factor} \ (i = 0, \dots, n - 1)")
+                if norm is not None:
+                    value = RMSNormalized(sp.MatrixSymbol(sp.latex(value), *node.var.shape), norm.eps, norm.when)
+            rhs = rhs.xreplace({node: _MatrixValue(value)})
         lines.append(f"{left} &{arrow} {sp.latex(_readable(rhs), symbol_names=names)}")
     if at_end:
-        lines += _state_lines(at_end, current, names)
+        lines += _state_lines(at_end, current, {**names, n_axes: "n"}, bases)
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
 
 
@@ -129,13 +141,14 @@ def _timed(sym, sub: str):
     return sp.MatrixSymbol(subscripted(sp.latex(sym), sub), *sym.shape)
 
 
-def _state_lines(states, current: dict, symbol_names: dict) -> list:
+def _state_lines(states, current: dict, symbol_names: dict, bases: dict) -> list:
     """Each matrix state's update (``L_t = L_{t-1} + G Gᵀ``, ``H_L = L_t^{-1/4}`` with its
-    condition), reading the other states' current names; ``current`` is updated."""
+    condition), reading the other states' current names; ``current`` is updated.  ``bases``: the
+    per-axis names (``L_i``) of an every-axis node's states."""
     lines = []
     for st in states:
         rhs = sp.latex(st.update.xreplace(current), symbol_names=symbol_names)
         cond = "" if st.when == sp.true else rf", \quad \text{{if }} {sp.latex(st.when, symbol_names=symbol_names)}"
-        current[st.sym] = _timed(st.sym, "t")
+        current[st.sym] = _timed(bases.get(st.sym, st.sym), "t")
         lines.append(f"{sp.latex(current[st.sym])} &= {rhs}{cond}")
     return lines

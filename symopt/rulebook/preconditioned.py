@@ -28,13 +28,28 @@ planner maps to BLAS/LAPACK (``codegen/plan_preconditioned.py``) is:
   with ``Π`` the columns sorted by their estimated eigenvalues ``diag(Qᵀ S Q)`` and the elementwise
   state ``v`` (read as ``rows × cols``) reordered along ``S``'s side by the same ``Π``; a side
   longer than ``limit`` (a hyperparameter expression; default unbounded) is refused before the step;
-* ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``.
+* ``value = A G B`` (``A``, ``B`` states or their transposes, either may be absent): two ``?gemm``;
+  ``RMSNormalized(A G B, ε, when)`` divides it by its root mean square over the tensor plus ε
+  (one more pass over the value) where ``when`` holds.
 
 A rule may hold several ``Preconditioned`` nodes (SOAP projects the gradient, the first moment
 and the update); a node's value may read the states another node declares.  A state marked
 ``at_end`` is updated after the rule's last update (SOAP refreshes its statistics and basis after
 the param), from its node's ``G``.  The states' initial values are ``c·I`` or the zero matrix
 (``c`` a hyperparameter expression); ``key`` is the state's name in ``state_dict()`` and checkpoints.
+
+A node built with ``every_axis=True`` preconditions every axis of an N-d param in turn, as
+pytorch-optimizer's Shampoo and SOAP do: ``G`` (``rows × cols``) stands for the mode-k unfolding
+``G_(k)`` (``rows`` the length ``d_k`` of axis k, ``cols`` the product of the others), its states
+are ``rows × rows`` and kept once per axis (keys ``<key>_0``, ``<key>_1``, …), and its value is
+``A G`` (``A`` a state or its transpose), the mode-k product applied for k = 0, 1, … (a 2-D
+param: ``A₀ G A₁ᵀ``).  ``n_axes`` (the param's number of axes) may appear in a root order (Shampoo's
+``L_k^{-1/(2n)}``).  ``keep``, a condition of ``rows`` (the axis length), ``n_axes`` and the
+hyperparameters, says which axes keep states (fixed when the optimizer is built); an axis without
+them is left as it is (SOAP's ``max_precondition_dim`` and ``precondition_1d``).  ``merge``, a
+scalar expression of hyperparameters, merges adjacent axes first where it is positive: the param is
+read with pytorch-optimizer's ``merge_small_dims(shape, merge)`` (SOAP's ``merge_dims``).  A 0-D
+param has no axes: its value is ``G``.  The nodes of one rule all read the param one way.
 """
 
 from __future__ import annotations
@@ -46,7 +61,11 @@ from sympy.logic.boolalg import Boolean
 from .matrix import cols, rows
 from .metadata import RuleError
 
-__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "matrix_states_of", "preconditioners_in"]
+__all__ = ["Eigenbasis", "InverseRoot", "MatrixState", "Preconditioned", "RMSNormalized", "matrix_states_of", "n_axes",
+           "preconditioners_in"]
+
+#: The number of axes of the param (per tensor): in the root order of an ``every_axis`` node.
+n_axes = sp.Symbol("n_axes", nonnegative=True, integer=True)
 
 
 class InverseRoot(sp.MatrixExpr):
@@ -73,7 +92,8 @@ class InverseRoot(sp.MatrixExpr):
         return self.base.shape
 
     def _latex(self, printer, exp=None):
-        return rf"{printer._print(self.base)}^{{-1/{printer._print(self.root)}}}"
+        root = printer._print(self.root)
+        return rf"{printer._print(self.base)}^{{-1/{root if self.root.is_Atom else f'({root})'}}}"
 
     def _sympystr(self, printer):
         return f"InverseRoot({printer._print(self.base)}, {printer._print(self.root)})"
@@ -124,6 +144,43 @@ class Eigenbasis(sp.MatrixExpr):
         return "Eigenbasis({})".format(", ".join(printer._print(a) for a in self.args))
 
 
+class RMSNormalized(sp.MatrixExpr):
+    """``X / (√mean(X²) + ε)`` where ``when`` holds, else ``X``: a node's value divided by its root
+    mean square over the whole tensor (SOAP's ``normalize_gradient``)."""
+
+    def __new__(cls, arg, eps, when=sp.true):
+        if not isinstance(arg, sp.MatrixExpr):
+            raise RuleError("RMSNormalized: the argument must be a matrix expression (a node's value)")
+        eps = sp.sympify(eps)
+        if isinstance(eps, sp.MatrixExpr) or not isinstance(eps, sp.Expr):
+            raise RuleError("RMSNormalized: ε must be a scalar expression")
+        when = sp.true if when is True else sp.sympify(when)
+        if not isinstance(when, Boolean):
+            raise RuleError("RMSNormalized: the condition must be a SymPy boolean")
+        return sp.Basic.__new__(cls, arg, eps, when)
+
+    arg = property(lambda self: self.args[0])
+    eps = property(lambda self: self.args[1])
+    when = property(lambda self: self.args[2])
+
+    @property
+    def shape(self):
+        return self.arg.shape
+
+    @property
+    def free_symbols(self):
+        return self.arg.free_symbols | self.eps.free_symbols | self.when.free_symbols
+
+    def _latex(self, printer, exp=None):
+        x = printer._print(self.arg)
+        cond = "" if self.when == sp.true else rf" \text{{ if }} {printer._print(self.when)}"
+        return (rf"\frac{{{x}}}{{\sqrt{{\operatorname{{mean}}\left(\left({x}\right)^{{2}}\right)}} + "
+                rf"{printer._print(self.eps)}}}{cond}")
+
+    def _sympystr(self, printer):
+        return "RMSNormalized({})".format(", ".join(printer._print(a) for a in self.args))
+
+
 class MatrixState(sp.Basic):
     """A square matrix state ``sym`` of one tensor: initial value ``init`` (``c·I`` or zero),
     update ``update`` applied when ``when`` holds (after the rule's last update if ``at_end``),
@@ -168,12 +225,13 @@ class MatrixState(sp.Basic):
 class Preconditioned(sp.Expr):
     """The element of ``value`` after the matrix ``states`` are updated; ``var`` (rows × cols) is
     bound to the matrix of the elementwise ``start`` values.  ``states`` may be empty when
-    ``value`` reads the states of another node of the rule."""
+    ``value`` reads the states of another node of the rule.  ``every_axis``: ``var`` is the
+    unfolding along each axis in turn and ``keep`` says which axes keep states (module docstring)."""
 
     is_real = True
     is_commutative = True
 
-    def __new__(cls, var, start, states, value):
+    def __new__(cls, var, start, states, value, *, every_axis: bool = False, keep=sp.true, merge=0):
         if type(var) is not sp.MatrixSymbol or var.shape != (rows, cols):
             raise RuleError(f"Preconditioned: the variable must be a MatrixSymbol of shape (rows, cols), got {var!r}")
         start = sp.sympify(start)
@@ -186,18 +244,41 @@ class Preconditioned(sp.Expr):
             raise RuleError("Preconditioned: each matrix state (and its key) appears once")
         if not isinstance(value, sp.MatrixExpr) or value.shape != (rows, cols):
             raise RuleError("Preconditioned: the value must be a (rows, cols) matrix expression")
-        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value)
+        keep = sp.true if keep is True else sp.sympify(keep)
+        if not isinstance(keep, Boolean):
+            raise RuleError("Preconditioned: keep must be a SymPy boolean (of rows, n_axes and hyperparameters)")
+        product = value.arg if isinstance(value, RMSNormalized) else value
+        if every_axis:
+            if any(s.sym.shape != (rows, rows) for s in states):
+                raise RuleError("Preconditioned(every_axis=True): the states are rows × rows (one per axis)")
+            if not (isinstance(product, sp.MatMul) and len(product.args) == 2 and product.args[1] == var):
+                raise RuleError(f"Preconditioned(every_axis=True): the value must be A {var.name} (the mode "
+                                f"product of each axis), got {sp.sstr(value)}")
+        merge = sp.sympify(merge)
+        if isinstance(merge, sp.MatrixExpr) or not isinstance(merge, sp.Expr) or merge.has(rows, cols, n_axes):
+            raise RuleError("Preconditioned: merge must be a scalar expression of hyperparameters")
+        if not every_axis and merge != 0:
+            raise RuleError("Preconditioned: merge is for every_axis nodes")
+        if not every_axis and keep != sp.true:
+            raise RuleError("Preconditioned: keep is for every_axis nodes")
+        if not every_axis and any(s.update.has(n_axes) for s in states):
+            raise RuleError("Preconditioned: n_axes is for every_axis nodes")
+        return sp.Basic.__new__(cls, var, start, sp.Tuple(*states), value, sp.true if every_axis else sp.false, keep,
+                                merge)
 
     var = property(lambda self: self.args[0])
     start = property(lambda self: self.args[1])
     states = property(lambda self: tuple(self.args[2]))
     value = property(lambda self: self.args[3])
+    every_axis = property(lambda self: bool(self.args[4]))
+    keep = property(lambda self: self.args[5])
+    merge = property(lambda self: self.args[6])
 
     @property
     def free_symbols(self):
         # The variable, the states and the shape are bound inside; conditions and coefficients are not.
-        bound = {self.var, rows, cols, *(s.sym for s in self.states)}
-        free = set(self.start.free_symbols)
+        bound = {self.var, rows, cols, n_axes, *(s.sym for s in self.states)}
+        free = set(self.start.free_symbols) | self.keep.free_symbols | self.merge.free_symbols
         for s in self.states:
             for part in (s.init, s.update, s.when):
                 free |= part.free_symbols

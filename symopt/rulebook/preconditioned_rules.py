@@ -11,15 +11,18 @@ Shampoo (Gupta, Koren & Singer 2018) on a ``rows × cols`` param, as pytorch-opt
     M ← H_L U H_R                                momentum_buffer: the preconditioned gradient
     θ ← θ − γ M
 
-pytorch-optimizer roots ``L`` by an SVD, symopt by a symmetric eigendecomposition (the same
-factors for a positive definite ``L``).  pytorch-optimizer preconditions every dimension of an
-N-d tensor with the root ``−1/(2N)``; symopt reads a ``(d0, d1, …)`` param as the ``d0 × (d1⋯)``
-matrix (as Muon does) and preconditions its two sides with ``−1/4``: equal for 2-D params.
+On an N-d param every axis k keeps its own statistic ``L_k ← L_k + U_(k) U_(k)ᵀ`` (``U_(k)`` the
+unfolding along k, ``d_k × (the rest)``) and root ``H_k = L_k^{-1/(2N)}``, and ``M = U ×₀ H₀ ⋯ ×_{N−1}
+H_{N−1}`` (each axis in turn): a 2-D param is the ``L^{-1/4} U R^{-1/4}`` above (``pre_cond_0``
+= L, ``pre_cond_1`` = R), a 1-D one full-matrix AdaGrad ``L^{-1/2} u``, a 0-D one plain SGD.
+pytorch-optimizer roots ``L_k`` by an SVD, symopt by a symmetric eigendecomposition (the same
+factors for a positive definite ``L_k``).
 Symbols: γ ``lr``, μ ``momentum``, λ ``weight_decay``, ε ``matrix_eps``,
 k ``preconditioning_compute_steps``.
 
 SOAP (Vyas et al. 2024: Adam in the eigenbasis of Shampoo's preconditioner), as pytorch-optimizer
-writes it for a 2-D param; its first step only collects the statistics (``w = 0`` at t = 1, else 1)::
+writes it for a 2-D param (an N-d one: a statistic and a basis per axis, ``Ĝ = G ×₀ Q₀ᵀ ⋯``); its
+first step only collects the statistics (``w = 0`` at t = 1, else 1)::
 
     g ← −g                                       (maximize)
     m ← m + w (1 − β₁)(g − m)                    exp_avg, in the param's basis
@@ -30,6 +33,13 @@ writes it for a 2-D param; its first step only collects the statistics (``w = 0`
     L ← β_s L + (1 − β_s) G Gᵀ,  R ← β_s R + (1 − β_s) Gᵀ G      GG_0, GG_1 (β_s: shampoo_beta, else β₂)
     Q_L, Q_R ← Eigenbasis(L), Eigenbasis(R)      Q_0, Q_1: exact (eigh) at t = 1, then every f steps
                                                  one power-iteration step + QR, v reordered
+
+An axis longer than ``max_precondition_dim``, and the axis of a 1-D param unless
+``precondition_1d``, keeps no statistic and no basis: it is left as it is (a 1-D param's default
+SOAP is Adam with the first step skipped).  ``merge_dims`` reads the param with adjacent axes merged
+while their product stays within ``max_precondition_dim`` (pytorch-optimizer's ``merge_small_dims``;
+with ``data_format="channels_last"`` refused); ``normalize_gradient`` divides ``U`` by
+``√mean(U²) + ε`` (over the whole tensor) before the step.
 """
 
 from __future__ import annotations
@@ -38,15 +48,14 @@ import sympy as sp
 
 from .matrix import cols, rows
 from .metadata import Hyper, State, t
-from .preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned
+from .preconditioned import Eigenbasis, InverseRoot, MatrixState, Preconditioned, RMSNormalized, n_axes
 from .rule import Family, Rule
 
 theta, g, M, U, gs = sp.symbols("theta g M U g_s")
 lr, momentum, weight_decay, decouple, fixed, steps, matrix_eps, maximize = sp.symbols(
     "lr momentum weight_decay weight_decouple fixed_decay preconditioning_compute_steps matrix_eps maximize")
 G = sp.MatrixSymbol("G", rows, cols)
-L, HL = sp.MatrixSymbol("L", rows, rows), sp.MatrixSymbol("H_L", rows, rows)
-R, HR = sp.MatrixSymbol("R", cols, cols), sp.MatrixSymbol("H_R", cols, cols)
+L, HL = sp.MatrixSymbol("L", rows, rows), sp.MatrixSymbol("H", rows, rows)
 
 _SRC = "pytorch-optimizer 4.1.0"
 _LATEX = {"theta": r"\theta", "lr": r"\gamma", "momentum": r"\mu", "weight_decay": r"\lambda",
@@ -61,15 +70,13 @@ def _on(flag) -> sp.Basic:
 def shampoo() -> Rule:
     refresh = sp.Eq(sp.Mod(t, steps), 0)
     preconditioned = Preconditioned(G, U, [
-        MatrixState(L, matrix_eps * sp.Identity(rows), L + G * G.T, key="pre_cond_0"),
-        MatrixState(HL, sp.ZeroMatrix(rows, rows), InverseRoot(L, 4), key="inv_pre_cond_0", when=refresh),
-        MatrixState(R, matrix_eps * sp.Identity(cols), R + G.T * G, key="pre_cond_1"),
-        MatrixState(HR, sp.ZeroMatrix(cols, cols), InverseRoot(R, 4), key="inv_pre_cond_1", when=refresh),
-    ], HL * G * HR)
+        MatrixState(L, matrix_eps * sp.Identity(rows), L + G * G.T, key="pre_cond"),
+        MatrixState(HL, sp.ZeroMatrix(rows, rows), InverseRoot(L, 2 * n_axes), key="inv_pre_cond", when=refresh),
+    ], HL * G, every_axis=True)
     decay = sp.Piecewise((weight_decay * sp.Piecewise((1, _on(fixed)), (lr, True)), _on(decouple)), (0, True))
     return Rule(
         "shampoo", param=theta, grad=g, source=_SRC, latex_names=_LATEX,
-        doc="Shampoo: Kronecker-factored preconditioning L^{-1/4} G R^{-1/4} (pytorch_optimizer.Shampoo).",
+        doc="Shampoo: Kronecker-factored preconditioning, L_k^{-1/(2N)} on every axis k (pytorch_optimizer.Shampoo).",
         references=("https://arxiv.org/abs/1802.09568",
                     "https://github.com/kozistr/pytorch_optimizer/blob/main/pytorch_optimizer/optimizer/shampoo.py"),
         state={M: State(0, key="momentum_buffer", doc="the last preconditioned gradient (the first gradient at t = 1)")},
@@ -98,11 +105,12 @@ beta1, beta2, shampoo_beta, frequency, max_dim, merge, pre1d, correct_bias, norm
     "beta1 beta2 shampoo_beta precondition_frequency max_precondition_dim merge_dims precondition_1d correct_bias "
     "normalize_gradient data_format eps")
 Mm, N = sp.MatrixSymbol("M", rows, cols), sp.MatrixSymbol("N", rows, cols)
-QL, QR = sp.MatrixSymbol("Q_L", rows, rows), sp.MatrixSymbol("Q_R", cols, cols)
+Q = sp.MatrixSymbol("Q", rows, rows)
 _LATEX_SOAP = {"theta": r"\theta", "lr": r"\gamma", "beta1": r"\beta_1", "beta2": r"\beta_2",
                "shampoo_beta": r"\beta_s", "weight_decay": r"\lambda", "eps": r"\epsilon",
                "precondition_frequency": "f", "g_s": r"\tilde{g}", "g_p": r"\hat{g}", "m_p": r"\hat{m}", "eta": r"\eta",
-               "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}"}
+               "correct_bias": r"\mathrm{correct}", "maximize": r"\mathrm{max}",
+               "normalize_gradient": r"\mathrm{normalize}"}
 
 
 def soap() -> Rule:
@@ -112,14 +120,14 @@ def soap() -> Rule:
     warm = sp.Piecewise((0, first), (1, True))       # the first step only collects the statistics
     bc1 = sp.Piecewise((1, first), (1 - beta1 ** (t - 1), True))
     eta = sp.Piecewise((0, first), (lr * sp.sqrt(1 - beta2 ** (t - 1)) / bc1, _on(correct_bias)), (lr, True))
+    # pytorch-optimizer rotates an axis no longer than max_precondition_dim, a 1-D param's only if asked
+    # (merge_dims: adjacent axes merged while their product stays within max_precondition_dim)
+    keep = sp.And(rows <= max_dim, sp.Or(n_axes >= 2, _on(pre1d)))
+    merged = sp.Piecewise((max_dim, _on(merge)), (0, True))
     rotate = Preconditioned(G, gs, [
-        MatrixState(L, sp.ZeroMatrix(rows, rows), sb * L + (1 - sb) * G * G.T, key="GG_0", at_end=True),
-        MatrixState(R, sp.ZeroMatrix(cols, cols), sb * R + (1 - sb) * G.T * G, key="GG_1", at_end=True),
-        MatrixState(QL, sp.ZeroMatrix(rows, rows), Eigenbasis(L, QL, v, first, max_dim), key="Q_0", when=refresh,
-                    at_end=True),
-        MatrixState(QR, sp.ZeroMatrix(cols, cols), Eigenbasis(R, QR, v, first, max_dim), key="Q_1", when=refresh,
-                    at_end=True),
-    ], QL.T * G * QR)
+        MatrixState(L, sp.ZeroMatrix(rows, rows), sb * L + (1 - sb) * G * G.T, key="GG", at_end=True),
+        MatrixState(Q, sp.ZeroMatrix(rows, rows), Eigenbasis(L, Q, v, first), key="Q", when=refresh, at_end=True),
+    ], Q.T * G, every_axis=True, keep=keep, merge=merged)
     return Rule(
         "soap", param=theta, grad=g, source=_SRC, latex_names=_LATEX_SOAP,
         doc="SOAP: Adam's moments in the eigenbasis of Shampoo's preconditioner (pytorch_optimizer.SOAP).",
@@ -136,13 +144,13 @@ def soap() -> Rule:
                                 doc="β_s, the statistics' decay (-1: β₂, pytorch-optimizer's None)"),
             weight_decay: Hyper(1e-2, low=0.0, doc="λ, decoupled weight decay θ ← θ(1 − γλ)"),
             frequency: Hyper(10, low=1.0, doc="f, refresh the eigenbases every f steps (an integer)"),
-            max_dim: Hyper(10000, low=1.0, doc="the longest side rotated (a longer one is refused)"),
-            merge: Hyper(False, kind="bool", doc="merge small dimensions (only False)"),
-            pre1d: Hyper(False, kind="bool", doc="precondition 1-D params (only False)"),
+            max_dim: Hyper(10000, low=1.0, doc="the longest axis rotated (a longer one is left as it is)"),
+            merge: Hyper(False, kind="bool", doc="merge adjacent axes up to max_precondition_dim (channels_first)"),
+            pre1d: Hyper(False, kind="bool", doc="rotate 1-D params too"),
             correct_bias: Hyper(True, kind="bool", doc="Adam's bias corrections in the step size"),
-            normalize: Hyper(False, kind="bool", doc="normalize the update (only False)"),
+            normalize: Hyper(False, kind="bool", doc="divide the update by its root mean square (+ ε)"),
             data_format: Hyper(0, kind="choice", choices=("channels_first", "channels_last"),
-                               doc="layout for merge_dims (no effect without it)"),
+                               doc="layout for merge_dims (no effect without it; channels_last refused with it)"),
             eps: Hyper(1e-8, low=0.0, doc="ε, added to √v"),
             maximize: Hyper(False, kind="bool", doc="maximize the objective (g ← −g)"),
         },
@@ -150,9 +158,10 @@ def soap() -> Rule:
             (gs, sp.Piecewise((-g, _on(maximize)), (g, True))),
             (m, m + warm * (1 - beta1) * (gs - m)),
             (gp, rotate),
-            (mp, Preconditioned(Mm, m, [], QL.T * Mm * QR)),
+            (mp, Preconditioned(Mm, m, [], Q.T * Mm, every_axis=True, keep=keep, merge=merged)),
             (v, v + warm * (1 - beta2) * (gp ** 2 - v)),
-            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], QL * N * QR.T)),
+            (u, Preconditioned(N, mp / (sp.sqrt(v) + eps), [], RMSNormalized(Q * N, eps, _on(normalize)),
+                               every_axis=True, keep=keep, merge=merged)),
             (step_size, eta),
             (theta, (theta - step_size * u) * (1 - warm * lr * weight_decay)),
         ],
@@ -170,9 +179,8 @@ def families() -> list[Family]:
                           (sp.Eq(frequency, sp.floor(frequency)), "precondition_frequency must be an integer"),
                           (sp.Or(shampoo_beta >= 0, sp.Eq(shampoo_beta, -1)),
                            "shampoo_beta must be in [0, 1] (or -1 for beta2)"),
-                          (sp.Eq(merge, 0),
-                           "merge_dims=True is not supported (symopt rotates the 2-D param as it is)"),
-                          (sp.Eq(pre1d, 0), "precondition_1d=True is not supported (SOAP takes 2-D params)"),
-                          (sp.Eq(normalize, 0), "normalize_gradient=True is not supported"),
+                          (sp.Or(sp.Eq(merge, 0), sp.Eq(data_format, 0)),
+                           "merge_dims=True with data_format='channels_last' is not supported (symopt merges the "
+                           "axes in the param's own order)"),
                       ]))
     return out

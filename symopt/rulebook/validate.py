@@ -43,7 +43,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 from ..functions import REGISTRY, registered
 from .matrix import SHAPE_SYMBOLS, Iterate
 from .factored import FACTOR_SYMBOLS, ColMean, RowMean, is_factored_rule
-from .preconditioned import Eigenbasis, InverseRoot, Preconditioned
+from .preconditioned import Eigenbasis, InverseRoot, Preconditioned, RMSNormalized
 from .reduction import GlobalMean, GlobalSum, TensorMean, TensorSum
 from .metadata import NONE_VALUE, Hyper, RuleError, State, t
 
@@ -171,8 +171,10 @@ def check_preconditioned(node, where: str) -> None:
     value are matrix sums and products of its variable and matrix states (and ``InverseRoot`` /
     ``Eigenbasis`` of a state), with scalar coefficients that pass :func:`check_expression`.
     The value may read the states of another node of the rule (the planner checks that they exist)."""
-    allowed = _MATRIX_TYPES | {InverseRoot, Eigenbasis, sp.Identity, sp.ZeroMatrix}
+    allowed = _MATRIX_TYPES | {InverseRoot, Eigenbasis, RMSNormalized, sp.Identity, sp.ZeroMatrix}
     square = {(m.shape[0], m.shape[0]) for m in (node.var, node.var.T)}
+    check_expression(node.keep, f"{where}: the condition of the axes that keep states")
+    check_expression(node.merge, f"{where}: the limit of merged axes")
     for st in node.states:
         check_expression(st.init_diagonal(), f"{where}: initial value of {st.sym.name}")
         check_expression(st.when, f"{where}: condition of {st.sym.name}")
@@ -189,6 +191,11 @@ def check_preconditioned(node, where: str) -> None:
             if kind not in allowed:
                 raise RuleError(f"{where}: {kind.__name__} in {what}; allowed: MatAdd, MatMul, Transpose, "
                                 f"InverseRoot and Eigenbasis of {node.var.name} and the matrix states")
+            if kind is RMSNormalized:
+                check_expression(m.eps, f"{where}: ε of the normalization in {what}")
+                check_expression(m.when, f"{where}: condition of the normalization in {what}")
+                stack.append(m.arg)
+                continue
             if kind is Eigenbasis:
                 check_expression(m.first, f"{where}: condition of the exact eigenbasis in {what}")
                 if m.limit != sp.oo:

@@ -155,8 +155,8 @@ def write(path, opt, *, params: bool = True) -> None:
     if any(kind != "full" for kind in kinds.values()):  # a factored rule: row/col states of their own shapes
         meta["state_kinds"] = [kinds[key] for key in keys]
         meta["layouts"] = list(opt.factored_layouts)  # per param: "matrix" (row/col states) or "vector"
-    mkeys = list(opt.matrix_state_keys)
-    if mkeys:  # a preconditioned rule's matrix states, each of its own shape
+    mkeys = [list(opt.matrix_state_keys(j)) for j in range(len(tensors))]
+    if any(mkeys):  # a preconditioned rule's matrix states, per param, each of its own shape
         meta["matrix_state_keys"] = mkeys
         meta["matrix_state_shapes"] = [[list(s) for s in opt.matrix_state_shapes(j)] for j in range(len(tensors))]
     arrays = {"meta": np.array(json.dumps(meta)),
@@ -166,7 +166,7 @@ def write(path, opt, *, params: bool = True) -> None:
             if key in state[j]:  # a factored rule keeps some states for some param shapes only
                 value = state[j][key]
                 arrays[f"state_{k}_{j}"] = np.ascontiguousarray(value).reshape(value.shape)  # 0-d stays 0-d
-        for k, key in enumerate(mkeys):
+        for k, key in enumerate(mkeys[j]):
             arrays[f"matrix_{k}_{j}"] = np.ascontiguousarray(state[j][key])
         if params:
             arrays[f"param_{j}"] = tensors[j]
@@ -336,12 +336,13 @@ def _check_meta(meta, path) -> None:
         _fail(path, "meta['layouts'] must give 'matrix' (only for a param of two or more dimensions) or 'vector' "
                     "per param")
     mkeys, mshapes = meta.get("matrix_state_keys", []), meta.get("matrix_state_shapes", [])
-    if not isinstance(mkeys, list) or len(mkeys) > 64 or not all(_name_ok(k) for k in mkeys):
-        _fail(path, "matrix state keys must be a list of short printable strings")
+    if not isinstance(mkeys, list) or (mkeys and len(mkeys) != len(meta["shapes"])) or not all(
+            isinstance(ks, list) and len(ks) <= 2 * MAX_NDIM and all(_name_ok(k) for k in ks) for ks in mkeys):
+        _fail(path, "matrix state keys must be a list per param of short printable strings")
     if mkeys and (not isinstance(mshapes, list) or len(mshapes) != len(meta["shapes"]) or not all(
-            isinstance(ss, list) and len(ss) == len(mkeys) and all(
+            isinstance(ss, list) and len(ss) == len(ks) and all(
                 isinstance(s, list) and len(s) == 2 and all(type(d) is int and 0 <= d <= MAX_ELEMENTS for d in s)
-                and s[0] * s[1] <= MAX_ELEMENTS for s in ss) for ss in mshapes)):
+                and s[0] * s[1] <= MAX_ELEMENTS for s in ss) for ss, ks in zip(mshapes, mkeys))):
         _fail(path, "matrix state shapes are malformed")
     seen = []
     for gi, g in enumerate(meta["groups"]):
@@ -409,7 +410,7 @@ class Reader:
                 if info is None:
                     _fail(self.path, f"state {key!r} of param {j} is missing")
                 entry[key] = _read_member(self._zip, info, dtype, want, f"state {key!r} of param {j}")
-            for k, key in enumerate(self.meta.get("matrix_state_keys", [])):
+            for k, key in enumerate(self.meta["matrix_state_keys"][j] if self.meta.get("matrix_state_keys") else []):
                 info = _member(self._zip, f"matrix_{k}_{j}")
                 if info is None:
                     _fail(self.path, f"matrix state {key!r} of param {j} is missing")
@@ -488,8 +489,9 @@ def _check_fits(path, ck: dict, opt, tensors) -> None:
         _fail(path, "param groups differ (number of groups or params per group)")
     if meta["state_keys"] != list(opt.state_keys):
         _fail(path, f"state keys {meta['state_keys']} differ from the rule's")
-    if meta.get("matrix_state_keys", []) != list(opt.matrix_state_keys) or meta.get("matrix_state_shapes", []) != (
-            [[list(s) for s in opt.matrix_state_shapes(j)] for j in range(len(tensors))] if opt.matrix_state_keys else []):
+    mkeys = [list(opt.matrix_state_keys(j)) for j in range(len(tensors))]
+    if meta.get("matrix_state_keys", []) != (mkeys if any(mkeys) else []) or meta.get("matrix_state_shapes", []) != (
+            [[list(s) for s in opt.matrix_state_shapes(j)] for j in range(len(tensors))] if any(mkeys) else []):
         _fail(path, "matrix states (keys or shapes) differ from the rule's")
 
 

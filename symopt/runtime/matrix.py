@@ -223,11 +223,13 @@ def state_shape(kind: str, shape: tuple, layout: str | None = None):
     return shape[:-1] + (1,) if kind == "row" else shape[:-2] + (1, shape[-1])
 
 
-def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None, layouts=None):
+def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None, layouts=None,
+          first_scalars=None):
     """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
     for one with matrix states), a :class:`FactoredStep` for a factored one, None for an elementwise
     one (``state_offs``: per state, each tensor's offset in its flat buffer; ``dims``: per tensor,
-    :func:`dimension_numbers` or None; ``layouts``: per tensor, a factored rule's :func:`factored_layout`)."""
+    :func:`dimension_numbers` or None; ``layouts``: per tensor, a factored rule's :func:`factored_layout`;
+    ``first_scalars(j)``: the per-step scalars of tensor ``j``'s first step, for a preconditioned rule)."""
     if "factored" in vinfo:
         if any(d is not None for d in (dims or ())):
             raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads a param "
@@ -240,5 +242,5 @@ def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs
         if any(d is not None for d in (dims or ())):
             raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads each "
                              f"param as d0 × (d1⋯)")
-        return PreconditionedStep(module, vinfo, tensors, suffix, name)
+        return PreconditionedStep(module, vinfo, tensors, suffix, name, first_scalars)
     return MatrixStep(module, vinfo, tensors, suffix, name, dims)

@@ -357,10 +357,15 @@ class Optimizer:
         prefix = self._vinfo["prefix"]
         mod = self._spec.module
         self._scalar_fn = getattr(mod, f"{prefix}_scalars")
+        self._hyper_names = self._vinfo["hyper"]
+        self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values, scalar args)
+        keys = self._spec.keys
+        self._raw_values = (operator.itemgetter(*keys) if len(keys) > 1
+                            else (lambda g, k=keys[0]: (g[k],)) if keys else (lambda g: ()))
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
         self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims,
-                                    self._layouts)
+                                    self._layouts, self._first_scalars)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -374,14 +379,14 @@ class Optimizer:
         self._reduce = reduction.setup(mod, self._vinfo, len(sizes), suffix)
         if self._reduce is not None:
             self._flat = None  # reduction passes need the per-tensor table
-        self._hyper_names = self._vinfo["hyper"]
-        self._cache = [None] * len(self.param_groups)   # (raw values tuple, validated values, scalar args)
-        keys = self._spec.keys
-        self._raw_values = (operator.itemgetter(*keys) if len(keys) > 1
-                            else (lambda g, k=keys[0]: (g[k],)) if keys else (lambda g: ()))
         self._tables[(1, False, None)] = (self._chunks, self._work)
         # step() takes _step_all when every param is at one step count and none of these applies
         self._plain = self._matrix is None and self._reduce is None and self._flat is None
+
+    def _first_scalars(self, j: int) -> tuple:
+        """The per-step scalars of tensor ``j``'s first step, from its group's hyperparameters."""
+        args = self._group_args(int(self._group_of[j]))   # first: it may wrap _scalar_fn (schedules)
+        return self._scalar_fn(1, *args)
 
     def _init_state(self):
         mod = self._spec.module
@@ -445,14 +450,19 @@ class Optimizer:
         """The step count of every param (int64, read-only view, updated in place by each step)."""
         return self._step_counts
 
-    @property
-    def matrix_state_keys(self) -> tuple:
-        """The names of a preconditioned rule's per-tensor matrix states (``pre_cond_0``...; else empty)."""
-        return self._matrix.keys if self._matrix_state is not None else ()
+    def matrix_state_keys(self, j: int) -> tuple:
+        """The names of tensor ``j``'s matrix states under a preconditioned rule (``pre_cond_0``, one per
+        kept axis...; else empty)."""
+        return tuple(self._matrix.keys[j]) if self._matrix_state is not None else ()
+
+    def matrix_axes(self, j: int) -> tuple | None:
+        """The axes a preconditioned rule reads tensor ``j`` as (its shape, merged where the rule merges
+        axes; ``(d0, d1⋯)`` for a matrix-form rule); None for other rules."""
+        return tuple(self._matrix.dims[j]) if self._matrix_state is not None else None
 
     def matrix_state_shapes(self, j: int) -> tuple:
-        """The shapes of tensor ``j``'s matrix states, in :attr:`matrix_state_keys` order."""
-        return tuple(m.shape for m in self._matrix.mats[j]) if self._matrix_state is not None else ()
+        """The shapes of tensor ``j``'s matrix states, in :meth:`matrix_state_keys` order."""
+        return self._matrix.shapes(j) if self._matrix_state is not None else ()
 
     @property
     def state(self) -> dict:
@@ -896,10 +906,11 @@ class Optimizer:
                     raise ValueError(f"state {key!r} of param {pid} has shape {arr.shape}, {want}the param has {p.shape}")
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"state {key!r} of param {pid} has dtype {arr.dtype}")
-            for key, shape in zip(self.matrix_state_keys, self.matrix_state_shapes(j)):
+            mkeys = self.matrix_state_keys(j)
+            for key, shape in zip(mkeys, self.matrix_state_shapes(j)):
                 if key not in entry:
                     raise ValueError(f"state of param {pid} is missing the matrix state {key!r} (rule "
-                                     f"{self.variant!r} needs {self.matrix_state_keys})")
+                                     f"{self.variant!r} needs {mkeys} for a param of shape {p.shape})")
                 arr = np.asarray(entry[key])
                 if arr.shape != shape or arr.dtype.kind not in "fiu":
                     raise ValueError(f"matrix state {key!r} of param {pid} is a {arr.dtype} array of shape "
@@ -907,7 +918,7 @@ class Optimizer:
             new_state[j] = (_step_count(entry.get("step", 0), pid),
                             [None if shapes[j] is None else np.array(entry[k], dtype=self.dtype, copy=True)
                              for k, shapes in zip(keys, self._state_shapes)],
-                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in self.matrix_state_keys])
+                            [np.array(entry[k], dtype=self.dtype, copy=True) for k in mkeys])
         skipped = 0 if meta is None else _step_count(meta.get("skipped_steps", 0), "skipped_steps")
         # Initial state of the params the dict holds no state for, computed from the new values.
         init_fn = getattr(self._spec.module, f"{self._vinfo['prefix']}_state_init")
@@ -922,7 +933,7 @@ class Optimizer:
         dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
         if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
             new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
-                                      self.rule_name, self._state_offs, dims, self._layouts)
+                                      self.rule_name, self._state_offs, dims, self._layouts, self._first_scalars)
         if self._layouts is not None and self._factor_min_dim(new_groups, "state_dict") != self._factor_min:
             raise ValueError(f"state_dict has another {self._vinfo['factored']['min_dim_key']} than this optimizer "
                              f"({self._factor_min:g}), which fixes which params are factored; build the optimizer "
@@ -939,7 +950,7 @@ class Optimizer:
                     if arr is not None:
                         o = int(offs[j])
                         buf[o:o + arr.size] = arr.reshape(-1)
-                if self.matrix_state_keys:
+                if self._matrix_state is not None:
                     self._matrix.load(j, mats, started=step > 0)
                 self._steps[j] = step
             else:

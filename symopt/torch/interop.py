@@ -268,13 +268,14 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
     entry = {k: v for k, v in entry.items() if k not in fmt.copied_state}
     if "step" not in entry and group_step is not None:
         entry["step"] = group_step
-    for name in fmt.list_state:     # "GG": [a, b] -> "GG_0": a, "GG_1": b
+    for name in fmt.list_state:     # "GG": [a, [], b] -> "GG_0": a, "GG_2": b ([]: an axis without one)
         value = entry.pop(name, None)
         if value is None:
             continue
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"state of param {pid}: {name!r} must be a list of tensors, got {type(value).__name__}")
-        entry.update({f"{name}_{k}": v for k, v in enumerate(value)})
+        entry.update({f"{name}_{k}": v for k, v in enumerate(value)
+                      if not (isinstance(v, (list, tuple)) and len(v) == 0)})
     keys = list(keys)
     for key, value in entry.items():
         if key != "step" and key not in keys and value is not None:
@@ -310,11 +311,12 @@ def entry_from_torch(entry, pid, keys, shape, fmt: TorchFormat, label: str, shap
     return step, arrays
 
 
-def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtype):
+def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtype, ndim: int = 0):
     """One param's symopt state (``arrays`` are copies the caller owns) -> torch's format, or None.
 
     A param that has not been stepped has no entry, as in torch.optim, unless the
-    torch class creates state eagerly (Adagrad).
+    torch class creates state eagerly (Adagrad).  A :attr:`TorchFormat.list_state` is a list of one
+    entry per axis of the ``ndim``-D param, ``[]`` for an axis without one (pytorch-optimizer's SOAP).
     """
     if step == 0 and not fmt.eager_state:
         return None
@@ -327,11 +329,9 @@ def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtyp
             out[key] = torch.tensor(float(arr.reshape(-1)[0]) if arr.size else 1.0, dtype=sdtype)
         else:
             out[key] = torch.from_numpy(arr)
-    for name in fmt.list_state:     # "GG_0": a, "GG_1": b -> "GG": [a, b]
-        parts = sorted((k for k in out if k.startswith(f"{name}_") and k[len(name) + 1:].isdigit()),
-                       key=lambda k: int(k[len(name) + 1:]))
-        if parts:
-            out[name] = [out.pop(k) for k in parts]
+    for name in fmt.list_state:     # "GG_0": a, "GG_2": b -> "GG": [a, [], b]
+        parts = {int(k[len(name) + 1:]): k for k in list(out) if k.startswith(f"{name}_") and k[len(name) + 1:].isdigit()}
+        out[name] = [out.pop(parts[k]) if k in parts else [] for k in range(max([ndim - 1, *parts]) + 1)]
     return out or None
 
 

@@ -550,7 +550,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=BackendDispatch):
         full = _full_keys(self._core)
         for j, entry in core_sd["state"].items():
             arrays = {k: (logical(v, *self._layouts[j]) if k in full else v) for k, v in entry.items() if k != "step"}
-            out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype)
+            axes = self._core.matrix_axes(j)     # SOAP's GG, Q: one entry per axis it reads (merged or not)
+            out = entry_to_torch(int(entry["step"]), arrays, fmt, sdtype,
+                                 self._params[j].dim() if axes is None else len(axes))
             if out is not None:
                 p = self._params[j]                 # a DTensor param's state: DTensors placed as the param
                 state[j] = {k: (like(v, p) if isinstance(v, torch.Tensor) and v.dim() else v)

@@ -34,6 +34,8 @@ TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 MATRIX_SHAPES = ((4, 6), (6, 4), (2, 3, 2))
 #: The shapes of the rules that rotate into eigenbases (SOAP): square (see verify_preconditioned_variant).
 SQUARE_SHAPES = ((4, 4), (5, 5))
+#: More shapes of the rules that precondition every axis (Shampoo, SOAP): full-rank statistics.
+EVERY_AXIS_SHAPES = ((3,), (2, 2, 2))
 BANDS = {"float32": (1e-12, 1.0, 1e12), "float64": (1e-60, 1.0, 1e60)}
 _DPS = 50
 
@@ -263,22 +265,31 @@ def verify_preconditioned_variant(family, rule, dtype: str, *, steps: int = 3, s
     worst, worst_where, count = 0.0, "", 0
     mpmath.mp.dps = _DPS
     state_syms = {rule.state_key(s): s for s in rule.state}
-    states = matrix_states_of(n for _, rhs in rule.updates for n in preconditioners_in(rhs))
-    mat_keys = [st.key for st in states]
-    # eigenvectors are compared up to their signs; a rectangular param's statistic is rank-deficient
-    # at first and the eigenvectors of its null space are arbitrary, so eigenbases run on square ones
-    bases = {st.key for st in states if isinstance(st.update, Eigenbasis)}
-    if dt == np.float32:
-        for st in states:
-            d = st.init_diagonal()
-            if d in rule.hyper and rule.hyper[d].index is None:
-                key = rule.hyper_key(d)
-                kwargs[key] = max(float(kwargs.get(key, rule.hyper[d].default)), FLOAT32_MIN_DIAGONAL)
-    for shape in SQUARE_SHAPES if bases else MATRIX_SHAPES:
-        if len(shape) != 2:
+    nodes = [n for _, rhs in rule.updates for n in preconditioners_in(rhs)]
+    states = matrix_states_of(nodes)
+    every_axis = bool(nodes) and nodes[0].every_axis
+    # eigenvectors are compared up to their signs; a statistic with an axis longer than the others'
+    # product is rank-deficient at first and the eigenvectors of its null space are arbitrary, so
+    # eigenbases run on square matrices (and, reading every axis, a cube and a vector)
+    eig_keys = {st.key for st in states if isinstance(st.update, Eigenbasis)}
+    raised = dict(kwargs)
+    for st in states:
+        d = st.init_diagonal()
+        if d in rule.hyper and rule.hyper[d].index is None:
+            key = rule.hyper_key(d)
+            raised[key] = max(float(kwargs.get(key, rule.hyper[d].default)), FLOAT32_MIN_DIAGONAL)
+    shapes = (SQUARE_SHAPES if eig_keys else MATRIX_SHAPES) + (EVERY_AXIS_SHAPES if every_axis else ())
+    for shape in shapes:
+        if len(shape) != 2 and not every_axis:
             continue
         params = rng.standard_normal(shape).astype(dt)
-        opt = Optimizer(_name_or_family(family), [params], **kwargs)
+        # a vector's statistic is ε I plus rank t < d in its first steps: its root −1/2 reads the
+        # eigenvalues ε, rounded by u‖L‖ (relative 1e-9 at ε = 1e-6): vectors, as float32, run
+        # with initial diagonals of at least FLOAT32_MIN_DIAGONAL
+        opt = Optimizer(_name_or_family(family), [params], **(raised if dt == np.float32 or len(shape) == 1
+                                                                else kwargs))
+        mat_keys = opt.matrix_state_keys(0)
+        bases = {key for key in mat_keys if key in eig_keys or key.rpartition("_")[0] in eig_keys}
         hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
         for _ in range(int(rng.integers(0, 3))):
             opt.step([rng.standard_normal(shape).astype(dt)])

@@ -139,6 +139,106 @@ def _mp_eigenbasis(op, mats: dict, scalars, first: bool):
     return q, order
 
 
+def _unfold(tensor, axis: int):
+    """The mode-``axis`` unfolding of an object array of mpf as an mpmath matrix (``d × rest``)."""
+    import mpmath
+    import numpy as np
+
+    m = np.moveaxis(tensor, axis, 0).reshape(tensor.shape[axis], -1)
+    return mpmath.matrix(m.tolist())
+
+
+def _fold(matrix, dims: tuple, axis: int):
+    """The inverse of :func:`_unfold`: the ``d × rest`` mpmath matrix back as an object array of shape ``dims``."""
+    import numpy as np
+
+    moved = (dims[axis], *dims[:axis], *dims[axis + 1:])
+    flat = np.empty(matrix.rows * matrix.cols, dtype=object)
+    flat[:] = [matrix[i, j] for i in range(matrix.rows) for j in range(matrix.cols)]
+    return np.moveaxis(flat.reshape(moved), 0, axis)
+
+
+def _exact_every_axis_step(rule, values: list, shape: tuple, mats: dict, nodes: list) -> tuple:
+    """:func:`exact_preconditioned_step` of a rule of ``every_axis`` nodes: per kept axis k its own
+    states (keys ``<key>_k``), the statistics of the unfolding ``G_(k)``, the value ``G ×₀ A₀ ⋯``."""
+    import mpmath
+    import numpy as np
+    import sympy as sp
+
+    from ..rulebook.matrix import rows
+    from ..rulebook.preconditioned import Eigenbasis, Preconditioned, RMSNormalized, n_axes
+
+    dims = tuple(int(d) for d in shape)
+    envs = [{**v, n_axes: mpmath.mpf(len(dims))} for v in values]
+
+    def scalars(expr, env=envs[0]):
+        syms = sorted(expr.free_symbols, key=lambda s: s.name)
+        return sp.lambdify(syms, expr, modules="mpmath", dummify=True)(*[env[s] for s in syms])
+
+    def tensor(vals):
+        arr = np.empty(len(vals), dtype=object)
+        arr[:] = list(vals)
+        return arr.reshape(dims)
+
+    keep = nodes[0].keep
+    axes = [k for k, d in enumerate(dims)
+            if bool(scalars(sp.Piecewise((1, keep), (0, True)), {**envs[0], rows: mpmath.mpf(d)}))]
+    current: dict = {}      # axis -> {state or var symbol: mpmath matrix}
+    for k in axes:
+        current[k] = {}
+        for node in nodes:
+            for st in node.states:
+                current[k][st.sym] = (mpmath.eye(dims[k]) * scalars(st.init_diagonal()) if mats is None
+                                      else mpmath.matrix(mats[f"{st.key}_{k}"].tolist()))
+    out_mats: dict = {}
+
+    def update(st, k, grad):
+        if bool(scalars(sp.Piecewise((1, st.when), (0, True)))):
+            if isinstance(st.update, Eigenbasis):
+                first = bool(scalars(sp.Piecewise((1, st.update.first), (0, True))))
+                current[k][st.sym], order = _mp_eigenbasis(st.update, current[k], scalars, first)
+                if order is not None:   # the reordered elementwise state, along axis k
+                    v = st.update.reorder
+                    moved = np.take(tensor([env[v] for env in envs]), order, axis=k).reshape(-1)
+                    for env, x in zip(envs, moved):
+                        env[v] = x
+            else:
+                current[k][st.sym] = _mp_matrix_value(st.update, {**current[k], grad[0]: _unfold(grad[1], k)},
+                                                      scalars)
+        out_mats[f"{st.key}_{k}"] = current[k][st.sym]
+
+    at_end = []
+    for lhs, rhs in rule.updates:
+        repl = {}
+        for j, node in enumerate(rhs.atoms(Preconditioned)):
+            g = tensor(evaluate_elementwise(node.start, envs))
+            for st in node.states:
+                if st.at_end:
+                    at_end.append((st, (node.var, g)))
+                else:
+                    for k in axes:
+                        update(st, k, (node.var, g))
+            product = node.value.arg if isinstance(node.value, RMSNormalized) else node.value
+            value = g
+            for k in axes:      # the mode product of each kept axis in turn
+                factor = _mp_matrix_value(product.args[0], current[k], scalars)
+                value = _fold(factor * _unfold(value, k), dims, k)
+            if product is not node.value and bool(scalars(sp.Piecewise((1, node.value.when), (0, True)))):
+                flat = list(value.reshape(-1))
+                d = mpmath.sqrt(mpmath.fsum(x * x for x in flat) / len(flat)) + scalars(node.value.eps)
+                value = tensor([x / d for x in flat])
+            sym = sp.Dummy(f"preconditioned{j}")
+            for env, x in zip(envs, value.reshape(-1)):
+                env[sym] = x
+            repl[node] = sym
+        for env, v in zip(envs, evaluate_elementwise(rhs.xreplace(repl), envs)):
+            env[lhs] = v
+    for st, grad in at_end:
+        for k in axes:
+            update(st, k, grad)
+    return envs, out_mats
+
+
 def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> tuple:
     """Apply ``rule``'s updates (its :class:`~symopt.rulebook.preconditioned.Preconditioned` nodes)
     to a tensor of ``shape`` at 50 digits from the matrix states ``mats`` (key -> float array; None
@@ -149,6 +249,10 @@ def exact_preconditioned_step(rule, values: list, shape: tuple, mats: dict) -> t
 
     from ..rulebook.matrix import cols, rows
     from ..rulebook.preconditioned import Eigenbasis, Preconditioned
+
+    nodes = [n for _, rhs in rule.updates for n in rhs.atoms(Preconditioned)]
+    if nodes and nodes[0].every_axis:
+        return _exact_every_axis_step(rule, values, shape, mats, nodes)
 
     nrows = shape[0]
     ncols = len(values) // nrows
