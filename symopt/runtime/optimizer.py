@@ -5,11 +5,12 @@ The optimizer validates everything once, allocates the state in one flat buffer
 per state variable, and at every ``step(grads)``:
 
 1. checks the gradients (count, type, shape, dtype, contiguity),
-2. computes each group's per-step scalars in float64 (bias corrections, ``lr``...)
-   with the generated ``<rule>_scalars(t, *hyper)`` function,
-3. makes ONE compiled call for all tensors: the kernel first scans every gradient
-   for NaN/inf (unless ``on_nonfinite="ignore"``) and writes nothing if it finds
-   one, then updates params and state in place.
+2. writes the step count ``t`` into each group's row of hyperparameters (float64),
+3. makes ONE compiled call for all tensors: the kernel computes each group's per-step
+   scalars (bias corrections, ``lr``...) from its row with the generated
+   ``<rule>_scalar_rows`` (the compiled twin of ``<rule>_scalars(t, *hyper)``), scans
+   every gradient for NaN/inf (unless ``on_nonfinite="ignore"``) and writes nothing if it
+   finds one, then updates params and state in place.
 
 Hyperparameters are kernel arguments: changing ``param_groups[i]["lr"]`` takes
 effect at the next step without code generation or compilation.  Importing this
@@ -298,6 +299,9 @@ class Optimizer:
         self._pspan_param = [s[2] for s in spans]
         self._gbytes = [int(n) * self.dtype.itemsize for n in sizes]
         self._grads_checked = None   # step()'s grad addresses, as a list, when _gptr holds them checked
+        # step()'s fast path, set by _check_grads's (None whenever _grads_checked is): per param the last grad's
+        # id, the reader of its data pointer and that address, the param, its pointer reader, address and shape
+        self._fast_grads = None
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
@@ -331,6 +335,16 @@ class Optimizer:
         # Writes one row of per-step scalars (struct.pack_into: ~0.2 µs, numpy's setitem ~0.4 µs).
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
+        # The kernels' hyperparameter rows (_step_all): per group the step t, then the variant's hyperparameters
+        # (float64; bools and choices as numbers), from which the kernel computes the group's row of _scal.
+        # _group_values writes a row when its values change, a step writes t alone (one item of _hyp_flat)
+        # unless the group has schedules; _no_hyp (no rows) makes a kernel read _scal as given.
+        ncols = 1 + len(self._vinfo["hyper"])
+        self._hyp = np.zeros((len(self.param_groups), ncols), dtype=np.float64)
+        self._hyp_cols = ncols
+        self._hyp_flat = memoryview(self._hyp).cast("B").cast("d")
+        self._hyp_packer = (struct.Struct(f"={ncols}d").pack_into, memoryview(self._hyp).cast("B"), ncols * 8)
+        self._no_hyp = np.zeros((0, ncols), dtype=np.float64)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
         self._t_all = 0  # the step count of every param when they are all equal, else -1 (kept with _steps)
         self._step_counts = self._steps.view()
@@ -489,9 +503,14 @@ class Optimizer:
                              f"(build a new optimizer)")
         # Lists (betas=[...]) are copied, so that changing one in place is seen at the next step.
         snapshot = tuple(list(x) if type(x) is list else x for x in raw)
-        self._cache[gi] = (snapshot, vals, tuple(vals[n] for n in self._hyper_names))
-        if scheduled.any_schedule(vals):  # schedules are evaluated once per step (runtime/scheduled.py)
+        args = tuple(vals[n] for n in self._hyper_names)
+        timed = scheduled.any_schedule(vals)
+        self._cache[gi] = (snapshot, vals, args, timed)
+        if timed:  # schedules are evaluated once per step (runtime/scheduled.py)
             self._scalar_fn = scheduled.wrap(self._scalar_fn, self._spec, self._hyper_names)
+        else:  # the kernel's row of hyperparameters (its step t is written at each step)
+            pack, buf, rowbytes = self._hyp_packer
+            pack(buf, gi * rowbytes, 0.0, *args)
         return vals
 
     def _group_args(self, gi: int) -> tuple:
@@ -547,8 +566,9 @@ class Optimizer:
                         readers.append(r)
                     self._grad_readers = readers
                     self._grad_ids = ids
+                    self._fast_grads = None
                 addrs = [r.value or 0 for r in self._grad_readers]
-                if addrs != self._grads_checked:  # other addresses than the last step's
+                if addrs != self._grads_checked or self._fast_grads is None:  # other addresses than the last step's
                     key = tuple(addrs)
                     table = self._grads_seen.get(key)
                     if table is None:  # checked once per set of addresses; a few are kept, as address tables
@@ -559,9 +579,11 @@ class Optimizer:
                         self._grads_seen[key] = table
                     self._gptr = table
                     self._grads_checked = addrs
+                    self._fast_grads = list(zip(ids, self._grad_readers, addrs, tensors, self._pdata, self._paddr,
+                                                self._shapes))
                 return None
         self.check_buffers()
-        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        self._grads_checked = self._fast_grads = None  # the scratch table is written below (never a kept one)
         gptr = self._gptr = self._gptr_scratch
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
@@ -591,16 +613,14 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        checked = self._grads_checked
-        if (checked is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(checked)
-                and id(grads[0]) == self._grad_ids[0]):
+        fast = self._fast_grads
+        if fast is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(fast):
             # The last call's grad objects again (same ids, the readers made for them: only the fast
-            # path of _check_grads sets _grad_ids), each an ndarray of the params' dtype object, shape and
+            # path of _check_grads sets _fast_grads), each an ndarray of the params' dtype object, shape and
             # C order, at the address _gptr holds checked; every param still writable, at its address,
             # with its shape: _gptr stands as it is.
             ndarray, dt = np.ndarray, self.dtype
-            for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
-                                                          self._fast_rows):
+            for g, (gid, gr, ga, p, pd, pa, shape) in zip(grads, fast):
                 if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
                         or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
                         or pd.value != pa or p.shape != shape):
@@ -625,7 +645,7 @@ class Optimizer:
         for j, p in enumerate(self._tensors):
             if not p.flags.writeable or p.shape != shapes[j] or (pdata is not None and pdata[j].value != paddr[j]):
                 self.check_buffers()  # raises, naming the param
-        self._grads_checked = None  # the scratch table is written below (never a kept one)
+        self._grads_checked = self._fast_grads = None  # the scratch table is written below (never a kept one)
         gptr = self._gptr = self._gptr_scratch
         active = None
         for j, a in enumerate(addresses):
@@ -672,53 +692,69 @@ class Optimizer:
             b = a + gbytes[j]
             k = bisect.bisect_left(pstart, b) - 1
             if k >= 0 and pend[k] > a:
-                self._grads_checked = None
+                self._grads_checked = self._fast_grads = None
                 raise ValueError(f"grads[{j}] shares memory with params[{self._pspan_param[k]}]; a gradient must "
                                  f"not overlap any param or another gradient (pass a copy)")
             spans.append((a, b, j))
         spans.sort()
         for (a0, b0, j0), (a1, _, j1) in zip(spans, spans[1:]):
             if b0 > a1:
-                self._grads_checked = None
+                self._grads_checked = self._fast_grads = None
                 raise ValueError(f"grads[{j1}] shares memory with grads[{j0}]; a gradient must not overlap any "
                                  f"param or another gradient (pass a copy)")
         self._grads_checked = gptr if mask is None else None
 
     def _step_all(self) -> None:
         """:meth:`_step` of every param when all are at one step count, for an elementwise rule on separate
-        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes."""
+        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes.
+        The kernel computes the per-step scalars from the rows of ``_hyp`` (step t, hyperparameters)."""
         t = self._t_all + 1
-        pack, buf, rowbytes = self._scal_packer
         cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
+        hyp_flat, ncols = self._hyp_flat, self._hyp_cols
         for gi in range(len(cache)):
             cached = cache[gi]
             if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
-                self._group_values(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                self._group_values(gi)  # writes the group's row of _hyp; may wrap _scalar_fn for schedules
                 cached = cache[gi]
-            pack(buf, gi * rowbytes, *self._scalar_fn(t, *cached[2]))
+            if cached[3]:  # schedules: this step's values, checked (runtime/scheduled.py)
+                pack, buf, rowbytes = self._hyp_packer
+                pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *cached[2]))
+            else:
+                hyp_flat[gi * ncols] = t
         nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         if nworkers > 1:
             table = self._tables.get((nworkers, False, None))
             if table is None:  # the first threaded step with this many threads plans the table
                 return self._step(None)
-            chunks, work = table
-            nbad = self._kernel_parallel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
-                                         self.on_nonfinite != "ignore")
+            kernel = self._kernel_parallel
+            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal)
         else:
-            # the serial kernel's arguments but the last, kept per address table (grads passed in turn)
+            # the serial kernel's arguments but the last two, kept per address table (grads passed in turn)
             gptr = self._gptr
+            kernel = self._kernel_serial
             kargs = self._serial_args.get(id(gptr))
             if kargs is None or kargs[1] is not gptr:
                 if len(self._serial_args) >= 16:
                     self._serial_args.clear()
                 kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
                                                        self._work, self._scal)
-            nbad = self._kernel_serial(*kargs, self.on_nonfinite != "ignore")
+        nbad = kernel(*kargs, self._hyp, self.on_nonfinite != "ignore")
         if nbad:
-            return self._nonfinite(nbad)
+            if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
+                nbad = self._python_scalars(t, kernel, kargs)
+            if nbad:
+                return self._nonfinite(nbad)
         self._steps.fill(t)
         self._t_all = t
         return None
+
+    def _python_scalars(self, t, kernel, kargs) -> int:
+        """The step of :meth:`_step_all` with its scalars computed by the Python scalar function (which raises
+        ``ZeroDivisionError``, ``ValueError``... where the compiled one gave NaN/inf, before anything is written)."""
+        pack, buf, rowbytes = self._scal_packer
+        for gi in range(len(self._cache)):
+            pack(buf, gi * rowbytes, *self._scalar_fn(t, *self._cache[gi][2]))
+        return kernel(*kargs, self._no_hyp, self.on_nonfinite != "ignore")
 
     def _nonfinite(self, nbad) -> None:
         """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
@@ -779,7 +815,8 @@ class Optimizer:
         if self._matrix is not None:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
-            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
+            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self._no_hyp,
+                          self.on_nonfinite != "ignore")
         if nbad:
             return self._nonfinite(nbad)
         if active is None and t0 >= 0:

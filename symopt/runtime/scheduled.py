@@ -64,10 +64,13 @@ class ScheduledScalars:
         self.fn = fn
         self.specs = specs           # the Hyper dict of each argument after t, in order
 
-    def __call__(self, t, *args):
-        vals = [check_value(a(t), h, f"{h['key']} (schedule at step t={t})") if is_schedule(a) else a
+    def arguments(self, t, *args) -> list:
+        """``args`` with every schedule evaluated at ``t`` and checked (a ``ValueError`` naming the step)."""
+        return [check_value(a(t), h, f"{h['key']} (schedule at step t={t})") if is_schedule(a) else a
                 for a, h in zip(args, self.specs)]
-        return self.fn(t, *vals)
+
+    def __call__(self, t, *args):
+        return self.fn(t, *self.arguments(t, *args))
 
 
 def wrap(fn, spec, names):
