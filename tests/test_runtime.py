@@ -164,6 +164,12 @@ def test_scalars_the_kernel_finds_nonfinite_come_from_the_python_function(rng):
     with pytest.raises(ZeroDivisionError):
         opt.step([np.ones(5)])
     assert np.array_equal(x, x0) and opt.step_counts.tolist() == [0]
+    pair = [rng.standard_normal(4), rng.standard_normal(3)]
+    pair0 = [a.copy() for a in pair]
+    both = symopt.optimizer(rule, pair, beta=1.0)        # a None grad: the step of the tensors given
+    with pytest.raises(ZeroDivisionError):
+        both.step([np.ones(4), None])
+    assert all(np.array_equal(a, b) for a, b in zip(pair, pair0)) and both.step_counts.tolist() == [0, 0]
     opt.param_groups[0]["beta"] = 0.5
     grad = rng.standard_normal(5)
     for t in (1, 2, 3):

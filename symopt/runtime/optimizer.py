@@ -711,7 +711,7 @@ class Optimizer:
         t = self._t_all + 1
         cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
         hyp_flat, ncols = self._hyp_flat, self._hyp_cols
-        for gi in range(len(cache)):
+        for gi in range(len(cache)):  # _hyp_rows, inlined
             cached = cache[gi]
             if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
                 self._group_values(gi)  # writes the group's row of _hyp; may wrap _scalar_fn for schedules
@@ -748,9 +748,20 @@ class Optimizer:
         self._t_all = t
         return None
 
+    def _hyp_rows(self, t) -> None:
+        """Write step ``t`` into each group's row of ``_hyp`` (a scheduled group: its values at ``t`` too)."""
+        pack, buf, rowbytes = self._hyp_packer
+        for gi in range(len(self._cache)):
+            args = self._group_args(gi)  # first: it writes the row of new values, may wrap _scalar_fn
+            if self._cache[gi][3]:
+                pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *args))
+            else:
+                self._hyp_flat[gi * self._hyp_cols] = t
+
     def _python_scalars(self, t, kernel, kargs) -> int:
-        """The step of :meth:`_step_all` with its scalars computed by the Python scalar function (which raises
-        ``ZeroDivisionError``, ``ValueError``... where the compiled one gave NaN/inf, before anything is written)."""
+        """A step whose kernel found a per-step scalar NaN/inf (and wrote nothing), with the scalars computed by the
+        Python scalar function (which raises ``ZeroDivisionError``, ``ValueError``... where the compiled one gave
+        NaN/inf, before anything is written): the kernel's count of NaN/inf grads."""
         pack, buf, rowbytes = self._scal_packer
         for gi in range(len(self._cache)):
             pack(buf, gi * rowbytes, *self._scalar_fn(t, *self._cache[gi][2]))
@@ -779,13 +790,19 @@ class Optimizer:
         nworkers = threads.current() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
+        hyp = self._no_hyp
         if t0 >= 0:
             # Every stepped tensor is at step t0: one scalar row per group, cached tables.
             t = t0 + 1
-            scal, (pack, buf, rowbytes) = self._scal, self._scal_packer
-            for gi in range(len(self._cache)):
-                args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
-                pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
+            scal = self._scal
+            if self._reduce is None and self._matrix is None:  # the kernel computes the scalars from _hyp
+                self._hyp_rows(t)
+                hyp = self._hyp
+            else:
+                pack, buf, rowbytes = self._scal_packer
+                for gi in range(len(self._cache)):
+                    args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                    pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
             flat = self._flat
             if flat is not None and active is None:
                 gbase = layout.flat_base(self._gptr, self._boffs)
@@ -815,8 +832,10 @@ class Optimizer:
         if self._matrix is not None:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
-            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self._no_hyp,
-                          self.on_nonfinite != "ignore")
+            kargs = (ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal)
+            nbad = kernel(*kargs, hyp, self.on_nonfinite != "ignore")
+            if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
+                nbad = self._python_scalars(t, kernel, kargs)
         if nbad:
             return self._nonfinite(nbad)
         if active is None and t0 >= 0:
