@@ -299,9 +299,6 @@ class Optimizer:
         self._pspan_param = [s[2] for s in spans]
         self._gbytes = [int(n) * self.dtype.itemsize for n in sizes]
         self._grads_checked = None   # step()'s grad addresses, as a list, when _gptr holds them checked
-        # step()'s fast path, set by _check_grads's (None whenever _grads_checked is): per param the last grad's
-        # id, the reader of its data pointer and that address, the param, its pointer reader, address and shape
-        self._fast_grads = None
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
@@ -566,9 +563,8 @@ class Optimizer:
                         readers.append(r)
                     self._grad_readers = readers
                     self._grad_ids = ids
-                    self._fast_grads = None
                 addrs = [r.value or 0 for r in self._grad_readers]
-                if addrs != self._grads_checked or self._fast_grads is None:  # other addresses than the last step's
+                if addrs != self._grads_checked:  # other addresses than the last step's
                     key = tuple(addrs)
                     table = self._grads_seen.get(key)
                     if table is None:  # checked once per set of addresses; a few are kept, as address tables
@@ -579,11 +575,9 @@ class Optimizer:
                         self._grads_seen[key] = table
                     self._gptr = table
                     self._grads_checked = addrs
-                    self._fast_grads = list(zip(ids, self._grad_readers, addrs, tensors, self._pdata, self._paddr,
-                                                self._shapes))
                 return None
         self.check_buffers()
-        self._grads_checked = self._fast_grads = None  # the scratch table is written below (never a kept one)
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
         gptr = self._gptr = self._gptr_scratch
         active = None
         for j, (g, p) in enumerate(zip(grads, tensors)):
@@ -613,14 +607,16 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        fast = self._fast_grads
-        if fast is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(fast):
+        checked = self._grads_checked
+        if (checked is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(checked)
+                and id(grads[0]) == self._grad_ids[0]):
             # The last call's grad objects again (same ids, the readers made for them: only the fast
-            # path of _check_grads sets _fast_grads), each an ndarray of the params' dtype object, shape and
+            # path of _check_grads sets _grad_ids), each an ndarray of the params' dtype object, shape and
             # C order, at the address _gptr holds checked; every param still writable, at its address,
             # with its shape: _gptr stands as it is.
             ndarray, dt = np.ndarray, self.dtype
-            for g, (gid, gr, ga, p, pd, pa, shape) in zip(grads, fast):
+            for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
+                                                          self._fast_rows):
                 if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
                         or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
                         or pd.value != pa or p.shape != shape):
@@ -645,7 +641,7 @@ class Optimizer:
         for j, p in enumerate(self._tensors):
             if not p.flags.writeable or p.shape != shapes[j] or (pdata is not None and pdata[j].value != paddr[j]):
                 self.check_buffers()  # raises, naming the param
-        self._grads_checked = self._fast_grads = None  # the scratch table is written below (never a kept one)
+        self._grads_checked = None  # the scratch table is written below (never a kept one)
         gptr = self._gptr = self._gptr_scratch
         active = None
         for j, a in enumerate(addresses):
@@ -692,14 +688,14 @@ class Optimizer:
             b = a + gbytes[j]
             k = bisect.bisect_left(pstart, b) - 1
             if k >= 0 and pend[k] > a:
-                self._grads_checked = self._fast_grads = None
+                self._grads_checked = None
                 raise ValueError(f"grads[{j}] shares memory with params[{self._pspan_param[k]}]; a gradient must "
                                  f"not overlap any param or another gradient (pass a copy)")
             spans.append((a, b, j))
         spans.sort()
         for (a0, b0, j0), (a1, _, j1) in zip(spans, spans[1:]):
             if b0 > a1:
-                self._grads_checked = self._fast_grads = None
+                self._grads_checked = None
                 raise ValueError(f"grads[{j1}] shares memory with grads[{j0}]; a gradient must not overlap any "
                                  f"param or another gradient (pass a copy)")
         self._grads_checked = gptr if mask is None else None
