@@ -332,7 +332,7 @@ class Optimizer:
         # Writes one row of per-step scalars (struct.pack_into: ~0.2 µs, numpy's setitem ~0.4 µs).
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
-        # The kernels' hyperparameter rows (_step_all): per group the step t, then the variant's hyperparameters
+        # The kernels' hyperparameter rows (steps at one step count): per group the step t, then the hyperparameters
         # (float64; bools and choices as numbers), from which the kernel computes the group's row of _scal.
         # _group_values writes a row when its values change, a step writes t alone (one item of _hyp_flat)
         # unless the group has schedules; _no_hyp (no rows) makes a kernel read _scal as given.
