@@ -103,7 +103,7 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
             chunks, work = opt_i._tables[(symopt.get_num_threads(), False, None)] if threaded else (opt_i._chunks,
                                                                                                      opt_i._work)
             kern = opt_i._kernel_parallel if threaded else opt_i._kernel_serial
-            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, False)
+            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, opt_i._hyp, False)
             res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
                                  "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
                                  "kernel": lambda: kern(*kargs),
@@ -139,7 +139,7 @@ def fixed_cost(suite, rounds: int, log) -> dict:
     g = [np.full_like(x, 1e-3) for x in p]
     opt = symopt.optimizer("adam", p, lr=1e-3)
     opt.step(g)
-    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, True)
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp, True)
     kernel = opt._kernel_serial
     res = suite.measure({"step": lambda: opt.step(g), "kernel": lambda: kernel(*args)}, rounds=rounds * 3, budget=8.0)
     over = np.array(res["step"]["samples"]) - np.array(res["kernel"]["samples"])

@@ -5,9 +5,11 @@
 The checks of a step that guard memory (every param still at the buffer and shape it had when the
 optimizer was built; no gradient overlapping a param or another gradient) run on every call, so
 their cost is measured on the smallest models, where the fixed cost dominates: 3 float32 tensors
-of 425 and of 11.5 k elements.  The candidate "base" is ``symopt/runtime/optimizer.py`` of the
-revision ``--base`` (read with ``git show``), loaded beside the current one in the same process and
-stepping the same generated kernels; so the ratio measures exactly the Python around the kernel.
+of 425 and of 11.5 k elements.  The candidate "base" is ``symopt/runtime/optimizer.py`` and
+``generated/adam.py`` of the revision ``--base`` (read with ``git show``; the module runs from memory,
+compiled without numba's disk cache), loaded beside the current ones in the same process: the ratio
+measures the Python around the kernel and the kernel's calling convention, whose arguments
+changed with the revisions (the per-step scalars moved into the kernel).
 
 Two ways of passing gradients: the same arrays at every step (the overlap check is skipped: the
 addresses were checked before), and two sets of arrays in turn (new addresses at every step: the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import subprocess
 import sys
 import types
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import symopt.runtime  # noqa: F401  (the package the base module is loaded into)
+from symopt.runtime import kernels
 from symopt.runtime import optimizer as current
 
 HERE = Path(__file__).resolve().parent
@@ -41,10 +45,14 @@ def _suite():
     return mod
 
 
+def _show(rev: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=HERE.parent, check=True, capture_output=True,
+                          text=True).stdout
+
+
 def base_module(rev: str) -> types.ModuleType:
     """``symopt/runtime/optimizer.py`` of revision ``rev``, as a module of the package ``symopt.runtime``."""
-    source = subprocess.run(["git", "show", f"{rev}:symopt/runtime/optimizer.py"], cwd=HERE.parent, check=True,
-                            capture_output=True, text=True).stdout
+    source = _show(rev, "symopt/runtime/optimizer.py")
     mod = types.ModuleType("symopt.runtime._optimizer_base")
     mod.__package__ = "symopt.runtime"
     sys.modules[mod.__name__] = mod
@@ -52,11 +60,20 @@ def base_module(rev: str) -> types.ModuleType:
     return mod
 
 
-def candidates(module, shapes, alternate: bool):
+def base_rule(rev: str) -> types.ModuleType:
+    """``generated/adam.py`` of revision ``rev`` (its kernels in that revision's calling convention), run from
+    memory as the runtime runs a user module without a cache folder (:func:`symopt.runtime.kernels.execute`)."""
+    text = _show(rev, "generated/adam.py")
+    digest = re.search(r"^INPUT_HASH = '([0-9a-f]+)'$", text, re.M).group(1)
+    checked = types.SimpleNamespace(name="adam", text=text, digest=digest, path=None)
+    return kernels.execute(checked, "symopt_bench_base")
+
+
+def candidates(module, shapes, alternate: bool, rule="adam"):
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     sets = [[(rng.standard_normal(s) * 1e-3).astype(np.float32) for s in shapes] for _ in range(2)]
-    opt = module.Optimizer("adam", params)
+    opt = module.Optimizer(rule, params)
     state = {"k": 0}
 
     def step():
@@ -74,6 +91,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     suite = _suite()
     base = base_module(args.base)
+    rules = {current: "adam", base: base_rule(args.base)}
     print(f"step fixed cost, current tree / {args.base} (median of per-round ratios, {args.rounds} rounds)")
     for label, shapes in MODELS.items():
         for alternate in (False, True):
@@ -82,11 +100,12 @@ def main(argv=None) -> int:
             # median over instance pairs and rounds.
             fns = {}
             for module in (current, base):  # untimed: the first optimizers built measured up to 1.8x slower
-                candidates(module, shapes, alternate)()
+                candidates(module, shapes, alternate, rules[module])()
             for i in range(args.instances):
                 order = ("current", "base") if i % 2 == 0 else ("base", "current")
                 for name in order:
-                    fns[f"{name} {i}"] = candidates(current if name == "current" else base, shapes, alternate)
+                    module = current if name == "current" else base
+                    fns[f"{name} {i}"] = candidates(module, shapes, alternate, rules[module])
             res = suite.measure(fns, rounds=args.rounds, budget=60.0)
             ratios = np.concatenate([np.array(res[f"current {i}"]["samples"]) / np.array(res[f"base {i}"]["samples"])
                                      for i in range(args.instances)])

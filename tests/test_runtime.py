@@ -148,6 +148,39 @@ def test_user_rule_heavy_ball_runs_through_the_pipeline(rng):
         symopt.optimizer(rule, [x], momentum=0.5)
 
 
+def test_scalars_the_kernel_finds_nonfinite_come_from_the_python_function(rng):
+    """The kernel computes the per-step scalars (<rule>_scalar_rows); where one comes out NaN/inf it
+    writes nothing and the step takes the Python scalar function's: its error (nothing modified), or
+    its values."""
+    import sympy as sp
+
+    p, g = sp.symbols("p g")
+    lr, beta = sp.symbols("lr beta")
+    rule = symopt.Rule("debiased_sgd", param=p, grad=g, state={}, hyper={lr: 0.1, beta: 0.5},
+                       updates=[(p, p - lr / (1 - beta**symopt.t) * g)])
+    x = rng.standard_normal(5)
+    x0 = x.copy()
+    opt = symopt.optimizer(rule, [x], beta=1.0)         # 1 - beta**t = 0: Python divides by zero
+    with pytest.raises(ZeroDivisionError):
+        opt.step([np.ones(5)])
+    assert np.array_equal(x, x0) and opt.step_counts.tolist() == [0]
+    pair = [rng.standard_normal(4), rng.standard_normal(3)]
+    pair0 = [a.copy() for a in pair]
+    both = symopt.optimizer(rule, pair, beta=1.0)        # a None grad: the step of the tensors given
+    with pytest.raises(ZeroDivisionError):
+        both.step([np.ones(4), None])
+    assert all(np.array_equal(a, b) for a, b in zip(pair, pair0)) and both.step_counts.tolist() == [0, 0]
+    opt.param_groups[0]["beta"] = 0.5
+    grad = rng.standard_normal(5)
+    for t in (1, 2, 3):
+        opt.step([grad])
+        x0 = x0 - 0.1 / (1 - 0.5**t) * grad
+    assert rel_err(x, x0) < 1e-15 and opt.step_counts.tolist() == [3]
+    big = symopt.optimizer(rule, [np.ones(3)], lr=1e308, beta=0.5)   # lr / 0.5 overflows to inf in Python too
+    big.step([np.ones(3)])
+    assert big.params[0].tolist() == [-np.inf] * 3 and big.step_counts.tolist() == [1]
+
+
 def test_step_counter_symbol_and_state_init_from_param(rng):
     import sympy as sp
 

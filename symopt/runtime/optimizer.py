@@ -5,11 +5,12 @@ The optimizer validates everything once, allocates the state in one flat buffer
 per state variable, and at every ``step(grads)``:
 
 1. checks the gradients (count, type, shape, dtype, contiguity),
-2. computes each group's per-step scalars in float64 (bias corrections, ``lr``...)
-   with the generated ``<rule>_scalars(t, *hyper)`` function,
-3. makes ONE compiled call for all tensors: the kernel first scans every gradient
-   for NaN/inf (unless ``on_nonfinite="ignore"``) and writes nothing if it finds
-   one, then updates params and state in place.
+2. writes the step count ``t`` into each group's row of hyperparameters (float64),
+3. makes ONE compiled call for all tensors: the kernel computes each group's per-step
+   scalars (bias corrections, ``lr``...) from its row with the generated
+   ``<rule>_scalar_rows`` (the compiled twin of ``<rule>_scalars(t, *hyper)``), scans
+   every gradient for NaN/inf (unless ``on_nonfinite="ignore"``) and writes nothing if it
+   finds one, then updates params and state in place.
 
 Hyperparameters are kernel arguments: changing ``param_groups[i]["lr"]`` takes
 effect at the next step without code generation or compilation.  Importing this
@@ -332,6 +333,16 @@ class Optimizer:
         # Writes one row of per-step scalars (struct.pack_into: ~0.2 µs, numpy's setitem ~0.4 µs).
         self._scal_packer = (struct.Struct(f"={self._vinfo['nscalars']}d").pack_into, memoryview(self._scal).cast("B"),
                              self._scal.shape[1] * 8)
+        # The kernels' hyperparameter rows (steps at one step count): per group the step t, then the hyperparameters
+        # (float64; bools and choices as numbers), from which the kernel computes the group's row of _scal.
+        # _group_values writes a row when its values change, a step writes t alone (one item of _hyp_flat)
+        # unless the group has schedules; _no_hyp (no rows) makes a kernel read _scal as given.
+        ncols = 1 + len(self._vinfo["hyper"])
+        self._hyp = np.zeros((len(self.param_groups), ncols), dtype=np.float64)
+        self._hyp_cols = ncols
+        self._hyp_flat = memoryview(self._hyp).cast("B").cast("d")
+        self._hyp_packer = (struct.Struct(f"={ncols}d").pack_into, memoryview(self._hyp).cast("B"), ncols * 8)
+        self._no_hyp = np.zeros((0, ncols), dtype=np.float64)
         self._steps = np.zeros(len(sizes), dtype=np.int64)
         self._t_all = 0  # the step count of every param when they are all equal, else -1 (kept with _steps)
         self._step_counts = self._steps.view()
@@ -500,9 +511,14 @@ class Optimizer:
                              f"(build a new optimizer)")
         # Lists (betas=[...]) are copied, so that changing one in place is seen at the next step.
         snapshot = tuple(list(x) if type(x) is list else x for x in raw)
-        self._cache[gi] = (snapshot, vals, tuple(vals[n] for n in self._hyper_names))
-        if scheduled.any_schedule(vals):  # schedules are evaluated once per step (runtime/scheduled.py)
+        args = tuple(vals[n] for n in self._hyper_names)
+        timed = scheduled.any_schedule(vals)
+        self._cache[gi] = (snapshot, vals, args, timed)
+        if timed:  # schedules are evaluated once per step (runtime/scheduled.py)
             self._scalar_fn = scheduled.wrap(self._scalar_fn, self._spec, self._hyper_names)
+        else:  # the kernel's row of hyperparameters (its step t is written at each step)
+            pack, buf, rowbytes = self._hyp_packer
+            pack(buf, gi * rowbytes, 0.0, *args)
         return vals
 
     def _group_args(self, gi: int) -> tuple:
@@ -697,39 +713,66 @@ class Optimizer:
 
     def _step_all(self) -> None:
         """:meth:`_step` of every param when all are at one step count, for an elementwise rule on separate
-        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes."""
+        arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes.
+        The kernel computes the per-step scalars from the rows of ``_hyp`` (step t, hyperparameters)."""
         t = self._t_all + 1
-        pack, buf, rowbytes = self._scal_packer
         cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
-        for gi in range(len(cache)):
+        hyp_flat, ncols = self._hyp_flat, self._hyp_cols
+        for gi in range(len(cache)):  # _hyp_rows, inlined
             cached = cache[gi]
             if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
-                self._group_values(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                self._group_values(gi)  # writes the group's row of _hyp; may wrap _scalar_fn for schedules
                 cached = cache[gi]
-            pack(buf, gi * rowbytes, *self._scalar_fn(t, *cached[2]))
+            if cached[3]:  # schedules: this step's values, checked (runtime/scheduled.py)
+                pack, buf, rowbytes = self._hyp_packer
+                pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *cached[2]))
+            else:
+                hyp_flat[gi * ncols] = t
         nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         if nworkers > 1:
             table = self._tables.get((nworkers, False, None))
             if table is None:  # the first threaded step with this many threads plans the table
                 return self._step(None)
-            chunks, work = table
-            nbad = self._kernel_parallel(self._pptr, self._gptr, *self._state, self._offs, chunks, work, self._scal,
-                                         self.on_nonfinite != "ignore")
+            kernel = self._kernel_parallel
+            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal)
         else:
-            # the serial kernel's arguments but the last, kept per address table (grads passed in turn)
+            # the serial kernel's arguments but the last two, kept per address table (grads passed in turn)
             gptr = self._gptr
+            kernel = self._kernel_serial
             kargs = self._serial_args.get(id(gptr))
             if kargs is None or kargs[1] is not gptr:
                 if len(self._serial_args) >= 16:
                     self._serial_args.clear()
                 kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
                                                        self._work, self._scal)
-            nbad = self._kernel_serial(*kargs, self.on_nonfinite != "ignore")
+        nbad = kernel(*kargs, self._hyp, self.on_nonfinite != "ignore")
         if nbad:
-            return self._nonfinite(nbad)
+            if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
+                nbad = self._python_scalars(t, kernel, kargs)
+            if nbad:
+                return self._nonfinite(nbad)
         self._steps.fill(t)
         self._t_all = t
         return None
+
+    def _hyp_rows(self, t) -> None:
+        """Write step ``t`` into each group's row of ``_hyp`` (a scheduled group: its values at ``t`` too)."""
+        pack, buf, rowbytes = self._hyp_packer
+        for gi in range(len(self._cache)):
+            args = self._group_args(gi)  # first: it writes the row of new values, may wrap _scalar_fn
+            if self._cache[gi][3]:
+                pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *args))
+            else:
+                self._hyp_flat[gi * self._hyp_cols] = t
+
+    def _python_scalars(self, t, kernel, kargs) -> int:
+        """A step whose kernel found a per-step scalar NaN/inf (and wrote nothing), with the scalars computed by the
+        Python scalar function (which raises ``ZeroDivisionError``, ``ValueError``... where the compiled one gave
+        NaN/inf, before anything is written): the kernel's count of NaN/inf grads."""
+        pack, buf, rowbytes = self._scal_packer
+        for gi in range(len(self._cache)):
+            pack(buf, gi * rowbytes, *self._scalar_fn(t, *self._cache[gi][2]))
+        return kernel(*kargs, self._no_hyp, self.on_nonfinite != "ignore")
 
     def _nonfinite(self, nbad) -> None:
         """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
@@ -754,13 +797,19 @@ class Optimizer:
         nworkers = threads.current() if total >= self.parallel_threshold and self._matrix is None else 1
         parallel = nworkers > 1
         ptrs = (self._pptr, self._gptr, self._offs)
+        hyp = self._no_hyp
         if t0 >= 0:
             # Every stepped tensor is at step t0: one scalar row per group, cached tables.
             t = t0 + 1
-            scal, (pack, buf, rowbytes) = self._scal, self._scal_packer
-            for gi in range(len(self._cache)):
-                args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
-                pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
+            scal = self._scal
+            if self._reduce is None and self._matrix is None:  # the kernel computes the scalars from _hyp
+                self._hyp_rows(t)
+                hyp = self._hyp
+            else:
+                pack, buf, rowbytes = self._scal_packer
+                for gi in range(len(self._cache)):
+                    args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+                    pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
             flat = self._flat
             if flat is not None and active is None:
                 gbase = layout.flat_base(self._gptr, self._boffs)
@@ -790,7 +839,10 @@ class Optimizer:
         if self._matrix is not None:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
-            nbad = kernel(ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, self.on_nonfinite != "ignore")
+            kargs = (ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal)
+            nbad = kernel(*kargs, hyp, self.on_nonfinite != "ignore")
+            if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
+                nbad = self._python_scalars(t, kernel, kargs)
         if nbad:
             return self._nonfinite(nbad)
         if active is None and t0 >= 0:

@@ -250,7 +250,7 @@ class RuleKernel:
             if check is None:
                 return ext[0]
             scal = ext
-        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, check)
+        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, np.empty((0, 1)), check)
 
     # ------------------------------------------------------------------ checks
     def _check_scalars(self, scalars, where: str) -> tuple:

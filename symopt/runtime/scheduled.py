@@ -6,11 +6,12 @@ optimizer then
 
 * validates it at ``t = 1`` when the value is set, and uses that first value for variant
   selection, constraints and state initial values;
-* calls the rule's per-step scalar function through :func:`wrap`, which evaluates every
-  scheduled argument at the step being taken, checks it against the hyperparameter's
-  range (a ``ValueError`` naming the step, before anything is modified), and passes the
-  float64 value on.  Nothing is generated or compiled; a resumed optimizer (restored step
-  counts) evaluates the same values.
+* evaluates every scheduled argument at the step being taken through :func:`wrap`
+  (``ScheduledScalars.arguments``), checks it against the hyperparameter's range (a
+  ``ValueError`` naming the step, before anything is modified), and passes the float64
+  value on: to the kernel in the group's row of hyperparameters, or to the rule's per-step
+  scalar function (``ScheduledScalars`` called).  Nothing is generated or compiled; a
+  resumed optimizer (restored step counts) evaluates the same values.
 """
 
 from __future__ import annotations
@@ -64,10 +65,13 @@ class ScheduledScalars:
         self.fn = fn
         self.specs = specs           # the Hyper dict of each argument after t, in order
 
-    def __call__(self, t, *args):
-        vals = [check_value(a(t), h, f"{h['key']} (schedule at step t={t})") if is_schedule(a) else a
+    def arguments(self, t, *args) -> list:
+        """``args`` with every schedule evaluated at ``t`` and checked (a ``ValueError`` naming the step)."""
+        return [check_value(a(t), h, f"{h['key']} (schedule at step t={t})") if is_schedule(a) else a
                 for a, h in zip(args, self.specs)]
-        return self.fn(t, *vals)
+
+    def __call__(self, t, *args):
+        return self.fn(t, *self.arguments(t, *args))
 
 
 def wrap(fn, spec, names):
