@@ -624,14 +624,15 @@ def test_a_param_whose_buffer_changed_is_refused(change):
 @pytest.mark.parametrize("change", ["grad re-pointed at a param", "grad strides", "grad dtype", "grad reshaped",
                                     "param read-only", "param reshaped", "param replaced buffer"])
 def test_changes_after_a_step_with_the_same_grads_are_caught(change):
-    """The fast path of step() remembers the grads it checked (their addresses); a change to the very
-    same grad or param objects after such a step is still refused, and nothing is written."""
+    """The fast path of step() remembers the grads it checked (their addresses, then the words of the arrays'
+    structs); a change to the very same grad or param objects after such a step is still refused, and
+    nothing is written."""
     base, params, opt = _two()
     buf = np.zeros(40)
     grads = [buf[:16].reshape(4, 4), buf[20:26]]
     buf[:] = 1e-2
-    opt.step(grads)
-    opt.step(grads)  # the second call with the same arrays takes the remembered path
+    for _ in range(3):  # the second call with the same arrays remembers their words, the third checks them by these
+        opt.step(grads)
     snapshot = [p.copy() for p in params]
     before = opt.state_dict()
     if change == "grad re-pointed at a param":
@@ -659,7 +660,7 @@ def test_changes_after_a_step_with_the_same_grads_are_caught(change):
         match = r"params\[1\] no longer uses the buffer"
     with pytest.raises((ValueError, TypeError), match=match):
         opt.step(grads)
-    assert opt.step_counts.tolist() == [2, 2]
+    assert opt.step_counts.tolist() == [3, 3]
     if change != "param replaced buffer":
         assert all(np.array_equal(a.ravel(), b.ravel()) for a, b in zip(params, snapshot))
     after = opt.state_dict()
@@ -673,7 +674,7 @@ def test_a_grad_resized_in_place_is_read_at_its_new_address():
     _, params, opt = _two()
     ref = symopt.optimizer("adam", [p.copy() for p in params])
     grads = [np.full((4, 4), 1e-2), np.full(6, 1e-2)]
-    for _ in range(2):
+    for _ in range(3):
         opt.step(grads)
         ref.step([g.copy() for g in grads])
     new = np.linspace(-1, 1, 6)
@@ -681,6 +682,21 @@ def test_a_grad_resized_in_place_is_read_at_its_new_address():
     opt.step(grads)
     ref.step([grads[0].copy(), new])
     assert all(np.array_equal(a, b) for a, b in zip(opt.params, ref.params))
+
+
+def test_new_grads_at_recycled_ids_and_a_param_reshaped_back_step_like_copies():
+    """New grad arrays at every step (NumPy often puts them at the ids and addresses of the last ones) and a
+    param reshaped and back between steps: each step reads the values it is given, as with fresh copies."""
+    _, params, opt = _two()
+    ref = symopt.optimizer("adam", [p.copy() for p in params])
+    for k in range(6):
+        opt.step([np.full((4, 4), 1e-2 * (k - 2)), np.linspace(-k, k, 6)])
+        ref.step([np.full((4, 4), 1e-2 * (k - 2)), np.linspace(-k, k, 6)])
+        if k == 3:
+            params[0].shape = (2, 8)
+            params[0].shape = (4, 4)
+    assert opt.step_counts.tolist() == [6, 6]
+    assert all(np.array_equal(x, y) for x, y in zip(opt.params, ref.params))
 
 
 def test_grad_sets_in_turn_are_read_at_their_addresses_and_checked_after_a_move():

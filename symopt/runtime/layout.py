@@ -22,6 +22,8 @@ import ctypes
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from ..cachedirs import numba_disk_cache
 
@@ -86,6 +88,73 @@ def _data_offset():
 #: Offset of ``data`` in a ``numpy.ndarray`` object (None: use ``__array_interface__``).
 DATA_OFFSET = _data_offset()
 _read_pointer = ctypes.c_void_p.from_address
+_read_word = ctypes.c_int64.from_address
+
+
+def _word_addresses(a) -> list:
+    """Addresses of the 8-byte words that hold everything a step checks of ndarray ``a``, in the order
+    :func:`words_unchanged` must read them: its type, data pointer, ``nd``, pointers to its shape and
+    strides, dtype and flags (NumPy's ``PyArrayObject_fields``: ``ob_type`` right before ``data``, then
+    ``nd``, ``dimensions``, ``strides``, ``base``, ``descr``, ``flags``), then its shape and strides."""
+    b = id(a) + DATA_OFFSET
+    head = [b - 8, b, b + 8, b + 16, b + 24, b + 40, b + 48]
+    dims, strides = _read_word(b + 16).value, _read_word(b + 24).value
+    return head + [dims + 8 * k for k in range(a.ndim)] + [strides + 8 * k for k in range(a.ndim)]
+
+
+def _header_layout() -> bool:
+    """Whether :func:`_word_addresses` reads NumPy's array struct as laid out here (checked on probes
+    whose every field differs; False disables the fast path of a repeated step)."""
+    if DATA_OFFSET is None:
+        return False
+    base = np.zeros((4, 6), np.float32)
+    probes = (np.empty(7), base[1:, ::2], base.T)
+    probes[1].flags.writeable = False
+    try:
+        for a in probes:
+            w = [_read_word(x).value for x in _word_addresses(a)]
+            nd = a.ndim
+            if (w[0] != id(np.ndarray) or w[1] != a.__array_interface__["data"][0] or w[2] & 0xFFFFFFFF != nd
+                    or w[5] != id(a.dtype) or w[6] & 0xFFFFFFFF != a.flags.num
+                    or tuple(w[7:7 + nd]) != a.shape or tuple(w[7 + nd:]) != a.strides):
+                return False
+    except Exception:  # pragma: no cover - ctypes refused the read
+        return False
+    return True
+
+
+#: Whether :func:`array_words` may be used (NumPy's array struct is laid out as expected).
+HEADER_LAYOUT = _header_layout()
+
+
+def array_words(arrays) -> np.ndarray:
+    """``[addresses, values]`` (int64, two rows) of the words that describe each of ``arrays`` now (type, data
+    pointer, dtype, flags, shape, strides): :func:`words_unchanged` tells whether they still hold these values.
+    Only for plain ndarrays that stay alive (or whose ids are checked to belong to live arrays) while it is used."""
+    addrs = [x for a in arrays for x in _word_addresses(a)]
+    return np.array([addrs, [_read_word(x).value for x in addrs]], dtype=np.int64)
+
+
+@intrinsic
+def _load_word(typingctx, addr):
+    """The int64 at address ``addr``."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.load(builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64))))
+
+    return sig, codegen
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def words_unchanged(table):
+    """Whether every word at ``table[0, i]`` still holds ``table[1, i]`` (:func:`array_words`), read in order and
+    stopping at the first change: an array's type word comes first, so the rest of it is read only from a
+    plain ndarray, and its shape and strides only through the pointers it still has."""
+    for i in range(table.shape[1]):
+        if _load_word(table[0, i]) != table[1, i]:
+            return False
+    return True
 
 
 def data_address(a) -> int:

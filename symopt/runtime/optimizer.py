@@ -316,6 +316,9 @@ class Optimizer:
         self._grad_ids, self._grad_readers = [-1] * len(sizes), [None] * len(sizes)
         self._readers_by_id: dict = {}
         self._fast_rows = None if self._pdata is None else list(zip(self._tensors, self._pdata, self._paddr, self._shapes))
+        # step(): when the same grads come back with everything unchanged, one compiled read of the words that
+        # describe them and the params (layout.array_words): (the _grads_checked list it was made for, the table)
+        self._watch = (None, None)
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -560,7 +563,8 @@ class Optimizer:
                 # objects, the grads are alive here and all are plain ndarrays), so a grad moved to another
                 # buffer in place is read at its new address.
                 ids = list(map(id, grads))
-                if ids != self._grad_ids:
+                repeat = ids == self._grad_ids
+                if not repeat:
                     # a reader reads whatever ndarray lives at its id, so readers are kept by id (a few
                     # sets of grads in turn, or new grads each step at recycled ids, find theirs)
                     made = self._readers_by_id
@@ -586,6 +590,13 @@ class Optimizer:
                         self._grads_seen[key] = table
                     self._gptr = table
                     self._grads_checked = addrs
+                elif repeat and layout.HEADER_LAYOUT and self._watch[0] is not self._grads_checked:
+                    # the same grads at the same addresses twice in a row: step() checks them, and the params
+                    # (thoroughly checked here first), by their words from now on.  Made once per checked set of
+                    # addresses: new grads at recycled ids and addresses each step may differ in some word at
+                    # every step (then step() comes here through the checks above, as without a table).
+                    self.check_buffers()
+                    self._watch = (self._grads_checked, layout.array_words([*grads, *tensors]))
                 return None
         self.check_buffers()
         self._grads_checked = None  # the scratch table is written below (never a kept one)
@@ -618,22 +629,13 @@ class Optimizer:
         An entry may be ``None``: that param is left as is and its step count does
         not advance (torch skips params whose ``.grad`` is None the same way).
         """
-        checked = self._grads_checked
-        if (checked is not None and (type(grads) is list or type(grads) is tuple) and len(grads) == len(checked)
-                and id(grads[0]) == self._grad_ids[0]):
-            # The last call's grad objects again (same ids, the readers made for them: only the fast
-            # path of _check_grads sets _grad_ids), each an ndarray of the params' dtype object, shape and
-            # C order, at the address _gptr holds checked; every param still writable, at its address,
-            # with its shape: _gptr stands as it is.
-            ndarray, dt = np.ndarray, self.dtype
-            for g, gid, gr, ga, (p, pd, pa, shape) in zip(grads, self._grad_ids, self._grad_readers, checked,
-                                                          self._fast_rows):
-                if (id(g) != gid or type(g) is not ndarray or g.dtype is not dt or g.shape != shape
-                        or not g.flags.c_contiguous or gr.value != ga or not p.flags.writeable
-                        or pd.value != pa or p.shape != shape):
-                    break
-            else:
-                return self._step_all() if self._t_all >= 0 and self._plain else self._step(None)
+        checked, table = self._watch
+        if (checked is self._grads_checked and checked is not None and (type(grads) is list or type(grads) is tuple)
+                and [*map(id, grads)] == self._grad_ids and layout.words_unchanged(table)):
+            # The last call's grad objects again (the ids of live arrays, held by ``grads``), each still the plain
+            # ndarray it was at the last check with the same data pointer, dtype, flags, shape and strides, and
+            # every param too (address, writeable flag, shape): _gptr holds their addresses, checked.
+            return self._step_all() if self._t_all >= 0 and self._plain else self._step(None)
         active = self._check_grads(grads)
         if active is None and self._t_all >= 0 and self._plain:
             return self._step_all()
