@@ -731,26 +731,28 @@ class Optimizer:
             else:
                 hyp_flat[gi * ncols] = t
         nworkers = threads.current() if self._total >= self.parallel_threshold else 1
+        check = self.on_nonfinite != "ignore"
         if nworkers > 1:
             table = self._tables.get((nworkers, False, None))
             if table is None:  # the first threaded step with this many threads plans the table
                 return self._step(None)
             kernel = self._kernel_parallel
-            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal)
+            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp, check)
         else:
-            # the serial kernel's arguments but the last two, kept per address table (grads passed in turn)
+            # the serial kernel's whole argument tuple, kept per address table (grads passed in turn): a call
+            # with one tuple and nothing added hands numba that tuple as it is
             gptr = self._gptr
             kernel = self._kernel_serial
             kargs = self._serial_args.get(id(gptr))
-            if kargs is None or kargs[1] is not gptr:
+            if kargs is None or kargs[1] is not gptr or kargs[-1] is not check:
                 if len(self._serial_args) >= 16:
                     self._serial_args.clear()
                 kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
-                                                       self._work, self._scal)
-        nbad = kernel(*kargs, self._hyp, self.on_nonfinite != "ignore")
+                                                       self._work, self._scal, self._hyp, check)
+        nbad = kernel(*kargs)
         if nbad:
             if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
-                nbad = self._python_scalars(t, kernel, kargs)
+                nbad = self._python_scalars(t, kernel, kargs[:-2])
             if nbad:
                 return self._nonfinite(nbad)
         self._steps.fill(t)
