@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -224,6 +225,29 @@ def test_plan_rows_covers_every_element_once_and_balances(nworkers, rng):
 def test_data_address_matches_array_interface():
     for a in (np.zeros(5), np.zeros((4, 6), np.float32)[1:], np.zeros(0)):
         assert layout.data_address(a) == a.__array_interface__["data"][0] or a.size == 0
+
+
+@pytest.mark.skipif(not layout.HEADER_LAYOUT, reason="NumPy's array struct is laid out otherwise here")
+@pytest.mark.parametrize("change", [None, "shape", "strides", "dtype", "read-only", "buffer"])
+def test_array_words_see_every_change_a_step_checks(change):
+    """words_unchanged is True for arrays as array_words saw them, False after any change step() must see."""
+    arrays = [np.zeros((4, 6), np.float32), np.zeros(8)]
+    table = layout.array_words(arrays)
+    a = arrays[0]
+    with warnings.catch_warnings():  # NumPy 2.4 deprecates setting strides and dtype; both still work in place
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if change == "shape":
+            a.shape = (6, 4)
+        elif change == "strides":
+            a.strides = (12, 4)
+        elif change == "dtype":
+            a.dtype = np.int32
+        elif change == "read-only":
+            a.flags.writeable = False
+        elif change == "buffer":
+            a.__setstate__((1, (4, 6), np.dtype(np.float32), False, np.ones(24, np.float32).tobytes()))
+    assert layout.words_unchanged(table) is (change is None)
+    assert layout.words_unchanged(layout.array_words(arrays))
 
 
 def _step_allocations(n):

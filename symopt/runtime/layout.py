@@ -10,10 +10,12 @@ cache lines), so each thread streams one contiguous stretch of memory and the
 threads finish together however the sizes of the tensors are mixed.
 
 The helpers here run once per step, so each costs well under a microsecond:
-:func:`data_address` reads an array's data pointer, :func:`uniform_step` and
-:func:`advance` keep the per-tensor step counts, :func:`flat_base` tells whether
-a list of arrays lies back to back in one buffer (then the kernel steps them as a
-single segment).
+:func:`data_address` reads an array's data pointer, :func:`words_unchanged` tells
+whether arrays still have the type, data pointer, dtype, flags, shape and strides
+:func:`array_words` saw (the check of a step given the same grads again),
+:func:`uniform_step` and :func:`advance` keep the per-tensor step counts,
+:func:`flat_base` tells whether a list of arrays lies back to back in one buffer
+(then the kernel steps them as a single segment).
 """
 
 from __future__ import annotations

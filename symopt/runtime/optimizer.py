@@ -540,7 +540,10 @@ class Optimizer:
         direct reads of the data pointers (:func:`symopt.runtime.layout.data_address`);
         anything else takes the thorough path below, which names the offending entry.
         Either way the gradients' memory is checked against the params' and each
-        other's (:meth:`_check_aliasing`) whenever their addresses change.
+        other's (:meth:`_check_aliasing`) whenever their addresses change.  The same grads
+        at the same addresses twice in a row leave a table of the words that describe them
+        and the params (:func:`symopt.runtime.layout.array_words`), by which :meth:`step`
+        checks them from then on in one compiled call.
         """
         tensors = self._tensors
         if type(grads) is not list and type(grads) is not tuple:
