@@ -1642,31 +1642,33 @@ def render_array_factored_family(family: Family, target: ArrayTarget, *, source_
 # ----------------------------------------------------------------------------- array backends: preconditioned rules
 ARRAY_PRECONDITIONED_TEMPLATE = "array_preconditioned_module.py.jinja"
 #: What the preconditioned template needs of each array target beyond :class:`ArrayTarget`: ``when``,
-#: the body of ``_when(flag, run, keep, *operands)`` (torch: the flags are Python bools from the host's
+#: the expression of ``_when(flag, run, keep, operand)`` (torch: the flags are Python bools from the host's
 #: per-step scalars, so an eager step runs only the decompositions it needs and a compiled one
 #: specializes on them; JAX: ``lax.cond`` on the traced flag, one branch runs); the array library's
-#: ``eigh``, ``qr`` (both in the compute dtype), axis moves, mode product (``tensordot``), ``flip``
-#: of the columns, stable ``argsort``, ``take`` along an axis, the root mean square ``rms`` (``{0}``,
-#: accumulated in ``acc``) and ``cast_like``; ``acc``: the accumulation dtype at the call.
+#: axis moves, mode product (``tensordot``), ``flip`` of the columns, a column sum, stable ``argsort``,
+#: ``take`` along an axis, the root mean square ``rms`` (``{0}``, accumulated in ``acc``) and
+#: ``cast_like``; ``acc``: the accumulation dtype at the call; ``imports``: beyond the target's, the
+#: library's ``linalg`` (``eigh``, ``qr``, in the compute dtype).
 ARRAY_PRECONDITIONED_FORMS = {
-    "torch": {"when": ("return run(*operands) if flag else keep(*operands)",),
-              "when_doc": "run(*operands) where flag (a Python bool: a compiled step specializes on it) holds, "
-                          "else keep(*operands).",
-              "eigh": "torch.linalg.eigh", "qr": "torch.linalg.qr",
-              "movefront": "{0}.movedim({1}, 0)", "moveback": "{0}.movedim(0, {1})",
-              "tensordot": "torch.tensordot({0}, {1}, dims=([1], [{2}]))", "flip": "{0}.flip(-1)",
-              "argsort": "torch.argsort({0}, stable=True)", "take": "{0}.index_select({2}, {1})",
+    "torch": {"when": "run(operand) if flag else keep(operand)",
+              "when_doc": "run(operand) where flag (a Python bool: a compiled step specializes on it) holds, "
+                          "else keep(operand).",
+              "movefront": "torch.movedim({0}, {1}, 0)", "moveback": "torch.movedim({0}, 0, {1})",
+              "tensordot": "torch.tensordot({0}, {1}, dims=([1], [{2}]))", "flip": "torch.flip({0}, (-1,))",
+              "colsum": "torch.sum({0}, 0)", "argsort": "torch.argsort(-{0}, stable=True)",
+              "take": "torch.index_select({0}, {2}, {1})",
               "rms": "torch.sqrt(torch.mean(torch.square({0}), dtype=acc))", "cast_like": "{0}.to({1}.dtype)",
-              "acc": "torch.float64", "acc_doc": "float64", "imports": ()},
-    "jax": {"when": ("return lax.cond(flag, run, keep, *operands)",),
-            "when_doc": "run(*operands) where the traced flag holds, else keep(*operands): lax.cond, one branch "
+              "acc": "torch.float64", "acc_doc": "float64", "imports": ("from torch import linalg",)},
+    "jax": {"when": "lax.cond(flag, run, keep, operand)",
+            "when_doc": "run(operand) where the traced flag holds, else keep(operand): lax.cond, one branch "
                         "runs (under jit and scan alike).",
-            "eigh": "jnp.linalg.eigh", "qr": "jnp.linalg.qr",
             "movefront": "jnp.moveaxis({0}, {1}, 0)", "moveback": "jnp.moveaxis({0}, 0, {1})",
             "tensordot": "jnp.tensordot({0}, {1}, axes=([1], [{2}]))", "flip": "{0}[:, ::-1]",
-            "argsort": "jnp.argsort({0}, stable=True)", "take": "jnp.take({0}, {1}, axis={2})",
-            "rms": "jnp.sqrt(jnp.mean(jnp.square({0}), dtype=acc))", "cast_like": "{0}.astype({1}.dtype)",
-            "acc": "acc", "acc_doc": "float64 with jax_enable_x64, else float32", "imports": ("from jax import lax",)},
+            "colsum": "jnp.sum({0}, 0)", "argsort": "jnp.argsort(-{0}, stable=True)",
+            "take": "jnp.take({0}, {1}, axis={2})",
+            "rms": "jnp.sqrt(jnp.mean(jnp.square({0}), dtype=acc))", "cast_like": "jnp.asarray({0}, {1}.dtype)",
+            "acc": "acc", "acc_doc": "float64 with jax_enable_x64, else float32",
+            "imports": ("from jax import lax", "from jax.numpy import linalg")},
 }
 
 
@@ -1703,35 +1705,36 @@ def _array_preconditioned_variant(rule: Rule, plan, prefix: str, hyper_ids: dict
         lines = [(elem[s], pr.doprint(e)) for s, e in ps.element_temps]
         outs = [(f"_o{k}", pr.doprint(e)) for k, (_, e) in enumerate(ps.stores)]
         lines += outs + [(elem[tgt], name) for (tgt, _), (name, _) in zip(ps.stores, outs)]
-        ops = []
+        ops: list = []
+
+        def under(x, target, operand, body):
+            """Lines that set ``target`` to ``body`` (of ``operand``), under flag ``x`` (None: always)."""
+            if x is None:
+                return [f"{target} = {body.replace('operand', operand)}"]
+            name = f"_run{len(ops)}"
+            return [f"def {name}(operand):", f"    return {body}", f"{target} = _when({flag(x)}, {name}, _same, "
+                                                                        f"{operand})"]
         for op in stage.ops:
             m, src = mats[op.target], mats[op.source]
             if op.kind == "gram":
                 alpha, beta = (scalar(c) for c in op.coefficients)
-                run = f"_grams({m}, work{op.source}, shape, {alpha}, {beta})"
-                ops.append((m, run if op.when is None else f"_when({flag(op.when)}, lambda m: _grams(m, "
-                            f"work{op.source}, shape, {alpha}, {beta}), _same, {m})"))
+                ops += under(op.when, m, m, f"_grams(operand, work{op.source}, shape, {alpha}, {beta})")
             elif op.kind == "inverse_root":   # the order c · n_axes^e
                 c, e = op.coefficients
                 root = scalar(c) + (" * len(shape)" if e else "")
-                run = f"_inverse_roots({src}, {root})"
-                ops.append((m, run if op.when is None else f"_when({flag(op.when)}, lambda m: {run}, _same, {m})"))
+                ops += under(op.when, m, m, f"_inverse_roots({src}, {root})")
             else:   # eigenbasis: the basis and the elementwise state it reorders
                 x = elem[op.reorder]
-                run = f"_eigenbases(q, {src}, x, shape, {flag(op.coefficients[0])})"
-                ops.append((f"{m}, {x}", f"_eigenbases({m}, {src}, {x}, shape, {flag(op.coefficients[0])})"
-                            if op.when is None else f"_when({flag(op.when)}, lambda q, x: {run}, _same, {m}, {x})"))
+                ops += under(op.when, f"{m}, {x}", f"({m}, {x})",
+                             f"_eigenbases(operand[0], {src}, operand[1], shape, {flag(op.coefficients[0])})")
         pr_ = stage.product
         if pr_ is not None:
-            ops.append((f"result{index}", f"_mode_product(work{index}, {mats[pr_.left]}, {pr_.left_transposed}, "
-                                          f"shape)"))
+            ops.append(f"result{index} = _mode_product(work{index}, {mats[pr_.left]}, {pr_.left_transposed}, shape)")
             if pr_.normalize is not None:
                 eps, on = pr_.normalize
-                norm = f"_rms_normalize(x, {scalar(eps)}, {forms['acc']})"
-                if on in plan.scalars:
-                    ops.append((f"result{index}", f"_when({flag(on)}, lambda x: {norm}, _same, result{index})"))
-                elif float(on) != 0.0:
-                    ops.append((f"result{index}", norm.replace("(x,", f"(result{index},", 1)))
+                if on in plan.scalars or float(on) != 0.0:
+                    ops += under(on if on in plan.scalars else None, f"result{index}", f"result{index}",
+                                 f"_rms_normalize(operand, {scalar(eps)}, {forms['acc']})")
         last = index == len(plan.passes) - 1
         passes.append({
             "index": index, "lines": lines, "stage": ops,
