@@ -1077,3 +1077,17 @@ def test_preconditioned_array_modules_pass_the_audit():
     for name in PRECONDITIONED:
         for index in (generated_torch, generated_jax):
             audit_module(inspect.getsource(importlib.import_module(f"{index.__name__}.{index.RULES[name]}")))
+
+
+def test_preconditioned_layout_is_fixed_when_the_state_is_made():
+    """A hyperparameter change that would keep matrix states on other axes is refused before anything
+    changes (pytorch-optimizer decides them at a param's first step, as the Numba backend does)."""
+    p = torch.ones(3, 4, dtype=torch.float64)
+    opt = Optimizer("soap", [p], backend="torch", precondition_frequency=2)
+    p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items() if k != "step"}
+    opt.param_groups[0]["max_precondition_dim"] = 3      # axis 1 (4) would keep no states
+    with pytest.raises(ValueError, match="change which axes keep matrix states"):
+        opt.step()
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items()) and opt.state[p]["step"] == 1

@@ -442,13 +442,16 @@ class TensorOptimizer(torch.optim.Optimizer):
                     lst.append(_graph_input(entry.get(k)))
                 if self._flags_fn is not None:  # the matrix states per axis (None: an axis without) and the axes
                     dims, kept, _ = self._axes(p, group)
-                    try:
-                        batch[2][-1].append(tuple(tuple(entry[f"{m}_{k}"] if kept[k] else None for k in range(len(dims)))
-                                                  for m in self._matrix_keys))
-                    except KeyError as missing:
-                        raise ValueError(f"{self.rule_name}: a param of shape {tuple(p.shape)} keeps no matrix state "
-                                         f"{missing}: these hyperparameters change which axes keep matrix states (or "
-                                         f"how axes merge), which is fixed when its state is made") from None
+                    mats = tuple(tuple(entry.get(f"{m}_{k}") if kept[k] else None for k in range(len(dims)))
+                                 for m in self._matrix_keys)
+                    held = sum(1 for k in entry if k.rpartition("_")[0] in self._matrix_keys)
+                    if held != sum(kept) * len(self._matrix_keys) or any(
+                            m is not None and m.shape[0] != d for ms in mats for m, d in zip(ms, dims)) or any(
+                            m is None and kept[k] for ms in mats for k, m in enumerate(ms)):
+                        raise ValueError(f"{self.rule_name}: a param of shape {tuple(p.shape)}: these hyperparameters "
+                                         f"change which axes keep matrix states (or how axes merge), which is fixed "
+                                         f"when its state is made (build a new optimizer)")
+                    batch[2][-1].append(mats)
                     batch[5][1].append(dims)
                 stepped.append(p)
         if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
