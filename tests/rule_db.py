@@ -34,6 +34,7 @@ from references import notes, optax_compat, research, torch_compat
 import symopt
 from symopt.provenance import PEER_TOLERANCE, RULE_PEERS
 from symopt.rulebook.factored import is_factored_rule
+from symopt.rulebook.preconditioned import Preconditioned
 
 F32, F64 = np.float32, np.float64
 
@@ -608,6 +609,10 @@ ELEMENTWISE = [name for name, info in RULE_DB.items() if not info.matrix]
 #: tests/test_backends.py).
 FACTORED = [name for name, info in RULE_DB.items()
             if any(is_factored_rule(rule) for _, rule in symopt.family(name).variants)]
+#: The rules that keep Kronecker-factored matrix states (Shampoo, SOAP: tests/test_shampoo_soap.py; their
+#: torch and JAX modules: tests/test_backends.py).
+PRECONDITIONED = [name for name, info in RULE_DB.items()
+                  if any(rhs.has(Preconditioned) for _, rule in symopt.family(name).variants for _, rhs in rule.updates)]
 
 
 def peer_cases(*libraries, group=None):

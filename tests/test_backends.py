@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import sympy as sp
 from conftest import rel_err
-from rule_db import ELEMENTWISE, FACTORED, RULE_DB, peer_cases, peer_grads, peer_problem
+from rule_db import ELEMENTWISE, FACTORED, PRECONDITIONED, RULE_DB, peer_cases, peer_grads, peer_problem
 
 import symopt
 from symopt.generated import jax as generated_jax
@@ -653,8 +653,9 @@ ITERATE_RULES = ("muon",)
 
 def test_numba_tables_cover_every_generated_module():
     """Every rule with a generated torch or JAX module is compared with its Numba kernels: the
-    elementwise tables above, the factored table below, tests/test_matrix_backends.py (muon)."""
-    covered = set(ELEMENTWISE) | set(FACTORED) | set(ITERATE_RULES)
+    elementwise tables above, the factored and preconditioned tables below, tests/test_matrix_backends.py
+    (muon)."""
+    covered = set(ELEMENTWISE) | set(FACTORED) | set(PRECONDITIONED) | set(ITERATE_RULES)
     for modules in (generated_torch.RULES, generated_jax.RULES):
         assert set(modules) == covered, sorted(set(modules) ^ covered)
 
@@ -927,5 +928,166 @@ def test_factored_cli_shows_the_generated_modules(capsys):
     assert main(["show", "adafactor_optax", "--backend", "jax"]) == 0
     out = capsys.readouterr().out
     assert "def adafactor_optax_scalars(" in out and "axis=-2, keepdims=True" in out
-    assert main(["show", "shampoo", "--backend", "torch"]) == 2     # matrix states: no array template yet
-    assert "rule 'shampoo' has no torch module" in capsys.readouterr().err
+    assert main(["show", "shampoo", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "def shampoo_flags(" in out and "from torch import linalg" in out and "linalg.eigh(" in out
+    assert main(["show", "soap", "--backend", "jax"]) == 0
+    out = capsys.readouterr().out
+    assert "def soap_scalars(" in out and "lax.cond(" in out and "linalg.qr(" in out
+
+
+# ----------------------------------------------------------------------------- preconditioned rules
+#: Params whose Kronecker statistics are full rank from the first step (a square matrix, a 3-D tensor with
+#: no axis longer than the others' product), so that every eigenbasis is determined up to column signs
+#: (which the updates do not see); a 1-D param (Shampoo preconditions it: matrix_eps·I plus one g gᵀ per
+#: step, full rank from the third, float64 only; SOAP leaves it unrotated by default).  With merge_dims,
+#: (2, 3, 6) merges to (6, 6).
+PRECOND_SHAPES = {"shampoo": [(5, 5), (2, 3, 4), (3,)], "soap": [(5, 5), (2, 3, 4), (6,)]}
+PRECOND_STEPS = 12
+#: (id, rule, keywords, shapes): defaults (SOAP refreshes its bases at t = 11 by QR), frequent recomputation and
+#: refreshes, every option of the update.
+PRECOND_CASES = [
+    ("shampoo", "shampoo", {}, PRECOND_SHAPES["shampoo"]),
+    ("shampoo-decoupled-every3", "shampoo", dict(lr=1e-2, momentum=0.5, weight_decay=0.1, weight_decouple=True,
+                                                 preconditioning_compute_steps=3, maximize=True),
+     PRECOND_SHAPES["shampoo"]),
+    ("soap", "soap", {}, PRECOND_SHAPES["soap"]),
+    ("soap-every3", "soap", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, precondition_frequency=3,
+                                 maximize=True, shampoo_beta=0.8, correct_bias=False), PRECOND_SHAPES["soap"]),
+    ("soap-normalized", "soap", dict(lr=1e-2, normalize_gradient=True, precondition_frequency=2),
+     PRECOND_SHAPES["soap"]),
+    ("soap-merged", "soap", dict(merge_dims=True, max_precondition_dim=6, precondition_frequency=2),
+     [(5, 5), (2, 3, 6)]),
+]
+#: float64: the eigensolvers (LAPACK ?syevd through SciPy in Numba; torch.linalg.eigh, jnp.linalg.eigh and
+#: their QR on the CPU: LAPACK too) agree to rounding on these statistics (measured ≤ 4e-16 of the params'
+#: max-norm; 8e-11 on Shampoo's 1-D param, whose inverse 4th roots of eigenvalues near matrix_eps = 1e-12
+#: amplify the rounding of its statistic: ?syrk there, a gemm here).  float32 (2-D and 3-D): measured ≤ 2e-7.
+PRECOND_TOL = {np.float64: 1e-9, np.float32: 1e-5}
+PRECOND_TABLE = [(c, np.float64) for c in PRECOND_CASES] + [
+    ((f"{c[0]}-2d3d", c[1], c[2], c[3][:2]), np.float32) for c in PRECOND_CASES if c[0] in PRECONDITIONED]
+
+
+@functools.lru_cache(maxsize=None)
+def _precond_numba(rule, kw_items, shapes, dtype):
+    """``(theta0, grads, params after PRECOND_STEPS, matrix state shapes per param)`` of the Numba kernels."""
+    rng = np.random.default_rng(5)
+    theta0 = [rng.uniform(0.5, 2.0, s).astype(dtype) for s in shapes]
+    grads = [[rng.normal(size=s).astype(dtype) for s in shapes] for _ in range(PRECOND_STEPS)]
+    params = [x.copy() for x in theta0]
+    opt = symopt.optimizer(rule, params, **dict(kw_items))
+    for g in grads:
+        opt.step(g)
+    assert all(np.isfinite(x).all() for x in params), "the reference trajectory is not finite"
+    return theta0, grads, params, [{k: v.shape for k, v in opt.state[j].items() if k != "step"}
+                                   for j in range(len(shapes))]
+
+
+def _precond_torch(case, dtype, **options):
+    _, rule, kw, shapes = case
+    theta0, grads, ours, state_shapes = _precond_numba(rule, tuple(sorted(kw.items())), tuple(shapes), dtype)
+    params, opt = torch_run(rule, kw, dtype, theta0, grads, **options)
+    err = max(rel_err(p.cpu(), x, floor=1.0) for p, x in zip(params, ours))
+    assert err <= PRECOND_TOL[dtype], f"torch backend vs Numba: {err:.3e}"
+    # pytorch-optimizer's names, per kept axis (GG_0, Q_1...), as the Numba backend keeps them
+    assert [{k: tuple(v.shape) for k, v in opt.state[p].items() if k != "step"} for p in params] == state_shapes
+    return opt
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case,dtype", PRECOND_TABLE, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in PRECOND_TABLE])
+def test_preconditioned_torch_backend_matches_numba(case, dtype, device):
+    _precond_torch(case, dtype, device=_device(device))
+
+
+#: One case per rule with its matrix operations under per-step flags: (case, the graphs dynamo compiles, one
+#: per combination of flags: Shampoo's recomputation on/off; SOAP's first step, refresh, neither).
+PRECOND_COMPILED = [(PRECOND_CASES[1], 2), (PRECOND_CASES[3], 3)]
+
+
+@pytest.mark.parametrize("case,graphs", PRECOND_COMPILED, ids=[c[0] for c, _ in PRECOND_COMPILED])
+def test_preconditioned_compiled_graph_matches_numba(case, graphs):
+    """dynamo + AOTAutograd (``aot_eager``), ``fullgraph=True``: torch.linalg.eigh, qr, argsort and
+    index_select trace into one graph per combination of the host's flags, float64, against Numba."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    _precond_torch(case, np.float64, compile={"backend": counter, "fullgraph": True})
+    assert counter.frame_count == graphs
+
+
+#: JAX (a trace and an XLA compile each): Shampoo's recomputation under lax.cond, SOAP's refresh, its
+#: normalization and merged axes in float64, SOAP in float32.
+PRECOND_JAX = [(PRECOND_CASES[k], np.float64) for k in (1, 3, 4, 5)] + [
+    (c, d) for c, d in PRECOND_TABLE if d == np.float32 and c[1] == "soap"]
+
+
+@pytest.mark.parametrize("case,dtype", PRECOND_JAX, ids=[f"{c[0]}-{np.dtype(d).name}" for c, d in PRECOND_JAX])
+def test_preconditioned_jax_backend_matches_numba(jx, case, dtype):
+    """The steps as one ``jax.lax.scan`` under ``jax.jit`` (one trace; the decompositions under ``lax.cond``);
+    each matrix state is a pytree of per-axis tuples (None for an axis without one)."""
+    _, rule, kw, shapes = case
+    theta0, grads, ours, state_shapes = _precond_numba(rule, tuple(sorted(kw.items())), tuple(shapes), dtype)
+    params, state, run = jax_run(jx, rule, kw, theta0, grads, dtype=dtype)
+    assert int(state.count) == PRECOND_STEPS and run._cache_size() == 1
+    err = max(rel_err(p, x, floor=1.0) for p, x in zip(params, ours))
+    assert err <= PRECOND_TOL[dtype], f"JAX backend vs Numba: {err:.3e}"
+    vinfo = symopt.runtime.kernels.load(rule).FAMILY["variants"][0]
+    nel = len(vinfo["state"])
+    for k, spec in enumerate(vinfo["matrix"]["states"]):
+        for j, mats in enumerate(state.state[nel + k]):
+            assert {f"{spec['key']}_{a}": tuple(m.shape) for a, m in enumerate(mats) if m is not None} == {
+                key: shape for key, shape in state_shapes[j].items() if key.rpartition("_")[0] == spec["key"]}
+
+
+@pytest.mark.parametrize("direction", ["torch->numba", "numba->torch"])
+def test_preconditioned_state_dict_moves_between_backends(direction):
+    """SOAP's torch-format checkpoint (pytorch-optimizer's GG/Q lists and group step) from one backend
+    continues on the other as if uninterrupted (float64, 4 + 4 steps)."""
+    _, rule, kw, shapes = PRECOND_CASES[4]
+    rng = np.random.default_rng(9)
+    theta0 = [rng.uniform(0.5, 2.0, s) for s in shapes]
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(8)]
+    first, second = ("torch", "numba") if direction == "torch->numba" else ("numba", "torch")
+    runs = []
+    for backends in ((first, first), (first, second)):
+        params = [torch.tensor(x) for x in theta0]
+        opt = Optimizer(rule, params, backend=backends[0], **kw)
+        for k, g in enumerate(grads):
+            if k == 4:
+                sd = opt.state_dict()
+                assert isinstance(sd["state"][0]["GG"], list) and "step" in sd["param_groups"][0]
+                opt = Optimizer(rule, params, backend=backends[1], **kw)
+                opt.load_state_dict(sd)
+            for p, x in zip(params, g):
+                p.grad = torch.tensor(x)
+            opt.step()
+        runs.append(params)
+    assert max(rel_err(a, b, floor=1.0) for a, b in zip(*runs)) <= 1e-12
+
+
+def test_preconditioned_array_modules_pass_the_audit():
+    """The text a user's every-axis preconditioned rule gets for either backend (the built-ins' modules
+    here) has a generated module's shape: linalg.eigh/qr, lax.cond, nested functions, no lambdas."""
+    import importlib
+    import inspect
+
+    from symopt.codegen.audit import audit_module
+
+    for name in PRECONDITIONED:
+        for index in (generated_torch, generated_jax):
+            audit_module(inspect.getsource(importlib.import_module(f"{index.__name__}.{index.RULES[name]}")))
+
+
+def test_preconditioned_layout_is_fixed_when_the_state_is_made():
+    """A hyperparameter change that would keep matrix states on other axes is refused before anything
+    changes (pytorch-optimizer decides them at a param's first step, as the Numba backend does)."""
+    p = torch.ones(3, 4, dtype=torch.float64)
+    opt = Optimizer("soap", [p], backend="torch", precondition_frequency=2)
+    p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items() if k != "step"}
+    opt.param_groups[0]["max_precondition_dim"] = 3      # axis 1 (4) would keep no states
+    with pytest.raises(ValueError, match="change which axes keep matrix states"):
+        opt.step()
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items()) and opt.state[p]["step"] == 1

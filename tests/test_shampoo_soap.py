@@ -218,8 +218,9 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="integer"):
         symopt.optimizer("shampoo", [np.zeros((2, 2))], preconditioning_compute_steps=1.5)
     torch = pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="no torch module"):
-        symopt.torch.Optimizer("shampoo", [torch.zeros(2, 2, requires_grad=True)], backend="torch")
+    with pytest.raises(ValueError, match="integer"):      # the torch backend checks the same hyperparameters
+        symopt.torch.Optimizer("shampoo", [torch.zeros(2, 2, requires_grad=True)], backend="torch",
+                               preconditioning_compute_steps=1.5)
 
 
 def test_malformed_preconditioner_is_a_rule_error():

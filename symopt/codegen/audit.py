@@ -8,7 +8,8 @@ audit proves it on the result, without running anything (``compile`` and
 * ``import math``, ``import numba``, ``import numpy as np``, ``from numba import
   types``, ``from numba.extending import intrinsic``, ``from scipy.linalg import blas``
   (matrix rules); for the array backends ``import torch``, ``import jax``, ``import
-  jax.numpy as jnp``, ``from jax.scipy import special``, ``from jax import lax`` (matrix rules);
+  jax.numpy as jnp``, ``from jax.scipy import special``, ``from jax import lax`` (matrix rules),
+  ``from torch import linalg``, ``from jax.numpy import linalg`` (preconditioned rules);
 * assignments of a *literal* (``ast.literal_eval`` reads it) to a plain name;
 * function definitions decorated with ``intrinsic`` or ``numba.njit(<constants>)``.
 
@@ -40,12 +41,14 @@ from ..functions import REGISTRY
 from ..rulebook.metadata import RuleError
 
 #: Builtins generated code may call.
-SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "True", "False", "None"})
+SAFE_BUILTINS = frozenset({"range", "abs", "max", "min", "float", "int", "bool", "len", "tuple", "True", "False",
+                           "None"})
 _IMPORTS = {("math", None): "math", ("numba", None): "numba", ("numpy", "np"): "np", ("torch", None): "torch",
             ("jax", None): "jax", ("jax.numpy", "jnp"): "jnp"}
 _FROM_IMPORTS = {("numba", "types", None): "types", ("numba.extending", "intrinsic", None): "intrinsic",
                  ("scipy.linalg", "blas", None): "blas", ("scipy.linalg", "lapack", None): "lapack",
-                 ("jax.scipy", "special", None): "special", ("jax", "lax", None): "lax"}
+                 ("jax.scipy", "special", None): "special", ("jax", "lax", None): "lax",
+                 ("torch", "linalg", None): "linalg", ("jax.numpy", "linalg", None): "linalg"}
 
 
 def _registry_calls(module: str) -> set:
@@ -69,10 +72,16 @@ MODULE_ATTRIBUTES = {
     # (preconditioned_module template)
     "lapack": frozenset({"ssyevd", "dsyevd", "sgeqrf", "dgeqrf", "sorgqr", "dorgqr"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
-    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
-    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32"} | _registry_calls("jnp")),
+    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")
+                       # the preconditioned rules (array_preconditioned_module template)
+                       | {"movedim", "tensordot", "flip", "argsort", "index_select", "mean", "square"}),
+    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32"} | _registry_calls("jnp")
+                     | {"moveaxis", "tensordot", "argsort", "take", "mean", "square"}),
     "jax": frozenset(),
-    "lax": frozenset({"fori_loop"}),   # the matrix rules' iteration (array_matrix_module template)
+    # the matrix rules' iteration (array_matrix_module template), the preconditioned rules' flags
+    "lax": frozenset({"fori_loop", "cond"}),
+    # the preconditioned rules' eigendecompositions and QR (array_preconditioned_module template)
+    "linalg": frozenset({"eigh", "qr"}),
     "special": frozenset(_registry_calls("special")),
 }
 #: Attributes of locals generated code uses: array shapes, the LLVM builder and context of the
@@ -257,7 +266,7 @@ def audit_module(text: str, filename: str = "<generated>") -> None:
             _fail(stmt, f"a module-level {type(stmt).__name__} statement")
     # Names no function may rebind: the imports, and module-level names some function reads.
     protected = {n for n in module_names if n in {"math", "numba", "np", "types", "intrinsic", "blas", "torch", "jax",
-                                                  "jnp", "special", "lax"}}
+                                                  "jnp", "special", "lax", "linalg"}}
     for fn in functions:
         for node in _own_nodes(fn):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in module_names:

@@ -1381,6 +1381,8 @@ def render_array_family(family: Family, target: ArrayTarget, *, source_label: st
         return render_array_matrix_family(family, target, source_label=source_label)
     if kind == "factored":
         return render_array_factored_family(family, target, source_label=source_label)
+    if kind == "preconditioned":
+        return render_array_preconditioned_family(family, target, source_label=source_label)
     plans = [make_plan(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
@@ -1415,19 +1417,23 @@ ARRAY_MATRIX_FORMS = {
 
 def array_plan_kind(family: Family) -> str:
     """``"elementwise"`` (:func:`~.plan.make_plan`, ``array_module.py.jinja``), ``"iterate"``
-    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``) or ``"factored"``
-    (:func:`~.plan_factored.make_factored_plan`, ``array_factored_module.py.jinja``); a RuleError
-    naming the rule for a matrix plan kind that has no array template (matrix states:
-    :mod:`.plan_preconditioned`)."""
+    (:func:`~.plan_matrix.make_matrix_plan`, ``array_matrix_module.py.jinja``), ``"factored"``
+    (:func:`~.plan_factored.make_factored_plan`, ``array_factored_module.py.jinja``) or
+    ``"preconditioned"`` (:func:`~.plan_preconditioned.make_preconditioned_plan` of rules that
+    precondition every axis, ``array_preconditioned_module.py.jinja``); a RuleError naming the rule
+    for a preconditioned rule that reads its param as one matrix (``every_axis=False``: Numba only)."""
     if not is_matrix_family(family):
         return "elementwise"
     if is_factored_family(family):
         return "factored"
-    other = [rule.name for _, rule in family.variants if not is_matrix_rule(rule)]
-    if other:
-        raise RuleError(f"{family.name}: variants {', '.join(other)} are matrix rules of a plan kind that has no "
-                        f"torch or JAX template yet (Iterate rules such as muon and factored rules such as "
-                        f"adafactor have one); they step through their Numba kernels (backend='numba')")
+    if is_preconditioned_family(family):
+        other = [rule.name for _, rule in family.variants
+                 if not (is_preconditioned_rule(rule) and make_preconditioned_plan(rule).every_axis)]
+        if other:
+            raise RuleError(f"{family.name}: variants {', '.join(other)} are preconditioned rules that read the param "
+                            f"as one matrix (every_axis=False), which have no torch or JAX template; they step "
+                            f"through their Numba kernels (backend='numba')")
+        return "preconditioned"
     return "iterate"
 
 
@@ -1631,3 +1637,144 @@ def render_array_factored_family(family: Family, target: ArrayTarget, *, source_
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
     return environment().get_template(ARRAY_FACTORED_TEMPLATE).render(**ctx)
+
+
+# ----------------------------------------------------------------------------- array backends: preconditioned rules
+ARRAY_PRECONDITIONED_TEMPLATE = "array_preconditioned_module.py.jinja"
+#: What the preconditioned template needs of each array target beyond :class:`ArrayTarget`: ``when``,
+#: the expression of ``_when(flag, run, keep, operand)`` (torch: the flags are Python bools from the host's
+#: per-step scalars, so an eager step runs only the decompositions it needs and a compiled one
+#: specializes on them; JAX: ``lax.cond`` on the traced flag, one branch runs); the array library's
+#: axis moves, mode product (``tensordot``), ``flip`` of the columns, a column sum, stable ``argsort``,
+#: ``take`` along an axis, the root mean square ``rms`` (``{0}``, accumulated in ``acc``) and
+#: ``cast_like``; ``acc``: the accumulation dtype at the call; ``imports``: beyond the target's, the
+#: library's ``linalg`` (``eigh``, ``qr``, in the compute dtype).
+ARRAY_PRECONDITIONED_FORMS = {
+    "torch": {"when": "run(operand) if flag else keep(operand)",
+              "when_doc": "run(operand) where flag (a Python bool: a compiled step specializes on it) holds, "
+                          "else keep(operand).",
+              "movefront": "torch.movedim({0}, {1}, 0)", "moveback": "torch.movedim({0}, 0, {1})",
+              "tensordot": "torch.tensordot({0}, {1}, dims=([1], [{2}]))", "flip": "torch.flip({0}, (-1,))",
+              "colsum": "torch.sum({0}, 0)", "argsort": "torch.argsort(-{0}, stable=True)",
+              "take": "torch.index_select({0}, {2}, {1})",
+              "rms": "torch.sqrt(torch.mean(torch.square({0}), dtype=acc))", "cast_like": "{0}.to({1}.dtype)",
+              "acc": "torch.float64", "acc_doc": "float64", "imports": ("from torch import linalg",)},
+    "jax": {"when": "lax.cond(flag, run, keep, operand)",
+            "when_doc": "run(operand) where the traced flag holds, else keep(operand): lax.cond, one branch "
+                        "runs (under jit and scan alike).",
+            "movefront": "jnp.moveaxis({0}, {1}, 0)", "moveback": "jnp.moveaxis({0}, 0, {1})",
+            "tensordot": "jnp.tensordot({0}, {1}, axes=([1], [{2}]))", "flip": "{0}[:, ::-1]",
+            "colsum": "jnp.sum({0}, 0)", "argsort": "jnp.argsort(-{0}, stable=True)",
+            "take": "jnp.take({0}, {1}, axis={2})",
+            "rms": "jnp.sqrt(jnp.mean(jnp.square({0}), dtype=acc))", "cast_like": "jnp.asarray({0}, {1}.dtype)",
+            "acc": "acc", "acc_doc": "float64 with jax_enable_x64, else float32",
+            "imports": ("from jax import lax", "from jax.numpy import linalg")},
+}
+
+
+def _array_preconditioned_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target: ArrayTarget) -> dict:
+    """Printed code of one preconditioned variant (every axis) for ``target``: each element pass as
+    whole-tensor statements (its stores computed first, then assigned, as the Numba loop reads the
+    old values), then its stage: the matrix operations per kept axis, each under its flag
+    (``_when``), and the node's mode product (see :mod:`.plan_preconditioned`)."""
+    forms = ARRAY_PRECONDITIONED_FORMS[target.name]
+    state_ids = _state_identifiers(rule)
+    ns = len(plan.scalars)
+    elem = {rule.param: "param_i", rule.grad: "grad_i", **{s: f"{state_ids[s]}_i" for s in plan.state},
+            **{b: b.name for b in plan.buffers}, **{sym: f"s{k}" for k, sym in enumerate(plan.scalars)}}
+    for ps in plan.passes:
+        elem.update({sym: sym.name for sym, _ in ps.element_temps})  # _v<k>, _w<k>: the planner's names
+    pr = target.printer(elem)
+    mats = [f"_m{j}" for j in range(len(plan.matrix_states))]
+    flag_columns: list = []
+
+    def scalar(x):
+        return elem[x] if x in elem else repr(float(x))
+
+    def flag(x):
+        """A flag's name (``_f<i>``, read from its per-step scalar) or a constant."""
+        if x not in plan.scalars:
+            return repr(float(x) != 0.0)
+        col = plan.scalars.index(x)
+        if col not in flag_columns:
+            flag_columns.append(col)
+        return f"_f{flag_columns.index(col)}"
+
+    passes = []
+    for index, (ps, stage) in enumerate(zip(plan.passes, plan.stages)):
+        lines = [(elem[s], pr.doprint(e)) for s, e in ps.element_temps]
+        outs = [(f"_o{k}", pr.doprint(e)) for k, (_, e) in enumerate(ps.stores)]
+        lines += outs + [(elem[tgt], name) for (tgt, _), (name, _) in zip(ps.stores, outs)]
+        ops: list = []
+
+        def under(x, target, operand, body):
+            """Lines that set ``target`` to ``body`` (of ``operand``), under flag ``x`` (None: always)."""
+            if x is None:
+                return [f"{target} = {body.replace('operand', operand)}"]
+            name = f"_run{len(ops)}"
+            return [f"def {name}(operand):", f"    return {body}", f"{target} = _when({flag(x)}, {name}, _same, "
+                                                                        f"{operand})"]
+        for op in stage.ops:
+            m, src = mats[op.target], mats[op.source]
+            if op.kind == "gram":
+                alpha, beta = (scalar(c) for c in op.coefficients)
+                ops += under(op.when, m, m, f"_grams(operand, work{op.source}, shape, {alpha}, {beta})")
+            elif op.kind == "inverse_root":   # the order c · n_axes^e
+                c, e = op.coefficients
+                root = scalar(c) + (" * len(shape)" if e else "")
+                ops += under(op.when, m, m, f"_inverse_roots({src}, {root})")
+            else:   # eigenbasis: the basis and the elementwise state it reorders
+                x = elem[op.reorder]
+                ops += under(op.when, f"{m}, {x}", f"({m}, {x})",
+                             f"_eigenbases(operand[0], {src}, operand[1], shape, {flag(op.coefficients[0])})")
+        pr_ = stage.product
+        if pr_ is not None:
+            ops.append(f"result{index} = _mode_product(work{index}, {mats[pr_.left]}, {pr_.left_transposed}, shape)")
+            if pr_.normalize is not None:
+                eps, on = pr_.normalize
+                if on in plan.scalars or float(on) != 0.0:
+                    ops += under(on if on in plan.scalars else None, f"result{index}", f"result{index}",
+                                 f"_rms_normalize(operand, {scalar(eps)}, {forms['acc']})")
+        last = index == len(plan.passes) - 1
+        passes.append({
+            "index": index, "lines": lines, "stage": ops,
+            "doc": comment_text(("the updates before the first preconditioned value" if index == 0 else
+                                 f"the updates from preconditioned value {index - 1} on")
+                                + ("" if last else f", the start value of preconditioned value {index} into "
+                                                   f"work{index}")),
+            "stage_doc": comment_text("the matrix states" + ("" if last else f", preconditioned value {index} "
+                                                                             f"into result{index}")),
+        })
+    ctx = {
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
+        "nscalars": ns, "npasses": len(plan.passes), "state_args": [state_ids[s] for s in plan.state],
+        "state_keys": [rule.state_key(s) for s in plan.state], "matrix_keys": [k for k, _, _ in plan.matrix_states],
+        "scalar_loads": [(f"s{k}", k) for k in range(ns)], "mat_names": mats, "passes": passes,
+        "flag_columns": flag_columns,
+        "flags_doc": ", ".join(f"_f{i} = s{c} != 0" for i, c in enumerate(flag_columns)) or "none",
+        "flag_loads": [(f"_f{i}", f"flags[{i}]" if not target.scalars else f"scal[{c}] != 0")
+                       for i, c in enumerate(flag_columns)],
+    }
+    ctx.update(_array_scalar_context(plan, hyper_ids, target))
+    return ctx
+
+
+def render_array_preconditioned_family(family: Family, target: ArrayTarget, *,
+                                       source_label: str | None = None) -> str:
+    """Source text of the ``target`` module of a family of preconditioned rules
+    (``array_preconditioned_module.py.jinja``)."""
+    plans = [make_preconditioned_plan(rule) for _, rule in family.variants]
+    hyper_ids = hyper_identifiers(family)
+    prefixes = _variant_prefixes(family)
+    ctx = {
+        "header": header(family.name, source_label or family.source, ARRAY_PRECONDITIONED_TEMPLATE,
+                         array_family_hash(family, target)),
+        "target": target, "forms": ARRAY_PRECONDITIONED_FORMS[target.name],
+        "docstring": _array_docstring(family, target),
+        "backend_literal": string_literal(target.name),
+        "family_literal": string_literal(family.name),
+        "formula_hash_literal": string_literal(family.fingerprint()),
+        "variants": [_array_preconditioned_variant(r, p, pre, hyper_ids, target)
+                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
+    }
+    return environment().get_template(ARRAY_PRECONDITIONED_TEMPLATE).render(**ctx)

@@ -29,6 +29,14 @@
   A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; row states
   are ``(…, m, 1)``, column states ``(…, 1, n)``.  ``eps=(None, …)`` is the machine epsilon of the leaf's
   dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
+* **Preconditioned rules** (Shampoo, SOAP): every axis of a leaf (merged where the rule merges them)
+  may keep matrix states; which do, and how axes merge, follows from the hyperparameters given to
+  ``transform`` (:func:`~symopt.runtime.preconditioned.axes_layout`, as pytorch-optimizer decides at a
+  param's first step) and is fixed then.  Each matrix state (``GG``, ``Q``...) is one more pytree of
+  ``state.state``, after the elementwise ones: per leaf a tuple over its axes of ``d × d`` arrays
+  (None for an axis without one), starting at ``c·I``.  ``jnp.linalg.eigh``/``qr`` run in the compute
+  dtype, each under ``lax.cond`` on its per-step flag, so a step that does not refresh them does not
+  compute them.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import optax
 from ..runtime import kernels, scheduled
 from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.optimizer import _Spec
+from ..runtime.preconditioned import axes_layout, initial_diagonals
 
 __all__ = ["transform", "SymoptState"]
 
@@ -117,9 +126,18 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     def layout(p, where="") -> str:
         return factored_layout(jnp.shape(p), min_dim, where or spec.name)
 
+    # a preconditioned rule: each leaf's axes, which keep matrix states and their c·I, from the first
+    # step's scalars of the values given here (host floats, the Numba module's scalar function)
+    precond = vinfo.get("matrix", {}).get("every_axis", False)
+    first = getattr(module, f"{prefix}_scalars")(1.0, *[checked[n] for n in vinfo["hyper"]]) if precond else None
+    nmat = len(vinfo["matrix"]["states"]) if precond else 0
+
+    def axes(p, j=0):
+        return axes_layout(module, vinfo, jnp.shape(p), first, spec.name, j)
+
     def init_fn(params):
         leaves, treedef = jax.tree.flatten(params)
-        if "matrix" in vinfo:
+        if "matrix" in vinfo and not precond:
             flat = [p for p in leaves if jnp.ndim(p) < 2]
             if flat:
                 raise ValueError(f"{spec.name} reads each param as a matrix (at least 2-D: d0 × (d1⋯)), got shape "
@@ -134,6 +152,12 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             state.append(treedef.unflatten([
                 (jnp.asarray(p, _compute_dtype(p)) if isinstance(init, str)
                  else jnp.full(shape, init, _compute_dtype(p))) for p, shape in zip(leaves, shapes)]))
+        if precond:      # the matrix states: per leaf, c·I on each kept axis, None on the others
+            layouts = [axes(p, j) for j, p in enumerate(leaves)]
+            for c in initial_diagonals(vinfo, first):
+                state.append(treedef.unflatten([
+                    tuple(c * jnp.eye(d, dtype=_compute_dtype(p)) if kept[k] else None for k, d in enumerate(dims))
+                    for p, (dims, kept) in zip(leaves, layouts)]))
         hp = {}
         for k, v in values.items():
             if k in schedules or k == min_key:
@@ -169,6 +193,7 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             ps, gs, ss, sc = operands
             outs = [None] * len(ps)
             states = [list(x) for x in ss]
+            nel = len(ss) - nmat     # the elementwise states; then a preconditioned rule's matrix states
             by_dtype: dict = {}
             for j, p in enumerate(ps):
                 by_dtype.setdefault(_compute_dtype(p), []).append(j)
@@ -176,13 +201,21 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
                 # a factored rule: each leaf's layout and its dtype's machine epsilon (static Python data)
                 static = (() if factored is None else
                           (tuple(layout(ps[j]) for j in idx), tuple(float(jnp.finfo(ps[j].dtype).eps) for j in idx)))
+                if precond:     # the matrix states per leaf (a tuple per state) and the leaf's axes
+                    static = ([tuple(tuple(None if m is None else jnp.asarray(m, cd) for m in x[j]) for x in ss[nel:])
+                               for j in idx],)
+                    static = (*static, [jnp.asarray(x, fdt) for x in sc], fdt, tuple(axes(ps[j])[0] for j in idx))
+                else:
+                    static = ([jnp.asarray(x, fdt) for x in sc], fdt, *static)
                 out = step_fn([jnp.asarray(ps[j], cd) for j in idx], [jnp.asarray(gs[j], cd) for j in idx],
-                              *[[jnp.asarray(x[j], cd) for j in idx] for x in ss],
-                              [jnp.asarray(x, fdt) for x in sc], fdt, *static)
+                              *[[jnp.asarray(x[j], cd) for j in idx] for x in ss[:nel]], *static)
                 for j, new in zip(idx, out):
                     outs[j] = (new[0] - jnp.asarray(ps[j], cd)).astype(ps[j].dtype)
-                    for k, n in enumerate(new[1:]):
+                    for k, n in enumerate(new[1:1 + nel]):
                         states[k][j] = n.astype(ss[k][j].dtype)
+                    for k, ms in enumerate(new[1 + nel:][0] if precond else ()):
+                        states[nel + k][j] = tuple(None if m is None else m.astype(old.dtype)
+                                                   for m, old in zip(ms, ss[nel + k][j]))
             return outs, states
 
         def skip(operands):

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PreconditionedStep", "merge_small_dims"]
+__all__ = ["PreconditionedStep", "axes_layout", "initial_diagonals", "merge_small_dims"]
 
 
 def merge_small_dims(shape: tuple, limit: float) -> tuple:
@@ -44,6 +44,28 @@ def merge_small_dims(shape: tuple, limit: float) -> tuple:
             product = d
     merged.append(product)
     return tuple(merged)
+
+
+def axes_layout(module, vinfo: dict, shape: tuple, scal_row, name: str, j: int = 0) -> tuple:
+    """``(dims, kept)`` of a param of shape ``shape`` under a rule that preconditions every axis, for the
+    per-step scalars ``scal_row``: its axes (merged by :func:`merge_small_dims` where the rule's merge
+    limit is positive) and, per axis, whether it keeps matrix states (the generated ``<prefix>_kept_axes``)."""
+    merge = vinfo["matrix"].get("merge", {"value": 0.0})
+    limit = float(scal_row[merge["column"]]) if "column" in merge else merge["value"]
+    dims = tuple(int(d) for d in shape)
+    if limit > 0:
+        dims = merge_small_dims(dims, limit)
+        if len(dims) < 2 and math.prod(shape) != 1:
+            raise ValueError(f"{name}: params[{j}] has shape {tuple(shape)}, which merging axes up to {limit:g} "
+                             f"makes one axis of {math.prod(shape)}: pytorch-optimizer cannot reshape it "
+                             f"either (merge_dims needs at least two merged axes)")
+    return dims, [bool(k) for k in getattr(module, f"{vinfo['prefix']}_kept_axes")(scal_row, dims)]
+
+
+def initial_diagonals(vinfo: dict, scal_row) -> list:
+    """The initial value ``c`` (of ``c·I``) of each matrix state, for the first step's scalars ``scal_row``."""
+    return [float(scal_row[s["init_column"]]) if "init_column" in s else float(s["init"])
+            for s in vinfo["matrix"]["states"]]
 
 
 class PreconditionedStep:
@@ -66,7 +88,7 @@ class PreconditionedStep:
                     raise ValueError(f"{name}: params[{j}] has shape {p.shape}; {name} takes {max_ndim}-D params "
                                      f"only")
         prefix = vinfo["prefix"]
-        self.kept_axes = getattr(module, f"{prefix}_kept_axes")
+        self.module, self.vinfo = module, vinfo
         self.merge = info.get("merge", {"value": 0.0})
         self.name = name
         self.shapes_in = [tuple(int(d) for d in p.shape) for p in tensors]
@@ -106,18 +128,8 @@ class PreconditionedStep:
         self.tensor = getattr(module, f"{prefix}_{suffix}")
 
     def _layout(self, j: int, scal_row) -> tuple:
-        """Tensor ``j``'s axes (merged by :func:`merge_small_dims` where the rule's merge limit is
-        positive) and, per axis, whether it keeps matrix states, for the per-step scalars ``scal_row``."""
-        shape = self.shapes_in[j]
-        limit = float(scal_row[self.merge["column"]]) if "column" in self.merge else self.merge["value"]
-        dims = shape
-        if limit > 0:
-            dims = merge_small_dims(shape, limit)
-            if len(dims) < 2 and math.prod(shape) != 1:
-                raise ValueError(f"{self.name}: params[{j}] has shape {shape}, which merging axes up to {limit:g} "
-                                 f"makes one axis of {math.prod(shape)}: pytorch-optimizer cannot reshape it "
-                                 f"either (merge_dims needs at least two merged axes)")
-        return dims, self.kept_axes(scal_row, dims)
+        """Tensor ``j``'s axes and, per axis, whether it keeps matrix states (:func:`axes_layout`)."""
+        return axes_layout(self.module, self.vinfo, self.shapes_in[j], scal_row, self.name, j)
 
     def _arrays(self, j: int) -> list:
         """Tensor ``j``'s matrix states in :attr:`keys` order."""

@@ -24,6 +24,12 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   full-shape states) is fixed when its state is made; a param keeps only its layout's states, of
   their own shapes (``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)``, as torch.optim.Adafactor),
   and the step receives each tensor's layout and its dtype's machine epsilon (``eps=(None, …)``).
+* **Preconditioned rules** (Shampoo, SOAP, ``array_preconditioned_module.py.jinja``): each param's axes
+  (merged where the rule merges them) and which of them keep matrix states are fixed when its state is
+  made, from the first step's hyperparameters (:func:`~symopt.runtime.preconditioned.axes_layout`);
+  its matrix states ``<key>_<axis>`` (``GG_0``, ``Q_1``...) start at ``c·I``.  The eigendecompositions
+  (``torch.linalg.eigh``) and QR (``torch.linalg.qr``) run in the compute dtype, when the host's
+  per-step flags (``<v>_flags``) say so: a compiled step specializes on them.
 * **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
   gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
   read once per step (one host sync), before anything is written; compiled, the step computes
@@ -52,9 +58,11 @@ from ..runtime import kernels, scheduled
 from ..runtime.grouped import names_other_rules
 from ..runtime.matrix import factored_layout, state_shape
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
+from ..runtime.preconditioned import axes_layout, initial_diagonals
 from .grouped import GroupedOptimizer
 from .interop import (
-    IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, plain_value, scalar_dtype, torch_format,
+    IMPLEMENTATION_KEYS, PASSIVE_KEYS, check_group_keys, entry_from_torch, pack_list_state, plain_value, scalar_dtype,
+    torch_format,
 )
 from .layout import is_dense, local
 
@@ -100,9 +108,24 @@ def _graph_input(x):
     return x.view(1) if x is not None and x.dim() == 0 else x
 
 
+def _to(x, dtype):
+    """``x`` (a tensor, None, or a tuple of them: a preconditioned rule's matrix states) in ``dtype``."""
+    if isinstance(x, tuple):
+        return tuple(_to(y, dtype) for y in x)
+    return None if x is None else x.to(dtype)
+
+
+def _leaves(x) -> list:
+    """The tensors of ``x`` (a tensor, None or nested tuples of them), in order."""
+    if isinstance(x, tuple):
+        return [y for z in x for y in _leaves(z)]
+    return [] if x is None else [x]
+
+
 def _step_graph(step_fn, batches, masked: bool, rounding):
     """Apply ``step_fn`` to every batch ``(params, grads, states, scal, compute dtype, static args)``; write the
-    results (a matrix rule's static argument: its iteration count, a Python int).
+    results (a matrix rule's static argument: its iteration count, a Python int; a preconditioned rule's:
+    its flags and each tensor's axes, with its matrix states as a last list of ``states``).
 
     With ``masked``, returns the one finiteness flag of all gradients and writes the old values
     where it is false (so nothing changes), without reading it on the host.
@@ -114,12 +137,10 @@ def _step_graph(step_fn, batches, masked: bool, rounding):
     for params, grads, states, scal, cd, static in batches:
         # a state None: one a factored rule does not keep for that param (passed through by the step)
         new = step_fn([p.to(cd) for p in params], [g.to(cd) for g in grads],
-                      *[[None if s is None else s.to(cd) for s in lst] for lst in states], scal, *static)
+                      *[[_to(s, cd) for s in lst] for lst in states], scal, *static)
         for j, values in enumerate(new):
-            targets = [params[j], *[lst[j] for lst in states]]
-            for k, (dst, val) in enumerate(zip(targets, values)):
-                if dst is None:
-                    continue
+            targets = _leaves((params[j], *[lst[j] for lst in states]))
+            for k, (dst, val) in enumerate(zip(targets, _leaves(tuple(values)))):
                 if ok is not None:
                     val = torch.where(ok, val, dst.to(val.dtype))
                 if k == 0 and rounding is not None and dst.dtype == torch.bfloat16:
@@ -185,7 +206,8 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._generators: dict = {}
         self._variant = None
         self._torch_module = kernels.load_backend(rule, "torch")
-        self._matrix = any("matrix" in v for v in self._spec.variants)
+        # a rule that reads each param as a matrix (Muon; not one that preconditions every axis)
+        self._matrix = any("matrix" in v and not v["matrix"].get("every_axis") for v in self._spec.variants)
         self._compiled = None
         if compile is not False:
             # A private copy of the step's code object: dynamo caches graphs per code object, so
@@ -259,6 +281,11 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._step_fn = getattr(self._torch_module, f"{prefix}_step")
         # a matrix rule: its iteration count, a Python int from the host's per-step scalars
         self._count_fn = getattr(self._torch_module, f"{prefix}_count", None)
+        # a preconditioned rule: the flags of its matrix operations (host), its matrix states' keys
+        self._flags_fn = getattr(self._torch_module, f"{prefix}_flags", None)
+        self._matrix_keys = (tuple(s["key"] for s in self._vinfo["matrix"]["states"])
+                             if self._flags_fn is not None else ())
+        self._axes_cache: dict = {}
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
         self._cache: dict = {}
         # a factored rule: each state's shape kind, the layout of each param shape (fixed by the one
@@ -299,8 +326,28 @@ class TensorOptimizer(torch.optim.Optimizer):
             self._layouts[shape] = factored_layout(shape, self._factor_min, where or self.rule_name)
         return self._layouts[shape]
 
+    def _axes(self, p, group) -> tuple:
+        """A preconditioned rule's ``(dims, kept)`` of param ``p`` under ``group``'s first-step scalars
+        (:func:`~symopt.runtime.preconditioned.axes_layout`)."""
+        self._group_values(group)
+        _, _, args, scalar_fn = self._cache[id(group)]
+        key = (tuple(p.shape), args)
+        if key not in self._axes_cache:
+            host = scalar_fn(1, *args)
+            dims, kept = axes_layout(self._spec.module, self._vinfo, tuple(p.shape), host, self.rule_name)
+            self._axes_cache[key] = (dims, tuple(kept), initial_diagonals(self._vinfo, host))
+        return self._axes_cache[key]
+
+    def _group_of(self, p):
+        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
+
     def _state_shapes(self, p) -> dict:
-        """``{key: shape}`` of the states param ``p`` keeps (a factored rule keeps some per layout)."""
+        """``{key: shape}`` of the states param ``p`` keeps (a factored rule keeps some per layout, a
+        preconditioned rule its matrix states ``<key>_<axis>`` per kept axis)."""
+        if self._flags_fn is not None:
+            dims, kept, _ = self._axes(p, self._group_of(p))
+            return {**{key: tuple(p.shape) for key in self._state_keys},
+                    **{f"{key}_{k}": (d, d) for key in self._matrix_keys for k, d in enumerate(dims) if kept[k]}}
         if self._factored is None:
             return {key: tuple(p.shape) for key in self._state_keys}
         layout = self._layout(p)
@@ -334,6 +381,12 @@ class TensorOptimizer(torch.optim.Optimizer):
                     continue            # a state a factored rule does not keep for this param's layout
                 entry[key] = (p.detach().to(sd).clone() if isinstance(init, str)
                               else torch.full(shapes[key], float(init), dtype=sd, device=p.device))
+            if self._flags_fn is not None:  # matrix states c·I on each kept axis
+                dims, kept, diagonals = self._axes(p, group)
+                for key, c in zip(self._matrix_keys, diagonals):
+                    for k, d in enumerate(dims):
+                        if kept[k]:
+                            entry[f"{key}_{k}"] = c * torch.eye(d, dtype=sd, device=p.device)
         self.state[p] = entry
 
     def _group_values(self, group) -> dict:
@@ -378,18 +431,34 @@ class TensorOptimizer(torch.optim.Optimizer):
                 if batch is None:
                     host = scalar_fn(t, *args)
                     scal = torch.tensor(host, dtype=torch.float64)
-                    static = () if self._count_fn is None else (self._count_fn(host),)
-                    batch = batches[key] = ([], [], [[] for _ in self._state_keys],
+                    static = (() if self._count_fn is None and self._flags_fn is None else
+                              (self._count_fn(host),) if self._count_fn is not None else (self._flags_fn(host), []))
+                    batch = batches[key] = ([], [], [[] for _ in range(len(self._state_keys) + bool(self._flags_fn))],
                                             scal.to(p.device, non_blocking=True), key[2], static)
                 batch[0].append(_graph_input(p))
                 batch[1].append(_graph_input(g))
                 for lst, k in zip(batch[2], self._state_keys):
                     # None: a state a factored rule does not keep for this param
                     lst.append(_graph_input(entry.get(k)))
+                if self._flags_fn is not None:  # the matrix states per axis (None: an axis without) and the axes
+                    dims, kept, _ = self._axes(p, group)
+                    mats = tuple(tuple(entry.get(f"{m}_{k}") if kept[k] else None for k in range(len(dims)))
+                                 for m in self._matrix_keys)
+                    held = sum(1 for k in entry if k.rpartition("_")[0] in self._matrix_keys)
+                    if held != sum(kept) * len(self._matrix_keys) or any(
+                            m is not None and m.shape[0] != d for ms in mats for m, d in zip(ms, dims)) or any(
+                            m is None and kept[k] for ms in mats for k, m in enumerate(ms)):
+                        raise ValueError(f"{self.rule_name}: a param of shape {tuple(p.shape)}: these hyperparameters "
+                                         f"change which axes keep matrix states (or how axes merge), which is fixed "
+                                         f"when its state is made (build a new optimizer)")
+                    batch[2][-1].append(mats)
+                    batch[5][1].append(dims)
                 stepped.append(p)
         if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
             return [(*b[:5], (tuple(self._layout(p) for p in b[0]), tuple(torch.finfo(p.dtype).eps for p in b[0])))
                     for b in batches.values()], stepped
+        if self._flags_fn is not None:
+            return [(*b[:5], (b[5][0], tuple(b[5][1]))) for b in batches.values()], stepped
         return list(batches.values()), stepped
 
     def _generator(self, device):
@@ -458,7 +527,7 @@ class TensorOptimizer(torch.optim.Optimizer):
             out = {}
             if fmt.step_in_state:
                 out["step"] = torch.tensor(float(entry["step"]), dtype=sdtype)
-            for key in self._state_keys:
+            for key in (*self._state_keys, *(k for k in entry if k.rpartition("_")[0] in self._matrix_keys)):
                 if key not in entry:
                     continue                # a state a factored rule does not keep for this param
                 value = entry[key]
@@ -466,7 +535,10 @@ class TensorOptimizer(torch.optim.Optimizer):
                     out[key] = torch.tensor(float(value.reshape(-1)[0]) if value.numel() else 1.0, dtype=sdtype)
                 else:
                     out[key] = value.detach().clone()
+            if self._flags_fn is not None:  # SOAP's GG, Q: one list entry per axis it reads (merged or not)
+                pack_list_state(out, fmt, len(self._axes(p, self._group_of(p))[0]))
             state[i] = out
+        fmt.write_peer(groups, state)       # a peer library's own layout (SOAP), so that it loads this too
         meta = {"rule": self.rule_name, "variant": self.variant, "formula_hash": self._vinfo["formula_hash"],
                 "version": __version__, "dtype": str(self.param_groups[0]["params"][0].dtype).replace("torch.", ""),
                 "skipped_steps": int(self.skipped_steps), "backend": "torch"}
@@ -485,10 +557,11 @@ class TensorOptimizer(torch.optim.Optimizer):
         if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has the wrong number of parameter groups "
                              f"(the optimizer has {len(self.param_groups)})")
-        params, new_values = {}, []
+        params, new_values, group_steps = {}, [], {}
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"]):
                 raise ValueError(f"state_dict param group {gi} does not match the optimizer's (number of params)")
+            saved, step = self._fmt.peer_group(saved)   # a peer library's own group layout (SOAP)
             check_group_keys(saved, self._keys, self._fmt, f"state_dict param group {gi}", self.rule_name,
                              strict=False)
             merged = {k: plain_value(saved.get(k, group[k]), k) for k in self._keys}
@@ -500,6 +573,7 @@ class TensorOptimizer(torch.optim.Optimizer):
                                and k not in PASSIVE_KEYS and k in self._keys})
             for pid, p in zip(saved["params"], group["params"]):
                 params[pid] = p
+                group_steps[pid] = step
         label = f"rule {self.rule_name!r} (variant {self.variant!r})"
         converted = {}
         for pid, entry in state_dict["state"].items():
@@ -508,7 +582,8 @@ class TensorOptimizer(torch.optim.Optimizer):
             p = params[pid]
             shapes = self._state_shapes(p)      # a factored rule: the layout's states, of their own shapes
             got = entry_from_torch(entry, pid, list(shapes), tuple(p.shape), self._fmt, label,
-                                   {k: v for k, v in shapes.items() if v != tuple(p.shape)})
+                                   {k: v for k, v in shapes.items() if v != tuple(p.shape)},
+                                   group_step=group_steps[pid])
             if got is not None:
                 converted[p] = got
         # -- everything checked: install

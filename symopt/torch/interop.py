@@ -51,7 +51,7 @@ import torch
 
 __all__ = [
     "TorchFormat", "TORCH_FORMATS", "PEER_FORMATS", "GENERIC", "torch_format", "scalar_dtype", "IMPLEMENTATION_KEYS",
-    "PASSIVE_KEYS", "NEUTRAL", "check_group_keys", "entry_to_torch", "entry_from_torch",
+    "PASSIVE_KEYS", "NEUTRAL", "check_group_keys", "entry_to_torch", "entry_from_torch", "pack_list_state",
 ]
 
 #: torch.optim keywords that choose an implementation, not the math.
@@ -329,10 +329,16 @@ def entry_to_torch(step: int, arrays: dict, fmt: TorchFormat, sdtype: torch.dtyp
             out[key] = torch.tensor(float(arr.reshape(-1)[0]) if arr.size else 1.0, dtype=sdtype)
         else:
             out[key] = torch.from_numpy(arr)
-    for name in fmt.list_state:     # "GG_0": a, "GG_2": b -> "GG": [a, [], b]
-        parts = {int(k[len(name) + 1:]): k for k in list(out) if k.startswith(f"{name}_") and k[len(name) + 1:].isdigit()}
-        out[name] = [out.pop(parts[k]) if k in parts else [] for k in range(max([ndim - 1, *parts]) + 1)]
+    pack_list_state(out, fmt, ndim)
     return out or None
+
+
+def pack_list_state(out: dict, fmt: TorchFormat, naxes: int) -> None:
+    """The :attr:`TorchFormat.list_state` keys of one param's torch-format state packed in place into
+    lists over its ``naxes`` axes: ``"GG_0": a, "GG_2": b`` -> ``"GG": [a, [], b]`` (pytorch-optimizer's SOAP)."""
+    for name in fmt.list_state:
+        parts = {int(k[len(name) + 1:]): k for k in list(out) if k.startswith(f"{name}_") and k[len(name) + 1:].isdigit()}
+        out[name] = [out.pop(parts[k]) if k in parts else [] for k in range(max([naxes - 1, *parts]) + 1)]
 
 
 def plain_value(value, key):
