@@ -1375,29 +1375,23 @@ def _array_docstring(family: Family, target: ArrayTarget) -> str:
 
 
 def render_array_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
-    """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``)."""
-    kind = array_plan_kind(family)
-    if kind == "iterate":
-        return render_array_matrix_family(family, target, source_label=source_label)
-    if kind == "factored":
-        return render_array_factored_family(family, target, source_label=source_label)
-    if kind == "preconditioned":
-        return render_array_preconditioned_family(family, target, source_label=source_label)
-    plans = [make_plan(rule) for _, rule in family.variants]
+    """Source text of ``family``'s module for an array backend (``TARGETS["torch"]``, ``["jax"]``): the
+    plan of its kind (:func:`array_plan_kind`) printed through that kind's template (``_ARRAY_KINDS``)."""
+    template, make, variant, forms = _ARRAY_KINDS[array_plan_kind(family)]
+    plans = [make(rule) for _, rule in family.variants]
     hyper_ids = hyper_identifiers(family)
     prefixes = _variant_prefixes(family)
     ctx = {
-        "header": header(family.name, source_label or family.source, ARRAY_TEMPLATE,
-                         array_family_hash(family, target)),
-        "target": target,
+        "header": header(family.name, source_label or family.source, template, array_family_hash(family, target)),
+        "target": target, "forms": forms[target.name] if forms else None,
         "docstring": _array_docstring(family, target),
         "backend_literal": string_literal(target.name),
         "family_literal": string_literal(family.name),
         "formula_hash_literal": string_literal(family.fingerprint()),
-        "variants": [_array_variant(family, r, p, pre, hyper_ids, target)
+        "variants": [variant(family, r, p, pre, hyper_ids, target)
                      for (_, r), p, pre in zip(family.variants, plans, prefixes)],
     }
-    return environment().get_template(ARRAY_TEMPLATE).render(**ctx)
+    return environment().get_template(template).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- array backends: matrix rules
@@ -1507,25 +1501,6 @@ def _array_matrix_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, target
     return ctx
 
 
-def render_array_matrix_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
-    """Source text of the ``target`` module of a family of Iterate rules (``array_matrix_module.py.jinja``)."""
-    plans = [make_matrix_plan(rule) for _, rule in family.variants]
-    hyper_ids = hyper_identifiers(family)
-    prefixes = _variant_prefixes(family)
-    ctx = {
-        "header": header(family.name, source_label or family.source, ARRAY_MATRIX_TEMPLATE,
-                         array_family_hash(family, target)),
-        "target": target, "forms": ARRAY_MATRIX_FORMS[target.name],
-        "docstring": _array_docstring(family, target),
-        "backend_literal": string_literal(target.name),
-        "family_literal": string_literal(family.name),
-        "formula_hash_literal": string_literal(family.fingerprint()),
-        "variants": [_array_matrix_variant(r, p, pre, hyper_ids, target)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    return environment().get_template(ARRAY_MATRIX_TEMPLATE).render(**ctx)
-
-
 # ----------------------------------------------------------------------------- array backends: factored rules
 ARRAY_FACTORED_TEMPLATE = "array_factored_module.py.jinja"
 #: What the factored template needs of each array target beyond :class:`ArrayTarget`: ``axis_sum``
@@ -1618,25 +1593,6 @@ def _array_factored_variant(rule: Rule, plan, prefix: str, hyper_ids: dict, targ
     }
     ctx.update(_array_scalar_context(plan, hyper_ids, target))
     return ctx
-
-
-def render_array_factored_family(family: Family, target: ArrayTarget, *, source_label: str | None = None) -> str:
-    """Source text of the ``target`` module of a family of factored rules (``array_factored_module.py.jinja``)."""
-    plans = [make_factored_plan(rule) for _, rule in family.variants]
-    hyper_ids = hyper_identifiers(family)
-    prefixes = _variant_prefixes(family)
-    ctx = {
-        "header": header(family.name, source_label or family.source, ARRAY_FACTORED_TEMPLATE,
-                         array_family_hash(family, target)),
-        "target": target,
-        "docstring": _array_docstring(family, target),
-        "backend_literal": string_literal(target.name),
-        "family_literal": string_literal(family.name),
-        "formula_hash_literal": string_literal(family.fingerprint()),
-        "variants": [_array_factored_variant(r, p, pre, hyper_ids, target)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    return environment().get_template(ARRAY_FACTORED_TEMPLATE).render(**ctx)
 
 
 # ----------------------------------------------------------------------------- array backends: preconditioned rules
@@ -1759,22 +1715,13 @@ def _array_preconditioned_variant(rule: Rule, plan, prefix: str, hyper_ids: dict
     return ctx
 
 
-def render_array_preconditioned_family(family: Family, target: ArrayTarget, *,
-                                       source_label: str | None = None) -> str:
-    """Source text of the ``target`` module of a family of preconditioned rules
-    (``array_preconditioned_module.py.jinja``)."""
-    plans = [make_preconditioned_plan(rule) for _, rule in family.variants]
-    hyper_ids = hyper_identifiers(family)
-    prefixes = _variant_prefixes(family)
-    ctx = {
-        "header": header(family.name, source_label or family.source, ARRAY_PRECONDITIONED_TEMPLATE,
-                         array_family_hash(family, target)),
-        "target": target, "forms": ARRAY_PRECONDITIONED_FORMS[target.name],
-        "docstring": _array_docstring(family, target),
-        "backend_literal": string_literal(target.name),
-        "family_literal": string_literal(family.name),
-        "formula_hash_literal": string_literal(family.fingerprint()),
-        "variants": [_array_preconditioned_variant(r, p, pre, hyper_ids, target)
-                     for (_, r), p, pre in zip(family.variants, plans, prefixes)],
-    }
-    return environment().get_template(ARRAY_PRECONDITIONED_TEMPLATE).render(**ctx)
+#: Each array plan kind: (template, plan maker, variant context, the target forms the template reads).
+_ARRAY_KINDS = {
+    "elementwise": (ARRAY_TEMPLATE, make_plan, _array_variant, None),
+    "iterate": (ARRAY_MATRIX_TEMPLATE, make_matrix_plan,
+                lambda family, *args: _array_matrix_variant(*args), ARRAY_MATRIX_FORMS),
+    "factored": (ARRAY_FACTORED_TEMPLATE, make_factored_plan,
+                 lambda family, *args: _array_factored_variant(*args), None),
+    "preconditioned": (ARRAY_PRECONDITIONED_TEMPLATE, make_preconditioned_plan,
+                       lambda family, *args: _array_preconditioned_variant(*args), ARRAY_PRECONDITIONED_FORMS),
+}
