@@ -280,8 +280,10 @@ def _adafactor_optax_f64(optax, jnp, lr, min_dim, **kw):
     tx.append(optax.scale_by_learning_rate(lr, flip_sign=False))
     if kw.get("multiply_by_parameter_scale", True):
         tx.append(optax.scale_by_param_block_rms())
+    if kw.get("momentum") is not None:
+        tx.append(optax.ema(kw["momentum"], debias=False, accumulator_dtype=jnp.float64))
     if kw.get("weight_decay_rate") is not None:
-        tx.append(optax.add_decayed_weights(kw["weight_decay_rate"]))
+        tx.append(optax.add_decayed_weights(kw["weight_decay_rate"], mask=kw.get("weight_decay_mask")))
     return optax.chain(*tx, optax.scale(-1.0))
 
 

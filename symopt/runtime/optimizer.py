@@ -356,8 +356,12 @@ class Optimizer:
         self._layouts = None if factored is None else [
             matrix.factored_layout(p.shape, self._factor_min, f"{self.rule_name}: params[{j}]")
             for j, p in enumerate(self._tensors)]
+        # ... and the two axes its matrices lie along (runtime/matrix.py: factored_axes)
+        self._axes = None if factored is None else [matrix.factored_axes(p.shape, self._factor_min)
+                                                    for p in self._tensors]
         self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape,
-                                                  self._layouts[j] if self._layouts else None)
+                                                  self._layouts[j] if self._layouts else None,
+                                                  self._axes[j] if self._axes else None)
                                for j, p in enumerate(self._tensors)]
                               for s in self._vinfo["state"]]
         self._state_sizes = [np.array([0 if x is None else math.prod(x) for x in shapes], dtype=np.int64)
@@ -376,7 +380,7 @@ class Optimizer:
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
         self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims,
-                                    self._layouts, self._first_scalars)
+                                    self._layouts, self._first_scalars, self._axes)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -455,6 +459,12 @@ class Optimizer:
         """A factored rule's layout of each param (``"matrix"``: row/column states, ``"vector"``:
         full-shape states; :func:`symopt.runtime.matrix.factored_layout`); empty for other rules."""
         return tuple(self._layouts or ())
+
+    @property
+    def factored_axes(self) -> tuple:
+        """A factored rule's ``(row_axis, col_axis)`` of each param (its matrices; meaningful for the
+        ``"matrix"`` layout: :func:`symopt.runtime.matrix.factored_axes`); empty for other rules."""
+        return tuple(self._axes or ())
 
     @property
     def step_counts(self) -> np.ndarray:
@@ -985,7 +995,8 @@ class Optimizer:
         dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
         if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
             new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
-                                      self.rule_name, self._state_offs, dims, self._layouts, self._first_scalars)
+                                      self.rule_name, self._state_offs, dims, self._layouts, self._first_scalars,
+                                      self._axes)
         if self._layouts is not None and self._factor_min_dim(new_groups, "state_dict") != self._factor_min:
             raise ValueError(f"state_dict has another {self._vinfo['factored']['min_dim_key']} than this optimizer "
                              f"({self._factor_min:g}), which fixes which params are factored; build the optimizer "

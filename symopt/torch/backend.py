@@ -20,10 +20,11 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   dtype (float32 for bfloat16/float16 params, where torch.optim.Muon uses bfloat16) for a count
   the module's ``<v>_count`` reads from the host's per-step scalars, so a compiled step unrolls it.
 * **Factored rules** (Adafactor, ``array_factored_module.py.jinja``): each param's layout
-  (:func:`~symopt.runtime.matrix.factored_layout`: a stack of matrices over its last two axes, or
-  full-shape states) is fixed when its state is made; a param keeps only its layout's states, of
-  their own shapes (``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)``, as torch.optim.Adafactor),
-  and the step receives each tensor's layout and its dtype's machine epsilon (``eps=(None, …)``).
+  (:func:`~symopt.runtime.matrix.factored_layout`: a stack of matrices over two of its axes,
+  :func:`~symopt.runtime.matrix.factored_axes`, or full-shape states) is fixed when its state is made;
+  a param keeps only its layout's states, of their own shapes (``row_var`` ``(…, m, 1)``, ``col_var``
+  ``(…, 1, n)``, as torch.optim.Adafactor), and the step receives each tensor's layout, matrix axes
+  and its dtype's machine epsilon (``eps=(None, …)``).
 * **Non-finite gradients** (``on_nonfinite``): ``"raise"`` and ``"skip"`` write nothing when a
   gradient holds NaN/inf.  Eager, the finiteness of every gradient is reduced to one flag and
   read once per step (one host sync), before anything is written; compiled, the step computes
@@ -50,7 +51,7 @@ import torch
 from .._version import __version__
 from ..runtime import kernels, scheduled
 from ..runtime.grouped import names_other_rules
-from ..runtime.matrix import factored_layout, state_shape
+from ..runtime.matrix import factored_axes, factored_layout, state_shape
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from .grouped import GroupedOptimizer
 from .interop import (
@@ -303,8 +304,8 @@ class TensorOptimizer(torch.optim.Optimizer):
         """``{key: shape}`` of the states param ``p`` keeps (a factored rule keeps some per layout)."""
         if self._factored is None:
             return {key: tuple(p.shape) for key in self._state_keys}
-        layout = self._layout(p)
-        shapes = {key: state_shape(self._state_kinds[key], tuple(p.shape), layout) for key in self._state_keys}
+        layout, axes = self._layout(p), factored_axes(tuple(p.shape), self._factor_min)
+        shapes = {key: state_shape(self._state_kinds[key], tuple(p.shape), layout, axes) for key in self._state_keys}
         return {key: shape for key, shape in shapes.items() if shape is not None}
 
     @property
@@ -387,8 +388,10 @@ class TensorOptimizer(torch.optim.Optimizer):
                     # None: a state a factored rule does not keep for this param
                     lst.append(_graph_input(entry.get(k)))
                 stepped.append(p)
-        if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
-            return [(*b[:5], (tuple(self._layout(p) for p in b[0]), tuple(torch.finfo(p.dtype).eps for p in b[0])))
+        if self._factored is not None:   # per tensor: its layout, matrix axes, dtype's machine epsilon (Python data)
+            return [(*b[:5], (tuple(self._layout(p) for p in b[0]),
+                              tuple(factored_axes(tuple(p.shape), self._factor_min) for p in b[0]),
+                              tuple(torch.finfo(p.dtype).eps for p in b[0])))
                     for b in batches.values()], stepped
         return list(batches.values()), stepped
 
