@@ -559,6 +559,9 @@ _RECORDS = [
                                                  multiply_by_parameter_scale=False, weight_decay_rate=0.01),
             lr=0.05, min_dim_size_to_factor=3, clipping_threshold=None, decay_rate=0.6, eps=1e-6,
             multiply_by_parameter_scale=False, weight_decay_rate=0.01, note="float64 decay"),
+        _ox(lambda ox, jnp: _adafactor_optax_f64(ox, jnp, 0.05, 3, momentum=0.9, weight_decay_rate=0.01),
+            lr=0.05, min_dim_size_to_factor=3, momentum=0.9, weight_decay_rate=0.01,
+            note="float64 decay; ema(momentum) kept in float64 (Optax: dtype_momentum)"),
     ), tolerance={"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}}, matrix=True),
     # Kronecker-factored rules: run on 1-D to 4-D params by tests/test_shampoo_soap.py (float64: the
     # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)

@@ -745,9 +745,10 @@ def test_params_without_gradients_keep_their_step_count():
 
 
 # ----------------------------------------------------------------------------- factored rules
-#: Every layout of a factored rule: stacks of matrices over the last two axes (2-D, 3-D), a matrix too small
-#: to factor at min_dim_size_to_factor=3 (adafactor_optax; adafactor factors it), a vector and a 0-d param.
-FACTORED_SHAPES = [(4, 6), (2, 3, 5), (7,), (2, 2), ()]
+#: Every layout of a factored rule: stacks of matrices over the last two axes (2-D, 3-D), one whose two
+#: largest axes are the first and last (adafactor_optax factors those, moved last as views), a matrix too
+#: small to factor at min_dim_size_to_factor=3 (adafactor_optax; adafactor factors it), a vector and a 0-d param.
+FACTORED_SHAPES = [(4, 6), (2, 3, 5), (5, 2, 6), (7,), (2, 2), ()]
 FACTORED_STEPS = 30
 #: (id, rule, keywords): the defaults and the peer cases with one set of hyperparameters of each factored rule.
 FACTORED_CASES = [(name, name, {}) for name in FACTORED] + [

@@ -69,8 +69,10 @@ MODULE_ATTRIBUTES = {
     # (preconditioned_module template)
     "lapack": frozenset({"ssyevd", "dsyevd", "sgeqrf", "dgeqrf", "sorgqr", "dorgqr"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
-    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")),
-    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32"} | _registry_calls("jnp")),
+    # (movedim/moveaxis: a factored param's matrix axes moved last and back, array_factored_module template)
+    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor", "movedim"}
+                       | _registry_calls("torch")),
+    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32", "moveaxis"} | _registry_calls("jnp")),
     "jax": frozenset(),
     "lax": frozenset({"fori_loop"}),   # the matrix rules' iteration (array_matrix_module template)
     "special": frozenset(_registry_calls("special")),

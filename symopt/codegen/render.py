@@ -195,6 +195,7 @@ def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -
         "hyper": hyper,
         "variants": variants,
         "formula_hash": family.fingerprint(),
+        **({"refused": dict(family.refused)} if family.refused else {}),   # keyword -> how to get it
     }
 
 

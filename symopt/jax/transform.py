@@ -79,7 +79,7 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     spec = _Spec(module)
     for key in hyper:
         if key not in spec.defaults:
-            raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
+            raise spec.unknown(key, spec.name)
     values = {**spec.defaults, **hyper}
     # Callables of the step count: an Optax schedule gets the steps taken (0-based), a symopt.schedule
     # the 1-based step t, printed in jax.numpy by its jax_function().

@@ -155,5 +155,10 @@ def families() -> list[Family]:
                   group="matrix")]
     plain, with_momentum = adafactor_optax(), adafactor_optax(momentum=True)
     out.append(Family(plain.name, [(sp.Lt(mom, 0), plain), (sp.true, with_momentum)], doc=plain.doc,
-                      source=plain.source, references=plain.references, group="matrix"))
+                      source=plain.source, references=plain.references, group="matrix", refused={
+                          "weight_decay_mask": "give the params that are not decayed a param group of their own with "
+                                               "weight_decay_rate None (in JAX: optax.partition two symopt.jax."
+                                               "transform('adafactor_optax', ...), one with weight_decay_rate None)",
+                          "dtype_momentum": "the ema state is kept in the params' dtype (Optax's default float32 for "
+                                            "float32 params)"}))
     return out

@@ -77,6 +77,13 @@ class _Spec:
             self.defaults[key] = tuple(d[i] for i in sorted(d))
         self.tuple_len = {k: len(v) for k, v in tuples.items()}
         self.keys = tuple(self.defaults)
+        self.refused = fam.get("refused", {})   # a peer's keywords the family does not take -> how to get them
+
+    def unknown(self, key, where: str) -> TypeError:
+        """The error for a keyword ``key`` the family does not take."""
+        if key in self.refused:
+            return TypeError(f"{where}: {key} is not a keyword of {self.name}: {self.refused[key]}")
+        return TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(self.keys) or '(none)'}")
 
     def values(self, group: dict, where: str) -> dict:
         """Validated hyperparameter values keyed by generated identifier."""
@@ -161,8 +168,7 @@ class Optimizer:
 
         for key in hyper:
             if key not in spec.defaults:
-                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(spec.keys) or '(none)'}")
+                raise spec.unknown(key, spec.name)
         self.defaults = {**spec.defaults, **hyper}
         spec.values(self.defaults, f"{spec.name}")  # validate the defaults themselves
 
@@ -174,7 +180,7 @@ class Optimizer:
             where = f"{spec.name}: param group {gi}"
             for key in group:
                 if key not in GROUP_KEYS and key not in spec.defaults:
-                    raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys)}")
+                    raise spec.unknown(key, where)
             if "rule" in group and getattr(group["rule"], "name", group["rule"]) != spec.name:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
@@ -509,7 +515,7 @@ class Optimizer:
         where = f"{self.rule_name}: param group {gi}"
         for key in group:
             if key not in GROUP_KEYS and key not in self._spec.defaults:
-                raise TypeError(f"{where}: unknown hyperparameter {key!r}")
+                raise self._spec.unknown(key, where)
         vals = self._spec.values(group, where)
         if self._factor_min is not None and self._factor_min_dim([group], where) != self._factor_min:
             raise ValueError(f"{where}: {self._vinfo['factored']['min_dim_key']} cannot change after construction "

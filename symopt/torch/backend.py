@@ -160,8 +160,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._configure(rule, on_nonfinite, compile, state_dtype, stochastic_rounding)
         for key in hyper:
             if key not in self._spec.defaults:
-                raise TypeError(f"{self.rule_name}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(self._keys) or '(none)'}")
+                raise self._spec.unknown(key, self.rule_name)
         defaults = {**self._spec.defaults, **{k: plain_value(v, k) for k, v in hyper.items()}}
         self._spec.values(defaults, self.rule_name)
         self.skipped_steps = 0

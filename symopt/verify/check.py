@@ -424,6 +424,7 @@ def _options_for(family, rule) -> dict:
             tuples: dict = {}
             for s, v in dict(combo).items():
                 h = family.hyper[s]
+                v = h.user_default if v == h.default else v     # an optional's default: None, as a user writes it
                 key = h.key or s.name
                 if h.index is None:
                     kwargs[key] = v
