@@ -291,12 +291,15 @@ def ox():
 
 
 def _ox_run(tx, jnp, params, grads):
-    """Optax's params after every step (numpy arrays)."""
+    """The params of a GradientTransformation after every step (numpy arrays; its update jitted, as users run it)."""
+    import jax
+
     ps = [jnp.asarray(p) for p in params]
     state = tx.init(ps)
+    update = jax.jit(tx.update)
     out = []
     for gs in grads:
-        updates, state = tx.update([jnp.asarray(g) for g in gs], state, ps)
+        updates, state = update([jnp.asarray(g) for g in gs], state, ps)
         ps = [p + u for p, u in zip(ps, updates)]
         out.append([np.asarray(p) for p in ps])
     return out, state
