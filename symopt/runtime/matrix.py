@@ -161,7 +161,7 @@ class FactoredStep:
                 offsets, strides = factored_index(shape, ax)
             else:
                 nr, nc = 1, int(p.size)
-                offsets, strides = np.zeros((3, 1), dtype=np.int64), np.array([nc, 1, 1, 1], dtype=np.int64)
+                offsets, strides = np.zeros((3, 1), dtype=np.int64), np.array([nc, 1, 1, 1, 1], dtype=np.int64)
             nb = offsets.shape[1] if nr * nc else 0
             lay = info[layout]
             need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + lay["matrix"] * nb)
@@ -234,17 +234,21 @@ def factored_index(shape: tuple, axes: tuple):
     """How a factored kernel walks a param of ``shape`` over the matrices ``axes`` (row, column)
     without moving it: ``(offsets, strides)``, ``offsets`` int64 ``(3, nb)`` the C-order offset of
     each matrix's first element in the param, its row state (shape ``state_shape("row")``) and
-    its column state, ``strides`` int64 ``(4,)`` the steps of a row and a column in the param, of
-    a row in the row state, of a column in the column state.  The last two axes give
-    ``b·nr·nc + i·nc + j``, ``b·nr + i``, ``b·nc + j``."""
+    its column state, ``strides`` int64 ``(5,)`` the steps of a row and a column in the param, of
+    a row in the row state, of a column in the column state, and 1 when these are those of the
+    last two axes (``b·nr·nc + i·nc + j``, ``b·nr + i``, ``b·nc + j``; the kernel's fast loop), else 0."""
     shape = tuple(int(x) for x in shape)
     r, c = axes
     rshape, cshape = tuple(1 if a == c else x for a, x in enumerate(shape)), \
         tuple(1 if a == r else x for a, x in enumerate(shape))
     offsets = np.stack([_batch_offsets(s, axes) for s in (shape, rshape, cshape)])
     step = lambda s, a: math.prod(s[a + 1:])
-    strides = np.array([step(shape, r), step(shape, c), step(rshape, r), step(cshape, c)], dtype=np.int64)
-    return offsets, strides
+    strides = [step(shape, r), step(shape, c), step(rshape, r), step(cshape, c)]
+    nr, nc, nb = shape[r], shape[c], offsets.shape[1]
+    b = np.arange(nb, dtype=np.int64)
+    last_two = (strides == [nc, 1, 1, 1] and np.array_equal(offsets[0], b * nr * nc)
+                and np.array_equal(offsets[1], b * nr) and np.array_equal(offsets[2], b * nc))
+    return offsets, np.array([*strides, int(last_two)], dtype=np.int64)
 
 
 def state_shape(kind: str, shape: tuple, layout: str | None = None, axes: tuple | None = None):
