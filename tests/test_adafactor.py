@@ -204,6 +204,10 @@ def test_optax_rule_verifies_against_mpmath_in_both_layouts(dtype, min_dim):
     result = verify_factored_variant(fam, fam.variants[0][1], dtype, steps=2,
                                      hyper={"min_dim_size_to_factor": min_dim})
     assert result.ok, (result.max_error, result.worst)
+    if min_dim == 2 and dtype == "float64":   # the momentum variant (state ema), factored over every axis pair
+        result = verify_factored_variant(fam, fam.variants[1][1], dtype, steps=2,
+                                         hyper={"min_dim_size_to_factor": min_dim, "momentum": 0.9})
+        assert result.ok, (result.max_error, result.worst)
 
 
 def factored_rmsprop():
