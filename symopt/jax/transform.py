@@ -28,8 +28,8 @@
   two, or Optax's two largest for ``adafactor_optax`` -- or full-shape states) follows from its shape and
   ``min_dim_size_to_factor``, which is therefore fixed at ``transform`` (not in ``state.hyperparams``).
   A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; row states
-  have the leaf's shape with the column axis 1 (``(…, m, 1)``), column states with the row axis 1.  ``eps=(None, …)`` is the machine epsilon of the leaf's
-  dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
+  have the leaf's shape with the column axis 1 (``(…, m, 1)``), column states with the row axis 1.
+  ``eps=(None, …)`` is the machine epsilon of the leaf's dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             for cd, idx in by_dtype.items():
                 # a factored rule: each leaf's layout, matrix axes and dtype's machine epsilon (static Python data)
                 static = (() if factored is None else
-                          (tuple(layout(ps[j]) for j in idx), tuple(factored_axes(jnp.shape(ps[j]), min_dim) for j in idx),
+                          (tuple(layout(ps[j]) for j in idx),
+                           tuple(factored_axes(jnp.shape(ps[j]), min_dim) for j in idx),
                            tuple(float(jnp.finfo(ps[j].dtype).eps) for j in idx)))
                 out = step_fn([jnp.asarray(ps[j], cd) for j in idx], [jnp.asarray(gs[j], cd) for j in idx],
                               *[[jnp.asarray(x[j], cd) for j in idx] for x in ss],

@@ -33,8 +33,10 @@ def element_groups(shape, layout: str | None = None, axes=None):
         return False, np.zeros(size, dtype=np.int64), np.arange(size)
     r, c = axes if axes is not None else (len(shape) - 2, len(shape) - 1)
     index = np.indices(shape).reshape(len(shape), -1)
-    flat = lambda kind, zero: np.ravel_multi_index(
-        tuple(np.zeros_like(x) if a == zero else x for a, x in enumerate(index)), state_shape(kind, shape, "matrix", (r, c)))
+    def flat(kind, zero):   # element e's index in a state of kind: its multi-index with axis ``zero`` 0
+        at = tuple(np.zeros_like(x) if a == zero else x for a, x in enumerate(index))
+        return np.ravel_multi_index(at, state_shape(kind, shape, "matrix", (r, c)))
+
     return True, flat("row", c), flat("col", r)
 
 
