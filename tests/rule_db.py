@@ -281,8 +281,10 @@ def _adafactor_optax_f64(optax, jnp, lr, min_dim, **kw):
     tx.append(optax.scale_by_learning_rate(lr, flip_sign=False))
     if kw.get("multiply_by_parameter_scale", True):
         tx.append(optax.scale_by_param_block_rms())
+    if kw.get("momentum") is not None:
+        tx.append(optax.ema(kw["momentum"], debias=False, accumulator_dtype=jnp.float64))
     if kw.get("weight_decay_rate") is not None:
-        tx.append(optax.add_decayed_weights(kw["weight_decay_rate"]))
+        tx.append(optax.add_decayed_weights(kw["weight_decay_rate"], mask=kw.get("weight_decay_mask")))
     return optax.chain(*tx, optax.scale(-1.0))
 
 
@@ -558,6 +560,9 @@ _RECORDS = [
                                                  multiply_by_parameter_scale=False, weight_decay_rate=0.01),
             lr=0.05, min_dim_size_to_factor=3, clipping_threshold=None, decay_rate=0.6, eps=1e-6,
             multiply_by_parameter_scale=False, weight_decay_rate=0.01, note="float64 decay"),
+        _ox(lambda ox, jnp: _adafactor_optax_f64(ox, jnp, 0.05, 3, momentum=0.9, weight_decay_rate=0.01),
+            lr=0.05, min_dim_size_to_factor=3, momentum=0.9, weight_decay_rate=0.01,
+            note="float64 decay; ema(momentum) kept in float64 (Optax: dtype_momentum)"),
     ), tolerance={"peer": {F64: 1e-9}, "peer displacement": {F64: 1e-9}}, matrix=True),
     # Kronecker-factored rules: run on 1-D to 4-D params by tests/test_shampoo_soap.py (float64: the
     # eigendecomposition against pytorch-optimizer's SVD, 1e-9 of the trajectory)

@@ -204,6 +204,10 @@ def test_optax_rule_verifies_against_mpmath_in_both_layouts(dtype, min_dim):
     result = verify_factored_variant(fam, fam.variants[0][1], dtype, steps=2,
                                      hyper={"min_dim_size_to_factor": min_dim})
     assert result.ok, (result.max_error, result.worst)
+    if min_dim == 2 and dtype == "float64":   # the momentum variant (state ema), factored over every axis pair
+        result = verify_factored_variant(fam, fam.variants[1][1], dtype, steps=2,
+                                         hyper={"min_dim_size_to_factor": min_dim, "momentum": 0.9})
+        assert result.ok, (result.max_error, result.worst)
 
 
 def factored_rmsprop():
@@ -273,9 +277,11 @@ def test_factored_rule_errors_name_the_problem():
 
 
 # -- adafactor_optax: optax.adafactor (factored=True) ------------------------------------------------------
-#: Shapes against Optax with min_dim_size_to_factor=3: factored with rows ≤ / > columns (Optax swaps
-#: which axis it calls the row), a stack, 1-row and too-small matrices (a full v), a vector and a scalar.
-OX_SHAPES = [(4, 6), (6, 4), (2, 3, 5), (3, 3), (1, 7), (2, 2), (5,), ()]
+#: Shapes against Optax with min_dim_size_to_factor=3: factored with rows ≤ / > columns (Optax's rows lie
+#: along the second largest axis: the first of a tall matrix), a stack, params whose two largest axes are
+#: not the last two (a (5, 2, 6) stack over axes 0 and 2; a 4-D kernel over axes 3 and 1), 1-row and
+#: too-small matrices (a full v), a vector and a scalar.
+OX_SHAPES = [(4, 6), (6, 4), (2, 3, 5), (5, 2, 6), (3, 7, 2, 5), (3, 3), (1, 7), (2, 2), (5,), ()]
 
 
 @pytest.fixture(scope="module")
@@ -289,12 +295,15 @@ def ox():
 
 
 def _ox_run(tx, jnp, params, grads):
-    """Optax's params after every step (numpy arrays)."""
+    """The params of a GradientTransformation after every step (numpy arrays; its update jitted, as users run it)."""
+    import jax
+
     ps = [jnp.asarray(p) for p in params]
     state = tx.init(ps)
+    update = jax.jit(tx.update)
     out = []
     for gs in grads:
-        updates, state = tx.update([jnp.asarray(g) for g in gs], state, ps)
+        updates, state = update([jnp.asarray(g) for g in gs], state, ps)
         ps = [p + u for p, u in zip(ps, updates)]
         out.append([np.asarray(p) for p in ps])
     return out, state
@@ -314,7 +323,7 @@ def test_optax_adafactor_float64_on_every_shape(kw, ox):
     ours = [p.copy() for p in params]
     opt = symopt.optimizer("adafactor_optax", ours, **kw)
     min_dim = kw.get("min_dim_size_to_factor", 128)
-    assert opt.factored_layouts == tuple("matrix" if len(s) >= 2 and min(s[-2:]) >= min_dim else "vector"
+    assert opt.factored_layouts == tuple("matrix" if len(s) >= 2 and sorted(s)[-2] >= min_dim else "vector"
                                          for s in OX_SHAPES)
     rest = {k: v for k, v in kw.items() if k not in ("lr", "min_dim_size_to_factor")}
     theirs, state = _ox_run(_adafactor_optax_f64(optax, jnp, kw["lr"], min_dim, **rest), jnp, params, grads)
@@ -322,24 +331,78 @@ def test_optax_adafactor_float64_on_every_shape(kw, ox):
         opt.step(grads[k])
         for a, b in zip(ours, theirs[k]):
             assert rel_err(a, b) <= 1e-9
-    # the full v of unfactored params, and the row/column means where Optax's v_row is the rows' (m ≤ n)
-    fs = state[0]
-    for j, s in enumerate(OX_SHAPES):
+    _assert_optax_state(opt, state[0], OX_SHAPES, 1e-9)
+
+
+def _assert_optax_state(opt, fs, shapes, tol, floor=0.0):
+    """symopt's v of unfactored params and row/column means (the reduced axis kept as 1) equal Optax's."""
+    for j, s in enumerate(shapes):
         if opt.factored_layouts[j] == "vector":
-            assert rel_err(opt.state[j]["v"], np.asarray(fs.v[j])) <= 1e-9
-        elif s[-2] <= s[-1]:
-            assert rel_err(opt.state[j]["v_row"][..., 0], np.asarray(fs.v_row[j])) <= 1e-9
-            assert rel_err(opt.state[j]["v_col"][..., 0, :], np.asarray(fs.v_col[j])) <= 1e-9
+            assert rel_err(opt.state[j]["v"], np.asarray(fs.v[j]), floor=floor) <= tol
+        else:
+            rows, cols = opt.factored_axes[j]
+            assert opt.factored_axes[j] == tuple(int(a) for a in np.argsort(s)[-2:])   # Optax's _factored_dims
+            assert rel_err(opt.state[j]["v_row"].squeeze(cols), np.asarray(fs.v_row[j]), floor=floor) <= tol
+            assert rel_err(opt.state[j]["v_col"].squeeze(rows), np.asarray(fs.v_col[j]), floor=floor) <= tol
 
 
-def test_optax_adafactor_itself_float32(ox):
-    """Against optax.adafactor in float32 (its decay in float32 too): 2e-6 max-norm after every step
-    (measured 3.4e-7: symopt's norms and row/column means are float64 sums, Optax's float32)."""
+def test_optax_adafactor_momentum_float64_numba_and_jax(ox):
+    """momentum (Optax's ema of the scaled update, debias=False, before the weight decay), every shape:
+    the Numba kernels and the generated JAX module (symopt.jax.transform) ≤ 1e-9 elementwise after every
+    step against Optax's chain (decay and ema in float64); the states v_row, v_col, v and ema too."""
+    import symopt.jax
+    from rule_db import _adafactor_optax_f64
+
+    optax, jnp = ox
+    kw = dict(min_dim_size_to_factor=3, momentum=0.9, weight_decay_rate=0.01)
+    params, grads = _data(np.float64, seed=9, shapes=OX_SHAPES)
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor_optax", ours, lr=0.05, **kw)
+    theirs, state = _ox_run(_adafactor_optax_f64(optax, jnp, 0.05, 3, momentum=0.9, weight_decay_rate=0.01),
+                            jnp, params, grads)
+    via_jax, _ = _ox_run(symopt.jax.transform("adafactor_optax", lr=0.05, **kw), jnp, params, grads)
+    for k in range(STEPS):
+        opt.step(grads[k])
+        for a, b, c in zip(ours, theirs[k], via_jax[k]):
+            assert rel_err(a, b) <= 1e-9
+            assert rel_err(c, b) <= 1e-9
+    _assert_optax_state(opt, state[0], OX_SHAPES, 1e-9)
+    for j in range(len(OX_SHAPES)):
+        assert rel_err(opt.state[j]["ema"], np.asarray(state[4].ema[j])) <= 1e-9
+
+
+def test_optax_weight_decay_mask_is_a_param_group(ox):
+    """optax.adafactor(weight_decay_mask=mask) is symopt's param group of the unmasked params with
+    weight_decay_rate None (float64, ≤ 1e-9 elementwise after every step)."""
+    from rule_db import _adafactor_optax_f64
+
+    optax, jnp = ox
+    shapes = [(4, 6), (5,), (2, 3, 5)]
+    mask = [True, False, True]
+    params, grads = _data(np.float64, seed=10, shapes=shapes)
+    ours = [p.copy() for p in params]
+    opt = symopt.optimizer("adafactor_optax", [{"params": [ours[0], ours[2]]},
+                                               {"params": [ours[1]], "weight_decay_rate": None}],
+                           lr=0.05, min_dim_size_to_factor=3, weight_decay_rate=0.1)
+    theirs, _ = _ox_run(_adafactor_optax_f64(optax, jnp, 0.05, 3, weight_decay_rate=0.1, weight_decay_mask=mask),
+                        jnp, params, grads)
+    for k in range(STEPS):
+        opt.step([grads[k][0], grads[k][2], grads[k][1]])
+        for a, b in zip(ours, theirs[k]):
+            assert rel_err(a, b) <= 1e-9
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay_rate=0.01), dict(weight_decay_rate=0.01, momentum=0.9)],
+                         ids=["decay", "momentum"])
+def test_optax_adafactor_itself_float32(kw, ox):
+    """Against optax.adafactor in float32 (its decay in float32 too; its ema in its default dtype_momentum,
+    float32): 2e-6 max-norm after every step (measured 3.4e-7: symopt's norms and row/column means are
+    float64 sums, Optax's float32)."""
     optax, jnp = ox
     params, grads = _data(np.float32, seed=6, shapes=OX_SHAPES)
     ours = [p.copy() for p in params]
-    opt = symopt.optimizer("adafactor_optax", ours, lr=0.05, min_dim_size_to_factor=3, weight_decay_rate=0.01)
-    theirs, _ = _ox_run(optax.adafactor(0.05, min_dim_size_to_factor=3, weight_decay_rate=0.01), jnp, params, grads)
+    opt = symopt.optimizer("adafactor_optax", ours, lr=0.05, min_dim_size_to_factor=3, **kw)
+    theirs, _ = _ox_run(optax.adafactor(0.05, min_dim_size_to_factor=3, **kw), jnp, params, grads)
     for k in range(STEPS):
         opt.step(grads[k])
         for a, b in zip(ours, theirs[k]):
@@ -348,11 +411,11 @@ def test_optax_adafactor_itself_float32(ox):
 
 
 def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
-    params, grads = _data(np.float64, seed=7, shapes=[(4, 6), (2, 2), (5,)])
+    params, grads = _data(np.float64, seed=7, shapes=[(4, 6), (2, 2), (5,), (5, 2, 6)])
     ref = [p.copy() for p in params]
-    opt = symopt.optimizer("adafactor_optax", ref, min_dim_size_to_factor=3)
+    opt = symopt.optimizer("adafactor_optax", ref, min_dim_size_to_factor=3, momentum=0.5)
     ts = [torch.tensor(p.copy(), requires_grad=True) for p in params]
-    topt = symopt.torch.Optimizer("adafactor_optax", ts, min_dim_size_to_factor=3)
+    topt = symopt.torch.Optimizer("adafactor_optax", ts, min_dim_size_to_factor=3, momentum=0.5)
     for k in range(4):
         opt.step(grads[k])
         for t, g in zip(ts, grads[k]):
@@ -363,9 +426,13 @@ def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
     opt.save(tmp_path / "ox.npz")
     copies = [p.copy() for p in ref]
     resumed = symopt.load(tmp_path / "ox.npz", copies)
-    assert resumed.factored_layouts == ("matrix", "vector", "vector")
-    assert {k: v.shape for k, v in resumed.state[0].items() if k != "step"} == {"v_row": (4, 1), "v_col": (1, 6)}
-    assert {k: v.shape for k, v in resumed.state[1].items() if k != "step"} == {"v": (2, 2)}
+    assert resumed.factored_layouts == ("matrix", "vector", "vector", "matrix")
+    assert resumed.factored_axes[3] == (0, 2)         # the (5, 2, 6) param: rows along axis 0, columns along 2
+    assert {k: v.shape for k, v in resumed.state[0].items() if k != "step"} == {
+        "v_row": (4, 1), "v_col": (1, 6), "ema": (4, 6)}
+    assert {k: v.shape for k, v in resumed.state[1].items() if k != "step"} == {"v": (2, 2), "ema": (2, 2)}
+    assert {k: v.shape for k, v in resumed.state[3].items() if k != "step"} == {
+        "v_row": (5, 2, 1), "v_col": (1, 2, 6), "ema": (5, 2, 6)}
     for k in range(4, 8):
         opt.step(grads[k])
         resumed.step([g.copy() for g in grads[k]])
@@ -385,15 +452,11 @@ def test_optax_adafactor_torch_adapter_and_npz_checkpoint(tmp_path):
 
 
 def test_optax_adafactor_refuses_what_it_cannot_do():
-    p = np.ones((5, 6, 3))
-    with pytest.raises(ValueError, match=r"params\[0\]: a param of shape \(5, 6, 3\) is factored over its two largest "
-                                         r"axes \[0, 1\].*symopt factors the last two axes only"):
-        symopt.optimizer("adafactor_optax", [p], min_dim_size_to_factor=3)
-    symopt.optimizer("adafactor_optax", [p])                   # 5 < 128: a full v, accepted
-    with pytest.raises(ValueError, match="momentum is not supported"):
-        symopt.optimizer("adafactor_optax", [np.ones(3)], momentum=0.9)
-    with pytest.raises(TypeError, match="unknown hyperparameter 'weight_decay_mask'"):
+    with pytest.raises(TypeError, match="weight_decay_mask is not a keyword of adafactor_optax: give the params "
+                                        "that are not decayed a param group of their own with weight_decay_rate None"):
         symopt.optimizer("adafactor_optax", [np.ones(3)], weight_decay_mask=None)
+    with pytest.raises(ValueError, match="momentum"):
+        symopt.optimizer("adafactor_optax", [np.ones(3)], momentum=1.5)
     with pytest.raises(ValueError, match="min_dim_size_to_factor must be one number shared by every param group"):
         symopt.optimizer("adafactor_optax", [{"params": [np.ones((3, 3))]},
                                              {"params": [np.ones(3)], "min_dim_size_to_factor": 2}])

@@ -746,9 +746,10 @@ def test_params_without_gradients_keep_their_step_count():
 
 
 # ----------------------------------------------------------------------------- factored rules
-#: Every layout of a factored rule: stacks of matrices over the last two axes (2-D, 3-D), a matrix too small
-#: to factor at min_dim_size_to_factor=3 (adafactor_optax; adafactor factors it), a vector and a 0-d param.
-FACTORED_SHAPES = [(4, 6), (2, 3, 5), (7,), (2, 2), ()]
+#: Every layout of a factored rule: stacks of matrices over the last two axes (2-D, 3-D), one whose two
+#: largest axes are the first and last (adafactor_optax factors those, moved last as views), a matrix too
+#: small to factor at min_dim_size_to_factor=3 (adafactor_optax; adafactor factors it), a vector and a 0-d param.
+FACTORED_SHAPES = [(4, 6), (2, 3, 5), (5, 2, 6), (7,), (2, 2), ()]
 FACTORED_STEPS = 30
 #: (id, rule, keywords): the defaults and the peer cases with one set of hyperparameters of each factored rule.
 FACTORED_CASES = [(name, name, {}) for name in FACTORED] + [
@@ -898,10 +899,10 @@ def test_factored_low_precision_params(dtype):
         "variance": ((40,), torch.float32)}
 
 
-def test_factored_min_dim_is_fixed_and_layouts_refused_by_name(jx):
+def test_factored_min_dim_is_fixed_and_axes_follow_optax(jx):
     """adafactor_optax's min_dim_size_to_factor fixes each param's layout and state shapes: one value for
     every group, never changed after construction (torch), not traced (JAX); a param whose two largest axes
-    are not its last two is refused as the Numba kernels refuse it."""
+    are not its last two is factored over them, as Optax does (row state: the column axis 1)."""
     w = torch.ones(4, 4, dtype=torch.float64)
     opt = Optimizer("adafactor_optax", [w], backend="torch", min_dim_size_to_factor=3)
     w.grad = torch.full_like(w, 0.5)
@@ -909,12 +910,16 @@ def test_factored_min_dim_is_fixed_and_layouts_refused_by_name(jx):
     opt.param_groups[0]["min_dim_size_to_factor"] = 8
     with pytest.raises(ValueError, match="min_dim_size_to_factor must be one number shared by every param group"):
         opt.step()
-    with pytest.raises(ValueError, match=r"params\[0\]: a param of shape \(5, 6, 3\) is factored over its two largest"):
-        Optimizer("adafactor_optax", [torch.ones(5, 6, 3)], backend="torch", min_dim_size_to_factor=3)
+    w = torch.ones(5, 6, 3, dtype=torch.float64)
+    opt = Optimizer("adafactor_optax", [w], backend="torch", min_dim_size_to_factor=3)
+    w.grad = torch.full_like(w, 0.5)
+    opt.step()
+    assert {k: tuple(v.shape) for k, v in opt.state[w].items() if k != "step"} == {"v_row": (5, 1, 3),
+                                                                                   "v_col": (1, 6, 3)}
     tx = symopt.jax.transform("adafactor_optax", min_dim_size_to_factor=3)
     assert "min_dim_size_to_factor" not in tx.init([jx.numpy.ones((4, 4))]).hyperparams
-    with pytest.raises(ValueError, match=r"a param of shape \(5, 6, 3\) is factored over its two largest"):
-        tx.init([jx.numpy.ones((5, 6, 3))])
+    v_row, v_col, v = tx.init([jx.numpy.ones((5, 6, 3))]).state
+    assert (v_row[0].shape, v_col[0].shape, v[0].shape) == ((5, 1, 3), (1, 6, 3), (0,))
     with pytest.raises(TypeError, match="min_dim_size_to_factor fixes which params are factored"):
         symopt.jax.transform("adafactor_optax", min_dim_size_to_factor=lambda count: 3.0)
 

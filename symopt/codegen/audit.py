@@ -72,11 +72,12 @@ MODULE_ATTRIBUTES = {
     # (preconditioned_module template)
     "lapack": frozenset({"ssyevd", "dsyevd", "sgeqrf", "dgeqrf", "sorgqr", "dorgqr"}),
     # the array backends (array_module template and the registry's torch/JAX templates)
-    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor"} | _registry_calls("torch")
+    # (movedim/moveaxis: a factored param's matrix axes moved last and back, array_factored_module template)
+    "torch": frozenset({"float64", "full", "sum", "where", "sqrt", "clamp", "as_tensor", "movedim"} | _registry_calls("torch")
                        # the preconditioned rules (array_preconditioned_module template)
-                       | {"movedim", "tensordot", "flip", "argsort", "index_select", "mean", "square"}),
-    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32"} | _registry_calls("jnp")
-                     | {"moveaxis", "tensordot", "argsort", "take", "mean", "square"}),
+                       | {"tensordot", "flip", "argsort", "index_select", "mean", "square"}),
+    "jnp": frozenset({"asarray", "sum", "where", "sqrt", "exp", "log", "int32", "moveaxis"} | _registry_calls("jnp")
+                     | {"tensordot", "argsort", "take", "mean", "square"}),
     "jax": frozenset(),
     # the matrix rules' iteration (array_matrix_module template), the preconditioned rules' flags
     "lax": frozenset({"fori_loop", "cond"}),

@@ -195,6 +195,7 @@ def _family_data(family: Family, plans: list, hyper_ids: dict, prefixes: list) -
         "hyper": hyper,
         "variants": variants,
         "formula_hash": family.fingerprint(),
+        **({"refused": dict(family.refused)} if family.refused else {}),   # keyword -> how to get it
     }
 
 
@@ -1506,11 +1507,14 @@ ARRAY_FACTORED_TEMPLATE = "array_factored_module.py.jinja"
 #: What the factored template needs of each array target beyond :class:`ArrayTarget`: ``axis_sum``
 #: sums an element expression (``{0}``) along one axis (``{1}``: -1 for a row's mean over the columns,
 #: -2 for a column's over the rows), kept as an axis of length 1, in the accumulation dtype; ``shape``
-#: makes a 0-d array of the accumulation dtype from a Python float (the machine epsilon of a param's dtype).
+#: makes a 0-d array of the accumulation dtype from a Python float (the machine epsilon of a param's dtype);
+#: ``move`` moves the axes ``{1}`` of ``{0}`` to the places ``{2}`` (a view: a matrix's row and column
+#: axes to the last two and back).
 ARRAY_FACTORED_FORMS = {
     "torch": {"axis_sum": "torch.sum({0}, dim={1}, keepdim=True, dtype=torch.float64)",
-              "shape": "scal.new_full((), {0})"},
-    "jax": {"axis_sum": "jnp.sum({0}, axis={1}, keepdims=True, dtype=acc)", "shape": "jnp.asarray({0}, acc)"},
+              "shape": "scal.new_full((), {0})", "move": "torch.movedim({0}, {1}, {2})"},
+    "jax": {"axis_sum": "jnp.sum({0}, axis={1}, keepdims=True, dtype=acc)", "shape": "jnp.asarray({0}, acc)",
+            "move": "jnp.moveaxis({0}, {1}, {2})"},
 }
 
 
@@ -1518,8 +1522,10 @@ def _array_factored_layout(rule: Rule, plan, lay, state_ids: dict, target: Array
     """Printed code of one layout (``matrix``/``vector``) of a factored variant as whole-tensor
     statements, in the order of the Numba kernel (:func:`_factored_layout_context`): each pass's
     temporaries and reductions, then the stage after it (per-tensor scalars, row and column states,
-    per-matrix means), then the final pass.  Row values have the shape ``(…, nr, 1)``, column values
-    ``(…, 1, nc)``, per-matrix values ``(…, 1, 1)``: broadcasting does what the Numba loops index."""
+    per-matrix means), then the final pass.  A matrix tensor's row and column axes (``axes[j]``) are
+    moved last on loading and back on returning (views); row values then have the shape ``(…, nr, 1)``,
+    column values ``(…, 1, nc)``, per-matrix values ``(…, 1, 1)``: broadcasting does what the Numba
+    loops index."""
     forms = ARRAY_FACTORED_FORMS[target.name]
     names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
     names.update({s: f"{state_ids[s]}_i" for s in lay.states})
@@ -1568,12 +1574,16 @@ def _array_factored_layout(rule: Rule, plan, lay, state_ids: dict, target: Array
     lines += [(outputs[s], pr.doprint(e)) for s, e in final.stores]
     blocks.append(("final pass: the param and its full-shape states", lines))
     kept = set(lay.states)
-    returns = [outputs[s] if s in outputs else names[s] if s in kept else f"{state_ids[s]}[j]"
+    matrix = lay.name == "matrix"
+    move_in = (lambda code: forms["move"].format(code, "ax", "(-2, -1)")) if matrix else (lambda code: code)
+    move_out = (lambda code: forms["move"].format(code, "(-2, -1)", "ax")) if matrix else (lambda code: code)
+    returns = [move_out(outputs[s]) if s in outputs else move_out(names[s]) if s in kept else f"{state_ids[s]}[j]"
                for s in (rule.param, *plan.state)]
     # the layouts are planned in the order of LAYOUTS ("matrix" first): an if/else on each tensor's layout
-    return {"name": lay.name, "matrix": lay.name == "matrix",
-            "branch": 'if layouts[j] == "matrix":' if lay.name == "matrix" else "else:",
-            "loads": [(names[s], f"{state_ids[s]}[j]") for s in lay.states],
+    return {"name": lay.name, "matrix": matrix,
+            "branch": 'if layouts[j] == "matrix":' if matrix else "else:",
+            "moved": [(names[s], move_in(names[s])) for s in (rule.param, rule.grad)] if matrix else [],
+            "loads": [(names[s], move_in(f"{state_ids[s]}[j]")) for s in lay.states],
             "blocks": blocks, "returns": returns,
             "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
                            for sym, e in st.tensor_scalars] or ["(none)"]}

@@ -24,11 +24,13 @@
   iteration runs in the compute dtype as a ``lax.fori_loop`` over the traced count.  A choice
   keyword (``adjust_lr_fn``) is fixed at ``transform``; ``state.hyperparams`` holds its position.
 * **Factored rules** (Adafactor): each leaf's layout (:func:`~symopt.runtime.matrix.factored_layout`:
-  a stack of matrices over its last two axes, or full-shape states) follows from its shape and
+  a stack of matrices over two of its axes, :func:`~symopt.runtime.matrix.factored_axes` -- the last
+  two, or Optax's two largest for ``adafactor_optax`` -- or full-shape states) follows from its shape and
   ``min_dim_size_to_factor``, which is therefore fixed at ``transform`` (not in ``state.hyperparams``).
   A state a leaf's layout does not keep is an empty array ``(0,)`` in that state pytree; row states
-  are ``(…, m, 1)``, column states ``(…, 1, n)``.  ``eps=(None, …)`` is the machine epsilon of the leaf's
-  dtype.  An optional hyperparameter given as None is None in ``state.hyperparams`` too.
+  have the leaf's shape with the column axis 1 (``(…, m, 1)``), column states with the row axis 1.
+  ``eps=(None, …)`` is the machine epsilon of the leaf's dtype.  An optional hyperparameter given as
+  None is None in ``state.hyperparams`` too.
 * **Preconditioned rules** (Shampoo, SOAP): every axis of a leaf (merged where the rule merges them)
   may keep matrix states; which do, and how axes merge, follows from the hyperparameters given to
   ``transform`` (:func:`~symopt.runtime.preconditioned.axes_layout`, as pytorch-optimizer decides at a
@@ -48,7 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from ..runtime import kernels, scheduled
-from ..runtime.matrix import factored_layout, state_shape
+from ..runtime.matrix import factored_axes, factored_layout, state_shape
 from ..runtime.optimizer import _Spec
 from ..runtime.preconditioned import axes_layout, initial_diagonals
 
@@ -87,7 +89,7 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
     spec = _Spec(module)
     for key in hyper:
         if key not in spec.defaults:
-            raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys) or '(none)'}")
+            raise spec.unknown(key, spec.name)
     values = {**spec.defaults, **hyper}
     # Callables of the step count: an Optax schedule gets the steps taken (0-based), a symopt.schedule
     # the 1-based step t, printed in jax.numpy by its jax_function().
@@ -146,7 +148,8 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
         layouts = [layout(p, f"{spec.name}: params leaf {j}") for j, p in enumerate(leaves)] if factored else None
         for k, init in enumerate(inits):
             kind = vinfo["state"][k].get("shape", "full")
-            shapes = [jnp.shape(p) if layouts is None else state_shape(kind, jnp.shape(p), layouts[j])
+            shapes = [jnp.shape(p) if layouts is None else
+                      state_shape(kind, jnp.shape(p), layouts[j], factored_axes(jnp.shape(p), min_dim))
                       for j, p in enumerate(leaves)]
             shapes = [(0,) if shape is None else shape for shape in shapes]   # a state this leaf's layout does not keep
             state.append(treedef.unflatten([
@@ -198,9 +201,11 @@ def transform(rule, *, on_nonfinite: str = "skip", **hyper) -> optax.GradientTra
             for j, p in enumerate(ps):
                 by_dtype.setdefault(_compute_dtype(p), []).append(j)
             for cd, idx in by_dtype.items():
-                # a factored rule: each leaf's layout and its dtype's machine epsilon (static Python data)
+                # a factored rule: each leaf's layout, matrix axes and dtype's machine epsilon (static Python data)
                 static = (() if factored is None else
-                          (tuple(layout(ps[j]) for j in idx), tuple(float(jnp.finfo(ps[j].dtype).eps) for j in idx)))
+                          (tuple(layout(ps[j]) for j in idx),
+                           tuple(factored_axes(jnp.shape(ps[j]), min_dim) for j in idx),
+                           tuple(float(jnp.finfo(ps[j].dtype).eps) for j in idx)))
                 if precond:     # the matrix states per leaf (a tuple per state) and the leaf's axes
                     static = ([tuple(tuple(None if m is None else jnp.asarray(m, cd) for m in x[j]) for x in ss[nel:])
                                for j in idx],)

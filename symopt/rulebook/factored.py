@@ -12,12 +12,16 @@ The matrix view is torch's: a param of shape ``(…, m, n)`` (at least 2-D) is a
 ``m × n`` matrices over its last two axes (``torch.optim.Adafactor``: ``grad.norm(dim=-1)``,
 ``dim=-2``).  :class:`RowMean` is the mean over the last axis (one value per row, shape
 ``(…, m, 1)``), :class:`ColMean` over the second-to-last (shape ``(…, 1, n)``); a ``ColMean``
-of a row value (or ``RowMean`` of a column value) is one number per matrix.  The tensor
+of a row value (or ``RowMean`` of a column value) is one number per matrix.  A rule with
+:data:`min_dim_to_factor` reads the matrices as Optax's ``_factored_dims`` does instead: rows
+along the second largest axis, columns along the largest, wherever they are (the other axes batch
+axes; ``runtime/matrix.py``'s ``factored_axes``), a row state the param's shape with the column
+axis 1.  The tensor
 reductions of :mod:`.reduction` (``TensorSum``, ``TensorMean``) remain over the whole
 tensor.
 
 Params of fewer than two dimensions are not factored (nor, in a rule with the hyperparameter
-:data:`min_dim_to_factor`, params whose last two axes are not both at least that long): for them :data:`factored` is false,
+:data:`min_dim_to_factor`, params whose second largest axis is shorter than that): for them :data:`factored` is false,
 ``shape="row"``/``"col"`` states do not exist and ``shape="vector"`` states (the param's shape,
 only for such params) do; a rule chooses between the two with ``Piecewise(..., (…, factored))``.
 :data:`machine_eps` is the machine epsilon of the param's dtype (torch's ``eps1=None``).
@@ -40,9 +44,10 @@ __all__ = ["RowMean", "ColMean", "factored", "machine_eps", "min_dim_to_factor",
 factored = sp.Symbol("factored")
 #: The machine epsilon of the param's dtype (2⁻²³ for float32, 2⁻⁵² for float64).
 machine_eps = sp.Symbol("epsilon_mach", positive=True)
-#: A rule that has this symbol as a hyperparameter factors a param only when both of its matrix
-#: axes have at least that many entries (Optax's ``min_dim_size_to_factor``); the others, matrices
-#: included, take the ``vector`` layout (full-shape states).  Without it every ≥2-D param is factored.
+#: A rule that has this symbol as a hyperparameter factors a param only when its second largest axis
+#: has at least that many entries (Optax's ``min_dim_size_to_factor``), over its two largest axes; the
+#: others, matrices included, take the ``vector`` layout (full-shape states).  Without it every ≥2-D
+#: param is factored, over its last two axes.
 min_dim_to_factor = sp.Symbol("min_dim_to_factor")
 FACTOR_SYMBOLS = (factored, machine_eps)
 #: A state's shape: the param's (``full``), one value per row / column of each matrix of a

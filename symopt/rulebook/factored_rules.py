@@ -73,10 +73,12 @@ def adafactor() -> Rule:
 
 _OX = "optax 0.2.8"
 dr, doff, scale, clip, wdr, mom = sp.symbols("d_rate decay_offset param_scale delta_thr lambda_w momentum")
+M = sp.Symbol("M")
 
 
-def adafactor_optax() -> Rule:
-    """``optax.adafactor`` (factored=True): see :data:`ADAFACTOR_OPTAX_DOC`."""
+def adafactor_optax(momentum: bool = False) -> Rule:
+    """``optax.adafactor`` (factored=True): see :data:`ADAFACTOR_OPTAX_DOC`; ``momentum`` the variant
+    with Optax's ``ema(momentum, debias=False)`` of the scaled update (state ``ema``)."""
     beta = 1 - (t - doff)**(-dr)                       # Optax's decay_rate_fn(count − offset), t = count + 1
     g2 = g**2 + eps1
     u = sp.Piecewise((g * (R / ColMean(R))**sp.Rational(-1, 2) * C**sp.Rational(-1, 2), factored),
@@ -84,25 +86,32 @@ def adafactor_optax() -> Rule:
     clipped = sp.Piecewise((U, clip < 0), (U / sp.Max(1, tensor_rms(U) / clip), True))   # clip_by_block_rms
     scaled = sp.Piecewise((lr * sp.Max(tensor_rms(theta), sp.Float(1e-3)) * U, sp.Eq(scale, 1)), (lr * U, True))
     decay = sp.Piecewise((0, wdr < 0), (wdr, True))
+    state = {R: State(0, key="v_row", shape="row", doc="row means of g² + ε (the column axis kept as 1)"),
+             C: State(0, key="v_col", shape="col", doc="column means of g² + ε (the row axis kept as 1)"),
+             V: State(0, key="v", shape="vector", doc="g² + ε of a param that is not factored")}
+    if momentum:    # optax.ema(momentum, debias=False) after the parameter scale, before the weight decay
+        state[M] = State(0, key="ema", doc="exponential moving average of the scaled update")
+        step = [(M, mom * M + (1 - mom) * scaled), (theta, theta - M - decay * theta)]
+    else:
+        step = [(theta, theta - scaled - decay * theta)]
     return Rule(
-        "adafactor_optax", param=theta, grad=g, source=_OX, latex_names={**_LATEX, "d_rate": "c", "delta_thr": "d",
-                                                                         "lambda_w": r"\lambda"},
+        "adafactor_optax.momentum" if momentum else "adafactor_optax", param=theta, grad=g, source=_OX,
+        latex_names={**_LATEX, "d_rate": "c", "delta_thr": "d", "lambda_w": r"\lambda", "momentum": r"\mu"},
         doc=ADAFACTOR_OPTAX_DOC,
         references=("Shazeer & Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, ICML 2018",
                     f"{_OX}: adafactor (factored=True)"),
-        state={R: State(0, key="v_row", shape="row", doc="row means of g² + ε (…, m, 1)"),
-               C: State(0, key="v_col", shape="col", doc="column means of g² + ε (…, 1, n)"),
-               V: State(0, key="v", shape="vector", doc="g² + ε of a param that is not factored")},
+        state=state,
         hyper={
             lr: Hyper(1e-2, low=0.0, doc="α, learning rate (Optax's learning_rate)"),
             min_dim_to_factor: Hyper(128, low=0.0, key="min_dim_size_to_factor",
-                                     doc="factor a param only when both matrix axes are at least this long"),
+                                     doc="factor a param only when its second largest axis is at least this long"),
             dr: Hyper(0.8, low=0.0, key="decay_rate", doc="c: β̂_t = 1 − (t − offset)^(−c)"),
             doff: Hyper(0.0, low=0.0, key="decay_offset", doc="step offset of the decay schedule (fine-tuning)"),
             scale: Hyper(True, kind="bool", key="multiply_by_parameter_scale", doc="scale the step by max(RMS(θ), 1e-3)"),
             clip: Hyper(1.0, low=0.0, low_open=True, kind="optional", key="clipping_threshold",
                         doc="d, update RMS clipping threshold (None: no clipping)"),
-            mom: Hyper(NONE_VALUE, low=0.0, kind="optional", key="momentum", doc="only None (no momentum) is supported"),
+            mom: Hyper(NONE_VALUE, low=0.0, high=1.0, kind="optional", key="momentum",
+                       doc="μ, decay of the moving average of the update (None: no momentum, no ema state)"),
             eps1: Hyper(1e-30, low=0.0, key="eps", doc="ε, added to g²"),
             wdr: Hyper(NONE_VALUE, low=0.0, kind="optional", key="weight_decay_rate",
                        doc="λ, θ ← θ − λθ (not scaled by α; None: no decay)"),
@@ -113,7 +122,7 @@ def adafactor_optax() -> Rule:
             (V, V + (1 - beta) * (g2 - V)),
             (U, u),
             (U, clipped),
-            (theta, theta - scaled - decay * theta),
+            *step,
         ],
     )
 
@@ -124,22 +133,32 @@ ADAFACTOR_OPTAX_DOC = """Adafactor as optax.adafactor (factored=True; Optax 0.2.
     factored:  R ← β̂ R + (1 − β̂) mean_j(g² + ε);  C ← β̂ C + (1 − β̂) mean_i(g² + ε)
                U = g (R / mean_i R)^(−1/2) C^(−1/2)
     else:      V ← β̂ V + (1 − β̂)(g² + ε);  U = g / √V
-    U ← U / max(1, RMS(U)/d);   θ ← θ − α max(RMS(θ), 1e-3) U − λθ
+    U ← U / max(1, RMS(U)/d);   u = α max(RMS(θ), 1e-3) U
+    momentum:  m ← μ m + (1 − μ) u;  u = m
+    θ ← θ − u − λθ
 
 A param is factored when it is at least 2-D and the second largest of its axes has at least
-min_dim_size_to_factor entries; Optax then reduces over its two largest axes, which symopt
-requires to be its last two (a param whose two largest axes are not the last two is refused).
+min_dim_size_to_factor entries; as Optax's _factored_dims, its rows lie along that axis and its
+columns along the largest (j runs over the largest axis, i over the second largest; the other
+axes are batch axes), wherever they are in the param.
 lr 1e-2 (Optax: learning_rate=None, no scaling), min_dim_size_to_factor 128, decay_rate 0.8,
 decay_offset 0, multiply_by_parameter_scale True, clipping_threshold 1.0 (None: no clipping),
-eps 1e-30, weight_decay_rate None.  momentum must be None and weight_decay_mask is not
-accepted.  Optax computes β̂_t in float32; symopt in the param's dtype."""
+momentum None (no ema state; the state ema is kept in the param's dtype, Optax's dtype_momentum
+float32), eps 1e-30, weight_decay_rate None.  weight_decay_mask is not a keyword: give the params
+to leave undecayed a param group of their own with weight_decay_rate None.  Optax computes β̂_t
+in float32; symopt in the param's dtype."""
 
 
 def families() -> list[Family]:
-    out = []
-    for rule in (adafactor(), adafactor_optax()):
-        constraints = [(sp.Lt(mom, 0), "momentum is not supported (Optax's ema of the update); pass None")] \
-            if rule.name == "adafactor_optax" else []
-        out.append(Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=rule.source, references=rule.references,
-                          group="matrix", constraints=constraints))
+    rule = adafactor()
+    out = [Family(rule.name, [(sp.true, rule)], doc=rule.doc, source=rule.source, references=rule.references,
+                  group="matrix")]
+    plain, with_momentum = adafactor_optax(), adafactor_optax(momentum=True)
+    out.append(Family(plain.name, [(sp.Lt(mom, 0), plain), (sp.true, with_momentum)], doc=plain.doc,
+                      source=plain.source, references=plain.references, group="matrix", refused={
+                          "weight_decay_mask": "give the params that are not decayed a param group of their own with "
+                                               "weight_decay_rate None (in JAX: optax.partition two symopt.jax."
+                                               "transform('adafactor_optax', ...), one with weight_decay_rate None)",
+                          "dtype_momentum": "the ema state is kept in the params' dtype (Optax's default float32 for "
+                                            "float32 params)"}))
     return out

@@ -178,6 +178,8 @@ class Family:
     hyperparameter/option symbols (``sp.true`` for the default), tested in order.
     ``options`` are hyperparameters that only select a variant (``amsgrad``).
     ``constraints`` are ``(condition, message)`` pairs checked on every value set.
+    ``refused`` maps keywords of the family's peer that it does not take to how to get the same
+    (the error a user who passes one reads).
     """
 
     name: str
@@ -188,6 +190,7 @@ class Family:
     source: str = "user"
     references: tuple = ()
     group: str = "user"
+    refused: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.variants:
@@ -258,6 +261,7 @@ class Family:
             parts += [sp.srepr(when), rule.fingerprint()]
         parts += [f"{sp.srepr(k)}={v!r}" for k, v in self.options.items()]
         parts += [f"{sp.srepr(c)}|{m}" for c, m in self.constraints]
+        parts += [f"refused {k}|{m}" for k, m in self.refused.items()]
         return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 
@@ -269,6 +273,9 @@ def check_family(family) -> None:
     check_name(family.name, "family name", allow_none=False)
     for attr in ("doc", "source", "group"):
         check_text(getattr(family, attr), f"family {family.name!r}: {attr}")
+    for key, message in family.refused.items():
+        check_name(key, f"family {family.name!r}: refused keyword", allow_none=False)
+        check_text(message, f"family {family.name!r}: refused keyword {key}")
     for k, ref in enumerate(family.references):
         check_text(ref, f"family {family.name!r}: reference {k}")
     if not family.variants:

@@ -155,6 +155,7 @@ def write(path, opt, *, params: bool = True) -> None:
     if any(kind != "full" for kind in kinds.values()):  # a factored rule: row/col states of their own shapes
         meta["state_kinds"] = [kinds[key] for key in keys]
         meta["layouts"] = list(opt.factored_layouts)  # per param: "matrix" (row/col states) or "vector"
+        meta["factored_axes"] = [list(ax) for ax in opt.factored_axes]  # per param: its matrices' (row, col) axes
     mkeys = [list(opt.matrix_state_keys(j)) for j in range(len(tensors))]
     if any(mkeys):  # a preconditioned rule's matrix states, per param, each of its own shape
         meta["matrix_state_keys"] = mkeys
@@ -397,10 +398,11 @@ class Reader:
         state, saved = {}, ({} if params and self.meta["has_params"] else None)
         kinds = self.meta.get("state_kinds", ["full"] * len(self.meta["state_keys"]))
         layouts = self.meta.get("layouts", [None] * len(self.meta["shapes"]))
+        axes = self.meta.get("factored_axes", [None] * len(self.meta["shapes"]))
         for j, shape in enumerate(self.meta["shapes"]):
             entry = {}
             for k, (key, kind) in enumerate(zip(self.meta["state_keys"], kinds)):
-                want = state_shape(kind, shape, layouts[j])
+                want = state_shape(kind, shape, layouts[j], axes[j])
                 info = _member(self._zip, f"state_{k}_{j}")
                 if want is None:  # not kept for this param's shape (a factored rule)
                     if info is not None:

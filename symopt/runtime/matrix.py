@@ -20,7 +20,8 @@ import numpy as np
 
 from .preconditioned import PreconditionedStep
 
-__all__ = ["MatrixStep", "FactoredStep", "factored_layout", "state_shape", "setup", "dimension_numbers", "matrix_layout"]
+__all__ = ["MatrixStep", "FactoredStep", "factored_layout", "factored_axes", "factored_index", "state_shape", "setup",
+           "dimension_numbers", "matrix_layout"]
 
 
 def dimension_numbers(value, where: str):
@@ -136,33 +137,40 @@ class MatrixStep:
 class FactoredStep:
     """Steps the tensors of ``chunks`` one after another through a factored rule's generated functions.
 
-    A param of at least two dimensions, shape ``(…, nr, nc)``, is ``nb`` stacked ``nr × nc``
-    matrices (the ``matrix`` layout: ``<prefix>_<dtype>_matrix``); one of fewer is one ``1 × n``
-    matrix (``<prefix>_<dtype>_vector``).  Each layout keeps its own states (``state_shape``);
-    the float64 workspace of row/column means and per-matrix values is sized once for the largest
-    tensor.
+    A param of at least two dimensions in the ``matrix`` layout is ``nb`` stacked ``nr × nc``
+    matrices over its two matrix axes (:func:`factored_axes`; the kernel walks them in place by
+    :func:`factored_index`: ``<prefix>_<dtype>_matrix``); one in the ``vector`` layout is one
+    ``1 × n`` matrix (``<prefix>_<dtype>_vector``).  Each layout keeps its own states
+    (``state_shape``); the float64 workspace of row/column means and per-matrix values is sized
+    once for the largest tensor.
     """
 
-    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list, layouts: list):
+    def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list, layouts: list,
+                 axes: list | None = None):
         prefix = vinfo["prefix"]
         info = vinfo["factored"]
         keys = [s["key"] for s in vinfo["state"]]
-        self.calls = []     # per tensor: (function, nb, nr, nc, [(state index, size)...])
+        axes = axes or [None] * len(tensors)
+        self.calls = []     # per tensor: (function, nb, nr, nc, offsets, strides, [(state index, offset, size)...])
         need = 1
-        for j, (p, layout) in enumerate(zip(tensors, layouts)):
+        for j, (p, layout, ax) in enumerate(zip(tensors, layouts, axes)):
+            shape = tuple(p.shape)
             if layout == "matrix":
-                nr, nc = int(p.shape[-2]), int(p.shape[-1])
-                nb = int(p.size // (nr * nc)) if nr * nc else 0
+                ax = ax if ax is not None else factored_axes(shape)
+                nr, nc = int(shape[ax[0]]), int(shape[ax[1]])
+                offsets, strides = factored_index(shape, ax)
             else:
-                nb, nr, nc = 1, 1, int(p.size)
+                nr, nc = 1, int(p.size)
+                offsets, strides = np.zeros((3, 1), dtype=np.int64), np.array([nc, 1, 1, 1, 1], dtype=np.int64)
+            nb = offsets.shape[1] if nr * nc else 0
             lay = info[layout]
             need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + lay["matrix"] * nb)
             states = []
             for key in lay["states"]:
                 k = keys.index(key)
-                shape = state_shape(vinfo["state"][k].get("shape", "full"), p.shape, layout)
-                states.append((k, int(state_offs[k][j]), math.prod(shape)))
-            self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, states))
+                sshape = state_shape(vinfo["state"][k].get("shape", "full"), shape, layout, ax)
+                states.append((k, int(state_offs[k][j]), math.prod(sshape)))
+            self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, offsets, strides, states))
         self.ws = np.empty(need, dtype=np.float64)
         self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
         self.check = getattr(module, f"{prefix}_{suffix}_check")
@@ -178,40 +186,78 @@ class FactoredStep:
                 return nbad
         ws, ns = self.ws, self.nscalars
         for j, lo, hi, row in rows:
-            fn, nb, nr, nc, states = self.calls[j]
+            fn, nb, nr, nc, offsets, strides, states = self.calls[j]
             if hi > lo:
-                fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, *[state[k][o:o + n] for k, o, n in states], ws,
-                   scal[row, :ns])
+                fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, offsets, strides,
+                   *[state[k][o:o + n] for k, o, n in states], ws, scal[row, :ns])
         return 0
 
 
 def factored_layout(shape: tuple, min_dim=None, where: str = "") -> str:
-    """The layout of a factored rule's param of ``shape``: ``"matrix"`` (row/column states over the
-    last two axes) or ``"vector"`` (full-shape states).  ``min_dim`` None: every ≥2-D param is a
-    matrix (torch.optim.Adafactor); else, as Optax's ``_factored_dims``, a ≥2-D param is a matrix
-    when the second largest of its axes has at least ``min_dim`` entries -- Optax reduces over its
-    two largest axes, which must be the last two here (ValueError otherwise)."""
+    """The layout of a factored rule's param of ``shape``: ``"matrix"`` (row/column states over two
+    of its axes, :func:`factored_axes`) or ``"vector"`` (full-shape states).  ``min_dim`` None: every
+    ≥2-D param is a matrix (torch.optim.Adafactor); else, as Optax's ``_factored_dims``, a ≥2-D param
+    is a matrix when the second largest of its axes has at least ``min_dim`` entries."""
     shape = tuple(shape)
     if len(shape) < 2:
         return "vector"
     if min_dim is None:
         return "matrix"
+    return "vector" if shape[int(np.argsort(shape)[-2])] < min_dim else "matrix"
+
+
+def factored_axes(shape: tuple, min_dim=None) -> tuple:
+    """``(row_axis, col_axis)`` of a ≥2-D param of ``shape`` read as a stack of matrices, the other
+    axes batch axes in their order: the last two (torch.optim.Adafactor) when ``min_dim`` is None,
+    else Optax's ``_factored_dims``: ``d1, d0 = argsort(shape)[-2:]`` -- the second largest axis
+    holds the rows and the largest the columns (a row state is the mean over ``d0``); ties go as
+    NumPy's ``argsort`` orders them (Optax's own choice)."""
+    shape = tuple(shape)
+    if min_dim is None or len(shape) < 2:
+        return max(len(shape) - 2, 0), max(len(shape) - 1, 0)
     order = np.argsort(shape)
-    if shape[order[-2]] < min_dim:
-        return "vector"
-    if {int(order[-2]), int(order[-1])} != {len(shape) - 2, len(shape) - 1}:
-        raise ValueError(f"{where}: a param of shape {shape} is factored over its two largest axes "
-                         f"{sorted((int(order[-2]), int(order[-1])))} (min_dim_size_to_factor {min_dim:g}); symopt "
-                         f"factors the last two axes only: move the two largest axes last, or raise "
-                         f"min_dim_size_to_factor above {shape[order[-2]]}")
-    return "matrix"
+    return int(order[-2]), int(order[-1])
 
 
-def state_shape(kind: str, shape: tuple, layout: str | None = None):
+def _batch_offsets(shape: tuple, axes: tuple) -> np.ndarray:
+    """The C-order offset of element 0 of each matrix of an array of ``shape`` whose axes ``axes``
+    are the matrix (the other axes enumerated in C order): int64, one per matrix."""
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    off = np.zeros(1, dtype=np.int64)
+    for a in range(len(shape)):
+        if a not in axes:
+            off = (off[:, None] + np.arange(shape[a], dtype=np.int64)[None, :] * strides[a]).ravel()
+    return off
+
+
+def factored_index(shape: tuple, axes: tuple):
+    """How a factored kernel walks a param of ``shape`` over the matrices ``axes`` (row, column)
+    without moving it: ``(offsets, strides)``, ``offsets`` int64 ``(3, nb)`` the C-order offset of
+    each matrix's first element in the param, its row state (shape ``state_shape("row")``) and
+    its column state, ``strides`` int64 ``(5,)`` the steps of a row and a column in the param, of
+    a row in the row state, of a column in the column state, and 1 when these are those of the
+    last two axes (``b·nr·nc + i·nc + j``, ``b·nr + i``, ``b·nc + j``; the kernel's fast loop), else 0."""
+    shape = tuple(int(x) for x in shape)
+    r, c = axes
+    rshape, cshape = tuple(1 if a == c else x for a, x in enumerate(shape)), \
+        tuple(1 if a == r else x for a, x in enumerate(shape))
+    offsets = np.stack([_batch_offsets(s, axes) for s in (shape, rshape, cshape)])
+    step = lambda s, a: math.prod(s[a + 1:])
+    strides = [step(shape, r), step(shape, c), step(rshape, r), step(cshape, c)]
+    nr, nc, nb = shape[r], shape[c], offsets.shape[1]
+    b = np.arange(nb, dtype=np.int64)
+    last_two = (strides == [nc, 1, 1, 1] and np.array_equal(offsets[0], b * nr * nc)
+                and np.array_equal(offsets[1], b * nr) and np.array_equal(offsets[2], b * nc))
+    return offsets, np.array([*strides, int(last_two)], dtype=np.int64)
+
+
+def state_shape(kind: str, shape: tuple, layout: str | None = None, axes: tuple | None = None):
     """The shape of a state of ``kind`` (``full``/``row``/``col``/``vector``: FAMILY's ``"shape"``) for a
-    param of ``shape`` in ``layout`` (:func:`factored_layout`; None: by the param's ndim), or None when
-    such a param does not keep it (torch.optim.Adafactor's ``row_var`` ``(…, m, 1)``, ``col_var``
-    ``(…, 1, n)`` for ≥2-D params, ``variance`` for the others)."""
+    param of ``shape`` in ``layout`` (:func:`factored_layout`; None: by the param's ndim) over the
+    matrix ``axes`` (:func:`factored_axes`; None: the last two), or None when such a param does not
+    keep it.  A row state is the param's shape with the column axis 1 (torch.optim.Adafactor's
+    ``row_var`` ``(…, m, 1)``), a column state with the row axis 1 (``col_var`` ``(…, 1, n)``);
+    ``vector`` states are kept by params that are not factored."""
     shape = tuple(shape)
     if kind == "full":
         return shape
@@ -220,11 +266,13 @@ def state_shape(kind: str, shape: tuple, layout: str | None = None):
         return shape if layout == "vector" else None
     if layout == "vector":
         return None
-    return shape[:-1] + (1,) if kind == "row" else shape[:-2] + (1, shape[-1])
+    r, c = axes if axes is not None else (len(shape) - 2, len(shape) - 1)
+    one = c if kind == "row" else r
+    return tuple(1 if a == one else x for a, x in enumerate(shape))
 
 
 def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs: list, dims=None, layouts=None,
-          first_scalars=None):
+          first_scalars=None, axes=None):
     """A :class:`MatrixStep` for a matrix variant (a :class:`~.preconditioned.PreconditionedStep`
     for one with matrix states), a :class:`FactoredStep` for a factored one, None for an elementwise
     one (``state_offs``: per state, each tensor's offset in its flat buffer; ``dims``: per tensor,
@@ -233,9 +281,9 @@ def setup(module, vinfo: dict, tensors: list, suffix: str, name: str, state_offs
     if "factored" in vinfo:
         if any(d is not None for d in (dims or ())):
             raise ValueError(f"{name}: dimension_numbers is for Newton–Schulz rules (muon); {name} reads a param "
-                             f"of shape (…, m, n) as a stack of m × n matrices")
+                             f"as a stack of matrices over two of its axes")
         return FactoredStep(module, vinfo, tensors, suffix, state_offs,
-                            layouts or [factored_layout(p.shape) for p in tensors])
+                            layouts or [factored_layout(p.shape) for p in tensors], axes)
     if "matrix" not in vinfo:
         return None
     if vinfo["matrix"].get("kind") == "preconditioned":

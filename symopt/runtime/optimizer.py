@@ -77,6 +77,13 @@ class _Spec:
             self.defaults[key] = tuple(d[i] for i in sorted(d))
         self.tuple_len = {k: len(v) for k, v in tuples.items()}
         self.keys = tuple(self.defaults)
+        self.refused = fam.get("refused", {})   # a peer's keywords the family does not take -> how to get them
+
+    def unknown(self, key, where: str) -> TypeError:
+        """The error for a keyword ``key`` the family does not take."""
+        if key in self.refused:
+            return TypeError(f"{where}: {key} is not a keyword of {self.name}: {self.refused[key]}")
+        return TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(self.keys) or '(none)'}")
 
     def values(self, group: dict, where: str) -> dict:
         """Validated hyperparameter values keyed by generated identifier."""
@@ -161,8 +168,7 @@ class Optimizer:
 
         for key in hyper:
             if key not in spec.defaults:
-                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(spec.keys) or '(none)'}")
+                raise spec.unknown(key, spec.name)
         self.defaults = {**spec.defaults, **hyper}
         spec.values(self.defaults, f"{spec.name}")  # validate the defaults themselves
 
@@ -174,7 +180,7 @@ class Optimizer:
             where = f"{spec.name}: param group {gi}"
             for key in group:
                 if key not in GROUP_KEYS and key not in spec.defaults:
-                    raise TypeError(f"{where}: unknown hyperparameter {key!r}; known: {', '.join(spec.keys)}")
+                    raise spec.unknown(key, where)
             if "rule" in group and getattr(group["rule"], "name", group["rule"]) != spec.name:
                 raise ValueError(f"{where} names rule {group['rule']!r}, this optimizer runs {spec.name!r} "
                                  f"(symopt.optimizer steps groups of several rules together)")
@@ -359,8 +365,12 @@ class Optimizer:
         self._layouts = None if factored is None else [
             matrix.factored_layout(p.shape, self._factor_min, f"{self.rule_name}: params[{j}]")
             for j, p in enumerate(self._tensors)]
+        # ... and the two axes its matrices lie along (runtime/matrix.py: factored_axes)
+        self._axes = None if factored is None else [matrix.factored_axes(p.shape, self._factor_min)
+                                                    for p in self._tensors]
         self._state_shapes = [[matrix.state_shape(s.get("shape", "full"), p.shape,
-                                                  self._layouts[j] if self._layouts else None)
+                                                  self._layouts[j] if self._layouts else None,
+                                                  self._axes[j] if self._axes else None)
                                for j, p in enumerate(self._tensors)]
                               for s in self._vinfo["state"]]
         self._state_sizes = [np.array([0 if x is None else math.prod(x) for x in shapes], dtype=np.int64)
@@ -379,7 +389,7 @@ class Optimizer:
         # None unless the rule is a matrix rule: whole tensors, one after another (runtime/matrix.py)
         dims = [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]
         self._matrix = matrix.setup(mod, self._vinfo, self._tensors, suffix, self.rule_name, self._state_offs, dims,
-                                    self._layouts, self._first_scalars)
+                                    self._layouts, self._first_scalars, self._axes)
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
@@ -460,6 +470,12 @@ class Optimizer:
         return tuple(self._layouts or ())
 
     @property
+    def factored_axes(self) -> tuple:
+        """A factored rule's ``(row_axis, col_axis)`` of each param (its matrices; meaningful for the
+        ``"matrix"`` layout: :func:`symopt.runtime.matrix.factored_axes`); empty for other rules."""
+        return tuple(self._axes or ())
+
+    @property
     def step_counts(self) -> np.ndarray:
         """The step count of every param (int64, read-only view, updated in place by each step)."""
         return self._step_counts
@@ -502,7 +518,7 @@ class Optimizer:
         where = f"{self.rule_name}: param group {gi}"
         for key in group:
             if key not in GROUP_KEYS and key not in self._spec.defaults:
-                raise TypeError(f"{where}: unknown hyperparameter {key!r}")
+                raise self._spec.unknown(key, where)
         vals = self._spec.values(group, where)
         if self._factor_min is not None and self._factor_min_dim([group], where) != self._factor_min:
             raise ValueError(f"{where}: {self._vinfo['factored']['min_dim_key']} cannot change after construction "
@@ -992,7 +1008,8 @@ class Optimizer:
         dims = [new_groups[gi].get("dimension_numbers") for gi in self._group_of]
         if self._matrix is not None and dims != [self.param_groups[gi].get("dimension_numbers") for gi in self._group_of]:
             new_matrix = matrix.setup(self._spec.module, self._vinfo, self._tensors, _DTYPE_SUFFIX[self.dtype],
-                                      self.rule_name, self._state_offs, dims, self._layouts, self._first_scalars)
+                                      self.rule_name, self._state_offs, dims, self._layouts, self._first_scalars,
+                                      self._axes)
         if self._layouts is not None and self._factor_min_dim(new_groups, "state_dict") != self._factor_min:
             raise ValueError(f"state_dict has another {self._vinfo['factored']['min_dim_key']} than this optimizer "
                              f"({self._factor_min:g}), which fixes which params are factored; build the optimizer "

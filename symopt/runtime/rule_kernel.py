@@ -153,8 +153,7 @@ class RuleKernel:
         spec = _Spec(module)
         for key in options:
             if key not in spec.defaults:
-                raise TypeError(f"{spec.name}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(spec.keys) or '(none)'}")
+                raise spec.unknown(key, spec.name)
         self._spec = spec
         self.module = module
         self.rule_name = spec.name
@@ -192,8 +191,7 @@ class RuleKernel:
     def _values(self, hyper: dict, where: str) -> dict:
         for key in hyper:
             if key not in self._spec.defaults:
-                raise TypeError(f"{where}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(self._spec.keys) or '(none)'}")
+                raise self._spec.unknown(key, where)
         values = self._spec.values({**self.defaults, **hyper}, where)
         k = self._spec.variant_index(values, where)
         if k != self._variant:

@@ -20,10 +20,11 @@ plan as the Numba kernels, printed as torch ops) over the param tensors where th
   dtype (float32 for bfloat16/float16 params, where torch.optim.Muon uses bfloat16) for a count
   the module's ``<v>_count`` reads from the host's per-step scalars, so a compiled step unrolls it.
 * **Factored rules** (Adafactor, ``array_factored_module.py.jinja``): each param's layout
-  (:func:`~symopt.runtime.matrix.factored_layout`: a stack of matrices over its last two axes, or
-  full-shape states) is fixed when its state is made; a param keeps only its layout's states, of
-  their own shapes (``row_var`` ``(…, m, 1)``, ``col_var`` ``(…, 1, n)``, as torch.optim.Adafactor),
-  and the step receives each tensor's layout and its dtype's machine epsilon (``eps=(None, …)``).
+  (:func:`~symopt.runtime.matrix.factored_layout`: a stack of matrices over two of its axes,
+  :func:`~symopt.runtime.matrix.factored_axes`, or full-shape states) is fixed when its state is made;
+  a param keeps only its layout's states, of their own shapes (``row_var`` ``(…, m, 1)``, ``col_var``
+  ``(…, 1, n)``, as torch.optim.Adafactor), and the step receives each tensor's layout, matrix axes
+  and its dtype's machine epsilon (``eps=(None, …)``).
 * **Preconditioned rules** (Shampoo, SOAP, ``array_preconditioned_module.py.jinja``): each param's axes
   (merged where the rule merges them) and which of them keep matrix states are fixed when its state is
   made, from the first step's hyperparameters (:func:`~symopt.runtime.preconditioned.axes_layout`);
@@ -56,7 +57,7 @@ import torch
 from .._version import __version__
 from ..runtime import kernels, scheduled
 from ..runtime.grouped import names_other_rules
-from ..runtime.matrix import factored_layout, state_shape
+from ..runtime.matrix import factored_axes, factored_layout, state_shape
 from ..runtime.optimizer import ON_NONFINITE, NonFiniteGradientError, _Spec
 from ..runtime.preconditioned import axes_layout, initial_diagonals
 from .grouped import GroupedOptimizer
@@ -180,8 +181,7 @@ class TensorOptimizer(torch.optim.Optimizer):
         self._configure(rule, on_nonfinite, compile, state_dtype, stochastic_rounding)
         for key in hyper:
             if key not in self._spec.defaults:
-                raise TypeError(f"{self.rule_name}: unknown hyperparameter {key!r}; "
-                                f"known: {', '.join(self._keys) or '(none)'}")
+                raise self._spec.unknown(key, self.rule_name)
         defaults = {**self._spec.defaults, **{k: plain_value(v, k) for k, v in hyper.items()}}
         self._spec.values(defaults, self.rule_name)
         self.skipped_steps = 0
@@ -350,8 +350,8 @@ class TensorOptimizer(torch.optim.Optimizer):
                     **{f"{key}_{k}": (d, d) for key in self._matrix_keys for k, d in enumerate(dims) if kept[k]}}
         if self._factored is None:
             return {key: tuple(p.shape) for key in self._state_keys}
-        layout = self._layout(p)
-        shapes = {key: state_shape(self._state_kinds[key], tuple(p.shape), layout) for key in self._state_keys}
+        layout, axes = self._layout(p), factored_axes(tuple(p.shape), self._factor_min)
+        shapes = {key: state_shape(self._state_kinds[key], tuple(p.shape), layout, axes) for key in self._state_keys}
         return {key: shape for key, shape in shapes.items() if shape is not None}
 
     @property
@@ -454,8 +454,10 @@ class TensorOptimizer(torch.optim.Optimizer):
                     batch[2][-1].append(mats)
                     batch[5][1].append(dims)
                 stepped.append(p)
-        if self._factored is not None:   # per tensor: its layout and its dtype's machine epsilon (Python data)
-            return [(*b[:5], (tuple(self._layout(p) for p in b[0]), tuple(torch.finfo(p.dtype).eps for p in b[0])))
+        if self._factored is not None:   # per tensor: its layout, matrix axes, dtype's machine epsilon (Python data)
+            return [(*b[:5], (tuple(self._layout(p) for p in b[0]),
+                              tuple(factored_axes(tuple(p.shape), self._factor_min) for p in b[0]),
+                              tuple(torch.finfo(p.dtype).eps for p in b[0])))
                     for b in batches.values()], stepped
         if self._flags_fn is not None:
             return [(*b[:5], (b[5][0], tuple(b[5][1]))) for b in batches.values()], stepped

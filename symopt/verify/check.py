@@ -344,7 +344,7 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
     import mpmath
 
     from ..runtime.optimizer import Optimizer
-    from .factored import FACTORED_SHAPES, _layout, exact_factored_step, state_index
+    from .factored import FACTORED_SHAPES, element_groups, exact_factored_step, state_index
 
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
@@ -356,8 +356,8 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
     for shape in FACTORED_SHAPES:
         params = np.asarray(rng.standard_normal(shape)).astype(dt)
         opt = Optimizer(_name_or_family(family), [params], **kwargs)
-        layout = opt.factored_layouts[0]
-        _, _, nr, nc = _layout(shape, layout)
+        layout, axes = opt.factored_layouts[0], opt.factored_axes[0]
+        groups = element_groups(shape, layout, axes)
         hyper_by_sym = hyper_values(family, rule, opt.param_groups[0])
         for _ in range(int(rng.integers(1, 3))):
             opt.step([np.asarray(rng.standard_normal(shape)).astype(dt)])
@@ -370,14 +370,14 @@ def verify_factored_variant(family, rule, dtype: str, *, steps: int = 3, seed: i
             opt.step([grad])
             values = _element_values(rule, old_p, grad, t_val, hyper_by_sym,
                                      {state_syms[key]: old_state[key] for key in keys},
-                                     lambda sym, e: state_index(rule.state[sym].shape, e, nr, nc))
-            envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps), layout)
+                                     lambda sym, e: state_index(rule.state[sym].shape, e, groups))
+            envs = exact_factored_step(rule, values, shape, float(np.finfo(dt).eps), layout, axes)
             outs = [("param", rule.param, params.reshape(-1), list(range(len(envs))))]
             for key in keys:
                 got = opt.state[0][key].reshape(-1)
                 first = {}
                 for e in range(len(envs)):
-                    first.setdefault(state_index(kinds[key], e, nr, nc), e)
+                    first.setdefault(state_index(kinds[key], e, groups), e)
                 outs.append((key, state_syms[key], got, [first[i] for i in range(got.size)]))
             for label, sym, got, where in outs:
                 exact = [envs[e][sym] for e in where]
@@ -424,6 +424,7 @@ def _options_for(family, rule) -> dict:
             tuples: dict = {}
             for s, v in dict(combo).items():
                 h = family.hyper[s]
+                v = h.user_default if v == h.default else v     # an optional's default: None, as a user writes it
                 key = h.key or s.name
                 if h.index is None:
                     kwargs[key] = v

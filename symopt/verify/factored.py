@@ -2,9 +2,9 @@
 ``ColMean``, row/column states), for :func:`symopt.verify.check.verify_factored_variant`.
 
 The updates are evaluated for every element of one small tensor at 50 digits, as for
-reductions (:mod:`.reductions`), straight from the rule: a param of shape ``(…, m, n)``
-(at least 2-D, and in a rule with ``min_dim_to_factor`` both axes at least that long: the
-optimizer's layout) is a stack of ``m × n`` matrices and ``factored`` is true; a row state's value
+reductions (:mod:`.reductions`), straight from the rule: a param in the optimizer's ``matrix``
+layout is a stack of matrices over its two matrix axes (the last two, or Optax's two largest in
+a rule with ``min_dim_to_factor``: ``factored_axes``) and ``factored`` is true; a row state's value
 at an element is that of its row, a column state's that of its column.  Each reduction node,
 innermost first, is replaced per element by its exact value: ``RowMean`` the mean over the
 element's row, ``ColMean`` over its column, ``TensorSum``/``TensorMean`` over the tensor
@@ -15,31 +15,41 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Shapes verified: a wide and a tall matrix, a stack of two, a vector and a scalar.
-FACTORED_SHAPES = ((4, 6), (6, 4), (2, 3, 4), (5,), ())
+#: Shapes verified: a wide and a tall matrix, a stack of two, one whose two largest axes are not
+#: its last two (Optax factors those), a vector and a scalar.
+FACTORED_SHAPES = ((4, 6), (6, 4), (2, 3, 4), (5, 2, 6), (5,), ())
 
 
-def _layout(shape, layout: str | None = None):
-    """``(factored, nb, nr, nc)`` of a param of ``shape`` in ``layout`` (the optimizer's
-    ``factored_layouts``; None: factored when at least 2-D, torch.optim.Adafactor's view)."""
-    if (layout or ("matrix" if len(shape) >= 2 else "vector")) == "matrix":
-        nr, nc = shape[-2], shape[-1]
-        return True, int(np.prod(shape[:-2], dtype=np.int64)), nr, nc
-    return False, 1, 1, int(np.prod(shape, dtype=np.int64))
+def element_groups(shape, layout: str | None = None, axes=None):
+    """``(factored, rows, cols)`` of a param of ``shape`` in ``layout`` over the matrix ``axes``
+    (the optimizer's ``factored_layouts`` and ``factored_axes``; None: factored when at least 2-D,
+    over the last two axes, torch.optim.Adafactor's view): ``rows[e]``/``cols[e]`` the index of
+    element ``e``'s row in a row state and of its column in a column state (flat, C order)."""
+    from ..runtime.matrix import state_shape
+
+    shape = tuple(shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    if (layout or ("matrix" if len(shape) >= 2 else "vector")) != "matrix":
+        return False, np.zeros(size, dtype=np.int64), np.arange(size)
+    r, c = axes if axes is not None else (len(shape) - 2, len(shape) - 1)
+    index = np.indices(shape).reshape(len(shape), -1)
+    def flat(kind, zero):   # element e's index in a state of kind: its multi-index with axis ``zero`` 0
+        at = tuple(np.zeros_like(x) if a == zero else x for a, x in enumerate(index))
+        return np.ravel_multi_index(at, state_shape(kind, shape, "matrix", (r, c)))
+
+    return True, flat("row", c), flat("col", r)
 
 
-def state_index(kind: str, e: int, nr: int, nc: int) -> int:
-    """The index of element ``e``'s value in a state of ``kind`` (flat, C order)."""
-    if kind == "row":
-        return e // nc
-    if kind == "col":
-        return (e // (nr * nc)) * nc + e % nc
-    return e
+def state_index(kind: str, e: int, groups) -> int:
+    """The index of element ``e``'s value in a state of ``kind`` (flat, C order; ``groups`` from
+    :func:`element_groups`)."""
+    _, rows, cols = groups
+    return int(rows[e]) if kind == "row" else int(cols[e]) if kind == "col" else e
 
 
-def exact_factored_step(rule, values: list, shape: tuple, eps: float, layout: str | None = None) -> list:
-    """Apply ``rule``'s updates to every element of a tensor of ``shape`` (in ``layout``, see
-    :func:`_layout`) at 50 digits; ``values[i]`` maps the symbols to element i's mpmath values
+def exact_factored_step(rule, values: list, shape: tuple, eps: float, layout: str | None = None, axes=None) -> list:
+    """Apply ``rule``'s updates to every element of a tensor of ``shape`` (in ``layout`` over
+    ``axes``, see :func:`element_groups`) at 50 digits; ``values[i]`` maps the symbols to element i's mpmath values
     (C order; a row/col state's entry: its row's/column's value), ``eps`` is the dtype's machine
     epsilon.  Returns the envs."""
     import mpmath
@@ -48,7 +58,7 @@ def exact_factored_step(rule, values: list, shape: tuple, eps: float, layout: st
     from ..rulebook.factored import ColMean, RowMean, factored, machine_eps
     from ..rulebook.reduction import Reduction
 
-    fact, nb, nr, nc = _layout(shape, layout)
+    fact, rows, cols = element_groups(shape, layout, axes)
     kept = {s for s, spec in rule.state.items() if spec.shape in (("full", "row", "col") if fact else ("full", "vector"))}
     envs = [{**v, factored: fact, machine_eps: mpmath.mpf(eps)} for v in values]
 
@@ -58,10 +68,10 @@ def exact_factored_step(rule, values: list, shape: tuple, eps: float, layout: st
         return [fn(*[env.get(s, 0) for s in syms]) for env in envs]
 
     def group(node, e):
-        if isinstance(node, RowMean):
-            return e // nc
+        if isinstance(node, RowMean):   # the mean over the element's row: one value per row
+            return ("row", int(rows[e]))
         if isinstance(node, ColMean):
-            return ((e // (nr * nc)), e % nc)
+            return ("col", int(cols[e]))
         return 0
 
     for lhs, rhs in rule.updates:
