@@ -338,7 +338,7 @@ def test_kernel_compares_the_words_before_writing(change, rng):
     hyp = opt._hyp.copy()
     hyp[:, 0] = 3
     args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, hyp)
-    nbad = opt._kernel_serial(*args, table, True)
+    nbad = opt._kernel_serial(*args, table, opt._no_steps, True)
     after = [p.copy() for p in params] + [s.copy() for s in opt._state]
     if change is None:
         assert nbad == 0 and not np.array_equal(after[0], before[0])
