@@ -103,7 +103,8 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
             chunks, work = opt_i._tables[(symopt.get_num_threads(), False, None)] if threaded else (opt_i._chunks,
                                                                                                      opt_i._work)
             kern = opt_i._kernel_parallel if threaded else opt_i._kernel_serial
-            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, opt_i._hyp, False)
+            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, opt_i._hyp,
+                     opt_i._no_words, opt_i._no_steps, False)
             res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
                                  "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
                                  "kernel": lambda: kern(*kargs),
@@ -140,7 +141,8 @@ def fixed_cost(suite, rounds: int, log) -> dict:
     opt = symopt.optimizer("adam", p, lr=1e-3)
     for _ in range(3):  # a few steps, as in a training loop: what step() remembers of the same grads is in place
         opt.step(g)
-    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp, True)
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp,
+            opt._no_words, opt._no_steps, True)
     kernel = opt._kernel_serial
     res = suite.measure({"step": lambda: opt.step(g), "kernel": lambda: kernel(*args)}, rounds=rounds * 3, budget=8.0)
     over = np.array(res["step"]["samples"]) - np.array(res["kernel"]["samples"])

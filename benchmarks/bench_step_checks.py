@@ -1,6 +1,6 @@
 """The fixed cost of ``Optimizer.step`` with its safety checks, against the step of another revision.
 
-    python benchmarks/bench_step_checks.py [--base main] [--rounds 40]
+    python benchmarks/bench_step_checks.py [--base main] [--rounds 40] [--fixed]
 
 The checks of a step that guard memory (every param still at the buffer and shape it had when the
 optimizer was built; no gradient overlapping a param or another gradient) run on every call, so
@@ -10,6 +10,10 @@ of 425 and of 11.5 k elements.  The candidate "base" is ``symopt/runtime/optimiz
 compiled without numba's disk cache), loaded beside the current ones in the same process: the ratio
 measures the Python around the kernel and the kernel's calling convention, whose arguments
 changed with the revisions (the per-step scalars moved into the kernel).
+
+With ``--fixed``: the fixed cost of each (2 tensors, 650 float32, the same grads; step minus the bare
+kernel call of that revision in the same round, as ``symopt bench --only midsize`` takes it), two
+optimizers of each revision, and the median of per-round ratios of those fixed costs.
 
 Two ways of passing gradients: the same arrays at every step (the overlap check is skipped: the
 addresses were checked before), and two sets of arrays in turn (new addresses at every step: the
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import re
 import subprocess
 import sys
@@ -83,15 +88,55 @@ def candidates(module, shapes, alternate: bool, rule="adam"):
     return step
 
 
+def bare_call(opt):
+    """The optimizer's serial kernel with its arguments as ``_step_all`` passes them, but nothing to compare
+    and no step counts to advance (named by the kernel's parameters: the revisions' signatures differ)."""
+    kernel = opt._kernel_serial
+    names = list(inspect.signature(kernel.py_func).parameters)
+    given = {"pptr": opt._pptr, "gptr": opt._gptr, "offs": opt._offs, "chunks": opt._chunks, "work": opt._work,
+             "scal": opt._scal, "hyp": opt._hyp, "words": np.empty((2, 0), dtype=np.int64),
+             "steps": np.empty(0, dtype=np.int64), "check": True}
+    states = iter(opt._state)
+    args = tuple(given[n] if n in given else next(states) for n in names)
+    return lambda: kernel(*args)
+
+
+def fixed_costs(suite, base, base_rule, rounds: int) -> None:
+    """Step minus the bare kernel call, this tree against ``base``, 2 tensors of 650 float32 in all."""
+    fns = {}
+    for i in range(2):
+        for name, module, rule in (("current", current, "adam"), ("base", base, base_rule)):
+            rng = np.random.default_rng(8)
+            p = [rng.standard_normal((25, 25)).astype(np.float32), rng.standard_normal(25).astype(np.float32)]
+            g = [np.full_like(x, 1e-3) for x in p]
+            opt = module.Optimizer(rule, p, lr=1e-3)
+            for _ in range(20):  # untimed: what step() remembers of the same grads is in place
+                opt.step(g)
+            fns[f"{name} {i} step"] = lambda opt=opt, g=g: opt.step(g)
+            fns[f"{name} {i} kernel"] = bare_call(opt)
+    res = suite.measure(fns, rounds=rounds, budget=30.0)
+    s = {k: np.array(v["samples"]) for k, v in res.items()}
+    fixed = {n: np.concatenate([s[f"{n} {i} step"] - s[f"{n} {i} kernel"] for i in range(2)])
+             for n in ("current", "base")}
+    print(f"  fixed cost (2 tensors, 650 float32, same grads): current {np.median(fixed['current']) * 1e6:.2f} us, "
+          f"base {np.median(fixed['base']) * 1e6:.2f} us, ratio {np.median(fixed['current'] / fixed['base']):.3f} "
+          f"(median of per-round ratios)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="main", help="git revision whose optimizer.py is the base (default main)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--instances", type=int, default=4, help="optimizers of each candidate (default 4)")
+    ap.add_argument("--fixed", action="store_true", help="only the fixed cost: step minus the bare kernel call")
     args = ap.parse_args(argv)
     suite = _suite()
     base = base_module(args.base)
     rules = {current: "adam", base: base_rule(args.base)}
+    if args.fixed:
+        print(f"step fixed cost, current tree / {args.base} ({args.rounds} rounds)")
+        fixed_costs(suite, base, rules[base], args.rounds)
+        return 0
     print(f"step fixed cost, current tree / {args.base} (median of per-round ratios, {args.rounds} rounds)")
     for label, shapes in MODELS.items():
         for alternate in (False, True):

@@ -312,3 +312,57 @@ def test_fresh_process_loads_cached_kernels_without_sympy(tmp_path):
     imported, hits, misses = out.stdout.split()
     assert imported == "-", out.stdout + out.stderr
     assert int(hits) == 1 and int(misses) == 0, out.stdout
+
+
+@pytest.mark.skipif(not layout.HEADER_LAYOUT, reason="NumPy's array struct is laid out otherwise here")
+@pytest.mark.parametrize("change", [None, "grad reshaped", "grad dtype", "param read-only"])
+def test_kernel_compares_the_words_before_writing(change, rng):
+    """The flat kernel given the remembered call's words returns -2 and writes nothing when one changed,
+    and steps as without them when none did."""
+    params = _arrays([(4, 6), (5,)], np.float32, rng)
+    grads = _arrays([(4, 6), (5,)], np.float32, rng)
+    opt = symopt.optimizer(RULE, params, lr=LR)
+    for _ in range(2):  # the second call with the same grads remembers their words
+        opt.step(grads)
+    table = opt._watch[1]
+    assert table is not None and table.shape[1] > 0
+    if change == "grad reshaped":
+        grads[0].shape = (6, 4)
+    elif change == "grad dtype":
+        with warnings.catch_warnings():  # NumPy 2.4 deprecates setting dtype; it still changes it in place
+            warnings.simplefilter("ignore", DeprecationWarning)
+            grads[1].dtype = np.int32
+    elif change == "param read-only":
+        params[0].flags.writeable = False
+    before = [p.copy() for p in params] + [s.copy() for s in opt._state]
+    hyp = opt._hyp.copy()
+    hyp[:, 0] = 3
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, hyp)
+    nbad = opt._kernel_serial(*args, table, opt._no_steps, True)
+    after = [p.copy() for p in params] + [s.copy() for s in opt._state]
+    if change is None:
+        assert nbad == 0 and not np.array_equal(after[0], before[0])
+    else:
+        assert nbad == -2 and all(np.array_equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_kernel_advances_the_step_counts_only_when_it_steps(nonfinite, rng):
+    """Given the step counts, the flat kernel adds one to each and to every hyp row's t after its update,
+    and leaves both as they were when it finds a NaN/inf grad (nothing written); the optimizer's counts
+    then match the steps it took."""
+    params = _arrays([(4, 6), (5,)], np.float32, rng)
+    grads = _arrays([(4, 6), (5,)], np.float32, rng)
+    opt = symopt.optimizer(RULE, params, lr=LR, on_nonfinite="skip")
+    for _ in range(3):
+        opt.step(grads)
+    assert opt.step_counts.tolist() == [3, 3] and opt._hyp[0, 0] == 4  # the rows hold the next step's t
+    if nonfinite:
+        grads[1][2] = np.nan
+    steps, hyp = np.array([7, 7]), opt._hyp.copy()
+    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, hyp)
+    nbad = opt._kernel_serial(*args, opt._no_words, steps, True)
+    assert nbad == (1 if nonfinite else 0)
+    assert steps.tolist() == ([7, 7] if nonfinite else [8, 8]) and hyp[0, 0] == (4 if nonfinite else 5)
+    opt.step(grads)
+    assert opt.step_counts.tolist() == ([3, 3] if nonfinite else [4, 4]) and opt.skipped_steps == int(nonfinite)

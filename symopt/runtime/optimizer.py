@@ -325,6 +325,9 @@ class Optimizer:
         # step(): when the same grads come back with everything unchanged, one compiled read of the words that
         # describe them and the params (layout.array_words): (the _grads_checked list it was made for, the table)
         self._watch = (None, None)
+        self._no_words = np.zeros((2, 0), dtype=np.int64)  # a kernel's words table when there is nothing to compare
+        self._no_steps = np.zeros(0, dtype=np.int64)  # a kernel's step counts when it is not to advance them
+        self._fast_args = None  # _step_all(): the serial kernel's argument tuple with the words table of _watch
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -344,16 +347,22 @@ class Optimizer:
                              self._scal.shape[1] * 8)
         # The kernels' hyperparameter rows (steps at one step count): per group the step t, then the hyperparameters
         # (float64; bools and choices as numbers), from which the kernel computes the group's row of _scal.
-        # _group_values writes a row when its values change, a step writes t alone (one item of _hyp_flat)
-        # unless the group has schedules; _no_hyp (no rows) makes a kernel read _scal as given.
+        # _group_values writes a row when its values change, a step writes t alone (one item of _hyp_flat) where the
+        # rows do not hold it already, and a scheduled group's whole row; _no_hyp (no rows) makes a kernel read _scal
+        # as given.
         ncols = 1 + len(self._vinfo["hyper"])
         self._hyp = np.zeros((len(self.param_groups), ncols), dtype=np.float64)
         self._hyp_cols = ncols
         self._hyp_flat = memoryview(self._hyp).cast("B").cast("d")
         self._hyp_packer = (struct.Struct(f"={ncols}d").pack_into, memoryview(self._hyp).cast("B"), ncols * 8)
         self._no_hyp = np.zeros((0, ncols), dtype=np.float64)
+        # The step t that every row of _hyp holds (-1: not one t): _step_all's kernel advances the step counts and
+        # the rows' t after each step it takes, so the next step writes t only where a row was written since.
+        self._hyp_t = -1
         self._steps = np.zeros(len(sizes), dtype=np.int64)
-        self._t_all = 0  # the step count of every param when they are all equal, else -1 (kept with _steps)
+        # the step count of every param when they are all equal, else -1 (kept with _steps: _step_all's kernel
+        # advances _steps, and _step_all this mirror)
+        self._t_all = 0
         self._step_counts = self._steps.view()
         self._step_counts.flags.writeable = False
         self._state_keys = tuple(s["key"] for s in self._vinfo["state"])
@@ -538,6 +547,7 @@ class Optimizer:
         else:  # the kernel's row of hyperparameters (its step t is written at each step)
             pack, buf, rowbytes = self._hyp_packer
             pack(buf, gi * rowbytes, 0.0, *args)
+            self._hyp_t = -1
         return vals
 
     def _group_args(self, gi: int) -> tuple:
@@ -650,14 +660,20 @@ class Optimizer:
         """
         checked, table = self._watch
         if (checked is self._grads_checked and checked is not None and (type(grads) is list or type(grads) is tuple)
-                and [*map(id, grads)] == self._grad_ids and layout.words_unchanged(table)):
-            # The last call's grad objects again (the ids of live arrays, held by ``grads``), each still the plain
-            # ndarray it was at the last check with the same data pointer, dtype, flags, shape and strides, and
-            # every param too (address, writeable flag, shape): _gptr holds their addresses, checked.
-            return self._step_all() if self._t_all >= 0 and self._plain else self._step(None)
+                and [*map(id, grads)] == self._grad_ids):
+            # The last call's grad objects again (the ids of live arrays, held by ``grads``).  If each is still the
+            # plain ndarray it was at the last check with the same data pointer, dtype, flags, shape and strides,
+            # and every param too (address, writeable flag, shape), _gptr holds their addresses, checked: the
+            # kernel compares the words itself and steps in the same call, or returns -2 having written nothing.
+            if self._t_all >= 0 and self._plain:
+                if self._step_all(table) is None:
+                    return None
+            elif layout.words_unchanged(table):
+                return self._step(None)
         active = self._check_grads(grads)
         if active is None and self._t_all >= 0 and self._plain:
-            return self._step_all()
+            self._step_all(None)
+            return None
         return self._step(active)
 
     def step_at(self, addresses) -> None:
@@ -732,34 +748,51 @@ class Optimizer:
                                  f"param or another gradient (pass a copy)")
         self._grads_checked = gptr if mask is None else None
 
-    def _step_all(self) -> None:
+    def _step_all(self, words):
         """:meth:`_step` of every param when all are at one step count, for an elementwise rule on separate
         arrays (no flat buffer, no reduction pass): the common step, in as few Python operations as it takes.
-        The kernel computes the per-step scalars from the rows of ``_hyp`` (step t, hyperparameters)."""
+        The kernel computes the per-step scalars from the rows of ``_hyp`` (step t, hyperparameters).
+
+        ``words``: None when the grads at ``_gptr`` were just checked, else the table of words
+        (:func:`symopt.runtime.layout.array_words`) that must still hold for them to be the checked ones: the
+        kernel compares them first.  Returns None after the step (or a skipped one), True when a word changed
+        and nothing was done (then the caller checks the grads in full)."""
         t = self._t_all + 1
         cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
-        hyp_flat, ncols = self._hyp_flat, self._hyp_cols
+        stale = self._hyp_t != t  # the rows' t (the kernel advanced it after the last step, if it took it)
         for gi in range(len(cache)):  # _hyp_rows, inlined
             cached = cache[gi]
             if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
                 self._group_values(gi)  # writes the group's row of _hyp; may wrap _scalar_fn for schedules
                 cached = cache[gi]
+                self._hyp_flat[gi * self._hyp_cols] = t
             if cached[3]:  # schedules: this step's values, checked (runtime/scheduled.py)
                 pack, buf, rowbytes = self._hyp_packer
                 pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *cached[2]))
-            else:
-                hyp_flat[gi * ncols] = t
+            elif stale:
+                self._hyp_flat[gi * self._hyp_cols] = t
+        self._hyp_t = t
         nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         check = self.on_nonfinite != "ignore"
         if nworkers > 1:
             table = self._tables.get((nworkers, False, None))
             if table is None:  # the first threaded step with this many threads plans the table
+                if words is not None:
+                    return True  # checked in full first (then stepped here again)
                 return self._step(None)
             kernel = self._kernel_parallel
-            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp, check)
+            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp,
+                     self._no_words if words is None else words, self._steps, check)
+        elif words is not None:
+            # the serial kernel's whole argument tuple with the words to compare, kept: a call with one tuple
+            # and nothing added hands numba that tuple as it is
+            kernel = self._kernel_serial
+            kargs = self._fast_args
+            if kargs is None or kargs[1] is not self._gptr or kargs[-3] is not words or kargs[-1] is not check:
+                kargs = self._fast_args = (self._pptr, self._gptr, *self._state, self._offs, self._chunks,
+                                           self._work, self._scal, self._hyp, words, self._steps, check)
         else:
-            # the serial kernel's whole argument tuple, kept per address table (grads passed in turn): a call
-            # with one tuple and nothing added hands numba that tuple as it is
+            # the same without words, kept per address table (grads passed in turn)
             gptr = self._gptr
             kernel = self._kernel_serial
             kargs = self._serial_args.get(id(gptr))
@@ -767,15 +800,22 @@ class Optimizer:
                 if len(self._serial_args) >= 16:
                     self._serial_args.clear()
                 kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
-                                                       self._work, self._scal, self._hyp, check)
+                                                       self._work, self._scal, self._hyp, self._no_words, self._steps,
+                                                       check)
+        # the kernel advances _steps and the rows' t when it steps (not on -2, -1 or NaN/inf grads found)
         nbad = kernel(*kargs)
         if nbad:
+            if nbad == -2:  # a word of the grads or params changed: nothing was written
+                return True
             if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
-                nbad = self._python_scalars(t, kernel, kargs[:-2])
-            if nbad:
-                return self._nonfinite(nbad)
-        self._steps.fill(t)
+                nbad = self._python_scalars(t, kernel, kargs[:-4])
+                if not nbad:
+                    self._steps.fill(t)
+                    self._t_all = t
+                    return None
+            return self._nonfinite(nbad)
         self._t_all = t
+        self._hyp_t = t + 1
         return None
 
     def _hyp_rows(self, t) -> None:
@@ -787,6 +827,7 @@ class Optimizer:
                 pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *args))
             else:
                 self._hyp_flat[gi * self._hyp_cols] = t
+        self._hyp_t = t
 
     def _python_scalars(self, t, kernel, kargs) -> int:
         """A step whose kernel found a per-step scalar NaN/inf (and wrote nothing), with the scalars computed by the
@@ -795,7 +836,7 @@ class Optimizer:
         pack, buf, rowbytes = self._scal_packer
         for gi in range(len(self._cache)):
             pack(buf, gi * rowbytes, *self._scalar_fn(t, *self._cache[gi][2]))
-        return kernel(*kargs, self._no_hyp, self.on_nonfinite != "ignore")
+        return kernel(*kargs, self._no_hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
 
     def _nonfinite(self, nbad) -> None:
         """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
@@ -863,7 +904,7 @@ class Optimizer:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
             kargs = (ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal)
-            nbad = kernel(*kargs, hyp, self.on_nonfinite != "ignore")
+            nbad = kernel(*kargs, hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
             if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
                 nbad = self._python_scalars(t, kernel, kargs)
         if nbad:

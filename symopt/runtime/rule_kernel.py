@@ -248,7 +248,8 @@ class RuleKernel:
             if check is None:
                 return ext[0]
             scal = ext
-        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, np.empty((0, 1)), check)
+        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, np.empty((0, 1)),
+                                         np.empty((2, 0), dtype=np.int64), np.empty(0, dtype=np.int64), check)
 
     # ------------------------------------------------------------------ checks
     def _check_scalars(self, scalars, where: str) -> tuple:
