@@ -558,3 +558,25 @@ def test_soap_merge_dims_refusals():
         symopt.optimizer("soap", [np.zeros((2, 3, 2, 2))], merge_dims=True, data_format="channels_last")
     with pytest.raises(ValueError, match="one axis of 6"):    # pytorch-optimizer fails to reshape it too
         symopt.optimizer("soap", [np.zeros((2, 3))], merge_dims=True)
+
+
+def test_float32_rank_deficient_statistics_root_as_pytorch_optimizers_svd(libs):
+    """A wide float32 matrix: its column statistic GᵀG (64 × 64 from rank-4 gradients) has eigenvalues
+    that rounding makes slightly negative.  pytorch-optimizer roots by an SVD (sign(λ)|λ|^{-1/p});
+    symopt's eigendecomposition does the same, so no NaN and the same trajectory.  Tolerance 1e-3
+    (params max-norm): float32 rounding in the statistic's null space, where both results are set by
+    rounding, scaled by |λ|^{-1/4} of eigenvalues ~1e-7 of its norm."""
+    torch = libs.torch
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((4, 64)).astype(np.float32)
+    params = [p0.copy()]
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    opt = symopt.optimizer("shampoo", params, lr=1e-2)
+    peer = libs.po.Shampoo([tp], lr=1e-2)
+    for step in range(10):
+        g = rng.standard_normal((4, 64)).astype(np.float32)
+        opt.step([g.copy()])
+        tp.grad = torch.tensor(g.copy())
+        peer.step()
+        assert np.isfinite(params[0]).all(), step
+        assert rel_err(params[0], tp.detach(), floor=1.0) < 1e-3, step
