@@ -833,10 +833,16 @@ class Optimizer:
         """A step whose kernel found a per-step scalar NaN/inf (and wrote nothing), with the scalars computed by the
         Python scalar function (which raises ``ZeroDivisionError``, ``ValueError``... where the compiled one gave
         NaN/inf, before anything is written): the kernel's count of NaN/inf grads."""
+        self._scalar_rows(t)
+        return kernel(*kargs, self._no_hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
+
+    def _scalar_rows(self, t) -> None:
+        """Write each group's per-step scalars at step ``t`` into its row of ``_scal`` (the Python scalar
+        function: for the kernels that do not compute them from ``_hyp``, and the NaN/inf fallback)."""
         pack, buf, rowbytes = self._scal_packer
         for gi in range(len(self._cache)):
-            pack(buf, gi * rowbytes, *self._scalar_fn(t, *self._cache[gi][2]))
-        return kernel(*kargs, self._no_hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
+            args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
+            pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
 
     def _nonfinite(self, nbad) -> None:
         """A step that found ``nbad`` NaN/inf gradient values (and wrote nothing): skipped, or raised."""
@@ -870,10 +876,7 @@ class Optimizer:
                 self._hyp_rows(t)
                 hyp = self._hyp
             else:
-                pack, buf, rowbytes = self._scal_packer
-                for gi in range(len(self._cache)):
-                    args = self._group_args(gi)  # first: it may wrap _scalar_fn to evaluate schedules
-                    pack(buf, gi * rowbytes, *self._scalar_fn(t, *args))
+                self._scalar_rows(t)
             flat = self._flat
             if flat is not None and active is None:
                 gbase = layout.flat_base(self._gptr, self._boffs)
