@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 import symopt
+from symopt.runtime import layout
 
 SIZES = (10 ** 4, 10 ** 5, 10 ** 6)
 TARGET = {10 ** 4: 1.5, 10 ** 5: 1.3, 10 ** 6: 1.15}
@@ -103,11 +104,11 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
             chunks, work = opt_i._tables[(symopt.get_num_threads(), False, None)] if threaded else (opt_i._chunks,
                                                                                                      opt_i._work)
             kern = opt_i._kernel_parallel if threaded else opt_i._kernel_serial
-            kargs = (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work, opt_i._scal, opt_i._hyp,
-                     opt_i._no_words, opt_i._no_steps, False)
+            kframe = layout.kernel_frame(dtype, (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work,
+                                                 opt_i._scal, opt_i._hyp, opt_i._no_words, opt_i._no_steps, False))
             res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
                                  "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
-                                 "kernel": lambda: kern(*kargs),
+                                 "kernel": lambda: kern(kframe),
                                  "arith prange": lambda: arith(tp, g, *states, c),
                                  "arith serial": lambda: arith_ser(tp, g, *states, c),
                                  "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
@@ -134,7 +135,9 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
 
 
 def fixed_cost(suite, rounds: int, log) -> dict:
-    """Target 2: median over rounds of (step - bare kernel call), 2 tensors, 650 float32."""
+    """Target 2: median over rounds of (step - bare kernel call), 2 tensors, 650 float32: the Python around the
+    kernel.  The bare call is the one the step makes (its arguments in one frame); the same kernel given its
+    twelve arguments one by one (the flat ABI, what steps called before frames) is measured beside it."""
     rng = np.random.default_rng(8)
     p = [rng.standard_normal((25, 25)).astype(np.float32), rng.standard_normal(25).astype(np.float32)]
     g = [np.full_like(x, 1e-3) for x in p]
@@ -143,12 +146,16 @@ def fixed_cost(suite, rounds: int, log) -> dict:
         opt.step(g)
     args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp,
             opt._no_words, opt._no_steps, True)
-    kernel = opt._kernel_serial
-    res = suite.measure({"step": lambda: opt.step(g), "kernel": lambda: kernel(*args)}, rounds=rounds * 3, budget=8.0)
-    over = np.array(res["step"]["samples"]) - np.array(res["kernel"]["samples"])
-    out = {"step": res["step"]["median"], "kernel": res["kernel"]["median"], "fixed": float(np.median(over))}
+    frame = layout.kernel_frame(np.float32, args)
+    kernel, flat = opt._kernel_serial, opt._spec.module.adam_f32   # the frame twin and the flat-ABI kernel
+    res = suite.measure({"step": lambda: opt.step(g), "kernel": lambda: kernel(frame), "flat": lambda: flat(*args)},
+                        rounds=rounds * 3, budget=8.0)
+    s = {k: np.array(v["samples"]) for k, v in res.items()}
+    out = {"step": res["step"]["median"], "kernel": res["kernel"]["median"], "flat": res["flat"]["median"],
+           "fixed": float(np.median(s["step"] - s["kernel"])), "fixed_flat": float(np.median(s["step"] - s["flat"]))}
     log(f"  step() on 2 tensors / 650 float32: {out['step'] * 1e6:.2f} us, bare kernel call {out['kernel'] * 1e6:.2f} us, "
-        f"fixed cost {out['fixed'] * 1e6:.2f} us (median of per-round differences)")
+        f"fixed cost {out['fixed'] * 1e6:.2f} us (median of per-round differences); the kernel given its 12 arguments "
+        f"{out['flat'] * 1e6:.2f} us, the step minus that call {out['fixed_flat'] * 1e6:.2f} us")
     return out
 
 
@@ -266,7 +273,8 @@ def report(res) -> str:
     f, w, s = res["fixed"], res["wake"], res["warm"]
     L += ["", "| row | measured | target |", "|---|---|---|",
           f"| fixed cost of `step()` (2 tensors, 650 f32, minus the bare kernel call) | {f['fixed'] * 1e6:.2f} µs "
-          f"(step {f['step'] * 1e6:.2f} µs, kernel {f['kernel'] * 1e6:.2f} µs) | ≤ {FIXED_TARGET_US:g} µs"
+          f"(step {f['step'] * 1e6:.2f} µs, kernel {f['kernel'] * 1e6:.2f} µs; the kernel given its 12 arguments "
+          f"{f['flat'] * 1e6:.2f} µs, the step minus that {f['fixed_flat'] * 1e6:.2f} µs) | ≤ {FIXED_TARGET_US:g} µs"
           + ("" if f["fixed"] * 1e6 <= FIXED_TARGET_US else " **missed**") + " |",
           f"| one fork/join of {w['threads']} threads ({w['layer']}) | {w['fork_join'] * 1e6:.2f} µs median, "
           f"{w['fork_join_min'] * 1e6:.2f} µs best | "

@@ -61,6 +61,7 @@ import numpy as np
 import symopt
 from symopt.runtime import kernels as _kernels
 from symopt.runtime import optimizer as _optmod
+from symopt.runtime.layout import kernel_frame
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_devices.py, beside this file
@@ -438,10 +439,10 @@ def phase_small(rounds, log) -> dict:
     fb, gb = symopt.FlatBuffer.from_arrays(p), symopt.FlatBuffer.from_arrays(g)
     fns["symopt flat"], _ = symopt_step(fb.arrays, gb.arrays)
     opt.step(g)
-    args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp,
-            opt._no_words, opt._no_steps, True)
+    frame = kernel_frame(np.float32, (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work,
+                                      opt._scal, opt._hyp, opt._no_words, opt._no_steps, True))
     kern = opt._kernel_serial
-    fns["kernel call alone"] = lambda: kern(*args)
+    fns["kernel call alone"] = lambda: kern(frame)
     fns["numpy"] = numpy_adam([x.copy() for x in p], g)
     if _have("torch"):
         fns["torch fused"] = torch_adam(p, g, "fused")
@@ -453,10 +454,10 @@ def phase_small(rounds, log) -> dict:
     tg = [np.full_like(x, 1e-3) for x in tiny]
     f650, o650 = symopt_step(tiny, tg)
     o650.step(tg)
-    a650 = (o650._pptr, o650._gptr, *o650._state, o650._offs, o650._chunks, o650._work, o650._scal, o650._hyp,
-            o650._no_words, o650._no_steps, True)
+    a650 = kernel_frame(np.float32, (o650._pptr, o650._gptr, *o650._state, o650._offs, o650._chunks, o650._work,
+                                     o650._scal, o650._hyp, o650._no_words, o650._no_steps, True))
     k650 = o650._kernel_serial
-    r650 = measure({"step": f650, "kernel": lambda: k650(*a650)}, rounds=rounds * 2)
+    r650 = measure({"step": f650, "kernel": lambda: k650(a650)}, rounds=rounds * 2)
     out = {k: v["median"] for k, v in res.items()}
     ratios = {k: paired_ratio(res, k, "symopt") for k in res}
     log("  3 tensors 11.5k f32: " + "  ".join(f"{k} {v * 1e6:.2f} us" for k, v in out.items()))

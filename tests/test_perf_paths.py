@@ -338,7 +338,7 @@ def test_kernel_compares_the_words_before_writing(change, rng):
     hyp = opt._hyp.copy()
     hyp[:, 0] = 3
     args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, hyp)
-    nbad = opt._kernel_serial(*args, table, opt._no_steps, True)
+    nbad = opt._kernel_serial(layout.kernel_frame(opt.dtype, (*args, table, opt._no_steps, True)))
     after = [p.copy() for p in params] + [s.copy() for s in opt._state]
     if change is None:
         assert nbad == 0 and not np.array_equal(after[0], before[0])
@@ -361,8 +361,58 @@ def test_kernel_advances_the_step_counts_only_when_it_steps(nonfinite, rng):
         grads[1][2] = np.nan
     steps, hyp = np.array([7, 7]), opt._hyp.copy()
     args = (opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, hyp)
-    nbad = opt._kernel_serial(*args, opt._no_words, steps, True)
+    nbad = opt._kernel_serial(layout.kernel_frame(opt.dtype, (*args, opt._no_words, steps, True)))
     assert nbad == (1 if nonfinite else 0)
     assert steps.tolist() == ([7, 7] if nonfinite else [8, 8]) and hyp[0, 0] == (4 if nonfinite else 5)
     opt.step(grads)
     assert opt.step_counts.tolist() == ([3, 3] if nonfinite else [4, 4]) and opt.skipped_steps == int(nonfinite)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frame_twin_runs_the_flat_kernel_on_the_arrays_the_frame_names(dtype, rng):
+    """``<kernel>_frame(frame)`` (the optimizer's entry point) does exactly what the flat-ABI kernel does given the
+    arrays that ``layout.kernel_frame`` packed: same params, states, step counts and hyp rows, bit for bit."""
+    from generated import adam as module
+    params = _arrays([(4, 6), (5,)], dtype, rng)
+    grads = _arrays([(4, 6), (5,)], dtype, rng)
+    opt = symopt.optimizer(RULE, params, lr=LR)
+    opt.step(grads)
+    suffix = "f32" if dtype == np.float32 else "f64"
+    results = []
+    for twin in (True, False):
+        p = [x.copy() for x in params]
+        state = [s.copy() for s in opt._state]
+        pptr = np.array([x.ctypes.data for x in p], dtype=np.int64)
+        hyp, steps = opt._hyp.copy(), np.array([1, 1])
+        args = (pptr, opt._gptr, *state, opt._offs, opt._chunks, opt._work, opt._scal.copy(), hyp,
+                opt._no_words, steps, True)
+        if twin:
+            nbad = getattr(module, f"adam_{suffix}_frame")(layout.kernel_frame(dtype, args))
+        else:
+            nbad = getattr(module, f"adam_{suffix}")(*args)
+        results.append((nbad, p, state, hyp, steps))
+    (n1, p1, s1, h1, t1), (n2, p2, s2, h2, t2) = results
+    assert n1 == n2 == 0 and t1.tolist() == t2.tolist() == [2, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(p1 + s1 + [h1], p2 + s2 + [h2]))
+    assert not np.array_equal(p1[0], params[0])  # the step moved the copies
+
+
+def test_kernel_frame_refuses_arrays_the_kernel_cannot_read(rng):
+    """``layout.kernel_frame`` checks every array it packs (dtype, dimensions, C order, writeable where the kernel
+    writes) and the argument count, naming the argument, before anything is called."""
+    params = _arrays([(4, 6)], np.float32, rng)
+    opt = symopt.optimizer(RULE, params, lr=LR)
+    good = [opt._pptr, opt._gptr, *opt._state, opt._offs, opt._chunks, opt._work, opt._scal, opt._hyp,
+            opt._no_words, opt._steps, True]
+    frame = layout.kernel_frame(np.float32, good)
+    assert frame.dtype == np.int64 and frame[0] == opt._pptr.ctypes.data and frame[-1] == 1
+    ro = opt._scal.copy()
+    ro.flags.writeable = False
+    for i, bad, what in [(2, opt._state[0].astype(np.float64), "state 0"), (2, opt._state[0][::2], "state 0"),
+                         (5, opt._chunks.ravel(), "chunks"), (7, ro, "scal"), (1, list(opt._gptr), "gptr")]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError, match=what):
+            layout.kernel_frame(np.float32, args)
+    with pytest.raises(TypeError, match="got 3 arguments"):
+        layout.kernel_frame(np.float32, [opt._pptr, opt._gptr, 1])

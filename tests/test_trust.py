@@ -281,7 +281,7 @@ def test_planted_numba_index_is_never_unpickled(kernel_folder, tmp_path, how):
 
 
 def test_planted_index_of_a_builtin_kernel_is_never_unpickled(tmp_path):
-    """A world-writable index of adam's float64 kernel in a NUMBA_CACHE_DIR of this user; a new process
+    """A world-writable index of adam's float64 kernel (its frame twin) in a NUMBA_CACHE_DIR of this user; a new process
     steps adam (the rest of the cache is copied from the checkout's, so only that kernel compiles)."""
     from numba.core.caching import _CacheLocator
     from symopt.generated import adam
@@ -292,8 +292,8 @@ def test_planted_index_of_a_builtin_kernel_is_never_unpickled(tmp_path):
     os.chmod(numba_dir, 0o700)
     for f in (Path(adam.__file__).parent / "__pycache__").glob("adam.adam_*.nb[ic]"):
         shutil.copy(f, sub)
-    line = adam.adam_f64.py_func.__code__.co_firstlineno
-    index = sub / f"adam.adam_f64-{line}.py{sys.version_info[0]}{sys.version_info[1]}{sys.abiflags}.nbi"
+    line = adam.adam_f64_frame.py_func.__code__.co_firstlineno   # the optimizer's entry point
+    index = sub / f"adam.adam_f64_frame-{line}.py{sys.version_info[0]}{sys.version_info[1]}{sys.abiflags}.nbi"
     canary = tmp_path / "canary"
     index.write_bytes(pickle.dumps(_Canary(str(canary))) + pickle.dumps(("stamp", {})))
     os.chmod(index, 0o666)

@@ -309,7 +309,10 @@ class Optimizer:
         self._grads_seen: dict = {}  # step(): tuple of grad addresses that passed -> its address table
         self._checked_at: set = set()  # step_at(): tuples of addresses that passed
         self._gptr_scratch = self._gptr  # the table the thorough paths write (the kept ones stay intact)
-        self._serial_args: dict = {}  # _step_all(): id of an address table -> the serial kernel's arguments
+        # The kernels' arguments as frames (layout.kernel_frame), by the ids of the arrays that differ between calls:
+        # key -> (argument tuple, frame); each entry keeps its arrays alive, so an id in a key is never reused
+        self._calls: dict = {}
+        self._last_call = (None,) * 6  # _step_all(): (address table, words, workers, check, kernel, its call)
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -327,7 +330,6 @@ class Optimizer:
         self._watch = (None, None)
         self._no_words = np.zeros((2, 0), dtype=np.int64)  # a kernel's words table when there is nothing to compare
         self._no_steps = np.zeros(0, dtype=np.int64)  # a kernel's step counts when it is not to advance them
-        self._fast_args = None  # _step_all(): the serial kernel's argument tuple with the words table of _watch
         self.parallel_threshold = PARALLEL_THRESHOLD_BYTES // self.dtype.itemsize
         # Params back to back in one buffer (symopt.flat): then the kernel steps one segment per
         # group over "tensor 0" at the buffer's address, when the grads lie back to back too.
@@ -402,9 +404,9 @@ class Optimizer:
         # the per-tensor matrix states of a preconditioned rule (runtime/preconditioned.py)
         self._matrix_state = getattr(self._matrix, "state", None)
         self._matrix_reset = getattr(self._matrix, "reset", None)
-        if self._matrix is None:
-            self._kernel_serial = getattr(mod, f"{prefix}_{suffix}")
-            self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel")
+        if self._matrix is None:  # the flat-ABI kernels' twins that take their arguments as one frame
+            self._kernel_serial = getattr(mod, f"{prefix}_{suffix}_frame")
+            self._kernel_parallel = getattr(mod, f"{prefix}_{suffix}_parallel_frame")
         else:
             self._kernel_serial = self._kernel_parallel = None
             self._flat = None
@@ -774,41 +776,34 @@ class Optimizer:
         self._hyp_t = t
         nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         check = self.on_nonfinite != "ignore"
-        if nworkers > 1:
-            table = self._tables.get((nworkers, False, None))
-            if table is None:  # the first threaded step with this many threads plans the table
-                if words is not None:
-                    return True  # checked in full first (then stepped here again)
-                return self._step(None)
-            kernel = self._kernel_parallel
-            kargs = (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp,
-                     self._no_words if words is None else words, self._steps, check)
-        elif words is not None:
-            # the serial kernel's whole argument tuple with the words to compare, kept: a call with one tuple
-            # and nothing added hands numba that tuple as it is
-            kernel = self._kernel_serial
-            kargs = self._fast_args
-            if kargs is None or kargs[1] is not self._gptr or kargs[-3] is not words or kargs[-1] is not check:
-                kargs = self._fast_args = (self._pptr, self._gptr, *self._state, self._offs, self._chunks,
-                                           self._work, self._scal, self._hyp, words, self._steps, check)
+        # the kernel and its arguments as one frame: the last call's again, else kept per worker count, address
+        # table and words table (each entry holds what it names, so an id in a key is never another object's)
+        last = self._last_call
+        if last[0] is self._gptr and last[1] is words and last[2] == nworkers and last[3] is check:
+            kernel, call = last[4], last[5]
         else:
-            # the same without words, kept per address table (grads passed in turn)
-            gptr = self._gptr
-            kernel = self._kernel_serial
-            kargs = self._serial_args.get(id(gptr))
-            if kargs is None or kargs[1] is not gptr or kargs[-1] is not check:
-                if len(self._serial_args) >= 16:
-                    self._serial_args.clear()
-                kargs = self._serial_args[id(gptr)] = (self._pptr, gptr, *self._state, self._offs, self._chunks,
-                                                       self._work, self._scal, self._hyp, self._no_words, self._steps,
-                                                       check)
+            call = self._calls.get((nworkers, id(self._gptr), id(words), check))
+            if call is None:
+                if nworkers > 1:
+                    table = self._tables.get((nworkers, False, None))
+                    if table is None:  # the first threaded step with this many threads plans the table
+                        if words is not None:
+                            return True  # checked in full first (then stepped here again)
+                        return self._step(None)
+                else:
+                    table = (self._chunks, self._work)
+                call = self._call((nworkers, id(self._gptr), id(words), check),
+                                  (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp,
+                                   self._no_words if words is None else words, self._steps, check))
+            kernel = self._kernel_parallel if nworkers > 1 else self._kernel_serial
+            self._last_call = (self._gptr, words, nworkers, check, kernel, call)
         # the kernel advances _steps and the rows' t when it steps (not on -2, -1 or NaN/inf grads found)
-        nbad = kernel(*kargs)
+        nbad = kernel(call[1])
         if nbad:
             if nbad == -2:  # a word of the grads or params changed: nothing was written
                 return True
             if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
-                nbad = self._python_scalars(t, kernel, kargs[:-4])
+                nbad = self._python_scalars(t, kernel, call[0][:-4])
                 if not nbad:
                     self._steps.fill(t)
                     self._t_all = t
@@ -834,7 +829,16 @@ class Optimizer:
         Python scalar function (which raises ``ZeroDivisionError``, ``ValueError``... where the compiled one gave
         NaN/inf, before anything is written): the kernel's count of NaN/inf grads."""
         self._scalar_rows(t)
-        return kernel(*kargs, self._no_hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
+        args = (*kargs, self._no_hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
+        return kernel(layout.kernel_frame(self.dtype, args))
+
+    def _call(self, key, args) -> tuple:
+        """``(args, frame)`` for a kernel call with arguments ``args`` (layout.kernel_frame), kept under ``key`` (ids
+        of the arrays that vary between calls, each kept alive by the entry)."""
+        if len(self._calls) >= 32:
+            self._calls.clear()
+        call = self._calls[key] = (args, layout.kernel_frame(self.dtype, args))
+        return call
 
     def _scalar_rows(self, t) -> None:
         """Write each group's per-step scalars at step ``t`` into its row of ``_scal`` (the Python scalar
@@ -906,10 +910,15 @@ class Optimizer:
         if self._matrix is not None:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
-            kargs = (ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal)
-            nbad = kernel(*kargs, hyp, self._no_words, self._no_steps, self.on_nonfinite != "ignore")
+            check = self.on_nonfinite != "ignore"
+            key = (id(ptrs[0]), id(ptrs[1]), id(chunks), id(work), id(scal), id(hyp), check)
+            call = self._calls.get(key)
+            if call is None:
+                call = self._call(key, (ptrs[0], ptrs[1], *self._state, ptrs[2], chunks, work, scal, hyp,
+                                        self._no_words, self._no_steps, check))
+            nbad = kernel(call[1])
             if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
-                nbad = self._python_scalars(t, kernel, kargs)
+                nbad = self._python_scalars(t, kernel, call[0][:-4])
         if nbad:
             return self._nonfinite(nbad)
         if active is None and t0 >= 0:

@@ -21,8 +21,8 @@ the same module, checked as :func:`symopt.optimizer` checks them.  ``step``,
 * inside ``@numba.njit`` code (as a global or an argument) numba types them as the generated
   function itself (:func:`_typeof_checked` registers that): no checks, ``check`` required;
 * called from Python they check their arrays and scalars first (the optimizer's errors) and
-  run the module's flat-ABI kernels on the one tensor -- the very compiled code that
-  ``symopt.optimizer`` runs, so nothing more is compiled -- with ``check=True`` by default
+  run the module's flat-ABI kernels (their ``_frame`` twins) on the one tensor -- the very compiled
+  code that ``symopt.optimizer`` runs, so nothing more is compiled -- with ``check=True`` by default
   (a NaN/inf raises :class:`~symopt.runtime.optimizer.NonFiniteGradientError`).
 
 Everything stays in the one generated module and numba's cache of it; a user's njit
@@ -181,7 +181,8 @@ class RuleKernel:
         self.tensor_scalars = (CheckedFunction(getattr(module, f"{prefix}_tensor_scalars_{suffix}"), self,
                                                "tensor_scalars") if self.has_reduction else None)
         # What the Python calls run: the flat-ABI kernels that symopt.optimizer runs.
-        self._kernels = (getattr(module, f"{prefix}_{suffix}"), getattr(module, f"{prefix}_{suffix}_parallel"))
+        # the flat-ABI kernels' frame twins: the optimizer's very entry points
+        self._kernels = (getattr(module, f"{prefix}_{suffix}_frame"), getattr(module, f"{prefix}_{suffix}_parallel_frame"))
         self._reduce = ((getattr(module, f"{info['reduce']['kernel']}_{suffix}"),
                          getattr(module, f"{info['reduce']['kernel']}_{suffix}_parallel"))
                         if self.has_reduction else None)
@@ -248,8 +249,9 @@ class RuleKernel:
             if check is None:
                 return ext[0]
             scal = ext
-        return self._kernels[parallel](pptr, gptr, *flat, offs, chunks, work, scal, np.empty((0, 1)),
-                                         np.empty((2, 0), dtype=np.int64), np.empty(0, dtype=np.int64), check)
+        args = (pptr, gptr, *flat, offs, chunks, work, scal, np.empty((0, 1)), np.empty((2, 0), dtype=np.int64),
+                np.empty(0, dtype=np.int64), bool(check))
+        return self._kernels[parallel](layout.kernel_frame(self.dtype, args))  # args live until it returns
 
     # ------------------------------------------------------------------ checks
     def _check_scalars(self, scalars, where: str) -> tuple:
