@@ -390,11 +390,13 @@ def _flat_kernel_run(kernel, dtype, params, grads, states, segments, nworkers, c
     return nbad, params, states, steps, hyp[0, 0]
 
 
-def check_one_region(dtype, nworkers, seed=5) -> None:
+def check_one_region(dtype, nworkers, seed=5, repeat=4) -> None:
     """The threaded adam kernel (one parallel region: claimed scan tasks, a barrier, the update) against the
     serial one, at the current numba thread count, over a table planned for ``nworkers`` workers: bit for bit
     equal without NaN/inf; with a NaN or inf in the first, a middle or the last worker's rows, it returns the
-    count and writes nothing (params, states, step counts, the hyp row's t as they were)."""
+    count and writes nothing (params, states, step counts, the hyp row's t as they were), ``repeat`` times
+    each: a barrier that let a worker update before every scan task was done writes in most calls on 2 free
+    cores (1e6 elements: the threads' scans overlap)."""
     from symopt.runtime import kernels
 
     mod = kernels.load_builtin(RULE)
@@ -418,10 +420,11 @@ def check_one_region(dtype, nworkers, seed=5) -> None:
         j, lo, hi, _ = chunks[work[w]]
         g = [x.copy() for x in grads]
         g[j][(lo + hi) // 2] = bad
-        nbad, p, s, steps, t = _flat_kernel_run(threaded, dtype, params, g, states, segments, nworkers, True)
-        assert nbad == 1, (w, nbad)
-        assert all(np.array_equal(a, b) for a, b in zip(p + s, params + states)), f"worker {w}: written"
-        assert steps.tolist() == [2, 2, 2] and t == 3.0
+        for _ in range(repeat):
+            nbad, p, s, steps, t = _flat_kernel_run(threaded, dtype, params, g, states, segments, nworkers, True)
+            assert nbad == 1, (w, nbad)
+            assert all(np.array_equal(a, b) for a, b in zip(p + s, params + states)), f"worker {w}: written"
+            assert steps.tolist() == [2, 2, 2] and t == 3.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
