@@ -12,7 +12,9 @@
 2. The fixed cost of ``step()``: 2 tensors, 650 float32 elements, the median over rounds of
    (step time - time of the bare compiled kernel call on the same arrays).  Target <= 2 us.
 3. Thread wake-up: a ``prange`` loop over a few elements against the same loop serial (one
-   fork/join); a checked threaded step runs two parallel regions (the scan, then the update).
+   fork/join).  A threaded step is one parallel region, checked or not (the checked one scans the
+   grads, meets at a barrier, then updates): the checked threaded step over the unchecked one,
+   Adam float32 at n = 262144 (twice the thread threshold), as a ratio and in reads of the grad.
 4. Warm start: a fresh process with warm caches (numba's, Python's bytecode) imports symopt, builds
    Adam, steps once (median of 9 processes; target <= 0.5 s, no SymPy), each phase's time in the child
    (numpy, numba, symopt imports, build, first step), and the imports that take longest
@@ -41,6 +43,8 @@ SIZES = (10 ** 4, 10 ** 5, 10 ** 6)
 TARGET = {10 ** 4: 1.5, 10 ** 5: 1.3, 10 ** 6: 1.15}
 FIXED_TARGET_US = 2.0
 WARM_TARGET_S = 0.5
+#: Size of the checked/unchecked threaded step of target 3: just above the thread threshold (float32).
+ONE_REGION_N = 262144
 
 
 def _serial(fn):
@@ -51,15 +55,6 @@ def _serial(fn):
 @numba.njit(parallel=True)
 def _fork_join(x):
     """One parallel region doing (almost) nothing: one element per thread."""
-    for i in numba.prange(x.shape[0]):
-        x[i] += 1.0
-
-
-@numba.njit(parallel=True)
-def _fork_join_twice(x):
-    """Two such regions back to back, as a checked threaded step runs them (the scan, then the update)."""
-    for i in numba.prange(x.shape[0]):
-        x[i] += 1.0
     for i in numba.prange(x.shape[0]):
         x[i] += 1.0
 
@@ -161,19 +156,36 @@ def fixed_cost(suite, rounds: int, log) -> dict:
 
 def wake_up(suite, rounds: int, log) -> dict:
     """Target 3: one fork/join of numba's threads (prange over one element per thread, minus the serial loop),
-    and what a second region right after the first costs (a checked threaded step runs two)."""
+    and what the check adds to a threaded step, which is one parallel region either way: Adam float32 at
+    ``ONE_REGION_N`` elements, checked over unchecked (median of per-round ratios), the difference (median of
+    per-round differences) and that difference in reads of the grad (the faster of a serial and a ``prange``
+    read, same round)."""
     x = np.zeros(max(2, symopt.get_num_threads()))
     serial = _serial(_fork_join)
-    res = suite.measure({"prange": lambda: _fork_join(x), "twice": lambda: _fork_join_twice(x),
-                         "serial": lambda: serial(x)}, rounds=rounds * 2, budget=4.0)
+    rng = np.random.default_rng(9)
+    p = rng.standard_normal(ONE_REGION_N).astype(np.float32)
+    g = (rng.standard_normal(ONE_REGION_N) * 1e-3).astype(np.float32)
+    opt_i = symopt.optimizer("adam", [p.copy()], on_nonfinite="ignore")
+    opt_c = symopt.optimizer("adam", [p.copy()])
+    threaded = ONE_REGION_N >= opt_c.parallel_threshold and symopt.get_num_threads() > 1
+    read_serial = _serial(suite._read_once)
+    res = suite.measure({"prange": lambda: _fork_join(x), "serial": lambda: serial(x),
+                         "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
+                         "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
+                        rounds=rounds * 2, budget=6.0)
     s = {k: np.array(v["samples"]) for k, v in res.items()}
     cost, best = float(np.median(s["prange"] - s["serial"])), res["prange"]["min"] - res["serial"]["min"]
-    second = float(np.median(s["twice"] - s["prange"]))
-    log(f"  one fork/join of {symopt.get_num_threads()} threads: {cost * 1e6:.2f} us (median), {best * 1e6:.2f} us "
-        f"(difference of the minimums); a second region right after it: {second * 1e6:.2f} us (median); "
-        f"a checked threaded step runs 2 parallel regions, an unchecked one 1")
-    return {"fork_join": cost, "fork_join_min": best, "second": second, "threads": symopt.get_num_threads(),
-            "layer": numba.threading_layer()}
+    read = np.minimum(s["read prange"], s["read serial"])
+    out = {"fork_join": cost, "fork_join_min": best, "threads": symopt.get_num_threads(),
+           "layer": numba.threading_layer(), "n": ONE_REGION_N, "threaded": threaded,
+           "check_ratio": float(np.median(s["check"] / s["ignore"])),
+           "check_us": float(np.median(s["check"] - s["ignore"])) * 1e6,
+           "check_reads": float(np.median((s["check"] - s["ignore"]) / read))}
+    log(f"  one fork/join of {out['threads']} threads: {cost * 1e6:.2f} us (median), {best * 1e6:.2f} us "
+        f"(difference of the minimums); a threaded step is one parallel region, checked or not; "
+        f"Adam float32 n={ONE_REGION_N} ({'threaded' if threaded else 'serial'}): checked/unchecked "
+        f"{out['check_ratio']:.2f}x, +{out['check_us']:.1f} us = {out['check_reads']:.2f} grad reads")
+    return out
 
 
 #: The warm start, timed in the child by phase; the child's clock times (``begin``, ``ready``: after the step) split
@@ -287,8 +299,10 @@ def report(res) -> str:
           f"| one fork/join of {w['threads']} threads ({w['layer']}) | {w['fork_join'] * 1e6:.2f} µs median, "
           f"{w['fork_join_min'] * 1e6:.2f} µs best | "
           "one per unchecked threaded step |",
-          f"| a second parallel region right after the first (the checked threaded step's update after its scan) | "
-          f"{w['second'] * 1e6:.2f} µs median | one region per step, or this cost reported |",
+          f"| the check in a threaded step (Adam f32, n = {w['n']}, "
+          f"{'threaded' if w['threaded'] else 'serial: one thread'}; one parallel region: scan, barrier, update), "
+          f"checked over unchecked | {w['check_ratio']:.2f}×, +{w['check_us']:.1f} µs = {w['check_reads']:.2f} "
+          f"grad reads (medians) | one region per step; the check ≤ one read |",
           f"| warm start: fresh process, import + Adam + one step | {s['seconds']:.2f} s median of {s['runs']} "
           f"(best {s['best']:.2f} s, bare python {s['python']:.2f} s): launch to the step done {s['ready']:.2f} s "
           f"(best {s['ready_best']:.2f} s), the exit after it {s['exit']:.2f} s; SymPy imported: {s['sympy']} | "

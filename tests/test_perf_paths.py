@@ -416,3 +416,105 @@ def test_kernel_frame_refuses_arrays_the_kernel_cannot_read(rng):
             layout.kernel_frame(np.float32, args)
     with pytest.raises(TypeError, match="got 3 arguments"):
         layout.kernel_frame(np.float32, [opt._pptr, opt._gptr, 1])
+
+
+#: Tensor sizes of the one-region tests: cut into 2 or 4 workers' row ranges, across tensor boundaries.
+ONE_REGION_SIZES = (300000, 5, 700000)
+
+
+def _flat_kernel_run(kernel, dtype, params, grads, states, segments, nworkers, check):
+    """Copies of ``params``/``states`` after one call of the flat ``kernel`` over a table planned for
+    ``nworkers`` workers, with the step counts and the hyp row's t it leaves, and its return value."""
+    params = [p.copy() for p in params]
+    states = [s.copy() for s in states]
+    chunks, work = layout.plan_rows(segments, nworkers)
+    assert len(work) == nworkers + 1
+    offs = np.cumsum([0] + [p.size for p in params[:-1]]).astype(np.int64)
+    pptr = np.array([p.ctypes.data for p in params], dtype=np.int64)
+    gptr = np.array([g.ctypes.data for g in grads], dtype=np.int64)
+    # adam's hyp row: t, lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay
+    hyp = np.array([[3.0, LR, B1, B2, EPS, 0.0, 0.0, 0.0]])
+    steps = np.full(len(params), 2, dtype=np.int64)
+    nbad = kernel(pptr, gptr, *states, offs, chunks, work, np.empty((1, 10)), hyp,
+                  np.zeros((2, 0), dtype=np.int64), steps, check)
+    return nbad, params, states, steps, hyp[0, 0]
+
+
+def check_one_region(dtype, nworkers, seed=5, repeat=4) -> None:
+    """The threaded adam kernel (one parallel region: claimed scan tasks, a barrier, the update) against the
+    serial one, at the current numba thread count, over a table planned for ``nworkers`` workers: bit for bit
+    equal without NaN/inf; with a NaN or inf in the first, a middle or the last worker's rows, it returns the
+    count and writes nothing (params, states, step counts, the hyp row's t as they were), ``repeat`` times
+    each: a barrier that let a worker update before every scan task was done writes in most calls on 2 free
+    cores (1e6 elements: the threads' scans overlap)."""
+    from symopt.runtime import kernels
+
+    mod = kernels.load_builtin(RULE)
+    suffix = "f32" if dtype == np.float32 else "f64"
+    serial, threaded = getattr(mod, f"adam_{suffix}"), getattr(mod, f"adam_{suffix}_parallel")
+    rng = np.random.default_rng(seed)
+    params = _arrays(ONE_REGION_SIZES, dtype, rng)
+    grads = _arrays(ONE_REGION_SIZES, dtype, rng, scale=1e-2)
+    total = sum(ONE_REGION_SIZES)
+    states = [(rng.standard_normal(total) * 1e-2).astype(dtype), (rng.random(total) * 1e-4).astype(dtype)]
+    segments = [(j, 0, n, 0) for j, n in enumerate(ONE_REGION_SIZES)]
+    want = _flat_kernel_run(serial, dtype, params, grads, states, segments, 1, True)
+    assert want[0] == 0 and want[3].tolist() == [3, 3, 3] and want[4] == 4.0
+    for check in (True, False):
+        got = _flat_kernel_run(threaded, dtype, params, grads, states, segments, nworkers, check)
+        assert got[0] == 0 and got[3].tolist() == [3, 3, 3] and got[4] == 4.0
+        for a, b in zip(got[1] + got[2], want[1] + want[2]):
+            assert np.array_equal(a, b)
+    chunks, work = layout.plan_rows(segments, nworkers)
+    for w, bad in ((0, np.nan), (nworkers // 2, np.inf), (nworkers - 1, np.nan)):
+        j, lo, hi, _ = chunks[work[w]]
+        g = [x.copy() for x in grads]
+        g[j][(lo + hi) // 2] = bad
+        for _ in range(repeat):
+            nbad, p, s, steps, t = _flat_kernel_run(threaded, dtype, params, g, states, segments, nworkers, True)
+            assert nbad == 1, (w, nbad)
+            assert all(np.array_equal(a, b) for a, b in zip(p + s, params + states)), f"worker {w}: written"
+            assert steps.tolist() == [2, 2, 2] and t == 3.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threaded_checked_step_is_serial_bit_for_bit_and_writes_nothing_on_nan(dtype):
+    """Workers as threads, and more workers than threads (one thread runs every prange iteration: its
+    first claims every scan task, so the barrier never waits on an iteration that has not started)."""
+    before = symopt.get_num_threads()
+    try:
+        for nthreads in sorted({1, min(2, symopt.runtime.threads.max_threads())}):
+            symopt.set_num_threads(nthreads)
+            for nworkers in (2, 4):
+                check_one_region(dtype, nworkers)
+    finally:
+        symopt.set_num_threads(before)
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_threaded_checked_step_under_each_threading_layer(layer):
+    """The same in a fresh process under numba's ``workqueue`` and ``omp`` threading layers (float32,
+    2 and 4 workers, all threads and one), with a timeout: a barrier that deadlocks fails here."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numba, numpy as np
+        import symopt, test_perf_paths
+        try:
+            for nthreads in sorted({{1, min(2, numba.config.NUMBA_NUM_THREADS)}}):
+                numba.set_num_threads(nthreads)
+                for nworkers in (2, 4):
+                    test_perf_paths.check_one_region(np.float32, nworkers)
+        except ValueError as exc:
+            if "threading layer" in str(exc):
+                print("unavailable:", exc)
+                raise SystemExit(0)
+            raise
+        print("layer", numba.threading_layer())
+    """)
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.startswith("unavailable"):
+        pytest.skip(f"numba's {layer} threading layer cannot be loaded here: {out.stdout.strip()}")
+    assert out.stdout.split() == ["layer", layer]

@@ -27,7 +27,7 @@ dtypes and array constructors the templates write, ``numba.njit``/``carray``/``p
 the ``np.``/``math.``/``torch.``/``jnp.`` functions the function registry's printers write, SciPy's
 ``syrk``/``gemm``); of anything else (a local, an item, an expression) only
 :data:`VALUE_ATTRIBUTES` (``x.shape``, ``params[0].dtype``, the LLVM builder calls of the
-pointer intrinsics, ``errors.append``), and an array argument's address ``x.ctypes.data``.  So even a sanitizer bug, or a file planted in a
+pointer and atomic intrinsics, ``errors.append``), and an array argument's address ``x.ctypes.data``.  So even a sanitizer bug, or a file planted in a
 cache, could not reach ``__import__``, ``eval``, ``open``, ``x.__class__``,
 ``numba.core.config.os.system`` or ``np.load``.
 """
@@ -86,10 +86,12 @@ MODULE_ATTRIBUTES = {
     "special": frozenset(_registry_calls("special")),
 }
 #: Attributes of locals generated code uses: array shapes, the LLVM builder and context of the
-#: pointer intrinsics, the list of constraint messages, element counts of the one-tensor steps and
+#: pointer and atomic intrinsics (an array's data pointer in LLVM IR), the list of constraint messages, element counts of the one-tensor steps and
 #: the matrix rules' workspace views.  They may be taken of any expression that is not a module
 #: (``params[0].dtype``, ``scal[0].to(dt)``): none of them reaches code.
 VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size",
+                              # the atomic intrinsics of the threaded kernels' barrier (LLVM IR)
+                              "make_array", "data", "gep", "atomic_rmw", "load_atomic",
                               # tensors and arrays of the array backends
                               "dtype", "to", "numel", "device",
                               # the matrix rules of the array backends: a transpose, a 0-d tensor like scal
@@ -97,6 +99,7 @@ VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", 
 _ALLOWED_NODES = (
     ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.Return, ast.If, ast.For,
     ast.Expr, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
+    ast.While, ast.Break,
     ast.IfExp, ast.Subscript, ast.Slice, ast.Tuple, ast.List, ast.Dict, ast.Constant, ast.Load, ast.Store,
     ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context, ast.Pass,
 )
