@@ -65,7 +65,7 @@ MODULE_ATTRIBUTES = {
     "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e", "prod"} | _registry_calls("math")),
     "numba": frozenset({"njit", "carray", "prange"}),
     "types": frozenset({"CPointer", "float32", "float64", "int32", "int64",
-                        # the array views of the optimizer modules (templates/_util.jinja array_views)
+                        # the array view of the optimizer modules (templates/_util.jinja array_view)
                         "Array", "UniTuple", "intp"}),
     "intrinsic": frozenset(),
     # the matrix rules' BLAS: symmetric rank-k products and general products (matrix_module template)
@@ -94,8 +94,9 @@ MODULE_ATTRIBUTES = {
 VALUE_ATTRIBUTES = frozenset({"shape", "bitcast", "inttoptr", "get_value_type", "append", "reshape", "size",
                               # the atomic intrinsics of the threaded kernels' barrier (LLVM IR)
                               "make_array", "data", "gep", "atomic_rmw", "load_atomic",
-                              # the array views: an array struct filled in LLVM IR (templates/_util.jinja)
-                              "get_constant", "populate_array", "make_tuple", "mul", "_getvalue",
+                              # the array view: an array struct filled in LLVM IR (templates/_util.jinja)
+                              "get_constant", "populate_array", "make_tuple", "mul", "extract_value", "_getvalue",
+                              "count", "bitwidth",
                               # tensors and arrays of the array backends
                               "dtype", "to", "numel", "device",
                               # the matrix rules of the array backends: a transpose, a 0-d tensor like scal

@@ -294,7 +294,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "element_args": [f"{src[s]}[i]" for s in arrays] + scalar_args,
                 "doc": docstring_text(f"One {rule.name} step over every tensor, {dtype}"
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
-                "view": f"_array_{suffix}", "frame": _frame_unpack(f"_array_{suffix}", len(plan.state)),
+                "frame": _frame_unpack(f"np.{dtype}", len(plan.state)),
             })
             steps.append({
                 "name": f"{prefix}_step_{suffix}" + ("_parallel" if parallel else ""),
@@ -317,20 +317,21 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     }
 
 
-#: The arrays of the flat-ABI kernels around the state buffers, as a frame holds them: the view intrinsic
-#: (templates/_util.jinja array_views), dimensions (runtime/layout.py kernel_frame writes the frame: each
-#: array's address then its shape, then check).
-_FRAME_HEAD = (("_array_i64", 1), ("_array_i64", 1))                       # pptr, gptr
-_FRAME_TAIL = (("_array_i64", 1), ("_matrix_i64", 2), ("_array_i64", 1),   # offs, chunks, work
-               ("_matrix_f64", 2), ("_matrix_f64", 2), ("_matrix_i64", 2), ("_array_i64", 1))  # scal, hyp, words, steps
+#: The arrays of the flat-ABI kernels around the state buffers, as a frame holds them: dtype, dimensions
+#: (runtime/layout.py kernel_frame writes the frame: each array's address then its shape, then check).
+_FRAME_HEAD = (("np.int64", 1), ("np.int64", 1))                            # pptr, gptr
+_FRAME_TAIL = (("np.int64", 1), ("np.int64", 2), ("np.int64", 1),           # offs, chunks, work
+               ("np.float64", 2), ("np.float64", 2), ("np.int64", 2), ("np.int64", 1))  # scal, hyp, words, steps
 
 
-def _frame_unpack(view: str, nstate: int) -> list:
+def _frame_unpack(dtype: str, nstate: int) -> list:
     """The arguments of a flat-ABI kernel read back from its frame, as its ``_frame`` twin passes them:
-    ``<view>(frame[i], frame[i + 1], ...)`` per array (address, shape), then ``frame[k] != 0`` for check."""
+    ``_view(frame[i], (frame[i + 1], ...), <dtype>)`` per array (address, shape; the state buffers of
+    ``dtype``), then ``frame[k] != 0`` for check."""
     out, i = [], 0
-    for fn, ndim in (*_FRAME_HEAD, *[(view, 1)] * nstate, *_FRAME_TAIL):
-        out.append(f"{fn}(" + ", ".join(f"frame[{i + d}]" for d in range(ndim + 1)) + ")")
+    for dt, ndim in (*_FRAME_HEAD, *[(dtype, 1)] * nstate, *_FRAME_TAIL):
+        shape = ", ".join(f"frame[{i + 1 + d}]" for d in range(ndim)) + ("," if ndim == 1 else "")
+        out.append(f"_view(frame[{i}], ({shape}), {dt})")
         i += 1 + ndim
     out.append(f"frame[{i}] != 0")
     return out
