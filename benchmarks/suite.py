@@ -737,6 +737,7 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
         return x + 1
     _warm(1)                                           # numba's own first-compile start-up, not timed
     from symopt.runtime import kernels
+    from symopt.runtime.layout import kernel_frame
     PACKED = re.compile(r"\bv(?:sqrt|div|mul|add|sub|fn?m(?:add|sub)\d*|max|min)p[sd]\b[^\n]*%([xyz])mm")
     SCALAR = re.compile(r"\bv(?:sqrt|div|mul|add|sub|fn?m(?:add|sub)\d*|max|min)s[sd]\b")
     for name in sys.argv[1:]:
@@ -746,8 +747,10 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
                 z = np.zeros(0, np.int64)
                 head = (z, z, *[np.zeros(0, dt) for _ in v["state"]], z, np.zeros((0, 4), np.int64))
                 scal = np.zeros((1, max(1, v["nscalars"])))
-                kinds = [(v["prefix"] + "_" + suffix + par, head + (np.zeros(2, np.int64), scal, True))
-                         for par in ("", "_parallel")]
+                # the flat kernels' frame twins (what the optimizer compiles), on empty tables
+                frame = kernel_frame(dt, head + (np.zeros(2, np.int64), scal, np.zeros((0, 1)),
+                                                 np.zeros((2, 0), np.int64), z, True))
+                kinds = [(v["prefix"] + "_" + suffix + par + "_frame", (frame,)) for par in ("", "_parallel")]
                 red = v.get("reduce")
                 if red is not None:          # reduction passes: (..., chunks, scal, ext), no work table
                     ext = np.zeros((0, v["nscalars"] + red["ntensor"]))

@@ -36,10 +36,11 @@ __all__ = ["Optimizer", "NonFiniteGradientError", "save", "load"]
 _DTYPE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: Bytes of params updated by one step from which the threaded kernel is used (when numba has
 #: >1 thread); an optimizer's ``opt.parallel_threshold`` (elements) starts at this over its itemsize
-#: (131072 float32, 65536 float64).  From the serial/threaded crossover that ``symopt bench``
-#: measures as the median of per-round serial/threaded ratios (benchmarks/results.md, section 6):
-#: below it, waking the threads costs more than they save.
-PARALLEL_THRESHOLD_BYTES = 1 << 19
+#: (98304 float32, 49152 float64).  From the serial/threaded crossover measured as the median of
+#: per-round serial/threaded ratios (benchmarks/results.md, section 6; docs/performance.md, Threads):
+#: between 256 and 512 KiB of params for both dtypes; below it, waking the threads costs more than
+#: they save.
+PARALLEL_THRESHOLD_BYTES = 3 << 17
 ON_NONFINITE = ("raise", "skip", "ignore")
 #: The keys of a param group that are not hyperparameters: its params, the rule it names
 #: (``{"params": [...], "rule": "adamw", "lr": 3e-4}``: runtime/grouped.py steps such groups), and
