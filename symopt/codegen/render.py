@@ -268,7 +268,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     targets = ", ".join(f"{src[s]}[i]" for s in [rule.param, *plan.state]) + ("," if not plan.state else "")
     kernels, elements, steps = [], [], []
     helpers: set = set()  # vectorizable math helpers the kernels call (templates/_vecmath.jinja)
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, _, itemsize in _DTYPES:
         pr = KernelPrinter(elem_names, dtype, vector_math=True)
         element = f"{prefix}_element_{suffix}"
         elements.append({
@@ -286,7 +286,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
         for parallel in (False, True):
             name = f"{prefix}_{suffix}" + ("_parallel" if parallel else "")
             kernels.append({
-                "name": name, "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "parallel": parallel,
+                "name": name, "dtype": dtype, "itemsize": itemsize, "parallel": parallel,
                 "range": "numba.prange" if parallel else "range",
                 "ctor": pr.ctor, "zero": pr.const(0),
                 "scalar_loads": [(f"s{i}", i) for i in range(nloads)],
@@ -511,12 +511,12 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
             "finalize_stores": [(col_of[s], fp.doprint(e)) for s, e in st.tensor_outputs],
         })
     kernels = []
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, _, itemsize in _DTYPES:
         pr = KernelPrinter({}, dtype)
         for parallel in (False, True):
             kernels.append({
                 "name": f"{prefix}_reduce_{suffix}" + ("_parallel" if parallel else ""),
-                "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "parallel": parallel,
+                "dtype": dtype, "itemsize": itemsize, "parallel": parallel,
                 "range": "numba.prange" if parallel else "range", "ctor": pr.ctor,
                 "stages": kernel_stages[suffix],
                 "doc": docstring_text(f"Reduction passes of {rule.name}, {dtype}"

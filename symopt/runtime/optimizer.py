@@ -783,7 +783,8 @@ class Optimizer:
         if last[0] is self._gptr and last[1] is words and last[2] == nworkers and last[3] is check:
             kernel, call = last[4], last[5]
         else:
-            call = self._calls.get((nworkers, id(self._gptr), id(words), check))
+            key = (nworkers, id(self._gptr), id(words), check)
+            call = self._calls.get(key)
             if call is None:
                 if nworkers > 1:
                     table = self._tables.get((nworkers, False, None))
@@ -793,9 +794,8 @@ class Optimizer:
                         return self._step(None)
                 else:
                     table = (self._chunks, self._work)
-                call = self._call((nworkers, id(self._gptr), id(words), check),
-                                  (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal, self._hyp,
-                                   self._no_words if words is None else words, self._steps, check))
+                call = self._call(key, (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal,
+                                        self._hyp, self._no_words if words is None else words, self._steps, check))
             kernel = self._kernel_parallel if nworkers > 1 else self._kernel_serial
             self._last_call = (self._gptr, words, nworkers, check, kernel, call)
         # the kernel advances _steps and the rows' t when it steps (not on -2, -1 or NaN/inf grads found)
