@@ -14,7 +14,7 @@
 3. Thread wake-up: a ``prange`` loop over a few elements against the same loop serial (one
    fork/join).  A threaded step is one parallel region, checked or not (the checked one scans the
    grads, meets at a barrier, then updates): the checked threaded step over the unchecked one,
-   Adam float32 at n = 262144 (twice the thread threshold), as a ratio and in reads of the grad.
+   Adam float32 at n = 262144 (above the thread threshold), as a ratio and in reads of the grad.
 4. Warm start: a fresh process with warm caches (numba's, Python's bytecode) imports symopt, builds
    Adam, steps once (median of 9 processes; target <= 0.5 s, no SymPy), each phase's time in the child
    (numpy, numba, symopt imports, build, first step), and the imports that take longest

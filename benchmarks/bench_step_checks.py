@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import symopt.runtime  # noqa: F401  (the package the base module is loaded into)
-from symopt.runtime import kernels
+from symopt.runtime import kernels, layout
 from symopt.runtime import optimizer as current
 
 HERE = Path(__file__).resolve().parent
@@ -99,16 +99,11 @@ def bare_call(opt):
     if names == ["frame"]:  # a revision whose optimizer calls the flat kernel's frame twin
         args = (opt._pptr, opt._gptr, *opt._state, *(given[n] for n in ("offs", "chunks", "work", "scal", "hyp",
                                                                         "words", "steps", "check")))
-        frame = opt_layout(opt).kernel_frame(opt.dtype, args)
+        frame = layout.kernel_frame(opt.dtype, args)
         return lambda: kernel(frame)
     states = iter(opt._state)
     args = tuple(given[n] if n in given else next(states) for n in names)
     return lambda: kernel(*args)
-
-
-def opt_layout(opt):
-    """The ``runtime/layout.py`` module of the revision ``opt`` comes from."""
-    return sys.modules[type(opt).__module__.rsplit(".", 1)[0] + ".layout"]
 
 
 def fixed_costs(suite, base, base_rule, rounds: int) -> None:
