@@ -607,7 +607,7 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
            **{s: f"{state_ids[s]}_c" for s in plan.state}}
     kernels = []
     helpers: set = set()
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, _, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
         passes = []
         for index, ps in enumerate(plan.passes):
@@ -625,7 +625,7 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
             })
         helpers |= pr.helpers
         kernels.append({
-            "name": f"{prefix}_{suffix}", "dtype": dtype, "ptr": ptr, "itemsize": itemsize, "ctor": pr.ctor,
+            "name": f"{prefix}_{suffix}", "dtype": dtype, "itemsize": itemsize, "ctor": pr.ctor,
             "zero": pr.const(0), "blas": _BLAS_PREFIX[dtype], "passes": passes,
             "scalar_loads": [(f"s{k}", k) for k in range(nsc)],
         })
@@ -849,7 +849,7 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
         stages.append({"ops": ops, "product": product, "normalize": normalize})
     keep = ScalarPrinter({rows: "d", n_axes: "ndim", **{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}})
     kernels, helpers = [], set()
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, _, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
         passes = [{
             "index": index,
@@ -863,7 +863,7 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
                                      if index < len(plan.passes) - 1 else ".")),
         } for index, ps in enumerate(plan.passes)]
         helpers |= pr.helpers
-        kernels.append({"name": f"{prefix}_{suffix}", "dtype": dtype, "ptr": ptr, "itemsize": itemsize,
+        kernels.append({"name": f"{prefix}_{suffix}", "dtype": dtype, "itemsize": itemsize,
                         "ctor": pr.ctor, "zero": pr.const(0), "blas": _BLAS_PREFIX[dtype], "passes": passes,
                         "scalar_loads": [(f"s{k}", k) for k in range(ns)]})
     return {
