@@ -263,4 +263,4 @@ def test_generator_digest_covers_planner_printers_render_emit_and_templates():
     expected = {f"symopt.codegen/{n}.py" for n in ("plan", "printers", "render", "emit", "names", "audit")}
     expected |= {f"symopt.templates/{e.name}" for e in resources.files("symopt.templates").iterdir()
                  if e.name.endswith(".jinja")}
-    assert expected <= labels and {"symopt/files.py", "symopt/functions.py"} <= labels
+    assert expected <= labels and {"symopt/files.py", "symopt/functions.py", "symopt/frame_abi.py"} <= labels

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "symopt"
 #: Layer of each module: the longest matching prefix wins (``symopt`` alone is the public face).
 LAYERS = {
     "symopt._version": "base", "symopt.cachedirs": "base", "symopt.functions": "base", "symopt.files": "base",
+    "symopt.frame_abi": "base",
     "symopt.views": "base",                           # display hooks: _repr_html_ of lower layers -> the report
     "symopt.rulebook": "math", "symopt.derive": "math",
     "symopt.codegen": "codegen",                      # planner, printers, templates, emitter, audit

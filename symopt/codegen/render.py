@@ -41,6 +41,7 @@ import jinja2
 import sympy as sp
 
 from .._version import __version__
+from ..frame_abi import frame_arrays
 from ..rulebook.display import expr_latex
 from ..rulebook.factored import is_factored_rule, machine_eps, min_dim_to_factor
 from ..rulebook.matrix import cols, rows
@@ -68,7 +69,8 @@ _DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))
 _MAX_INLINE_ARGS = 30
 #: Source files whose text makes up the code generator (with every template), package by package.
 _GENERATOR_SOURCES = (("symopt.codegen", "*.py"), ("symopt.derive", "*.py"), ("symopt", "files.py"),
-                      ("symopt", "functions.py"), ("symopt.templates", "*.jinja"))
+                      ("symopt", "functions.py"), ("symopt", "frame_abi.py"),
+                      ("symopt.templates", "*.jinja"))
 
 
 @functools.cache
@@ -294,7 +296,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "element_args": [f"{src[s]}[i]" for s in arrays] + scalar_args,
                 "doc": docstring_text(f"One {rule.name} step over every tensor, {dtype}"
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
-                "frame": _frame_unpack(f"np.{dtype}", len(plan.state)),
+                "frame": _frame_unpack(dtype, len(plan.state)),
             })
             steps.append({
                 "name": f"{prefix}_step_{suffix}" + ("_parallel" if parallel else ""),
@@ -317,21 +319,14 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     }
 
 
-#: The arrays of the flat-ABI kernels around the state buffers, as a frame holds them: dtype, dimensions
-#: (runtime/layout.py kernel_frame writes the frame: each array's address then its shape, then check).
-_FRAME_HEAD = (("np.int64", 1), ("np.int64", 1))                            # pptr, gptr
-_FRAME_TAIL = (("np.int64", 1), ("np.int64", 2), ("np.int64", 1),           # offs, chunks, work
-               ("np.float64", 2), ("np.float64", 2), ("np.int64", 2), ("np.int64", 1))  # scal, hyp, words, steps
-
-
 def _frame_unpack(dtype: str, nstate: int) -> list:
     """The arguments of a flat-ABI kernel read back from its frame, as its ``_frame`` twin passes them:
     ``_view(frame[i], (frame[i + 1], ...), <dtype>)`` per array (address, shape; the state buffers of
     ``dtype``), then ``frame[k] != 0`` for check."""
     out, i = [], 0
-    for dt, ndim in (*_FRAME_HEAD, *[(dtype, 1)] * nstate, *_FRAME_TAIL):
+    for _, dt, ndim, _ in frame_arrays(dtype, nstate):
         shape = ", ".join(f"frame[{i + 1 + d}]" for d in range(ndim)) + ("," if ndim == 1 else "")
-        out.append(f"_view(frame[{i}], ({shape}), {dt})")
+        out.append(f"_view(frame[{i}], ({shape}), np.{dt})")
         i += 1 + ndim
     out.append(f"frame[{i}] != 0")
     return out

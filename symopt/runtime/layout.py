@@ -29,6 +29,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ..cachedirs import numba_disk_cache
+from ..frame_abi import FRAME_HEAD, FRAME_TAIL, frame_arrays
 
 #: numba's disk cache for the helpers below (off only when no folder at all is writable: symopt.cachedirs).
 _CACHE = numba_disk_cache()
@@ -205,15 +206,6 @@ def flat_base(ptrs, byte_offsets):
     return base
 
 
-
-#: The arrays of a flat-ABI kernel's arguments ``(pptr, gptr, *state, offs, chunks, work, scal, hyp, words, steps,
-#: check)`` around the state buffers: name, dtype, number of dimensions, whether the kernel writes it.
-_FRAME_HEAD = (("pptr", np.int64, 1, False), ("gptr", np.int64, 1, False))
-_FRAME_TAIL = (("offs", np.int64, 1, False), ("chunks", np.int64, 2, False), ("work", np.int64, 1, False),
-               ("scal", np.float64, 2, True), ("hyp", np.float64, 2, True), ("words", np.int64, 2, False),
-               ("steps", np.int64, 1, True))
-
-
 def kernel_frame(dtype, args) -> np.ndarray:
     """The arguments ``args = (pptr, gptr, *state, offs, chunks, work, scal, hyp, words, steps, check)`` of a
     flat-ABI kernel of float ``dtype`` as the one int64 array that its ``<kernel>_frame`` twin takes: each
@@ -221,17 +213,16 @@ def kernel_frame(dtype, args) -> np.ndarray:
 
     numba's dispatcher types every argument of a call (~70 ns an array): one argument instead of twelve or
     more saves about 0.5 µs a step.  The twin reads the arrays at these addresses, so each is checked here
-    (dtype, dimensions, C order, writeable where the kernel writes) and the caller keeps ``args`` alive,
-    unchanged, for as long as it calls the twin with this frame.
+    (dtype, dimensions, C order, writeable where the kernel writes: the tables of ``symopt.frame_abi``) and
+    the caller keeps ``args`` alive, unchanged, for as long as it calls the twin with this frame.
     """
     *arrays, check = args
-    nstate = len(arrays) - len(_FRAME_HEAD) - len(_FRAME_TAIL)
+    nstate = len(arrays) - len(FRAME_HEAD) - len(FRAME_TAIL)
     if nstate < 0 or type(check) is not bool:
         raise TypeError(f"kernel_frame: expected (pptr, gptr, *state, offs, chunks, work, scal, hyp, words, steps, "
                         f"check), got {len(args)} arguments ending in {check!r}")
-    specs = (*_FRAME_HEAD, *((f"state {i}", np.dtype(dtype), 1, True) for i in range(nstate)), *_FRAME_TAIL)
     frame = []
-    for a, (name, want, ndim, writes) in zip(arrays, specs):
+    for a, (name, want, ndim, writes) in zip(arrays, frame_arrays(np.dtype(dtype).name, nstate)):
         if (type(a) is not np.ndarray or a.dtype != want or a.ndim != ndim or not a.flags.c_contiguous
                 or (writes and not a.flags.writeable)):
             raise ValueError(f"kernel_frame: {name} must be a C-contiguous{' writeable' if writes else ''} "
