@@ -673,10 +673,22 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
 # CSE temporaries, ``_a*``/``_q*`` accumulators -- never a user name (user identifiers never start with ``_``).
 def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict) -> dict:
     """Printed code of one layout (``matrix``/``vector``) of a factored variant, per dtype."""
-    wrow, wcol = lay.workspace["row"], lay.workspace["col"]
-    offset = {"row": lambda k: f"{k} * nb * nr", "col": lambda k: f"{wrow} * nb * nr + {k} * nb * nc",
-              "matrix": lambda k: f"{wrow} * nb * nr + {wcol} * nb * nc + {k} * nb"}
-    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b"}
+    # the workspace: the row values (nb·nr each), the column values (nb·nc each), the per-matrix values
+    # and the per-matrix partials of the tensor reductions (nb each), in that order
+    parts = ("row", "col", "matrix", "tensor")
+    extent = {"row": "nb * nr", "col": "nb * nc", "matrix": "nb", "tensor": "nb"}
+
+    def offset(part, k):
+        coeff: dict = {}  # extent -> how many of it precede the slot
+        for q in parts[:parts.index(part)]:
+            coeff[extent[q]] = coeff.get(extent[q], 0) + lay.workspace[q]
+        coeff[extent[part]] = coeff.get(extent[part], 0) + k
+        return " + ".join(f"{c} * {e}" if c > 1 else e for e, c in coeff.items() if c) or "0"
+
+    def slot(part, k, i):
+        off = offset(part, k)
+        return f"ws[{i}]" if off == "0" else f"ws[{off} + {i}]"
+    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b", "tensor": "b"}  # tensor: matrix b's partial
     names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
     for s in lay.states:
         names[s] = f"{state_ids[s]}_i"
@@ -700,17 +712,18 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
         kind = lay.kinds[sym]
         if sym in lay.slots:
             part, k = lay.slots[sym]
-            return f"{dtype_ctor}(ws[{offset[part](k)} + {index[kind]}])"
+            return f"{dtype_ctor}({slot(part, k, index[kind])})"
         if sym == rule.param:
             return "param_c[e]"
         if sym == rule.grad:
             return "grad_c[e]"
         return f"{state_ids[sym]}_c[{index[kind]}]"
 
-    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [],
+    # a stack of matrices also gets a threaded twin of its kernel (the matrices over the threads)
+    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [], "threaded": lay.name == "matrix",
            "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
                           for sym, e in st.tensor_scalars] or ["(none)"]}
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, *_ in _DTYPES:
         pr = KernelPrinter(names, dtype, vector_math=True)
 
         def loads(syms, kinds):
@@ -731,18 +744,18 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
                 syms = sorted(e.free_symbols, key=sp.default_sort_key)
                 part, k2 = lay.slots[sym]
                 stage["means"].append({"scope": scope, "loads": loads(syms, (scope,)), "code": pr.doprint(e),
-                                       "target": f"ws[{offset[part](k2)} + b]"})
+                                       "target": slot(part, k2, "b")})
             stages.append(stage)
         loops = []
         for k, loop in enumerate(lay.loops):
             sums = {"tensor": [], "row": [], "col": []}
             for i, (sym, scope, op, e) in enumerate(loop.sums):
                 acc = f"_a{k}_{i}"
-                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean"}
-                if scope != "tensor":
-                    part, k2 = lay.slots[sym]
-                    entry["target"] = f"ws[{offset[part](k2)} + {index[scope]}]"
-                    entry["base"] = offset[part](k2)
+                part, k2 = lay.slots[sym]
+                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean",
+                         "target": slot(part, k2, index[scope])}
+                if scope == "tensor":  # matrix b's partial at base + b
+                    entry["base"] = offset(part, k2)
                 sums[scope].append(entry)
             loops.append({
                 "matrix_loads": loads(loop.reads, ("matrix",)), "row_loads": loads(loop.reads, ("row",)),
@@ -752,9 +765,8 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
                            for s, e in loop.stores],
                 "sums": sums,
             })
-        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "suffix": suffix, "dtype": dtype, "ptr": ptr,
-                               "itemsize": itemsize, "ctor": pr.ctor, "meps": repr(float(_MACHINE_EPS[dtype])),
-                               "zero": pr.const(0), "stages": stages, "loops": loops})
+        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "dtype": dtype, "ctor": pr.ctor,
+                               "meps": repr(float(_MACHINE_EPS[dtype])), "stages": stages, "loops": loops})
         out.setdefault("helpers", set()).update(pr.helpers)
     return out
 
@@ -769,7 +781,7 @@ def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) ->
         **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
         "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
-        "suffixes": [suffix for suffix, *_ in _DTYPES],
+        "checks": [{"suffix": suffix, "dtype": dtype} for suffix, dtype, *_ in _DTYPES],
         "helpers": set().union(*(lay["helpers"] for lay in layouts)),
     }
 
