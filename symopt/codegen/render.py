@@ -720,7 +720,8 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
         return f"{state_ids[sym]}_c[{index[kind]}]"
 
     # a stack of matrices also gets a threaded twin of its kernel (the matrices over the threads)
-    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [], "threaded": lay.name == "matrix",
+    out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [],
+           "threaded": lay.name == "matrix",
            "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
                           for sym, e in st.tensor_scalars] or ["(none)"]}
     for suffix, dtype, *_ in _DTYPES:
@@ -781,7 +782,7 @@ def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) ->
         **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
         "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
-        "checks": [{"suffix": suffix, "dtype": dtype} for suffix, dtype, *_ in _DTYPES],
+        "checks": [{"suffix": suffix, "dtype": dtype, "itemsize": itemsize} for suffix, dtype, _, itemsize in _DTYPES],
         "helpers": set().union(*(lay["helpers"] for lay in layouts)),
     }
 

@@ -134,6 +134,10 @@ class MatrixStep:
         return 0
 
 
+#: Elements per block of the threaded NaN/inf check of a factored rule's grads (its prange iterations).
+CHECK_BLOCK = 1 << 16
+
+
 class FactoredStep:
     """Steps the tensors of ``chunks`` one after another through a factored rule's generated functions.
 
@@ -182,15 +186,21 @@ class FactoredStep:
         self.ws = np.empty(need, dtype=np.float64)
         self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
         self.check = getattr(module, f"{prefix}_{suffix}_check")
+        self.check_threads = getattr(module, f"{prefix}_{suffix}_check_threads")
+        self.blocks: dict = {}   # the threaded check's blocks per tuple of stepped tensors
         self.nscalars = int(vinfo["nscalars"])
 
     def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool, threaded_from=None) -> int:
         """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count.
-        ``threaded_from``: elements from which a stack of matrices runs in threads (None: never)."""
+        ``threaded_from``: elements from which the grads are checked, and a stack of matrices stepped,
+        in threads (None: never)."""
         rows = chunks.tolist()
         if check:
             js = [r[0] for r in rows]
-            nbad = int(self.check(gptr[js], self.sizes[js]))
+            if threaded_from is not None and sum(hi - lo for _, lo, hi, _ in rows) >= threaded_from:
+                nbad = int(self.check_threads(gptr, self._check_blocks(rows)))
+            else:
+                nbad = int(self.check(gptr[js], self.sizes[js]))
             if nbad:
                 return nbad
         ws, ns = self.ws, self.nscalars
@@ -202,6 +212,20 @@ class FactoredStep:
                 fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, offsets, strides,
                    *[state[k][o:o + n] for k, o, n in states], ws, scal[row, :ns])
         return 0
+
+
+    def _check_blocks(self, rows) -> np.ndarray:
+        """The threaded check's table for ``rows``: int64 rows (tensor j, start, stop) of at most
+        :data:`CHECK_BLOCK` elements each, cached per tuple of stepped tensors."""
+        key = tuple(r[0] for r in rows)
+        blocks = self.blocks.get(key)
+        if blocks is None:
+            if len(self.blocks) > 64:
+                self.blocks.clear()
+            blocks = np.array([(j, at, min(at + CHECK_BLOCK, hi)) for j, lo, hi, _ in rows
+                               for at in range(lo, hi, CHECK_BLOCK)], dtype=np.int64).reshape(-1, 3)
+            self.blocks[key] = blocks
+        return blocks
 
 
 def factored_layout(shape: tuple, min_dim=None, where: str = "") -> str:
