@@ -213,7 +213,6 @@ class FactoredStep:
                    *[state[k][o:o + n] for k, o, n in states], ws, scal[row, :ns])
         return 0
 
-
     def _check_blocks(self, rows) -> np.ndarray:
         """The threaded check's table for ``rows``: int64 rows (tensor j, start, stop) of at most
         :data:`CHECK_BLOCK` elements each, cached per tuple of stepped tensors."""
