@@ -780,8 +780,7 @@ def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) ->
     layouts = [_factored_layout_context(rule, plan, lay, prefix, state_ids) for lay in plan.layouts]
     return {
         **_scalar_context(rule, plan, hyper_ids),
-        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
-        "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count, "layouts": layouts,
         "checks": [{"suffix": suffix, "dtype": dtype, "itemsize": itemsize} for suffix, dtype, _, itemsize in _DTYPES],
         "helpers": set().union(*(lay["helpers"] for lay in layouts)),
     }
