@@ -309,6 +309,69 @@ def _ox_run(tx, jnp, params, grads):
     return out, state
 
 
+#: Stacks of matrices, the threaded kernel's case: (6, 32, 48) is 6 matrices; the conv-like
+#: (8, 4, 3, 3) 32 matrices of 3 × 3 for adafactor, 9 strided ones over axes (1, 0) for Optax's
+#: factoring; with a 2-D and a 1-D param that stay serial.
+THREADED_SHAPES = [(6, 32, 48), (8, 4, 3, 3), (5, 7), (11,)]
+
+
+class _Counted:
+    """A kernel that counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+@pytest.mark.skipif(symopt.runtime.threads.max_threads() < 2,
+                    reason="the threaded factored kernel needs 2 numba threads (NUMBA_NUM_THREADS >= 2)")
+@pytest.mark.parametrize("rule, kw", [("adafactor", {}), ("adafactor_optax", {"min_dim_size_to_factor": 3})],
+                         ids=["torch", "optax"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_threaded_factored_step_does_not_depend_on_the_thread_count(rule, kw, dtype):
+    """The threaded twin of the factored kernel (the matrices of a stack over the threads, the tensor
+    sums' per-matrix partials added in matrix order after each pass) writes the same bits on 1 and on 2
+    threads: params and every state, step after step; a grad with a NaN is refused alike.  Against the
+    serial kernel (the same sums in the same order; LLVM may reassociate an element's products
+    otherwise in the two): float64 1e-14, float32 1e-6 elementwise (measured: identical, but for
+    adafactor_optax float64, 1 ulp in 101 of 9216 elements)."""
+    params, grads = _data(dtype, seed=3, shapes=THREADED_SHAPES)
+    runs = []
+    try:
+        for threshold, nthreads in ((1 << 62, 2), (0, 1), (0, 2)):
+            symopt.set_num_threads(nthreads)
+            ours = [p.copy() for p in params]
+            opt = symopt.optimizer(rule, ours, **kw)
+            opt.parallel_threshold = threshold
+            step = opt._matrix
+            step.calls = [(fn, twin and _Counted(twin), *rest) for fn, twin, *rest in step.calls]
+            for k in range(4):
+                if k == 2:
+                    bad = [g.copy() for g in grads[k]]
+                    bad[1].flat[7] = np.nan
+                    with pytest.raises(symopt.NonFiniteGradientError):
+                        opt.step(bad)
+                opt.step(grads[k])
+            runs.append((ours, opt.state_dict()["state"], [c[1] for c in step.calls]))
+    finally:
+        symopt.set_num_threads(symopt.runtime.threads.max_threads())
+    (serial, s_state, s_twins), (one, o_state, o_twins), (two, t_state, t_twins) = runs
+    assert [t is not None for t in t_twins] == [True, True, False, False]   # stacks of 2+ matrices only
+    assert [[t.calls for t in twins if t] for twins in (s_twins, o_twins, t_twins)] == [[0, 0], [4, 4], [4, 4]]
+    tol = 1e-14 if dtype == np.float64 else 1e-6
+    for j in range(len(params)):
+        assert one[j].tobytes() == two[j].tobytes()
+        assert rel_err(serial[j], two[j]) <= tol
+        assert s_state[j].keys() == t_state[j].keys() == o_state[j].keys()
+        for key, v in t_state[j].items():
+            assert np.asarray(o_state[j][key]).tobytes() == np.asarray(v).tobytes(), (j, key)
+            if isinstance(v, np.ndarray):
+                assert rel_err(s_state[j][key], v) <= tol, (j, key)
+
+
 @pytest.mark.parametrize("kw", [dict(min_dim_size_to_factor=3, lr=0.05),
                                 dict(min_dim_size_to_factor=3, lr=0.05, clipping_threshold=None, decay_rate=0.6,
                                      eps=1e-6, multiply_by_parameter_scale=False, weight_decay_rate=0.01),

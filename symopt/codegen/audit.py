@@ -23,7 +23,7 @@ buffer can never be overwritten by a kernel local of the same name); no name is 
 
 Attributes are an allow-list of exactly what generated code uses: of an imported module
 (a plain name) only the names of :data:`MODULE_ATTRIBUTES` (the
-dtypes and array constructors the templates write, ``numba.njit``/``carray``/``prange``,
+dtypes and array constructors the templates write, ``numba.njit``/``prange``,
 the ``np.``/``math.``/``torch.``/``jnp.`` functions the function registry's printers write, SciPy's
 ``syrk``/``gemm``); of anything else (a local, an item, an expression) only
 :data:`VALUE_ATTRIBUTES` (``x.shape``, ``params[0].dtype``, the LLVM builder calls of the
@@ -63,7 +63,7 @@ MODULE_ATTRIBUTES = {
                      "multiply", "argsort", "sum", "take"}
                     | _registry_calls("np")),
     "math": frozenset({"sqrt", "exp", "log", "inf", "nan", "pi", "e", "prod"} | _registry_calls("math")),
-    "numba": frozenset({"njit", "carray", "prange"}),
+    "numba": frozenset({"njit", "prange"}),
     "types": frozenset({"CPointer", "float32", "float64", "int32", "int64",
                         # the array view of the optimizer modules (templates/_util.jinja array_view)
                         "Array", "UniTuple", "intp"}),
@@ -121,7 +121,7 @@ def _fail(node, message: str):
 
 def _check_private(name: str, node) -> None:
     # User identifiers never start with "_" (names.identifier); the generator's own helpers do
-    # (_ptr_f64, _e0, reduction scratch like _ext): a dunder name is never generated.
+    # (_view, _e0, reduction scratch like _ext): a dunder name is never generated.
     if name.startswith("__"):
         _fail(node, f"the name {name!r} is a dunder name")
 

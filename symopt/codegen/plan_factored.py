@@ -15,7 +15,9 @@ has a *kind* -- ``element``, ``row``, ``col``, ``matrix`` (one number per matrix
 *level*, the pass after which it is known:
 
 * a reduction of an element value of level ``k`` (``TensorSum``, ``TensorMean``, ``RowMean``,
-  ``ColMean``) is accumulated in float64 by pass ``k + 1`` (level ``k + 1``);
+  ``ColMean``) is accumulated in float64 by pass ``k + 1`` (level ``k + 1``); a tensor reduction
+  one partial per matrix (its workspace slot), the partials summed in matrix order after the pass,
+  so that the matrices of a pass can run in any order, or in threads, with the same result;
 * a row/column state is updated in the short loop after pass ``k``, ``k`` the level of its
   new value; a ``ColMean`` of a row value (``RowMean`` of a column value) is one number per
   matrix, computed there too;
@@ -68,8 +70,9 @@ class FactoredLayout(NamedTuple):
     kinds: dict            # symbol -> "element"/"row"/"col"/"matrix"/"tensor" (loaded values)
     stages: tuple          # stage k runs after pass k (stage 0 before the first pass)
     loops: tuple           # passes 1..K (reductions) then the final pass (stores)
-    workspace: dict        # {"row": n row means, "col": n col means, "matrix": n per-matrix values}
-    slots: dict            # row/col/matrix value -> (workspace part, index): float64, sized per tensor
+    workspace: dict        # {"row": n row means, "col": n col means, "matrix": n per-matrix values,
+                           #  "tensor": n tensor reductions (each one partial per matrix)}
+    slots: dict            # row/col/matrix value or tensor reduction -> (workspace part, index)
 
 
 class FactoredPlan(NamedTuple):
@@ -116,8 +119,8 @@ class _Layout:
         self.row_stores: dict = {}   # level -> [(state, expr)]
         self.col_stores: dict = {}
         self.stores: list = []       # (param/full state, expr in the step's starting values)
-        self.workspace = {"row": 0, "col": 0, "matrix": 0}
-        self.slots: dict = {}        # row/col/matrix value -> (workspace part, index in it)
+        self.workspace = {"row": 0, "col": 0, "matrix": 0, "tensor": 0}
+        self.slots: dict = {}        # row/col/matrix value or tensor reduction -> (workspace part, index in it)
 
     def kind_of(self, expr) -> str:
         return _join(self.kind.get(s, "tensor") for s in expr.free_symbols)
@@ -143,6 +146,8 @@ class _Layout:
                                 f"{kind} value")
             sym = self._new("r", "tensor", level + 1)
             self.loop_sums.setdefault(level + 1, []).append((sym, "tensor", node.op, arg))
+            self.slots[sym] = ("tensor", self.workspace["tensor"])
+            self.workspace["tensor"] += 1
         elif isinstance(node, (RowMean, ColMean)):
             axis = "row" if isinstance(node, RowMean) else "col"
             other = "col" if axis == "row" else "row"

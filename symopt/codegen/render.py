@@ -64,7 +64,7 @@ ELEMENTWISE_TEMPLATE = "elementwise_module.py.jinja"
 ROWWISE_TEMPLATE = "rowwise_module.py.jinja"
 GRADIENT_TEMPLATE = "gradient_module.py.jinja"
 INDEX_TEMPLATE = "generated_index.py.jinja"
-_DTYPES = (("f32", "float32", "_ptr_f32", 4), ("f64", "float64", "_ptr_f64", 8))
+_DTYPES = (("f32", "float32", 4), ("f64", "float64", 8))
 #: Most arguments of an element function marked ``inline="always"`` (CPython's call threshold).
 _MAX_INLINE_ARGS = 30
 #: Source files whose text makes up the code generator (with every template), package by package.
@@ -270,7 +270,7 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     targets = ", ".join(f"{src[s]}[i]" for s in [rule.param, *plan.state]) + ("," if not plan.state else "")
     kernels, elements, steps = [], [], []
     helpers: set = set()  # vectorizable math helpers the kernels call (templates/_vecmath.jinja)
-    for suffix, dtype, _, itemsize in _DTYPES:
+    for suffix, dtype, itemsize in _DTYPES:
         pr = KernelPrinter(elem_names, dtype, vector_math=True)
         element = f"{prefix}_element_{suffix}"
         elements.append({
@@ -506,7 +506,7 @@ def _reduction_context(rule, plan, prefix: str, state_ids: dict) -> dict:
             "finalize_stores": [(col_of[s], fp.doprint(e)) for s, e in st.tensor_outputs],
         })
     kernels = []
-    for suffix, dtype, _, itemsize in _DTYPES:
+    for suffix, dtype, itemsize in _DTYPES:
         pr = KernelPrinter({}, dtype)
         for parallel in (False, True):
             kernels.append({
@@ -602,7 +602,7 @@ def _matrix_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) -> d
            **{s: f"{state_ids[s]}_c" for s in plan.state}}
     kernels = []
     helpers: set = set()
-    for suffix, dtype, _, itemsize in _DTYPES:
+    for suffix, dtype, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
         passes = []
         for index, ps in enumerate(plan.passes):
@@ -668,10 +668,22 @@ def render_matrix_family(family: Family, *, source_label: str | None = None) -> 
 # CSE temporaries, ``_a*``/``_q*`` accumulators -- never a user name (user identifiers never start with ``_``).
 def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict) -> dict:
     """Printed code of one layout (``matrix``/``vector``) of a factored variant, per dtype."""
-    wrow, wcol = lay.workspace["row"], lay.workspace["col"]
-    offset = {"row": lambda k: f"{k} * nb * nr", "col": lambda k: f"{wrow} * nb * nr + {k} * nb * nc",
-              "matrix": lambda k: f"{wrow} * nb * nr + {wcol} * nb * nc + {k} * nb"}
-    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b"}
+    # the workspace: the row values (nb·nr each), the column values (nb·nc each), the per-matrix values
+    # and the per-matrix partials of the tensor reductions (nb each), in that order
+    parts = ("row", "col", "matrix", "tensor")
+    extent = {"row": "nb * nr", "col": "nb * nc", "matrix": "nb", "tensor": "nb"}
+
+    def offset(part, k):
+        coeff: dict = {}  # extent -> how many of it precede the slot
+        for q in parts[:parts.index(part)]:
+            coeff[extent[q]] = coeff.get(extent[q], 0) + lay.workspace[q]
+        coeff[extent[part]] = coeff.get(extent[part], 0) + k
+        return " + ".join(f"{c} * {e}" if c > 1 else e for e, c in coeff.items() if c) or "0"
+
+    def slot(part, k, i):
+        off = offset(part, k)
+        return f"ws[{i}]" if off == "0" else f"ws[{off} + {i}]"
+    index = {"element": "e", "row": "ri", "col": "cj", "matrix": "b", "tensor": "b"}  # tensor: matrix b's partial
     names = {rule.param: "param_i", rule.grad: "grad_i", machine_eps: "_meps"}
     for s in lay.states:
         names[s] = f"{state_ids[s]}_i"
@@ -695,17 +707,19 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
         kind = lay.kinds[sym]
         if sym in lay.slots:
             part, k = lay.slots[sym]
-            return f"{dtype_ctor}(ws[{offset[part](k)} + {index[kind]}])"
+            return f"{dtype_ctor}({slot(part, k, index[kind])})"
         if sym == rule.param:
             return "param_c[e]"
         if sym == rule.grad:
             return "grad_c[e]"
         return f"{state_ids[sym]}_c[{index[kind]}]"
 
+    # a stack of matrices also gets a threaded twin of its kernel (the matrices over the threads)
     out = {"name": lay.name, "states": [state_ids[s] for s in lay.states], "kernels": [],
+           "threaded": lay.name == "matrix",
            "tensor_doc": [docstring_text(f"{sym.name} = {sp.sstr(e)}") for st in lay.stages
                           for sym, e in st.tensor_scalars] or ["(none)"]}
-    for suffix, dtype, ptr, itemsize in _DTYPES:
+    for suffix, dtype, *_ in _DTYPES:
         pr = KernelPrinter(names, dtype, vector_math=True)
 
         def loads(syms, kinds):
@@ -726,18 +740,18 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
                 syms = sorted(e.free_symbols, key=sp.default_sort_key)
                 part, k2 = lay.slots[sym]
                 stage["means"].append({"scope": scope, "loads": loads(syms, (scope,)), "code": pr.doprint(e),
-                                       "target": f"ws[{offset[part](k2)} + b]"})
+                                       "target": slot(part, k2, "b")})
             stages.append(stage)
         loops = []
         for k, loop in enumerate(lay.loops):
             sums = {"tensor": [], "row": [], "col": []}
             for i, (sym, scope, op, e) in enumerate(loop.sums):
                 acc = f"_a{k}_{i}"
-                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean"}
-                if scope != "tensor":
-                    part, k2 = lay.slots[sym]
-                    entry["target"] = f"ws[{offset[part](k2)} + {index[scope]}]"
-                    entry["base"] = offset[part](k2)
+                part, k2 = lay.slots[sym]
+                entry = {"acc": acc, "code": pr.doprint(e), "name": names[sym], "mean": op == "mean",
+                         "target": slot(part, k2, index[scope])}
+                if scope == "tensor":  # matrix b's partial at base + b
+                    entry["base"] = offset(part, k2)
                 sums[scope].append(entry)
             loops.append({
                 "matrix_loads": loads(loop.reads, ("matrix",)), "row_loads": loads(loop.reads, ("row",)),
@@ -747,9 +761,8 @@ def _factored_layout_context(rule: Rule, plan, lay, prefix: str, state_ids: dict
                            for s, e in loop.stores],
                 "sums": sums,
             })
-        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "suffix": suffix, "dtype": dtype, "ptr": ptr,
-                               "itemsize": itemsize, "ctor": pr.ctor, "meps": repr(float(_MACHINE_EPS[dtype])),
-                               "zero": pr.const(0), "stages": stages, "loops": loops})
+        out["kernels"].append({"name": f"{prefix}_{suffix}_{lay.name}", "dtype": dtype, "ctor": pr.ctor,
+                               "meps": repr(float(_MACHINE_EPS[dtype])), "stages": stages, "loops": loops})
         out.setdefault("helpers", set()).update(pr.helpers)
     return out
 
@@ -762,9 +775,8 @@ def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) ->
     layouts = [_factored_layout_context(rule, plan, lay, prefix, state_ids) for lay in plan.layouts]
     return {
         **_scalar_context(rule, plan, hyper_ids),
-        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count,
-        "state_args": [state_ids[s] for s in plan.state], "layouts": layouts,
-        "suffixes": [suffix for suffix, *_ in _DTYPES],
+        "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count, "layouts": layouts,
+        "checks": [{"suffix": suffix, "dtype": dtype, "itemsize": itemsize} for suffix, dtype, itemsize in _DTYPES],
         "helpers": set().union(*(lay["helpers"] for lay in layouts)),
     }
 
@@ -844,7 +856,7 @@ def _preconditioned_variant_context(rule: Rule, plan, prefix: str, hyper_ids: di
         stages.append({"ops": ops, "product": product, "normalize": normalize})
     keep = ScalarPrinter({rows: "d", n_axes: "ndim", **{sym: f"scal[{k}]" for k, sym in enumerate(plan.scalars)}})
     kernels, helpers = [], set()
-    for suffix, dtype, _, itemsize in _DTYPES:
+    for suffix, dtype, itemsize in _DTYPES:
         pr = KernelPrinter(elem, dtype, vector_math=True)
         passes = [{
             "index": index,

@@ -134,15 +134,23 @@ class MatrixStep:
         return 0
 
 
+#: Elements per block of the threaded NaN/inf check of a factored rule's grads (its prange iterations).
+CHECK_BLOCK = 1 << 16
+
+
 class FactoredStep:
     """Steps the tensors of ``chunks`` one after another through a factored rule's generated functions.
 
     A param of at least two dimensions in the ``matrix`` layout is ``nb`` stacked ``nr × nc``
     matrices over its two matrix axes (:func:`factored_axes`; the kernel walks them in place by
-    :func:`factored_index`: ``<prefix>_<dtype>_matrix``); one in the ``vector`` layout is one
-    ``1 × n`` matrix (``<prefix>_<dtype>_vector``).  Each layout keeps its own states
-    (``state_shape``); the float64 workspace of row/column means and per-matrix values is sized
-    once for the largest tensor.
+    :func:`factored_index`: ``<prefix>_<dtype>_matrix``, or for a stack of two or more matrices of
+    at least ``threaded_from`` elements its threaded twin ``<prefix>_<dtype>_matrix_threads``, the
+    matrices over numba's threads, whose result does not depend on the thread count; the twin and
+    the serial kernel sum alike, but LLVM may reassociate an element's products differently in the
+    two, so they can differ by an ulp); one in the ``vector`` layout is one ``1 × n`` matrix
+    (``<prefix>_<dtype>_vector``).  Each layout keeps its own states (``state_shape``); the float64
+    workspace of row/column means, per-matrix values and per-matrix partials of the tensor
+    reductions is sized once for the largest tensor.
     """
 
     def __init__(self, module, vinfo: dict, tensors: list, suffix: str, state_offs: list, layouts: list,
@@ -151,7 +159,9 @@ class FactoredStep:
         info = vinfo["factored"]
         keys = [s["key"] for s in vinfo["state"]]
         axes = axes or [None] * len(tensors)
-        self.calls = []     # per tensor: (function, nb, nr, nc, offsets, strides, [(state index, offset, size)...])
+        # per tensor: (function, threaded twin or None, nb, nr, nc, offsets, strides,
+        #              [(state index, offset, size)...])
+        self.calls = []
         need = 1
         for j, (p, layout, ax) in enumerate(zip(tensors, layouts, axes)):
             shape = tuple(p.shape)
@@ -164,33 +174,57 @@ class FactoredStep:
                 offsets, strides = np.zeros((3, 1), dtype=np.int64), np.array([nc, 1, 1, 1, 1], dtype=np.int64)
             nb = offsets.shape[1] if nr * nc else 0
             lay = info[layout]
-            need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + lay["matrix"] * nb)
+            need = max(need, lay["row"] * nb * nr + lay["col"] * nb * nc + (lay["matrix"] + lay["tensor"]) * nb)
             states = []
             for key in lay["states"]:
                 k = keys.index(key)
                 sshape = state_shape(vinfo["state"][k].get("shape", "full"), shape, layout, ax)
                 states.append((k, int(state_offs[k][j]), math.prod(sshape)))
-            self.calls.append((getattr(module, f"{prefix}_{suffix}_{layout}"), nb, nr, nc, offsets, strides, states))
+            fn = getattr(module, f"{prefix}_{suffix}_{layout}")
+            twin = getattr(module, f"{fn.__name__}_threads") if layout == "matrix" and nb >= 2 else None
+            self.calls.append((fn, twin, nb, nr, nc, offsets, strides, states))
         self.ws = np.empty(need, dtype=np.float64)
         self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
         self.check = getattr(module, f"{prefix}_{suffix}_check")
+        self.check_threads = getattr(module, f"{prefix}_{suffix}_check_threads")
+        self.blocks: dict = {}   # the threaded check's blocks per tuple of stepped tensors
         self.nscalars = int(vinfo["nscalars"])
 
-    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool) -> int:
-        """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count."""
+    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool, threaded_from=None) -> int:
+        """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count.
+        ``threaded_from``: elements from which the grads are checked, and a stack of matrices stepped,
+        in threads (None: never)."""
         rows = chunks.tolist()
         if check:
             js = [r[0] for r in rows]
-            nbad = int(self.check(gptr[js], self.sizes[js]))
+            if threaded_from is not None and sum(hi - lo for _, lo, hi, _ in rows) >= threaded_from:
+                nbad = int(self.check_threads(gptr, self._check_blocks(rows)))
+            else:
+                nbad = int(self.check(gptr[js], self.sizes[js]))
             if nbad:
                 return nbad
         ws, ns = self.ws, self.nscalars
         for j, lo, hi, row in rows:
-            fn, nb, nr, nc, offsets, strides, states = self.calls[j]
+            fn, twin, nb, nr, nc, offsets, strides, states = self.calls[j]
             if hi > lo:
+                if twin is not None and threaded_from is not None and hi - lo >= threaded_from:
+                    fn = twin
                 fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, offsets, strides,
                    *[state[k][o:o + n] for k, o, n in states], ws, scal[row, :ns])
         return 0
+
+    def _check_blocks(self, rows) -> np.ndarray:
+        """The threaded check's table for ``rows``: int64 rows (tensor j, start, stop) of at most
+        :data:`CHECK_BLOCK` elements each, cached per tuple of stepped tensors."""
+        key = tuple(r[0] for r in rows)
+        blocks = self.blocks.get(key)
+        if blocks is None:
+            if len(self.blocks) > 64:
+                self.blocks.clear()
+            blocks = np.array([(j, at, min(at + CHECK_BLOCK, hi)) for j, lo, hi, _ in rows
+                               for at in range(lo, hi, CHECK_BLOCK)], dtype=np.int64).reshape(-1, 3)
+            self.blocks[key] = blocks
+        return blocks
 
 
 def factored_layout(shape: tuple, min_dim=None, where: str = "") -> str:

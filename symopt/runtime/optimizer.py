@@ -908,7 +908,10 @@ class Optimizer:
         kernel = self._kernel_parallel if parallel else self._kernel_serial
         if self._reduce is not None:  # reduction passes first: per-tensor scalars (runtime/reduction.py)
             chunks, scal = self._reduce(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, parallel)
-        if self._matrix is not None:
+        if self._layouts is not None:  # a factored rule: a large stack of matrices in threads
+            nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore",
+                                self.parallel_threshold)
+        elif self._matrix is not None:
             nbad = self._matrix(ptrs[0], ptrs[1], self._state, ptrs[2], chunks, scal, self.on_nonfinite != "ignore")
         else:
             check = self.on_nonfinite != "ignore"
