@@ -275,10 +275,12 @@ def _miss(r) -> str:
         floor = min(r["kernel"], r["arith"])   # the kernel at (or under) the loop with Adam's arithmetic
         if floor >= t:
             why.append(f"Adam's square root and divide alone take {floor:.2f}×")
-        elif floor + r["python"] > t:
-            why.append(f"the same-arithmetic floor {floor:.2f}× + the step beyond its kernel call {r['python']:.2f}×")
         else:
-            why.append(f"the kernel is {r['kernel'] - r['arith']:.2f}× above the same arithmetic")
+            if r["kernel"] - r["arith"] > 0.05:
+                why.append(f"the kernel is {r['kernel'] - r['arith']:.2f}× above the same arithmetic")
+            if floor + r["python"] > t:
+                why.append(f"the same-arithmetic floor {floor:.2f}× + the step beyond its kernel call "
+                           f"{r['python']:.2f}×")
     if r["check"] > t + r["read"] and r["reads"] > 1:
         why.append(f"the check takes {r['reads']:.2f} reads")
     return " **missed**" + (f": {'; '.join(why)}" if why else "")
