@@ -776,7 +776,8 @@ def _factored_variant_context(rule: Rule, plan, prefix: str, hyper_ids: dict) ->
     return {
         **_scalar_context(rule, plan, hyper_ids),
         "prefix": prefix, "comment_name": comment_text(rule.name), "op_count": plan.op_count, "layouts": layouts,
-        "checks": [{"suffix": suffix, "dtype": dtype, "itemsize": itemsize} for suffix, dtype, itemsize in _DTYPES],
+        "checks": [{"suffix": suffix, "dtype": dtype, "itemsize": itemsize, "zero": KernelPrinter({}, dtype).const(0)}
+                   for suffix, dtype, itemsize in _DTYPES],
         "helpers": set().union(*(lay["helpers"] for lay in layouts)),
     }
 

@@ -184,7 +184,6 @@ class FactoredStep:
             twin = getattr(module, f"{fn.__name__}_threads") if layout == "matrix" and nb >= 2 else None
             self.calls.append((fn, twin, nb, nr, nc, offsets, strides, states))
         self.ws = np.empty(need, dtype=np.float64)
-        self.sizes = np.array([p.size for p in tensors], dtype=np.int64)
         self.check = getattr(module, f"{prefix}_{suffix}_check")
         self.check_threads = getattr(module, f"{prefix}_{suffix}_check_threads")
         self.blocks: dict = {}   # the threaded check's blocks per tuple of stepped tensors
@@ -196,11 +195,10 @@ class FactoredStep:
         in threads (None: never)."""
         rows = chunks.tolist()
         if check:
-            js = [r[0] for r in rows]
             if threaded_from is not None and sum(hi - lo for _, lo, hi, _ in rows) >= threaded_from:
                 nbad = int(self.check_threads(gptr, self._check_blocks(rows)))
             else:
-                nbad = int(self.check(gptr[js], self.sizes[js]))
+                nbad = int(self.check(gptr, chunks))
             if nbad:
                 return nbad
         ws, ns = self.ws, self.nscalars
