@@ -189,13 +189,13 @@ class FactoredStep:
         self.blocks: dict = {}   # the threaded check's blocks per tuple of stepped tensors
         self.nscalars = int(vinfo["nscalars"])
 
-    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool, threaded_from=None) -> int:
+    def __call__(self, pptr, gptr, state: list, offs, chunks, scal, check: bool, threaded_from: int) -> int:
         """Step every tensor of ``chunks`` (rows: j, start, stop, scalar row); returns the NaN/inf count.
         ``threaded_from``: elements from which the grads are checked, and a stack of matrices stepped,
-        in threads (None: never)."""
+        in threads (the optimizer's ``parallel_threshold``)."""
         rows = chunks.tolist()
         if check:
-            if threaded_from is not None and sum(hi - lo for _, lo, hi, _ in rows) >= threaded_from:
+            if sum(hi - lo for _, lo, hi, _ in rows) >= threaded_from:
                 nbad = int(self.check_threads(gptr, self._check_blocks(rows)))
             else:
                 nbad = int(self.check(gptr, chunks))
@@ -205,7 +205,7 @@ class FactoredStep:
         for j, lo, hi, row in rows:
             fn, twin, nb, nr, nc, offsets, strides, states = self.calls[j]
             if hi > lo:
-                if twin is not None and threaded_from is not None and hi - lo >= threaded_from:
+                if twin is not None and hi - lo >= threaded_from:
                     fn = twin
                 fn(int(pptr[j]), int(gptr[j]), nb, nr, nc, offsets, strides,
                    *[state[k][o:o + n] for k, o, n in states], ws, scal[row, :ns])
