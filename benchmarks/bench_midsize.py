@@ -117,7 +117,7 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
                    "reads": float(np.median((s["check"] - s["ignore"]) / read)),
                    "read": float(np.median(read / best)),
                    "kernel": float(np.median(s["kernel"] / best)),
-                   "python": float(np.median((s["ignore"] - s["kernel"]) / best)),
+                   "beyond": float(np.median((s["ignore"] - s["kernel"]) / best)),  # the step beyond its kernel call
                    "arith": float(np.median(arith_best / best)),
                    "best": "prange" if np.median(s["prange"] / s["serial"]) < 1 else "serial",
                    "threaded": threaded,
@@ -278,9 +278,9 @@ def _miss(r) -> str:
         else:
             if r["kernel"] - r["arith"] > 0.05:
                 why.append(f"the kernel is {r['kernel'] - r['arith']:.2f}× above the same arithmetic")
-            if floor + r["python"] > t:
+            if floor + r["beyond"] > t:
                 why.append(f"the same-arithmetic floor {floor:.2f}× + the step beyond its kernel call "
-                           f"{r['python']:.2f}×")
+                           f"{r['beyond']:.2f}×")
     if r["check"] > t + r["read"] and r["reads"] > 1:
         why.append(f"the check takes {r['reads']:.2f} reads")
     return " **missed**" + (f": {'; '.join(why)}" if why else "")
