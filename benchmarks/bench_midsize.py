@@ -108,6 +108,9 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
                                  "arith serial": lambda: arith_ser(tp, g, *states, c),
                                  "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
                                 rounds=rounds, budget=8.0)
+            if not suite.all_finite(tp, *states, opt_c.param_groups[0]["params"][0], *opt_c._state):
+                raise RuntimeError(f"adam {dname} n={n}: a param or state went NaN/inf during the rounds; "
+                                   f"the figures would time arithmetic on invalid values")
             s = {k: np.array(v["samples"]) for k, v in res.items()}
             best = np.minimum(s["prange"], s["serial"])
             read = np.minimum(s["read prange"], s["read serial"])

@@ -65,6 +65,11 @@ from symopt.runtime.layout import kernel_frame
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_devices.py, beside this file
+# OpenMP threads bound to cores, for every peer: numba's and torch's libgomp read this when they load, at the
+# first parallel region (after this line).  Unbound, on a 2-core machine the scheduler now and then runs a worker
+# on the main thread's core for a while, and a 0.2 ms batch of parallel loops then takes ~20x as long (17-24% of
+# the batches of a prange loop on 1e4 elements, interleaved with a serial one, against none when bound).
+os.environ.setdefault("OMP_PROC_BIND", "true")
 RULE = "adam" if "adam" in symopt.rules() else "notes.adam_warmup"
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 DTYPES = (np.float32, np.float64)
@@ -81,13 +86,7 @@ def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float 
     rather than the wake-up after the pause.
     """
     names = list(fns)
-    batch = {}
-    for name in names:
-        fns[name]()                        # warm up (compile, first touch)
-        t0 = time.perf_counter()
-        fns[name]()
-        one = max(time.perf_counter() - t0, 1e-7)
-        batch[name] = max(1, int(min_batch / one))
+    batch = {name: _batch_size(fns[name], min_batch) for name in names}
     samples = {n: [] for n in names}
     start = time.perf_counter()
     for r in range(rounds):
@@ -105,6 +104,25 @@ def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float 
     return {n: {"min": min(s), "median": float(np.median(s)), "samples": s} for n, s in samples.items()}
 
 
+def _batch_size(f, min_batch: float) -> int:
+    """Calls of ``f`` that take about ``min_batch`` seconds back to back (at least 1), timed on runs of 1, 2, 4...
+    calls until a run of at least 4 lasts ``min_batch``.  The first calls can take many times the steady
+    per-call time (a parallel loop on 1e4 elements: 80 us, then 3 us, while the idle core wakes up), which
+    would leave a fast candidate a batch of one slow call."""
+    f()                                    # warm up (compile, first touch)
+    if min_batch <= 0:
+        return 1
+    k = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(k):
+            f()
+        took = time.perf_counter() - t0
+        if (took >= min_batch and k >= 4) or k >= 1 << 20:
+            return max(1, round(k * min_batch / max(took, 1e-9)))
+        k *= 2
+
+
 def paired_ratio(res: dict, num: str, den: str) -> float:
     """Median over rounds of ``num``'s time / ``den``'s time in the same round.
 
@@ -116,6 +134,11 @@ def paired_ratio(res: dict, num: str, den: str) -> float:
 
 
 # ------------------------------------------------------------------------ same traffic
+# Each loop reads and writes the arrays a rule's step does, with one multiply-add per array.  They run on
+# the optimizer's own arrays, interleaved with its steps, so they leave its state valid: finite, and
+# s <- s*c + g**2 keeps every state >= 0 (a second moment's square root stays real).  With s*c + g the
+# second moments would turn negative and the params NaN within a few rounds, and NaN operands slow this
+# CPU's square root and divide (Adam at 1e4 float32: 1.4x): the step would be charged for garbage.
 @numba.njit(parallel=True, error_model="numpy")
 def _traffic0(p, g, c):
     for i in numba.prange(p.shape[0]):
@@ -126,50 +149,55 @@ def _traffic0(p, g, c):
 def _traffic1(p, g, s0, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
+        g2 = gi * gi
         p[i] = p[i] + c * gi
-        s0[i] = s0[i] * c + gi
+        s0[i] = s0[i] * c + g2
 
 
 @numba.njit(parallel=True, error_model="numpy")
 def _traffic2(p, g, s0, s1, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
+        g2 = gi * gi
         p[i] = p[i] + c * gi
-        s0[i] = s0[i] * c + gi
-        s1[i] = s1[i] * c + gi
+        s0[i] = s0[i] * c + g2
+        s1[i] = s1[i] * c + g2
 
 
 @numba.njit(parallel=True, error_model="numpy")
 def _traffic3(p, g, s0, s1, s2, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
+        g2 = gi * gi
         p[i] = p[i] + c * gi
-        s0[i] = s0[i] * c + gi
-        s1[i] = s1[i] * c + gi
-        s2[i] = s2[i] * c + gi
+        s0[i] = s0[i] * c + g2
+        s1[i] = s1[i] * c + g2
+        s2[i] = s2[i] * c + g2
 
 
 @numba.njit(parallel=True, error_model="numpy")
 def _traffic4(p, g, s0, s1, s2, s3, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
+        g2 = gi * gi
         p[i] = p[i] + c * gi
-        s0[i] = s0[i] * c + gi
-        s1[i] = s1[i] * c + gi
-        s2[i] = s2[i] * c + gi
-        s3[i] = s3[i] * c + gi
+        s0[i] = s0[i] * c + g2
+        s1[i] = s1[i] * c + g2
+        s2[i] = s2[i] * c + g2
+        s3[i] = s3[i] * c + g2
 
 
 @numba.njit(parallel=True, error_model="numpy")
 def _traffic5(p, g, s0, s1, s2, s3, s4, c):
     for i in numba.prange(p.shape[0]):
         gi = g[i]
+        g2 = gi * gi
         p[i] = p[i] + c * gi
-        s0[i] = s0[i] * c + gi
-        s1[i] = s1[i] * c + gi
-        s2[i] = s2[i] * c + gi
-        s3[i] = s3[i] * c + gi
-        s4[i] = s4[i] * c + gi
+        s0[i] = s0[i] * c + g2
+        s1[i] = s1[i] * c + g2
+        s2[i] = s2[i] * c + g2
+        s3[i] = s3[i] * c + g2
+        s4[i] = s4[i] * c + g2
 
 
 _TRAFFIC = (_traffic0, _traffic1, _traffic2, _traffic3, _traffic4, _traffic5)
@@ -183,6 +211,11 @@ def _read_once(g):
         x = g[i]
         bad += (x - x) != 0
     return bad
+
+
+def all_finite(*arrays) -> bool:
+    """Whether every value of ``arrays`` is finite: a timing on NaN/inf operands is not a timing of the rule."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def same_traffic(p, g, states):
@@ -323,14 +356,18 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
             opt_c = symopt.optimizer(name, [p0.copy()])
             # The same-traffic kernel runs on the very arrays the ignore-mode step uses (its param, the
             # grad, its state buffers), so that both see the same pages: separately allocated arrays
-            # were seen to stream up to 1.5x faster or slower on this shared machine.  The values it
-            # leaves behind do not change the speed of the rule's arithmetic.
+            # were seen to stream up to 1.5x faster or slower on this shared machine.  It leaves the state
+            # finite and non-negative (see _traffic1), so the step computes on valid values.
             tp, tg, tstates = opt_i.param_groups[0]["params"][0], g, opt_i._state
             try:
                 res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt_i.step([g]),
                                "check": lambda: opt_c.step([g]), "read": lambda: _read_once(g)}, rounds=rounds)
             except Exception as exc:   # a rule whose default step misbehaves on this data
                 rows.append({"rule": name, "dtype": np.dtype(dtype).name, "error": repr(exc)})
+                continue
+            if not all_finite(tp, *tstates):
+                rows.append({"rule": name, "dtype": np.dtype(dtype).name,
+                             "error": "the param or state went NaN/inf during the rounds: timed on invalid values"})
                 continue
             same = res["same"]["min"]
             extra = np.median((np.array(res["check"]["samples"]) - np.array(res["ignore"]["samples"]))
@@ -851,7 +888,8 @@ def phase_midsize(rounds, log) -> dict:
     one fork/join of the threads and the warm start (benchmarks/bench_midsize.py)."""
     import types
 
-    tools = types.SimpleNamespace(measure=measure, DTYPES=DTYPES, _TRAFFIC=_TRAFFIC, _read_once=_read_once)
+    tools = types.SimpleNamespace(measure=measure, DTYPES=DTYPES, _TRAFFIC=_TRAFFIC, _read_once=_read_once,
+                                  all_finite=all_finite)
     return _bench_module("bench_midsize").run(tools, rounds, log)
 
 
@@ -870,7 +908,8 @@ def run_alone(name: str, args) -> int:
     print(heading, flush=True)
     load0 = os.getloadavg()[0]
     text = section(run(5 if getattr(args, "quick", False) else 20, lambda m: print(m, flush=True)))
-    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads; load average {load0:.2f} "
+    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads (OMP_PROC_BIND="
+             f"{os.environ.get('OMP_PROC_BIND')}); load average {load0:.2f} "
              f"before, {os.getloadavg()[0]:.2f} after (a load near or above the core count makes threaded rows noisy).\n")
     print(text)
     (out_dir / f"results_{name}.md").write_text(text, encoding="utf-8")
@@ -939,6 +978,7 @@ def machine_info(threads: int) -> dict:
     except Exception:
         info["blas"] = "?"
     info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    info["OMP_PROC_BIND"] = os.environ.get("OMP_PROC_BIND")
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                                         text=True).stdout.strip() or "?"
@@ -1180,8 +1220,8 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append(f"- CPU: {info.get('cpu')} ({info.get('cores')} cores, AVX-512F: {info.get('avx512f')}), "
              f"memory {info.get('memory', '?')}; {info.get('platform')}")
     L.append(f"- Threads for every peer: {info['threads']} (numba.set_num_threads, torch.set_num_threads); numba "
-             f"threading layer: {info.get('numba threading layer')}; NumPy elementwise loops are single-threaded; "
-             "JAX uses XLA's own pool")
+             f"threading layer: {info.get('numba threading layer')}, OMP_PROC_BIND={info.get('OMP_PROC_BIND')} "
+             "(OpenMP threads bound to cores); NumPy elementwise loops are single-threaded; JAX uses XLA's own pool")
     L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
              + f"; Python {info['python']}; commit {info.get('commit')}")
     L.append(f"- BLAS (threadpoolctl): {info.get('blas')}; OPENBLAS_CORETYPE in the calling shell: "
