@@ -86,7 +86,6 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
             p0 = (rng.standard_normal(n)).astype(dtype)
             g = (rng.standard_normal(n) * 1e-3).astype(dtype)
             opt_i = symopt.optimizer("adam", [p0.copy()], on_nonfinite="ignore")
-            opt_c = symopt.optimizer("adam", [p0.copy()])
             tp, states = opt_i.param_groups[0]["params"][0], opt_i._state
             par = suite._TRAFFIC[len(states)]
             ser = _serial(par)
@@ -102,13 +101,13 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
             kframe = layout.kernel_frame(dtype, (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work,
                                                  opt_i._scal, opt_i._hyp, opt_i._no_words, opt_i._no_steps, False))
             res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
-                                 "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
+                                 "ignore": lambda: opt_i.step([g]), "check": lambda: opt_i.step([g]),
                                  "kernel": lambda: kern(kframe),
                                  "arith prange": lambda: arith(tp, g, *states, c),
                                  "arith serial": lambda: arith_ser(tp, g, *states, c),
                                  "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
-                                rounds=rounds, budget=8.0)
-            if not suite.all_finite(tp, *states, opt_c.param_groups[0]["params"][0], *opt_c._state):
+                                rounds=rounds, budget=8.0, before=suite.check_modes(opt_i))
+            if not suite.all_finite(tp, *states):
                 raise RuntimeError(f"adam {dname} n={n}: a param or state went NaN/inf during the rounds; "
                                    f"the figures would time arithmetic on invalid values")
             s = {k: np.array(v["samples"]) for k, v in res.items()}
@@ -169,14 +168,13 @@ def wake_up(suite, rounds: int, log) -> dict:
     rng = np.random.default_rng(9)
     p = rng.standard_normal(ONE_REGION_N).astype(np.float32)
     g = (rng.standard_normal(ONE_REGION_N) * 1e-3).astype(np.float32)
-    opt_i = symopt.optimizer("adam", [p.copy()], on_nonfinite="ignore")
-    opt_c = symopt.optimizer("adam", [p.copy()])
-    threaded = ONE_REGION_N >= opt_c.parallel_threshold and symopt.get_num_threads() > 1
+    opt = symopt.optimizer("adam", [p.copy()])
+    threaded = ONE_REGION_N >= opt.parallel_threshold and symopt.get_num_threads() > 1
     read_serial = _serial(suite._read_once)
     res = suite.measure({"prange": lambda: _fork_join(x), "serial": lambda: serial(x),
-                         "ignore": lambda: opt_i.step([g]), "check": lambda: opt_c.step([g]),
+                         "ignore": lambda: opt.step([g]), "check": lambda: opt.step([g]),
                          "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
-                        rounds=rounds * 2, budget=6.0)
+                        rounds=rounds * 2, budget=6.0, before=suite.check_modes(opt))
     s = {k: np.array(v["samples"]) for k, v in res.items()}
     cost, best = float(np.median(s["prange"] - s["serial"])), res["prange"]["min"] - res["serial"]["min"]
     read = np.minimum(s["read prange"], s["read serial"])

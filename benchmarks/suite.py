@@ -76,8 +76,12 @@ DTYPES = (np.float32, np.float64)
 
 
 # ----------------------------------------------------------------------------- timing
-def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float = 6.0, pause: float = 0.01) -> dict:
+def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float = 6.0, pause: float = 0.01,
+            before: dict | None = None) -> dict:
     """Per-call seconds of each callable: {name: {"min": s, "median": s}} (round-robin, batched).
+
+    ``before``: {name: callable} run untimed before each batch of that candidate (e.g. set the mode of an
+    optimizer that two candidates share).
 
     ``pause`` seconds pass between two batches: OpenMP (numba, torch) and XLA worker threads
     spin for a while after a parallel region, and on a 2-core machine a peer's spinning
@@ -86,13 +90,20 @@ def measure(fns: dict, rounds: int = 12, min_batch: float = 2e-4, budget: float 
     rather than the wake-up after the pause.
     """
     names = list(fns)
-    batch = {name: _batch_size(fns[name], min_batch) for name in names}
+    before = before or {}
+    batch = {}
+    for name in names:
+        if name in before:
+            before[name]()
+        batch[name] = _batch_size(fns[name], min_batch)
     samples = {n: [] for n in names}
     start = time.perf_counter()
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             f, k = fns[name], batch[name]
+            if name in before:
+                before[name]()
             f()                          # untimed: the first call after the pause finds cold caches/threads
             t0 = time.perf_counter()
             for _ in range(k):
@@ -323,6 +334,15 @@ def symopt_step(params, grads, rule=RULE, **kw):
     return (lambda: opt.step(grads)), opt
 
 
+def check_modes(opt) -> dict:
+    """``measure``'s ``before`` hooks of the candidates "ignore" and "check": one optimizer steps unchecked, then
+    checked, on the same arrays.  Two optimizers' arrays lie on different pages, and that alone moved Adam's
+    threaded step at 262144 float32 (1 MB an array) by 0.80-1.16x between six identical optimizers: the
+    checked one of a pair came out faster than the unchecked one in some runs."""
+    return {"ignore": lambda: setattr(opt, "on_nonfinite", "ignore"),
+            "check": lambda: setattr(opt, "on_nonfinite", "raise")}
+
+
 def _have(module: str) -> bool:
     try:
         __import__(module)
@@ -353,15 +373,15 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
             opt_i = symopt.optimizer(name, [p0.copy()], on_nonfinite="ignore")
             if opt_i._vinfo.get("reduce") is not None:
                 break                                  # not elementwise: reduction passes first
-            opt_c = symopt.optimizer(name, [p0.copy()])
-            # The same-traffic kernel runs on the very arrays the ignore-mode step uses (its param, the
-            # grad, its state buffers), so that both see the same pages: separately allocated arrays
+            # The same-traffic kernel runs on the very arrays the step uses, unchecked and checked (its param,
+            # the grad, its state buffers), so that all see the same pages: separately allocated arrays
             # were seen to stream up to 1.5x faster or slower on this shared machine.  It leaves the state
             # finite and non-negative (see _traffic1), so the step computes on valid values.
             tp, tg, tstates = opt_i.param_groups[0]["params"][0], g, opt_i._state
             try:
                 res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt_i.step([g]),
-                               "check": lambda: opt_c.step([g]), "read": lambda: _read_once(g)}, rounds=rounds)
+                               "check": lambda: opt_i.step([g]), "read": lambda: _read_once(g)}, rounds=rounds,
+                              before=check_modes(opt_i))
             except Exception as exc:   # a rule whose default step misbehaves on this data
                 rows.append({"rule": name, "dtype": np.dtype(dtype).name, "error": repr(exc)})
                 continue
@@ -381,7 +401,7 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
             log(f"  {name:18s} {np.dtype(dtype).name}: ignore {rows[-1]['ignore']:.3f}x  "
                 f"check {rows[-1]['check']:.3f}x  check cost {rows[-1]['reads']:.2f} grad reads  "
                 f"(same-traffic {same * 1e3:.2f} ms)")
-            del opt_i, opt_c, tp, tg, tstates
+            del opt_i, tp, tg, tstates
         del mod
     return rows
 
@@ -853,9 +873,8 @@ def phase_check_in_cache(rounds, log, n=10 ** 4) -> dict:
     out = {}
     for dtype in DTYPES:
         p, g = _arrays([n], dtype, rng), _arrays([n], dtype, rng, 1e-3)
-        fc, _ = symopt_step([p[0].copy()], g)
-        fi, _ = symopt_step([p[0].copy()], g, on_nonfinite="ignore")
-        res = measure({"check": fc, "ignore": fi}, rounds=rounds * 2)
+        step, opt = symopt_step([p[0].copy()], g)
+        res = measure({"check": step, "ignore": step}, rounds=rounds * 2, before=check_modes(opt))
         out[np.dtype(dtype).name] = res["check"]["min"] / res["ignore"]["min"]
     log(f"  n={n}: check / ignore " + ", ".join(f"{d} {v:.3f}" for d, v in out.items()))
     return {"n": n, "ratio": out}
@@ -889,7 +908,7 @@ def phase_midsize(rounds, log) -> dict:
     import types
 
     tools = types.SimpleNamespace(measure=measure, DTYPES=DTYPES, _TRAFFIC=_TRAFFIC, _read_once=_read_once,
-                                  all_finite=all_finite)
+                                  all_finite=all_finite, check_modes=check_modes)
     return _bench_module("bench_midsize").run(tools, rounds, log)
 
 
@@ -1293,7 +1312,7 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append("![time per element](time_per_element.png)\n")
     L.append(f"## 1. At the limit ({limit_n(limit, quick)} elements, one tensor)\n")
     L.append("Same-traffic kernel: one `prange` loop reading param, grad and each state buffer and writing param and "
-             "each state buffer (`x = x*c + g`). GB/s = bytes the step must move / same-traffic time. "
+             "each state buffer (`p = p + c*g`, `s = s*c + g*g`: the state stays finite and non-negative). GB/s = bytes the step must move / same-traffic time. "
              "*One extra grad read*: the ratio the finiteness check would cost if its read of the grads ran at the "
              "step's bandwidth, (streams + 1) / streams with 3 + 2·(state buffers) streams. *Check cost in grad "
              "reads*: (check − ignore) divided by the time of one `prange` pass that only reads the grads "
