@@ -65,11 +65,6 @@ from symopt.runtime.layout import kernel_frame
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_devices.py, beside this file
-# OpenMP threads bound to cores, for every peer: numba's and torch's libgomp read this when they load, at the
-# first parallel region (after this line).  Unbound, on a 2-core machine the scheduler now and then runs a worker
-# on the main thread's core for a while, and a 0.2 ms batch of parallel loops then takes ~20x as long (17-24% of
-# the batches of a prange loop on 1e4 elements, interleaved with a serial one, against none when bound).
-os.environ.setdefault("OMP_PROC_BIND", "true")
 RULE = "adam" if "adam" in symopt.rules() else "notes.adam_warmup"
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 DTYPES = (np.float32, np.float64)
@@ -927,8 +922,8 @@ def run_alone(name: str, args) -> int:
     print(heading, flush=True)
     load0 = os.getloadavg()[0]
     text = section(run(5 if getattr(args, "quick", False) else 20, lambda m: print(m, flush=True)))
-    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads (OMP_PROC_BIND="
-             f"{os.environ.get('OMP_PROC_BIND')}); load average {load0:.2f} "
+    text += (f"\nMachine: {os.cpu_count()} cores, {symopt.get_num_threads()} threads (OMP_PROC_BIND: "
+             f"{os.environ.get('OMP_PROC_BIND') or 'unset'}); load average {load0:.2f} "
              f"before, {os.getloadavg()[0]:.2f} after (a load near or above the core count makes threaded rows noisy).\n")
     print(text)
     (out_dir / f"results_{name}.md").write_text(text, encoding="utf-8")
@@ -1239,8 +1234,9 @@ def report(info, limit, sizes_res, many, small, large, thr, compile_rows, startu
     L.append(f"- CPU: {info.get('cpu')} ({info.get('cores')} cores, AVX-512F: {info.get('avx512f')}), "
              f"memory {info.get('memory', '?')}; {info.get('platform')}")
     L.append(f"- Threads for every peer: {info['threads']} (numba.set_num_threads, torch.set_num_threads); numba "
-             f"threading layer: {info.get('numba threading layer')}, OMP_PROC_BIND={info.get('OMP_PROC_BIND')} "
-             "(OpenMP threads bound to cores); NumPy elementwise loops are single-threaded; JAX uses XLA's own pool")
+             f"threading layer: {info.get('numba threading layer')} (OMP_PROC_BIND: "
+             f"{info.get('OMP_PROC_BIND') or 'unset'}); "
+             "NumPy elementwise loops are single-threaded; JAX uses XLA's own pool")
     L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
              + f"; Python {info['python']}; commit {info.get('commit')}")
     L.append(f"- BLAS (threadpoolctl): {info.get('blas')}; OPENBLAS_CORETYPE in the calling shell: "
