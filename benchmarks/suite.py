@@ -371,7 +371,7 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
             # The same-traffic kernel runs on the very arrays the step uses, unchecked and checked (its param,
             # the grad, its state buffers), so that all see the same pages: separately allocated arrays
             # were seen to stream up to 1.5x faster or slower on this shared machine.  It leaves the state
-            # finite and non-negative (see _traffic1), so the step computes on valid values.
+            # finite and non-negative (see the same-traffic loops), so the step computes on valid values.
             tp, tg, tstates = opt_i.param_groups[0]["params"][0], g, opt_i._state
             try:
                 res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt_i.step([g]),
