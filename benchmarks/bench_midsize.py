@@ -85,28 +85,28 @@ def midsize(suite, rounds: int, log, sizes=SIZES) -> list:
         for n in sizes:
             p0 = (rng.standard_normal(n)).astype(dtype)
             g = (rng.standard_normal(n) * 1e-3).astype(dtype)
-            opt_i = symopt.optimizer("adam", [p0.copy()], on_nonfinite="ignore")
-            tp, states = opt_i.param_groups[0]["params"][0], opt_i._state
+            opt = symopt.optimizer("adam", [p0.copy()], on_nonfinite="ignore")
+            tp, states = opt.param_groups[0]["params"][0], opt._state
             par = suite._TRAFFIC[len(states)]
             ser = _serial(par)
             arith, arith_ser = _same_arithmetic, _serial(_same_arithmetic)
             c = np.dtype(dtype).type(0.5)
-            opt_i.step([g])
+            opt.step([g])
             # The bare compiled kernel the unchecked step calls, on its own arrays and tables: the step
             # minus the Python around it (a miss of the kernel itself is arithmetic, not fixed cost).
-            threaded = n >= opt_i.parallel_threshold and symopt.get_num_threads() > 1
-            chunks, work = opt_i._tables[(symopt.get_num_threads(), False, None)] if threaded else (opt_i._chunks,
-                                                                                                     opt_i._work)
-            kern = opt_i._kernel_parallel if threaded else opt_i._kernel_serial
-            kframe = layout.kernel_frame(dtype, (opt_i._pptr, opt_i._gptr, *states, opt_i._offs, chunks, work,
-                                                 opt_i._scal, opt_i._hyp, opt_i._no_words, opt_i._no_steps, False))
+            threaded = n >= opt.parallel_threshold and symopt.get_num_threads() > 1
+            chunks, work = (opt._tables[(symopt.get_num_threads(), False, None)] if threaded
+                            else (opt._chunks, opt._work))
+            kern = opt._kernel_parallel if threaded else opt._kernel_serial
+            kframe = layout.kernel_frame(dtype, (opt._pptr, opt._gptr, *states, opt._offs, chunks, work,
+                                                 opt._scal, opt._hyp, opt._no_words, opt._no_steps, False))
             res = suite.measure({"prange": lambda: par(tp, g, *states, c), "serial": lambda: ser(tp, g, *states, c),
-                                 "ignore": lambda: opt_i.step([g]), "check": lambda: opt_i.step([g]),
+                                 "ignore": lambda: opt.step([g]), "check": lambda: opt.step([g]),
                                  "kernel": lambda: kern(kframe),
                                  "arith prange": lambda: arith(tp, g, *states, c),
                                  "arith serial": lambda: arith_ser(tp, g, *states, c),
                                  "read prange": lambda: suite._read_once(g), "read serial": lambda: read_serial(g)},
-                                rounds=rounds, budget=8.0, before=suite.check_modes(opt_i))
+                                rounds=rounds, budget=8.0, before=suite.check_modes(opt))
             if not suite.all_finite(tp, *states):
                 raise RuntimeError(f"adam {dname} n={n}: a param or state went NaN/inf during the rounds; "
                                    f"the figures would time arithmetic on invalid values")

@@ -334,8 +334,9 @@ def check_modes(opt) -> dict:
     checked, on the same arrays.  Two optimizers' arrays lie on different pages, and that alone moved Adam's
     threaded step at 262144 float32 (1 MB an array) by 0.80-1.16x between six identical optimizers: the
     checked one of a pair came out faster than the unchecked one in some runs."""
+    checked = opt.on_nonfinite if opt.on_nonfinite != "ignore" else "raise"   # the mode it was built with
     return {"ignore": lambda: setattr(opt, "on_nonfinite", "ignore"),
-            "check": lambda: setattr(opt, "on_nonfinite", "raise")}
+            "check": lambda: setattr(opt, "on_nonfinite", checked)}
 
 
 def _have(module: str) -> bool:
@@ -365,18 +366,18 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
         for dtype in DTYPES:
             p0 = _arrays([size], dtype, rng)[0]
             g = (rng.standard_normal(size) * 1e-3).astype(dtype)
-            opt_i = symopt.optimizer(name, [p0.copy()], on_nonfinite="ignore")
-            if opt_i._vinfo.get("reduce") is not None:
+            opt = symopt.optimizer(name, [p0.copy()], on_nonfinite="ignore")
+            if opt._vinfo.get("reduce") is not None:
                 break                                  # not elementwise: reduction passes first
             # The same-traffic kernel runs on the very arrays the step uses, unchecked and checked (its param,
             # the grad, its state buffers), so that all see the same pages: separately allocated arrays
             # were seen to stream up to 1.5x faster or slower on this shared machine.  It leaves the state
             # finite and non-negative (see the same-traffic loops), so the step computes on valid values.
-            tp, tg, tstates = opt_i.param_groups[0]["params"][0], g, opt_i._state
+            tp, tg, tstates = opt.param_groups[0]["params"][0], g, opt._state
             try:
-                res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt_i.step([g]),
-                               "check": lambda: opt_i.step([g]), "read": lambda: _read_once(g)}, rounds=rounds,
-                              before=check_modes(opt_i))
+                res = measure({"same": same_traffic(tp, tg, tstates), "ignore": lambda: opt.step([g]),
+                               "check": lambda: opt.step([g]), "read": lambda: _read_once(g)}, rounds=rounds,
+                              before=check_modes(opt))
             except Exception as exc:   # a rule whose default step misbehaves on this data
                 rows.append({"rule": name, "dtype": np.dtype(dtype).name, "error": repr(exc)})
                 continue
@@ -387,16 +388,16 @@ def phase_limit(size: int, rounds: int, log, names=None) -> list:
             same = res["same"]["min"]
             extra = np.median((np.array(res["check"]["samples"]) - np.array(res["ignore"]["samples"]))
                               / np.array(res["read"]["samples"]))
-            rows.append({"rule": name, "variant": opt_i.variant, "dtype": np.dtype(dtype).name,
-                         "nstate": len(opt_i._state), "same_ms": same * 1e3,
+            rows.append({"rule": name, "variant": opt.variant, "dtype": np.dtype(dtype).name,
+                         "nstate": len(opt._state), "same_ms": same * 1e3,
                          "ignore": paired_ratio(res, "ignore", "same"), "check": paired_ratio(res, "check", "same"),
-                         "gbps": (2 + 2 * len(opt_i._state) + 1) * size * np.dtype(dtype).itemsize / same / 1e9,
-                         "bound": (4 + 2 * len(opt_i._state)) / (3 + 2 * len(opt_i._state)),
+                         "gbps": (2 + 2 * len(opt._state) + 1) * size * np.dtype(dtype).itemsize / same / 1e9,
+                         "bound": (4 + 2 * len(opt._state)) / (3 + 2 * len(opt._state)),
                          "reads": float(extra)})
             log(f"  {name:18s} {np.dtype(dtype).name}: ignore {rows[-1]['ignore']:.3f}x  "
                 f"check {rows[-1]['check']:.3f}x  check cost {rows[-1]['reads']:.2f} grad reads  "
                 f"(same-traffic {same * 1e3:.2f} ms)")
-            del opt_i, tp, tg, tstates
+            del opt, tp, tg, tstates
         del mod
     return rows
 
