@@ -39,6 +39,18 @@ def rel_err(a, b, floor: float = 0.0) -> float:
     return float(np.max(np.abs(a - b) / denom))
 
 
+
+class CountedCalls:
+    """A kernel that counts its calls and forwards them (to see which kernel a step ran)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.kernel(*args)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

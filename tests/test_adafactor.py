@@ -13,7 +13,7 @@ moves float64 trajectories by ~2e-8), float32 2e-6 max-norm against ``optax.adaf
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import rel_err
+from conftest import CountedCalls, rel_err
 
 import symopt
 from symopt.rulebook.factored import ColMean, RowMean
@@ -315,17 +315,6 @@ def _ox_run(tx, jnp, params, grads):
 THREADED_SHAPES = [(6, 32, 48), (8, 4, 3, 3), (5, 7), (11,)]
 
 
-class _Counted:
-    """A kernel that counts its calls."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        return self.fn(*args)
-
-
 @pytest.mark.skipif(symopt.runtime.threads.max_threads() < 2,
                     reason="the threaded factored kernel needs 2 numba threads (NUMBA_NUM_THREADS >= 2)")
 @pytest.mark.parametrize("rule, kw", [("adafactor", {}), ("adafactor_optax", {"min_dim_size_to_factor": 3})],
@@ -347,7 +336,7 @@ def test_threaded_factored_step_does_not_depend_on_the_thread_count(rule, kw, dt
             opt = symopt.optimizer(rule, ours, **kw)
             opt.parallel_threshold = threshold
             step = opt._matrix
-            step.calls = [(fn, twin and _Counted(twin), *rest) for fn, twin, *rest in step.calls]
+            step.calls = [(fn, twin and CountedCalls(twin), *rest) for fn, twin, *rest in step.calls]
             for k in range(4):
                 if k == 2:
                     bad = [g.copy() for g in grads[k]]

@@ -23,12 +23,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import RTOL, CountedCalls, rel_err
 
 import symopt
 from symopt.runtime import layout
 from symopt.runtime.optimizer import NonFiniteGradientError
-
-from conftest import RTOL, rel_err
 
 RULE = "adam"
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
@@ -74,20 +73,9 @@ def _assert_close(opt, params, ref, dtype):
         assert _err(st["exp_avg_sq"], ref.v[k], dtype) < tol, f"exp_avg_sq {k}"
 
 
-class Spy:
-    """Counts the calls of a kernel and forwards them."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls = kernel, 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        return self.kernel(*args)
-
-
 def _spied(opt):
-    opt._kernel_serial = Spy(opt._kernel_serial)
-    opt._kernel_parallel = Spy(opt._kernel_parallel)
+    opt._kernel_serial = CountedCalls(opt._kernel_serial)
+    opt._kernel_parallel = CountedCalls(opt._kernel_parallel)
     return opt
 
 
