@@ -42,6 +42,7 @@ class AdamRef:
         self.v = [np.zeros_like(x) for x in self.p]
         self.t = [0] * len(self.p)
         self.lr = lrs or [LR] * len(self.p)
+        self.b1, self.b2 = B1, B2
 
     def step(self, grads):
         for k, g in enumerate(grads):
@@ -50,10 +51,17 @@ class AdamRef:
             g = g.astype(np.float64)
             self.t[k] += 1
             t = self.t[k]
-            self.m[k] = B1 * self.m[k] + (1 - B1) * g
-            self.v[k] = B2 * self.v[k] + (1 - B2) * g * g
-            denom = np.sqrt(self.v[k]) / np.sqrt(1 - B2**t) + EPS
-            self.p[k] = self.p[k] - (self.lr[k] / (1 - B1**t)) * self.m[k] / denom
+            b1, b2 = self.b1, self.b2
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            denom = np.sqrt(self.v[k]) / np.sqrt(1 - b2**t) + EPS
+            self.p[k] = self.p[k] - (self.lr[k] / (1 - b1**t)) * self.m[k] / denom
+
+    def copy(self):
+        out = AdamRef([])
+        out.p, out.m, out.v = ([x.copy() for x in a] for a in (self.p, self.m, self.v))
+        out.t, out.lr, out.b1, out.b2 = list(self.t), list(self.lr), self.b1, self.b2
+        return out
 
 
 def _err(a, b, dtype) -> float:
@@ -189,6 +197,77 @@ def test_one_thread_and_threshold_are_settable(rng):
         symopt.set_num_threads(0)
     with pytest.raises(TypeError):
         symopt.set_num_threads(1.5)
+
+
+REPEAT_CHANGES = ["nothing", "lr", "betas in place", "group replaced", "on_nonfinite", "threads", "state loaded",
+                  "a None grad", "a grad moved"]
+
+
+@pytest.mark.parametrize("change", REPEAT_CHANGES)
+def test_repeated_grads_see_every_change_between_steps(change, rng):
+    """The same grad arrays, refilled in place each step (a training loop's buffers): from the third step
+    on, step() makes its last kernel call again without the Python of a full step.  Whatever that call
+    was made from may change between two steps, and the next step must see it: a hyperparameter (a new
+    value, a list changed in place, the group dict replaced), on_nonfinite, the worker count, the state
+    (load_state_dict), a None grad, a grad moved to another buffer.  float32, compared by max-norm (after
+    eight steps, float64's elementwise 1e-12 is below the rounding of the moments' near-zero entries)."""
+    dtype = np.float32
+    shapes = [(40, 30), (2000,)]
+    params = _arrays(shapes, dtype, rng)
+    grads = [np.zeros(s, dtype) for s in shapes]
+    ref = AdamRef(params)
+    opt = symopt.optimizer(RULE, [{"params": params, "betas": [B1, B2]}], lr=LR,
+                           on_nonfinite="ignore" if change == "on_nonfinite" else "raise")
+    opt.parallel_threshold = 0   # threaded where two threads are there: the worker count is part of the call
+    full = CountedCalls(opt._step_all)
+    opt._step_all = full
+    saved = None
+    try:
+        for i in range(8):
+            new = _arrays(shapes, dtype, rng, scale=0.1)
+            for g, x in zip(grads, new):
+                g[...] = x
+            given = list(grads)
+            if i == 5:   # the change, between the fifth step and the sixth
+                if change == "lr":
+                    opt.param_groups[0]["lr"] = ref.lr[0] = ref.lr[1] = 0.5 * LR
+                elif change == "betas in place":
+                    opt.param_groups[0]["betas"][0] = ref.b1 = 0.8
+                elif change == "group replaced":
+                    opt.param_groups[0] = {**opt.param_groups[0], "lr": 2 * LR}
+                    ref.lr = [2 * LR] * 2
+                elif change == "on_nonfinite":   # the call was made unchecked
+                    opt.on_nonfinite = "".join(["rai", "se"])   # not the object the optimizer compares with
+                    grads[1][7] = np.nan
+                    before = [p.copy() for p in params]
+                    with pytest.raises(NonFiniteGradientError):
+                        opt.step(given)
+                    assert all(np.array_equal(a, b) for a, b in zip(before, params))
+                    grads[1][7] = new[1][7]
+                elif change == "threads":
+                    symopt.set_num_threads(1 if symopt.get_num_threads() > 1 else symopt.runtime.threads.max_threads())
+                elif change == "state loaded":
+                    opt.load_state_dict(saved[0])   # the moments and step counts of step 2; the params stay
+                    ref.m, ref.v, ref.t = saved[1].m, saved[1].v, saved[1].t
+                elif change == "a None grad":
+                    given[0] = None
+                elif change == "a grad moved":
+                    grads[0] = given[0] = grads[0].copy()
+            opt.step(given)
+            ref.step(given)
+            if i == 2:
+                saved = (opt.state_dict(), ref.copy())
+            if i == 4:   # steps 0-2 took the full path (the third made the call with the words table), 3-4 repeated it
+                assert full.calls == 3
+    finally:
+        symopt.set_num_threads(symopt.runtime.threads.max_threads())
+    _assert_close(opt, params, ref, dtype)
+    # a new value, or another worker count, costs one full step, after which the new call repeats
+    threads_changed = symopt.runtime.threads.max_threads() > 1
+    if change == "nothing" or (change == "threads" and not threads_changed):
+        assert full.calls == 3
+    elif change in ("lr", "betas in place", "threads"):
+        assert full.calls == 4
 
 
 @pytest.mark.parametrize("nworkers", [1, 2, 3, 8])

@@ -48,6 +48,8 @@ ON_NONFINITE = ("raise", "skip", "ignore")
 #: ``{"params": [...], "dimension_numbers": MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)}``;
 #: runtime/matrix.py).
 GROUP_KEYS = ("params", "rule", "dimension_numbers")
+#: An ``Optimizer._again`` that no step matches (the first step, or a group with schedules: its row changes every step).
+_NEVER_AGAIN = (object(),) * 8
 
 
 class NonFiniteGradientError(FloatingPointError, ValueError):
@@ -313,7 +315,9 @@ class Optimizer:
         # The kernels' arguments as frames (layout.kernel_frame), by the ids of the arrays that differ between calls:
         # key -> (argument tuple, frame); each entry keeps its arrays alive, so an id in a key is never reused
         self._calls: dict = {}
-        self._last_call = (None,) * 6  # _step_all(): (address table, words, workers, check, kernel, its call)
+        # _step_all(): what its last call was made from (address table, words table, workers, on_nonfinite, the group
+        # cache entries and the values they were made from), then the kernel and the call, for the next step to repeat
+        self._again = _NEVER_AGAIN
         # Work tables (runtime/layout.py): one row per tensor; per worker count and set of
         # active tensors, cached.  ``_chunks`` is the serial table over every tensor.
         self._segments = [(j, 0, int(n), int(self._group_of[j])) for j, n in enumerate(sizes)]
@@ -668,7 +672,20 @@ class Optimizer:
             # plain ndarray it was at the last check with the same data pointer, dtype, flags, shape and strides,
             # and every param too (address, writeable flag, shape), _gptr holds their addresses, checked: the
             # kernel compares the words itself and steps in the same call, or returns -2 having written nothing.
-            if self._t_all >= 0 and self._plain:
+            again, t = self._again, self._t_all + 1
+            if (again[1] is table and again[0] is self._gptr and again[3] is self.on_nonfinite and self._hyp_t == t > 0
+                    and again[2] == (threads.current() if self._total >= self.parallel_threshold else 1)
+                    and again[4] == self._cache and [*map(self._raw_values, self.param_groups)] == again[5]):
+                # _step_all's last call again: the same address and words tables, mode and worker count, each
+                # group's cached values and its values still those (no schedule), the rows of _hyp at step t
+                nbad = again[6](again[7][1])
+                if not nbad:
+                    self._t_all = t
+                    self._hyp_t = t + 1
+                    return None
+                if self._refused(nbad, t, again[6], again[7]) is None:
+                    return None
+            elif self._t_all >= 0 and self._plain:
                 if self._step_all(table) is None:
                     return None
             elif layout.words_unchanged(table):
@@ -759,10 +776,13 @@ class Optimizer:
         ``words``: None when the grads at ``_gptr`` were just checked, else the table of words
         (:func:`symopt.runtime.layout.array_words`) that must still hold for them to be the checked ones: the
         kernel compares them first.  Returns None after the step (or a skipped one), True when a word changed
-        and nothing was done (then the caller checks the grads in full)."""
+        and nothing was done (then the caller checks the grads in full).  What the call was made from goes into
+        ``_again``, and :meth:`step` makes the same call again while all of that still holds."""
         t = self._t_all + 1
+        nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         cache, groups, raw_values = self._cache, self.param_groups, self._raw_values
         stale = self._hyp_t != t  # the rows' t (the kernel advanced it after the last step, if it took it)
+        timed = False
         for gi in range(len(cache)):  # _hyp_rows, inlined
             cached = cache[gi]
             if cached is None or cached[0] != raw_values(groups[gi]):  # _group_args, inlined
@@ -770,49 +790,53 @@ class Optimizer:
                 cached = cache[gi]
                 self._hyp_flat[gi * self._hyp_cols] = t
             if cached[3]:  # schedules: this step's values, checked (runtime/scheduled.py)
+                timed = True
                 pack, buf, rowbytes = self._hyp_packer
                 pack(buf, gi * rowbytes, t, *self._scalar_fn.arguments(t, *cached[2]))
             elif stale:
                 self._hyp_flat[gi * self._hyp_cols] = t
         self._hyp_t = t
-        nworkers = threads.current() if self._total >= self.parallel_threshold else 1
         check = self.on_nonfinite != "ignore"
-        # the kernel and its arguments as one frame: the last call's again, else kept per worker count, address
-        # table and words table (each entry holds what it names, so an id in a key is never another object's)
-        last = self._last_call
-        if last[0] is self._gptr and last[1] is words and last[2] == nworkers and last[3] is check:
-            kernel, call = last[4], last[5]
-        else:
-            key = (nworkers, id(self._gptr), id(words), check)
-            call = self._calls.get(key)
-            if call is None:
-                if nworkers > 1:
-                    table = self._tables.get((nworkers, False, None))
-                    if table is None:  # the first threaded step with this many threads plans the table
-                        if words is not None:
-                            return True  # checked in full first (then stepped here again)
-                        return self._step(None)
-                else:
-                    table = (self._chunks, self._work)
-                call = self._call(key, (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal,
-                                        self._hyp, self._no_words if words is None else words, self._steps, check))
-            kernel = self._kernel_parallel if nworkers > 1 else self._kernel_serial
-            self._last_call = (self._gptr, words, nworkers, check, kernel, call)
+        # the kernel and its arguments as one frame, kept per worker count, address table, words table and
+        # mode (each entry holds what it names, so an id in a key is never another object's)
+        key = (nworkers, id(self._gptr), id(words), check)
+        call = self._calls.get(key)
+        if call is None:
+            if nworkers > 1:
+                table = self._tables.get((nworkers, False, None))
+                if table is None:  # the first threaded step with this many threads plans the table
+                    if words is not None:
+                        return True  # checked in full first (then stepped here again)
+                    return self._step(None)
+            else:
+                table = (self._chunks, self._work)
+            call = self._call(key, (self._pptr, self._gptr, *self._state, self._offs, *table, self._scal,
+                                    self._hyp, self._no_words if words is None else words, self._steps, check))
+        kernel = self._kernel_parallel if nworkers > 1 else self._kernel_serial
+        self._again = _NEVER_AGAIN if timed else (self._gptr, words, nworkers, self.on_nonfinite, list(cache),
+                                                  [c[0] for c in cache], kernel, call)
         # the kernel advances _steps and the rows' t when it steps (not on -2, -1 or NaN/inf grads found)
         nbad = kernel(call[1])
         if nbad:
-            if nbad == -2:  # a word of the grads or params changed: nothing was written
-                return True
-            if nbad < 0:  # a scalar came out NaN/inf: Python's scalar function raises where it should
-                nbad = self._python_scalars(t, kernel, call[0][:-4])
-                if not nbad:
-                    self._steps.fill(t)
-                    self._t_all = t
-                    return None
-            return self._nonfinite(nbad)
+            return self._refused(nbad, t, kernel, call)
         self._t_all = t
         self._hyp_t = t + 1
         return None
+
+    def _refused(self, nbad, t, kernel, call):
+        """After :meth:`_step_all`'s kernel ``call`` for step ``t`` returned ``nbad`` (not 0: it wrote nothing):
+        True when a word of the grads or params changed (-2: the caller checks the grads in full), else None
+        after the step taken with Python's scalars (-1: a scalar came out NaN/inf, and Python's scalar function
+        raises where it should) or the NaN/inf grads handled (:meth:`_nonfinite`)."""
+        if nbad == -2:
+            return True
+        if nbad < 0:
+            nbad = self._python_scalars(t, kernel, call[0][:-4])
+            if not nbad:
+                self._steps.fill(t)
+                self._t_all = t
+                return None
+        return self._nonfinite(nbad)
 
     def _hyp_rows(self, t) -> None:
         """Write step ``t`` into each group's row of ``_hyp`` (a scheduled group: its values at ``t`` too)."""
