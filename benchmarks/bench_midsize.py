@@ -260,8 +260,9 @@ def warm_start(log, runs: int = WARM_RUNS) -> dict:
            "phases": median, "sympy": "sympy" in imported, "imported": sorted(imported), "imports": top}
     log(f"  fresh process, warm cache: {out['seconds']:.2f} s median of {runs} (best {out['best']:.2f} s; bare python "
         f"{out['python']:.2f} s; a process that imports NumPy and numba only {out['floor']:.2f} s, symopt's share "
-        f"above it {out['above_floor']:.2f} s): launch to the step done {out['ready']:.2f} s (best {out['ready_best']:.2f} s), then "
-        f"the exit {out['exit']:.2f} s; imported: {', '.join(out['imported']) or 'neither SymPy nor scipy.linalg'}; "
+        f"above it {out['above_floor']:.2f} s): launch to the step done {out['ready']:.2f} s "
+        f"(best {out['ready_best']:.2f} s), then the exit {out['exit']:.2f} s; "
+        f"imported: {', '.join(out['imported']) or 'neither SymPy nor scipy.linalg'}; "
         "in the child: " + ", ".join(f"{k} {v:.3f} s" for k, v in median.items())
         + "; slowest imports (cumulative): " + ", ".join(f"{k} {v:.2f} s" for k, v in top))
     return out

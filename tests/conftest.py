@@ -39,7 +39,6 @@ def rel_err(a, b, floor: float = 0.0) -> float:
     return float(np.max(np.abs(a - b) / denom))
 
 
-
 class CountedCalls:
     """A kernel that counts its calls and forwards them (to see which kernel a step ran)."""
 
