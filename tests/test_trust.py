@@ -336,6 +336,22 @@ def test_untrusted_numba_cache_dir_falls_back_to_the_private_folder(kernel_folde
     assert any(f"NUMBA_CACHE_DIR={shared}" in m and "writable by group or others" in m for m in msgs), msgs
 
 
+def test_a_cache_folder_opened_to_others_after_its_first_use_is_passed_over(kernel_folder, tmp_path, monkeypatch):
+    """The locator checks a folder's parents once a process; the folder itself (owner, mode) at every function."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # numba's user-wide folder, next in line
+    pycache = kernel_folder / "__pycache__"
+    os.chmod(pycache, 0o777)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert _load_kernel(kernel_folder).bump(1) == 2
+    finally:
+        os.chmod(pycache, 0o700)
+    assert any((tmp_path / "cache").rglob("kern.bump-*.nbi")), "the kernel was not cached in the next folder"
+    msgs = _ours(caught)
+    assert any(str(pycache) in m and "writable by group or others" in m for m in msgs), msgs
+
+
 # ----------------------------------------------------------------------------- item 5: hostile text
 @pytest.mark.parametrize("text,match", [
     ("((9**1000)**1000)**1000", "outside float64's range"),
