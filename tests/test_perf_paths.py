@@ -36,19 +36,28 @@ LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
 class AdamRef:
     """float64 reference with per-tensor step counts (a None grad leaves a tensor as is)."""
 
-    def __init__(self, params, lrs=None):
+    def __init__(self, params, lrs=None, options=None):
         self.p = [x.astype(np.float64) for x in params]
         self.m = [np.zeros_like(x) for x in self.p]
         self.v = [np.zeros_like(x) for x in self.p]
         self.t = [0] * len(self.p)
         self.lr = lrs or [LR] * len(self.p)
         self.b1, self.b2 = B1, B2
+        #: per tensor: {"maximize": bool, "weight_decay": λ, "decoupled_weight_decay": bool} (torch's meaning)
+        self.options = options or [{}] * len(self.p)
 
     def step(self, grads):
         for k, g in enumerate(grads):
             if g is None:
                 continue
             g = g.astype(np.float64)
+            o = self.options[k]
+            g = -g if o.get("maximize") else g
+            wd = o.get("weight_decay", 0.0)
+            if o.get("decoupled_weight_decay"):
+                self.p[k] = self.p[k] * (1 - self.lr[k] * wd)
+            else:
+                g = g + wd * self.p[k]
             self.t[k] += 1
             t = self.t[k]
             b1, b2 = self.b1, self.b2
@@ -60,7 +69,7 @@ class AdamRef:
     def copy(self):
         out = AdamRef([])
         out.p, out.m, out.v = ([x.copy() for x in a] for a in (self.p, self.m, self.v))
-        out.t, out.lr, out.b1, out.b2 = list(self.t), list(self.lr), self.b1, self.b2
+        out.t, out.lr, out.b1, out.b2, out.options = list(self.t), list(self.lr), self.b1, self.b2, self.options
         return out
 
 
@@ -153,6 +162,35 @@ def test_many_tensors_groups_and_none_grads(rng):
         ref.step(grads)
     _assert_close(opt, params, ref, dtype)
     assert len({s["step"] for s in opt.state.values()}) > 1   # the per-tensor-step path ran
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threaded", [False, True])
+def test_groups_off_and_on_the_default_conditions_in_one_kernel_call(dtype, threaded, rng):
+    """The kernels run a copy of the element loop with the conditions (maximize, decoupled weight decay) at
+    their defaults as constants, and the general loop for rows whose values differ: one call with both."""
+    shapes = [(3000,), (40, 50), (2500,)]
+    params = _arrays(shapes, dtype, rng)
+    options = [{}, {"maximize": True, "weight_decay": 0.1, "decoupled_weight_decay": True},
+               {"weight_decay": 0.1}]      # coupled weight decay: the defaults' loop, with its arithmetic
+    groups = [{"params": [p], **o} for p, o in zip(params, options)]
+    ref = AdamRef(params, options=options)
+    opt = _spied(symopt.optimizer(RULE, groups, lr=LR))
+    opt.parallel_threshold = 0 if threaded else 10 ** 9
+    for _ in range(4):
+        grads = _arrays(shapes, dtype, rng)
+        opt.step(grads)
+        ref.step(grads)
+    # max-norm in both dtypes: exp_avg is m + (1 - β1)(g - m) in the kernel and β1 m + (1 - β1) g here, and an
+    # entry near zero (where g changes sign) differs in float64 by ~1e-12 of itself between the two forms
+    for k, (p, r) in enumerate(zip(params, ref.p)):
+        st = opt.state[k]
+        for got, want, what in ((p, r, "param"), (st["exp_avg"], ref.m[k], "exp_avg"),
+                                (st["exp_avg_sq"], ref.v[k], "exp_avg_sq")):
+            assert rel_err(got, want, floor=1.0) < RTOL[dtype], f"{what} {k} (group {k})"
+        assert st["step"] == ref.t[k] == 4
+    parallel = threaded and symopt.runtime.threads.max_threads() >= 2
+    assert (opt._kernel_parallel.calls > 0, opt._kernel_serial.calls > 0) == (parallel, not parallel)
 
 
 def test_flat_params_with_separate_grads_and_nan_checks(rng):

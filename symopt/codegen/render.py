@@ -243,6 +243,36 @@ def _scalar_context(rule: Rule, plan, hyper_ids: dict) -> dict:
     }
 
 
+def _switch_defaults(rule: Rule, plan: KernelPlan) -> list:
+    """``(k, value)`` for each per-step scalar ``s<k>`` that is a condition (1 where it holds, else 0) and
+    does not depend on the step, with its value at the hyperparameters' defaults.
+
+    The flat kernels run a second copy of the element loop, taken when every such scalar holds that
+    value, with the values written as constants: the compiler then drops the branches they decide and
+    the arithmetic of the branches not taken (``maximize``, decoupled or coupled weight decay...).
+    """
+    resolved: dict = {}
+    for sym, expr in plan.scalar_temps:
+        resolved[sym] = expr.xreplace(resolved)
+    defaults = {}
+    for sym, h in rule.hyper.items():
+        if h.kind in ("float", "bool") and isinstance(h.default, (bool, int, float)):
+            defaults[sym] = sp.Integer(int(h.default)) if h.kind == "bool" else sp.Float(h.default)
+    out = []
+    for k, e in enumerate(plan.scalar_exprs):
+        e = e.xreplace(resolved)
+        is_condition = isinstance(e, sp.logic.boolalg.Boolean) or (isinstance(e, sp.Piecewise)
+                                        and all(x in (sp.S.Zero, sp.S.One) for x, _ in e.args))
+        if not is_condition or t in e.free_symbols:
+            continue
+        value = e.subs(defaults)
+        if value in (sp.true, sp.S.One):
+            out.append((k, 1.0))
+        elif value in (sp.false, sp.S.Zero):
+            out.append((k, 0.0))
+    return out
+
+
 def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hyper_ids: dict) -> dict:
     state_ids = _state_identifiers(rule)
     # Element loop: names for loads, scalars and temporaries.
@@ -268,6 +298,11 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
     element_args = [elem_names[s] for s in arrays] + scalar_args
     # Where a kernel stores the element function's results (one array: a 1-tuple to unpack).
     targets = ", ".join(f"{src[s]}[i]" for s in [rule.param, *plan.state]) + ("," if not plan.state else "")
+    # An element function that numba inlines sees constants as constants: see _switch_defaults.
+    switches = _switch_defaults(rule, plan) if len(element_args) <= _MAX_INLINE_ARGS else []
+    fixed_args = list(scalar_args)
+    for k, value in switches:
+        fixed_args[k] = repr(value)
     kernels, elements, steps = [], [], []
     helpers: set = set()  # vectorizable math helpers the kernels call (templates/_vecmath.jinja)
     for suffix, dtype, itemsize in _DTYPES:
@@ -294,6 +329,8 @@ def _variant_context(family: Family, rule: Rule, plan: KernelPlan, prefix: str, 
                 "scalar_loads": [(f"s{i}", i) for i in range(nloads)],
                 "element": element, "targets": targets,
                 "element_args": [f"{src[s]}[i]" for s in arrays] + scalar_args,
+                "switch_test": " and ".join(f"s{k} == {value!r}" for k, value in switches),
+                "fixed_args": [f"{src[s]}[i]" for s in arrays] + fixed_args,
                 "doc": docstring_text(f"One {rule.name} step over every tensor, {dtype}"
                                       + (", chunks in parallel threads." if parallel else ", serial.")),
                 "frame": _frame_unpack(dtype, len(plan.state)),
