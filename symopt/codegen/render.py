@@ -210,6 +210,14 @@ def _init_hypers(rule: Rule) -> list:
     return [s for s in rule.hyper if s in syms]
 
 
+def _resolved(temps) -> dict:
+    """``{temporary: its expression with the temporaries before it substituted}`` of ``((sym, expr), ...)``."""
+    out: dict = {}
+    for sym, expr in temps:
+        out[sym] = expr.xreplace(out)
+    return out
+
+
 def _scalar_context(rule: Rule, plan, hyper_ids: dict) -> dict:
     """The per-step scalar function and the state initial values of a variant (either planner's plan)."""
     # Scalar function: arguments t and the hyperparameters, then CSE temporaries.
@@ -220,9 +228,7 @@ def _scalar_context(rule: Rule, plan, hyper_ids: dict) -> dict:
     sp_printer = ScalarPrinter(scalar_names)
     scalar_temps = [(scalar_names[s], sp_printer.doprint(e)) for s, e in plan.scalar_temps]
     scalar_returns = [sp_printer.doprint(e) for e in plan.scalar_exprs]
-    resolved: dict = {}
-    for sym, expr in plan.scalar_temps:
-        resolved[sym] = expr.xreplace(resolved)
+    resolved = _resolved(plan.scalar_temps)
     scalar_doc = [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}") for i, e in enumerate(plan.scalar_exprs)]
 
     # State initial values.
@@ -251,9 +257,7 @@ def _switch_defaults(rule: Rule, plan: KernelPlan) -> list:
     value, with the values written as constants: the compiler then drops the branches they decide and
     the arithmetic of the branches not taken (``maximize``, decoupled or coupled weight decay...).
     """
-    resolved: dict = {}
-    for sym, expr in plan.scalar_temps:
-        resolved[sym] = expr.xreplace(resolved)
+    resolved = _resolved(plan.scalar_temps)
     defaults = {}
     for sym, h in rule.hyper.items():
         if h.kind in ("float", "bool") and isinstance(h.default, (bool, int, float)):
@@ -451,9 +455,7 @@ def _reduction_doc(plan) -> list:
         lines.append(docstring_text(f"r{k} = {r.scope} {r.op} of {sp.sstr(r.arg)}  (pass {r.stage})"))
     ns = len(plan.scalars)
     for st in info.stages:
-        resolved: dict = {}
-        for sym, e in st.tensor_temps:
-            resolved[sym] = e.xreplace(resolved)
+        resolved = _resolved(st.tensor_temps)
         for sym, e in st.tensor_outputs:
             col = ns + list(info.tensor_scalars).index(sym)
             lines.append(docstring_text(f"s{col} = {sp.sstr(e.xreplace(resolved))}"))
@@ -1412,9 +1414,7 @@ def _array_variant(family: Family, rule: Rule, plan: KernelPlan, prefix: str, hy
 
 def _array_scalar_context(plan, hyper_ids: dict, target: ArrayTarget) -> dict:
     """The per-step scalar function printed for ``target`` (JAX: traced), either planner's plan; its doc lines."""
-    resolved: dict = {}
-    for sym, expr in plan.scalar_temps:
-        resolved[sym] = expr.xreplace(resolved)
+    resolved = _resolved(plan.scalar_temps)
     ctx = {"scalar_doc": [docstring_text(f"s{i} = {sp.sstr(e.xreplace(resolved))}")
                           for i, e in enumerate(plan.scalar_exprs)]}
     if target.scalars:
