@@ -16,11 +16,18 @@ py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 if compgen -G ".whl/*.whl" >/dev/null; then
   site=$(mktemp -d)
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
+  # the wheel must be this tree's symopt: a stale one would test other kernels than the ones here
+  if ! { diff -rq -x __pycache__ -x generated -x templates symopt "$site/symopt" &&
+         diff -rq -x __pycache__ generated "$site/symopt/generated" &&
+         diff -rq -x __pycache__ templates "$site/symopt/templates"; }; then
+    echo "gpu_check: the symopt wheel in .whl/ differs from this tree; build it again (pip wheel --no-deps -w .whl .)" >&2
+    exit 1
+  fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # JAX would take 75% of the GPU's memory in every test worker; the cuda tests are torch's.
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-# -P: import symopt as installed (its kernels as symopt.generated), not the source folder here.
+# -P (Python 3.11+): import symopt as installed (its kernels as symopt.generated), not the source folder here.
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$py" -P -c "import sys, numba, numpy, sympy, torch, symopt
